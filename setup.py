@@ -1,0 +1,100 @@
+"""Build the compiled core of cconv.
+
+OpenMP is switched on when the compiler supports it (``-fopenmp`` for gcc/clang,
+``/openmp`` for MSVC, ``-Xpreprocessor -fopenmp -lomp`` for Apple clang with libomp).
+When it does not, the extension is built without it and runs serially;
+``cconv.show_config()`` then reports OpenMP as off.
+
+Environment variables:
+  CCONV_DEBUG=1        turn Cython's bounds/wraparound/initialised checks back on.
+  CCONV_NO_OPENMP=1    build without OpenMP even if the compiler has it.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+TEST_OPENMP = r"""
+#include <omp.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    return n > 0 ? 0 : 1;
+}
+"""
+
+
+def _openmp_flags(compiler):
+    """Return (compile_args, link_args) that enable OpenMP, or None if it does not work."""
+    if os.environ.get("CCONV_NO_OPENMP"):
+        return None
+    ctype = compiler.compiler_type
+    if ctype == "msvc":
+        return ["/openmp"], []
+    candidates = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":
+        prefix = os.environ.get("LIBOMP_PREFIX", "")
+        inc = [f"-I{prefix}/include"] if prefix else []
+        lib = [f"-L{prefix}/lib"] if prefix else []
+        candidates.insert(0, (["-Xpreprocessor", "-fopenmp"] + inc, lib + ["-lomp"]))
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "test_openmp.c")
+        with open(src, "w") as f:
+            f.write(TEST_OPENMP)
+        for cflags, lflags in candidates:
+            try:
+                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                compiler.link_executable(objs, os.path.join(tmp, "test_openmp"),
+                                         extra_postargs=lflags)
+                return cflags, lflags
+            except Exception:  # the compiler or linker refused the flags
+                continue
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        flags = _openmp_flags(self.compiler)
+        for ext in self.extensions:
+            if self.compiler.compiler_type == "msvc":
+                ext.extra_compile_args += ["/O2"]
+            else:
+                ext.extra_compile_args += ["-O3", "-fno-strict-aliasing"]
+            if flags is not None:
+                ext.extra_compile_args += flags[0]
+                ext.extra_link_args += flags[1]
+                ext.define_macros.append(("CCONV_BUILT_WITH_OPENMP", "1"))
+            else:
+                print("cconv: the compiler has no usable OpenMP; building the serial core",
+                      file=sys.stderr)
+        super().build_extensions()
+
+
+debug = bool(os.environ.get("CCONV_DEBUG"))
+directives = {
+    "language_level": 3,
+    "boundscheck": debug,
+    "wraparound": debug,
+    "initializedcheck": debug,
+    "cdivision": not debug,
+    "embedsignature": True,
+}
+
+extensions = [
+    Extension("cconv._core", ["src/cconv/_core.pyx"]),
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=directives),
+    cmdclass={"build_ext": BuildExt},
+)

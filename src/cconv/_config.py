@@ -1,0 +1,184 @@
+"""Thread budget, BLAS thread control and build information.
+
+One function decides how many threads cconv uses (:func:`get_num_threads`). The compiled
+kernels run ``nt`` OpenMP threads, each calling BLAS single-threaded, so while a kernel
+runs the BLAS libraries are limited to ``budget // nt`` threads (1 when the kernel runs
+on the whole budget): OpenMP threads and BLAS threads together never exceed the budget.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from contextlib import contextmanager
+
+_num_threads: int | None = None  # set by set_num_threads; None = decided by the environment
+_blas_controllers = None          # threadpoolctl LibControllers of the BLAS libraries
+
+
+def _core():
+    try:
+        from . import _core
+    except ImportError as exc:  # a broken or partial install
+        raise ImportError(
+            "cconv's compiled extension (cconv._core) could not be imported: "
+            f"{exc}. The installation is incomplete or was built for another Python/platform. "
+            "Reinstall with `pip install --force-reinstall cconv`, or, from a source checkout, "
+            "build it with `pip install .` (needs a C compiler and Cython)."
+        ) from exc
+    return _core
+
+
+def _cpu_quota() -> int | None:
+    """CPUs allowed by a cgroup v2/v1 CPU quota, if any."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return max(1, int(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            quota = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            period = int(f.read())
+        if quota > 0 and period > 0:
+            return max(1, quota // period)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _available_cpus() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    quota = _cpu_quota()
+    return max(1, min(n, quota) if quota else n)
+
+
+def _parse_positive(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
+        hasattr(value, "__index__")
+    ):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the number of threads cconv's kernels use.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive number of threads, or None to go back to the default
+        (``OMP_NUM_THREADS``, then the OpenMP runtime's maximum, which threadpoolctl
+        can limit, capped by the CPUs this process may use).
+    """
+    global _num_threads
+    _num_threads = None if n is None else _parse_positive(n, "n")
+
+
+def get_num_threads() -> int:
+    """The number of threads cconv's kernels use (see :func:`set_num_threads`)."""
+    if _num_threads is not None:
+        return _num_threads
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(f"OMP_NUM_THREADS must be a positive int, got {env!r}") from None
+        if value < 1:
+            raise ValueError(f"OMP_NUM_THREADS must be a positive int, got {env!r}")
+        return value
+    # omp_get_max_threads() honours OMP_NUM_THREADS and threadpoolctl's OpenMP limits.
+    return max(1, min(_core().omp_max_threads(), _available_cpus()))
+
+
+def _blas_libs():
+    global _blas_controllers
+    if _blas_controllers is None:
+        _core().load_blas()  # make sure scipy's BLAS is loaded before looking for it
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas_controllers = []
+        else:
+            _blas_controllers = list(
+                ThreadpoolController().select(user_api="blas").lib_controllers
+            )
+    return _blas_controllers
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Limit every loaded BLAS library to ``n`` threads for the duration of the block."""
+    libs = _blas_libs()
+    saved = []
+    try:
+        for lib in libs:
+            old = lib.get_num_threads()
+            if old != n:
+                lib.set_num_threads(n)
+                saved.append((lib, old))
+        yield
+    finally:
+        for lib, old in saved:
+            lib.set_num_threads(old)
+
+
+def show_config(file=None) -> dict:
+    """Print (and return) how cconv was built and what it runs on.
+
+    Version, compiler, OpenMP on/off and its runtime, flush-to-zero, the BLAS in use
+    and its thread count, cconv's thread count.
+    """
+    from ._version import __version__
+
+    core = _core()
+    info: dict = {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "compiler": platform.python_compiler(),
+        "openmp": core.openmp_enabled(),
+        "openmp_runtime": None,
+        "flush_to_zero": core.ftz_available(),
+        "num_threads": get_num_threads(),
+        "blas": [],
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        _blas_libs()
+        for lib in threadpool_info():
+            entry = {k: lib.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
+            if lib.get("user_api") == "blas":
+                info["blas"].append(entry)
+            elif lib.get("user_api") == "openmp" and info["openmp"]:
+                info["openmp_runtime"] = entry
+    except ImportError:
+        pass
+    if file is not False:
+        out = file or sys.stdout
+        print(f"cconv {info['version']} (Python {info['python']}, {info['platform']})", file=out)
+        print(f"  compiler:      {info['compiler']}", file=out)
+        omp = "on" if info["openmp"] else "off (the kernels run serially)"
+        print(f"  OpenMP:        {omp}", file=out)
+        if info["openmp_runtime"]:
+            rt = info["openmp_runtime"]
+            print(f"  OpenMP runtime: {rt['internal_api']} {rt['filepath']}", file=out)
+        print(f"  flush-to-zero: {'on' if info['flush_to_zero'] else 'unavailable'}", file=out)
+        print(f"  threads:       {info['num_threads']}", file=out)
+        for lib in info["blas"]:
+            print(f"  BLAS:          {lib['internal_api']} {lib['version']} "
+                  f"({lib['num_threads']} threads) {lib['filepath']}", file=out)
+        if not info["blas"]:
+            print("  BLAS:          scipy.linalg.cython_blas (threadpoolctl not installed)", file=out)
+    return info

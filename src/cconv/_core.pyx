@@ -1,0 +1,647 @@
+# cython: language_level=3
+"""Compiled kernels of cconv.
+
+Everything here runs without the GIL. The functions take C-contiguous arrays that
+``cconv.functional`` has already validated (shapes, dtypes, geometry, index ranges
+where they can be checked up front); the kernels contain nothing that can fail
+except the range check of ``argmax`` in the max-pool backward, which is reported
+back through the return value instead of writing out of bounds.
+
+Layout: activations NHWC, im2col rows ordered (n, oh, ow), columns (kh, kw, c);
+convolution weights HWIO, which seen as a matrix of shape (KH*KW*C_in/groups, C_out)
+are exactly the right operand of the im2col GEMM.
+
+Parallel pattern: ``with nogil, parallel(num_threads=nt)``; each thread owns a slice
+of a workspace allocated by the caller (its im2col tile, its dW/db accumulators),
+``prange(schedule="static")`` over tiles or images, single-threaded BLAS inside
+(the caller limits BLAS threads, see ``cconv._config``), per-thread partial
+results summed afterwards.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
+from libc.string cimport memset
+
+cdef extern from *:
+    """
+    #if defined(_OPENMP)
+    #include <omp.h>
+    #define CCONV_OPENMP 1
+    static int cconv_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define CCONV_OPENMP 0
+    static int cconv_omp_max_threads(void) { return 1; }
+    #endif
+
+    /* Flush-to-zero / denormals-are-zero for the calling thread; returns the old mode. */
+    #if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
+    #include <xmmintrin.h>
+    #define CCONV_HAVE_FTZ 1
+    static unsigned long cconv_ftz_on(void) {
+        unsigned int old = _mm_getcsr();
+        _mm_setcsr(old | 0x8040u);  /* FTZ (bit 15) | DAZ (bit 6) */
+        return old;
+    }
+    static void cconv_ftz_restore(unsigned long old) { _mm_setcsr((unsigned int)old); }
+    #elif defined(__aarch64__)
+    #define CCONV_HAVE_FTZ 1
+    static unsigned long cconv_ftz_on(void) {
+        unsigned long old;
+        __asm__ __volatile__("mrs %0, fpcr" : "=r"(old));
+        __asm__ __volatile__("msr fpcr, %0" : : "r"(old | (1UL << 24)));
+        return old;
+    }
+    static void cconv_ftz_restore(unsigned long old) { __asm__ __volatile__("msr fpcr, %0" : : "r"(old)); }
+    #else
+    #define CCONV_HAVE_FTZ 0
+    static unsigned long cconv_ftz_on(void) { return 0; }
+    static void cconv_ftz_restore(unsigned long old) { (void)old; }
+    #endif
+    """
+    int CCONV_OPENMP
+    int CCONV_HAVE_FTZ
+    int cconv_omp_max_threads() noexcept nogil
+    unsigned long cconv_ftz_on() noexcept nogil
+    void cconv_ftz_restore(unsigned long old) noexcept nogil
+
+
+# ---------------------------------------------------------------------------------
+# BLAS: function pointers taken from scipy.linalg.cython_blas on first use, so that
+# `import cconv` does not import scipy.linalg (which costs more than half a second).
+# ---------------------------------------------------------------------------------
+ctypedef void (*sgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
+                         float *alpha, float *a, int *lda, float *b, int *ldb,
+                         float *beta, float *c, int *ldc) noexcept nogil
+ctypedef void (*dgemm_t)(char *transa, char *transb, int *m, int *n, int *k,
+                         double *alpha, double *a, int *lda, double *b, int *ldb,
+                         double *beta, double *c, int *ldc) noexcept nogil
+
+cdef sgemm_t _sgemm = NULL
+cdef dgemm_t _dgemm = NULL
+
+
+def load_blas():
+    """Bind the GEMM routines of scipy's BLAS (idempotent)."""
+    global _sgemm, _dgemm
+    if _sgemm != NULL:
+        return
+    from scipy.linalg import cython_blas
+    caps = cython_blas.__pyx_capi__
+    _sgemm = <sgemm_t> PyCapsule_GetPointer(caps["sgemm"], PyCapsule_GetName(caps["sgemm"]))
+    _dgemm = <dgemm_t> PyCapsule_GetPointer(caps["dgemm"], PyCapsule_GetName(caps["dgemm"]))
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                      const floating *a, int lda, const floating *b, int ldb,
+                      floating beta, floating *c, int ldc) noexcept nogil:
+    """Row-major C (m, n) = alpha * op(A) @ op(B) + beta * C.
+
+    Column-major BLAS sees a row-major matrix as its transpose, so C^T = op(B)^T op(A)^T
+    is computed by swapping the operands: gemm(tb, ta, n, m, k, B, A).
+    """
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    if floating is float:
+        _sgemm(&tb, &ta, &n, &m, &k, &alpha, <float *> b, &ldb, <float *> a, &lda,
+               &beta, c, &ldc)
+    else:
+        _dgemm(&tb, &ta, &n, &m, &k, &alpha, <double *> b, &ldb, <double *> a, &lda,
+               &beta, c, &ldc)
+
+
+def gemm_rowmajor(bint trans_a, bint trans_b, floating alpha,
+                  const floating[:, ::1] a, const floating[:, ::1] b,
+                  floating beta, floating[:, ::1] c):  # c: IN/OUT
+    """Python twin of the nogil GEMM shim, for tests: c = alpha op(a) op(b) + beta c."""
+    load_blas()
+    cdef int m = c.shape[0], n = c.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        for i in range(m):
+            for j in range(n):
+                c[i, j] = beta * c[i, j]
+        return
+    with nogil:
+        gemm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
+             beta, &c[0, 0], n)
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(CCONV_OPENMP)
+
+
+def omp_max_threads():
+    """omp_get_max_threads() of the OpenMP runtime (1 without OpenMP)."""
+    return cconv_omp_max_threads()
+
+
+def ftz_available():
+    """True when the kernels set flush-to-zero/denormals-are-zero in their threads."""
+    return bool(CCONV_HAVE_FTZ)
+
+
+# ---------------------------------------------------------------------------------
+# Geometry
+# ---------------------------------------------------------------------------------
+ctypedef struct Geom:
+    Py_ssize_t N, H, W, C          # input
+    Py_ssize_t KH, KW              # kernel / pool window
+    Py_ssize_t OH, OW              # output
+    Py_ssize_t sh, sw, pt, pl, dh, dw
+
+
+cdef Geom make_geom(Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                    Py_ssize_t dh, Py_ssize_t dw):
+    cdef Geom g
+    g.N = N; g.H = H; g.W = W; g.C = C
+    g.KH = KH; g.KW = KW; g.OH = OH; g.OW = OW
+    g.sh = sh; g.sw = sw; g.pt = pt; g.pl = pl; g.dh = dh; g.dw = dw
+    return g
+
+
+cdef void im2col_rows(const floating *x, floating *out, Py_ssize_t r0, Py_ssize_t r1,
+                      Py_ssize_t c0, Py_ssize_t cg, const Geom *g) noexcept nogil:
+    """Write im2col rows r0..r1 (flat (n, oh, ow) index) of channels c0..c0+cg into out.
+
+    out: OUT, shape (r1 - r0, KH*KW*cg), written sequentially; zeros where the window
+    falls in the padding.
+    """
+    cdef Py_ssize_t r, n, p, oh, ow, kh, kw, ih, iw, ih0, iw0, c
+    cdef Py_ssize_t P = g.OH * g.OW
+    cdef const floating *src
+    cdef floating *dst = out
+    for r in range(r0, r1):
+        n = r // P
+        p = r - n * P
+        oh = p // g.OW
+        ow = p - oh * g.OW
+        ih0 = oh * g.sh - g.pt
+        iw0 = ow * g.sw - g.pl
+        for kh in range(g.KH):
+            ih = ih0 + kh * g.dh
+            if ih < 0 or ih >= g.H:
+                memset(dst, 0, g.KW * cg * sizeof(floating))
+                dst += g.KW * cg
+                continue
+            src = x + ((n * g.H + ih) * g.W) * g.C + c0
+            for kw in range(g.KW):
+                iw = iw0 + kw * g.dw
+                if iw < 0 or iw >= g.W:
+                    for c in range(cg):
+                        dst[c] = 0
+                else:
+                    for c in range(cg):
+                        dst[c] = src[iw * g.C + c]
+                dst += cg
+
+
+cdef void col2im_rows(const floating *cols, floating *x, Py_ssize_t r0, Py_ssize_t r1,
+                      Py_ssize_t c0, Py_ssize_t cg, const Geom *g) noexcept nogil:
+    """Scatter-add im2col rows r0..r1 (channels c0..c0+cg) back into x (IN/OUT, NHWC)."""
+    cdef Py_ssize_t r, n, p, oh, ow, kh, kw, ih, iw, ih0, iw0, c
+    cdef Py_ssize_t P = g.OH * g.OW
+    cdef floating *dst
+    cdef const floating *src = cols
+    for r in range(r0, r1):
+        n = r // P
+        p = r - n * P
+        oh = p // g.OW
+        ow = p - oh * g.OW
+        ih0 = oh * g.sh - g.pt
+        iw0 = ow * g.sw - g.pl
+        for kh in range(g.KH):
+            ih = ih0 + kh * g.dh
+            if ih < 0 or ih >= g.H:
+                src += g.KW * cg
+                continue
+            dst = x + ((n * g.H + ih) * g.W) * g.C + c0
+            for kw in range(g.KW):
+                iw = iw0 + kw * g.dw
+                if iw >= 0 and iw < g.W:
+                    for c in range(cg):
+                        dst[iw * g.C + c] += src[c]
+                src += cg
+
+
+# ---------------------------------------------------------------------------------
+# im2col / col2im as public kernels
+# ---------------------------------------------------------------------------------
+def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,  # cols: OUT
+           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+           Py_ssize_t dh, Py_ssize_t dw, int num_threads):
+    cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
+    cdef Py_ssize_t M = g.N * OH * OW, n
+    cdef Py_ssize_t P = OH * OW
+    cdef Py_ssize_t K = KH * KW * g.C
+    if M == 0 or K == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *cp = &cols[0, 0]
+    cdef unsigned long old
+    with nogil, parallel(num_threads=num_threads):
+        old = cconv_ftz_on()
+        for n in prange(g.N, schedule="static"):
+            im2col_rows(xp, cp + n * P * K, n * P, (n + 1) * P, 0, g.C, &g)
+        cconv_ftz_restore(old)
+
+
+def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,  # x: OUT, zeroed by caller
+           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+           Py_ssize_t dh, Py_ssize_t dw, int num_threads):
+    cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, OH, OW, sh, sw, pt, pl, dh, dw)
+    cdef Py_ssize_t P = OH * OW, n
+    cdef Py_ssize_t K = KH * KW * g.C
+    if g.N * P == 0 or K == 0:
+        return
+    cdef const floating *cp = &cols[0, 0]
+    cdef floating *xp = &x[0, 0, 0, 0]
+    cdef unsigned long old
+    # Parallel over images: two threads never write the same image.
+    with nogil, parallel(num_threads=num_threads):
+        old = cconv_ftz_on()
+        for n in prange(g.N, schedule="static"):
+            col2im_rows(cp + n * P * K, xp, n * P, (n + 1) * P, 0, g.C, &g)
+        cconv_ftz_restore(old)
+
+
+# ---------------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------------
+def conv2d_forward(const floating[:, :, :, ::1] x,
+                   const floating[:, ::1] wmat,         # (KH*KW*Cg, Cout)
+                   const floating[::1] bias,            # (Cout,) or None
+                   floating[:, :, :, ::1] y,            # OUT (N, OH, OW, Cout)
+                   floating[:, ::1] work,               # scratch (nthreads, T*Kg)
+                   Py_ssize_t KH, Py_ssize_t KW,
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                   Py_ssize_t dh, Py_ssize_t dw, int groups, Py_ssize_t tile_rows,
+                   int num_threads):
+    """y = conv(x, w) + b, tiles of `tile_rows` output pixels in parallel."""
+    cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, y.shape[1], y.shape[2],
+                            sh, sw, pt, pl, dh, dw)
+    cdef Py_ssize_t Cout = y.shape[3]
+    cdef Py_ssize_t Cg = g.C // groups, Coutg = Cout // groups
+    cdef Py_ssize_t Kg = KH * KW * Cg
+    cdef Py_ssize_t M = g.N * g.OH * g.OW
+    cdef Py_ssize_t T = tile_rows
+    cdef Py_ssize_t ntiles = (M + T - 1) // T
+    cdef bint direct = (KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+                        and g.OH == g.H and g.OW == g.W)
+    cdef bint has_bias = bias is not None
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const floating *wp = &wmat[0, 0]
+    cdef const floating *bp = &bias[0] if has_bias else NULL
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef floating *wk = &work[0, 0]
+    cdef Py_ssize_t wstride = work.shape[1]
+    cdef Py_ssize_t t, r0, r1, m, i, co, gi, lda
+    cdef floating *buf
+    cdef floating *yrow
+    cdef const floating *a
+    cdef floating beta
+    cdef unsigned long old
+    load_blas()
+    with nogil, parallel(num_threads=num_threads):
+        buf = wk + threadid() * wstride
+        old = cconv_ftz_on()
+        for t in prange(ntiles, schedule="static"):
+            r0 = t * T
+            r1 = r0 + T
+            if r1 > M:
+                r1 = M
+            m = r1 - r0
+            yrow = yp + r0 * Cout
+            if has_bias:
+                for i in range(m):
+                    for co in range(Cout):
+                        yrow[i * Cout + co] = bp[co]
+                beta = 1
+            else:
+                beta = 0
+            for gi in range(groups):
+                if direct:
+                    a = xp + r0 * g.C + gi * Cg
+                    lda = g.C
+                else:
+                    im2col_rows(xp, buf, r0, r1, gi * Cg, Cg, &g)
+                    a = buf
+                    lda = Kg
+                gemm(False, False, <int> m, <int> Coutg, <int> Kg, <floating> 1, a, <int> lda,
+                     wp + gi * Coutg, <int> Cout, beta, yrow + gi * Coutg, <int> Cout)
+        cconv_ftz_restore(old)
+
+
+cdef inline void _conv_backward_tile(const floating *xp, const floating *dyp, const floating *wp,
+                                     floating *dxp, floating *buf, floating *dwacc, floating *dbacc,
+                                     Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t Cout, int groups,
+                                     bint direct, bint need_dx, bint has_db,
+                                     const Geom *g) noexcept nogil:
+    """dW, db and (optionally) dX contributions of output rows r0..r1.
+
+    dwacc (Kg, Cout) and dbacc (Cout,) are this thread's accumulators (IN/OUT); dxp
+    is IN/OUT (scatter-added by col2im, or written directly for 1x1 stride-1 kernels).
+    """
+    cdef Py_ssize_t Cg = g.C // groups, Coutg = Cout // groups
+    cdef Py_ssize_t Kg = g.KH * g.KW * Cg
+    cdef Py_ssize_t m = r1 - r0, i, co, gi, lda
+    cdef const floating *dyrow = dyp + r0 * Cout
+    cdef const floating *a
+    if has_db:
+        for i in range(m):
+            for co in range(Cout):
+                dbacc[co] = dbacc[co] + dyrow[i * Cout + co]
+    for gi in range(groups):
+        if direct:
+            a = xp + r0 * g.C + gi * Cg
+            lda = g.C
+        else:
+            im2col_rows(xp, buf, r0, r1, gi * Cg, Cg, g)
+            a = buf
+            lda = Kg
+        # dW_g (Kg, Coutg) += cols_g^T (Kg, m) @ dY_g (m, Coutg)
+        gemm(True, False, <int> Kg, <int> Coutg, <int> m, <floating> 1, a, <int> lda,
+             dyrow + gi * Coutg, <int> Cout, <floating> 1, dwacc + gi * Coutg, <int> Cout)
+        if need_dx:
+            # dcols_g (m, Kg) = dY_g (m, Coutg) @ W_g^T (Coutg, Kg)
+            if direct:
+                gemm(False, True, <int> m, <int> Cg, <int> Coutg, <floating> 1,
+                     dyrow + gi * Coutg, <int> Cout, wp + gi * Coutg, <int> Cout,
+                     <floating> 0, dxp + r0 * g.C + gi * Cg, <int> g.C)
+            else:
+                gemm(False, True, <int> m, <int> Kg, <int> Coutg, <floating> 1,
+                     dyrow + gi * Coutg, <int> Cout, wp + gi * Coutg, <int> Cout,
+                     <floating> 0, buf, <int> Kg)
+                col2im_rows(buf, dxp, r0, r1, gi * Cg, Cg, g)
+
+
+def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
+                    const floating[:, :, :, ::1] x,    # (N, H, W, C)
+                    const floating[:, ::1] wmat,       # (Kg, Cout)
+                    floating[:, :, :, ::1] dx,         # OUT, zeroed by caller; ignored if not need_dx
+                    floating[:, :, ::1] dw_work,       # OUT per-thread dW (nthreads, Kg, Cout), zeroed
+                    floating[:, ::1] db_work,          # OUT per-thread db (nthreads, Cout), zeroed
+                    floating[:, ::1] work,             # scratch (nthreads, T*Kg)
+                    Py_ssize_t KH, Py_ssize_t KW,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                    Py_ssize_t dh, Py_ssize_t dw, int groups, Py_ssize_t tile_rows,
+                    bint need_dx, bint need_db, int num_threads):
+    """Gradients of a convolution; the caller sums dw_work and db_work over threads.
+
+    With need_dx the work is split by image (prange over the batch, each image's rows
+    in tiles of at most `tile_rows`), so no two threads scatter into the same part of
+    dx; without it, by tiles of `tile_rows` output rows over the whole batch.
+    """
+    cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, dy.shape[1], dy.shape[2],
+                            sh, sw, pt, pl, dh, dw)
+    cdef Py_ssize_t Cout = dy.shape[3]
+    cdef Py_ssize_t P = g.OH * g.OW
+    cdef Py_ssize_t M = g.N * P
+    cdef Py_ssize_t T = tile_rows
+    cdef Py_ssize_t ntiles = (M + T - 1) // T
+    cdef bint direct = (KH == 1 and KW == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+                        and g.OH == g.H and g.OW == g.W)
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const floating *dyp = &dy[0, 0, 0, 0]
+    cdef const floating *wp = &wmat[0, 0]
+    cdef floating *dxp = &dx[0, 0, 0, 0] if need_dx else NULL
+    cdef floating *wk = &work[0, 0]
+    cdef floating *dwk = &dw_work[0, 0, 0]
+    cdef floating *dbk = &db_work[0, 0]
+    cdef Py_ssize_t wstride = work.shape[1]
+    cdef Py_ssize_t dwstride = dw_work.shape[1] * dw_work.shape[2]
+    cdef Py_ssize_t dbstride = db_work.shape[1]
+    cdef Py_ssize_t t, n, r0, r1, tid
+    cdef floating *buf
+    cdef floating *dwacc
+    cdef floating *dbacc
+    cdef unsigned long old
+    load_blas()
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        buf = wk + tid * wstride
+        dwacc = dwk + tid * dwstride
+        dbacc = dbk + tid * dbstride
+        old = cconv_ftz_on()
+        if need_dx:
+            for n in prange(g.N, schedule="static"):
+                r0 = n * P
+                while r0 < (n + 1) * P:
+                    r1 = r0 + T
+                    if r1 > (n + 1) * P:
+                        r1 = (n + 1) * P
+                    _conv_backward_tile(xp, dyp, wp, dxp, buf, dwacc, dbacc, r0, r1, Cout,
+                                        groups, direct, True, need_db, &g)
+                    r0 = r1
+        else:
+            for t in prange(ntiles, schedule="static"):
+                r0 = t * T
+                r1 = r0 + T
+                if r1 > M:
+                    r1 = M
+                _conv_backward_tile(xp, dyp, wp, dxp, buf, dwacc, dbacc, r0, r1, Cout,
+                                    groups, direct, False, need_db, &g)
+        cconv_ftz_restore(old)
+
+
+# ---------------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------------
+def max_pool2d_forward(const floating[:, :, :, ::1] x,
+                       floating[:, :, :, ::1] y,            # OUT (N, OH, OW, C)
+                       long long[:, :, :, ::1] argmax,      # OUT, flat h*W + w of the winner
+                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pt, Py_ssize_t pl, int num_threads):
+    """Max over each window; ties go to the first element in row-major order.
+
+    The running maximum starts from the first in-bounds element of the window (the
+    caller guarantees every window holds one), a strict `>` keeps the first maximum,
+    and a NaN replaces a non-NaN maximum so NaN propagates as in PyTorch.
+    """
+    cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, y.shape[1], y.shape[2],
+                            sh, sw, pt, pl, 1, 1)
+    cdef Py_ssize_t rows = g.N * g.OH, C = g.C
+    if rows * g.OW * C == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef long long *ap = &argmax[0, 0, 0, 0]
+    cdef Py_ssize_t row, n, oh, ow, h0, w0, h1, w1, ih, iw, c
+    cdef floating *yo
+    cdef long long *ao
+    cdef const floating *xi
+    cdef floating v, best
+    cdef unsigned long old
+    with nogil, parallel(num_threads=num_threads):
+        old = cconv_ftz_on()
+        for row in prange(rows, schedule="static"):
+            n = row // g.OH
+            oh = row - n * g.OH
+            h0 = oh * sh - pt
+            h1 = h0 + KH
+            if h0 < 0:
+                h0 = 0
+            if h1 > g.H:
+                h1 = g.H
+            for ow in range(g.OW):
+                w0 = ow * sw - pl
+                w1 = w0 + KW
+                if w0 < 0:
+                    w0 = 0
+                if w1 > g.W:
+                    w1 = g.W
+                yo = yp + (row * g.OW + ow) * C
+                ao = ap + (row * g.OW + ow) * C
+                xi = xp + ((n * g.H + h0) * g.W + w0) * C
+                for c in range(C):
+                    yo[c] = xi[c]
+                    ao[c] = h0 * g.W + w0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        if ih == h0 and iw == w0:
+                            continue
+                        xi = xp + ((n * g.H + ih) * g.W + iw) * C
+                        for c in range(C):
+                            v = xi[c]
+                            best = yo[c]
+                            if v > best or (v != v and best == best):
+                                yo[c] = v
+                                ao[c] = ih * g.W + iw
+        cconv_ftz_restore(old)
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] dy,
+                        const long long[:, :, :, ::1] argmax,
+                        floating[:, :, :, ::1] dx,           # OUT, zeroed by caller
+                        int num_threads):
+    """Route each gradient to the unit that won the forward pass.
+
+    Returns the number of argmax entries outside [0, H*W); those are skipped, never
+    used as an index (the caller raises ValueError when it is not 0).
+    """
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t Q = dy.shape[1] * dy.shape[2]
+    cdef Py_ssize_t HW = H * W
+    if N * Q * C == 0 or HW == 0:
+        return 0
+    cdef const floating *dyp = &dy[0, 0, 0, 0]
+    cdef const long long *ap = &argmax[0, 0, 0, 0]
+    cdef floating *dxp = &dx[0, 0, 0, 0]
+    cdef Py_ssize_t n, q, c, bad = 0
+    cdef long long idx
+    cdef const floating *dyo
+    cdef const long long *ao
+    cdef floating *dxn
+    cdef unsigned long old
+    # Parallel over images: every write of image n stays inside dx[n].
+    with nogil, parallel(num_threads=num_threads):
+        old = cconv_ftz_on()
+        for n in prange(N, schedule="static"):
+            dxn = dxp + n * HW * C
+            for q in range(Q):
+                dyo = dyp + (n * Q + q) * C
+                ao = ap + (n * Q + q) * C
+                for c in range(C):
+                    idx = ao[c]
+                    if idx < 0 or idx >= HW:
+                        bad += 1
+                    else:
+                        dxn[idx * C + c] = dxn[idx * C + c] + dyo[c]
+        cconv_ftz_restore(old)
+    return bad
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x,
+                       floating[:, :, :, ::1] y,            # OUT
+                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pt, Py_ssize_t pl, int num_threads):
+    """Mean over each window; padded zeros count in the divisor (always KH*KW)."""
+    cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, y.shape[1], y.shape[2],
+                            sh, sw, pt, pl, 1, 1)
+    cdef Py_ssize_t rows = g.N * g.OH, C = g.C
+    if rows * g.OW * C == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef floating inv = <floating> 1 / <floating> (KH * KW)
+    cdef Py_ssize_t row, n, oh, ow, h0, w0, h1, w1, ih, iw, c
+    cdef floating *yo
+    cdef const floating *xi
+    cdef unsigned long old
+    with nogil, parallel(num_threads=num_threads):
+        old = cconv_ftz_on()
+        for row in prange(rows, schedule="static"):
+            n = row // g.OH
+            oh = row - n * g.OH
+            h0 = oh * sh - pt
+            h1 = h0 + KH
+            if h0 < 0:
+                h0 = 0
+            if h1 > g.H:
+                h1 = g.H
+            for ow in range(g.OW):
+                w0 = ow * sw - pl
+                w1 = w0 + KW
+                if w0 < 0:
+                    w0 = 0
+                if w1 > g.W:
+                    w1 = g.W
+                yo = yp + (row * g.OW + ow) * C
+                for c in range(C):
+                    yo[c] = 0
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        xi = xp + ((n * g.H + ih) * g.W + iw) * C
+                        for c in range(C):
+                            yo[c] = yo[c] + xi[c]
+                for c in range(C):
+                    yo[c] = yo[c] * inv
+        cconv_ftz_restore(old)
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] dy,
+                        floating[:, :, :, ::1] dx,           # OUT, zeroed by caller
+                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pt, Py_ssize_t pl, int num_threads):
+    cdef Geom g = make_geom(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3], KH, KW, dy.shape[1], dy.shape[2],
+                            sh, sw, pt, pl, 1, 1)
+    cdef Py_ssize_t C = g.C
+    if g.N * g.OH * g.OW * C == 0:
+        return
+    cdef const floating *dyp = &dy[0, 0, 0, 0]
+    cdef floating *dxp = &dx[0, 0, 0, 0]
+    cdef floating inv = <floating> 1 / <floating> (KH * KW)
+    cdef Py_ssize_t n, oh, ow, h0, w0, h1, w1, ih, iw, c
+    cdef const floating *dyo
+    cdef floating *dxi
+    cdef unsigned long old
+    with nogil, parallel(num_threads=num_threads):
+        old = cconv_ftz_on()
+        for n in prange(g.N, schedule="static"):
+            for oh in range(g.OH):
+                h0 = oh * sh - pt
+                h1 = h0 + KH
+                if h0 < 0:
+                    h0 = 0
+                if h1 > g.H:
+                    h1 = g.H
+                for ow in range(g.OW):
+                    w0 = ow * sw - pl
+                    w1 = w0 + KW
+                    if w0 < 0:
+                        w0 = 0
+                    if w1 > g.W:
+                        w1 = g.W
+                    dyo = dyp + ((n * g.OH + oh) * g.OW + ow) * C
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            dxi = dxp + ((n * g.H + ih) * g.W + iw) * C
+                            for c in range(C):
+                                dxi[c] = dxi[c] + dyo[c] * inv
+        cconv_ftz_restore(old)

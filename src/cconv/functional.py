@@ -1,0 +1,617 @@
+"""The functional API of cconv: convolution, pooling, im2col/col2im.
+
+These names and signatures are a stable contract that other packages call.
+
+Conventions
+-----------
+* Activations are NHWC ``(N, H, W, C)``; convolution weights are HWIO
+  ``(KH, KW, C_in // groups, C_out)``; biases ``(C_out,)``.
+* dtypes float32 and float64; every output has the input's dtype. Arrays of different
+  float dtypes, integer or complex arrays raise ``TypeError``.
+* ``stride`` and ``dilation``: an int or a pair ``(sh, sw)``. ``padding``: an int, a pair
+  ``(ph, pw)``, explicit ``((top, bottom), (left, right))``, ``"valid"`` or ``"same"``.
+  For stride > 1 ``"same"`` pads like TensorFlow: the output has ``ceil(H / stride)`` rows and
+  any odd padding goes to the bottom/right.
+* Output size: ``floor((H + pad_top + pad_bottom - dilation * (KH - 1) - 1) / stride) + 1``.
+* The "convolution" of a CNN is a cross-correlation: ``y[n, i, j, o] = b[o] + sum_{m, k, c}
+  x[n, i*sh + m*dh - pt, j*sw + k*dw - pl, c] * w[m, k, c, o]`` (zeros outside the input).
+* Inputs are never modified. Non-contiguous and read-only arrays are accepted (copied to
+  a contiguous buffer when needed) and give the same results as contiguous ones.
+
+How it computes
+---------------
+The compiled kernels (``cconv._core``) run without the GIL on :func:`cconv.get_num_threads`
+OpenMP threads. A convolution is im2col + GEMM through scipy's BLAS, processed in tiles
+of output rows: each thread holds one im2col tile of at most ``TILE_BYTES`` bytes (and,
+in the backward pass, its own ``KH*KW*C_in/groups x C_out`` weight-gradient accumulator),
+so the extra memory of one call is bounded by
+``threads * (TILE_BYTES + KH*KW*C_in/groups*C_out*itemsize)`` whatever the batch size.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import os
+
+import numpy as np
+
+from . import _config
+from ._config import get_num_threads
+
+__all__ = [
+    "im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "correlate2d", "convolve2d",
+    "conv_output_size", "normalize_pair", "normalize_padding",
+]
+
+#: Upper bound on one thread's im2col tile, in bytes.
+TILE_BYTES = 1 << 21
+_INT_MAX = 2**31 - 1       # BLAS dimensions and leading dimensions are 32-bit ints
+_GEOM_MAX = 2**31 - 1      # stride/padding/dilation/kernel sizes beyond this are rejected
+
+_core = _config._core()
+
+
+# ---------------------------------------------------------------------------------
+# Argument normalisation (shared by the layers)
+# ---------------------------------------------------------------------------------
+def _as_int(v, name, what):
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be {what}, got {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {v!r}") from None
+
+
+def normalize_pair(v, name: str, minimum: int = 1) -> tuple[int, int]:
+    """Turn an int or a pair into a pair of ints ``>= minimum``.
+
+    Raises
+    ------
+    TypeError
+        When ``v`` is not an int or a pair of ints.
+    ValueError
+        When a value is below ``minimum`` or absurdly large.
+    """
+    what = f"{'a positive' if minimum == 1 else 'a non-negative'} int or pair"
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be {what}, got {v!r}")
+        pair = tuple(_as_int(e, name, what) for e in v)
+    else:
+        i = _as_int(v, name, what)
+        pair = (i, i)
+    if min(pair) < minimum or max(pair) > _GEOM_MAX:
+        raise ValueError(f"{name} must be {what}, got {tuple(v) if isinstance(v, list) else v!r}")
+    return pair  # type: ignore[return-value]
+
+
+def normalize_padding(padding, kernel_size, dilation=1, stride=1, input_hw=None):
+    """Turn any padding form into explicit ``((top, bottom), (left, right))``.
+
+    Parameters
+    ----------
+    padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
+    kernel_size, dilation, stride : int or pair
+        Needed by ``"same"``.
+    input_hw : (H, W) or None
+        Needed by ``"same"`` when stride > 1 (TensorFlow's rule: output ``ceil(H / s)``,
+        the odd pixel of padding at the bottom/right).
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return ((0, 0), (0, 0))
+        if mode != "same":
+            raise ValueError(f"padding must be an int, a pair, ((top, bottom), (left, right)), "
+                             f"'valid' or 'same', got {padding!r}")
+        k = normalize_pair(kernel_size, "kernel_size")
+        d = normalize_pair(dilation, "dilation")
+        s = normalize_pair(stride, "stride")
+        pads = []
+        for i in range(2):
+            eff = d[i] * (k[i] - 1) + 1
+            if s[i] == 1:
+                total = eff - 1
+            else:
+                if input_hw is None:
+                    raise ValueError("padding='same' with stride > 1 needs the input size")
+                size = int(input_hw[i])
+                out = -(-size // s[i])
+                total = max((out - 1) * s[i] + eff - size, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    what = "a non-negative int, a pair or ((top, bottom), (left, right))"
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
+        isinstance(p, (tuple, list)) for p in padding
+    ):
+        pads = tuple(normalize_pair(tuple(p), "padding", minimum=0) for p in padding)
+        return pads
+    if isinstance(padding, (tuple, list)) and any(isinstance(p, (tuple, list)) for p in padding):
+        raise ValueError(f"padding must be {what}, got {padding!r}")
+    ph, pw = normalize_pair(padding, "padding", minimum=0)
+    return ((ph, ph), (pw, pw))
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, pad_before: int = 0,
+                     pad_after: int = 0, dilation: int = 1) -> int:
+    """``floor((size + pad_before + pad_after - dilation*(kernel-1) - 1) / stride) + 1``."""
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _geometry(hw, kernel_size, stride, padding, dilation, what="kernel"):
+    """Validated (k, s, pads, d, out_hw) for a spatial operation on an input of size hw."""
+    k = normalize_pair(kernel_size, "kernel_size" if what == "kernel" else "pool_size")
+    s = normalize_pair(stride, "stride")
+    d = normalize_pair(dilation, "dilation")
+    pads = normalize_padding(padding, k, d, s, hw)
+    out = []
+    for i, axis in enumerate(("height", "width")):
+        eff = d[i] * (k[i] - 1) + 1
+        padded = hw[i] + pads[i][0] + pads[i][1]
+        if eff > padded:
+            raise ValueError(
+                f"{what} {k} (dilated extent {eff} in {axis}) is larger than the padded input: "
+                f"input {axis} {hw[i]} + padding {pads[i]} = {padded}")
+        out.append(conv_output_size(hw[i], k[i], s[i], pads[i][0], pads[i][1], d[i]))
+    return k, s, pads, d, tuple(out)
+
+
+# ---------------------------------------------------------------------------------
+# Array checks
+# ---------------------------------------------------------------------------------
+def _float_array(a, name, ndim=None):
+    """``a`` as a C-contiguous float32/float64 ndarray (a copy only when needed)."""
+    if a is None:
+        raise TypeError(f"{name} must be an array, got None")
+    arr = np.asarray(a)
+    if arr.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype} "
+                        f"(shape {arr.shape})")
+    if ndim is not None and arr.ndim != ndim:
+        layout = {4: " (N, H, W, C)", 2: " (H, W)", 1: ""}.get(ndim, "")
+        raise ValueError(f"{name} must be {ndim}-D{layout}, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _same_dtype(**arrays):
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    dtypes = {v.dtype for _, v in items}
+    if len(dtypes) > 1:
+        desc = ", ".join(f"{k} {v.dtype}" for k, v in items)
+        raise TypeError(f"arrays must share one dtype, got {desc}")
+
+
+def _positive_dims(a, name, skip_batch=True):
+    dims = a.shape[1:] if skip_batch else a.shape
+    if any(d < 1 for d in dims):
+        raise ValueError(f"{name} has a zero-size dimension: shape {a.shape}")
+
+
+def _shape_arg(shape, name):
+    try:
+        shp = tuple(_as_int(s, name, "a tuple of 4 ints (N, H, W, C)") for s in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of 4 ints (N, H, W, C), got {shape!r}") from None
+    if len(shp) != 4 or min(shp) < 0 or min(shp[1:]) < 1:
+        raise ValueError(f"{name} must be 4 non-negative ints (N, H, W, C) with H, W, C >= 1, "
+                         f"got {shape!r}")
+    return shp
+
+
+def _memory_limit():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 46
+
+
+def _alloc(shape, dtype, zero=False):
+    """np.empty/np.zeros that raises MemoryError up front for sizes beyond physical memory."""
+    nbytes = np.dtype(dtype).itemsize * math.prod(int(s) for s in shape)
+    if nbytes > _memory_limit():
+        raise MemoryError(f"cconv: an array of shape {tuple(shape)} and dtype "
+                          f"{np.dtype(dtype).name} ({nbytes / 2**30:.1f} GiB) does not fit in memory")
+    return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+
+
+def _threads(work_items):
+    return max(1, min(get_num_threads(), int(work_items)))
+
+
+def _run(nt, fn, *args):
+    """Call a kernel on nt OpenMP threads with BLAS limited to the rest of the budget."""
+    with _config.blas_threads(max(1, get_num_threads() // nt)):
+        return fn(*args, nt)
+
+
+def _tile_rows(kg, itemsize, rows, nt):
+    """Rows of one im2col tile: at most TILE_BYTES, and at least one tile per thread."""
+    t = max(1, TILE_BYTES // max(1, kg * itemsize))
+    return int(max(1, min(t, -(-rows // nt))))
+
+
+# ---------------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------------
+def _check_conv(x, w, stride, padding, dilation, groups):
+    x = _float_array(x, "x", 4)
+    w = _float_array(w, "w", 4)
+    _same_dtype(x=x, w=w)
+    _positive_dims(x, "x")
+    _positive_dims(w, "w", skip_batch=False)
+    groups = _as_int(groups, "groups", "a positive int")
+    if groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups}")
+    KH, KW, cg, cout = w.shape
+    C = x.shape[3]
+    if C % groups or cout % groups:
+        raise ValueError(f"C_in ({C}, from x of shape {x.shape}) and C_out ({cout}, from w of "
+                         f"shape {w.shape}) must both be divisible by groups={groups}")
+    if cg * groups != C:
+        raise ValueError(f"channel mismatch: x has {C} channels (shape {x.shape}) but w of shape "
+                         f"{w.shape} expects C_in/groups = {cg} with groups={groups} "
+                         f"({cg * groups} channels)")
+    k, s, pads, d, out = _geometry(x.shape[1:3], (KH, KW), stride, padding, dilation)
+    kg = KH * KW * cg
+    if max(kg, cout, C) > _INT_MAX:
+        raise ValueError(f"w of shape {w.shape} is too large for 32-bit BLAS dimensions")
+    return x, w, groups, k, s, pads, d, out
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """Unfold the patches of ``x`` into the rows of a matrix.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), dtype float32 or float64
+    kernel_size, stride, dilation : int or pair
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+
+    Returns
+    -------
+    cols : ndarray of shape (N*OH*OW, KH*KW*C)
+        Row ``(n*OH + i)*OW + j`` holds the patch under output pixel ``(n, i, j)`` in
+        ``(kh, kw, c)`` order; padded positions are zero.
+    """
+    x = _float_array(x, "x", 4)
+    _positive_dims(x, "x")
+    k, s, pads, d, (OH, OW) = _geometry(x.shape[1:3], kernel_size, stride, padding, dilation)
+    N, C = x.shape[0], x.shape[3]
+    cols = _alloc((N * OH * OW, k[0] * k[1] * C), x.dtype)
+    nt = _threads(N)
+    _core.im2col(x, cols, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0],
+                 d[0], d[1], nt)
+    return cols
+
+
+def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
+    """Fold rows of patches back into an image, summing overlapping contributions.
+
+    The adjoint of :func:`im2col`: ``<im2col(x), c> == <x, col2im(c)>``.
+
+    Parameters
+    ----------
+    cols : ndarray of shape (N*OH*OW, KH*KW*C), dtype float32 or float64
+    input_shape : tuple (N, H, W, C)
+        The shape of the image that :func:`im2col` unfolded.
+
+    Returns
+    -------
+    x : ndarray of shape input_shape
+    """
+    cols = _float_array(cols, "cols", 2)
+    N, H, W, C = _shape_arg(input_shape, "input_shape")
+    k, s, pads, d, (OH, OW) = _geometry((H, W), kernel_size, stride, padding, dilation)
+    expected = (N * OH * OW, k[0] * k[1] * C)
+    if cols.shape != expected:
+        raise ValueError(f"cols must have shape (N*OH*OW, KH*KW*C) = {expected} for input_shape "
+                         f"{(N, H, W, C)} and kernel_size {k}, got {cols.shape}")
+    x = _alloc((N, H, W, C), cols.dtype, zero=True)
+    nt = _threads(N)
+    _core.col2im(cols, x, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0],
+                 d[0], d[1], nt)
+    return x
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation, as in every CNN framework), NHWC/HWIO.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C_in), dtype float32 or float64
+    w : ndarray of shape (KH, KW, C_in // groups, C_out), same dtype
+    b : ndarray of shape (C_out,) or None
+    stride, dilation : int or pair
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+    groups : int
+        Input and output channels are split into ``groups`` independent convolutions
+        (``groups == C_in`` is a depthwise convolution).
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, C_out), dtype of x
+
+    Notes
+    -----
+    Extra memory besides ``y``: at most ``threads * TILE_BYTES`` bytes of im2col tiles
+    (none for a 1x1, stride-1, unpadded kernel), independent of the batch size.
+    """
+    x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
+    N, _, _, C = x.shape
+    cout = w.shape[3]
+    if b is not None:
+        b = _float_array(b, "b", 1)
+        _same_dtype(x=x, b=b)
+        if b.shape != (cout,):
+            raise ValueError(f"b must have shape (C_out,) = ({cout},) for w of shape {w.shape}, "
+                             f"got {b.shape}")
+    y = _alloc((N, OH, OW, cout), x.dtype)
+    M = N * OH * OW
+    if M == 0:
+        return y
+    kg = k[0] * k[1] * (C // groups)
+    nt = _threads(M)
+    T = _tile_rows(kg, x.itemsize, M, nt)
+    nt = _threads(-(-M // T))
+    work = _alloc((nt, T * kg), x.dtype)
+    _run(nt, _core.conv2d_forward, x, w.reshape(kg, cout), b, y, work, k[0], k[1],
+         s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T)
+    return y
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need_dx=True):
+    """Gradients of :func:`conv2d` with respect to its input, weights and bias.
+
+    ``dw`` is the valid cross-correlation of ``x`` with ``dy``; ``dx`` is the full
+    convolution of ``dy`` with ``w`` rotated by 180 degrees (computed as ``dY W^T``
+    followed by col2im); ``db`` is ``dy`` summed over N, OH, OW.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, C_out)
+        Gradient of the loss with respect to the output of ``conv2d(x, w, ...)``.
+    x, w, stride, padding, dilation, groups
+        As given to :func:`conv2d`.
+    need_dx : bool
+        When False, ``dx`` is not computed (the first layer of a network never needs
+        it, and it is the most expensive GEMM there) and None is returned in its place.
+
+    Returns
+    -------
+    dx : ndarray of x's shape, or None
+    dw : ndarray of w's shape
+    db : ndarray of shape (C_out,)
+    """
+    x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
+    dy = _float_array(dy, "dy", 4)
+    _same_dtype(x=x, dy=dy)
+    N, _, _, C = x.shape
+    cout = w.shape[3]
+    if dy.shape != (N, OH, OW, cout):
+        raise ValueError(f"dy must have the output shape (N, OH, OW, C_out) = "
+                         f"{(N, OH, OW, cout)} for x of shape {x.shape} and w of shape "
+                         f"{w.shape}, got {dy.shape}")
+    kg = k[0] * k[1] * (C // groups)
+    dx = _alloc(x.shape, x.dtype, zero=True) if need_dx else None
+    if N == 0:
+        return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
+    P = OH * OW
+    if need_dx:
+        nt = _threads(N)
+        T = _tile_rows(kg, x.itemsize, P, 1)
+    else:
+        nt = _threads(N * P)
+        T = _tile_rows(kg, x.itemsize, N * P, nt)
+        nt = _threads(-(-(N * P) // T))
+    work = _alloc((nt, T * kg), x.dtype)
+    dw_work = _alloc((nt, kg, cout), x.dtype, zero=True)
+    db_work = _alloc((nt, cout), x.dtype, zero=True)
+    dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
+    _run(nt, _core.conv2d_backward, dy, x, w.reshape(kg, cout), dx_arg, dw_work, db_work,
+         work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T,
+         bool(need_dx), True)
+    dw = dw_work[0] if nt == 1 else dw_work.sum(axis=0)
+    db = db_work[0] if nt == 1 else db_work.sum(axis=0)
+    return dx, dw.reshape(w.shape), db
+
+
+# ---------------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------------
+def _pool_geometry(hw, pool_size, stride, padding):
+    k = normalize_pair(pool_size, "pool_size")
+    stride = k if stride is None else stride
+    k, s, pads, _, out = _geometry(hw, k, stride, padding, 1, what="pool window")
+    for i, axis in enumerate(("height", "width")):
+        if max(pads[i]) >= k[i]:
+            raise ValueError(f"padding {pads[i]} in {axis} must be smaller than pool_size {k} "
+                             f"(a window would lie entirely in the padding)")
+    return k, s, pads, out
+
+
+def max_pool2d(x, pool_size=2, stride=None, padding=0):
+    """Max pooling that records the winner of every window.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), dtype float32 or float64
+    pool_size : int or pair
+    stride : int, pair or None
+        Defaults to ``pool_size``.
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+        Padded positions never win (they act as -inf). Every pad must be smaller than
+        the window.
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, C)
+    argmax : ndarray of int64, shape (N, OH, OW, C)
+        Flat index ``h * W + w`` of the winning input unit inside its ``(n, c)`` plane.
+        Ties go to the first element of the window in row-major order; a NaN in the
+        window wins (NaN propagates, as in PyTorch).
+    """
+    x = _float_array(x, "x", 4)
+    _positive_dims(x, "x")
+    k, s, pads, (OH, OW) = _pool_geometry(x.shape[1:3], pool_size, stride, padding)
+    N, _, _, C = x.shape
+    y = _alloc((N, OH, OW, C), x.dtype)
+    argmax = _alloc((N, OH, OW, C), np.int64)
+    _core.max_pool2d_forward(x, y, argmax, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
+                             _threads(N * OH))
+    return y, argmax
+
+
+def _check_pool_grad(dy, input_shape):
+    dy = _float_array(dy, "dy", 4)
+    shape = _shape_arg(input_shape, "input_shape")
+    if dy.shape[0] != shape[0] or dy.shape[3] != shape[3]:
+        raise ValueError(f"dy of shape {dy.shape} does not match input_shape {shape}: "
+                         f"N and C must agree")
+    return dy, shape
+
+
+def max_pool2d_backward(dy, argmax, input_shape):
+    """Route each gradient of ``dy`` to the unit that won its window in the forward pass.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, C), dtype float32 or float64
+    argmax : ndarray of int64, shape (N, OH, OW, C)
+        As returned by :func:`max_pool2d`; every value must lie in ``[0, H*W)``.
+    input_shape : tuple (N, H, W, C)
+
+    Returns
+    -------
+    dx : ndarray of shape input_shape, dtype of dy
+    """
+    dy, shape = _check_pool_grad(dy, input_shape)
+    a = np.asarray(argmax)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"argmax must be an integer array (int64), got dtype {a.dtype} "
+                        f"(shape {a.shape})")
+    if a.shape != dy.shape:
+        raise ValueError(f"argmax must have dy's shape {dy.shape}, got {a.shape}")
+    if a.dtype != np.int64:
+        if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+            raise ValueError("argmax holds indices outside [0, H*W)")
+        a = a.astype(np.int64)
+    a = np.ascontiguousarray(a)
+    dx = _alloc(shape, dy.dtype, zero=True)
+    bad = _core.max_pool2d_backward(dy, a, dx, _threads(shape[0]))
+    if bad:
+        raise ValueError(f"argmax holds {bad} indices outside [0, H*W) = [0, {shape[1] * shape[2]}) "
+                         f"for input_shape {shape}")
+    return dx
+
+
+def avg_pool2d(x, pool_size=2, stride=None, padding=0):
+    """Average pooling.
+
+    Padded zeros count in the divisor: every window is divided by ``KH * KW`` (PyTorch's
+    default, ``count_include_pad=True``).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), dtype float32 or float64
+    pool_size : int or pair
+    stride : int, pair or None (defaults to pool_size)
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, C)
+    """
+    x = _float_array(x, "x", 4)
+    _positive_dims(x, "x")
+    k, s, pads, (OH, OW) = _pool_geometry(x.shape[1:3], pool_size, stride, padding)
+    N, _, _, C = x.shape
+    y = _alloc((N, OH, OW, C), x.dtype)
+    _core.avg_pool2d_forward(x, y, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
+                             _threads(N * OH))
+    return y
+
+
+def avg_pool2d_backward(dy, input_shape, pool_size=2, stride=None, padding=0):
+    """Gradient of :func:`avg_pool2d`: each ``dy`` spread evenly (``/ (KH*KW)``) over its window.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, C), dtype float32 or float64
+    input_shape : tuple (N, H, W, C)
+    pool_size, stride, padding : as given to :func:`avg_pool2d`
+
+    Returns
+    -------
+    dx : ndarray of shape input_shape
+    """
+    dy, shape = _check_pool_grad(dy, input_shape)
+    k, s, pads, (OH, OW) = _pool_geometry(shape[1:3], pool_size, stride, padding)
+    expected = (shape[0], OH, OW, shape[3])
+    if dy.shape != expected:
+        raise ValueError(f"dy must have the pooled shape {expected} for input_shape {shape}, "
+                         f"got {dy.shape}")
+    dx = _alloc(shape, dy.dtype, zero=True)
+    _core.avg_pool2d_backward(dy, dx, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
+                              _threads(shape[0]))
+    return dx
+
+
+# ---------------------------------------------------------------------------------
+# One image, one kernel: the two operations the theory distinguishes
+# ---------------------------------------------------------------------------------
+def _mode_padding(mode, kh, kw, flipped=False):
+    if mode == "valid":
+        return ((0, 0), (0, 0))
+    if mode == "full":
+        return ((kh - 1, kh - 1), (kw - 1, kw - 1))
+    if mode == "same":
+        # The 'full' output cropped to the input's size, centred as scipy.signal does: for an
+        # even kernel the extra row/column of padding goes after the image when correlating
+        # and before it when convolving (the flipped kernel mirrors the crop).
+        ph, pw = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+        if flipped:
+            ph, pw = ph[::-1], pw[::-1]
+        return (ph, pw)
+    raise ValueError(f"mode must be 'valid', 'same' or 'full', got {mode!r}")
+
+
+def correlate2d(image, kernel, mode="valid"):
+    """Cross-correlation of one 2-D image with one 2-D kernel (the CNN "convolution").
+
+    ``out[i, j] = sum_{m, n} image[i + m, j + n] * kernel[m, n]``
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W), dtype float32 or float64
+    kernel : ndarray of shape (KH, KW), same dtype
+    mode : {"valid", "same", "full"}
+        ``valid``: only where the kernel fits inside the image; ``full``: every overlap
+        (zero padding of KH-1, KW-1); ``same``: the full result cropped, centred, to the
+        image's size (as ``scipy.signal.correlate2d``).
+    """
+    return _correlate2d(image, kernel, mode, flipped=False)
+
+
+def _correlate2d(image, kernel, mode, flipped):
+    image = _float_array(image, "image", 2)
+    kernel = _float_array(kernel, "kernel", 2)
+    _same_dtype(image=image, kernel=kernel)
+    _positive_dims(image, "image", skip_batch=False)
+    _positive_dims(kernel, "kernel", skip_batch=False)
+    if flipped:
+        kernel = np.ascontiguousarray(kernel[::-1, ::-1])
+    kh, kw = kernel.shape
+    pads = _mode_padding(mode, kh, kw, flipped)
+    y = conv2d(image[None, :, :, None], kernel[:, :, None, None], padding=pads)
+    return y[0, :, :, 0]
+
+
+def convolve2d(image, kernel, mode="valid"):
+    """True 2-D convolution: cross-correlation with the kernel flipped both ways.
+
+    ``out[i, j] = sum_{m, n} image[i - m, j - n] * kernel[m, n]``; modes as in
+    :func:`correlate2d` (``same`` centred as ``scipy.signal.convolve2d``).
+    """
+    return _correlate2d(image, kernel, mode, flipped=True)
