@@ -1,0 +1,430 @@
+"""Data sets used by the examples and the paper reproduction.
+
+- :func:`load_lfw`: Labeled Faces in the Wild from a folder in the standard LFW layout
+  or straight from one of the official ``.tgz`` archives (needs Pillow).
+- :func:`load_digits`: scikit-learn's bundled 8x8 handwritten digits as NHWC images
+  (needs scikit-learn).
+- :func:`train_test_split`: a seeded random (optionally stratified) split.
+
+Images are returned as float32 arrays of shape ``(N, H, W, C)`` with values in
+``[0, 1]`` and labels as int64, ready for :class:`cconv.Sequential`.
+
+Nothing here downloads anything: the loaders take a path (LFW) or read data that
+ships inside an installed package (digits).
+"""
+import math
+import os
+import posixpath
+import tarfile
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["LFW_DEFAULT_CROP", "load_lfw", "load_digits", "train_test_split"]
+
+#: Default face crop box ``(left, upper, right, lower)`` in pixels of a 250x250 LFW image.
+#: See :func:`load_lfw` for why.
+LFW_DEFAULT_CROP = (61, 66, 189, 194)
+
+_LFW_REFERENCE_SIZE = 250
+_IMAGE_SUFFIXES = (".jpg", ".jpeg")
+_DATA_EXTRA = 'pip install "cconv[data]"'
+
+
+def _import_pillow():
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in tests
+        raise ImportError(
+            "cconv.datasets.load_lfw needs Pillow to decode JPEG images; "
+            f"install it with: {_DATA_EXTRA}"
+        ) from exc
+    return Image
+
+
+# ---------------------------------------------------------------------------
+# LFW
+# ---------------------------------------------------------------------------
+
+def _is_image_name(name):
+    base = posixpath.basename(name)
+    return not base.startswith(".") and base.lower().endswith(_IMAGE_SUFFIXES)
+
+
+def _group_by_person(relpaths, where):
+    """Group relative POSIX paths ``[root/]Person/file.jpg`` by person.
+
+    Only the shallowest depth that holds images counts (2 = ``Person/file.jpg`` when
+    ``path`` is the image folder itself, 3 = ``root/Person/file.jpg`` for an archive
+    or a folder that contains the image folder).
+
+    Returns a dict person -> sorted list of relative paths.
+    """
+    by_depth = {}
+    for rel in relpaths:
+        parts = rel.split("/")
+        if len(parts) in (2, 3):
+            by_depth.setdefault(len(parts), []).append(rel)
+    if not by_depth:
+        return {}
+    depth = min(by_depth)
+    people = {}
+    parents = {}
+    for rel in by_depth[depth]:
+        parent = posixpath.dirname(rel)
+        person = posixpath.basename(parent)
+        seen = parents.setdefault(person, parent)
+        if seen != parent:
+            raise ValueError(
+                f"{where} holds images of {person!r} in two folders ({seen!r} and {parent!r}); "
+                "point load_lfw at one LFW variant (for example lfw-deepfunneled/)"
+            )
+        people.setdefault(person, []).append(rel)
+    return {person: sorted(files) for person, files in people.items()}
+
+
+def _list_folder(root):
+    relpaths = []
+    for person_dir in sorted(root.iterdir()):
+        if not person_dir.is_dir() or person_dir.name.startswith("."):
+            continue
+        for entry in person_dir.iterdir():
+            if entry.is_file() and _is_image_name(entry.name):
+                relpaths.append(f"{person_dir.name}/{entry.name}")
+            elif entry.is_dir() and not entry.name.startswith("."):
+                # root/Person/file.jpg (path is the folder that contains the image folder)
+                for sub in entry.iterdir():
+                    if sub.is_file() and _is_image_name(sub.name):
+                        relpaths.append(f"{person_dir.name}/{entry.name}/{sub.name}")
+    return relpaths
+
+
+def _normalize_size(size):
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (int(size), int(size))
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be None, a positive int or a pair (height, width), got {size!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+def _normalize_crop(crop):
+    if crop is None:
+        return None
+    try:
+        box = tuple(float(v) for v in crop)
+    except (TypeError, ValueError):
+        box = ()
+    if len(box) != 4:
+        raise ValueError(f"crop must be None or a box (left, upper, right, lower), got {crop!r}")
+    left, upper, right, lower = box
+    if not (0 <= left < right and 0 <= upper < lower):
+        raise ValueError(
+            f"crop must satisfy 0 <= left < right and 0 <= upper < lower, got {crop!r}"
+        )
+    return box
+
+
+def _decode(Image, data, name, size, crop, color):
+    """Decode one JPEG (bytes or path) into a uint8 (H, W, C) array."""
+    box_outside = None
+    try:
+        with Image.open(data) as im:
+            im = im.convert("RGB" if color else "L")
+            box = None
+            if crop is not None:
+                # The box is defined on the 250x250 LFW frame: scale it to this image.
+                sx = im.width / _LFW_REFERENCE_SIZE
+                sy = im.height / _LFW_REFERENCE_SIZE
+                left, upper, right, lower = crop
+                box = (left * sx, upper * sy, right * sx, lower * sy)
+                if box[2] > im.width + 1e-6 or box[3] > im.height + 1e-6:
+                    box_outside = (im.width, im.height)
+            if box_outside is None:
+                if size is not None:
+                    im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS, box=box)
+                elif box is not None:
+                    im = im.crop(tuple(int(round(v)) for v in box))
+                arr = np.asarray(im, dtype=np.uint8)
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
+        raise ValueError(f"cannot decode image {name}: {exc}") from exc
+    if box_outside is not None:
+        raise ValueError(
+            f"crop box {crop} lies outside the {box_outside[0]}x{box_outside[1]} image {name}"
+        )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
+             crop=LFW_DEFAULT_CROP, max_faces_per_person=None):
+    """Load Labeled Faces in the Wild (LFW) as NHWC float32 images.
+
+    Reads the standard LFW layout ``<Person_Name>/<Person_Name>_NNNN.jpg`` either from
+    a folder or directly from an official archive (``lfw.tgz``, ``lfw-funneled.tgz``,
+    ``lfw-deepfunneled.tgz``; any ``tar`` that :mod:`tarfile` opens), without
+    extracting it to disk.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The image folder (e.g. ``lfw-deepfunneled/``, whose subfolders are the people),
+        a folder containing it, or a ``.tgz``/``.tar`` archive of it.
+    min_faces_per_person : int, default 30
+        Keep only the people with at least this many images. With 30 on LFW this gives
+        the 34 people and 2,370 images of the paper.
+    size : int or (int, int) or None, default (64, 64)
+        Output ``(height, width)``. Resizing uses Pillow's Lanczos filter, which
+        low-pass filters before subsampling (no aliasing). ``None`` keeps the
+        (cropped) size; all images must then have the same size.
+    color : bool, default True
+        RGB (3 channels) if True, luma (1 channel, ITU-R 601-2) if False.
+    crop : (left, upper, right, lower) or None, default ``LFW_DEFAULT_CROP``
+        Box cut out of each image before resizing, in pixel coordinates of the
+        250x250 LFW frame (scaled proportionally for images of another size).
+        The default ``(61, 66, 189, 194)`` is a 128x128 square centred on the face:
+        LFW images are 250x250 frames in which the face (aligned by the funneling)
+        covers only about the central 90x120 pixels; the rest is hair, shoulders and
+        background, which change from photo to photo of the same person and so carry
+        little identity information while taking most of the pixels. The box was
+        chosen from the mean deep-funneled image: it spans the face from the hairline
+        to the chin and ear to ear, is square (no distortion when resized to a square
+        size) and is exactly twice 64x64. ``None`` keeps the full frame.
+    max_faces_per_person : int or None, default None
+        Keep at most this many images per person (the first ones in file order);
+        meant for quick experiments. Applied after ``min_faces_per_person``.
+
+    Returns
+    -------
+    x : ndarray of shape (N, H, W, C), dtype float32
+        Images scaled to ``[0, 1]``.
+    y : ndarray of shape (N,), dtype int64
+        Labels, indices into ``class_names``.
+    class_names : list of str
+        Person names (folder names), sorted.
+
+    The order is deterministic: people sorted by name, then each person's files
+    sorted by name. Labels follow the same order.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If no image in the LFW layout is found, no person has ``min_faces_per_person``
+        images, or an image cannot be decoded (the message names the file).
+    ImportError
+        If Pillow is not installed (``pip install "cconv[data]"``).
+
+    Examples
+    --------
+    >>> x, y, names = load_lfw("lfw-deepfunneled.tgz")       # doctest: +SKIP
+    >>> x.shape, len(names)                                   # doctest: +SKIP
+    ((2370, 64, 64, 3), 34)
+    """
+    path = Path(os.fspath(path))
+    if isinstance(min_faces_per_person, bool) or not isinstance(min_faces_per_person, (int, np.integer)) \
+            or min_faces_per_person < 0:
+        raise ValueError(f"min_faces_per_person must be a non-negative int, got {min_faces_per_person!r}")
+    if max_faces_per_person is not None and (
+            isinstance(max_faces_per_person, bool)
+            or not isinstance(max_faces_per_person, (int, np.integer)) or max_faces_per_person < 1):
+        raise ValueError(f"max_faces_per_person must be None or a positive int, got {max_faces_per_person!r}")
+    size = _normalize_size(size)
+    crop = _normalize_crop(crop)
+    if not path.exists():
+        raise FileNotFoundError(f"LFW path {str(path)!r} does not exist")
+    Image = _import_pillow()
+
+    archive = None
+    if path.is_dir():
+        people = _group_by_person(_list_folder(path), f"folder {str(path)!r}")
+    elif tarfile.is_tarfile(path):
+        archive = tarfile.open(path, "r:*")
+        members = {}
+        for m in archive.getmembers():
+            name = m.name[2:] if m.name.startswith("./") else m.name
+            if m.isfile() and _is_image_name(name):
+                members[name] = m
+        people = _group_by_person(members, f"archive {str(path)!r}")
+    else:
+        raise ValueError(f"LFW path {str(path)!r} is neither a folder nor a tar archive")
+
+    try:
+        if not people:
+            raise ValueError(
+                f"no JPEG images in the LFW layout <Person_Name>/<Person_Name>_NNNN.jpg "
+                f"found in {str(path)!r}"
+            )
+        kept = sorted(p for p, files in people.items() if len(files) >= min_faces_per_person)
+        if not kept:
+            most = max(len(files) for files in people.values())
+            raise ValueError(
+                f"no person in {str(path)!r} has at least min_faces_per_person="
+                f"{min_faces_per_person} images (the most is {most})"
+            )
+        files, labels = [], []
+        for label, person in enumerate(kept):
+            chosen = people[person][:max_faces_per_person]
+            files.extend(chosen)
+            labels.extend([label] * len(chosen))
+
+        images = [None] * len(files)
+        if archive is None:
+            for i, rel in enumerate(files):
+                images[i] = _decode(Image, path / rel, str(path / rel), size, crop, color)
+        else:
+            # Decode in archive order: a compressed tar is a stream, and jumping
+            # backwards in it means decompressing again from the start.
+            order = sorted(range(len(files)), key=lambda i: members[files[i]].offset)
+            for i in order:
+                data = archive.extractfile(members[files[i]]).read()
+                images[i] = _decode(Image, BytesIO(data), f"{path}:{files[i]}", size, crop, color)
+    finally:
+        if archive is not None:
+            archive.close()
+
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"images in {str(path)!r} have different sizes {sorted(shapes)}; pass size=(H, W)"
+        )
+    x = np.stack(images).astype(np.float32)
+    x *= np.float32(1.0 / 255.0)
+    y = np.asarray(labels, dtype=np.int64)
+    return x, y, kept
+
+
+# ---------------------------------------------------------------------------
+# digits
+# ---------------------------------------------------------------------------
+
+def load_digits():
+    """Load scikit-learn's handwritten digits as NHWC images.
+
+    1,797 real 8x8 grey-level images of the digits 0-9 (the UCI "optical recognition
+    of handwritten digits" test set), shipped inside scikit-learn: no download.
+
+    Returns
+    -------
+    x : ndarray of shape (1797, 8, 8, 1), dtype float32
+        Pixel values (0-16 in the source) scaled to ``[0, 1]``.
+    y : ndarray of shape (1797,), dtype int64
+        The digit shown.
+
+    Raises
+    ------
+    ImportError
+        If scikit-learn is not installed (``pip install "cconv[data]"``).
+    """
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+    except ImportError as exc:
+        raise ImportError(
+            "cconv.datasets.load_digits needs scikit-learn (it ships the digits); "
+            f"install it with: {_DATA_EXTRA}"
+        ) from exc
+    bunch = _sk_load_digits()
+    x = (np.asarray(bunch.images, dtype=np.float32) / np.float32(16.0))[..., None]
+    y = np.asarray(bunch.target, dtype=np.int64)
+    return np.ascontiguousarray(x), y
+
+
+# ---------------------------------------------------------------------------
+# splitting
+# ---------------------------------------------------------------------------
+
+def _n_test(test_size, n):
+    if isinstance(test_size, bool):
+        raise ValueError(f"test_size must be a float in (0, 1) or a positive int, got {test_size!r}")
+    if isinstance(test_size, (int, np.integer)):
+        n_test = int(test_size)
+    elif isinstance(test_size, (float, np.floating)) and 0.0 < test_size < 1.0:
+        n_test = math.ceil(float(test_size) * n)
+    else:
+        raise ValueError(f"test_size must be a float in (0, 1) or a positive int, got {test_size!r}")
+    if not 1 <= n_test <= n - 1:
+        raise ValueError(
+            f"test_size={test_size!r} with {n} samples leaves {n_test} for testing and "
+            f"{n - n_test} for training; both must be at least 1"
+        )
+    return n_test
+
+
+def _stratified_test_indices(y, n_test, rng):
+    classes, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise ValueError(
+            f"stratify=True needs at least 2 samples per class; class {classes[counts.argmin()]!r} "
+            f"has {counts.min()}"
+        )
+    # Share n_test between the classes in proportion to their sizes: floor of the exact
+    # share, then the leftover samples to the largest remainders (ties broken at random).
+    exact = n_test * counts / len(y)
+    quota = np.floor(exact).astype(np.int64)
+    left = n_test - int(quota.sum())
+    if left > 0:
+        remainder = exact - quota
+        tiebreak = rng.random(len(classes))
+        order = np.lexsort((tiebreak, -remainder))
+        quota[order[:left]] += 1
+    test = []
+    for k in range(len(classes)):
+        members = np.flatnonzero(y_idx == k)
+        test.append(rng.choice(members, size=int(quota[k]), replace=False))
+    return rng.permutation(np.concatenate(test))
+
+
+def train_test_split(x, y, test_size=0.25, seed=0, stratify=False):
+    """Split arrays into random train and test subsets.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, ...)
+        Samples (first axis).
+    y : ndarray of shape (N, ...)
+        Labels (first axis).
+    test_size : float in (0, 1) or int, default 0.25
+        Fraction of the samples (the test count is ``ceil(test_size * N)``, as in
+        scikit-learn) or the number of test samples.
+    seed : int, numpy.random.Generator or None, default 0
+        Seed of the shuffle; the same seed gives the same split.
+    stratify : bool, default False
+        If True, keep the class proportions of ``y`` in both parts (each class's
+        test count is its proportional share, rounded so the total is exact).
+
+    Returns
+    -------
+    x_train, x_test, y_train, y_test : ndarray
+        Shuffled subsets (copies).
+
+    Examples
+    --------
+    With the 2,370 LFW images and ``test_size=0.25``: 1,777 train and 593 test.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of samples, got x of shape {x.shape} "
+            f"and y of shape {y.shape}"
+        )
+    n = x.shape[0]
+    n_test = _n_test(test_size, n)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    if stratify:
+        test = _stratified_test_indices(y, n_test, rng)
+        mask = np.ones(n, dtype=bool)
+        mask[test] = False
+        train = rng.permutation(np.flatnonzero(mask))
+    else:
+        perm = rng.permutation(n)
+        test, train = perm[:n_test], perm[n_test:]
+    return x[train], x[test], y[train], y[test]
