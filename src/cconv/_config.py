@@ -110,9 +110,12 @@ def _blas_libs():
         except ImportError:
             _blas_controllers = []
         else:
-            _blas_controllers = list(
-                ThreadpoolController().select(user_api="blas").lib_controllers
-            )
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            # The kernels call scipy's BLAS: limit only that library when it can be told
+            # apart (changing numpy's copy as well would wake its idle threads for nothing).
+            ours = [lib for lib in libs if "scipy" in os.path.basename(
+                os.path.dirname(lib.filepath or "")) or "libscipy_openblas-" in (lib.filepath or "")]
+            _blas_controllers = ours or list(libs)
     return _blas_controllers
 
 
