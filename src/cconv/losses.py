@@ -1,0 +1,391 @@
+"""Loss functions and the accuracy metric.
+
+A loss is an object called as ``loss(pred, y) -> float`` (the mean over the batch) whose
+``backward()`` returns the gradient of that number with respect to ``pred`` for the last
+call, already divided by the batch size, in ``pred``'s dtype.
+
+>>> loss = SoftmaxCrossEntropy()
+>>> value = loss(logits, labels)          # doctest: +SKIP
+>>> dlogits = loss.backward()             # doctest: +SKIP
+
+``get(name)`` maps ``"categorical_crossentropy"`` / ``"softmax_cross_entropy"`` /
+``"sparse_categorical_crossentropy"``, ``"mse"`` / ``"mean_squared_error"`` and
+``"binary_crossentropy"`` to loss objects.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from scipy.special import expit
+
+__all__ = ["Loss", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
+           "accuracy", "get", "serialize", "deserialize"]
+
+_PROB_EPS = 1e-7     # clipping of probabilities when a loss is given probabilities (Keras's)
+
+
+def _pred_array(pred, ndim=None):
+    pred = np.asarray(pred)
+    if pred.dtype not in (np.float32, np.float64):
+        if pred.dtype.kind not in "iub":
+            raise TypeError(f"pred must be a float array, got dtype {pred.dtype} "
+                            f"(shape {pred.shape})")
+        pred = pred.astype(np.float64)
+    if ndim is not None and pred.ndim != ndim:
+        raise ValueError(f"pred must be {ndim}-D (N, classes), got shape {pred.shape}")
+    if pred.ndim == 0:
+        raise ValueError("pred must have a batch dimension, got a scalar")
+    return pred
+
+
+def _class_labels(y, n, k):
+    """Integer labels (N,) or one-hot/soft targets (N, K) -> (int labels or None, targets or None)."""
+    y = np.asarray(y)
+    if y.dtype.kind == "c" or y.dtype.kind not in "biuf":
+        raise TypeError(f"y must hold integer labels or one-hot rows, got dtype {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1 and k != 1:
+        y = y[:, 0]
+    if y.ndim == 1:
+        if y.shape[0] != n:
+            raise ValueError(f"y has {y.shape[0]} labels but pred has {n} rows (x/y lengths "
+                             f"differ)")
+        if y.dtype.kind == "f":
+            if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                raise ValueError("integer labels must be whole numbers; pass one-hot rows of "
+                                 "shape (N, classes) for soft targets")
+        labels = y.astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            bad = labels[(labels < 0) | (labels >= k)]
+            raise ValueError(f"labels must lie in [0, {k}) for pred with {k} classes, got "
+                             f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}")
+        return labels, None
+    if y.ndim == 2:
+        if y.shape != (n, k):
+            raise ValueError(f"one-hot y must have pred's shape {(n, k)}, got {y.shape}")
+        return None, y
+    raise ValueError(f"y must be integer labels (N,) or one-hot rows (N, {k}), got shape {y.shape}")
+
+
+class Loss:
+    """Base class: ``__call__(pred, y) -> float`` and ``backward() -> dL/dpred``."""
+
+    #: The canonical name accepted by :func:`get`.
+    name = ""
+
+    def __init__(self):
+        self._grad_args = None
+
+    def __call__(self, pred, y) -> float:
+        raise NotImplementedError
+
+    def backward(self) -> np.ndarray:
+        """Gradient of the last call's value with respect to ``pred`` (divided by the batch size)."""
+        if self._grad_args is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding call "
+                               f"loss(pred, y)")
+        return self._backward(*self._grad_args)
+
+    def get_config(self) -> dict:
+        """JSON-serialisable constructor arguments."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Loss":
+        return cls(**config)
+
+    def __repr__(self):
+        cfg = self.get_config()
+        default = type(self)().get_config()
+        parts = [f"{k}={v!r}" for k, v in cfg.items() if default.get(k) != v]
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax followed by categorical cross-entropy, fused and numerically stable.
+
+    For logits ``z`` of a sample and targets ``t`` (one-hot, or smoothed)::
+
+        L = sum_k t_k * (logsumexp(z) - z_k),   logsumexp(z) = m + log sum_k exp(z_k - m)
+
+    with ``m = max_k z_k`` so nothing overflows; the value returned is the mean of ``L`` over
+    the batch, and the gradient is ``(softmax(z) * sum(t) - t) / N``.
+
+    Parameters
+    ----------
+    label_smoothing : float in [0, 1)
+        Targets become ``t * (1 - label_smoothing) + label_smoothing / K`` (as Keras and
+        PyTorch).
+    from_logits : bool
+        True (default): ``pred`` are logits. False: ``pred`` are probabilities (e.g. the
+        output of a Softmax layer), clipped to ``[1e-7, 1 - 1e-7]``; prefer logits.
+
+    Notes
+    -----
+    ``y`` may be integer labels ``(N,)`` (or ``(N, 1)``) in ``[0, K)`` or rows ``(N, K)`` of
+    one-hot / probability targets. Labels out of range raise ``ValueError``.
+    """
+
+    name = "categorical_crossentropy"
+
+    def __init__(self, label_smoothing=0.0, from_logits=True):
+        super().__init__()
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+            raise TypeError(f"label_smoothing must be a float, got {label_smoothing!r}")
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = bool(from_logits)
+
+    def get_config(self):
+        return {"label_smoothing": self.label_smoothing, "from_logits": self.from_logits}
+
+    def __call__(self, pred, y) -> float:
+        z = _pred_array(pred, ndim=2)
+        n, k = z.shape
+        labels, t = _class_labels(y, n, k)
+        if n == 0:
+            raise ValueError("pred is an empty batch (shape (0, K))")
+        ls = self.label_smoothing
+        if not self.from_logits:
+            p = np.clip(z, _PROB_EPS, 1.0 - _PROB_EPS)
+            logp = np.log(p)
+            if labels is not None:
+                picked = logp[np.arange(n), labels]
+                loss = -((1.0 - ls) * picked + (ls / k) * logp.sum(axis=1))
+            else:
+                tt = t * (1.0 - ls) + ls / k if ls else t
+                loss = -np.sum(tt * logp, axis=1)
+            self._grad_args = (z, p, labels, t)
+            return float(np.mean(loss, dtype=np.float64))
+        m = np.max(z, axis=1, keepdims=True)
+        e = np.subtract(z, m)
+        np.exp(e, out=e)
+        s = np.sum(e, axis=1, keepdims=True)
+        lse = (m + np.log(s))[:, 0]
+        e /= s                                     # e is now softmax(z)
+        if labels is not None:
+            # sum(t) = 1: L = lse - (1 - ls) * z_y - ls * mean_k(z)
+            loss = lse - (1.0 - ls) * z[np.arange(n), labels]
+            if ls:
+                loss -= ls * np.mean(z, axis=1)
+        else:
+            tt = t * (1.0 - ls) + ls / k if ls else t
+            loss = lse * np.sum(tt, axis=1) - np.einsum("ij,ij->i", tt, z)
+        self._grad_args = (z, e, labels, t)
+        return float(np.mean(loss, dtype=np.float64))
+
+    def _backward(self, z, p, labels, t):
+        n, k = z.shape
+        ls = self.label_smoothing
+        dtype = z.dtype
+        if not self.from_logits:
+            # d/dp of -sum(tt * log(clip(p))) / N (zero where the clip is active)
+            if labels is not None:
+                tt = np.full((n, k), ls / k)
+                tt[np.arange(n), labels] += 1.0 - ls
+            else:
+                tt = t * (1.0 - ls) + ls / k if ls else t
+            g = -tt / p
+            g[(z < _PROB_EPS) | (z > 1.0 - _PROB_EPS)] = 0.0
+            return (g / n).astype(dtype)
+        if labels is not None:
+            g = p.copy()
+            g[np.arange(n), labels] -= dtype.type(1.0 - ls)
+            if ls:
+                g -= dtype.type(ls / k)
+        else:
+            tt = t * (1.0 - ls) + ls / k if ls else t
+            g = p * np.sum(tt, axis=1, keepdims=True).astype(dtype)
+            g -= tt.astype(dtype)
+        g /= dtype.type(n)
+        return g.astype(dtype, copy=False)
+
+
+class MeanSquaredError(Loss):
+    """Squared error with the convention of the theory: ``E = 1/2 sum_k (t_k - y_k)^2``.
+
+    ``E`` is summed over a sample's outputs and averaged over the batch; so for ``D`` outputs
+    per sample, ``E = (D / 2) * MSE`` where ``MSE`` is the usual mean over all elements
+    (``torch.nn.MSELoss()``, Keras's ``mean_squared_error``). The gradient is
+    ``(y - t) / N``.
+
+    ``y`` must have ``pred``'s shape; ``(N,)`` targets are accepted for ``(N, 1)`` predictions,
+    and integer labels ``(N,)`` for ``(N, K)`` predictions with ``K > 1`` are one-hot encoded.
+    """
+
+    name = "mean_squared_error"
+
+    def __call__(self, pred, y) -> float:
+        p = _pred_array(pred)
+        t = np.asarray(y)
+        if t.dtype.kind not in "biuf":
+            raise TypeError(f"y must be a real array, got dtype {t.dtype}")
+        n = p.shape[0]
+        if t.shape != p.shape:
+            if t.ndim == 1 and t.shape[0] == n and p.ndim == 2 and p.shape[1] == 1:
+                t = t[:, None]
+            elif t.ndim == 1 and t.dtype.kind in "iu" and p.ndim == 2 and t.shape[0] == n:
+                labels, _ = _class_labels(t, n, p.shape[1])
+                t = np.zeros(p.shape, p.dtype)
+                t[np.arange(n), labels] = 1
+            else:
+                raise ValueError(f"y must have pred's shape {p.shape}, got {t.shape}"
+                                 + (" (x/y lengths differ)" if t.shape[:1] != p.shape[:1] else ""))
+        if n == 0:
+            raise ValueError(f"pred is an empty batch (shape {p.shape})")
+        diff = np.subtract(p, t, dtype=p.dtype)
+        self._grad_args = (diff, n)
+        d64 = diff.astype(np.float64, copy=False).ravel()
+        return float(0.5 * np.dot(d64, d64) / n)
+
+    def _backward(self, diff, n):
+        return diff / diff.dtype.type(n)
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy, from logits by default (stable, like ``BCEWithLogitsLoss``).
+
+    Per element, for a logit ``z`` and a target ``t`` in ``[0, 1]``::
+
+        l = max(z, 0) - z * t + log(1 + exp(-|z|))       # = -t log s(z) - (1-t) log(1-s(z))
+
+    averaged over a sample's outputs and then over the batch (Keras's and PyTorch's mean);
+    the gradient is ``(sigmoid(z) - t) / (number of elements)``.
+
+    Parameters
+    ----------
+    from_logits : bool
+        False: ``pred`` are probabilities, clipped to ``[1e-7, 1 - 1e-7]``.
+    """
+
+    name = "binary_crossentropy"
+
+    def __init__(self, from_logits=True):
+        super().__init__()
+        self.from_logits = bool(from_logits)
+
+    def get_config(self):
+        return {"from_logits": self.from_logits}
+
+    def __call__(self, pred, y) -> float:
+        z = _pred_array(pred)
+        t = np.asarray(y)
+        if t.dtype.kind not in "biuf":
+            raise TypeError(f"y must be a real array, got dtype {t.dtype}")
+        if t.shape != z.shape:
+            if t.ndim == 1 and z.ndim == 2 and z.shape == (t.shape[0], 1):
+                t = t[:, None]
+            else:
+                raise ValueError(f"y must have pred's shape {z.shape}, got {t.shape}"
+                                 + (" (x/y lengths differ)" if t.shape[:1] != z.shape[:1] else ""))
+        if z.size == 0:
+            raise ValueError(f"pred is empty (shape {z.shape})")
+        if t.size and (np.min(t) < 0 or np.max(t) > 1):
+            raise ValueError(f"binary targets must lie in [0, 1], got values in "
+                             f"[{np.min(t)}, {np.max(t)}]")
+        t = t.astype(z.dtype, copy=False)
+        if self.from_logits:
+            loss = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+        else:
+            p = np.clip(z, _PROB_EPS, 1.0 - _PROB_EPS)
+            loss = -(t * np.log(p) + (1 - t) * np.log1p(-p))
+        self._grad_args = (z, t)
+        return float(np.mean(loss, dtype=np.float64))
+
+    def _backward(self, z, t):
+        dtype = z.dtype
+        if self.from_logits:
+            g = expit(z)
+            g -= t
+        else:
+            p = np.clip(z, _PROB_EPS, 1.0 - _PROB_EPS)
+            g = (p - t) / (p * (1 - p))
+            g[(z < _PROB_EPS) | (z > 1.0 - _PROB_EPS)] = 0.0
+        g /= z.size
+        return g.astype(dtype, copy=False)
+
+
+def accuracy(pred, y, threshold=0.5) -> float:
+    """Fraction of correct predictions.
+
+    Parameters
+    ----------
+    pred : ndarray of shape (N, K) or (N, 1) / (N,)
+        Scores, logits or probabilities. With ``K > 1`` the predicted class is the argmax;
+        with a single output it is ``pred > threshold``.
+    y : ndarray of shape (N,) int, or (N, K) one-hot
+    threshold : float
+        For single-output predictions: 0.5 for probabilities, pass 0.0 for logits.
+    """
+    pred = np.asarray(pred)
+    y = np.asarray(y)
+    n = pred.shape[0] if pred.ndim else 0
+    if pred.ndim == 0 or n == 0:
+        raise ValueError(f"pred must be a non-empty batch, got shape {pred.shape}")
+    if y.shape[:1] != (n,):
+        raise ValueError(f"y has shape {y.shape} but pred has {n} rows (x/y lengths differ)")
+    if pred.ndim == 1 or (pred.ndim == 2 and pred.shape[1] == 1):
+        p = (pred.reshape(n) > threshold)
+        t = y.reshape(n) > 0.5 if y.size == n else None
+        if t is None:
+            raise ValueError(f"y of shape {y.shape} does not match single-output pred {pred.shape}")
+        return float(np.mean(p == t))
+    if pred.ndim != 2:
+        raise ValueError(f"pred must be (N, K) scores, got shape {pred.shape}")
+    k = pred.shape[1]
+    labels, t = _class_labels(y, n, k)
+    if labels is None:
+        labels = np.argmax(t, axis=1)
+    return float(np.mean(np.argmax(pred, axis=1) == labels))
+
+
+_LOSSES = {
+    "categorical_crossentropy": SoftmaxCrossEntropy,
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "sparse_categorical_crossentropy": SoftmaxCrossEntropy,
+    "cross_entropy": SoftmaxCrossEntropy,
+    "mse": MeanSquaredError,
+    "mean_squared_error": MeanSquaredError,
+    "binary_crossentropy": BinaryCrossEntropy,
+    "bce": BinaryCrossEntropy,
+}
+_CLASSES = {c.__name__: c for c in (SoftmaxCrossEntropy, MeanSquaredError, BinaryCrossEntropy)}
+
+
+def serialize(loss) -> dict:
+    """``{"class_name": "SoftmaxCrossEntropy", "config": {...}}``."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"serialize expects a Loss, got {type(loss).__name__}")
+    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+
+
+def deserialize(d: dict) -> Loss:
+    """Inverse of :func:`serialize`; unknown class -> ValueError."""
+    if not isinstance(d, dict) or d.get("class_name") not in _CLASSES:
+        raise ValueError(f"unknown loss {d!r}; known classes: {sorted(_CLASSES)}")
+    return _CLASSES[d["class_name"]].from_config(dict(d.get("config") or {}))
+
+
+def get(name_or_obj) -> Loss:
+    """Resolve a ``loss=`` argument: a name, a Loss instance or class, or a serialized dict.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
+    if isinstance(name_or_obj, Loss):
+        return name_or_obj
+    if isinstance(name_or_obj, type) and issubclass(name_or_obj, Loss):
+        return name_or_obj()
+    if isinstance(name_or_obj, dict):
+        return deserialize(name_or_obj)
+    if isinstance(name_or_obj, str):
+        key = name_or_obj.lower()
+        if key in _LOSSES:
+            return _LOSSES[key]()
+        if name_or_obj in _CLASSES:
+            return _CLASSES[name_or_obj]()
+        raise ValueError(f"unknown loss {name_or_obj!r}; choose one of {sorted(_LOSSES)}")
+    raise TypeError(f"loss must be a name, a Loss or None, got {type(name_or_obj).__name__}")
