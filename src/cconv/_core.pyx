@@ -33,11 +33,54 @@ cdef extern from *:
     static int cconv_omp_max_threads(void) { return 1; }
     #endif
 
+    /* Hot elementwise loops are compiled for several instruction sets on x86-64 Linux
+       with gcc (the loader picks the best one at run time); elsewhere for the baseline. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define CCONV_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define CCONV_MULTIVERSION
+    #endif
+
+    /* One output row (n, oh) of a max pool: for every ow and channel, the running max over
+       the window (rows h0..h1, columns from ow*sw - pl, clipped), starting from the first
+       in-bounds element; a strictly greater value or a NaN takes the place, so ties keep
+       the first element in row-major order and NaN propagates. Branch-free to vectorise. */
+    #define CCONV_MAXPOOL_ROW(NAME, T)                                                     \
+    CCONV_MULTIVERSION static void NAME(                                                 \
+            const T *__restrict x, T *__restrict y, long long *__restrict a,             \
+            Py_ssize_t n, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW,       \
+            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) { \
+        for (Py_ssize_t ow = 0; ow < OW; ow++) {                                         \
+            Py_ssize_t w0 = ow * sw - pl, w1 = w0 + KW;                                  \
+            if (w0 < 0) w0 = 0;                                                          \
+            if (w1 > W) w1 = W;                                                          \
+            T *yo = y + ow * C;                                                          \
+            long long *ao = a + ow * C;                                                  \
+            const T *xi = x + ((n * H + h0) * W + w0) * C;                               \
+            long long first = h0 * W + w0;                                               \
+            for (Py_ssize_t c = 0; c < C; c++) { yo[c] = xi[c]; ao[c] = first; }         \
+            for (Py_ssize_t ih = h0; ih < h1; ih++) {                                    \
+                for (Py_ssize_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; iw++) {          \
+                    const T *xv = x + ((n * H + ih) * W + iw) * C;                       \
+                    long long idx = ih * W + iw;                                         \
+                    for (Py_ssize_t c = 0; c < C; c++) {                                 \
+                        T v = xv[c], b = yo[c];                                          \
+                        int take = (v > b) | (v != v);                                   \
+                        yo[c] = take ? v : b;                                            \
+                        ao[c] = take ? idx : ao[c];                                      \
+                    }                                                                    \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }
+    CCONV_MAXPOOL_ROW(cconv_maxpool_row_f, float)
+    CCONV_MAXPOOL_ROW(cconv_maxpool_row_d, double)
+
     /* d[i] += s[i]; the pointers never alias, which lets the compiler vectorise. */
-    static void cconv_add_f(float *__restrict d, const float *__restrict s, Py_ssize_t n) {
+    CCONV_MULTIVERSION static void cconv_add_f(float *__restrict d, const float *__restrict s, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i];
     }
-    static void cconv_add_d(double *__restrict d, const double *__restrict s, Py_ssize_t n) {
+    CCONV_MULTIVERSION static void cconv_add_d(double *__restrict d, const double *__restrict s, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i];
     }
 
@@ -73,6 +116,12 @@ cdef extern from *:
     void cconv_ftz_restore(unsigned long old) noexcept nogil
     void cconv_add_f(float *d, const float *s, Py_ssize_t n) noexcept nogil
     void cconv_add_d(double *d, const double *s, Py_ssize_t n) noexcept nogil
+    void cconv_maxpool_row_f(const float *x, float *y, long long *a, Py_ssize_t n, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
+                             Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
+    void cconv_maxpool_row_d(const double *x, double *y, long long *a, Py_ssize_t n, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
+                             Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
 
 
 cdef inline void vadd(floating *d, const floating *s, Py_ssize_t n) noexcept nogil:
@@ -484,67 +533,43 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                        long long[:, :, :, ::1] argmax,      # OUT, flat h*W + w of the winner
                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl, int num_threads):
-    """Max over each window; ties go to the first element in row-major order.
+    """Max over each window, recording the winner (see cconv_maxpool_row above).
 
-    The running maximum starts from the first in-bounds element of the window (the
-    caller guarantees every window holds one), a strict `>` keeps the first maximum,
-    and a NaN replaces a non-NaN maximum so NaN propagates as in PyTorch.
+    The caller guarantees every window holds at least one in-bounds element.
     """
-    cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, y.shape[1], y.shape[2],
-                            sh, sw, pt, pl, 1, 1)
-    cdef Py_ssize_t rows = g.N * g.OH, C = g.C
-    if rows * g.OW * C == 0:
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
+    cdef Py_ssize_t rows = N * OH
+    if rows * OW * C == 0:
         return
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef long long *ap = &argmax[0, 0, 0, 0]
-    cdef Py_ssize_t row, n, oh, ow, h0, w0, h1, w1, ih, iw, c
-    cdef floating *yo
-    cdef long long *ao
-    cdef const floating *xi
-    cdef floating v, best
+    cdef Py_ssize_t row, n, oh, h0, h1
     cdef unsigned long old
     with nogil, parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for row in prange(rows, schedule="static"):
-            n = row // g.OH
-            oh = row - n * g.OH
+            n = row // OH
+            oh = row - n * OH
             h0 = oh * sh - pt
             h1 = h0 + KH
             if h0 < 0:
                 h0 = 0
-            if h1 > g.H:
-                h1 = g.H
-            for ow in range(g.OW):
-                w0 = ow * sw - pl
-                w1 = w0 + KW
-                if w0 < 0:
-                    w0 = 0
-                if w1 > g.W:
-                    w1 = g.W
-                yo = yp + (row * g.OW + ow) * C
-                ao = ap + (row * g.OW + ow) * C
-                xi = xp + ((n * g.H + h0) * g.W + w0) * C
-                for c in range(C):
-                    yo[c] = xi[c]
-                    ao[c] = h0 * g.W + w0
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        if ih == h0 and iw == w0:
-                            continue
-                        xi = xp + ((n * g.H + ih) * g.W + iw) * C
-                        for c in range(C):
-                            v = xi[c]
-                            best = yo[c]
-                            if v > best or (v != v and best == best):
-                                yo[c] = v
-                                ao[c] = ih * g.W + iw
+            if h1 > H:
+                h1 = H
+            if floating is float:
+                cconv_maxpool_row_f(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
+                                    h0, h1, KW, sw, pl)
+            else:
+                cconv_maxpool_row_d(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
+                                    h0, h1, KW, sw, pl)
         cconv_ftz_restore(old)
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dy,
                         const long long[:, :, :, ::1] argmax,
-                        floating[:, :, :, ::1] dx,           # OUT, zeroed by caller
+                        floating[:, :, :, ::1] dx,           # OUT (zeroed here, image by image)
                         int num_threads):
     """Route each gradient to the unit that won the forward pass.
 
@@ -554,7 +579,10 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy,
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
     cdef Py_ssize_t Q = dy.shape[1] * dy.shape[2]
     cdef Py_ssize_t HW = H * W
-    if N * Q * C == 0 or HW == 0:
+    if N * C == 0 or HW == 0:
+        return 0
+    if Q == 0:
+        dx[...] = 0
         return 0
     cdef const floating *dyp = &dy[0, 0, 0, 0]
     cdef const long long *ap = &argmax[0, 0, 0, 0]
@@ -570,6 +598,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy,
         old = cconv_ftz_on()
         for n in prange(N, schedule="static"):
             dxn = dxp + n * HW * C
+            memset(dxn, 0, HW * C * sizeof(floating))
             for q in range(Q):
                 dyo = dyp + (n * Q + q) * C
                 ao = ap + (n * Q + q) * C

@@ -229,7 +229,9 @@ def _run(nt, fn, *args):
 def _tile_rows(kg, itemsize, rows, nt):
     """Rows of one im2col tile: at most TILE_BYTES, and at least one tile per thread."""
     t = max(1, TILE_BYTES // max(1, kg * itemsize))
-    return int(max(1, min(t, -(-rows // nt))))
+    ntiles = -(-rows // t)
+    ntiles = -(-ntiles // nt) * nt     # a multiple of the thread count: balanced work
+    return int(max(1, -(-rows // ntiles)))
 
 
 # ---------------------------------------------------------------------------------
@@ -498,7 +500,7 @@ def max_pool2d_backward(dy, argmax, input_shape):
             raise ValueError("argmax holds indices outside [0, H*W)")
         a = a.astype(np.int64)
     a = np.ascontiguousarray(a)
-    dx = _alloc(shape, dy.dtype, zero=True)
+    dx = _alloc(shape, dy.dtype)  # zeroed by the kernel, in parallel
     bad = _core.max_pool2d_backward(dy, a, dx, _threads(shape[0]))
     if bad:
         raise ValueError(f"argmax holds {bad} indices outside [0, H*W) = [0, {shape[1] * shape[2]}) "
