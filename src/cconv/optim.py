@@ -27,7 +27,7 @@ import numbers
 import numpy as np
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "sgd_update", "adam_update",
-           "rmsprop_update", "clip_grad_norm", "StepLR", "ExponentialLR", "CosineAnnealingLR",
+           "rmsprop_update", "clip_grad_norm", "LRSchedule", "StepLR", "ExponentialLR", "CosineAnnealingLR",
            "get", "serialize", "deserialize"]
 
 
@@ -594,11 +594,20 @@ def get(name_or_obj) -> Optimizer:
 # ---------------------------------------------------------------------------------
 # Learning-rate schedules: schedule(epoch, base_lr) -> lr, epochs counted from 0
 # ---------------------------------------------------------------------------------
-class _Schedule:
+class LRSchedule:
+    """Base of the schedules: ``schedule(epoch, base_lr) -> lr`` (epochs counted from 0).
+
+    ``get_lr(epoch, base_lr)`` is the same call under a name.
+    """
+
     def __call__(self, epoch, base_lr) -> float:
         if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         return float(self._lr(int(epoch), _number(base_lr, "base_lr", low=0.0)))
+
+    def get_lr(self, epoch, base_lr) -> float:
+        """The learning rate for ``epoch`` (from 0) given the initial rate ``base_lr``."""
+        return self(epoch, base_lr)
 
     def get_config(self) -> dict:
         return dict(vars(self))
@@ -611,7 +620,7 @@ class _Schedule:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
-class StepLR(_Schedule):
+class StepLR(LRSchedule):
     """``lr = base_lr * gamma ** (epoch // step_size)`` (PyTorch's ``StepLR``)."""
 
     def __init__(self, step_size, gamma=0.1):
@@ -624,7 +633,7 @@ class StepLR(_Schedule):
         return base_lr * self.gamma ** (epoch // self.step_size)
 
 
-class ExponentialLR(_Schedule):
+class ExponentialLR(LRSchedule):
     """``lr = base_lr * gamma ** epoch`` (PyTorch's ``ExponentialLR``)."""
 
     def __init__(self, gamma):
@@ -634,7 +643,7 @@ class ExponentialLR(_Schedule):
         return base_lr * self.gamma ** epoch
 
 
-class CosineAnnealingLR(_Schedule):
+class CosineAnnealingLR(LRSchedule):
     """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``.
 
     The closed form of PyTorch's ``CosineAnnealingLR`` (base_lr at epoch 0, eta_min at
