@@ -1,0 +1,471 @@
+"""Callbacks: hooks into :meth:`cconv.Sequential.fit`.
+
+A callback receives ``on_train_begin``, ``on_epoch_begin(epoch)``, ``on_batch_begin(batch)``,
+``on_batch_end(batch, logs)``, ``on_epoch_end(epoch, logs)`` and ``on_train_end``; epochs and
+batches are counted from 0 (as in Keras). ``logs`` at the end of an epoch holds ``loss``, the
+metrics (``accuracy``) and, with validation data, ``val_loss`` / ``val_accuracy``. A callback
+stops training by setting ``self.model.stop_training = True``.
+
+Included: :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LearningRateScheduler`,
+:class:`CSVLogger`, :class:`SkipNonFinite`, :class:`LambdaCallback`.
+"""
+import csv
+import inspect
+import math
+import os
+
+import numpy as np
+
+__all__ = [
+    "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "CSVLogger",
+    "SkipNonFinite", "LambdaCallback",
+]
+
+
+class Callback:
+    """Base class: every hook does nothing.
+
+    Attributes
+    ----------
+    model : Sequential or None
+        Set by ``fit`` before ``on_train_begin``.
+    params : dict
+        ``{"epochs", "steps", "batch_size", "samples", "verbose"}``, set by ``fit``.
+    """
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = dict(params)
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+    def on_nonfinite_loss(self, epoch, batch, loss):
+        """Called when a batch's loss is NaN or infinite, before any weight is touched.
+
+        Return True to skip the batch (no update), False to let ``fit`` stop with
+        :class:`cconv.model.NonFiniteLossError`. The default is False.
+        """
+        return False
+
+    def state_dict(self):
+        """JSON-able state saved in ``fit(checkpoint=...)`` files and restored on resume."""
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def _resolve_mode(mode, monitor):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+    return mode
+
+
+def _monitored(logs, monitor, who):
+    if logs is None or monitor not in logs:
+        have = sorted(logs) if logs else []
+        hint = " (pass validation_data= or validation_split= to fit)" if monitor.startswith("val_") else ""
+        raise ValueError(f"{who} monitors {monitor!r}, which fit did not produce{hint}; available: {have}")
+    return float(logs[monitor])
+
+
+class EarlyStopping(Callback):
+    """Stop training when a monitored quantity has stopped improving.
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        Key of the epoch logs to watch.
+    patience : int, default 0
+        Number of epochs without improvement after which training stops.
+    min_delta : float, default 0.0
+        Minimum change that counts as an improvement.
+    mode : {"auto", "min", "max"}, default "auto"
+        "auto" maximises keys containing "acc" and minimises the rest.
+    restore_best_weights : bool, default False
+        At the end of training, put back the weights of the best epoch.
+    verbose : int, default 0
+    """
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
+                 restore_best_weights=False, verbose=0):
+        super().__init__()
+        if not isinstance(patience, (int, np.integer)) or isinstance(patience, bool) or patience < 0:
+            raise ValueError(f"patience must be a non-negative int, got {patience!r}")
+        if not np.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
+        self.monitor = monitor
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.mode = _resolve_mode(mode, monitor)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.verbose = verbose
+        self._reset()
+
+    def _reset(self):
+        self.wait = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = None
+        self.stopped_epoch = None
+        self.best_weights = None
+
+    def _improved(self, value):
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_train_begin(self, logs=None):
+        if not getattr(self, "_resumed", False):
+            self._reset()
+        self._resumed = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = _monitored(logs, self.monitor, "EarlyStopping")
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = [(t, t.copy()) for _, t in _weight_arrays(self.model)]
+            return
+        self.wait += 1
+        if self.wait > self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: early stopping ({self.monitor} best {self.best:.5g} "
+                      f"at epoch {self.best_epoch + 1 if self.best_epoch is not None else '-'})")
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None and self.stopped_epoch is not None:
+            for target, saved in self.best_weights:
+                np.copyto(target, saved)
+            if self.verbose:
+                print(f"Restored the weights of epoch {self.best_epoch + 1}")
+
+    def state_dict(self):
+        # The best weights themselves are not checkpointed; after a resume they are
+        # re-recorded at the next improvement.
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state):
+        self.wait = int(state["wait"])
+        self.best = float(state["best"])
+        self.best_epoch = state["best_epoch"]
+        self.stopped_epoch = state["stopped_epoch"]
+        self._resumed = True
+
+    def __repr__(self):
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
+                f"mode={self.mode!r}, restore_best_weights={self.restore_best_weights})")
+
+
+def _weight_arrays(model):
+    for layer in model.layers:
+        for key, arr in layer.params.items():
+            yield f"{layer.name}/{key}", arr
+        for key, arr in getattr(layer, "state", {}).items():
+            yield f"{layer.name}/{key}", arr
+
+
+class ModelCheckpoint(Callback):
+    """Save the model at the end of every epoch, or only when it improves.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File to write. May contain ``str.format`` fields filled from the epoch logs and
+        ``epoch`` (1-based), e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``.
+    monitor : str, default "val_loss"
+        Used when ``save_best_only`` is True.
+    save_best_only : bool, default False
+        Save only when the monitored value improves on the best so far.
+    mode : {"auto", "min", "max"}, default "auto"
+    include_optimizer : bool, default True
+    verbose : int, default 0
+
+    Notes
+    -----
+    Every save is atomic (see :mod:`cconv.io`). To resume an interrupted run exactly
+    (optimizer, RNG and epoch position), use ``fit(checkpoint=..., resume=...)``.
+    """
+
+    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto",
+                 include_optimizer=True, verbose=0):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.mode = _resolve_mode(mode, monitor)
+        self.include_optimizer = include_optimizer
+        self.verbose = verbose
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.last_saved = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.save_best_only:
+            value = _monitored(logs, self.monitor, "ModelCheckpoint")
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not better:
+                return
+            self.best = value
+        try:
+            path = self.path.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} cannot be filled from the logs "
+                             f"{sorted(logs)}: {exc}") from None
+        self.model.save(path, include_optimizer=self.include_optimizer)
+        self.last_saved = path
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saved model to {path}")
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = float(state["best"])
+
+    def __repr__(self):
+        return (f"ModelCheckpoint({self.path!r}, monitor={self.monitor!r}, "
+                f"save_best_only={self.save_best_only})")
+
+
+class LearningRateScheduler(Callback):
+    """Set the optimizer's learning rate at the beginning of every epoch.
+
+    Parameters
+    ----------
+    schedule : callable or schedule object from :mod:`cconv.optim`
+        ``schedule(epoch) -> lr`` or ``schedule(epoch, lr) -> lr`` (epoch counted from 0,
+        ``lr`` the current rate), or an ``optim`` schedule (``StepLR``,
+        ``ExponentialLR``, ``CosineAnnealingLR``), which is evaluated from the rate the
+        optimizer had when training began.
+    verbose : int, default 0
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule) and not hasattr(schedule, "get_lr"):
+            raise TypeError(f"schedule must be callable or an optim schedule, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.verbose = verbose
+        self.base_lr = None
+        self._nargs = None
+        if callable(schedule):
+            self._nargs = _positional_arity(schedule)
+
+    def on_train_begin(self, logs=None):
+        if self.base_lr is None:
+            opt = self.model.optimizer
+            self.base_lr = float(getattr(opt, "initial_lr", opt.lr))
+
+    def _lr_for(self, epoch):
+        s = self.schedule
+        if _is_optim_schedule(s):
+            return _call_optim_schedule(s, epoch, self.base_lr)
+        if self._nargs is not None and self._nargs >= 2:
+            return s(epoch, float(self.model.optimizer.lr))
+        return s(epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = self._lr_for(epoch)
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError):
+            raise TypeError(f"the learning-rate schedule returned {lr!r} for epoch {epoch}, not a number") from None
+        if not np.isfinite(lr) or lr < 0:
+            raise ValueError(f"the learning-rate schedule returned {lr!r} for epoch {epoch}; it must be finite and >= 0")
+        self.model.optimizer.lr = lr
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: learning rate {lr:.6g}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(self.model.optimizer.lr)
+
+    def state_dict(self):
+        return {"base_lr": self.base_lr}
+
+    def load_state_dict(self, state):
+        self.base_lr = state.get("base_lr")
+
+    def __repr__(self):
+        return f"LearningRateScheduler({self.schedule!r})"
+
+
+def _positional_arity(fn):
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return 1
+    n = 0
+    for p in sig.parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            return 2
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
+            n += 1
+    return n
+
+
+def _is_optim_schedule(obj):
+    try:
+        from . import optim
+    except ImportError:
+        return False
+    base = getattr(optim, "LRSchedule", None) or getattr(optim, "Schedule", None)
+    if base is not None and isinstance(obj, base):
+        return True
+    return type(obj).__module__ == optim.__name__ and hasattr(obj, "get_lr")
+
+
+def _call_optim_schedule(s, epoch, base_lr):
+    """Evaluate an optim schedule object at ``epoch`` from ``base_lr``."""
+    if hasattr(s, "get_lr"):
+        return s.get_lr(epoch, base_lr)
+    return s(epoch, base_lr)
+
+
+class CSVLogger(Callback):
+    """Write the epoch logs to a CSV file, one row per epoch (flushed every epoch).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    separator : str, default ","
+    append : bool, default False
+        Append to an existing file (no second header) instead of overwriting it.
+    """
+
+    def __init__(self, path, separator=",", append=False):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.separator = separator
+        self.append = append
+        self._file = None
+        self._writer = None
+        self._keys = None
+
+    def on_train_begin(self, logs=None):
+        resumed = getattr(self.model, "_resumed_epoch", 0) > 0
+        append = (self.append or resumed) and os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        self._has_header = append
+        self._keys = None
+        if append:
+            with open(self.path, newline="") as f:
+                first = f.readline().strip()
+            self._keys = first.split(self.separator)[1:] if first else None
+        self._file = open(self.path, "a" if append else "w", newline="")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._keys is None:
+            self._keys = sorted(logs)
+        if self._writer is None:
+            self._writer = csv.writer(self._file, delimiter=self.separator)
+            if not self._has_header:
+                self._writer.writerow(["epoch"] + self._keys)
+        row = [epoch] + [_fmt(logs.get(k, "")) for k in self._keys]
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+        self._writer = None
+
+    def __repr__(self):
+        return f"CSVLogger({self.path!r})"
+
+
+def _fmt(v):
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
+    return v
+
+
+class SkipNonFinite(Callback):
+    """Skip batches whose loss is NaN or infinite instead of stopping ``fit``.
+
+    Without this callback, a non-finite loss stops ``fit`` with
+    :class:`cconv.model.NonFiniteLossError` naming the epoch and batch. With it, such a
+    batch is skipped (no backward pass, no update) and counted.
+
+    Parameters
+    ----------
+    max_skips : int or None, default None
+        Stop anyway (with the error) once more than this many batches were skipped in
+        one ``fit`` call. None means no limit.
+    verbose : int, default 1
+        Print a line for every skipped batch.
+
+    Attributes
+    ----------
+    skipped : list of (epoch, batch, loss)
+        Every skipped batch (epoch and batch counted from 0).
+    """
+
+    def __init__(self, max_skips=None, verbose=1):
+        super().__init__()
+        if max_skips is not None and (not isinstance(max_skips, (int, np.integer)) or max_skips < 0):
+            raise ValueError(f"max_skips must be None or a non-negative int, got {max_skips!r}")
+        self.max_skips = max_skips
+        self.verbose = verbose
+        self.skipped = []
+
+    def on_train_begin(self, logs=None):
+        self.skipped = []
+
+    def on_nonfinite_loss(self, epoch, batch, loss):
+        if self.max_skips is not None and len(self.skipped) >= self.max_skips:
+            return False
+        self.skipped.append((epoch, batch, float(loss)))
+        if self.verbose:
+            print(f"\nskipping epoch {epoch + 1} batch {batch + 1}: loss is {loss}")
+        return True
+
+    def __repr__(self):
+        return f"SkipNonFinite(max_skips={self.max_skips})"
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
+
+    _HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+              "on_batch_begin", "on_batch_end")
+
+    def __init__(self, **hooks):
+        super().__init__()
+        for name, fn in hooks.items():
+            if name not in self._HOOKS:
+                raise ValueError(f"unknown hook {name!r}; expected one of {self._HOOKS}")
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+            setattr(self, name, fn)

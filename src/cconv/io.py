@@ -1,0 +1,446 @@
+"""Saving and loading models: one ``.npz`` file that never executes code on load.
+
+File format (``format_version`` 1)
+-----------------------------------
+A zip archive written by :func:`numpy.savez` (uncompressed). Every member is a plain
+``.npy`` array; nothing is pickled, and the loader reads each member with
+``allow_pickle=False``, so an object array in a crafted file is refused before any of
+its bytes are interpreted.
+
+``__config__``
+    uint8 array holding UTF-8 JSON: the format marker and version, the cconv version,
+    the model architecture (``Sequential.get_config()``), the compile settings
+    (optimizer class and config, loss, metrics), a table of every array member
+    (role, owner, key, dtype, shape) and the JSON parts of the optimizer and
+    training state. Arrays inside those states are replaced by references
+    ``{"__array__": "<member name>"}``.
+``p/<i>``, ``s/<i>``, ``o/<i>``, ``t/<i>``
+    the weights, the layer state (BatchNorm running statistics), the optimizer state
+    arrays and the training-state arrays; what each one is lives in the config table.
+``__checksum__``
+    uint8 array holding the hex SHA-256 of every other member (name, dtype, shape and
+    raw bytes, in sorted name order). It is verified before anything else is used, so a
+    truncated or bit-flipped file is refused with a clear message.
+
+Writes are crash-safe: the archive goes to a temporary file in the target's directory,
+which is flushed and fsync'ed, renamed over the target with :func:`os.replace`, and the
+directory is fsync'ed. A process killed at any moment leaves either the old file or the
+new one, never a mix.
+"""
+import hashlib
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from ._version import __version__
+
+FORMAT = "cconv-model"
+FORMAT_VERSION = 1
+_CONFIG_KEY = "__config__"
+_CHECKSUM_KEY = "__checksum__"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+__all__ = ["save_model", "load_model", "read_file", "write_file", "FORMAT_VERSION"]
+
+
+# --------------------------------------------------------------------------------------
+# JSON <-> arrays: nested states (optimizer, training position) with arrays at the leaves
+# --------------------------------------------------------------------------------------
+def _split_tree(tree, prefix, arrays):
+    """Return a JSON-able copy of ``tree`` whose ndarray leaves are moved to ``arrays``.
+
+    Each array leaf becomes ``{"__array__": name}`` with ``name = prefix + str(i)``.
+    Dict keys must be strings; tuples become lists; numpy scalars become Python numbers.
+    """
+    if isinstance(tree, np.ndarray):
+        name = f"{prefix}{sum(1 for k in arrays if k.startswith(prefix))}"
+        arrays[name] = tree
+        return {"__array__": name}
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            if not isinstance(k, str):
+                raise TypeError(f"state dict keys must be str to be saved, got {k!r} ({type(k).__name__})")
+            out[k] = _split_tree(v, prefix, arrays)
+        return out
+    if isinstance(tree, (list, tuple)):
+        return [_split_tree(v, prefix, arrays) for v in tree]
+    if isinstance(tree, np.generic):
+        return tree.item()
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return tree
+    raise TypeError(f"cannot save a value of type {type(tree).__name__} in a model file: {tree!r}")
+
+
+def _join_tree(tree, arrays):
+    """Inverse of :func:`_split_tree`."""
+    if isinstance(tree, dict):
+        if set(tree) == {"__array__"}:
+            name = tree["__array__"]
+            if name not in arrays:
+                raise ValueError(f"model file is inconsistent: it refers to a missing array {name!r}")
+            return arrays[name]
+        return {k: _join_tree(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_join_tree(v, arrays) for v in tree]
+    return tree
+
+
+def _checksum(arrays):
+    """Hex SHA-256 over the names, dtypes, shapes and bytes of ``arrays`` (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        header = json.dumps([name, a.dtype.str, list(a.shape)]).encode()
+        h.update(len(header).to_bytes(8, "little"))
+        h.update(header)
+        h.update(memoryview(a).cast("B") if a.size else b"")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Raw file layer: a dict of arrays + a JSON document, checksummed, written atomically
+# --------------------------------------------------------------------------------------
+def _fsync_dir(directory):
+    """fsync a directory so a rename inside it survives a power cut (POSIX only)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+class _RefusedFile(ValueError):
+    """A file refused on purpose (not merely damaged)."""
+
+
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _remove_stale_temporaries(directory, basename):
+    """Remove temporary files of earlier saves to ``basename`` whose writer has died."""
+    if os.name != "posix":
+        return
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return
+    for entry in entries:
+        m = _TMP_RE.match(entry)
+        if m is None or m.group("name") != basename:
+            continue
+        pid = int(m.group("pid"))
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            try:
+                os.remove(os.path.join(directory, entry))
+            except OSError:
+                pass
+        except OSError:  # exists but belongs to someone else: leave it
+            continue
+
+
+def write_file(path, document, arrays):
+    """Write ``document`` (JSON-able dict) and ``arrays`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Target file. Its directory must exist. The name is used as given (no ``.npz`` is
+        appended).
+    document : dict
+        JSON-serialisable document, stored as the ``__config__`` member.
+    arrays : dict of str to ndarray
+        Numeric arrays (no object dtype). Names must not start with ``__``.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    basename = os.path.basename(path)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save to {path!r}: directory {directory!r} does not exist")
+    members = {}
+    for name, a in arrays.items():
+        if name.startswith("__"):
+            raise ValueError(f"array names starting with '__' are reserved, got {name!r}")
+        a = np.ascontiguousarray(a)
+        if a.dtype.hasobject:
+            raise TypeError(f"array {name!r} has dtype object; only numeric arrays can be saved")
+        members[name] = a
+    text = json.dumps(document, allow_nan=True, sort_keys=True)
+    members[_CONFIG_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    digest = _checksum(members)
+    members[_CHECKSUM_KEY] = np.frombuffer(digest.encode("ascii"), dtype=np.uint8)
+
+    _remove_stale_temporaries(directory, basename)
+    tmp = os.path.join(directory, f".{basename}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **members)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def read_file(path):
+    """Read and verify a file written by :func:`write_file`.
+
+    Returns
+    -------
+    document : dict
+    arrays : dict of str to ndarray
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        The file is not a cconv model file, is truncated or corrupted (checksum
+        mismatch), or contains a pickled / object array (refused, never unpickled).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != _ZIP_MAGIC:
+        what = "is empty" if not magic else "does not start with a zip header"
+        raise ValueError(f"{path!r} is not a cconv model file: it {what} (a truncated write or a different format)")
+    members = {}
+    try:
+        with zipfile.ZipFile(path, "r") as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if not name.endswith(".npy"):
+                    raise _RefusedFile(f"{path!r} is not a cconv model file: unexpected member {name!r}")
+                key = name[:-4]
+                with zf.open(info) as fp:
+                    try:
+                        members[key] = np.lib.format.read_array(fp, allow_pickle=False)
+                    except ValueError as exc:
+                        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+                            raise _RefusedFile(
+                                f"refusing to load {path!r}: member {key!r} holds Python objects (a pickle); "
+                                "cconv model files contain only numeric arrays, and pickles are never loaded"
+                            ) from None
+                        raise
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{path!r} is corrupted or truncated (zip error: {exc})") from None
+    except (EOFError, OSError) as exc:
+        raise ValueError(f"{path!r} is corrupted or truncated ({type(exc).__name__}: {exc})") from None
+    except _RefusedFile:
+        raise
+    except ValueError as exc:  # malformed .npy header and the like
+        raise ValueError(f"{path!r} is corrupted or truncated ({exc})") from None
+
+    if _CHECKSUM_KEY not in members or _CONFIG_KEY not in members:
+        raise ValueError(f"{path!r} is not a cconv model file: it has no {_CONFIG_KEY!r}/{_CHECKSUM_KEY!r} members")
+    stored = members.pop(_CHECKSUM_KEY)
+    if stored.dtype != np.uint8 or stored.ndim != 1:
+        raise ValueError(f"{path!r} is corrupted: malformed checksum member")
+    actual = _checksum(members)
+    if stored.tobytes() != actual.encode("ascii"):
+        raise ValueError(
+            f"{path!r} is corrupted: its SHA-256 checksum does not match its contents "
+            "(the file was modified, truncated or damaged after it was written)"
+        )
+    raw = members.pop(_CONFIG_KEY)
+    try:
+        document = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path!r} has an unreadable config: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a cconv model file (format marker missing)")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} uses file format version {version!r}; this cconv ({__version__}) reads "
+            f"versions up to {FORMAT_VERSION}: upgrade cconv"
+        )
+    return document, members
+
+
+# --------------------------------------------------------------------------------------
+# Model level
+# --------------------------------------------------------------------------------------
+def _layer_arrays(model):
+    """Yield (role, layer_name, key, array) for every weight and state array of ``model``."""
+    for layer in model.layers:
+        for key, arr in layer.params.items():
+            yield "param", layer.name, key, arr
+        for key, arr in getattr(layer, "state", {}).items():
+            yield "state", layer.name, key, arr
+
+
+def _serialize_named(obj):
+    cfg = obj.get_config() if hasattr(obj, "get_config") else {}
+    return {"class_name": type(obj).__name__, "config": cfg}
+
+
+def model_document(model, include_optimizer=True, training_state=None):
+    """Build the (document, arrays) pair that :func:`save_model` writes."""
+    if not model.built:
+        raise ValueError("cannot save a model that is not built: call model.build(input_shape) or fit it first")
+    arrays = {}
+    table = []
+    for i, (role, lname, key, arr) in enumerate(_layer_arrays(model)):
+        member = f"{'p' if role == 'param' else 's'}/{i}"
+        arrays[member] = arr
+        table.append({"member": member, "role": role, "layer": lname, "key": key,
+                      "dtype": np.dtype(arr.dtype).str, "shape": list(arr.shape)})
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cconv_version": __version__,
+        "model": model.get_config(),
+        "arrays": table,
+        "compile": None,
+        "optimizer_state": None,
+        "training_state": None,
+    }
+    if getattr(model, "compiled", False):
+        document["compile"] = model._compile_config()
+        if include_optimizer:
+            state = model.optimizer.state_dict()
+            document["optimizer_state"] = _split_tree(state, "o/", arrays)
+    if training_state is not None:
+        document["training_state"] = _split_tree(training_state, "t/", arrays)
+    return document, arrays
+
+
+def save_model(model, path, include_optimizer=True, training_state=None):
+    """Save ``model`` to ``path`` (architecture, weights, layer state, optimizer state).
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    path : str or os.PathLike
+        Target file; conventionally ends in ``.npz``. Replaced atomically.
+    include_optimizer : bool, default True
+        Also store the optimizer state (moments, step counts) so training can continue.
+    training_state : dict or None
+        Position in training for resuming (used by ``fit(checkpoint=...)``).
+    """
+    document, arrays = model_document(model, include_optimizer, training_state)
+    write_file(path, document, arrays)
+
+
+def _collect_layer_arrays(document, arrays, path):
+    """Return {layer_name: {"param": {key: arr}, "state": {key: arr}}} from the file table."""
+    out = {}
+    table = document.get("arrays")
+    if not isinstance(table, list):
+        raise ValueError(f"{path!r} is malformed: missing array table")
+    for entry in table:
+        try:
+            member, role, lname, key = entry["member"], entry["role"], entry["layer"], entry["key"]
+        except (TypeError, KeyError):
+            raise ValueError(f"{path!r} is malformed: bad array table entry {entry!r}") from None
+        if member not in arrays:
+            raise ValueError(f"{path!r} is malformed: array {member!r} ({lname}/{key}) is missing")
+        if role not in ("param", "state"):
+            raise ValueError(f"{path!r} is malformed: unknown array role {role!r}")
+        out.setdefault(lname, {"param": {}, "state": {}})[role][key] = arrays[member]
+    return out
+
+
+def assign_weights(model, layer_arrays, path="<arrays>"):
+    """Copy weights and layer state into a built ``model`` after validating every shape.
+
+    Arrays are copied into the existing parameter buffers (so an attached optimizer keeps
+    pointing at them). Raises ValueError listing every missing, unexpected or mis-shaped
+    array if anything does not match the architecture; nothing is modified in that case.
+    """
+    problems = []
+    plan = []
+    names = {layer.name for layer in model.layers}
+    for lname in layer_arrays:
+        if lname not in names:
+            problems.append(f"the file has weights for layer {lname!r}, which the architecture does not have")
+    for layer in model.layers:
+        got = layer_arrays.get(layer.name, {"param": {}, "state": {}})
+        for role, expected in (("param", layer.params), ("state", getattr(layer, "state", {}))):
+            what = "parameter" if role == "param" else "state"
+            for key, target in expected.items():
+                if key not in got[role]:
+                    problems.append(f"layer {layer.name!r} {what} {key!r} {tuple(target.shape)} is missing from the file")
+                    continue
+                src = got[role][key]
+                if src.shape != target.shape:
+                    problems.append(
+                        f"layer {layer.name!r} {what} {key!r}: the file has shape {tuple(src.shape)}, "
+                        f"the architecture expects {tuple(target.shape)}"
+                    )
+                    continue
+                if not (np.issubdtype(src.dtype, np.number) or src.dtype == np.bool_):
+                    problems.append(f"layer {layer.name!r} {what} {key!r} has non-numeric dtype {src.dtype}")
+                    continue
+                plan.append((target, src))
+            for key in got[role]:
+                if key not in expected:
+                    problems.append(f"the file has {what} {key!r} for layer {layer.name!r}, which the layer does not have")
+    if problems:
+        raise ValueError(f"weights in {path!r} do not match the model architecture:\n  - " + "\n  - ".join(problems))
+    for target, src in plan:
+        np.copyto(target, src, casting="unsafe")
+
+
+def load_model(path, compile=True):
+    """Load a model saved by :meth:`Sequential.save` / :func:`save_model`.
+
+    Nothing in the file is executed: the file is a zip of numeric ``.npy`` arrays read with
+    ``allow_pickle=False`` and a JSON config; layers are rebuilt from their class names in
+    :mod:`cconv.layers` only.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    compile : bool, default True
+        Re-create the optimizer and loss saved with the model (with the optimizer state),
+        so ``fit`` can continue where it stopped.
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    ValueError
+        Corrupted, truncated, tampered-with or foreign file; unknown layer class;
+        weights that do not match the architecture (every mismatch is listed).
+    """
+    from .model import Sequential
+
+    path = os.fspath(path)
+    document, arrays = read_file(path)
+    model = Sequential.from_config(document["model"])
+    if not model.built:
+        raise ValueError(f"{path!r} has no input shape in its architecture; cannot rebuild the weights")
+    assign_weights(model, _collect_layer_arrays(document, arrays, path), path)
+    if compile and document.get("compile"):
+        model._compile_from_config(document["compile"])
+        if document.get("optimizer_state") is not None:
+            model.optimizer.load_state_dict(_join_tree(document["optimizer_state"], arrays))
+    return model
+
+
+def load_training_state(path):
+    """Return ``(document, arrays, training_state)`` of a checkpoint file (training_state may be None)."""
+    document, arrays = read_file(path)
+    ts = document.get("training_state")
+    return document, arrays, (None if ts is None else _join_tree(ts, arrays))
