@@ -1,0 +1,223 @@
+"""Losses and accuracy: values from the definitions, gradients by finite differences."""
+import json
+
+import numpy as np
+import pytest
+
+from cconv import losses
+
+
+def numerical_grad(f, a, eps=1e-6):
+    """d f() / d a by central differences (perturbs ``a`` in place)."""
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def check_loss_grad(loss, pred, y, rtol=1e-6, atol=1e-9):
+    value = loss(pred, y)
+    g = loss.backward()
+    assert g.shape == pred.shape and g.dtype == pred.dtype
+    num = numerical_grad(lambda: loss(pred, y), pred)
+    np.testing.assert_allclose(g, num, rtol=rtol, atol=atol)
+    return value, g
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def onehot(y, k):
+    return np.eye(k)[y]
+
+
+RNG = np.random.default_rng(0)
+Z = RNG.standard_normal((6, 5)) * 2
+Y = np.array([0, 4, 2, 2, 1, 3])
+
+
+# ---------------------------------------------------------------------------------
+# Softmax cross-entropy
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+@pytest.mark.parametrize("labels", ["int", "onehot", "soft"])
+def test_softmax_cross_entropy_value_and_gradient(ls, labels):
+    k = Z.shape[1]
+    if labels == "int":
+        y = Y
+    elif labels == "onehot":
+        y = onehot(Y, k)
+    else:
+        y = softmax(np.random.default_rng(1).standard_normal(Z.shape))
+    t = (onehot(Y, k) if labels == "int" else y) * (1 - ls) + ls / k
+    expected = np.mean(-np.sum(t * np.log(softmax(Z)), axis=1))
+    loss = losses.SoftmaxCrossEntropy(label_smoothing=ls)
+    value, g = check_loss_grad(loss, Z.copy(), y)
+    assert value == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(g, (softmax(Z) - t) / len(Z), atol=1e-15)
+
+
+def test_softmax_cross_entropy_int_and_onehot_agree():
+    loss = losses.SoftmaxCrossEntropy()
+    a = loss(Z, Y)
+    ga = loss.backward()
+    b = loss(Z, onehot(Y, 5))
+    np.testing.assert_allclose(loss.backward(), ga, atol=1e-15)
+    assert a == pytest.approx(b, rel=1e-13)
+    assert loss(Z, Y[:, None]) == pytest.approx(a, rel=1e-13)        # (N, 1) labels
+
+
+def test_softmax_cross_entropy_is_stable_for_huge_logits():
+    z = np.array([[1e4, 0.0, -1e4], [-5e3, 5e3, 0.0]])
+    loss = losses.SoftmaxCrossEntropy()
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        v = loss(z, np.array([1, 1]))
+        g = loss.backward()
+    assert v == pytest.approx(1e4 / 2)        # sample 0 costs 1e4, sample 1 costs 0
+    np.testing.assert_allclose(g, [[0.5, -0.5, 0], [0, 0, 0]], atol=1e-300)
+    z32 = np.array([[80.0, -80.0, 0.0]], np.float32)
+    assert np.isfinite(loss(z32, np.array([1])))
+
+
+def test_softmax_cross_entropy_from_probabilities():
+    p = softmax(Z)
+    a = losses.SoftmaxCrossEntropy()(Z, Y)
+    loss = losses.SoftmaxCrossEntropy(from_logits=False)
+    b, g = check_loss_grad(loss, p.copy(), Y, rtol=1e-5)
+    assert a == pytest.approx(b, rel=1e-10)
+    np.testing.assert_allclose(g, -onehot(Y, 5) / p / len(Y), rtol=1e-10)
+
+
+def test_softmax_cross_entropy_labels_out_of_range():
+    loss = losses.SoftmaxCrossEntropy()
+    with pytest.raises(ValueError, match=r"\[0, 5\).*\[5\]"):
+        loss(Z, np.array([0, 1, 2, 3, 4, 5]))
+    with pytest.raises(ValueError, match=r"-1"):
+        loss(Z, np.array([0, 1, 2, 3, 4, -1]))
+    with pytest.raises(ValueError, match="whole numbers"):
+        loss(Z, np.array([0, 1, 2, 3, 4, 1.5]))
+    with pytest.raises(ValueError, match="lengths"):
+        loss(Z, Y[:4])
+    with pytest.raises(ValueError, match=r"\(6, 5\).*\(6, 4\)"):
+        loss(Z, np.zeros((6, 4)))
+    with pytest.raises(ValueError, match="2-D"):
+        loss(Z[0], 1)
+    with pytest.raises(TypeError):
+        loss(Z, np.array(["a"] * 6))
+
+
+def test_float32_gradient_stays_float32():
+    z = Z.astype(np.float32)
+    for loss, y in ((losses.SoftmaxCrossEntropy(0.1), Y), (losses.MeanSquaredError(), z * 0),
+                    (losses.BinaryCrossEntropy(), (z > 0).astype(np.float32))):
+        v = loss(z, y)
+        assert isinstance(v, float)
+        assert loss.backward().dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------
+# Mean squared error
+# ---------------------------------------------------------------------------------
+def test_mse_half_sum_convention_and_relation_to_mean():
+    rng = np.random.default_rng(2)
+    p, t = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    loss = losses.MeanSquaredError()
+    v, g = check_loss_grad(loss, p.copy(), t)
+    assert v == pytest.approx(np.mean(0.5 * np.sum((t - p) ** 2, axis=1)), rel=1e-13)
+    assert v == pytest.approx(3 / 2 * np.mean((t - p) ** 2), rel=1e-13)   # E = (D/2) MSE
+    np.testing.assert_allclose(g, (p - t) / 4, rtol=1e-13)
+
+
+def test_mse_target_forms():
+    loss = losses.MeanSquaredError()
+    p = np.array([[1.0], [2.0], [4.0]])
+    assert loss(p, np.array([1.0, 1.0, 1.0])) == pytest.approx((0 + 1 + 9) / 2 / 3)
+    q = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert loss(q, np.array([0, 1])) == pytest.approx(loss(q, np.eye(2)))  # labels one-hot
+    with pytest.raises(ValueError, match=r"\(2, 2\).*\(2, 3\)"):
+        loss(q, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="lengths"):
+        loss(q, np.zeros((3, 2)))
+
+
+# ---------------------------------------------------------------------------------
+# Binary cross-entropy
+# ---------------------------------------------------------------------------------
+def test_bce_from_logits_value_gradient_and_stability():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((5, 2)) * 3
+    t = rng.uniform(0, 1, (5, 2))
+    s = 1 / (1 + np.exp(-z))
+    loss = losses.BinaryCrossEntropy()
+    v, g = check_loss_grad(loss, z.copy(), t)
+    assert v == pytest.approx(np.mean(-(t * np.log(s) + (1 - t) * np.log(1 - s))), rel=1e-12)
+    np.testing.assert_allclose(g, (s - t) / z.size, rtol=1e-12)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        big = loss(np.array([[1e4], [-1e4]]), np.array([0.0, 1.0]))
+    assert big == pytest.approx(1e4)
+
+
+def test_bce_from_probabilities_and_bad_targets():
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.1, 0.9, (4, 1))
+    t = (rng.uniform(size=(4, 1)) > 0.5).astype(float)
+    loss = losses.BinaryCrossEntropy(from_logits=False)
+    v, _ = check_loss_grad(loss, p.copy(), t, rtol=1e-5)
+    assert v == pytest.approx(np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p))))
+    assert loss(p, t[:, 0]) == pytest.approx(v)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        loss(p, t + 1)
+    with pytest.raises(ValueError, match="lengths"):
+        loss(p, t[:2])
+
+
+# ---------------------------------------------------------------------------------
+# Common API
+# ---------------------------------------------------------------------------------
+def test_backward_before_call():
+    with pytest.raises(RuntimeError, match="loss"):
+        losses.MeanSquaredError().backward()
+
+
+@pytest.mark.parametrize("name,cls", [
+    ("categorical_crossentropy", losses.SoftmaxCrossEntropy),
+    ("softmax_cross_entropy", losses.SoftmaxCrossEntropy),
+    ("mse", losses.MeanSquaredError), ("mean_squared_error", losses.MeanSquaredError),
+    ("binary_crossentropy", losses.BinaryCrossEntropy), ("MSE", losses.MeanSquaredError)])
+def test_get_by_name(name, cls):
+    assert type(losses.get(name)) is cls
+
+
+def test_get_objects_configs_and_unknown_names():
+    obj = losses.SoftmaxCrossEntropy(label_smoothing=0.2)
+    assert losses.get(obj) is obj
+    assert isinstance(losses.get(losses.MeanSquaredError), losses.MeanSquaredError)
+    d = json.loads(json.dumps(losses.serialize(obj)))
+    clone = losses.get(d)
+    assert clone.get_config() == {"label_smoothing": 0.2, "from_logits": True}
+    assert repr(clone) == "SoftmaxCrossEntropy(label_smoothing=0.2)"
+    with pytest.raises(ValueError, match="hinge"):
+        losses.get("hinge")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        losses.SoftmaxCrossEntropy(label_smoothing=1.0)
+
+
+def test_accuracy():
+    pred = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    assert losses.accuracy(pred, np.array([1, 0, 0, 0])) == 0.75
+    assert losses.accuracy(pred, np.eye(2)[[1, 0, 0, 1]]) == 0.5
+    assert losses.accuracy(np.array([[0.7], [0.2], [0.6]]), np.array([1, 0, 0])) == pytest.approx(2 / 3)
+    assert losses.accuracy(np.array([[2.0], [-1.0]]), np.array([1, 1]), threshold=0.0) == 0.5
+    with pytest.raises(ValueError, match="lengths"):
+        losses.accuracy(pred, np.array([1, 0]))
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        losses.accuracy(pred, np.array([1, 0, 2, 0]))
