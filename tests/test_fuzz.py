@@ -1,0 +1,469 @@
+"""Fuzzing the boundary of cconv.functional (issue 6).
+
+Every public function is called with random garbage: wrong ndims, zero-size and huge
+dimensions, negative or enormous strides/paddings/sizes, wrong and mismatched dtypes,
+non-contiguous, read-only and overlapping views (``as_strided``), NaN/inf, argmax arrays with
+out-of-range values. Most calls start from valid arguments and mutate one to three of them,
+so they reach the compiled code; the rest is plain garbage.
+
+Allowed outcomes: a result, or ValueError / TypeError / MemoryError. A result is checked:
+float32/float64 output in the input's dtype, and, when the arguments are small, equal to the
+slow reference of tests/reference.py. Anything else (another exception, a wrong result) fails
+the test with the call that caused it.
+
+Run time: ``CCONV_FUZZ_SECONDS`` (default 10) split between an in-process loop and a loop
+in a subprocess, which catches hard crashes (a segfault shows as a negative exit code). A
+random seed is used unless ``CCONV_FUZZ_SEED`` is set; it is printed for reproduction.
+
+    CCONV_FUZZ_SECONDS=600 python -m pytest tests/test_fuzz.py -s
+    python tests/test_fuzz.py --seconds 60 --seed 1 --trace      # standalone, one process
+
+Memory: the loop runs under an address-space limit (current usage + 3 GiB) so that a size
+that passes validation but does not fit fails as MemoryError instead of swapping the
+machine; the limit is restored afterwards.
+"""
+import argparse
+import collections
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+
+try:
+    import resource
+except ImportError:  # not POSIX
+    resource = None
+
+from cconv import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference as R  # noqa: E402
+
+ALLOWED = (ValueError, TypeError, MemoryError)
+FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
+             "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "correlate2d",
+             "convolve2d"]
+HUGE = [2**31 - 1, 2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]
+SMALL = [1, 1, 1, 2, 2, 3, 4]
+WEIRD = [0, -1, -2, -2**31, -2**63, 1.5, 2.0, float("nan"), None, "2", True, False, (1,),
+         (1, 2, 3), (0, 1), (-1, 2), [2, 2], (2**63, 1), np.int64(2), np.int32(1),
+         np.uint64(2**63), np.array(2), np.array([1, 2]), (np.int8(-1), 1), b"\x01", object()]
+PADDINGS = ["same", "valid", "SAME", "full", "", ((0, 1), (1, 0)), ((0, 0), (0, 0)),
+            ((-1, 0), (0, 0)), ((1, 2, 3), (0, 0)), ((1, 1), 1), (((1, 1),), (0, 0)),
+            ((2**31 - 1, 0), (0, 0)), ((0, 2**40), (2**63, 0))]
+
+
+# ----------------------------------------------------------------------------- garbage
+
+def describe(v):
+    if isinstance(v, np.ndarray):
+        return (f"array(shape={v.shape}, dtype={v.dtype}, strides={v.strides}, "
+                f"contig={v.flags.c_contiguous}, writeable={v.flags.writeable})")
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(describe(e) for e in v)
+        return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
+    r = repr(v)
+    return r if len(r) < 80 else r[:77] + "..."
+
+
+def values(rng, shape, dtype):
+    """Random values of a numeric dtype, sometimes with NaN/inf/huge/denormal entries."""
+    n = int(np.prod(shape))
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" or dtype.kind == "c":
+        a = rng.standard_normal(n)
+        if rng.random() < 0.3 and n:
+            k = rng.integers(1, n + 1)
+            specials = np.array([np.nan, np.inf, -np.inf, 1e308, -1e308, 1e-310, 0.0, -0.0])
+            a[rng.integers(0, n, k)] = rng.choice(specials, k)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return a.astype(dtype).reshape(shape)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True).reshape(shape)
+    if dtype.kind == "b":
+        return (rng.random(n) < 0.5).reshape(shape)
+    return np.full(shape, 1.0, dtype=object)
+
+
+def relayout(rng, a):
+    """The same array in another memory layout, or an overlapping / read-only view."""
+    if not isinstance(a, np.ndarray) or a.ndim == 0:
+        return a
+    r = rng.integers(0, 7)
+    if r == 0:
+        return np.asfortranarray(a)
+    if r == 1:      # every other element of a larger buffer
+        big = np.zeros(tuple(2 * s + 1 for s in a.shape), a.dtype)
+        v = big[tuple(slice(1, None, 2) for _ in a.shape)]
+        v[...] = a
+        return v
+    if r == 2:      # reversed axes
+        return a[tuple(slice(None, None, -1) for _ in a.shape)]
+    if r == 3:      # read-only
+        b = a.copy()
+        b.setflags(write=False)
+        return b
+    if r == 4 and a.size:  # overlapping view: neighbouring rows share memory
+        flat = np.ascontiguousarray(a).reshape(-1)
+        strides = [flat.itemsize] * a.ndim
+        return np.lib.stride_tricks.as_strided(flat, a.shape, strides, writeable=False)
+    if r == 5 and a.size:  # broadcast view: one element repeated (stride 0)
+        return np.lib.stride_tricks.as_strided(a.reshape(-1)[:1], a.shape, [0] * a.ndim,
+                                               writeable=False)
+    return a
+
+
+def garbage_array(rng, ndim=None, dtype=None):
+    """An array of random ndim, shape, dtype and layout."""
+    if ndim is None:
+        ndim = int(rng.choice([0, 1, 2, 3, 4, 4, 4, 5, 6]))
+    r = rng.random()
+    if r < 0.05:    # astronomically large, stride 0: any copy must fail as MemoryError
+        shape = tuple(int(rng.choice([1, 3, 2**20, 2**31, 2**40])) for _ in range(ndim))
+        base = np.zeros(1, dtype or np.float64)
+        return np.lib.stride_tricks.as_strided(base, shape, [0] * ndim, writeable=False)
+    if r < 0.15:    # zero-size
+        shape = tuple(int(rng.integers(0, 4)) for _ in range(ndim))
+        shape = tuple(0 if i == rng.integers(0, max(ndim, 1)) else s
+                      for i, s in enumerate(shape))
+    elif r < 0.2 and ndim:  # one long dimension (still a real, small array)
+        shape = [int(rng.integers(1, 4)) for _ in range(ndim)]
+        shape[rng.integers(0, ndim)] = int(rng.integers(1000, 20000))
+        shape = tuple(shape)
+    else:
+        shape = tuple(int(rng.integers(1, 7)) for _ in range(ndim))
+    if int(np.prod(shape)) > 200_000:
+        shape = tuple(min(s, 3) for s in shape)
+    if dtype is None:
+        dtype = rng.choice([np.float32, np.float64, np.float64, np.float32, np.int64, np.int32,
+                            np.complex128, np.float16, np.bool_, np.uint8, np.object_])
+    return relayout(rng, values(rng, shape, dtype))
+
+
+def geometry_value(rng):
+    r = rng.random()
+    if r < 0.55:
+        v = int(rng.choice(SMALL))
+        return v if rng.random() < 0.6 else (v, int(rng.choice(SMALL)))
+    if r < 0.7:
+        return HUGE[rng.integers(0, len(HUGE))] if rng.random() < 0.5 else (
+            int(rng.choice(SMALL)), HUGE[rng.integers(0, len(HUGE))])
+    return WEIRD[rng.integers(0, len(WEIRD))]
+
+
+def padding_value(rng):
+    r = rng.random()
+    if r < 0.4:
+        return int(rng.integers(0, 3))
+    if r < 0.6:
+        return PADDINGS[rng.integers(0, len(PADDINGS))]
+    if r < 0.7:
+        return (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+    return geometry_value(rng)
+
+
+# ----------------------------------------------------------------------------- calls
+
+def valid_call(rng, name):
+    """A small valid call of ``name``: (args, kwargs)."""
+    dtype = np.float32 if rng.random() < 0.5 else np.float64
+    n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
+    groups = int(rng.choice([1, 1, 2, 3]))
+    c = groups * int(rng.integers(1, 3))
+    cout = groups * int(rng.integers(1, 3))
+    k = (int(rng.integers(1, min(h, 4) + 1)), int(rng.integers(1, min(w, 4) + 1)))
+    geo = dict(stride=(int(rng.integers(1, 4)), int(rng.integers(1, 4))),
+               padding=[0, 1, "same", "valid", ((1, 0), (0, 1))][rng.integers(0, 5)],
+               dilation=1)
+    x = values(rng, (n, h, w, c), dtype)
+    if name in ("conv2d", "conv2d_backward"):
+        wt = values(rng, (k[0], k[1], c // groups, cout), dtype)
+        kw = dict(geo, groups=groups)
+        if name == "conv2d":
+            return [x, wt, values(rng, (cout,), dtype)], kw
+        y_shape = F.conv2d(x, wt, **kw).shape
+        return [values(rng, y_shape, dtype), x, wt], dict(kw, need_dx=bool(rng.random() < 0.7))
+    if name == "im2col":
+        return [x, k], geo
+    if name == "col2im":
+        rows = F.im2col(x, k, **geo).shape
+        return [values(rng, rows, dtype), x.shape, k], geo
+    pool = dict(stride=[None, 1, 2, (1, 2)][rng.integers(0, 4)],
+                padding=[0, "same", "valid", (min(k) - 1, 0)][rng.integers(0, 4)])
+    if name in ("max_pool2d", "avg_pool2d"):
+        return [x, k], pool
+    if name == "max_pool2d_backward":
+        y, arg = F.max_pool2d(x, k, **pool)
+        return [values(rng, y.shape, dtype), arg, x.shape], {}
+    if name == "avg_pool2d_backward":
+        y = F.avg_pool2d(x, k, **pool)
+        return [values(rng, y.shape, dtype), x.shape, k], pool
+    img = values(rng, (h, w), dtype)
+    ker = values(rng, (int(rng.integers(1, 5)), int(rng.integers(1, 5))), dtype)
+    mode = ["valid", "same", "full"][rng.integers(0, 3)]
+    if mode == "valid":
+        ker = ker[:h, :w]
+    return [img, ker], dict(mode=mode)
+
+
+GEOMETRY_KEYS = {"stride", "dilation", "groups"}
+
+
+def mutate(rng, name, args, kwargs):
+    """Replace one argument with garbage."""
+    r = rng.random()
+    arrays = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+    if r < 0.3 and arrays:                        # an array replaced by garbage
+        i = int(rng.choice(arrays))
+        keep_ndim = rng.random() < 0.5
+        args[i] = garbage_array(rng, args[i].ndim if keep_ndim else None,
+                                args[i].dtype if rng.random() < 0.5 else None)
+    elif r < 0.45 and arrays:                     # same values, another layout
+        i = int(rng.choice(arrays))
+        args[i] = relayout(rng, args[i])
+    elif r < 0.55 and arrays:                     # dtype changed (mismatch, int, complex...)
+        i = int(rng.choice(arrays))
+        dt = rng.choice([np.float32, np.float64, np.int64, np.complex64, np.float16])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # complex -> real casts
+            args[i] = args[i].astype(dt) if args[i].dtype.kind != "O" else args[i]
+    elif r < 0.65 and name == "max_pool2d_backward" and arrays:   # out-of-range argmax
+        arg = np.array(args[1], copy=True)
+        if arg.size and arg.dtype.kind in "iu":
+            bad = rng.choice([-1, -2**31, 2**31, 2**62, -2**63, 10**6,
+                              int(np.prod(args[2][1:3])) if len(args) > 2 and isinstance(
+                                  args[2], tuple) else 99])
+            idx = tuple(int(rng.integers(0, s)) for s in arg.shape)
+            with np.errstate(all="ignore"):
+                arg[idx] = np.array(bad).astype(arg.dtype) if arg.dtype != np.int64 else bad
+            args[1] = arg
+        else:
+            args[1] = garbage_array(rng, 4, np.int64)
+    elif r < 0.75:                                # input_shape / kernel_size / pool_size garbage
+        positional = [i for i, a in enumerate(args) if not isinstance(a, np.ndarray)]
+        if positional:
+            i = int(rng.choice(positional))
+            if isinstance(args[i], tuple) and len(args[i]) == 4:
+                shape = list(args[i])
+                shape[rng.integers(0, 4)] = rng.choice([0, -1, 2**31, 2**40, 2**63, 3, 1])
+                args[i] = tuple(shape) if rng.random() < 0.8 else shape[:3]
+            else:
+                args[i] = geometry_value(rng)
+        else:
+            kwargs["mode"] = rng.choice(["valid", "same", "full", "VALID", "", None, 3])
+    else:                                         # a keyword: stride, padding, dilation, groups
+        keys = [k for k in kwargs if k in GEOMETRY_KEYS or k == "padding"]
+        if keys:
+            key = keys[rng.integers(0, len(keys))]
+            kwargs[key] = padding_value(rng) if key == "padding" else geometry_value(rng)
+    return args, kwargs
+
+
+def make_call(rng):
+    name = FUNCTIONS[rng.integers(0, len(FUNCTIONS))]
+    if rng.random() < 0.1:                        # pure garbage
+        nargs = int(rng.integers(0, 5))
+        args = [garbage_array(rng) if rng.random() < 0.6 else geometry_value(rng)
+                for _ in range(nargs)]
+        return name, args, {}
+    args, kwargs = valid_call(rng, name)
+    for _ in range(int(rng.integers(0, 4))):
+        args, kwargs = mutate(rng, name, args, kwargs)
+    return name, args, kwargs
+
+
+# ----------------------------------------------------------------------------- checking
+
+def _snapshot(args):
+    return [np.array(a, copy=True) if isinstance(a, np.ndarray) and a.dtype.kind != "O" and
+            a.size < 10**6 else None for a in args]
+
+
+def check_result(name, args, kwargs, result, before):
+    """Return an error string, or None when the result is acceptable."""
+    for a, b in zip(args, before):
+        if b is not None and not np.array_equal(a, b, equal_nan=True):
+            return "an input array was modified"
+    outs = list(result) if isinstance(result, tuple) else [result]
+    if name == "max_pool2d":
+        if outs[1].dtype != np.int64:
+            return f"argmax dtype {outs[1].dtype}"
+        outs = outs[:1]
+    if name == "conv2d_backward" and not kwargs.get("need_dx", True):
+        if outs[0] is not None:
+            return "need_dx=False returned a dx"
+        outs = outs[1:]
+    dtype = np.asarray(args[0]).dtype
+    for o in outs:
+        if not isinstance(o, np.ndarray) or o.dtype != dtype or o.dtype.kind != "f":
+            return f"result {describe(o)} not an array of the input dtype {dtype}"
+    floats = [a for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
+    if sum(a.size for a in floats) > 3000:
+        return None
+    for a in floats:
+        # Compare only ordinary numbers: with inf/NaN/overflow the summation order decides
+        # between inf and NaN, and denormals are flushed to zero by design (FTZ/DAZ).
+        mag = np.abs(a.astype(np.float64))
+        if not np.isfinite(mag).all() or (mag > 1e30).any() or ((mag > 0) & (mag < 1e-30)).any():
+            return None
+    try:                                          # compare with the reference when it applies
+        ref = getattr(R, name)(*args, **{k: v for k, v in kwargs.items() if k != "need_dx"})
+    except Exception:  # garbage the reference does not understand: nothing to compare
+        return None
+    refs = list(ref) if isinstance(ref, tuple) else [ref]
+    if name == "max_pool2d":
+        refs = refs[:1]
+        if not np.array_equal(result[1], ref[1]):
+            return "argmax differs from the reference"
+    if name == "conv2d_backward" and not kwargs.get("need_dx", True):
+        refs = refs[1:]
+    for o, r in zip(outs, refs):
+        r = np.asarray(r)
+        if o.shape != r.shape:
+            return f"shape {o.shape} != reference {r.shape}"
+        if not np.array_equal(np.isfinite(o), np.isfinite(r)):
+            return "non-finite values where the reference has none (or the reverse)"
+        finite = np.isfinite(r)
+        scale = max(1.0, float(np.abs(r[finite]).max(initial=0.0)))
+        rtol = 1e-3 if o.dtype == np.float32 else 1e-9
+        if not np.allclose(o[finite], r[finite], rtol=rtol, atol=rtol * scale):
+            return "values differ from the reference"
+    return None
+
+
+@contextlib.contextmanager
+def address_space_limit(extra=3 << 30):
+    """Limit the address space to the current size + ``extra`` bytes (POSIX only)."""
+    if resource is None or not hasattr(resource, "RLIMIT_AS"):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    try:
+        with open("/proc/self/statm") as f:
+            vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        yield
+        return
+    limit = vm + extra
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def fuzz(seconds, seed, trace=False):
+    """Call random functions for ``seconds``; return (counts, problems)."""
+    import cconv
+    rng = np.random.default_rng(seed)
+    counts = collections.Counter()
+    per_function = collections.Counter()
+    problems = []
+    threads = cconv.get_num_threads()
+    deadline = time.perf_counter() + seconds
+    try:
+        with address_space_limit(), np.errstate(all="ignore"):
+            while time.perf_counter() < deadline:
+                if rng.random() < 0.02:
+                    cconv.set_num_threads(int(rng.integers(1, 3)))
+                try:
+                    name, args, kwargs = make_call(rng)
+                except ALLOWED:  # building a valid base call hit the garbage itself
+                    continue
+                desc = f"{name}({', '.join(map(describe, args))}" + "".join(
+                    f", {k}={describe(v)}" for k, v in kwargs.items()) + ")"
+                if trace:
+                    print(desc, file=sys.stderr, flush=True)
+                before = _snapshot(args)
+                per_function[name] += 1
+                try:
+                    result = getattr(F, name)(*args, **kwargs)
+                except ALLOWED as exc:
+                    counts[type(exc).__name__] += 1
+                    if not str(exc):
+                        problems.append((desc, f"{type(exc).__name__} with an empty message"))
+                    continue
+                except Exception as exc:  # any other exception is a bug
+                    counts["other exception"] += 1
+                    problems.append((desc, f"{type(exc).__name__}: {exc}"))
+                    continue
+                counts["result"] += 1
+                err = check_result(name, args, kwargs, result, before)
+                if err:
+                    counts["wrong result"] += 1
+                    problems.append((desc, err))
+    finally:
+        cconv.set_num_threads(threads)
+    return counts, per_function, problems
+
+
+def _report(counts, per_function, problems, seed, where):
+    total = sum(per_function.values())
+    print(f"\n[{where}] seed {seed}: {total} calls; outcomes: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"[{where}] calls per function: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(per_function.items())))
+    for desc, err in problems[:20]:
+        print(f"[{where}] PROBLEM {err}\n    {desc}")
+
+
+def _budget():
+    total = float(os.environ.get("CCONV_FUZZ_SECONDS", "10"))
+    return 0.7 * total, 0.3 * total
+
+
+def _seed():
+    s = os.environ.get("CCONV_FUZZ_SEED")
+    return int(s) if s else int.from_bytes(os.urandom(4), "little")
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_fuzz_in_process():
+    seconds, _ = _budget()
+    seed = _seed()
+    counts, per_function, problems = fuzz(seconds, seed)
+    _report(counts, per_function, problems, seed, "in-process")
+    assert sum(per_function.values()) > 100
+    assert set(per_function) == set(FUNCTIONS)
+    assert counts["result"] > 0 and counts["ValueError"] > 0 and counts["TypeError"] > 0
+    assert not problems, (f"seed {seed}: {len(problems)} problems, first: "
+                          f"{problems[0][1]} in {problems[0][0]}")
+
+
+def test_fuzz_in_subprocess_never_crashes():
+    _, seconds = _budget()
+    seed = _seed()
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--seconds", str(seconds),
+         "--seed", str(seed), "--trace"],
+        capture_output=True, text=True, timeout=seconds + 120)
+    lines = proc.stdout.strip().splitlines()
+    print("\n" + "\n".join(lines[-4:]))
+    last_calls = "\n".join(proc.stderr.strip().splitlines()[-3:])
+    assert proc.returncode == 0, (
+        f"the fuzz subprocess (seed {seed}) exited with {proc.returncode}; "
+        f"last calls:\n{last_calls}\nstdout tail:\n" + "\n".join(lines[-25:]))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--trace", action="store_true", help="print every call to stderr first")
+    a = p.parse_args(argv)
+    seed = a.seed if a.seed is not None else _seed()
+    counts, per_function, problems = fuzz(a.seconds, seed, trace=a.trace)
+    _report(counts, per_function, problems, seed, "subprocess")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
