@@ -1,0 +1,381 @@
+"""Parity with PyTorch: layers (forward and backward), losses, optimizers and schedules."""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+
+from cconv import layers as L, losses, optim  # noqa: E402
+
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def nchw(a):
+    return torch.tensor(np.ascontiguousarray(a.transpose(0, 3, 1, 2)), requires_grad=True)
+
+
+def to_nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def rand(shape, dtype=np.float64, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def run_layer(layer, x, dy, training=True):
+    y = layer.forward(x, training=training, cache=True)
+    dx = layer.backward(dy)
+    return y, dx
+
+
+# ---------------------------------------------------------------------------------
+# Conv2D
+# ---------------------------------------------------------------------------------
+CONV_CASES = [
+    # filters, kernel, stride, padding, dilation, groups, input (N, H, W, C)
+    (8, 3, 1, "valid", 1, 1, (2, 9, 8, 3)),
+    (6, 3, 1, "same", 1, 1, (2, 7, 7, 3)),
+    (4, (3, 2), (2, 1), (1, 2), 1, 1, (3, 9, 8, 2)),
+    (6, 3, 2, 1, 2, 1, (2, 11, 10, 3)),
+    (8, 3, 1, 1, 1, 2, (2, 6, 6, 4)),
+    (6, 3, 1, 0, 1, 3, (1, 5, 5, 3)),            # depthwise with multiplier 2
+    (4, 1, 1, 0, 1, 1, (2, 4, 4, 5)),
+    (5, 2, 3, 0, (1, 2), 1, (2, 10, 12, 3)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(case, dtype):
+    filters, k, s, p, d, g, shape = case
+    layer = L.Conv2D(filters, k, stride=s, padding=p, dilation=d, groups=g)
+    layer.build(shape[1:], np.random.default_rng(0), dtype)
+    layer.params["bias"][...] = rand((filters,), dtype, seed=5)
+    x = rand(shape, dtype, seed=1)
+    y = layer.forward(x, training=True)
+    dy = rand(y.shape, dtype, seed=2)
+    dx = layer.backward(dy)
+
+    xt = nchw(x)
+    wt = torch.tensor(layer.params["kernel"].transpose(3, 2, 0, 1).copy(), requires_grad=True)
+    bt = torch.tensor(layer.params["bias"].copy(), requires_grad=True)
+    pt = p if isinstance(p, str) else (p if isinstance(p, tuple) else (p, p))
+    yt = TF.conv2d(xt, wt, bt, stride=s, padding=pt, dilation=d, groups=g)
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2).copy()))
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, to_nhwc(yt), **tol)
+    np.testing.assert_allclose(dx, to_nhwc(xt.grad), **tol)
+    np.testing.assert_allclose(layer.grads["kernel"], wt.grad.numpy().transpose(2, 3, 1, 0), **tol)
+    np.testing.assert_allclose(layer.grads["bias"], bt.grad.numpy(), **tol)
+
+
+def test_conv2d_same_with_stride_pads_like_tensorflow():
+    layer = L.Conv2D(3, 3, stride=2, padding="same", activation="relu")
+    x = rand((2, 8, 7, 2))
+    layer.build(x.shape[1:], np.random.default_rng(0), np.float64)
+    y, dx = run_layer(layer, x, rand((2, 4, 4, 3), seed=3))
+    xt = nchw(x)
+    wt = torch.tensor(layer.params["kernel"].transpose(3, 2, 0, 1).copy())
+    # TensorFlow's rule: total padding (out-1)*s + k - size, the odd pixel at the bottom/right
+    yt = TF.relu(TF.conv2d(TF.pad(xt, (1, 1, 0, 1)), wt, stride=2))
+    yt.backward(torch.tensor(rand((2, 4, 4, 3), seed=3).transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(y, to_nhwc(yt), rtol=1e-12)
+    np.testing.assert_allclose(dx, to_nhwc(xt.grad), rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------
+# Pools, dense, flatten
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("k,s,p,shape", [(2, None, 0, (2, 8, 8, 3)), (3, 2, 1, (2, 9, 7, 4)),
+                                         ((2, 3), (1, 2), (1, 1), (1, 6, 9, 2))])
+def test_pools(kind, k, s, p, shape, dtype):
+    layer = (L.MaxPool2D if kind == "max" else L.AvgPool2D)(k, stride=s, padding=p)
+    x = rand(shape, dtype, seed=4)
+    y = layer.forward(x, training=True)
+    dy = rand(y.shape, dtype, seed=5)
+    dx = layer.backward(dy)
+    xt = nchw(x)
+    fn = TF.max_pool2d if kind == "max" else TF.avg_pool2d
+    yt = fn(xt, k, stride=s if s is not None else k, padding=p)
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(y, to_nhwc(yt), **TOL[dtype])
+    np.testing.assert_allclose(dx, to_nhwc(xt.grad), **TOL[dtype])
+
+
+def test_global_avg_pool():
+    x = rand((3, 5, 4, 6))
+    layer = L.GlobalAvgPool2D()
+    y, dx = run_layer(layer, x, rand((3, 6), seed=1))
+    xt = nchw(x)
+    yt = TF.adaptive_avg_pool2d(xt, 1).flatten(1)
+    yt.backward(torch.tensor(rand((3, 6), seed=1)))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(dx, to_nhwc(xt.grad), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [None, "relu", "tanh", "sigmoid"])
+def test_dense(activation, dtype):
+    layer = L.Dense(7, activation=activation)
+    layer.build((10,), np.random.default_rng(0), dtype)
+    layer.params["bias"][...] = rand((7,), dtype, seed=6)
+    x = rand((5, 10), dtype, seed=1)
+    dy = rand((5, 7), dtype, seed=2)
+    y, dx = run_layer(layer, x, dy)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.params["kernel"].T.copy(), requires_grad=True)
+    bt = torch.tensor(layer.params["bias"].copy(), requires_grad=True)
+    yt = TF.linear(xt, wt, bt)
+    if activation:
+        yt = getattr(torch, activation)(yt)
+    yt.backward(torch.tensor(dy))
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, yt.detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **tol)
+    np.testing.assert_allclose(layer.grads["kernel"], wt.grad.numpy().T, **tol)
+    np.testing.assert_allclose(layer.grads["bias"], bt.grad.numpy(), **tol)
+
+
+def test_flatten_then_dense_matches_torch_on_nhwc_data():
+    x = rand((2, 3, 4, 5))
+    flat = L.Flatten()
+    y = flat.forward(x)
+    np.testing.assert_array_equal(y, torch.flatten(torch.tensor(x), 1).numpy())
+
+
+# ---------------------------------------------------------------------------------
+# Batch norm
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (10, 4)])
+def test_batchnorm_training(shape):
+    C = shape[-1]
+    bn = L.BatchNorm2D(momentum=0.9, eps=1e-5)
+    bn.build(shape[1:], np.random.default_rng(0), np.float64)
+    gamma, beta = rand((C,), seed=1), rand((C,), seed=2)
+    bn.params["gamma"][...] = gamma
+    bn.params["beta"][...] = beta
+    x = rand(shape, seed=3) * 2 + 1
+    dy = rand(shape, seed=4)
+    y, dx = run_layer(bn, x, dy, training=True)
+
+    tbn = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(
+        C, eps=1e-5, momentum=0.1).double()
+    with torch.no_grad():
+        tbn.weight.copy_(torch.tensor(gamma))
+        tbn.bias.copy_(torch.tensor(beta))
+    tbn.train()
+    xt = nchw(x) if len(shape) == 4 else torch.tensor(x, requires_grad=True)
+    yt = tbn(xt)
+    dyt = dy.transpose(0, 3, 1, 2).copy() if len(shape) == 4 else dy
+    yt.backward(torch.tensor(dyt))
+    back = to_nhwc if len(shape) == 4 else (lambda t: t.detach().numpy())
+    np.testing.assert_allclose(y, back(yt), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, back(xt.grad), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(bn.grads["gamma"], tbn.weight.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(bn.grads["beta"], tbn.bias.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(bn.state["running_mean"], tbn.running_mean.numpy(), rtol=1e-12)
+    # PyTorch keeps the unbiased batch variance in running_var; this layer the biased one
+    M = x.size // C
+    torch_batch_var = (tbn.running_var.numpy() - 0.9) / 0.1
+    np.testing.assert_allclose(bn.state["running_var"], 0.9 + 0.1 * torch_batch_var * (M - 1) / M,
+                               rtol=1e-12)
+
+
+def test_batchnorm_inference():
+    shape = (4, 3, 3, 5)
+    bn = L.BatchNorm2D()
+    bn.build(shape[1:], np.random.default_rng(0), np.float64)
+    stats = {"gamma": rand((5,), seed=1), "beta": rand((5,), seed=2),
+             "running_mean": rand((5,), seed=3), "running_var": np.linspace(0.5, 2, 5)}
+    for k in ("gamma", "beta"):
+        bn.params[k][...] = stats[k]
+    for k in ("running_mean", "running_var"):
+        bn.state[k][...] = stats[k]
+    x, dy = rand(shape, seed=4), rand(shape, seed=5)
+    y, dx = run_layer(bn, x, dy, training=False)
+    tbn = torch.nn.BatchNorm2d(5).double()
+    with torch.no_grad():
+        tbn.weight.copy_(torch.tensor(stats["gamma"]))
+        tbn.bias.copy_(torch.tensor(stats["beta"]))
+        tbn.running_mean.copy_(torch.tensor(stats["running_mean"]))
+        tbn.running_var.copy_(torch.tensor(stats["running_var"]))
+    tbn.eval()
+    xt = nchw(x)
+    yt = tbn(xt)
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(y, to_nhwc(yt), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dx, to_nhwc(xt.grad), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(bn.grads["gamma"], tbn.weight.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(bn.grads["beta"], tbn.bias.grad.numpy(), rtol=1e-10)
+    np.testing.assert_array_equal(bn.state["running_mean"], stats["running_mean"])
+
+
+# ---------------------------------------------------------------------------------
+# Activations
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layer,fn", [
+    (L.ReLU(), torch.relu), (L.LeakyReLU(0.2), lambda t: TF.leaky_relu(t, 0.2)),
+    (L.LeakyReLU(), lambda t: TF.leaky_relu(t)), (L.Sigmoid(), torch.sigmoid),
+    (L.Tanh(), torch.tanh), (L.Softmax(), lambda t: torch.softmax(t, -1)),
+    (L.Softmax(axis=1), lambda t: torch.softmax(t, 1))], ids=lambda v: repr(v)[:20])
+def test_activations(layer, fn, dtype):
+    x = rand((4, 3, 6), dtype, seed=7) * 3
+    x[0, 0, :2] = 0.0                   # the gradient at 0 follows PyTorch
+    dy = rand(x.shape, dtype, seed=8)
+    y, dx = run_layer(layer, x, dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = fn(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), **TOL[dtype])
+    np.testing.assert_allclose(dx, xt.grad.numpy(), **TOL[dtype])
+
+
+# ---------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("ls", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("targets", ["int", "probs"])
+def test_softmax_cross_entropy(ls, targets):
+    rng = np.random.default_rng(9)
+    z = rng.standard_normal((8, 6)) * 3
+    if targets == "int":
+        y = rng.integers(0, 6, 8)
+        yt = torch.tensor(y)
+    else:
+        y = rng.dirichlet(np.ones(6), 8)
+        yt = torch.tensor(y)
+    loss = losses.SoftmaxCrossEntropy(label_smoothing=ls)
+    v = loss(z, y)
+    g = loss.backward()
+    zt = torch.tensor(z, requires_grad=True)
+    lt = TF.cross_entropy(zt, yt, label_smoothing=ls)
+    lt.backward()
+    assert v == pytest.approx(lt.item(), rel=1e-12)
+    np.testing.assert_allclose(g, zt.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+def test_mean_squared_error():
+    rng = np.random.default_rng(10)
+    p, t = rng.standard_normal((7, 4)), rng.standard_normal((7, 4))
+    loss = losses.MeanSquaredError()
+    v = loss(p, t)
+    g = loss.backward()
+    pt = torch.tensor(p, requires_grad=True)
+    # E = 1/2 sum over outputs, mean over the batch = (D / 2) * torch's element mean
+    lt = TF.mse_loss(pt, torch.tensor(t)) * 4 / 2
+    lt.backward()
+    assert v == pytest.approx(lt.item(), rel=1e-12)
+    np.testing.assert_allclose(g, pt.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_binary_cross_entropy(from_logits):
+    rng = np.random.default_rng(11)
+    z = rng.standard_normal((6, 3)) * 4
+    t = rng.uniform(0, 1, (6, 3))
+    pred = z if from_logits else 1 / (1 + np.exp(-z))
+    loss = losses.BinaryCrossEntropy(from_logits=from_logits)
+    v = loss(pred, t)
+    g = loss.backward()
+    pt = torch.tensor(pred, requires_grad=True)
+    fn = TF.binary_cross_entropy_with_logits if from_logits else TF.binary_cross_entropy
+    lt = fn(pt, torch.tensor(t))
+    lt.backward()
+    assert v == pytest.approx(lt.item(), rel=1e-9)
+    np.testing.assert_allclose(g, pt.grad.numpy(), rtol=1e-8)
+
+
+# ---------------------------------------------------------------------------------
+# Optimizers: parameters after 50 steps on the same gradients
+# ---------------------------------------------------------------------------------
+OPT_CASES = [
+    (lambda: optim.SGD(lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.1)),
+    (lambda: optim.SGD(lr=0.05, momentum=0.9), lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
+    (lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True)),
+    (lambda: optim.SGD(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01),
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01)),
+    (lambda: optim.SGD(lr=0.05, weight_decay=0.1), lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=0.1)),
+    (lambda: optim.Adam(), lambda ps: torch.optim.Adam(ps)),
+    (lambda: optim.Adam(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05),
+     lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
+    (lambda: optim.AdamW(), lambda ps: torch.optim.AdamW(ps)),
+    (lambda: optim.AdamW(lr=0.01, weight_decay=0.1), lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)),
+    (lambda: optim.RMSprop(), lambda ps: torch.optim.RMSprop(ps)),
+    (lambda: optim.RMSprop(lr=0.001, alpha=0.9, eps=1e-6, momentum=0.9, weight_decay=0.01),
+     lambda ps: torch.optim.RMSprop(ps, lr=0.001, alpha=0.9, eps=1e-6, momentum=0.9, weight_decay=0.01)),
+    (lambda: optim.SGD(lr=0.1, momentum=0.9, clipnorm=1.0), "clip"),
+    (lambda: optim.Adam(lr=0.01, clipnorm=0.5), "clip"),
+]
+
+
+@pytest.mark.parametrize("make,make_torch", OPT_CASES)
+def test_optimizer_after_50_steps(make, make_torch):
+    rng = np.random.default_rng(12)
+    shapes = [(3, 3, 2, 4), (4,), (10, 3)]
+    params = [rng.standard_normal(s) for s in shapes]
+    grads = [np.zeros(s) for s in shapes]
+    opt = make()
+    opt.attach([(f"p{i}", p, g) for i, (p, g) in enumerate(zip(params, grads))])
+    tparams = [torch.tensor(p.copy(), requires_grad=True) for p in params]
+    if make_torch == "clip":
+        cfg = opt.get_config()
+        clip = cfg.pop("clipnorm")
+        topt = (torch.optim.SGD(tparams, lr=cfg["lr"], momentum=cfg["momentum"]) if isinstance(opt, optim.SGD)
+                else torch.optim.Adam(tparams, lr=cfg["lr"]))
+    else:
+        clip = None
+        topt = make_torch(tparams)
+    for _ in range(50):
+        gs = [rng.standard_normal(s) * 2 for s in shapes]
+        for g, gi in zip(grads, gs):
+            g[...] = gi
+        for t, gi in zip(tparams, gs):
+            t.grad = torch.tensor(gi)
+        opt.step()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(tparams, clip)
+        topt.step()
+    for p, t in zip(params, tparams):
+        np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-6, atol=1e-10)
+
+
+def test_adam_float32_close_to_torch_float32():
+    rng = np.random.default_rng(13)
+    p = rng.standard_normal(100).astype(np.float32)
+    g = np.zeros_like(p)
+    opt = optim.Adam(lr=0.01)
+    opt.attach([("w", p, g)])
+    t = torch.tensor(p.copy(), requires_grad=True)
+    topt = torch.optim.Adam([t], lr=0.01)
+    for _ in range(50):
+        gi = rng.standard_normal(100).astype(np.float32)
+        g[...] = gi
+        t.grad = torch.tensor(gi)
+        opt.step()
+        topt.step()
+    np.testing.assert_allclose(p, t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("ours,theirs", [
+    (optim.StepLR(3, gamma=0.5), lambda o: torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.5)),
+    (optim.ExponentialLR(0.8), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.8)),
+    (optim.CosineAnnealingLR(5, eta_min=0.01),
+     lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 5, eta_min=0.01)),
+])
+def test_schedules(ours, theirs):
+    base = 0.1
+    topt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    sched = theirs(topt)
+    for epoch in range(6):
+        assert ours(epoch, base) == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10, abs=1e-15)
+        topt.step()
+        sched.step()
