@@ -98,7 +98,17 @@ def get_num_threads() -> int:
             raise ValueError(f"OMP_NUM_THREADS must be a positive int, got {env!r}")
         return value
     # omp_get_max_threads() honours OMP_NUM_THREADS and threadpoolctl's OpenMP limits.
-    return max(1, min(_core().omp_max_threads(), _available_cpus()))
+    return max(1, min(_core().omp_max_threads(), _cpus()))
+
+
+_cpus_cache: int | None = None
+
+
+def _cpus() -> int:
+    global _cpus_cache
+    if _cpus_cache is None:
+        _cpus_cache = _available_cpus()
+    return _cpus_cache
 
 
 def _blas_libs():

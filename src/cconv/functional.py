@@ -216,8 +216,16 @@ def _alloc(shape, dtype, zero=False):
     return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
 
 
-def _threads(work_items):
-    return max(1, min(get_num_threads(), int(work_items)))
+#: Below this many elements of work per thread, extra threads cost more than they save.
+MIN_WORK_PER_THREAD = 1 << 15
+
+
+def _threads(work_items, work_size=None):
+    """Threads for a kernel with ``work_items`` parallel items touching ``work_size`` elements."""
+    n = min(get_num_threads(), int(work_items))
+    if work_size is not None:
+        n = min(n, int(work_size) // MIN_WORK_PER_THREAD)
+    return max(1, n)
 
 
 def _run(nt, fn, *args):
@@ -282,7 +290,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     k, s, pads, d, (OH, OW) = _geometry(x.shape[1:3], kernel_size, stride, padding, dilation)
     N, C = x.shape[0], x.shape[3]
     cols = _alloc((N * OH * OW, k[0] * k[1] * C), x.dtype)
-    nt = _threads(N)
+    nt = _threads(N, cols.size)
     _core.im2col(x, cols, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0],
                  d[0], d[1], nt)
     return cols
@@ -311,7 +319,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
         raise ValueError(f"cols must have shape (N*OH*OW, KH*KW*C) = {expected} for input_shape "
                          f"{(N, H, W, C)} and kernel_size {k}, got {cols.shape}")
     x = _alloc((N, H, W, C), cols.dtype, zero=True)
-    nt = _threads(N)
+    nt = _threads(N, cols.size)
     _core.col2im(cols, x, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0],
                  d[0], d[1], nt)
     return x
@@ -354,9 +362,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     if M == 0:
         return y
     kg = k[0] * k[1] * (C // groups)
-    nt = _threads(M)
+    nt = _threads(M, M * kg * max(1, cout // groups) // 16)
     T = _tile_rows(kg, x.itemsize, M, nt)
-    nt = _threads(-(-M // T))
+    nt = min(nt, -(-M // T))
     work = _alloc((nt, T * kg), x.dtype)
     _run(nt, _core.conv2d_forward, x, w.reshape(kg, cout), b, y, work, k[0], k[1],
          s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T)
@@ -400,13 +408,14 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need_dx
     if N == 0:
         return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
     P = OH * OW
+    work_size = N * P * kg * max(1, cout // groups) // 16
     if need_dx:
-        nt = _threads(N)
+        nt = _threads(N, work_size)
         T = _tile_rows(kg, x.itemsize, P, 1)
     else:
-        nt = _threads(N * P)
+        nt = _threads(N * P, work_size)
         T = _tile_rows(kg, x.itemsize, N * P, nt)
-        nt = _threads(-(-(N * P) // T))
+        nt = min(nt, -(-(N * P) // T))
     work = _alloc((nt, T * kg), x.dtype)
     dw_work = _alloc((nt, kg, cout), x.dtype, zero=True)
     db_work = _alloc((nt, cout), x.dtype, zero=True)
@@ -461,7 +470,7 @@ def max_pool2d(x, pool_size=2, stride=None, padding=0):
     y = _alloc((N, OH, OW, C), x.dtype)
     argmax = _alloc((N, OH, OW, C), np.int64)
     _core.max_pool2d_forward(x, y, argmax, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
-                             _threads(N * OH))
+                             _threads(N * OH, x.size))
     return y, argmax
 
 
@@ -501,7 +510,7 @@ def max_pool2d_backward(dy, argmax, input_shape):
         a = a.astype(np.int64)
     a = np.ascontiguousarray(a)
     dx = _alloc(shape, dy.dtype)  # zeroed by the kernel, in parallel
-    bad = _core.max_pool2d_backward(dy, a, dx, _threads(shape[0]))
+    bad = _core.max_pool2d_backward(dy, a, dx, _threads(shape[0], dx.size))
     if bad:
         raise ValueError(f"argmax holds {bad} indices outside [0, H*W) = [0, {shape[1] * shape[2]}) "
                          f"for input_shape {shape}")
@@ -531,7 +540,7 @@ def avg_pool2d(x, pool_size=2, stride=None, padding=0):
     N, _, _, C = x.shape
     y = _alloc((N, OH, OW, C), x.dtype)
     _core.avg_pool2d_forward(x, y, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
-                             _threads(N * OH))
+                             _threads(N * OH, x.size))
     return y
 
 
@@ -556,7 +565,7 @@ def avg_pool2d_backward(dy, input_shape, pool_size=2, stride=None, padding=0):
                          f"got {dy.shape}")
     dx = _alloc(shape, dy.dtype, zero=True)
     _core.avg_pool2d_backward(dy, dx, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
-                              _threads(shape[0]))
+                              _threads(shape[0], dx.size))
     return dx
 
 
