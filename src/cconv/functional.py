@@ -140,8 +140,9 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, pad_before: int = 
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _geometry(hw, kernel_size, stride, padding, dilation, what="kernel"):
-    """Validated (k, s, pads, d, out_hw) for a spatial operation on an input of size hw."""
+def _geometry(shape, kernel_size, stride, padding, dilation, what="kernel"):
+    """Validated (k, s, pads, d, out_hw) for a spatial operation on an NHWC input shape."""
+    hw = shape[1:3]
     k = normalize_pair(kernel_size, "kernel_size" if what == "kernel" else "pool_size")
     s = normalize_pair(stride, "stride")
     d = normalize_pair(dilation, "dilation")
@@ -153,7 +154,7 @@ def _geometry(hw, kernel_size, stride, padding, dilation, what="kernel"):
         if eff > padded:
             raise ValueError(
                 f"{what} {k} (dilated extent {eff} in {axis}) is larger than the padded input: "
-                f"input {axis} {hw[i]} + padding {pads[i]} = {padded}")
+                f"input of shape {tuple(shape)} has {axis} {hw[i]}, + padding {pads[i]} = {padded}")
         out.append(conv_output_size(hw[i], k[i], s[i], pads[i][0], pads[i][1], d[i]))
     return k, s, pads, d, tuple(out)
 
@@ -161,6 +162,11 @@ def _geometry(hw, kernel_size, stride, padding, dilation, what="kernel"):
 # ---------------------------------------------------------------------------------
 # Array checks
 # ---------------------------------------------------------------------------------
+_LAYOUTS = {"x": " (N, H, W, C)", "dy": " (N, OH, OW, C)", "w": " (KH, KW, C_in/groups, C_out)",
+            "image": " (H, W)", "kernel": " (KH, KW)", "cols": " (N*OH*OW, KH*KW*C)",
+            "b": " (C_out,)"}
+
+
 def _float_array(a, name, ndim=None):
     """``a`` as a C-contiguous float32/float64 ndarray (a copy only when needed)."""
     if a is None:
@@ -170,7 +176,7 @@ def _float_array(a, name, ndim=None):
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype} "
                         f"(shape {arr.shape})")
     if ndim is not None and arr.ndim != ndim:
-        layout = {4: " (N, H, W, C)", 2: " (H, W)", 1: ""}.get(ndim, "")
+        layout = _LAYOUTS.get(name, "")
         raise ValueError(f"{name} must be {ndim}-D{layout}, got shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
@@ -263,7 +269,7 @@ def _check_conv(x, w, stride, padding, dilation, groups):
         raise ValueError(f"channel mismatch: x has {C} channels (shape {x.shape}) but w of shape "
                          f"{w.shape} expects C_in/groups = {cg} with groups={groups} "
                          f"({cg * groups} channels)")
-    k, s, pads, d, out = _geometry(x.shape[1:3], (KH, KW), stride, padding, dilation)
+    k, s, pads, d, out = _geometry(x.shape, (KH, KW), stride, padding, dilation)
     kg = KH * KW * cg
     if max(kg, cout, C) > _INT_MAX:
         raise ValueError(f"w of shape {w.shape} is too large for 32-bit BLAS dimensions")
@@ -287,7 +293,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     """
     x = _float_array(x, "x", 4)
     _positive_dims(x, "x")
-    k, s, pads, d, (OH, OW) = _geometry(x.shape[1:3], kernel_size, stride, padding, dilation)
+    k, s, pads, d, (OH, OW) = _geometry(x.shape, kernel_size, stride, padding, dilation)
     N, C = x.shape[0], x.shape[3]
     cols = _alloc((N * OH * OW, k[0] * k[1] * C), x.dtype)
     nt = _threads(N, cols.size)
@@ -313,7 +319,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     """
     cols = _float_array(cols, "cols", 2)
     N, H, W, C = _shape_arg(input_shape, "input_shape")
-    k, s, pads, d, (OH, OW) = _geometry((H, W), kernel_size, stride, padding, dilation)
+    k, s, pads, d, (OH, OW) = _geometry((N, H, W, C), kernel_size, stride, padding, dilation)
     expected = (N * OH * OW, k[0] * k[1] * C)
     if cols.shape != expected:
         raise ValueError(f"cols must have shape (N*OH*OW, KH*KW*C) = {expected} for input_shape "
@@ -431,10 +437,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need_dx
 # ---------------------------------------------------------------------------------
 # Pooling
 # ---------------------------------------------------------------------------------
-def _pool_geometry(hw, pool_size, stride, padding):
+def _pool_geometry(shape, pool_size, stride, padding):
     k = normalize_pair(pool_size, "pool_size")
     stride = k if stride is None else stride
-    k, s, pads, _, out = _geometry(hw, k, stride, padding, 1, what="pool window")
+    k, s, pads, _, out = _geometry(shape, k, stride, padding, 1, what="pool window")
     for i, axis in enumerate(("height", "width")):
         if max(pads[i]) >= k[i]:
             raise ValueError(f"padding {pads[i]} in {axis} must be smaller than pool_size {k} "
@@ -465,7 +471,7 @@ def max_pool2d(x, pool_size=2, stride=None, padding=0):
     """
     x = _float_array(x, "x", 4)
     _positive_dims(x, "x")
-    k, s, pads, (OH, OW) = _pool_geometry(x.shape[1:3], pool_size, stride, padding)
+    k, s, pads, (OH, OW) = _pool_geometry(x.shape, pool_size, stride, padding)
     N, _, _, C = x.shape
     y = _alloc((N, OH, OW, C), x.dtype)
     argmax = _alloc((N, OH, OW, C), np.int64)
@@ -536,7 +542,7 @@ def avg_pool2d(x, pool_size=2, stride=None, padding=0):
     """
     x = _float_array(x, "x", 4)
     _positive_dims(x, "x")
-    k, s, pads, (OH, OW) = _pool_geometry(x.shape[1:3], pool_size, stride, padding)
+    k, s, pads, (OH, OW) = _pool_geometry(x.shape, pool_size, stride, padding)
     N, _, _, C = x.shape
     y = _alloc((N, OH, OW, C), x.dtype)
     _core.avg_pool2d_forward(x, y, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
@@ -558,7 +564,7 @@ def avg_pool2d_backward(dy, input_shape, pool_size=2, stride=None, padding=0):
     dx : ndarray of shape input_shape
     """
     dy, shape = _check_pool_grad(dy, input_shape)
-    k, s, pads, (OH, OW) = _pool_geometry(shape[1:3], pool_size, stride, padding)
+    k, s, pads, (OH, OW) = _pool_geometry(shape, pool_size, stride, padding)
     expected = (shape[0], OH, OW, shape[3])
     if dy.shape != expected:
         raise ValueError(f"dy must have the pooled shape {expected} for input_shape {shape}, "
