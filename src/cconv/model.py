@@ -35,6 +35,7 @@ state, RNG states, epoch, history) after every epoch; ``fit(resume=path)`` conti
 ends with the same weights as an uninterrupted run.
 """
 import contextlib
+import json
 import math
 import os
 import re
@@ -817,7 +818,7 @@ class Sequential:
         if state is None:
             raise ValueError(f"{path!r} is a saved model, not a training checkpoint: write one with "
                              "fit(..., checkpoint=path)")
-        mine = self.get_config()["layers"]
+        mine = json.loads(json.dumps(self.get_config()["layers"]))
         theirs = (document.get("model") or {}).get("layers")
         if mine != theirs:
             raise ValueError(f"cannot resume from {path!r}: it was written by a model with a different architecture")
