@@ -361,7 +361,8 @@ def test_batchnorm_inference_does_not_move_running_statistics():
 SHAPE_CASES = [
     (lambda: L.Conv2D(8, 3), (9, 7, 3)),
     (lambda: L.Conv2D(8, 3, stride=2, padding="same"), (9, 7, 3)),
-    (lambda: L.Conv2D(4, (3, 1), stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2)), (8, 6, 2)),
+    (lambda: L.Conv2D(4, (3, 1), stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2)),
+     (8, 6, 2)),
     (lambda: L.Conv2D(6, 2, groups=3), (5, 5, 3)),
     (lambda: L.MaxPool2D(), (9, 7, 3)),
     (lambda: L.MaxPool2D(3, stride=2, padding=1), (9, 7, 3)),

@@ -1,6 +1,4 @@
 """Parity with PyTorch: layers (forward and backward), losses, optimizers and schedules."""
-import math
-
 import numpy as np
 import pytest
 
@@ -295,20 +293,24 @@ def test_binary_cross_entropy(from_logits):
 # ---------------------------------------------------------------------------------
 OPT_CASES = [
     (lambda: optim.SGD(lr=0.1), lambda ps: torch.optim.SGD(ps, lr=0.1)),
-    (lambda: optim.SGD(lr=0.05, momentum=0.9), lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
+    (lambda: optim.SGD(lr=0.05, momentum=0.9),
+     lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)),
     (lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True),
      lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True)),
     (lambda: optim.SGD(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01),
      lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.01)),
-    (lambda: optim.SGD(lr=0.05, weight_decay=0.1), lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=0.1)),
+    (lambda: optim.SGD(lr=0.05, weight_decay=0.1),
+     lambda ps: torch.optim.SGD(ps, lr=0.05, weight_decay=0.1)),
     (lambda: optim.Adam(), lambda ps: torch.optim.Adam(ps)),
     (lambda: optim.Adam(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05),
      lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)),
     (lambda: optim.AdamW(), lambda ps: torch.optim.AdamW(ps)),
-    (lambda: optim.AdamW(lr=0.01, weight_decay=0.1), lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)),
+    (lambda: optim.AdamW(lr=0.01, weight_decay=0.1),
+     lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1)),
     (lambda: optim.RMSprop(), lambda ps: torch.optim.RMSprop(ps)),
     (lambda: optim.RMSprop(lr=0.001, alpha=0.9, eps=1e-6, momentum=0.9, weight_decay=0.01),
-     lambda ps: torch.optim.RMSprop(ps, lr=0.001, alpha=0.9, eps=1e-6, momentum=0.9, weight_decay=0.01)),
+     lambda ps: torch.optim.RMSprop(ps, lr=0.001, alpha=0.9, eps=1e-6, momentum=0.9,
+                                    weight_decay=0.01)),
     (lambda: optim.SGD(lr=0.1, momentum=0.9, clipnorm=1.0), "clip"),
     (lambda: optim.Adam(lr=0.01, clipnorm=0.5), "clip"),
 ]
@@ -326,8 +328,10 @@ def test_optimizer_after_50_steps(make, make_torch):
     if make_torch == "clip":
         cfg = opt.get_config()
         clip = cfg.pop("clipnorm")
-        topt = (torch.optim.SGD(tparams, lr=cfg["lr"], momentum=cfg["momentum"]) if isinstance(opt, optim.SGD)
-                else torch.optim.Adam(tparams, lr=cfg["lr"]))
+        if isinstance(opt, optim.SGD):
+            topt = torch.optim.SGD(tparams, lr=cfg["lr"], momentum=cfg["momentum"])
+        else:
+            topt = torch.optim.Adam(tparams, lr=cfg["lr"])
     else:
         clip = None
         topt = make_torch(tparams)

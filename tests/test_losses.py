@@ -215,7 +215,8 @@ def test_accuracy():
     pred = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     assert losses.accuracy(pred, np.array([1, 0, 0, 0])) == 0.75
     assert losses.accuracy(pred, np.eye(2)[[1, 0, 0, 1]]) == 0.5
-    assert losses.accuracy(np.array([[0.7], [0.2], [0.6]]), np.array([1, 0, 0])) == pytest.approx(2 / 3)
+    single = np.array([[0.7], [0.2], [0.6]])
+    assert losses.accuracy(single, np.array([1, 0, 0])) == pytest.approx(2 / 3)
     assert losses.accuracy(np.array([[2.0], [-1.0]]), np.array([1, 1]), threshold=0.0) == 0.5
     with pytest.raises(ValueError, match="lengths"):
         losses.accuracy(pred, np.array([1, 0]))

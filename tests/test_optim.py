@@ -269,8 +269,8 @@ def test_step_needs_attach_and_attach_validates():
 # ---------------------------------------------------------------------------------
 # Construction, names, configs
 # ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,cls", [("sgd", optim.SGD), ("adam", optim.Adam), ("AdamW", optim.AdamW),
-                                      ("rmsprop", optim.RMSprop)])
+@pytest.mark.parametrize("name,cls", [("sgd", optim.SGD), ("adam", optim.Adam),
+                                      ("AdamW", optim.AdamW), ("rmsprop", optim.RMSprop)])
 def test_get_by_name(name, cls):
     assert type(optim.get(name)) is cls
 

@@ -93,7 +93,10 @@ def he_normal(shape, rng, dtype=np.float32):
 
 
 def he_uniform(shape, rng, dtype=np.float32):
-    """He (Kaiming) uniform: ``U(-sqrt(6 / fan_in), sqrt(6 / fan_in))``. Parameters as :func:`he_normal`."""
+    """He (Kaiming) uniform: ``U(-sqrt(6 / fan_in), sqrt(6 / fan_in))``.
+
+    Parameters as :func:`he_normal`.
+    """
     fan_in, _ = compute_fans(shape)
     return _uniform(shape, rng, dtype, math.sqrt(6.0 / max(fan_in, 1)))
 
@@ -105,7 +108,10 @@ def glorot_normal(shape, rng, dtype=np.float32):
 
 
 def glorot_uniform(shape, rng, dtype=np.float32):
-    """Glorot (Xavier) uniform: ``U(-sqrt(6 / (fan_in + fan_out)), +...)``. Parameters as :func:`he_normal`."""
+    """Glorot (Xavier) uniform: ``U(-limit, limit)``, ``limit = sqrt(6 / (fan_in + fan_out))``.
+
+    Parameters as :func:`he_normal`.
+    """
     fan_in, fan_out = compute_fans(shape)
     return _uniform(shape, rng, dtype, math.sqrt(6.0 / max(fan_in + fan_out, 1)))
 

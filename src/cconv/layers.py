@@ -277,9 +277,9 @@ class Layer:
             dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
             self.build(x.shape[1:], None, dtype)
         elif self._fixed_channels and x.shape[-1] != self.input_shape[-1]:
-            raise ValueError(
-                f"{self._label()}: expected input of shape (N, {', '.join(map(str, self.input_shape))})"
-                f" ({self.input_shape[-1]} in the last axis), got x of shape {x.shape}")
+            expected = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"{self._label()}: expected input of shape (N, {expected}) "
+                             f"({self.input_shape[-1]} in the last axis), got x of shape {x.shape}")
         if self.params or x.dtype not in (np.float32, np.float64):
             dtype = self.dtype if self.params else np.float32
             if x.dtype != dtype:
@@ -295,7 +295,8 @@ class Layer:
                 layout += f" = (N, {', '.join(map(str, self.input_shape))})"
             raise ValueError(f"{self._label()}: expected a {rank + 1}-D input {layout}, "
                              f"got shape {tuple(shape)}{hint}")
-        if rank is None and self.built and self._fixed_channels and ndim != len(self.input_shape) + 1:
+        if (rank is None and self.built and self._fixed_channels
+                and ndim != len(self.input_shape) + 1):
             raise ValueError(f"{self._label()}: built for inputs of shape (N, "
                              f"{', '.join(map(str, self.input_shape))}), got shape {tuple(shape)}")
         if ndim < 2:
@@ -324,7 +325,8 @@ class Layer:
 
     def count_params(self) -> int:
         """Number of weights: ``params`` plus ``state`` (0 until built)."""
-        return int(sum(a.size for a in self.params.values()) + sum(a.size for a in self.state.values()))
+        arrays = list(self.params.values()) + list(self.state.values())
+        return int(sum(a.size for a in arrays))
 
     def _label(self) -> str:
         return self.name if self.name else type(self).__name__

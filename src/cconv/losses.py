@@ -40,7 +40,7 @@ def _pred_array(pred, ndim=None):
 
 
 def _class_labels(y, n, k):
-    """Integer labels (N,) or one-hot/soft targets (N, K) -> (int labels or None, targets or None)."""
+    """Integer labels (N,) or one-hot/soft targets (N, K) -> (labels or None, targets or None)."""
     y = np.asarray(y)
     if y.dtype.kind == "c" or y.dtype.kind not in "biuf":
         raise TypeError(f"y must hold integer labels or one-hot rows, got dtype {y.dtype}")
@@ -80,7 +80,7 @@ class Loss:
         raise NotImplementedError
 
     def backward(self) -> np.ndarray:
-        """Gradient of the last call's value with respect to ``pred`` (divided by the batch size)."""
+        """Gradient of the last call's value with respect to ``pred`` (divided by batch size)."""
         if self._grad_args is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding call "
                                f"loss(pred, y)")

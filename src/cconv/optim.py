@@ -27,7 +27,8 @@ import numbers
 import numpy as np
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "sgd_update", "adam_update",
-           "rmsprop_update", "clip_grad_norm", "LRSchedule", "StepLR", "ExponentialLR", "CosineAnnealingLR",
+           "rmsprop_update", "clip_grad_norm", "LRSchedule", "StepLR", "ExponentialLR",
+           "CosineAnnealingLR",
            "get", "serialize", "deserialize"]
 
 
@@ -269,7 +270,8 @@ class Optimizer:
             try:
                 name, p, g = item
             except (TypeError, ValueError):
-                raise TypeError(f"attach expects (name, param, grad) triples, got {item!r:.80}") from None
+                raise TypeError(f"attach expects (name, param, grad) triples, "
+                                f"got {item!r:.80}") from None
             if not isinstance(name, str):
                 raise TypeError(f"parameter names must be str, got {name!r}")
             if name in seen:
@@ -601,7 +603,8 @@ class LRSchedule:
     """
 
     def __call__(self, epoch, base_lr) -> float:
-        if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        if (isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, numbers.Integral)
+                or epoch < 0):
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         return float(self._lr(int(epoch), _number(base_lr, "base_lr", low=0.0)))
 
@@ -624,7 +627,8 @@ class StepLR(LRSchedule):
     """``lr = base_lr * gamma ** (epoch // step_size)`` (PyTorch's ``StepLR``)."""
 
     def __init__(self, step_size, gamma=0.1):
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
+        if (isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral)
+                or step_size < 1):
             raise ValueError(f"step_size must be a positive int, got {step_size!r}")
         self.step_size = int(step_size)
         self.gamma = _number(gamma, "gamma", low=0.0, low_open=True)
@@ -657,4 +661,5 @@ class CosineAnnealingLR(LRSchedule):
         self.eta_min = _number(eta_min, "eta_min", low=0.0)
 
     def _lr(self, epoch, base_lr):
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+        cos = math.cos(math.pi * epoch / self.T_max)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
