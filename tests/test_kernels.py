@@ -106,3 +106,29 @@ def test_bad_arguments():
         kernels.apply(IMG, "identity", mode="valid", boundary="reflect")
     with pytest.raises(TypeError, match="complex"):
         kernels.apply(IMG.astype(complex), "identity")
+
+
+@pytest.mark.parametrize("backend", ["matplotlib", "pillow"])
+def test_plot_kernels(tmp_path, backend):
+    Image = pytest.importorskip("PIL.Image")
+    if backend == "matplotlib":
+        pytest.importorskip("matplotlib")
+    from cconv import viz
+    viz.set_backend(backend)
+    try:
+        yy, xx = np.mgrid[0:32, 0:32] / 31.0
+        image = np.stack([xx, yy, (xx + yy) / 2], axis=-1)
+        image[8:24, 8:24] = 1.0 - image[8:24, 8:24]
+        path = kernels.plot_kernels(image, tmp_path / "k.png")
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB")).astype(int)
+        # 11 tiles (original + 10 kernels) of 32x32 enlarged to 128 px, 4 per row
+        assert arr.shape[1] >= 4 * 128 and arr.shape[0] >= 3 * 128
+        assert arr.std() > 10 and len(np.unique(arr.reshape(-1, 3), axis=0)) > 100
+        path = kernels.plot_kernels(image[:, :, 0], tmp_path / "g.png", kernels=["sobel_x", "sobel_y"])
+        with Image.open(path) as im:
+            assert im.size[0] >= 3 * 128
+        with pytest.raises(ValueError, match="unknown kernel"):
+            kernels.plot_kernels(image, tmp_path / "x.png", kernels=["nope"])
+    finally:
+        viz.set_backend(None)

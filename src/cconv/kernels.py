@@ -169,10 +169,14 @@ def _display(name, response):
     """Map a kernel response to [0, 1] for display."""
     k = get(name)
     if abs(k.sum()) < 1e-12:
-        # Zero-sum kernels (edges, derivatives): show the magnitude, scaled to its maximum.
+        # Zero-sum kernels (edges, derivatives): the magnitude of the response (averaged
+        # over colour channels), scaled by its 99th percentile so that a few very strong
+        # edges do not leave the rest black.
         mag = np.abs(response)
-        top = mag.max()
-        return mag / top if top > 0 else mag
+        if mag.ndim == 3:
+            mag = mag.mean(axis=2)
+        top = np.percentile(mag, 99)
+        return np.clip(mag / top, 0.0, 1.0) if top > 0 else mag
     return np.clip(response, 0.0, 1.0)
 
 
@@ -191,8 +195,8 @@ def plot_kernels(image, path, kernels=None, boundary="reflect"):
         Border handling (see :func:`apply`); reflection avoids the dark frame that
         zero padding gives blurred images.
 
-    Zero-sum kernels (edge detectors, Sobel) are shown as the magnitude of their
-    response scaled to its maximum; the others are clipped to [0, 1].
+    Zero-sum kernels (edge detectors, Sobel) are shown in grey as the magnitude of their
+    response scaled by its 99th percentile; the others are clipped to [0, 1].
 
     Returns
     -------
