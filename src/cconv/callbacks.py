@@ -104,7 +104,8 @@ class EarlyStopping(Callback):
     monitor : str, default "val_loss"
         Key of the epoch logs to watch.
     patience : int, default 0
-        Number of epochs without improvement after which training stops.
+        Number of epochs without improvement after which training stops (0: at the
+        first epoch that does not improve).
     min_delta : float, default 0.0
         Minimum change that counts as an improvement.
     mode : {"auto", "min", "max"}, default "auto"
@@ -154,7 +155,7 @@ class EarlyStopping(Callback):
                 self.best_weights = [(t, t.copy()) for _, t in _weight_arrays(self.model)]
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
             if self.verbose:
