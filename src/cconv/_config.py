@@ -11,6 +11,10 @@ import os
 import platform
 import sys
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Literal, TextIO
 
 _num_threads: int | None = None  # set by set_num_threads; None = decided by the environment
 _blas_controllers = None          # threadpoolctl LibControllers of the BLAS libraries
@@ -146,7 +150,7 @@ def blas_threads(n: int):
             lib.set_num_threads(old)
 
 
-def show_config(file=None) -> dict:
+def show_config(file: TextIO | Literal[False] | None = None) -> dict[str, Any]:
     """Print (and return) how cconv was built and what it runs on.
 
     Version, compiler, OpenMP on/off and its runtime, flush-to-zero, the BLAS in use

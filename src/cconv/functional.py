@@ -32,11 +32,22 @@ from __future__ import annotations
 import math
 import operator
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _config
 from ._config import get_num_threads
+
+if TYPE_CHECKING:  # annotations only: nothing here is imported at run time
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike, NDArray
+
+    _IntOrPair = int | Sequence[int]
+    _Padding = int | str | Sequence[int] | Sequence[Sequence[int]]
+    _Pads = tuple[tuple[int, int], tuple[int, int]]
+    _FloatArray = NDArray[np.floating[Any]]
 
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
@@ -64,7 +75,7 @@ def _as_int(v, name, what):
         raise TypeError(f"{name} must be {what}, got {v!r}") from None
 
 
-def normalize_pair(v, name: str, minimum: int = 1) -> tuple[int, int]:
+def normalize_pair(v: _IntOrPair, name: str, minimum: int = 1) -> tuple[int, int]:
     """Turn an int or a pair into a pair of ints ``>= minimum``.
 
     Raises
@@ -87,7 +98,9 @@ def normalize_pair(v, name: str, minimum: int = 1) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def normalize_padding(padding, kernel_size, dilation=1, stride=1, input_hw=None):
+def normalize_padding(padding: _Padding, kernel_size: _IntOrPair, dilation: _IntOrPair = 1,
+                      stride: _IntOrPair = 1,
+                      input_hw: tuple[int, int] | None = None) -> _Pads:
     """Turn any padding form into explicit ``((top, bottom), (left, right))``.
 
     Parameters
@@ -276,7 +289,8 @@ def _check_conv(x, w, stride, padding, dilation, groups):
     return x, w, groups, k, s, pads, d, out
 
 
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+def im2col(x: ArrayLike, kernel_size: _IntOrPair, stride: _IntOrPair = 1, padding: _Padding = 0,
+           dilation: _IntOrPair = 1) -> _FloatArray:
     """Unfold the patches of ``x`` into the rows of a matrix.
 
     Parameters
@@ -302,7 +316,9 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     return cols
 
 
-def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
+def col2im(cols: ArrayLike, input_shape: Sequence[int], kernel_size: _IntOrPair,
+           stride: _IntOrPair = 1, padding: _Padding = 0,
+           dilation: _IntOrPair = 1) -> _FloatArray:
     """Fold rows of patches back into an image, summing overlapping contributions.
 
     The adjoint of :func:`im2col`: ``<im2col(x), c> == <x, col2im(c)>``.
@@ -331,7 +347,8 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     return x
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntOrPair = 1,
+           padding: _Padding = 0, dilation: _IntOrPair = 1, groups: int = 1) -> _FloatArray:
     """2-D convolution (cross-correlation, as in every CNN framework), NHWC/HWIO.
 
     Parameters
@@ -377,7 +394,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     return y
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, need_dx=True):
+def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPair = 1,
+                    padding: _Padding = 0, dilation: _IntOrPair = 1, groups: int = 1,
+                    need_dx: bool = True,
+                    ) -> tuple[_FloatArray | None, _FloatArray, _FloatArray]:
     """Gradients of :func:`conv2d` with respect to its input, weights and bias.
 
     ``dw`` is the valid cross-correlation of ``x`` with ``dy``; ``dx`` is the full
@@ -448,7 +468,8 @@ def _pool_geometry(shape, pool_size, stride, padding):
     return k, s, pads, out
 
 
-def max_pool2d(x, pool_size=2, stride=None, padding=0):
+def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | None = None,
+               padding: _Padding = 0) -> tuple[_FloatArray, NDArray[np.int64]]:
     """Max pooling that records the winner of every window.
 
     Parameters
@@ -489,7 +510,8 @@ def _check_pool_grad(dy, input_shape):
     return dy, shape
 
 
-def max_pool2d_backward(dy, argmax, input_shape):
+def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
+                        input_shape: Sequence[int]) -> _FloatArray:
     """Route each gradient of ``dy`` to the unit that won its window in the forward pass.
 
     Parameters
@@ -523,7 +545,8 @@ def max_pool2d_backward(dy, argmax, input_shape):
     return dx
 
 
-def avg_pool2d(x, pool_size=2, stride=None, padding=0):
+def avg_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | None = None,
+               padding: _Padding = 0) -> _FloatArray:
     """Average pooling.
 
     Padded zeros count in the divisor: every window is divided by ``KH * KW`` (PyTorch's
@@ -550,7 +573,8 @@ def avg_pool2d(x, pool_size=2, stride=None, padding=0):
     return y
 
 
-def avg_pool2d_backward(dy, input_shape, pool_size=2, stride=None, padding=0):
+def avg_pool2d_backward(dy: ArrayLike, input_shape: Sequence[int], pool_size: _IntOrPair = 2,
+                        stride: _IntOrPair | None = None, padding: _Padding = 0) -> _FloatArray:
     """Gradient of :func:`avg_pool2d`: each ``dy`` spread evenly (``/ (KH*KW)``) over its window.
 
     Parameters
@@ -594,7 +618,7 @@ def _mode_padding(mode, kh, kw, flipped=False):
     raise ValueError(f"mode must be 'valid', 'same' or 'full', got {mode!r}")
 
 
-def correlate2d(image, kernel, mode="valid"):
+def correlate2d(image: ArrayLike, kernel: ArrayLike, mode: str = "valid") -> _FloatArray:
     """Cross-correlation of one 2-D image with one 2-D kernel (the CNN "convolution").
 
     ``out[i, j] = sum_{m, n} image[i + m, j + n] * kernel[m, n]``
@@ -625,7 +649,7 @@ def _correlate2d(image, kernel, mode, flipped):
     return y[0, :, :, 0]
 
 
-def convolve2d(image, kernel, mode="valid"):
+def convolve2d(image: ArrayLike, kernel: ArrayLike, mode: str = "valid") -> _FloatArray:
     """True 2-D convolution: cross-correlation with the kernel flipped both ways.
 
     ``out[i, j] = sum_{m, n} image[i - m, j - n] * kernel[m, n]``; modes as in
