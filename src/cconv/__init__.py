@@ -7,10 +7,14 @@ The submodules (``layers``, ``losses``, ``optim``, ``datasets``, ``viz``, ...) a
 model classes are imported on first use, which keeps ``import cconv`` fast.
 """
 from importlib import import_module as _import_module
+from typing import Any as _Any
 
-from ._version import __version__
-from ._config import get_num_threads, set_num_threads, show_config
-from . import functional
+# "import X as X": explicit re-exports, which `mypy --strict` (no implicit re-export) needs.
+from ._version import __version__ as __version__
+from ._config import get_num_threads as get_num_threads
+from ._config import set_num_threads as set_num_threads
+from ._config import show_config as show_config
+from . import functional as functional
 
 _SUBMODULES = {
     "layers", "losses", "optim", "initializers", "callbacks", "model", "models",
@@ -29,7 +33,7 @@ __all__ = sorted(
 )
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> _Any:
     if name in _SUBMODULES:
         return _import_module(f"{__name__}.{name}")
     if name in _NAMES:
@@ -37,5 +41,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'cconv' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return __all__
