@@ -1,0 +1,138 @@
+"""Type stub of the compiled kernels (``src/cconv/_core.pyx``).
+
+These are private, unvalidated kernels: call the checked wrappers in
+:mod:`cconv.functional`. Every array argument must be C-contiguous; the floating-point
+arrays of one call share one dtype (the Cython fused type ``floating``). Arguments marked
+OUT are written in place. ``tests/test_packaging.py`` checks that the names and parameters
+here match the compiled module.
+"""
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+_F = TypeVar("_F", np.float32, np.float64)
+
+def load_blas() -> None: ...
+def gemm_rowmajor(
+    trans_a: bool,
+    trans_b: bool,
+    alpha: float,
+    a: NDArray[_F],
+    b: NDArray[_F],
+    beta: float,
+    c: NDArray[_F],  # IN/OUT
+) -> None: ...
+def openmp_enabled() -> bool: ...
+def omp_max_threads() -> int: ...
+def ftz_available() -> bool: ...
+def im2col(
+    x: NDArray[_F],
+    cols: NDArray[_F],  # OUT
+    KH: int,
+    KW: int,
+    OH: int,
+    OW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    num_threads: int,
+) -> None: ...
+def col2im(
+    cols: NDArray[_F],
+    x: NDArray[_F],  # OUT, zeroed by the caller
+    KH: int,
+    KW: int,
+    OH: int,
+    OW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    num_threads: int,
+) -> None: ...
+def conv2d_forward(
+    x: NDArray[_F],
+    wmat: NDArray[_F],
+    bias: NDArray[_F] | None,
+    y: NDArray[_F],  # OUT
+    work: NDArray[_F],  # scratch
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    groups: int,
+    tile_rows: int,
+    num_threads: int,
+) -> None: ...
+def conv2d_backward(
+    dy: NDArray[_F],
+    x: NDArray[_F],
+    wmat: NDArray[_F],
+    dx: NDArray[_F],  # OUT
+    dw_work: NDArray[_F],  # OUT
+    db_work: NDArray[_F],  # OUT
+    work: NDArray[_F],  # scratch
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    groups: int,
+    tile_rows: int,
+    need_dx: bool,
+    need_db: bool,
+    num_threads: int,
+) -> None: ...
+def max_pool2d_forward(
+    x: NDArray[_F],
+    y: NDArray[_F],  # OUT
+    argmax: NDArray[np.int64],  # OUT
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    num_threads: int,
+) -> None: ...
+def max_pool2d_backward(
+    dy: NDArray[_F],
+    argmax: NDArray[np.int64],
+    dx: NDArray[_F],  # OUT
+    num_threads: int,
+) -> int: ...
+def avg_pool2d_forward(
+    x: NDArray[_F],
+    y: NDArray[_F],  # OUT
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    num_threads: int,
+) -> None: ...
+def avg_pool2d_backward(
+    dy: NDArray[_F],
+    dx: NDArray[_F],  # OUT, zeroed by the caller
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    num_threads: int,
+) -> None: ...
