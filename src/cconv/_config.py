@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 from contextlib import contextmanager
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,7 +23,9 @@ _blas_controllers = None          # threadpoolctl LibControllers of the BLAS lib
 
 def _core():
     try:
-        from . import _core
+        # import_module, not `from . import _core`: when the file is missing, the latter
+        # reports "cannot import name ... (most likely due to a circular import)".
+        _core = import_module(f"{__package__}._core")
     except ImportError as exc:  # a broken or partial install
         raise ImportError(
             "cconv's compiled extension (cconv._core) could not be imported: "
