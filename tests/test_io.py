@@ -390,3 +390,22 @@ def test_kill_during_save_always_leaves_a_loadable_file(tmp_path):
     # the next save cleans up temporaries of dead writers
     model.save(path)
     assert glob.glob(str(tmp_path / ".ckpt.npz.tmp-*")) == []
+
+
+def test_crafted_header_cannot_force_a_huge_allocation(trained, tmp_path):
+    """A member whose header claims 4 TB of data is refused from its header alone."""
+    _, path = trained
+    bad = tmp_path / "huge.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            if info.filename == "p/0.npy":
+                import io as _io
+                buf = _io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    buf, {"descr": "<f4", "fortran_order": False, "shape": (10 ** 12,)})
+                buf.write(b"\0" * 64)
+                dst.writestr(info.filename, buf.getvalue())
+            else:
+                dst.writestr(info, src.read(info.filename))
+    with pytest.raises(ValueError, match="declares 4000000000000 bytes"):
+        cconv.load_model(bad)

@@ -198,6 +198,41 @@ def write_file(path, document, arrays):
     _fsync_dir(directory)
 
 
+def _read_npy(fp, size, key, path):
+    """Read one ``.npy`` member without numpy's pickle path and without trusting its header.
+
+    The header is parsed first: object dtypes are refused before any payload byte is read,
+    and the size the header declares must equal the member's size, so a crafted header can
+    neither unpickle anything nor make us allocate more than the file holds.
+    """
+    fmt = np.lib.format
+    version = fmt.read_magic(fp)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+    else:
+        raise ValueError(f"unsupported .npy version {version} in member {key!r}")
+    if dtype.hasobject:
+        raise _RefusedFile(
+            f"refusing to load {path!r}: member {key!r} holds Python objects (a pickle); "
+            "cconv model files contain only numeric arrays, and pickles are never loaded")
+    if dtype.kind not in "biuf":
+        raise _RefusedFile(f"{path!r} is not a cconv model file: member {key!r} has dtype {dtype}")
+    count = 1
+    for s in shape:
+        count *= int(s)
+    nbytes = count * dtype.itemsize
+    header_len = fp.tell()
+    if header_len + nbytes != size:
+        raise ValueError(f"member {key!r} declares {nbytes} bytes of data but holds {size - header_len}")
+    data = fp.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"member {key!r} ends after {len(data)} of {nbytes} bytes")
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C").copy(order="C")
+
+
 def read_file(path):
     """Read and verify a file written by :func:`write_file`.
 
@@ -228,16 +263,10 @@ def read_file(path):
                 if not name.endswith(".npy"):
                     raise _RefusedFile(f"{path!r} is not a cconv model file: unexpected member {name!r}")
                 key = name[:-4]
+                if key in members:
+                    raise _RefusedFile(f"{path!r} is not a cconv model file: member {name!r} appears twice")
                 with zf.open(info) as fp:
-                    try:
-                        members[key] = np.lib.format.read_array(fp, allow_pickle=False)
-                    except ValueError as exc:
-                        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-                            raise _RefusedFile(
-                                f"refusing to load {path!r}: member {key!r} holds Python objects (a pickle); "
-                                "cconv model files contain only numeric arrays, and pickles are never loaded"
-                            ) from None
-                        raise
+                    members[key] = _read_npy(fp, info.file_size, key, path)
     except zipfile.BadZipFile as exc:
         raise ValueError(f"{path!r} is corrupted or truncated (zip error: {exc})") from None
     except (EOFError, OSError) as exc:
