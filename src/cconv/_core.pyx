@@ -469,9 +469,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
                     bint need_dx, bint need_db, int num_threads):
     """Gradients of a convolution; the caller sums dw_work and db_work over threads.
 
-    With need_dx the work is split by image (prange over the batch, each image's rows
-    in tiles of at most `tile_rows`), so no two threads scatter into the same part of
-    dx; without it, by tiles of `tile_rows` output rows over the whole batch.
+    With need_dx the batch is cut into chunks of whole images (a few per thread,
+    handed out dynamically) and each chunk's output rows are processed in tiles of at
+    most `tile_rows`: a thread scatters (col2im) only into the images of its own chunk,
+    so no two threads write the same part of dx. Without need_dx, tiles of `tile_rows`
+    output rows over the whole batch.
     """
     cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, dy.shape[1], dy.shape[2],
                             sh, sw, pt, pl, dh, dw)
@@ -492,7 +494,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
     cdef Py_ssize_t wstride = work.shape[1]
     cdef Py_ssize_t dwstride = dw_work.shape[1] * dw_work.shape[2]
     cdef Py_ssize_t dbstride = db_work.shape[1]
-    cdef Py_ssize_t t, n, r0, r1, tid
+    cdef Py_ssize_t t, ch, r0, r1, rend, tid
+    cdef Py_ssize_t nchunks = min(g.N, 4 * num_threads)
     cdef floating *buf
     cdef floating *dwacc
     cdef floating *dbacc
@@ -505,12 +508,13 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
         dbacc = dbk + tid * dbstride
         old = cconv_ftz_on()
         if need_dx:
-            for n in prange(g.N, schedule="static"):
-                r0 = n * P
-                while r0 < (n + 1) * P:
+            for ch in prange(nchunks, schedule="dynamic"):
+                r0 = (ch * g.N // nchunks) * P
+                rend = ((ch + 1) * g.N // nchunks) * P
+                while r0 < rend:
                     r1 = r0 + T
-                    if r1 > (n + 1) * P:
-                        r1 = (n + 1) * P
+                    if r1 > rend:
+                        r1 = rend
                     _conv_backward_tile(xp, dyp, wp, dxp, buf, dwacc, dbacc, r0, r1, Cout,
                                         groups, direct, True, need_db, &g)
                     r0 = r1

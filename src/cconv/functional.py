@@ -435,12 +435,10 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
     P = OH * OW
     work_size = N * P * kg * max(1, cout // groups) // 16
-    if need_dx:
-        nt = _threads(N, work_size)
-        T = _tile_rows(kg, x.itemsize, P, 1)
-    else:
-        nt = _threads(N * P, work_size)
-        T = _tile_rows(kg, x.itemsize, N * P, nt)
+    # With need_dx a thread owns whole images (it scatters into their dx): at most N threads.
+    nt = _threads(N if need_dx else N * P, work_size)
+    T = _tile_rows(kg, x.itemsize, N * P, nt)
+    if not need_dx:
         nt = min(nt, -(-(N * P) // T))
     work = _alloc((nt, T * kg), x.dtype)
     dw_work = _alloc((nt, kg, cout), x.dtype, zero=True)
