@@ -422,6 +422,12 @@ def test_resume_true_and_mismatches(tmp_path):
     other.compile("adam", "categorical_crossentropy")
     with pytest.raises(ValueError, match="different architecture"):
         other.fit(x, y, epochs=2, resume=ckpt, verbose=0)
+    sgd = tiny()
+    sgd.compile("sgd", "categorical_crossentropy")
+    with pytest.raises(ValueError, match="trained with Adam.*compiled with SGD"):
+        sgd.fit(x, y, epochs=2, resume=ckpt, verbose=0)
+    with pytest.raises(FileNotFoundError, match="checkpoint directory"):
+        m.fit(x, y, epochs=1, checkpoint=tmp_path / "missing" / "c.npz", verbose=0)
     plain = tmp_path / "plain.npz"
     m.save(plain)
     with pytest.raises(ValueError, match="not a training checkpoint"):

@@ -177,7 +177,6 @@ class Sequential:
         self.loss = None
         self.metrics = ()
         self.compiled = False
-        self._compile_settings = None
         self.stop_training = False
         self.history = None
         self._resumed_epoch = 0
@@ -208,7 +207,12 @@ class Sequential:
         self.layers.append(layer)
         if self.built:
             shape = self.output_shape
-            self._build_layer(layer, shape)
+            try:
+                self._build_layer(layer, shape)
+            except (ValueError, TypeError) as exc:
+                self.layers.pop()
+                raise type(exc)(f"layer {layer.name!r} ({type(layer).__name__}) cannot take input of shape "
+                                f"{_shape_str(shape)}: {exc}") from exc
             self.output_shape = tuple(layer.output_shape(shape))
             self._shapes.append(self.output_shape)
             self._set_input_grad_flags()
@@ -221,8 +225,17 @@ class Sequential:
             layer.need_input_grad = i > 0
 
     def _build_layer(self, layer, shape):
+        shape = tuple(shape)
         if not getattr(layer, "built", False):
-            layer.build(tuple(shape), self._build_rng, self.dtype)
+            layer.build(shape, self._build_rng, self.dtype)
+            return
+        # a layer built before it was added keeps its weights if it fits
+        built_shape = getattr(layer, "input_shape", None)
+        if built_shape is not None and tuple(built_shape) != shape:
+            raise ValueError(f"it was already built for input shape {_shape_str(built_shape)}")
+        dt = getattr(layer, "dtype", None)
+        if dt is not None and np.dtype(dt) != self.dtype:
+            raise ValueError(f"it was already built with dtype {np.dtype(dt).name}, the model uses {self.dtype.name}")
 
     def build(self, input_shape):
         """Create every layer's weights for samples of shape ``input_shape`` (no batch dim).
@@ -405,8 +418,6 @@ class Sequential:
             if "accuracy" not in ms:
                 ms.append("accuracy")
         self.optimizer, self.loss, self.metrics = opt_obj, loss_obj, tuple(ms)
-        self._compile_settings = {"optimizer": optimizer if isinstance(optimizer, str) else None,
-                                  "loss": loss if isinstance(loss, str) else None}
         self.compiled = True
         if self.built:
             self.optimizer.attach(self.parameters())
@@ -703,6 +714,10 @@ class Sequential:
         history = History()
         cbs.append(history)
 
+        if checkpoint is not None:
+            ckpt_dir = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+            if not os.path.isdir(ckpt_dir):
+                raise FileNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
         if resume is True:
             if checkpoint is None:
                 raise ValueError("resume=True needs checkpoint= (the file to resume from)")
@@ -828,6 +843,10 @@ class Sequential:
         if diffs:
             raise ValueError(f"cannot resume from {path!r}: fit was called differently ({'; '.join(diffs)}); "
                              "an exact continuation needs the same data and settings")
+        saved_opt = ((document.get("compile") or {}).get("optimizer") or {}).get("class_name")
+        if saved_opt is not None and saved_opt != type(self.optimizer).__name__:
+            raise ValueError(f"cannot resume from {path!r}: it was trained with {saved_opt}, this model is "
+                             f"compiled with {type(self.optimizer).__name__}")
         _io.assign_weights(self, _io._collect_layer_arrays(document, arrays, path), path)
         if document.get("optimizer_state") is not None:
             self.optimizer.load_state_dict(_io._join_tree(document["optimizer_state"], arrays))
