@@ -91,7 +91,11 @@ def _add_optional_commands(subparsers):
         fullname = f"{__package__}.{modname}"
         if importlib.util.find_spec(fullname) is None:
             continue
-        module = importlib.import_module(fullname)
+        try:
+            module = importlib.import_module(fullname)
+        except ImportError as exc:   # a missing optional dependency must not break `cconv demo`
+            print(f"cconv: the '{modname}' command is unavailable: {exc}", file=sys.stderr)
+            continue
         register = getattr(module, "add_parser", None) or getattr(module, "add_paper_command", None)
         if register is not None:
             register(subparsers)
