@@ -106,6 +106,28 @@ def test_reproducible_same_seed_same_weights():
     assert not np.array_equal(other.layers[0].params["kernel"], runs[0].layers[0].params["kernel"])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_reproducible_with_threads(threads):
+    """Same seed and thread count -> identical weights, with convolutions big enough to be threaded."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 12, 12, 8)).astype(np.float32)
+    y = rng.integers(0, 4, 256)
+    saved = cconv.get_num_threads()
+    cconv.set_num_threads(threads)
+    try:
+        runs = []
+        for _ in range(2):
+            m = cconv.Sequential([Conv2D(32, 3, padding="same", activation="relu"), MaxPool2D(2),
+                                  Conv2D(32, 3, padding="same", activation="relu"), Flatten(),
+                                  Dense(4, activation="softmax")], input_shape=(12, 12, 8), seed=1)
+            m.compile(optim.Adam(lr=1e-3), "categorical_crossentropy")
+            m.fit(x, y, epochs=3, batch_size=32, verbose=0)
+            runs.append(m)
+    finally:
+        cconv.set_num_threads(saved)
+    assert_same_weights(runs[0], runs[1])
+
+
 def test_shuffle_changes_batches_and_seed_none_is_recorded():
     x, y = blobs()
     a, b = tiny(seed=1, dropout=0, bn=False), tiny(seed=1, dropout=0, bn=False)
