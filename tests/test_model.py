@@ -195,6 +195,39 @@ def test_fused_softmax_equivalent_to_logits_model():
     np.testing.assert_allclose(p, e / e.sum(axis=1, keepdims=True), rtol=1e-10)
 
 
+def test_sigmoid_with_binary_crossentropy_is_fused():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 5))
+    y = (x[:, 0] > 0).astype(np.float64)
+    models = []
+    for act in ("sigmoid", None):
+        m = cconv.Sequential([Dense(4, activation="tanh"), Dense(1, activation=act)], input_shape=(5,), seed=3,
+                             dtype="float64")
+        m.compile(optim.SGD(lr=0.5), "binary_crossentropy")
+        models.append(m)
+    assert models[0]._fused() == "activation" and models[1]._fused() is None
+    for _ in range(3):
+        la, lb = (m.train_on_batch(x, y) for m in models)
+        assert la["loss"] == pytest.approx(lb["loss"], rel=1e-12)
+        assert la["accuracy"] == lb["accuracy"]
+    p = models[0].predict(x)
+    z = models[1].predict(x)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-z)), rtol=1e-12)
+    # accuracy from logits uses threshold 0: it equals the accuracy of the probabilities at 0.5
+    assert models[0].evaluate(x, y)["accuracy"] == pytest.approx(np.mean((p[:, 0] > 0.5) == (y > 0.5)))
+
+
+def test_non_classification_outputs_train_without_accuracy():
+    """An image-shaped output (autoencoder-like) with MSE: no accuracy, no error."""
+    x = np.random.default_rng(0).random((8, 4, 4, 1)).astype(np.float32)
+    m = cconv.Sequential([Conv2D(3, 3, padding="same", activation="relu"), Conv2D(1, 3, padding="same")],
+                         input_shape=(4, 4, 1), seed=0)
+    m.compile("adam", "mse")
+    h = m.fit(x, x, epochs=2, batch_size=4, verbose=0)
+    assert set(h.history) == {"loss"} and h.history["loss"][1] < h.history["loss"][0]
+    assert set(m.evaluate(x, x)) == {"loss"}
+
+
 def test_fused_softmax_is_stable_with_huge_logits():
     """Saturated softmax: the fused loss stays finite and the gradient is (p - onehot) / N."""
     m = cconv.Sequential([Dense(2, activation="softmax", use_bias=False)], input_shape=(1,), seed=0,

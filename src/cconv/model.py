@@ -22,8 +22,9 @@ Softmax and cross-entropy
 When the model ends with a softmax (a ``Softmax`` layer, or ``activation="softmax"`` on
 the last layer) and the loss is :class:`cconv.losses.SoftmaxCrossEntropy`, training and
 ``evaluate`` skip that softmax and give the logits to the loss, whose fused gradient
-``(softmax(z) - onehot) / N`` is exact and stable. ``predict`` and ``forward`` always
-apply the whole network, so they return probabilities.
+``(softmax(z) - onehot) / N`` is exact and stable. A final sigmoid with
+:class:`cconv.losses.BinaryCrossEntropy` is fused the same way. ``predict`` and
+``forward`` always apply the whole network, so they return probabilities.
 
 Reproducibility
 ---------------
@@ -111,12 +112,6 @@ def _shape_str(shape):
 def _layer_generators(layer):
     """Every ``numpy.random.Generator`` a layer owns (Dropout masks), by attribute name."""
     return {k: v for k, v in vars(layer).items() if isinstance(v, np.random.Generator)}
-
-
-def _is_softmax_layer(obj):
-    from . import layers
-    cls = getattr(layers, "Softmax", None)
-    return cls is not None and isinstance(obj, cls)
 
 
 def _check_batch_size(batch_size):
@@ -518,15 +513,25 @@ class Sequential:
         return dy
 
     def _fused(self):
-        """How the final softmax is fused with the loss: None, "layer" or "activation"."""
-        from . import losses
-        if (not self.layers or not isinstance(self.loss, losses.SoftmaxCrossEntropy)
-                or not getattr(self.loss, "from_logits", True)):
+        """How a final softmax/sigmoid is fused with the loss: None, "layer" or "activation".
+
+        Softmax + :class:`~cconv.losses.SoftmaxCrossEntropy` and sigmoid +
+        :class:`~cconv.losses.BinaryCrossEntropy` (both from logits, their default) are fused:
+        the loss gets the logits.
+        """
+        from . import layers, losses
+        if not self.layers or not getattr(self.loss, "from_logits", False):
+            return None
+        if isinstance(self.loss, losses.SoftmaxCrossEntropy):
+            cls = layers.Softmax
+        elif isinstance(self.loss, losses.BinaryCrossEntropy):
+            cls = layers.Sigmoid
+        else:
             return None
         last = self.layers[-1]
-        if _is_softmax_layer(last):
+        if isinstance(last, cls):
             return "layer"
-        if _is_softmax_layer(getattr(last, "activation", None)):
+        if isinstance(getattr(last, "activation", None), cls):
             return "activation"
         return None
 
@@ -598,10 +603,13 @@ class Sequential:
         return y
 
     def _metric_values(self, out, yb):
+        """Metrics of a batch from what the loss received (logits when fused)."""
         from . import losses
         vals = {}
-        if "accuracy" in self.metrics:
-            vals["accuracy"] = float(losses.accuracy(out, yb))
+        if "accuracy" in self.metrics and out.ndim == 2:   # classification-shaped outputs only
+            threshold = 0.0 if self._fused() or (isinstance(self.loss, losses.BinaryCrossEntropy)
+                                                 and self.loss.from_logits) else 0.5
+            vals["accuracy"] = float(losses.accuracy(out, yb, threshold=threshold))
         return vals
 
     # ------------------------------------------------------------------ training
