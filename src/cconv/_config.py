@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import threading
 from contextlib import contextmanager
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -136,21 +137,39 @@ def _blas_libs():
     return _blas_controllers
 
 
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved: list = []
+
+
 @contextmanager
 def blas_threads(n: int):
-    """Limit every loaded BLAS library to ``n`` threads for the duration of the block."""
+    """Limit the BLAS library the kernels call to at most ``n`` threads inside the block.
+
+    Safe with several Python threads running kernels at once: the first one in saves the
+    library's setting, every one lowers the limit to its own ``n`` if that is smaller
+    (so no kernel's GEMMs ever run on more BLAS threads than it allowed), and the last
+    one out restores the setting.
+    """
+    global _blas_users, _blas_saved
     libs = _blas_libs()
-    saved = []
-    try:
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = [(lib, lib.get_num_threads()) for lib in libs]
+        _blas_users += 1
         for lib in libs:
-            old = lib.get_num_threads()
-            if old != n:
+            if lib.get_num_threads() > n:
                 lib.set_num_threads(n)
-                saved.append((lib, old))
+    try:
         yield
     finally:
-        for lib, old in saved:
-            lib.set_num_threads(old)
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, old in _blas_saved:
+                    if lib.get_num_threads() != old:
+                        lib.set_num_threads(old)
+                _blas_saved = []
 
 
 def show_config(file: TextIO | Literal[False] | None = None) -> dict[str, Any]:
