@@ -435,6 +435,12 @@ def test_progress_bar_redraws_in_place_on_a_tty():
     text = out.getvalue()
     assert text.count("\r") == 5 and text.endswith("\n") and text.count("\n") == 1
     assert "ETA" in text and "Epoch 1/3" in text and "4/4 [" in text and "samples/s" in text
+    for steps in (1, 3, 43, 1000):                      # the bar keeps its width at every step
+        for done in range(steps + 1):
+            b = ProgressBar(steps, 1, 1, file=io.StringIO(), interactive=False)
+            b.done = done
+            line = b._line(final=False)
+            assert len(line[line.index("[") + 1:line.index("]")]) == 30, (steps, done, line)
 
 
 # --------------------------------------------------------------------------- checkpoint / resume

@@ -90,8 +90,9 @@ class ProgressBar:
         head = f"Epoch {self.epoch}/{self.epochs}  {self.done:>{n}}/{self.steps}"
         frac = self.done / self.steps if self.steps else 1.0
         filled = int(self.width * frac)
-        if filled < self.width and self.done > 0:
-            bar = "=" * max(filled - 1, 0) + ">" + "." * (self.width - filled)
+        if 0 < self.done < self.steps:
+            k = min(max(filled, 1), self.width)
+            bar = "=" * (k - 1) + ">" + "." * (self.width - k)
         else:
             bar = "=" * filled + "." * (self.width - filled)
         if final or self.done >= self.steps:
