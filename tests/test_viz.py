@@ -304,3 +304,12 @@ def test_plot_saliency(backend, tmp_path, digits_model):
     arr = _png(viz.plot_saliency(model, x[0], tmp_path / "s.png", class_names=[str(i) for i in range(10)]))
     assert arr.shape[1] >= 3 * 192 and arr.shape[0] >= 192
     _assert_not_constant(arr)
+
+
+def test_activation_maximization_batch_matches_single(digits_model):
+    model, _, _ = digits_model
+    channels = [3, 28, 5]
+    batch = viz._activation_maximization_batch(model, 2, channels, 30, 0.05, 1, 0, 0.5, 1e-3, 7, 0.1, "auto")
+    for img, ch in zip(batch, channels):
+        single = viz.activation_maximization(model, "conv2", ch, steps=30, jitter=1, blur_every=0, seed=7)
+        np.testing.assert_allclose(img, single, atol=1e-3)
