@@ -409,3 +409,21 @@ def test_crafted_header_cannot_force_a_huge_allocation(trained, tmp_path):
                 dst.writestr(info, src.read(info.filename))
     with pytest.raises(ValueError, match="declares 4000000000000 bytes"):
         cconv.load_model(bad)
+
+
+def test_custom_layer_round_trip(tmp_path):
+    class Scale(Dense):
+        """A user's layer: Dense with doubled output."""
+
+        def _forward(self, x, training, cache):
+            y, saved = super()._forward(x, training, cache)
+            return y * 2, saved
+
+    model = cconv.Sequential([Flatten(), Scale(3)], input_shape=(2, 2), seed=0)
+    p = tmp_path / "custom.npz"
+    model.save(p)
+    with pytest.raises(ValueError, match="unknown layer class 'Scale'"):
+        cconv.load_model(p)
+    loaded = cconv.load_model(p, custom_objects={"Scale": Scale})
+    x = np.ones((2, 2, 2), np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))

@@ -429,7 +429,7 @@ def assign_weights(model, layer_arrays, path="<arrays>"):
         np.copyto(target, src, casting="unsafe")
 
 
-def load_model(path, compile=True):
+def load_model(path, compile=True, custom_objects=None):
     """Load a model saved by :meth:`Sequential.save` / :func:`save_model`.
 
     Nothing in the file is executed: the file is a zip of numeric ``.npy`` arrays read with
@@ -442,6 +442,9 @@ def load_model(path, compile=True):
     compile : bool, default True
         Re-create the optimizer and loss saved with the model (with the optimizer state),
         so ``fit`` can continue where it stopped.
+    custom_objects : dict of str to Layer subclass, optional
+        Your own layer classes, by the class name stored in the file. Only these and the
+        classes of :mod:`cconv.layers` can be instantiated.
 
     Returns
     -------
@@ -457,7 +460,7 @@ def load_model(path, compile=True):
 
     path = os.fspath(path)
     document, arrays = read_file(path)
-    model = Sequential.from_config(document["model"])
+    model = Sequential.from_config(document["model"], custom_objects=custom_objects)
     if not model.built:
         raise ValueError(f"{path!r} has no input shape in its architecture; cannot rebuild the weights")
     assign_weights(model, _collect_layer_arrays(document, arrays, path), path)

@@ -369,12 +369,15 @@ class Sequential:
         }
 
     @classmethod
-    def from_config(cls, config):
-        """Rebuild an (untrained) model from :meth:`get_config`'s output."""
+    def from_config(cls, config, custom_objects=None):
+        """Rebuild an (untrained) model from :meth:`get_config`'s output.
+
+        ``custom_objects`` maps class names to your own Layer subclasses.
+        """
         from .layers import deserialize
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError(f"not a Sequential config: {config!r:.200}")
-        layers = [deserialize(d) for d in config["layers"]]
+        layers = [deserialize(d, custom_objects=custom_objects) for d in config["layers"]]
         shape = config.get("input_shape")
         return cls(layers, input_shape=None if shape is None else tuple(shape), seed=config.get("seed"),
                    dtype=config.get("dtype", "float32"), name=config.get("name", "sequential"))
@@ -1060,6 +1063,6 @@ class Sequential:
             np.copyto(t, w, casting="unsafe")
 
 
-def load_model(path, compile=True):
+def load_model(path, compile=True, custom_objects=None):
     """Load a model saved with :meth:`Sequential.save` (see :func:`cconv.io.load_model`)."""
-    return _io.load_model(path, compile=compile)
+    return _io.load_model(path, compile=compile, custom_objects=custom_objects)
