@@ -942,6 +942,9 @@ def saliency_map(model, image, class_index=None):
 def plot_saliency(model, image, path, class_index=None, class_names=None, min_tile=192):
     """Write the input, its saliency map and an overlay side by side.
 
+    The map is shown scaled by its 99th percentile (clipped at 1); the overlay blends
+    the grey input with the viridis-coloured map in proportion to the saliency.
+
     Parameters
     ----------
     model, image, class_index
@@ -960,17 +963,22 @@ def plot_saliency(model, image, path, class_index=None, class_names=None, min_ti
     predicted = int(np.argmax(probs))
     if class_index is None:
         class_index = predicted
-    sal = _normalize(saliency_map(model, x, class_index))
+    raw = saliency_map(model, x, class_index)
+    # Raw gradients are dominated by a few pixels: scale by the 99th percentile and clip.
+    top = np.percentile(raw, 99)
+    sal = np.clip(raw / top, 0.0, 1.0) if top > 0 else _normalize(raw)
     img = np.clip(x[0].astype(np.float64), 0, 1)
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
     heat = _colormap(sal, "viridis").astype(np.float64) / 255
-    overlay = 0.5 * img.mean(axis=2, keepdims=True) + 0.5 * heat
+    alpha = sal[:, :, None]
+    overlay = (1 - alpha) * img.mean(axis=2, keepdims=True) + alpha * heat
 
     def label(i):
         return class_names[i] if class_names is not None else str(i)
 
-    title = f"saliency for class {label(class_index)} (predicted {label(predicted)}, p={probs[predicted]:.2f})"
+    title = (f"saliency for class {label(class_index)} "
+             f"(predicted {label(predicted)}, p={probs[predicted]:.2f})")
     return _save_tiles([img, np.repeat(sal[:, :, None], 3, axis=2), overlay], path, title,
                        captions=["input", "|d score / d input|", "overlay"], ncols=3,
                        min_tile=min_tile)
