@@ -67,8 +67,13 @@ def geometry(input_hw, kernel_size, stride=1, padding=0, dilation=1):
 
 
 def _taps(o, k, s, d, p, size):
-    """The (tap, input index) pairs of output position ``o`` that fall inside the input."""
-    return [(t, o * s - p + t * d) for t in range(k) if 0 <= o * s - p + t * d < size]
+    """The (tap, input index) pairs of output position ``o`` that fall inside the input:
+    taps t in [0, k) with 0 <= o*s - p + t*d < size (the range is computed directly, so
+    that a huge window over a small input stays cheap)."""
+    start = o * s - p
+    first = max(0, -(start // d))                    # smallest t with start + t*d >= 0
+    last = min(k - 1, (size - 1 - start) // d)       # largest t with start + t*d < size
+    return [(t, start + t * d) for t in range(first, last + 1)]
 
 
 # ----------------------------------------------------------------------------- convolution
