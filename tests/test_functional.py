@@ -638,3 +638,24 @@ def test_results_do_not_depend_on_thread_count(dtype, restore_threads):
     for k in ("y", "dx", "dw", "db", "dw1"):
         np.testing.assert_allclose(one[k], two[k], rtol=rtol,
                                    atol=rtol * np.abs(one[k]).max(), err_msg=k)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_same_padding_tensorflow_rule(stride, k):
+    """padding="same": output ceil(H / stride); the odd pixel of padding goes bottom/right."""
+    rng = np.random.default_rng(19)
+    w = rng.standard_normal((k, k, 1, 1))
+    for h in range(1, 9):
+        x = rng.standard_normal((1, h, h + 1, 1))
+        y = F.conv2d(x, w, stride=stride, padding="same")
+        oh, ow = -(-h // stride), -(-(h + 1) // stride)
+        assert y.shape == (1, oh, ow, 1)
+        total_h = max((oh - 1) * stride + k - h, 0)
+        total_w = max((ow - 1) * stride + k - (h + 1), 0)
+        explicit = ((total_h // 2, total_h - total_h // 2), (total_w // 2, total_w - total_w // 2))
+        np.testing.assert_array_equal(y, F.conv2d(x, w, stride=stride, padding=explicit))
+        np.testing.assert_allclose(y, R.conv2d(x, w, stride=stride, padding=explicit),
+                                   rtol=1e-12, atol=1e-12)
+        yp = F.max_pool2d(x, k, stride, "same")[0]
+        assert yp.shape == (1, oh, ow, 1)
