@@ -469,11 +469,12 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
                     bint need_dx, bint need_db, int num_threads):
     """Gradients of a convolution; the caller sums dw_work and db_work over threads.
 
-    With need_dx the batch is cut into chunks of whole images (a few per thread,
-    handed out dynamically) and each chunk's output rows are processed in tiles of at
-    most `tile_rows`: a thread scatters (col2im) only into the images of its own chunk,
-    so no two threads write the same part of dx. Without need_dx, tiles of `tile_rows`
-    output rows over the whole batch.
+    With need_dx the batch is cut into one chunk of whole images per thread and each
+    chunk's output rows are processed in tiles of at most `tile_rows`: a thread scatters
+    (col2im) only into the images of its own chunk, so no two threads write the same
+    part of dx. Without need_dx, tiles of `tile_rows` output rows over the whole batch.
+    Static schedules only: which thread sums which rows depends on nothing but the
+    thread count, so the results are bit-for-bit reproducible for a given count.
     """
     cdef Geom g = make_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, dy.shape[1], dy.shape[2],
                             sh, sw, pt, pl, dh, dw)
@@ -495,7 +496,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
     cdef Py_ssize_t dwstride = dw_work.shape[1] * dw_work.shape[2]
     cdef Py_ssize_t dbstride = db_work.shape[1]
     cdef Py_ssize_t t, ch, r0, r1, rend, tid
-    cdef Py_ssize_t nchunks = min(g.N, 4 * num_threads)
+    cdef Py_ssize_t nchunks = min(g.N, num_threads)
     cdef floating *buf
     cdef floating *dwacc
     cdef floating *dbacc
@@ -508,7 +509,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
         dbacc = dbk + tid * dbstride
         old = cconv_ftz_on()
         if need_dx:
-            for ch in prange(nchunks, schedule="dynamic"):
+            for ch in prange(nchunks, schedule="static"):
                 r0 = (ch * g.N // nchunks) * P
                 rend = ((ch + 1) * g.N // nchunks) * P
                 while r0 < rend:
