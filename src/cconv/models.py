@@ -11,7 +11,8 @@ from .model import Sequential
 __all__ = ["paper_lfw", "digits_cnn"]
 
 
-def paper_lfw(num_classes=34, input_shape=(64, 64, 3), seed=None):
+def paper_lfw(num_classes=34, input_shape=(64, 64, 3), seed=None,
+              kernel_initializer="glorot_uniform"):
     """The paper's CNN for LFW face identification.
 
     Three blocks of [3x3 convolution ("valid" padding, ReLU) + 2x2 max-pool] with 32,
@@ -41,6 +42,10 @@ def paper_lfw(num_classes=34, input_shape=(64, 64, 3), seed=None):
         ``(H, W, C)`` of one image.
     seed : int or None
         Seed of the weight initialisation and of the dropout masks.
+    kernel_initializer : str, default "glorot_uniform"
+        Of every layer. The paper's framework (Keras) initialises convolution and dense
+        kernels with Glorot uniform, so that is the default here (cconv's own Conv2D
+        default is He uniform).
 
     Returns
     -------
@@ -49,18 +54,20 @@ def paper_lfw(num_classes=34, input_shape=(64, 64, 3), seed=None):
         ``"categorical_crossentropy"`` the model trains on the fused, stable
         softmax cross-entropy.
     """
+    init = kernel_initializer
     layers = [
-        Conv2D(32, 3, padding="valid", activation="relu", name="conv1"),
+        Conv2D(32, 3, padding="valid", activation="relu", kernel_initializer=init, name="conv1"),
         MaxPool2D(2, name="pool1"),
-        Conv2D(64, 3, padding="valid", activation="relu", name="conv2"),
+        Conv2D(64, 3, padding="valid", activation="relu", kernel_initializer=init, name="conv2"),
         MaxPool2D(2, name="pool2"),
-        Conv2D(128, 3, padding="valid", activation="relu", name="conv3"),
+        Conv2D(128, 3, padding="valid", activation="relu", kernel_initializer=init,
+               name="conv3"),
         MaxPool2D(2, name="pool3"),
         Flatten(name="flatten"),
-        Dense(128, activation="relu", name="dense1"),
-        Dense(256, activation="relu", name="dense2"),
+        Dense(128, activation="relu", kernel_initializer=init, name="dense1"),
+        Dense(256, activation="relu", kernel_initializer=init, name="dense2"),
         Dropout(0.5, name="dropout"),
-        Dense(num_classes, activation="softmax", name="output"),
+        Dense(num_classes, activation="softmax", kernel_initializer=init, name="output"),
     ]
     return Sequential(layers, input_shape=tuple(input_shape), seed=seed)
 
