@@ -74,6 +74,14 @@ def worker_cconv(args):
     from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
     cconv.set_num_threads(args.threads)
+    # cconv.set_num_threads budgets the compiled kernels; numpy's BLAS (the Dense layers)
+    # is capped here too so that both frameworks use the same number of threads
+    # everywhere, as torch.set_num_threads does for PyTorch.
+    try:
+        from threadpoolctl import threadpool_limits
+        limiter = threadpool_limits(limits=args.threads, user_api="blas")
+    except ImportError:
+        limiter = None
     x, y = _data(args.images)
     model = cconv.Sequential([
         Conv2D(32, 3, activation="relu"), MaxPool2D(2),
@@ -92,8 +100,11 @@ def worker_cconv(args):
         h = model.fit(x, y, epochs=1, batch_size=args.batch, verbose=0)
         times.append(time.perf_counter() - t0)
         losses.append(h.history["loss"][-1])
+    pools = _blas_info()
+    if limiter is not None:
+        limiter.restore_original_limits()
     return {"time": min(times), "times": times, "loss": losses[-1], "base_mb": base,
-            "threads": cconv.get_num_threads(), "pools": _blas_info()}
+            "threads": cconv.get_num_threads(), "pools": pools}
 
 
 def worker_torch(args, channels_last):
@@ -200,7 +211,7 @@ def main(argv=None):
         if "error" in r:
             print(f"  {name:<20} failed: {r['error']}")
         else:
-            print(f"  {name:<20} {r['time']:7.2f} s  peak RSS {r['peak_mb']:7.0f} MB "
+            print(f"  {name:<20} {r['time']:7.2f} s  {r['threads']} thr  peak RSS {r['peak_mb']:7.0f} MB "
                   f"(after imports+data {r['base_mb']:6.0f} MB, training adds {r['peak_mb'] - r['base_mb']:6.0f} MB)"
                   f"  loss {r['loss']:.3f}  pools {' '.join(r.get('pools', []))}")
     torch_ok = [n for n in ("torch-nchw", "torch-channels-last") if n in results and "error" not in results[n]]
