@@ -393,7 +393,7 @@ def fuzz(seconds, seed, trace=False):
                     cconv.set_num_threads(int(rng.integers(1, 3)))
                 try:
                     name, args, kwargs = make_call(rng)
-                except ALLOWED:  # building a valid base call hit the garbage itself
+                except ALLOWED + (OverflowError,):  # building the call hit its own garbage
                     continue
                 if too_much_work(name, args):
                     counts["skipped (too much work)"] += 1
