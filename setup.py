@@ -8,6 +8,11 @@ When it does not, the extension is built without it and runs serially;
 Environment variables:
   CCONV_DEBUG=1        turn Cython's bounds/wraparound/initialised checks back on.
   CCONV_NO_OPENMP=1    build without OpenMP even if the compiler has it.
+  CCONV_BUNDLED_OPENMP=1
+                       the wheel being built will be repaired (auditwheel, delocate,
+                       delvewheel), which copies the OpenMP runtime into it: append that
+                       runtime's license to the wheel's LICENSE. cibuildwheel builds
+                       (CIBUILDWHEEL=1) do this too; set CCONV_BUNDLED_OPENMP=0 to skip it.
 """
 import os
 import shutil
@@ -18,7 +23,10 @@ import tempfile
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 TEST_OPENMP = r"""
 #include <omp.h>
@@ -29,6 +37,18 @@ int main(void) {
     return n > 0 ? 0 : 1;
 }
 """
+
+
+def _openmp_runtime(compiler, flags):
+    """Which OpenMP runtime the extension links: "vcomp", "llvm-openmp" or "gomp" (None: no OpenMP)."""
+    if flags is None:
+        return None
+    if compiler.compiler_type == "msvc":
+        return "vcomp"
+    if "-lomp" in flags[1]:
+        return "llvm-openmp"
+    cc = " ".join(getattr(compiler, "compiler", None) or [])
+    return "llvm-openmp" if "clang" in os.path.basename(cc.split(" ")[0]) else "gomp"
 
 
 def _openmp_flags(compiler):
@@ -62,9 +82,14 @@ def _openmp_flags(compiler):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_openmp_runtime_used = None  # set by BuildExt, read by BdistWheel
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
+        global _openmp_runtime_used
         flags = _openmp_flags(self.compiler)
+        _openmp_runtime_used = _openmp_runtime(self.compiler, flags)
         for ext in self.extensions:
             if self.compiler.compiler_type == "msvc":
                 ext.extra_compile_args += ["/O2"]
@@ -78,6 +103,26 @@ class BuildExt(build_ext):
                 print("cconv: the compiler has no usable OpenMP; building the serial core",
                       file=sys.stderr)
         super().build_extensions()
+
+
+class BdistWheel(bdist_wheel):
+    """A wheel whose LICENSE also covers the OpenMP runtime that repairing it bundles.
+
+    Appended in ``write_wheelfile``, which runs whether the dist-info was generated here
+    or prepared beforehand by the build frontend (pip's ``prepare_metadata_for_build_wheel``).
+    """
+
+    def write_wheelfile(self, wheelfile_base, *args, **kwargs):
+        super().write_wheelfile(wheelfile_base, *args, **kwargs)
+        flag = os.environ.get("CCONV_BUNDLED_OPENMP", os.environ.get("CIBUILDWHEEL", "0"))
+        if flag != "1" or _openmp_runtime_used is None:
+            return
+        notice = os.path.join(HERE, "tools", "wheel_licenses", f"{_openmp_runtime_used}.txt")
+        target = os.path.join(wheelfile_base, "licenses", "LICENSE")
+        with open(notice, encoding="utf-8") as src, open(target, "a", encoding="utf-8") as dst:
+            dst.write(src.read())
+        print(f"cconv: appended {os.path.relpath(notice, HERE)} to the wheel's LICENSE",
+              file=sys.stderr)
 
 
 debug = bool(os.environ.get("CCONV_DEBUG"))
@@ -96,5 +141,5 @@ extensions = [
 
 setup(
     ext_modules=cythonize(extensions, compiler_directives=directives),
-    cmdclass={"build_ext": BuildExt},
+    cmdclass={"build_ext": BuildExt, "bdist_wheel": BdistWheel},
 )
