@@ -84,6 +84,15 @@ cdef extern from *:
         for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i];
     }
 
+    /* ReLU backward in one pass: out = dy where y > 0, else 0. */
+    #define CCONV_RELU_BWD(NAME, T)                                                          \
+    CCONV_MULTIVERSION static void NAME(T *__restrict out, const T *__restrict dy,         \
+                                        const T *__restrict y, Py_ssize_t n) {             \
+        for (Py_ssize_t i = 0; i < n; i++) out[i] = y[i] > 0 ? dy[i] : (T)0;               \
+    }
+    CCONV_RELU_BWD(cconv_relu_bwd_f, float)
+    CCONV_RELU_BWD(cconv_relu_bwd_d, double)
+
     /* Flush-to-zero / denormals-are-zero for the calling thread; returns the old mode. */
     #if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
     #include <xmmintrin.h>
@@ -114,6 +123,8 @@ cdef extern from *:
     int cconv_omp_max_threads() noexcept nogil
     unsigned long cconv_ftz_on() noexcept nogil
     void cconv_ftz_restore(unsigned long old) noexcept nogil
+    void cconv_relu_bwd_f(float *out, const float *dy, const float *y, Py_ssize_t n) noexcept nogil
+    void cconv_relu_bwd_d(double *out, const double *dy, const double *y, Py_ssize_t n) noexcept nogil
     void cconv_add_f(float *d, const float *s, Py_ssize_t n) noexcept nogil
     void cconv_add_d(double *d, const double *s, Py_ssize_t n) noexcept nogil
     void cconv_maxpool_row_f(const float *x, float *y, long long *a, Py_ssize_t n, Py_ssize_t H,
@@ -705,3 +716,31 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] dy,
                             for c in range(C):
                                 dxi[c] = dxi[c] + dyo[c] * inv
         cconv_ftz_restore(old)
+
+
+# ---------------------------------------------------------------------------------
+# Elementwise
+# ---------------------------------------------------------------------------------
+DEF ELEMENTWISE_BLOCK = 65536
+
+
+def relu_backward(const floating[::1] dy, const floating[::1] y,
+                  floating[::1] out,                   # OUT
+                  int num_threads):
+    """out = dy where y > 0, else 0 (blocks of 64K elements in parallel)."""
+    cdef Py_ssize_t n = dy.shape[0]
+    if n == 0:
+        return
+    cdef Py_ssize_t nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, blk, lo, m
+    cdef const floating *dyp = &dy[0]
+    cdef const floating *yp = &y[0]
+    cdef floating *op = &out[0]
+    for blk in prange(nblocks, nogil=True, schedule="static", num_threads=num_threads):
+        lo = blk * ELEMENTWISE_BLOCK
+        m = n - lo
+        if m > ELEMENTWISE_BLOCK:
+            m = ELEMENTWISE_BLOCK
+        if floating is float:
+            cconv_relu_bwd_f(op + lo, dyp + lo, yp + lo, m)
+        else:
+            cconv_relu_bwd_d(op + lo, dyp + lo, yp + lo, m)

@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # annotations only: nothing here is imported at run time
 __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "correlate2d", "convolve2d",
-    "conv_output_size", "normalize_pair", "normalize_padding",
+    "conv_output_size", "normalize_pair", "normalize_padding", "relu_backward",
 ]
 
 #: Upper bound on one thread's im2col tile, in bytes.
@@ -654,3 +654,27 @@ def convolve2d(image: ArrayLike, kernel: ArrayLike, mode: str = "valid") -> _Flo
     :func:`correlate2d` (``same`` centred as ``scipy.signal.convolve2d``).
     """
     return _correlate2d(image, kernel, mode, flipped=True)
+
+
+# ---------------------------------------------------------------------------------
+# Elementwise helpers used by the layers
+# ---------------------------------------------------------------------------------
+def relu_backward(dy, y):
+    """Gradient of ReLU from its output: ``dy`` where ``y > 0``, else 0, in one pass.
+
+    Parameters
+    ----------
+    dy : ndarray, dtype float32 or float64
+        Gradient with respect to the ReLU's output.
+    y : ndarray of dy's shape and dtype
+        The ReLU's output (``max(x, 0)``).
+    """
+    dy = _float_array(dy, "dy")
+    y = _float_array(y, "y")
+    _same_dtype(dy=dy, y=y)
+    if dy.shape != y.shape:
+        raise ValueError(f"dy and y must have the same shape, got {dy.shape} and {y.shape}")
+    out = _alloc(dy.shape, dy.dtype)
+    _core.relu_backward(dy.reshape(-1), y.reshape(-1), out.reshape(-1),
+                        _threads(dy.size, dy.size))
+    return out

@@ -379,8 +379,7 @@ class ReLU(Activation):
         return np.maximum(x, 0, out=out)
 
     def _grad(self, dy, y):
-        dx = np.greater(y, 0, out=np.empty_like(dy))     # 1.0 / 0.0
-        return np.multiply(dx, dy, out=dx)
+        return F.relu_backward(dy, y)   # one compiled pass
 
 
 class LeakyReLU(Activation):
