@@ -7,7 +7,7 @@ import pytest
 
 import cconv
 from cconv import callbacks, optim
-from cconv.layers import Dense, Flatten
+from cconv.layers import Dense
 
 
 def model_and_data(seed=0, lr=0.05):

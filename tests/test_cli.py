@@ -5,7 +5,6 @@ import subprocess
 import sys
 import types
 
-import numpy as np
 import pytest
 
 import cconv

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cconv
-from cconv import callbacks, losses, optim
+from cconv import callbacks, optim
 from cconv.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax)
 from cconv.model import NonFiniteLossError
 

@@ -40,8 +40,6 @@ import json
 import math
 import os
 import re
-import sys
-import time
 
 import numpy as np
 
