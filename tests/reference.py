@@ -322,3 +322,9 @@ def convolve2d(image, kernel, mode="valid"):
 def output_size(size, k, stride, pad_total, dilation=1):
     """floor((size + pad_total - dilation*(k-1) - 1) / stride) + 1."""
     return math.floor((size + pad_total - dilation * (k - 1) - 1) / stride) + 1
+
+
+def relu_backward(dy, y):
+    """dL/dx of y = max(x, 0) from its output: dy where y > 0, else 0 (a NaN y gives 0)."""
+    dy = np.asarray(dy)
+    return np.where(np.asarray(y) > 0, dy, 0).astype(dy.dtype)

@@ -319,3 +319,12 @@ def test_none_arrays():
     check(TypeError, ["dy"], F.conv2d_backward, None, X, W)
     check(TypeError, ["x"], F.max_pool2d, None)
     check(TypeError, ["argmax"], F.max_pool2d_backward, PDY, None, PX.shape)
+
+
+def test_relu_backward_bad_input():
+    dy = np.zeros((2, 3))
+    check(ValueError, ["dy", "y"], F.relu_backward, dy, np.zeros((3, 2)), shapes=[(2, 3), (3, 2)])
+    check(TypeError, ["y"], F.relu_backward, dy, np.zeros((2, 3), np.float32))
+    check(TypeError, ["dy"], F.relu_backward, dy.astype(np.int64), np.zeros((2, 3)))
+    check(TypeError, ["y"], F.relu_backward, dy, np.zeros((2, 3), complex))
+    check(TypeError, ["dy"], F.relu_backward, None, np.zeros((2, 3)))

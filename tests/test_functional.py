@@ -659,3 +659,46 @@ def test_same_padding_tensorflow_rule(stride, k):
                                    rtol=1e-12, atol=1e-12)
         yp = F.max_pool2d(x, k, stride, "same")[0]
         assert yp.shape == (1, oh, ow, 1)
+
+
+# ---------------------------------------------------------------------------- relu_backward
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 5, 4, 3), (1, 1, 1, 1), (0, 3)], ids=str)
+def test_relu_backward_matches_reference(shape, dtype):
+    rng = np.random.default_rng(20)
+    dy = rand(rng, shape, dtype)
+    y = np.maximum(rand(rng, shape, dtype), 0)
+    got = F.relu_backward(dy, y)
+    assert got.dtype == np.dtype(dtype) and got.shape == dy.shape
+    np.testing.assert_array_equal(got, R.relu_backward(dy, y))
+    if dy.ndim == 0:
+        return
+    # non-contiguous and read-only inputs, inputs untouched
+    dy_nc, y_nc = _noncontiguous(dy, "strided"), _noncontiguous(y, "fortran")
+    y_nc.setflags(write=False)
+    before = dy.copy(), y.copy()
+    np.testing.assert_array_equal(F.relu_backward(dy_nc, y_nc), got)
+    np.testing.assert_array_equal(dy, before[0])
+    np.testing.assert_array_equal(y, before[1])
+
+
+def test_relu_backward_nan_and_inf():
+    dy = np.array([1.0, np.nan, np.inf, 2.0, np.nan, -np.inf])
+    y = np.array([0.0, 1.0, 2.0, np.nan, 0.0, 3.0])
+    got = F.relu_backward(dy, y)
+    np.testing.assert_array_equal(got, [0.0, np.nan, np.inf, 0.0, 0.0, -np.inf])
+
+
+@pytest.mark.parametrize("case", ["relu_backward_fd"])
+def test_relu_backward_finite_differences(case):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 3, 4, 2))
+    x[np.abs(x) < 1e-3] = 0.5            # keep away from the kink at 0
+    g = rng.standard_normal(x.shape)
+
+    def loss():
+        return float(np.sum(np.maximum(x, 0) * g))
+
+    dx = F.relu_backward(g, np.maximum(x, 0))
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)

@@ -46,7 +46,8 @@ import reference as R  # noqa: E402
 ALLOWED = (ValueError, TypeError, MemoryError)
 FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
              "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "correlate2d",
-             "convolve2d"]
+             "convolve2d", "relu_backward"]
+HELPERS = ["conv_output_size", "normalize_pair", "normalize_padding"]
 HUGE = [2**31 - 1, 2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]
 SMALL = [1, 1, 1, 2, 2, 3, 4]
 WEIRD = [0, -1, -2, -2**31, -2**63, 1.5, 2.0, float("nan"), None, "2", True, False, (1,),
@@ -65,7 +66,9 @@ def describe(v):
                 f"contig={v.flags.c_contiguous}, writeable={v.flags.writeable})")
     if isinstance(v, (tuple, list)):
         inner = ", ".join(describe(e) for e in v)
-        return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
+        if isinstance(v, tuple):
+            return f"({inner},)" if len(v) == 1 else f"({inner})"
+        return f"[{inner}]"
     r = repr(v)
     return r if len(r) < 80 else r[:77] + "..."
 
@@ -206,6 +209,9 @@ def valid_call(rng, name):
     if name == "avg_pool2d_backward":
         y = F.avg_pool2d(x, k, **pool)
         return [values(rng, y.shape, dtype), x.shape, k], pool
+    if name == "relu_backward":
+        shape = (n, h, w, c)[:int(rng.integers(1, 5))]
+        return [values(rng, shape, dtype), np.maximum(values(rng, shape, dtype), 0)], {}
     img = values(rng, (h, w), dtype)
     ker = values(rng, (int(rng.integers(1, 5)), int(rng.integers(1, 5))), dtype)
     mode = ["valid", "same", "full"][rng.integers(0, 3)]
@@ -425,6 +431,72 @@ def fuzz(seconds, seed, trace=False):
     return counts, per_function, problems
 
 
+def helper_call(rng):
+    """A call of one of the argument helpers with random (often invalid) arguments."""
+    name = HELPERS[rng.integers(0, len(HELPERS))]
+    if name == "conv_output_size":
+        args = [geometry_value(rng) if rng.random() < 0.3 else int(rng.integers(-2, 9))
+                for _ in range(int(rng.integers(1, 7)))]
+        return name, args
+    if name == "normalize_pair":
+        return name, [geometry_value(rng), "stride", int(rng.integers(0, 2))][
+            :int(rng.integers(1, 4))]
+    args = [padding_value(rng), geometry_value(rng), geometry_value(rng), geometry_value(rng),
+            [None, (5, 6), (0, 3), (5,), ("a", "b"), (2**63, 1), 7][rng.integers(0, 7)]]
+    return name, args[:int(rng.integers(1, 6))]
+
+
+def check_helper(name, args, result):
+    """An error string for a result the helper should not have returned, else None."""
+    ints = (int, np.integer)
+    if name == "conv_output_size":
+        # the formula floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1
+        int_args = all(isinstance(a, ints) and not isinstance(a, bool) for a in args)
+        if int_args and not isinstance(result, ints):
+            return f"returned {describe(result)} for int arguments"
+        full = list(args) + [1, 0, 0, 1][len(args) - 2:]       # defaults
+        kernel, stride, dilation = full[1], full[2], full[5]
+        if int_args and min(kernel, stride, dilation) < 1:
+            return f"returned {describe(result)} for a non-positive kernel/stride/dilation"
+        return None
+    if name == "normalize_pair":
+        ok = (isinstance(result, tuple) and len(result) == 2
+              and all(isinstance(v, ints) for v in result))
+    else:
+        ok = (isinstance(result, tuple) and len(result) == 2
+              and all(isinstance(p, tuple) and len(p) == 2 and
+                      all(isinstance(v, ints) and v >= 0 for v in p) for p in result))
+    return None if ok else f"returned {describe(result)}"
+
+
+def fuzz_helpers(seconds, seed):
+    rng = np.random.default_rng(seed)
+    counts, per_function, problems = collections.Counter(), collections.Counter(), []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        name, args = helper_call(rng)
+        if name == "conv_output_size" and len(args) < 2:
+            args = args + [3]
+        desc = f"{name}({', '.join(map(describe, args))})"
+        per_function[name] += 1
+        try:
+            with np.errstate(all="ignore"):
+                result = getattr(F, name)(*args)
+        except ALLOWED as exc:
+            counts[type(exc).__name__] += 1
+            continue
+        except Exception as exc:  # any other exception is a bug
+            counts["other exception"] += 1
+            problems.append((desc, f"{type(exc).__name__}: {exc}"))
+            continue
+        counts["result"] += 1
+        err = check_helper(name, args, result)
+        if err:
+            counts["wrong result"] += 1
+            problems.append((desc, err))
+    return counts, per_function, problems
+
+
 def _report(counts, per_function, problems, seed, where):
     total = sum(per_function.values())
     print(f"\n[{where}] seed {seed}: {total} calls; outcomes: "
@@ -457,6 +529,20 @@ def test_fuzz_in_process():
     assert counts["result"] > 0 and counts["ValueError"] > 0 and counts["TypeError"] > 0
     assert not problems, (f"seed {seed}: {len(problems)} problems, first: "
                           f"{problems[0][1]} in {problems[0][0]}")
+
+
+def test_every_public_function_is_fuzzed():
+    public = {name for name in F.__all__ if callable(getattr(F, name))}
+    assert public == set(FUNCTIONS) | set(HELPERS), public ^ (set(FUNCTIONS) | set(HELPERS))
+
+
+def test_fuzz_argument_helpers():
+    seed = _seed()
+    counts, per_function, problems = fuzz_helpers(1.0, seed)
+    _report(counts, per_function, problems, seed, "helpers")
+    assert set(per_function) == set(HELPERS)
+    assert not problems, (f"seed {seed}: {len(problems)} problems, e.g.:\n"
+                          + "\n".join(f"{err} in {desc}" for desc, err in problems[:5]))
 
 
 def test_fuzz_in_subprocess_never_crashes():
