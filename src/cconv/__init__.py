@@ -37,7 +37,11 @@ def __getattr__(name: str) -> _Any:
     if name in _SUBMODULES:
         return _import_module(f"{__name__}.{name}")
     if name in _NAMES:
-        return getattr(_import_module(f"{__name__}.{_NAMES[name]}"), name)
+        value = getattr(_import_module(f"{__name__}.{_NAMES[name]}"), name)
+        # Cache it: importing the submodule cconv.gradcheck would otherwise leave the
+        # module, not the function, as the package attribute `gradcheck`.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'cconv' has no attribute {name!r}")
 
 

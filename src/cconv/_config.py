@@ -23,6 +23,10 @@ _blas_controllers = None          # threadpoolctl LibControllers of the BLAS lib
 
 
 def _core():
+    # Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise): the
+    # kernels are coarse (milliseconds), and spinning threads cost a great deal whenever
+    # the cores are shared with other work. Read by the OpenMP runtime when it loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         # import_module, not `from . import _core`: when the file is missing, the latter
         # reports "cannot import name ... (most likely due to a circular import)".
@@ -128,12 +132,9 @@ def _blas_libs():
         except ImportError:
             _blas_controllers = []
         else:
-            libs = ThreadpoolController().select(user_api="blas").lib_controllers
-            # The kernels call scipy's BLAS: limit only that library when it can be told
-            # apart (changing numpy's copy as well would wake its idle threads for nothing).
-            ours = [lib for lib in libs if "scipy" in os.path.basename(
-                os.path.dirname(lib.filepath or "")) or "libscipy_openblas-" in (lib.filepath or "")]
-            _blas_controllers = ours or list(libs)
+            # Every BLAS in the process: scipy's (the kernels' GEMMs) and numpy's (Dense).
+            _blas_controllers = list(
+                ThreadpoolController().select(user_api="blas").lib_controllers)
     return _blas_controllers
 
 
@@ -144,7 +145,7 @@ _blas_saved: list = []
 
 @contextmanager
 def blas_threads(n: int):
-    """Limit the BLAS library the kernels call to at most ``n`` threads inside the block.
+    """Limit the BLAS libraries to at most ``n`` threads inside the block.
 
     Safe with several Python threads running kernels at once: the first one in saves the
     library's setting, every one lowers the limit to its own ``n`` if that is smaller

@@ -32,6 +32,7 @@ import numbers
 import numpy as np
 from scipy.special import expit
 
+from . import _config
 from . import functional as F
 from . import initializers
 
@@ -656,6 +657,11 @@ class Conv2D(_WithActivation):
         return dx
 
 
+def _blas_budget():
+    """numpy's BLAS (Dense layers) stays within cconv's thread count."""
+    return _config.blas_threads(_config.get_num_threads())
+
+
 class Dense(_WithActivation):
     """Fully connected layer ``y = x @ kernel + bias`` on 2-D inputs ``(N, features)``.
 
@@ -700,7 +706,8 @@ class Dense(_WithActivation):
             self.params["bias"] = self.bias_initializer((self.units,), rng, dtype)
 
     def _forward(self, x, training, cache):
-        z = np.matmul(x, self.params["kernel"])
+        with _blas_budget():
+            z = np.matmul(x, self.params["kernel"])
         if self.use_bias:
             z += self.params["bias"]
         y, y_act = self._activate(z, cache)
@@ -709,12 +716,13 @@ class Dense(_WithActivation):
     def _backward(self, dy, saved):
         x, y_act = saved
         dz = self._deactivate(dy, y_act)
-        np.matmul(x.T, dz, out=self.grads["kernel"])
-        if self.use_bias:
-            np.sum(dz, axis=0, out=self.grads["bias"])
-        if not self.need_input_grad:
-            return None
-        return np.matmul(dz, self.params["kernel"].T)
+        with _blas_budget():
+            np.matmul(x.T, dz, out=self.grads["kernel"])
+            if self.use_bias:
+                np.sum(dz, axis=0, out=self.grads["bias"])
+            if not self.need_input_grad:
+                return None
+            return np.matmul(dz, self.params["kernel"].T)
 
 
 # ---------------------------------------------------------------------------------
