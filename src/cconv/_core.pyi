@@ -136,3 +136,9 @@ def avg_pool2d_backward(
     pl: int,
     num_threads: int,
 ) -> None: ...
+def relu_backward(
+    dy: NDArray[_F],
+    y: NDArray[_F],
+    out: NDArray[_F],  # OUT
+    num_threads: int,
+) -> None: ...
