@@ -15,6 +15,9 @@ Conventions
 * Output size: ``floor((H + pad_top + pad_bottom - dilation * (KH - 1) - 1) / stride) + 1``.
 * The "convolution" of a CNN is a cross-correlation: ``y[n, i, j, o] = b[o] + sum_{m, k, c}
   x[n, i*sh + m*dh - pt, j*sw + k*dw - pl, c] * w[m, k, c, o]`` (zeros outside the input).
+* The kernels run with flush-to-zero / denormals-are-zero (long training runs otherwise
+  slow down many times over as values decay into denormals): a denormal input acts as 0
+  in the arithmetic and comparisons, and denormal results are flushed to 0.
 * Inputs are never modified. Non-contiguous and read-only arrays are accepted (copied to
   a contiguous buffer when needed) and give the same results as contiguous ones.
 
@@ -130,7 +133,8 @@ def normalize_padding(padding: _Padding, kernel_size: _IntOrPair, dilation: _Int
             else:
                 if input_hw is None:
                     raise ValueError("padding='same' with stride > 1 needs the input size")
-                size = int(input_hw[i])
+                size = normalize_pair(tuple(input_hw) if isinstance(input_hw, (tuple, list))
+                                      else input_hw, "input_hw", minimum=0)[i]
                 out = -(-size // s[i])
                 total = max((out - 1) * s[i] + eff - size, 0)
             pads.append((total // 2, total - total // 2))
@@ -149,8 +153,21 @@ def normalize_padding(padding: _Padding, kernel_size: _IntOrPair, dilation: _Int
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, pad_before: int = 0,
                      pad_after: int = 0, dilation: int = 1) -> int:
-    """``floor((size + pad_before + pad_after - dilation*(kernel-1) - 1) / stride) + 1``."""
-    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+    """``floor((size + pad_before + pad_after - dilation*(kernel-1) - 1) / stride) + 1``.
+
+    Raises ValueError for a negative size or padding and a kernel, stride or dilation
+    below 1 (the result may be below 1: the window does not fit).
+    """
+    args = {"size": size, "kernel": kernel, "stride": stride, "pad_before": pad_before,
+            "pad_after": pad_after, "dilation": dilation}
+    for name, v in args.items():
+        minimum = 1 if name in ("kernel", "stride", "dilation") else 0
+        args[name] = v = _as_int(v, name, f"an int >= {minimum}")
+        if v < minimum or v > 2**62:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {v}")
+    a = args
+    return (a["size"] + a["pad_before"] + a["pad_after"] - a["dilation"] * (a["kernel"] - 1)
+            - 1) // a["stride"] + 1
 
 
 def _geometry(shape, kernel_size, stride, padding, dilation, what="kernel"):
@@ -191,7 +208,8 @@ def _float_array(a, name, ndim=None):
     if ndim is not None and arr.ndim != ndim:
         layout = _LAYOUTS.get(name, "")
         raise ValueError(f"{name} must be {ndim}-D{layout}, got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
 def _same_dtype(**arrays):
