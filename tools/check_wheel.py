@@ -38,8 +38,9 @@ def main() -> int:
         failures.append("threadpoolctl finds no OpenMP runtime loaded")
     else:
         path = os.path.realpath(runtime["filepath"])
-        owned = {os.path.realpath(str(dist.locate_file(f))) for f in dist.files or ()}
-        if path not in owned:
+        owned = {os.path.normcase(os.path.realpath(str(dist.locate_file(f))))
+                 for f in dist.files or ()}
+        if os.path.normcase(path) not in owned:
             failures.append(f"the OpenMP runtime in use, {path}, is not a file of the cconv "
                             "wheel (the repair step did not vendor it)")
         else:
