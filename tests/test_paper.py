@@ -106,7 +106,7 @@ def test_lfw_smoke(tmp_path):
     people with >= 100 images, 40 images each, at 32x32 to keep it short."""
     out = tmp_path / "out"
     status = cli.main(["paper", "--data-dir", str(LFW), "--min-faces-per-person", "100",
-                       "--limit-per-class", "40", "--size", "32", "--epochs", "15", "--batch-size", "16",
+                       "--limit-per-class", "40", "--size", "32", "--epochs", "30", "--batch-size", "16",
                        "--am-steps", "0", "--out", str(out), "--quiet"])
     assert status == 0
     doc = json.loads((out / "results.json").read_text())
