@@ -4,13 +4,10 @@ Random shapes, strides, paddings (every form), dilations, groups, pool sizes and
 including the degenerate but legal corners: 1x1 images, a kernel as large as the padded
 input, a batch of one, a single channel.
 
-Example counts come from a hypothesis profile registered here: "ci" (30 examples per test,
-the default) and "long" (1000). Choose one with the HYPOTHESIS_PROFILE environment variable:
+Example counts come from the hypothesis profiles of tests/conftest.py: "ci" (30 examples
+per test, the default) and "long" (1000):
 
-    HYPOTHESIS_PROFILE=long python -m pytest tests/test_property.py
-
-The profile is applied to this file's tests only (a decorator), so the settings of other
-test files are left alone.
+    python -m pytest tests/test_property.py --hypothesis-profile=long
 """
 import os
 
@@ -22,14 +19,6 @@ from hypothesis import strategies as st
 from cconv import functional as F
 
 import reference as R
-
-settings.register_profile(
-    "ci", max_examples=30, deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile(
-    "long", max_examples=1000, deadline=None, print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 
@@ -141,7 +130,6 @@ DEGENERATE_CONV = [
 ]
 
 
-@PROFILE
 @given(conv_configs())
 @example(DEGENERATE_CONV[0])
 @example(DEGENERATE_CONV[1])
@@ -155,7 +143,6 @@ def test_conv2d_matches_reference(cfg):
     assert_close(F.conv2d(x, w, b, **cfg["kw"]), R.conv2d(x, w, b, **cfg["kw"]), cfg["dtype"])
 
 
-@PROFILE
 @given(conv_configs())
 @example(DEGENERATE_CONV[0])
 @example(DEGENERATE_CONV[1])
@@ -178,7 +165,6 @@ def test_conv2d_backward_matches_reference(cfg):
     assert_close(db1, rb, cfg["dtype"])
 
 
-@PROFILE
 @given(conv_configs())
 @example(DEGENERATE_CONV[2])
 def test_im2col_col2im_match_reference_and_are_adjoint(cfg):
@@ -208,7 +194,6 @@ DEGENERATE_POOL = [
 ]
 
 
-@PROFILE
 @given(pool_configs())
 @example(DEGENERATE_POOL[0])
 @example(DEGENERATE_POOL[1])
@@ -226,7 +211,6 @@ def test_max_pool_matches_reference(cfg):
                  R.max_pool2d_backward_from_x(dy, x, *cfg["pool"]), cfg["dtype"])
 
 
-@PROFILE
 @given(pool_configs())
 @example(DEGENERATE_POOL[0])
 @example(DEGENERATE_POOL[1])
@@ -242,7 +226,6 @@ def test_avg_pool_matches_reference(cfg):
 
 # ----------------------------------------------------------------------------- 2-D signals
 
-@PROFILE
 @given(h=st.integers(1, 7), w=st.integers(1, 7), kh=st.integers(1, 5), kw=st.integers(1, 5),
        mode=st.sampled_from(["valid", "same", "full"]), dtype=DTYPES,
        seed=st.integers(0, 2**32 - 1))
@@ -256,9 +239,9 @@ def test_correlate_convolve_match_reference(h, w, kh, kw, mode, dtype, seed):
     assert_close(F.convolve2d(img, ker, mode), R.convolve2d(img, ker, mode).astype(dtype), dtype)
 
 
-def test_profiles_are_registered():
+def test_profiles_are_registered(request):
     assert settings.get_profile("ci").max_examples == 30
     assert settings.get_profile("long").max_examples == 1000
-    if "HYPOTHESIS_PROFILE" not in os.environ:
-        assert PROFILE.max_examples == 30
-    pytest.importorskip("hypothesis")
+    chosen = request.config.getoption("hypothesis_profile", None) or os.environ.get(
+        "HYPOTHESIS_PROFILE", "ci")
+    assert settings.default.max_examples == settings.get_profile(chosen).max_examples
