@@ -273,18 +273,38 @@ def mutate(rng, name, args, kwargs):
     return args, kwargs
 
 
-def too_much_work(name, args):
+def too_much_work(name, args, kwargs):
     """True for legal calls that would take long (a huge but valid computation is not what
-    this test looks for)."""
+    this test looks for): the multiply-adds are estimated from the output size, which
+    padding can make far larger than the input."""
     shapes = [a.shape for a in args if isinstance(a, np.ndarray)]
-    sizes = [float(np.prod([float(d) for d in s])) for s in shapes]
-    if name in ("correlate2d", "convolve2d") and len(shapes) >= 2 and all(
-            len(s) == 2 for s in shapes[:2]):
-        (h, w), (kh, kw) = shapes[:2]
-        return float(h + kh) * (w + kw) * kh * kw > 1e8
-    if name in ("conv2d", "conv2d_backward") and len(sizes) >= 2:
-        return sizes[-2] * sizes[-1] > 1e8 if name == "conv2d_backward" else \
-            sizes[0] * sizes[1] > 1e8
+    try:
+        if name in ("correlate2d", "convolve2d") and len(shapes) >= 2 and all(
+                len(s) == 2 for s in shapes[:2]):
+            (h, w), (kh, kw) = shapes[:2]
+            return float(h + kh) * (w + kw) * kh * kw > 1e8
+        if name in ("conv2d", "conv2d_backward", "im2col", "col2im"):
+            if name == "conv2d_backward":
+                x, w = args[1], args[2]
+            elif name == "conv2d":
+                x, w = args[0], args[1]
+            else:
+                return float(np.prod([float(d) for d in shapes[0]])) > 1e8 if shapes else False
+            geo = dict(kwargs)
+            for key in ("need_dx", "b"):
+                geo.pop(key, None)
+            *_, (oh, ow) = F._check_conv(x, w, geo.get("stride", 1), geo.get("padding", 0),
+                                         geo.get("dilation", 1), geo.get("groups", 1))
+            n = float(x.shape[0])
+            return n * oh * ow * float(np.prod([float(d) for d in w.shape])) > 1e8
+        if name in ("max_pool2d", "avg_pool2d", "avg_pool2d_backward"):
+            shape = args[0].shape if name != "avg_pool2d_backward" else tuple(args[1])
+            pool = args[1] if name != "avg_pool2d_backward" else args[2]
+            k, _, _, (oh, ow) = F._pool_geometry(shape, pool, kwargs.get("stride"),
+                                                 kwargs.get("padding", 0))
+            return float(shape[0]) * shape[3] * oh * ow * k[0] * k[1] > 1e8
+    except Exception:  # invalid arguments: the call itself will say so, quickly
+        return False
     return False
 
 
@@ -401,7 +421,7 @@ def fuzz(seconds, seed, trace=False):
                     name, args, kwargs = make_call(rng)
                 except ALLOWED + (OverflowError,):  # building the call hit its own garbage
                     continue
-                if too_much_work(name, args):
+                if too_much_work(name, args, kwargs):
                     counts["skipped (too much work)"] += 1
                     continue
                 desc = f"{name}({', '.join(map(describe, args))}" + "".join(
