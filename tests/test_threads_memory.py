@@ -100,3 +100,14 @@ def test_gil_is_released_during_a_convolution():
     assert t1 - t0 > 0.01
     assert len(middle) > 10, (
         f"this thread ran {len(middle)} times in the middle half of a {(t1 - t0) * 1e3:.0f} ms call")
+
+
+def test_blas_dimension_overflow_is_rejected_before_any_copy():
+    # KH*KW*C_in = 2**31 would wrap a 32-bit BLAS dimension; broadcast views make the
+    # arrays without memory, and the check must come before any contiguous copy.
+    x = np.broadcast_to(np.float32(1), (1, 65536, 2, 16384))
+    w = np.broadcast_to(np.float32(1), (65536, 2, 16384, 1))
+    with pytest.raises(ValueError, match="32-bit BLAS"):
+        F.conv2d(x, w)
+    with pytest.raises(ValueError, match="32-bit BLAS"):
+        F.conv2d_backward(np.zeros((1, 1, 1, 1), np.float32), x, w)

@@ -197,8 +197,10 @@ _LAYOUTS = {"x": " (N, H, W, C)", "dy": " (N, OH, OW, C)", "w": " (KH, KW, C_in/
             "b": " (C_out,)"}
 
 
-def _float_array(a, name, ndim=None):
-    """``a`` as a C-contiguous float32/float64 ndarray (a copy only when needed)."""
+def _float_array(a, name, ndim=None, contiguous=True):
+    """``a`` as a (C-contiguous unless told otherwise) float32/float64 ndarray.
+
+    A copy is made only when needed."""
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
     arr = np.asarray(a)
@@ -209,7 +211,7 @@ def _float_array(a, name, ndim=None):
         layout = _LAYOUTS.get(name, "")
         raise ValueError(f"{name} must be {ndim}-D{layout}, got shape {arr.shape}")
     # (np.ascontiguousarray would turn a 0-d array into a 1-d one)
-    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous or not contiguous else np.ascontiguousarray(arr)
 
 
 def _same_dtype(**arrays):
@@ -283,8 +285,10 @@ def _tile_rows(kg, itemsize, rows, nt):
 # Convolution
 # ---------------------------------------------------------------------------------
 def _check_conv(x, w, stride, padding, dilation, groups):
-    x = _float_array(x, "x", 4)
-    w = _float_array(w, "w", 4)
+    # Every check runs on the shapes before any copy: a huge (e.g. broadcast) argument
+    # is refused without first being copied into a contiguous buffer.
+    x = _float_array(x, "x", 4, contiguous=False)
+    w = _float_array(w, "w", 4, contiguous=False)
     _same_dtype(x=x, w=w)
     _positive_dims(x, "x")
     _positive_dims(w, "w", skip_batch=False)
@@ -303,8 +307,9 @@ def _check_conv(x, w, stride, padding, dilation, groups):
     k, s, pads, d, out = _geometry(x.shape, (KH, KW), stride, padding, dilation)
     kg = KH * KW * cg
     if max(kg, cout, C) > _INT_MAX:
-        raise ValueError(f"w of shape {w.shape} is too large for 32-bit BLAS dimensions")
-    return x, w, groups, k, s, pads, d, out
+        raise ValueError(f"w of shape {w.shape} is too large for 32-bit BLAS dimensions "
+                         f"(KH*KW*C_in/groups = {kg}, C_out = {cout}; at most {_INT_MAX})")
+    return np.ascontiguousarray(x), np.ascontiguousarray(w), groups, k, s, pads, d, out
 
 
 def im2col(x: ArrayLike, kernel_size: _IntOrPair, stride: _IntOrPair = 1, padding: _Padding = 0,
