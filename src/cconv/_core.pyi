@@ -108,6 +108,14 @@ def max_pool2d_forward(
     pl: int,
     num_threads: int,
 ) -> None: ...
+def max_pool2d_backward_tiled(
+    dy: NDArray[_F],
+    argmax: NDArray[np.int64],
+    dx: NDArray[_F],  # OUT
+    KH: int,
+    KW: int,
+    num_threads: int,
+) -> bool: ...
 def max_pool2d_backward(
     dy: NDArray[_F],
     argmax: NDArray[np.int64],

@@ -84,6 +84,38 @@ cdef extern from *:
         for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i];
     }
 
+    /* Max-pool backward of one output row (n, oh) when the windows tile the input
+       (stride == pool size, no padding): every input unit under the row's windows is
+       written once, dy where argmax names it and 0 elsewhere. Returns how many argmax
+       entries named a unit of their own window (the caller checks it is all of them). */
+    #define CCONV_MAXPOOL_BWD_ROW(NAME, T)                                                   \
+    CCONV_MULTIVERSION static long long NAME(                                              \
+            T *__restrict dx, const T *__restrict dy, const long long *__restrict a,       \
+            Py_ssize_t n, Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,       \
+            Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) {                    \
+        long long matched = 0;                                                             \
+        for (Py_ssize_t ow = 0; ow < OW; ow++) {                                           \
+            const T *g = dy + ((n * OH + oh) * OW + ow) * C;                               \
+            const long long *ai = a + ((n * OH + oh) * OW + ow) * C;                       \
+            for (Py_ssize_t kh = 0; kh < KH; kh++) {                                       \
+                Py_ssize_t ih = oh * KH + kh;                                              \
+                for (Py_ssize_t kw = 0; kw < KW; kw++) {                                   \
+                    Py_ssize_t iw = ow * KW + kw;                                          \
+                    long long idx = ih * W + iw;                                           \
+                    T *d = dx + ((n * H + ih) * W + iw) * C;                               \
+                    for (Py_ssize_t c = 0; c < C; c++) {                                   \
+                        int m = ai[c] == idx;                                              \
+                        d[c] = m ? g[c] : (T)0;                                            \
+                        matched += m;                                                      \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+        }                                                                                  \
+        return matched;                                                                    \
+    }
+    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_f, float)
+    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_d, double)
+
     /* ReLU backward in one pass: out = dy where y > 0, else 0. */
     #define CCONV_RELU_BWD(NAME, T)                                                          \
     CCONV_MULTIVERSION static void NAME(T *__restrict out, const T *__restrict dy,         \
@@ -123,6 +155,12 @@ cdef extern from *:
     int cconv_omp_max_threads() noexcept nogil
     unsigned long cconv_ftz_on() noexcept nogil
     void cconv_ftz_restore(unsigned long old) noexcept nogil
+    long long cconv_maxpool_bwd_row_f(float *dx, const float *dy, const long long *a, Py_ssize_t n,
+                                      Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
+                                      Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
+    long long cconv_maxpool_bwd_row_d(double *dx, const double *dy, const long long *a, Py_ssize_t n,
+                                      Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
+                                      Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
     void cconv_relu_bwd_f(float *out, const float *dy, const float *y, Py_ssize_t n) noexcept nogil
     void cconv_relu_bwd_d(double *out, const double *dy, const double *y, Py_ssize_t n) noexcept nogil
     void cconv_add_f(float *d, const float *s, Py_ssize_t n) noexcept nogil
@@ -581,6 +619,48 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                 cconv_maxpool_row_d(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
                                     h0, h1, KW, sw, pl)
         cconv_ftz_restore(old)
+
+
+def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
+                              const long long[:, :, :, ::1] argmax,
+                              floating[:, :, :, ::1] dx,     # OUT, every element written
+                              Py_ssize_t KH, Py_ssize_t KW, int num_threads):
+    """Max-pool backward for windows that tile the input (stride == pool, no padding).
+
+    One pass writes every element of dx once (no zeroing pass). Returns True when every
+    argmax entry named a unit of its own window; otherwise dx is incomplete and the
+    caller must use :func:`max_pool2d_backward`, which routes any in-range index.
+    """
+    cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[1], OW = dy.shape[2]
+    if N * H * W * C == 0:
+        return True
+    if OH * OW == 0:
+        dx[...] = 0
+        return True
+    cdef const floating *dyp = &dy[0, 0, 0, 0]
+    cdef const long long *ap = &argmax[0, 0, 0, 0]
+    cdef floating *dxp = &dx[0, 0, 0, 0]
+    cdef Py_ssize_t n, oh, ih
+    cdef long long matched = 0
+    cdef unsigned long old
+    with nogil, parallel(num_threads=num_threads):
+        old = cconv_ftz_on()
+        for n in prange(N, schedule="static"):
+            for oh in range(OH):
+                if floating is float:
+                    matched += cconv_maxpool_bwd_row_f(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                else:
+                    matched += cconv_maxpool_bwd_row_d(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                if OW * KW < W:   # columns right of the last window
+                    for ih in range(oh * KH, oh * KH + KH):
+                        memset(dxp + ((n * H + ih) * W + OW * KW) * C, 0,
+                               (W - OW * KW) * C * sizeof(floating))
+            if OH * KH < H:       # rows below the last window
+                memset(dxp + (n * H + OH * KH) * W * C, 0,
+                       (H - OH * KH) * W * C * sizeof(floating))
+        cconv_ftz_restore(old)
+    return matched == N * OH * OW * C
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dy,

@@ -558,8 +558,18 @@ def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
             raise ValueError("argmax holds indices outside [0, H*W)")
         a = a.astype(np.int64)
     a = np.ascontiguousarray(a)
-    dx = _alloc(shape, dy.dtype)  # zeroed by the kernel, in parallel
-    bad = _core.max_pool2d_backward(dy, a, dx, _threads(shape[0], dx.size))
+    dx = _alloc(shape, dy.dtype)  # written (or zeroed) by the kernels, in parallel
+    nt = _threads(shape[0], dx.size)
+    # When the windows can tile the input (the usual 2x2/stride 2), try the one-pass kernel;
+    # it only succeeds if every argmax names a unit of its own window.
+    # Window sizes K with OH*K <= H < (OH+1)*K run from H//(OH+1)+1 to H//OH: try both ends.
+    (N, H, W, C), (OH, OW) = shape, dy.shape[1:3]
+    if OH and OW:
+        for KH, KW in dict.fromkeys([(H // OH, W // OW), (H // (OH + 1) + 1, W // (OW + 1) + 1)]):
+            if OH * KH <= H < (OH + 1) * KH and OW * KW <= W < (OW + 1) * KW:
+                if _core.max_pool2d_backward_tiled(dy, a, dx, KH, KW, nt):
+                    return dx
+    bad = _core.max_pool2d_backward(dy, a, dx, nt)
     if bad:
         raise ValueError(f"argmax holds {bad} indices outside [0, H*W) = [0, {shape[1] * shape[2]}) "
                          f"for input_shape {shape}")
