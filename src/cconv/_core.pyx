@@ -582,6 +582,15 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
 # ---------------------------------------------------------------------------------
 # Pooling
 # ---------------------------------------------------------------------------------
+cdef inline Py_ssize_t clip_lo(Py_ssize_t start) noexcept nogil:
+    """First in-bounds index of a window starting at `start` (0 if it starts in the padding)."""
+    return start if start > 0 else 0
+
+
+cdef inline Py_ssize_t clip_hi(Py_ssize_t start, Py_ssize_t size, Py_ssize_t limit) noexcept nogil:
+    """One past the last in-bounds index of a window [start, start + size) on [0, limit)."""
+    return start + size if start + size < limit else limit
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x,
                        floating[:, :, :, ::1] y,            # OUT (N, OH, OW, C)
                        long long[:, :, :, ::1] argmax,      # OUT, flat h*W + w of the winner
@@ -606,12 +615,8 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
         for row in prange(rows, schedule="static"):
             n = row // OH
             oh = row - n * OH
-            h0 = oh * sh - pt
-            h1 = h0 + KH
-            if h0 < 0:
-                h0 = 0
-            if h1 > H:
-                h1 = H
+            h0 = clip_lo(oh * sh - pt)
+            h1 = clip_hi(oh * sh - pt, KH, H)
             if floating is float:
                 cconv_maxpool_row_f(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
                                     h0, h1, KW, sw, pl)
@@ -730,19 +735,11 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x,
         for row in prange(rows, schedule="static"):
             n = row // g.OH
             oh = row - n * g.OH
-            h0 = oh * sh - pt
-            h1 = h0 + KH
-            if h0 < 0:
-                h0 = 0
-            if h1 > g.H:
-                h1 = g.H
+            h0 = clip_lo(oh * sh - pt)
+            h1 = clip_hi(oh * sh - pt, KH, g.H)
             for ow in range(g.OW):
-                w0 = ow * sw - pl
-                w1 = w0 + KW
-                if w0 < 0:
-                    w0 = 0
-                if w1 > g.W:
-                    w1 = g.W
+                w0 = clip_lo(ow * sw - pl)
+                w1 = clip_hi(ow * sw - pl, KW, g.W)
                 yo = yp + (row * g.OW + ow) * C
                 for c in range(C):
                     yo[c] = 0
@@ -776,19 +773,11 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] dy,
         old = cconv_ftz_on()
         for n in prange(g.N, schedule="static"):
             for oh in range(g.OH):
-                h0 = oh * sh - pt
-                h1 = h0 + KH
-                if h0 < 0:
-                    h0 = 0
-                if h1 > g.H:
-                    h1 = g.H
+                h0 = clip_lo(oh * sh - pt)
+                h1 = clip_hi(oh * sh - pt, KH, g.H)
                 for ow in range(g.OW):
-                    w0 = ow * sw - pl
-                    w1 = w0 + KW
-                    if w0 < 0:
-                        w0 = 0
-                    if w1 > g.W:
-                        w1 = g.W
+                    w0 = clip_lo(ow * sw - pl)
+                    w1 = clip_hi(ow * sw - pl, KW, g.W)
                     dyo = dyp + ((n * g.OH + oh) * g.OW + ow) * C
                     for ih in range(h0, h1):
                         for iw in range(w0, w1):

@@ -19,6 +19,8 @@ import numbers
 import numpy as np
 from scipy.special import expit
 
+from . import _registry
+
 __all__ = ["Loss", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
            "accuracy", "get", "serialize", "deserialize"]
 
@@ -355,16 +357,12 @@ _CLASSES = {c.__name__: c for c in (SoftmaxCrossEntropy, MeanSquaredError, Binar
 
 def serialize(loss) -> dict:
     """``{"class_name": "SoftmaxCrossEntropy", "config": {...}}``."""
-    if not isinstance(loss, Loss):
-        raise TypeError(f"serialize expects a Loss, got {type(loss).__name__}")
-    return {"class_name": type(loss).__name__, "config": loss.get_config()}
+    return _registry.serialize(loss, Loss, "a Loss")
 
 
 def deserialize(d: dict) -> Loss:
     """Inverse of :func:`serialize`; unknown class -> ValueError."""
-    if not isinstance(d, dict) or d.get("class_name") not in _CLASSES:
-        raise ValueError(f"unknown loss {d!r}; known classes: {sorted(_CLASSES)}")
-    return _CLASSES[d["class_name"]].from_config(dict(d.get("config") or {}))
+    return _registry.deserialize(d, _CLASSES, "loss")
 
 
 def get(name_or_obj) -> Loss:

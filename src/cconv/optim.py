@@ -26,6 +26,8 @@ import numbers
 
 import numpy as np
 
+from . import _registry
+
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "sgd_update", "adam_update",
            "rmsprop_update", "clip_grad_norm", "LRSchedule", "StepLR", "ExponentialLR",
            "CosineAnnealingLR",
@@ -552,16 +554,12 @@ _CLASSES = {c.__name__: c for c in (SGD, Adam, AdamW, RMSprop)}
 
 def serialize(opt) -> dict:
     """``{"class_name": "Adam", "config": opt.get_config()}``."""
-    if not isinstance(opt, Optimizer):
-        raise TypeError(f"serialize expects an Optimizer, got {type(opt).__name__}")
-    return {"class_name": type(opt).__name__, "config": opt.get_config()}
+    return _registry.serialize(opt, Optimizer, "an Optimizer")
 
 
 def deserialize(d: dict) -> Optimizer:
     """Inverse of :func:`serialize` (without the state); unknown class -> ValueError."""
-    if not isinstance(d, dict) or d.get("class_name") not in _CLASSES:
-        raise ValueError(f"unknown optimizer {d!r:.100}; known classes: {sorted(_CLASSES)}")
-    return _CLASSES[d["class_name"]].from_config(dict(d.get("config") or {}))
+    return _registry.deserialize(d, _CLASSES, "optimizer")
 
 
 def get(name_or_obj) -> Optimizer:
