@@ -53,19 +53,29 @@ LAYERS = [("conv1", (64, 64, 3), 32), ("conv2", (31, 31, 32), 64), ("conv3", (14
 KERNEL = 3
 
 
+#: Pause before each timed call when several libraries are compared (see compare()).
+SETTLE = 0.3
+
+
 def median_time(fn, repeats, warmup):
     return compare({"fn": fn}, repeats, warmup)["fn"]
 
 
 def compare(fns, repeats, warmup):
     """Median time of each function; the repeats are interleaved (round-robin) so that the
-    load of a shared machine affects every contender alike."""
+    load of a shared machine affects every contender alike.
+
+    Before each timed call the previous contender's idle threads are given SETTLE seconds
+    to stop spinning (OpenBLAS and OpenMP runtimes busy-wait after a call), so that no
+    contender is timed while another library's threads still hold the cores."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if len(fns) > 1:
+                time.sleep(SETTLE)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
