@@ -328,3 +328,23 @@ def relu_backward(dy, y):
     """dL/dx of y = max(x, 0) from its output: dy where y > 0, else 0 (a NaN y gives 0)."""
     dy = np.asarray(dy)
     return np.where(np.asarray(y) > 0, dy, 0).astype(dy.dtype)
+
+
+def numerical_grad(f, a, idx=None, eps=1e-6):
+    """Central differences of the scalar ``f()`` with respect to entries of ``a``.
+
+    ``a`` is perturbed in place (and restored). With ``idx`` (flat indices) returns the
+    derivatives at those entries only; otherwise an array of ``a``'s shape.
+    """
+    flat = a.reshape(-1)
+    which = range(flat.size) if idx is None else idx
+    g = np.empty(len(which))
+    for n, i in enumerate(which):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        g[n] = (fp - fm) / (2 * eps)
+    return g.reshape(a.shape) if idx is None else g

@@ -14,6 +14,7 @@ import cconv
 from cconv import functional as F
 
 import reference as R
+from reference import numerical_grad
 
 DTYPES = [np.float32, np.float64]
 
@@ -121,22 +122,6 @@ def test_conv2d_need_dx_false(case):
 
 
 # ---------------------------------------------------------------------------- finite differences
-
-def numerical_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of a (in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
 
 GRADCHECK_CASES = [
     (2, 5, 4, 2, 3, 3, 3, 1, 1, 1, 1),

@@ -6,23 +6,7 @@ import pytest
 
 from cconv import initializers, layers as L
 
-
-# ---------------------------------------------------------------------------------
-# A small finite-difference helper (central differences, float64)
-# ---------------------------------------------------------------------------------
-def numerical_grad(f, a, idx, eps=1e-6):
-    """d f() / d a[idx] (flat indices) by central differences, perturbing ``a`` in place."""
-    flat = a.reshape(-1)
-    g = np.empty(len(idx))
-    for n, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        g[n] = (fp - fm) / (2 * eps)
-    return g
+from reference import numerical_grad
 
 
 def sample_indices(size, rng, max_entries=48):

@@ -280,6 +280,19 @@ cdef Geom make_geom(Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
     return g
 
 
+cdef inline Py_ssize_t row_origin(Py_ssize_t r, const Geom *g, Py_ssize_t *ih0,
+                                  Py_ssize_t *iw0) noexcept nogil:
+    """Image index of im2col row r (flat (n, oh, ow)); the input position of the window's
+    top-left tap (which may lie in the padding) goes to ih0, iw0."""
+    cdef Py_ssize_t P = g.OH * g.OW
+    cdef Py_ssize_t n = r // P
+    cdef Py_ssize_t p = r - n * P
+    cdef Py_ssize_t oh = p // g.OW
+    ih0[0] = oh * g.sh - g.pt
+    iw0[0] = (p - oh * g.OW) * g.sw - g.pl
+    return n
+
+
 cdef void im2col_rows(const floating *x, floating *out, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t c0, Py_ssize_t cg, const Geom *g) noexcept nogil:
     """Write im2col rows r0..r1 (flat (n, oh, ow) index) of channels c0..c0+cg into out.
@@ -287,18 +300,12 @@ cdef void im2col_rows(const floating *x, floating *out, Py_ssize_t r0, Py_ssize_
     out: OUT, shape (r1 - r0, KH*KW*cg), written sequentially; zeros where the window
     falls in the padding.
     """
-    cdef Py_ssize_t r, n, p, oh, ow, kh, kw, ih, iw, ih0, iw0, c
-    cdef Py_ssize_t P = g.OH * g.OW
+    cdef Py_ssize_t r, n, kh, kw, ih, iw, ih0, iw0
     cdef const floating *src
     cdef floating *dst = out
     cdef bint contiguous_row = g.dw == 1 and cg == g.C
     for r in range(r0, r1):
-        n = r // P
-        p = r - n * P
-        oh = p // g.OW
-        ow = p - oh * g.OW
-        ih0 = oh * g.sh - g.pt
-        iw0 = ow * g.sw - g.pl
+        n = row_origin(r, g, &ih0, &iw0)
         for kh in range(g.KH):
             ih = ih0 + kh * g.dh
             if ih < 0 or ih >= g.H:
@@ -323,18 +330,12 @@ cdef void im2col_rows(const floating *x, floating *out, Py_ssize_t r0, Py_ssize_
 cdef void col2im_rows(const floating *cols, floating *x, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t c0, Py_ssize_t cg, const Geom *g) noexcept nogil:
     """Scatter-add im2col rows r0..r1 (channels c0..c0+cg) back into x (IN/OUT, NHWC)."""
-    cdef Py_ssize_t r, n, p, oh, ow, kh, kw, ih, iw, ih0, iw0, c
-    cdef Py_ssize_t P = g.OH * g.OW
+    cdef Py_ssize_t r, n, kh, kw, ih, iw, ih0, iw0
     cdef floating *dst
     cdef const floating *src = cols
     cdef bint contiguous_row = g.dw == 1 and cg == g.C
     for r in range(r0, r1):
-        n = r // P
-        p = r - n * P
-        oh = p // g.OW
-        ow = p - oh * g.OW
-        ih0 = oh * g.sh - g.pt
-        iw0 = ow * g.sw - g.pl
+        n = row_origin(r, g, &ih0, &iw0)
         for kh in range(g.KH):
             ih = ih0 + kh * g.dh
             if ih < 0 or ih >= g.H:
