@@ -96,6 +96,31 @@ def conv2d_backward(
     need_db: bool,
     num_threads: int,
 ) -> None: ...
+def winograd_forward(
+    x: NDArray[_F],
+    U: NDArray[_F],
+    bias: NDArray[_F] | None,
+    y: NDArray[_F],  # OUT
+    work: NDArray[_F],  # scratch
+    pt: int,
+    pl: int,
+    TB: int,
+    num_threads: int,
+) -> None: ...
+def winograd_backward(
+    dy: NDArray[_F],
+    x: NDArray[_F],
+    U: NDArray[_F],
+    dx: NDArray[_F],  # OUT
+    dU_work: NDArray[_F],  # OUT
+    db_work: NDArray[_F],  # OUT
+    work: NDArray[_F],  # scratch
+    pt: int,
+    pl: int,
+    TB: int,
+    need_dx: bool,
+    num_threads: int,
+) -> None: ...
 def max_pool2d_forward(
     x: NDArray[_F],
     y: NDArray[_F],  # OUT

@@ -581,6 +581,243 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
 
 
 # ---------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): 3x3 stride-1 convolutions (see _winograd.h for the algebra)
+# ---------------------------------------------------------------------------------
+cdef extern from "_winograd.h":
+    void cconv_wino_in_f(const float *x, float *V, Py_ssize_t ldv, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
+                         const float *zero) noexcept nogil
+    void cconv_wino_in_d(const double *x, double *V, Py_ssize_t ldv, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
+                         const double *zero) noexcept nogil
+    void cconv_wino_out_f(const float *M, Py_ssize_t ldm, float *y, const float *bias,
+                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n,
+                          Py_ssize_t oh0, Py_ssize_t ow0, float *sink) noexcept nogil
+    void cconv_wino_out_d(const double *M, Py_ssize_t ldm, double *y, const double *bias,
+                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n,
+                          Py_ssize_t oh0, Py_ssize_t ow0, double *sink) noexcept nogil
+    void cconv_wino_dy_f(const float *dy, float *Yh, Py_ssize_t ldy, Py_ssize_t OH, Py_ssize_t OW,
+                         Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
+                         const float *zero, float *db) noexcept nogil
+    void cconv_wino_dy_d(const double *dy, double *Yh, Py_ssize_t ldy, Py_ssize_t OH,
+                         Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0,
+                         Py_ssize_t ow0, const double *zero, double *db) noexcept nogil
+    void cconv_wino_dx_f(const float *dV, Py_ssize_t ldv, float *dx, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
+                         float *sink) noexcept nogil
+    void cconv_wino_dx_d(const double *dV, Py_ssize_t ldv, double *dx, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0,
+                         Py_ssize_t iw0, double *sink) noexcept nogil
+
+
+ctypedef struct WinoGeom:
+    Py_ssize_t N, H, W, C, OH, OW, Cout
+    Py_ssize_t TW, TT            # tiles per output row, per image
+    Py_ssize_t pt, pl, TB        # top/left padding, tiles per block
+
+
+cdef WinoGeom make_wino_geom(Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Cout,
+                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB):
+    cdef WinoGeom g
+    g.N = N; g.H = H; g.W = W; g.C = C; g.OH = OH; g.OW = OW; g.Cout = Cout
+    g.TW = (OW + 1) // 2
+    g.TT = ((OH + 1) // 2) * g.TW
+    g.pt = pt; g.pl = pl; g.TB = TB
+    return g
+
+
+cdef inline Py_ssize_t tile_origin(Py_ssize_t t, const WinoGeom *g, Py_ssize_t *oh0,
+                                   Py_ssize_t *ow0) noexcept nogil:
+    """Image index of tile t (flat (n, th, tw)); its top-left output goes to oh0, ow0."""
+    cdef Py_ssize_t n = t // g.TT
+    cdef Py_ssize_t r = t - n * g.TT
+    cdef Py_ssize_t th = r // g.TW
+    oh0[0] = 2 * th
+    ow0[0] = 2 * (r - th * g.TW)
+    return n
+
+
+cdef void wino_input_block(const floating *x, floating *V, Py_ssize_t t0, Py_ssize_t t1,
+                           const floating *zero, const WinoGeom *g) noexcept nogil:
+    """V (16, TB, C): the transformed 4x4 input blocks of tiles t0..t1."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_in_f(x, V + (t - t0) * g.C, g.TB * g.C, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, zero)
+        else:
+            cconv_wino_in_d(x, V + (t - t0) * g.C, g.TB * g.C, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, zero)
+
+
+cdef void wino_output_block(const floating *M, floating *y, const floating *bias,
+                            Py_ssize_t t0, Py_ssize_t t1, floating *sink,
+                            const WinoGeom *g) noexcept nogil:
+    """y (OUT) of tiles t0..t1 from M (16, TB, Cout), plus the bias (or NULL)."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_out_f(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH, g.OW, g.Cout,
+                             n, oh0, ow0, sink)
+        else:
+            cconv_wino_out_d(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH, g.OW, g.Cout,
+                             n, oh0, ow0, sink)
+
+
+cdef void wino_dy_block(const floating *dy, floating *Yh, Py_ssize_t t0, Py_ssize_t t1,
+                        const floating *zero, floating *db, const WinoGeom *g) noexcept nogil:
+    """Yh (16, TB, Cout): the transformed 2x2 dy blocks of tiles t0..t1; db += their sums."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_dy_f(dy, Yh + (t - t0) * g.Cout, g.TB * g.Cout, g.OH, g.OW, g.Cout,
+                            n, oh0, ow0, zero, db)
+        else:
+            cconv_wino_dy_d(dy, Yh + (t - t0) * g.Cout, g.TB * g.Cout, g.OH, g.OW, g.Cout,
+                            n, oh0, ow0, zero, db)
+
+
+cdef void wino_dx_block(const floating *dV, floating *dx, Py_ssize_t t0, Py_ssize_t t1,
+                        floating *sink, const WinoGeom *g) noexcept nogil:
+    """dx (IN/OUT) += the input-space gradients of tiles t0..t1, from dV (16, TB, C)."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_dx_f(dV + (t - t0) * g.C, g.TB * g.C, dx, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, sink)
+        else:
+            cconv_wino_dx_d(dV + (t - t0) * g.C, g.TB * g.C, dx, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, sink)
+
+
+def winograd_forward(const floating[:, :, :, ::1] x,
+                     const floating[:, :, ::1] U,         # (16, C, Cout): G w G^T
+                     const floating[::1] bias,            # (Cout,) or None
+                     floating[:, :, :, ::1] y,            # OUT (N, OH, OW, Cout)
+                     floating[:, ::1] work,               # scratch (nthreads, wino_work_size)
+                     Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, int num_threads):
+    """y = conv3x3(x, w) + b, stride 1, by Winograd F(2x2, 3x3) in blocks of TB tiles.
+
+    Per block: transform the inputs (V), 16 GEMMs M_k = V_k U_k, transform the outputs.
+    """
+    cdef WinoGeom g = make_wino_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                                     y.shape[1], y.shape[2], y.shape[3], pt, pl, TB)
+    cdef Py_ssize_t C = g.C, Cout = g.Cout
+    cdef Py_ssize_t ntiles = g.N * g.TT
+    cdef Py_ssize_t nblocks = (ntiles + TB - 1) // TB
+    cdef Py_ssize_t Z = max(C, Cout)
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const floating *up = &U[0, 0, 0]
+    cdef const floating *bp = &bias[0] if bias is not None else NULL
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef floating *wk = &work[0, 0]
+    cdef Py_ssize_t wstride = work.shape[1]
+    cdef Py_ssize_t blk, t0, t1, k
+    cdef floating *V
+    cdef floating *Mb
+    cdef floating *zero
+    cdef floating *sink
+    cdef unsigned long old
+    load_blas()
+    with nogil, parallel(num_threads=num_threads):
+        V = wk + threadid() * wstride
+        Mb = V + 16 * TB * C
+        zero = Mb + 16 * TB * Cout
+        sink = zero + Z
+        memset(zero, 0, Z * sizeof(floating))
+        old = cconv_ftz_on()
+        for blk in prange(nblocks, schedule="static"):
+            t0 = blk * TB
+            t1 = min(t0 + TB, ntiles)
+            wino_input_block(xp, V, t0, t1, zero, &g)
+            for k in range(16):
+                gemm(False, False, <int> (t1 - t0), <int> Cout, <int> C, <floating> 1,
+                     V + k * TB * C, <int> C, up + k * C * Cout, <int> Cout,
+                     <floating> 0, Mb + k * TB * Cout, <int> Cout)
+            wino_output_block(Mb, yp, bp, t0, t1, sink, &g)
+        cconv_ftz_restore(old)
+
+
+def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
+                      const floating[:, :, :, ::1] x,    # (N, H, W, C)
+                      const floating[:, :, ::1] U,       # (16, C, Cout): G w G^T
+                      floating[:, :, :, ::1] dx,         # OUT, zeroed by caller; ignored if not need_dx
+                      floating[:, :, :, ::1] dU_work,    # OUT per-thread dU (nthreads, 16, C, Cout), zeroed
+                      floating[:, ::1] db_work,          # OUT per-thread db (nthreads, Cout), zeroed
+                      floating[:, ::1] work,             # scratch (nthreads, wino_work_size)
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, bint need_dx,
+                      int num_threads):
+    """Gradients of winograd_forward; the caller sums dU_work and db_work over threads and
+    turns dU into dW = G^T dU G.
+
+    The batch is cut into one chunk of whole images per thread (a thread scatters only
+    into the dx of its own images), each chunk processed in blocks of TB tiles: transform
+    x (V) and dy (Yh); dU_k += V_k^T Yh_k; then dV_k = Yh_k U_k^T, transformed back and
+    added onto dx. Static schedule: bit-reproducible for a given thread count.
+    """
+    cdef WinoGeom g = make_wino_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                                     dy.shape[1], dy.shape[2], dy.shape[3], pt, pl, TB)
+    cdef Py_ssize_t C = g.C, Cout = g.Cout
+    cdef Py_ssize_t Z = max(C, Cout)
+    cdef Py_ssize_t nchunks = min(g.N, num_threads)
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const floating *dyp = &dy[0, 0, 0, 0]
+    cdef const floating *up = &U[0, 0, 0]
+    cdef floating *dxp = &dx[0, 0, 0, 0] if need_dx else NULL
+    cdef floating *wk = &work[0, 0]
+    cdef floating *duk = &dU_work[0, 0, 0, 0]
+    cdef floating *dbk = &db_work[0, 0]
+    cdef Py_ssize_t wstride = work.shape[1]
+    cdef Py_ssize_t dustride = 16 * C * Cout
+    cdef Py_ssize_t dbstride = db_work.shape[1]
+    cdef Py_ssize_t ch, t0, t1, tend, k, tid
+    cdef floating *V
+    cdef floating *Yh
+    cdef floating *zero
+    cdef floating *sink
+    cdef floating *duacc
+    cdef floating *dbacc
+    cdef unsigned long old
+    load_blas()
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        V = wk + tid * wstride
+        Yh = V + 16 * TB * C
+        zero = Yh + 16 * TB * Cout
+        sink = zero + Z
+        duacc = duk + tid * dustride
+        dbacc = dbk + tid * dbstride
+        memset(zero, 0, Z * sizeof(floating))
+        old = cconv_ftz_on()
+        for ch in prange(nchunks, schedule="static"):
+            t0 = (ch * g.N // nchunks) * g.TT
+            tend = ((ch + 1) * g.N // nchunks) * g.TT
+            while t0 < tend:
+                t1 = min(t0 + TB, tend)
+                wino_input_block(xp, V, t0, t1, zero, &g)
+                wino_dy_block(dyp, Yh, t0, t1, zero, dbacc, &g)
+                for k in range(16):
+                    # dU_k (C, Cout) += V_k^T (C, tb) @ Yh_k (tb, Cout)
+                    gemm(True, False, <int> C, <int> Cout, <int> (t1 - t0), <floating> 1,
+                         V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
+                         <floating> 1, duacc + k * C * Cout, <int> Cout)
+                if need_dx:
+                    for k in range(16):
+                        # dV_k (tb, C) = Yh_k (tb, Cout) @ U_k^T (Cout, C), into V
+                        gemm(False, True, <int> (t1 - t0), <int> C, <int> Cout, <floating> 1,
+                             Yh + k * TB * Cout, <int> Cout, up + k * C * Cout, <int> Cout,
+                             <floating> 0, V + k * TB * C, <int> C)
+                    wino_dx_block(V, dxp, t0, t1, sink, &g)
+                t0 = t1
+        cconv_ftz_restore(old)
+
+
+# ---------------------------------------------------------------------------------
 # Pooling
 # ---------------------------------------------------------------------------------
 cdef inline Py_ssize_t clip_lo(Py_ssize_t start) noexcept nogil:

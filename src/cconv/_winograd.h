@@ -1,0 +1,147 @@
+/* Winograd F(2x2, 3x3) transforms for cconv's 3x3 stride-1 convolutions (NHWC).
+ *
+ * A 2x2 block of outputs is computed from a 4x4 block of inputs d with 16 products
+ * instead of 36:  Y = A^T [ (G g G^T) . (B^T d B) ] A,  where . is the elementwise
+ * product and, per input channel c and output channel o, the 16 products are summed over
+ * c as 16 GEMMs (done by the caller through BLAS):  M_k = V_k U_k,  k = 4*i + j.
+ *
+ *       | 1  0 -1  0 |          | 1    0    0  |
+ * B^T = | 0  1  1  0 |      G = | 1/2  1/2  1/2 |      A^T = | 1 1  1  0 |
+ *       | 0 -1  1  0 |          | 1/2 -1/2  1/2 |            | 0 1 -1 -1 |
+ *       | 0  1  0 -1 |          | 0    0    1  |
+ *
+ * The backward pass is the adjoint of the same computation: with Yh = A dY A^T,
+ * dU_k = V_k^T Yh_k (summed over tiles; dW = G^T dU G), dV_k = Yh_k U_k^T and
+ * dX += B dV B^T, scattered back onto the (overlapping) 4x4 input blocks.
+ *
+ * Every function handles one tile and loops over channels innermost (contiguous in
+ * NHWC); positions outside the image read from a zero buffer or write to a scratch
+ * "sink" buffer, so the channel loops have no branches and vectorise.
+ */
+#ifndef CCONV_WINOGRAD_H
+#define CCONV_WINOGRAD_H
+
+#include <stddef.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CCONV_WINO_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CCONV_WINO_MULTIVERSION
+#endif
+
+#if defined(_OPENMP) && !defined(_MSC_VER)
+#define CCONV_SIMD _Pragma("omp simd")
+#else
+#define CCONV_SIMD
+#endif
+
+#define CCONV_IN_IMAGE(i, j, H, W) ((i) >= 0 && (i) < (H) && (j) >= 0 && (j) < (W))
+
+#define CCONV_WINOGRAD_KERNELS(S, T)                                                        \
+/* V[k*ldv + c] = (B^T d B)[k][c], d = the 4x4 block of image n at (ih0, iw0). */          \
+CCONV_WINO_MULTIVERSION static void cconv_wino_in_##S(                                     \
+        const T *x, T *V, ptrdiff_t ldv, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,             \
+        ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, const T *zero) {                         \
+    const T *p[16];                                                                         \
+    for (int i = 0; i < 4; i++)                                                             \
+        for (int j = 0; j < 4; j++)                                                         \
+            p[4 * i + j] = CCONV_IN_IMAGE(ih0 + i, iw0 + j, H, W)                           \
+                ? x + ((n * H + ih0 + i) * W + iw0 + j) * C : zero;                         \
+    CCONV_SIMD                                                                              \
+    for (ptrdiff_t c = 0; c < C; c++) {                                                     \
+        T t[4][4];                                                                          \
+        for (int j = 0; j < 4; j++) {                                                       \
+            T d0 = p[j][c], d1 = p[4 + j][c], d2 = p[8 + j][c], d3 = p[12 + j][c];          \
+            t[0][j] = d0 - d2; t[1][j] = d1 + d2; t[2][j] = d2 - d1; t[3][j] = d1 - d3;     \
+        }                                                                                   \
+        for (int i = 0; i < 4; i++) {                                                       \
+            V[(4 * i + 0) * ldv + c] = t[i][0] - t[i][2];                                   \
+            V[(4 * i + 1) * ldv + c] = t[i][1] + t[i][2];                                   \
+            V[(4 * i + 2) * ldv + c] = t[i][2] - t[i][1];                                   \
+            V[(4 * i + 3) * ldv + c] = t[i][1] - t[i][3];                                   \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* The 2x2 outputs (A^T M A)[o] + bias[o] of the tile at (oh0, ow0) of image n; those      \
+   outside the output (the last row/column of an odd-sized map) go to sink. */             \
+CCONV_WINO_MULTIVERSION static void cconv_wino_out_##S(                                    \
+        const T *M, ptrdiff_t ldm, T *y, const T *bias, ptrdiff_t OH, ptrdiff_t OW,         \
+        ptrdiff_t Co, ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, T *sink) {                 \
+    T *q[4];                                                                                \
+    for (int r = 0; r < 2; r++)                                                             \
+        for (int s = 0; s < 2; s++)                                                         \
+            q[2 * r + s] = CCONV_IN_IMAGE(oh0 + r, ow0 + s, OH, OW)                         \
+                ? y + ((n * OH + oh0 + r) * OW + ow0 + s) * Co : sink;                      \
+    CCONV_SIMD                                                                              \
+    for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
+        T t[2][4];                                                                          \
+        for (int j = 0; j < 4; j++) {                                                       \
+            T m0 = M[j * ldm + o], m1 = M[(4 + j) * ldm + o];                               \
+            T m2 = M[(8 + j) * ldm + o], m3 = M[(12 + j) * ldm + o];                        \
+            t[0][j] = m0 + m1 + m2; t[1][j] = m1 - m2 - m3;                                 \
+        }                                                                                   \
+        T b = bias ? bias[o] : (T)0;                                                        \
+        for (int r = 0; r < 2; r++) {                                                       \
+            q[2 * r][o] = t[r][0] + t[r][1] + t[r][2] + b;                                  \
+            q[2 * r + 1][o] = t[r][1] - t[r][2] - t[r][3] + b;                              \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* Yh[k*ldy + o] = (A g A^T)[k][o], g = the 2x2 block of dy at (oh0, ow0) (0 outside);     \
+   db[o] accumulates the block's sum. */                                                    \
+CCONV_WINO_MULTIVERSION static void cconv_wino_dy_##S(                                     \
+        const T *dy, T *Yh, ptrdiff_t ldy, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Co,        \
+        ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, const T *zero, T *db) {                  \
+    const T *p[4];                                                                          \
+    for (int r = 0; r < 2; r++)                                                             \
+        for (int s = 0; s < 2; s++)                                                         \
+            p[2 * r + s] = CCONV_IN_IMAGE(oh0 + r, ow0 + s, OH, OW)                         \
+                ? dy + ((n * OH + oh0 + r) * OW + ow0 + s) * Co : zero;                     \
+    CCONV_SIMD                                                                              \
+    for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
+        T g00 = p[0][o], g01 = p[1][o], g10 = p[2][o], g11 = p[3][o];                       \
+        db[o] += (g00 + g01) + (g10 + g11);                                                 \
+        T t[4][2] = {{g00, g01}, {g00 + g10, g01 + g11}, {g00 - g10, g01 - g11},            \
+                     {-g10, -g11}};                                                         \
+        for (int i = 0; i < 4; i++) {                                                       \
+            Yh[(4 * i + 0) * ldy + o] = t[i][0];                                            \
+            Yh[(4 * i + 1) * ldy + o] = t[i][0] + t[i][1];                                  \
+            Yh[(4 * i + 2) * ldy + o] = t[i][0] - t[i][1];                                  \
+            Yh[(4 * i + 3) * ldy + o] = -t[i][1];                                           \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* dx[4x4 block at (ih0, iw0) of image n] += (B dV B^T); positions outside the image      \
+   (padding) go to sink. */                                                                 \
+CCONV_WINO_MULTIVERSION static void cconv_wino_dx_##S(                                     \
+        const T *dV, ptrdiff_t ldv, T *dx, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,           \
+        ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, T *sink) {                               \
+    T *q[16];                                                                               \
+    for (int i = 0; i < 4; i++)                                                             \
+        for (int j = 0; j < 4; j++)                                                         \
+            q[4 * i + j] = CCONV_IN_IMAGE(ih0 + i, iw0 + j, H, W)                           \
+                ? dx + ((n * H + ih0 + i) * W + iw0 + j) * C : sink;                        \
+    CCONV_SIMD                                                                              \
+    for (ptrdiff_t c = 0; c < C; c++) {                                                     \
+        T t[4][4];                                                                          \
+        for (int j = 0; j < 4; j++) {                                                       \
+            T v0 = dV[j * ldv + c], v1 = dV[(4 + j) * ldv + c];                             \
+            T v2 = dV[(8 + j) * ldv + c], v3 = dV[(12 + j) * ldv + c];                      \
+            t[0][j] = v0; t[1][j] = v1 - v2 + v3; t[2][j] = v1 + v2 - v0; t[3][j] = -v3;    \
+        }                                                                                   \
+        for (int i = 0; i < 4; i++) {                                                       \
+            q[4 * i + 0][c] += t[i][0];                                                     \
+            q[4 * i + 1][c] += t[i][1] - t[i][2] + t[i][3];                                 \
+            q[4 * i + 2][c] += t[i][1] + t[i][2] - t[i][0];                                 \
+            q[4 * i + 3][c] -= t[i][3];                                                     \
+        }                                                                                   \
+    }                                                                                       \
+}
+
+CCONV_WINOGRAD_KERNELS(f, float)
+CCONV_WINOGRAD_KERNELS(d, double)
+
+#endif

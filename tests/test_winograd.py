@@ -1,0 +1,146 @@
+"""The Winograd F(2x2, 3x3) route of 3x3 stride-1 convolutions (cconv.functional).
+
+By default it serves convolutions with at least ``F.WINOGRAD_MIN_CHANNELS`` input channels;
+these tests force it on small shapes (threshold 1) and check it against the direct
+reference, finite differences and the im2col route, and that it is taken when it should be.
+"""
+import numpy as np
+import pytest
+
+import cconv
+from cconv import functional as F
+
+import reference as R
+from reference import numerical_grad
+from test_functional import DTYPES, assert_close, rand
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts of the Winograd kernels' calls (the kernels themselves still run)."""
+    counts = {"forward": 0, "backward": 0}
+    for name in counts:
+        kernel = getattr(F._core, f"winograd_{name}")
+
+        def spy(*args, _kernel=kernel, _name=name):
+            counts[_name] += 1
+            return _kernel(*args)
+
+        monkeypatch.setattr(F._core, f"winograd_{name}", spy)
+    return counts
+
+
+@pytest.fixture
+def winograd(monkeypatch, calls):
+    """Winograd for every eligible convolution, however few its channels."""
+    monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", 1)
+    return calls
+
+
+@pytest.fixture
+def restore_threads():
+    before = cconv.get_num_threads()
+    yield
+    cconv.set_num_threads(before)
+
+
+# (N, H, W, C_in, C_out, padding)
+CASES = [
+    (1, 3, 3, 1, 1, 0),                       # kernel == input: one partial tile
+    (1, 1, 1, 1, 2, 1),                       # 1x1 image, kernel == padded input
+    (2, 5, 6, 3, 4, 0),                       # odd output height, even width
+    (3, 7, 7, 2, 3, 1),
+    (2, 6, 5, 3, 2, "same"),
+    (1, 9, 8, 2, 2, ((0, 2), (1, 0))),        # asymmetric
+    (2, 4, 5, 1, 3, ((2, 2), (2, 2))),        # padding wider than the kernel's reach
+    (3, 8, 9, 17, 5, (1, 2)),
+]
+
+
+def case_id(case):
+    return "-".join(str(v) for v in case).replace(" ", "")
+
+
+def make(case, dtype, seed=0):
+    n, h, w, c, co, p = case
+    rng = np.random.default_rng(seed)
+    return (rand(rng, (n, h, w, c), dtype), rand(rng, (3, 3, c, co), dtype),
+            rand(rng, (co,), dtype), p)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_and_backward_match_reference(case, dtype, winograd):
+    x, w, b, p = make(case, dtype)
+    assert_close(F.conv2d(x, w, b, padding=p), R.conv2d(x, w, b, padding=p), dtype)
+    assert_close(F.conv2d(x, w, None, padding=p), R.conv2d(x, w, None, padding=p), dtype)
+    dy = rand(np.random.default_rng(1), R.conv2d(x, w, b, padding=p).shape, dtype)
+    dx, dw, db = F.conv2d_backward(dy, x, w, padding=p)
+    rx, rw, rb = R.conv2d_backward(dy, x, w, padding=p)
+    assert_close(dx, rx, dtype)
+    assert_close(dw, rw, dtype)
+    assert_close(db, rb, dtype)
+    none, dw1, db1 = F.conv2d_backward(dy, x, w, padding=p, need_dx=False)
+    assert none is None
+    assert_close(dw1, rw, dtype)
+    assert_close(db1, rb, dtype)
+    assert winograd == {"forward": 2, "backward": 2}
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[6]], ids=case_id)
+def test_backward_finite_differences(case, winograd):
+    x, w, b, p = make(case, np.float64, seed=3)
+    g = np.random.default_rng(4).standard_normal(F.conv2d(x, w, b, padding=p).shape)
+
+    def loss():
+        return float(np.sum(F.conv2d(x, w, b, padding=p) * g))
+
+    dx, dw, db = F.conv2d_backward(g, x, w, padding=p)
+    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_many_blocks_and_threads_match_im2col(dtype, threads, monkeypatch, calls,
+                                              restore_threads):
+    """Blocks of a few tiles, a partial last block, several per thread, odd batch."""
+    cconv.set_num_threads(threads)
+    rng = np.random.default_rng(5)
+    x, w, b = rand(rng, (7, 13, 15, 16), dtype), rand(rng, (3, 3, 16, 24), dtype), rand(rng, (24,), dtype)
+    y0 = F.conv2d(x, w, b, padding=1)
+    dy = rand(rng, y0.shape, dtype)
+    monkeypatch.setattr(F, "WINOGRAD_BLOCK_BYTES", 1)      # the smallest blocks (8 tiles)
+    ys = [F.conv2d(x, w, b, padding=1) for _ in range(2)]
+    gs = [F.conv2d_backward(dy, x, w, padding=1) for _ in range(2)]
+    assert calls == {"forward": 3, "backward": 2}
+    monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", None)  # the im2col + GEMM route
+    ref_y = F.conv2d(x, w, b, padding=1)
+    ref_g = F.conv2d_backward(dy, x, w, padding=1)
+    assert calls == {"forward": 3, "backward": 2}
+    assert np.array_equal(ys[0], ys[1])                    # static schedule: reproducible
+    assert np.array_equal(ys[0], y0)                       # block size changes no sum
+    for a, b_ in zip(gs[0], gs[1]):
+        assert np.array_equal(a, b_)
+    assert_close(ys[0], ref_y, dtype)
+    for got, ref in zip(gs[0], ref_g):
+        assert_close(got, ref, dtype)
+
+
+def test_route_is_taken_only_where_it_applies(calls):
+    rng = np.random.default_rng(6)
+    many = rand(rng, (2, 8, 8, F.WINOGRAD_MIN_CHANNELS), np.float32)
+    few = rand(rng, (2, 8, 8, 3), np.float32)
+
+    def fwd(x, co=4, k=3, **kw):
+        F.conv2d(x, rand(rng, (k, k, x.shape[3] // kw.get("groups", 1), co), np.float32), **kw)
+
+    fwd(many)                                   # the paper's layers 2 and 3 are like this
+    assert calls["forward"] == 1
+    fwd(few)                                    # too few channels for the GEMMs to pay off
+    fwd(many, stride=2)
+    fwd(many, dilation=2)
+    fwd(many, k=5)
+    fwd(many, groups=2)
+    assert calls["forward"] == 1
