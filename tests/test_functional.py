@@ -687,3 +687,36 @@ def test_relu_backward_finite_differences(case):
 
     dx = F.relu_backward(g, np.maximum(x, 0))
     np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- dense GEMM
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_matmul_matches_numpy(dtype, trans_a, trans_b, threads, restore_threads):
+    """The dense layers' GEMM: every transpose combination, rows split over threads."""
+    cconv.set_num_threads(threads)
+    rng = np.random.default_rng(19)
+    m, k, n = 301, 67, 45                    # odd sizes: uneven row blocks
+    a = rand(rng, (k, m) if trans_a else (m, k), dtype)
+    b = rand(rng, (n, k) if trans_b else (k, n), dtype)
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    got = F._matmul(a, b, trans_a, trans_b)
+    assert_close(got, expected, dtype)
+    out = rand(rng, (m, n), dtype)
+    before = out.copy()
+    assert F._matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
+    assert_close(out, expected + before, dtype)
+
+
+def test_dense_matmul_falls_back_for_unusual_operands():
+    rng = np.random.default_rng(20)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(F._matmul(a, b), a @ b, rtol=1e-6)      # mixed dtypes
+    empty = F._matmul(np.zeros((5, 0)), np.zeros((0, 4)))              # inner dimension 0
+    assert empty.shape == (5, 4) and not empty.any()
+    out = np.ones((5, 4), order="F")                                  # not C-contiguous
+    F._matmul(a, b.astype(np.float64), out=out, beta=2.0)
+    np.testing.assert_allclose(out, 2.0 + a @ b, rtol=1e-12)

@@ -14,14 +14,14 @@ from numpy.typing import NDArray
 _F = TypeVar("_F", np.float32, np.float64)
 
 def load_blas() -> None: ...
-def gemm_rowmajor(
+def matmul(
     trans_a: bool,
     trans_b: bool,
-    alpha: float,
     a: NDArray[_F],
     b: NDArray[_F],
     beta: float,
     c: NDArray[_F],  # IN/OUT
+    num_threads: int,
 ) -> None: ...
 def openmp_enabled() -> bool: ...
 def omp_max_threads() -> int: ...

@@ -225,23 +225,30 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
                &beta, c, &ldc)
 
 
-def gemm_rowmajor(bint trans_a, bint trans_b, double alpha,
-                  const floating[:, ::1] a, const floating[:, ::1] b,
-                  double beta, floating[:, ::1] c):  # c: IN/OUT
-    """Python twin of the nogil GEMM shim, for tests: c = alpha op(a) op(b) + beta c."""
-    load_blas()
+def matmul(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
+           double beta, floating[:, ::1] c, int num_threads):  # c: IN/OUT
+    """c = op(a) @ op(b) + beta * c, the rows of c cut into one block per thread.
+
+    Each thread makes one single-threaded BLAS call on its block, so dense layers run on
+    cconv's own (passively waiting) OpenMP threads: no BLAS thread pool is left spinning
+    next to the convolution kernels. The caller ensures the inner dimension is non-zero.
+    """
     cdef int m = c.shape[0], n = c.shape[1]
     cdef int k = a.shape[0] if trans_a else a.shape[1]
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        for i in range(m):
-            for j in range(n):
-                c[i, j] = <floating> beta * c[i, j]
-        return
-    with nogil:
-        gemm(trans_a, trans_b, m, n, k, <floating> alpha, &a[0, 0], <int> a.shape[1],
-             &b[0, 0], <int> b.shape[1], <floating> beta, &c[0, 0], n)
+    cdef int lda = a.shape[1], ldb = b.shape[1]
+    cdef const floating *ap = &a[0, 0]
+    cdef const floating *bp = &b[0, 0]
+    cdef floating *cp = &c[0, 0]
+    cdef Py_ssize_t ch, r0, r1
+    load_blas()
+    with nogil, parallel(num_threads=num_threads):
+        for ch in prange(num_threads, schedule="static"):
+            r0 = ch * m // num_threads
+            r1 = (ch + 1) * m // num_threads
+            if r1 > r0:
+                gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <floating> 1,
+                     ap + (r0 if trans_a else r0 * lda), lda, bp, ldb, <floating> beta,
+                     cp + r0 * n, n)
 
 
 def openmp_enabled():

@@ -273,6 +273,40 @@ def _run(nt, fn, *args):
         return fn(*args, nt)
 
 
+def _matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
+    """``op(a) @ op(b) (+ beta * out)`` for the dense layers, on cconv's OpenMP threads.
+
+    Each thread makes one single-threaded BLAS call on its block of rows, so no BLAS thread
+    pool is left spinning (OpenBLAS's threads busy-wait after a call) while the next
+    convolution kernel needs the cores. Mixed or non-float dtypes, empty or huge operands
+    go to numpy's matmul instead.
+    """
+    A = a.T if trans_a else a
+    B = b.T if trans_b else b
+    (m, k), n = A.shape, B.shape[1]
+    usual = (a.dtype == b.dtype and a.dtype in (np.float32, np.float64) and m * n * k > 0
+             and max(m, n, k, a.shape[1], b.shape[1]) <= _INT_MAX
+             and (out is None or (out.dtype == a.dtype and out.flags.c_contiguous
+                                  and out.flags.writeable)))
+    if not usual:
+        with _config.blas_threads(get_num_threads()):
+            r = A @ B
+        if out is None:
+            return r
+        if beta:
+            out *= beta
+            out += r
+        else:
+            out[...] = r
+        return out
+    if out is None:
+        out, beta = np.empty((m, n), a.dtype), 0.0
+    nt = _threads(m, m * n * k // 16)
+    _run(nt, _core.matmul, bool(trans_a), bool(trans_b), np.ascontiguousarray(a),
+         np.ascontiguousarray(b), float(beta), out)
+    return out
+
+
 def _tile_rows(kg, itemsize, rows, nt):
     """Rows of one im2col tile: at most TILE_BYTES, and at least one tile per thread."""
     t = max(1, TILE_BYTES // max(1, kg * itemsize))

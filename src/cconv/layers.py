@@ -32,7 +32,6 @@ import numbers
 import numpy as np
 from scipy.special import expit
 
-from . import _config
 from . import functional as F
 from . import initializers
 
@@ -657,11 +656,6 @@ class Conv2D(_WithActivation):
         return dx
 
 
-def _blas_budget():
-    """numpy's BLAS (Dense layers) stays within cconv's thread count."""
-    return _config.blas_threads(_config.get_num_threads())
-
-
 class Dense(_WithActivation):
     """Fully connected layer ``y = x @ kernel + bias`` on 2-D inputs ``(N, features)``.
 
@@ -706,23 +700,25 @@ class Dense(_WithActivation):
             self.params["bias"] = self.bias_initializer((self.units,), rng, dtype)
 
     def _forward(self, x, training, cache):
-        with _blas_budget():
-            z = np.matmul(x, self.params["kernel"])
+        kernel = self.params["kernel"]
         if self.use_bias:
-            z += self.params["bias"]
+            z = np.empty((x.shape[0], kernel.shape[1]), np.result_type(x, kernel))
+            z[...] = self.params["bias"]
+            F._matmul(x, kernel, out=z, beta=1.0)
+        else:
+            z = F._matmul(x, kernel)
         y, y_act = self._activate(z, cache)
         return y, ((x, y_act) if cache else None)
 
     def _backward(self, dy, saved):
         x, y_act = saved
         dz = self._deactivate(dy, y_act)
-        with _blas_budget():
-            np.matmul(x.T, dz, out=self.grads["kernel"])
-            if self.use_bias:
-                np.sum(dz, axis=0, out=self.grads["bias"])
-            if not self.need_input_grad:
-                return None
-            return np.matmul(dz, self.params["kernel"].T)
+        F._matmul(x, dz, trans_a=True, out=self.grads["kernel"])
+        if self.use_bias:
+            np.sum(dz, axis=0, out=self.grads["bias"])
+        if not self.need_input_grad:
+            return None
+        return F._matmul(dz, self.params["kernel"], trans_b=True)
 
 
 # ---------------------------------------------------------------------------------
