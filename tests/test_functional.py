@@ -270,12 +270,29 @@ def test_max_pool_matches_reference(case, dtype):
     x = rand(rng, (n, h, w, c), dtype)
     y, arg = F.max_pool2d(x, k, s, p)
     ry, rarg = R.max_pool2d(x, k, s, p)
-    assert y.dtype == np.dtype(dtype) and arg.dtype == np.int64
+    assert y.dtype == np.dtype(dtype) and arg.dtype == np.int32
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(arg, rarg)
     dy = rand(rng, y.shape, dtype)
     dx = F.max_pool2d_backward(dy, arg, x.shape)
     assert_close(dx, R.max_pool2d_backward_from_x(dy, x, k, s, p), dtype)
+    # PyTorch-style int64 indices (and other integer dtypes) route the same way.
+    for other in (np.int64, np.uint16):
+        np.testing.assert_array_equal(F.max_pool2d_backward(dy, arg.astype(other), x.shape), dx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_int64_index_kernels(dtype):
+    """The int64 specialisation (planes of 2**31 units or more) computes what int32 does."""
+    rng = np.random.default_rng(21)
+    x = rand(rng, (3, 9, 10, 5), dtype)
+    y, arg = F.max_pool2d(x, 3, 2, 1)
+    y64, arg64 = np.empty_like(y), np.empty(arg.shape, np.int64)
+    F._core.max_pool2d_forward(x, y64, arg64, 3, 3, 2, 2, 1, 1, 2)
+    np.testing.assert_array_equal(y64, y)
+    np.testing.assert_array_equal(arg64, arg)
+    assert F._argmax_dtype((1, 46341, 46341, 1)) == np.int64        # H*W >= 2**31
+    assert F._argmax_dtype((1, 46340, 46340, 1)) == np.int32
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -452,7 +469,7 @@ def test_output_dtype_is_input_dtype(dtype):
         result = fn(*args, **kwargs)
         outs = _flat(result)
         if name == "max_pool2d":
-            assert outs[0].dtype == np.dtype(dtype) and outs[1].dtype == np.int64
+            assert outs[0].dtype == np.dtype(dtype) and outs[1].dtype == np.int32
             continue
         for o in outs:
             assert o.dtype == np.dtype(dtype), (name, o.dtype)

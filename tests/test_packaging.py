@@ -161,12 +161,14 @@ def test_core_stub_matches_compiled_module():
         tree = ast.parse(f.read())
     stub = {node.name: [a.arg for a in node.args.posonlyargs + node.args.args]
             for node in tree.body if isinstance(node, ast.FunctionDef)}
-    compiled = {name: list(inspect.signature(getattr(_core, name)).parameters)
-                for name in dir(_core)
-                if not name.startswith("_") and callable(getattr(_core, name))}
+    public = [getattr(_core, name) for name in dir(_core) if not name.startswith("_")]
+    compiled = {f.__name__: list(inspect.signature(f).parameters)
+                for f in public if callable(f) and not isinstance(f, type)}
     assert sorted(stub) == sorted(compiled)
     for name, params in compiled.items():
         assert stub[name] == params, name
+    stub_classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert stub_classes == {c.__name__ for c in public if isinstance(c, type)}
 
 
 def test_show_config_reports_the_build():

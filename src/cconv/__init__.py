@@ -14,6 +14,9 @@ from ._version import __version__ as __version__
 from ._config import get_num_threads as get_num_threads
 from ._config import set_num_threads as set_num_threads
 from ._config import show_config as show_config
+from ._config import set_cache_limit as set_cache_limit
+from ._config import get_cache_limit as get_cache_limit
+from ._config import empty_cache as empty_cache
 from . import functional as functional
 
 _SUBMODULES = {
@@ -28,7 +31,8 @@ _NAMES = {
 }
 
 __all__ = sorted(
-    ["__version__", "functional", "get_num_threads", "set_num_threads", "show_config"]
+    ["__version__", "functional", "get_num_threads", "set_num_threads", "show_config",
+     "set_cache_limit", "get_cache_limit", "empty_cache"]
     + list(_SUBMODULES) + list(_NAMES)
 )
 

@@ -82,6 +82,67 @@ def _parse_positive(value, name):
     return value
 
 
+#: Default bound, in bytes, on the freed output buffers kept for reuse.
+CACHE_LIMIT_DEFAULT = 512 << 20
+_cache_limit: int | None = None
+
+
+def set_cache_limit(nbytes: int | None) -> None:
+    """Bound the memory that cconv keeps for reuse between calls.
+
+    Kernel outputs of 1 MiB or more (convolution and pool results, gradients, scratch) come
+    from a cache. When the last array using such a buffer goes away, the buffer is kept,
+    while the cache holds less than ``nbytes``, and handed to the next output of the same
+    size. A training loop allocates the same sizes at every step, and a fresh buffer costs
+    the operating system a page fault and a zero-fill of every page: for a max-pool's
+    gradient that takes as long as the pool itself.
+
+    Parameters
+    ----------
+    nbytes : int or None
+        The bound; 0 turns the cache off (and frees what it holds). None restores the
+        default: the environment variable ``CCONV_CACHE_BYTES`` if set, else 512 MiB.
+    """
+    global _cache_limit
+    if nbytes is None:
+        env = _env_int("CCONV_CACHE_BYTES", 0)
+        nbytes = CACHE_LIMIT_DEFAULT if env is None else env
+    elif isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"nbytes must be a non-negative int or None, got {nbytes!r}")
+    _cache_limit = int(nbytes)
+    _core().set_cache_limit(_cache_limit)
+
+
+def get_cache_limit() -> int:
+    """The bound set by :func:`set_cache_limit`, in bytes."""
+    if _cache_limit is None:
+        set_cache_limit(None)
+    assert _cache_limit is not None
+    return _cache_limit
+
+
+def empty_cache() -> None:
+    """Free the buffers that the cache holds now (the bound stays as it is)."""
+    limit = get_cache_limit()
+    _core().set_cache_limit(0)
+    _core().set_cache_limit(limit)
+
+
+def _env_int(name, minimum):
+    """The environment variable ``name`` as an int >= minimum (0 or 1), or None if unset."""
+    env = os.environ.get(name, "").split(",")[0].strip()
+    if not env:
+        return None
+    kind = "a positive" if minimum == 1 else "a non-negative"
+    try:
+        value = int(env)
+    except ValueError:
+        raise ValueError(f"{name} must be {kind} int, got {env!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be {kind} int, got {env!r}")
+    return value
+
+
 def set_num_threads(n: int | None) -> None:
     """Set the number of threads cconv's kernels use.
 
@@ -100,15 +161,9 @@ def get_num_threads() -> int:
     """The number of threads cconv's kernels use (see :func:`set_num_threads`)."""
     if _num_threads is not None:
         return _num_threads
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"OMP_NUM_THREADS must be a positive int, got {env!r}") from None
-        if value < 1:
-            raise ValueError(f"OMP_NUM_THREADS must be a positive int, got {env!r}")
-        return value
+    env = _env_int("OMP_NUM_THREADS", 1)
+    if env is not None:
+        return env
     # omp_get_max_threads() honours OMP_NUM_THREADS and threadpoolctl's OpenMP limits.
     return max(1, min(_core().omp_max_threads(), _cpus()))
 

@@ -23,6 +23,13 @@ def matmul(
     c: NDArray[_F],  # IN/OUT
     num_threads: int,
 ) -> None: ...
+class Block:
+    """Aligned, writable memory from cconv's buffer cache (a numpy array's base)."""
+    def __init__(self, nbytes: int) -> None: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+def set_cache_limit(limit: int) -> None: ...
+def cache_info() -> tuple[int, int]: ...
 def openmp_enabled() -> bool: ...
 def omp_max_threads() -> int: ...
 def ftz_available() -> bool: ...
@@ -124,7 +131,7 @@ def winograd_backward(
 def max_pool2d_forward(
     x: NDArray[_F],
     y: NDArray[_F],  # OUT
-    argmax: NDArray[np.int64],  # OUT
+    argmax: NDArray[np.int32] | NDArray[np.int64],  # OUT
     KH: int,
     KW: int,
     sh: int,
@@ -135,7 +142,7 @@ def max_pool2d_forward(
 ) -> None: ...
 def max_pool2d_backward_tiled(
     dy: NDArray[_F],
-    argmax: NDArray[np.int64],
+    argmax: NDArray[np.int32] | NDArray[np.int64],
     dx: NDArray[_F],  # OUT
     KH: int,
     KW: int,
@@ -143,7 +150,7 @@ def max_pool2d_backward_tiled(
 ) -> bool: ...
 def max_pool2d_backward(
     dy: NDArray[_F],
-    argmax: NDArray[np.int64],
+    argmax: NDArray[np.int32] | NDArray[np.int64],
     dx: NDArray[_F],  # OUT
     num_threads: int,
 ) -> int: ...

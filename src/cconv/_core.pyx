@@ -20,7 +20,13 @@ results summed afterwards.
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
+from libc.stdint cimport uintptr_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
+
+ctypedef fused index_t:     # max-pool argmax: int32 unless a plane has 2**31 units or more
+    int
+    long long
 
 cdef extern from *:
     """
@@ -45,9 +51,9 @@ cdef extern from *:
        the window (rows h0..h1, columns from ow*sw - pl, clipped), starting from the first
        in-bounds element; a strictly greater value or a NaN takes the place, so ties keep
        the first element in row-major order and NaN propagates. Branch-free to vectorise. */
-    #define CCONV_MAXPOOL_ROW(NAME, T)                                                     \
+    #define CCONV_MAXPOOL_ROW(NAME, T, I)                                                  \
     CCONV_MULTIVERSION static void NAME(                                                 \
-            const T *__restrict x, T *__restrict y, long long *__restrict a,             \
+            const T *__restrict x, T *__restrict y, I *__restrict a,                     \
             Py_ssize_t n, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW,       \
             Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) { \
         for (Py_ssize_t ow = 0; ow < OW; ow++) {                                         \
@@ -55,14 +61,14 @@ cdef extern from *:
             if (w0 < 0) w0 = 0;                                                          \
             if (w1 > W) w1 = W;                                                          \
             T *yo = y + ow * C;                                                          \
-            long long *ao = a + ow * C;                                                  \
+            I *ao = a + ow * C;                                                          \
             const T *xi = x + ((n * H + h0) * W + w0) * C;                               \
-            long long first = h0 * W + w0;                                               \
+            I first = (I)(h0 * W + w0);                                                  \
             for (Py_ssize_t c = 0; c < C; c++) { yo[c] = xi[c]; ao[c] = first; }         \
             for (Py_ssize_t ih = h0; ih < h1; ih++) {                                    \
                 for (Py_ssize_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; iw++) {          \
                     const T *xv = x + ((n * H + ih) * W + iw) * C;                       \
-                    long long idx = ih * W + iw;                                         \
+                    I idx = (I)(ih * W + iw);                                            \
                     for (Py_ssize_t c = 0; c < C; c++) {                                 \
                         T v = xv[c], b = yo[c];                                          \
                         int take = (v > b) | (v != v);                                   \
@@ -73,8 +79,10 @@ cdef extern from *:
             }                                                                            \
         }                                                                                \
     }
-    CCONV_MAXPOOL_ROW(cconv_maxpool_row_f, float)
-    CCONV_MAXPOOL_ROW(cconv_maxpool_row_d, double)
+    CCONV_MAXPOOL_ROW(cconv_maxpool_row_fi, float, int)
+    CCONV_MAXPOOL_ROW(cconv_maxpool_row_fl, float, long long)
+    CCONV_MAXPOOL_ROW(cconv_maxpool_row_di, double, int)
+    CCONV_MAXPOOL_ROW(cconv_maxpool_row_dl, double, long long)
 
     /* d[i] += s[i]; the pointers never alias, which lets the compiler vectorise. */
     CCONV_MULTIVERSION static void cconv_add_f(float *__restrict d, const float *__restrict s, Py_ssize_t n) {
@@ -88,20 +96,20 @@ cdef extern from *:
        (stride == pool size, no padding): every input unit under the row's windows is
        written once, dy where argmax names it and 0 elsewhere. Returns how many argmax
        entries named a unit of their own window (the caller checks it is all of them). */
-    #define CCONV_MAXPOOL_BWD_ROW(NAME, T)                                                   \
+    #define CCONV_MAXPOOL_BWD_ROW(NAME, T, I)                                                \
     CCONV_MULTIVERSION static long long NAME(                                              \
-            T *__restrict dx, const T *__restrict dy, const long long *__restrict a,       \
+            T *__restrict dx, const T *__restrict dy, const I *__restrict a,               \
             Py_ssize_t n, Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,       \
             Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) {                    \
         long long matched = 0;                                                             \
         for (Py_ssize_t ow = 0; ow < OW; ow++) {                                           \
             const T *g = dy + ((n * OH + oh) * OW + ow) * C;                               \
-            const long long *ai = a + ((n * OH + oh) * OW + ow) * C;                       \
+            const I *ai = a + ((n * OH + oh) * OW + ow) * C;                               \
             for (Py_ssize_t kh = 0; kh < KH; kh++) {                                       \
                 Py_ssize_t ih = oh * KH + kh;                                              \
                 for (Py_ssize_t kw = 0; kw < KW; kw++) {                                   \
                     Py_ssize_t iw = ow * KW + kw;                                          \
-                    long long idx = ih * W + iw;                                           \
+                    I idx = (I)(ih * W + iw);                                              \
                     T *d = dx + ((n * H + ih) * W + iw) * C;                               \
                     for (Py_ssize_t c = 0; c < C; c++) {                                   \
                         int m = ai[c] == idx;                                              \
@@ -113,8 +121,10 @@ cdef extern from *:
         }                                                                                  \
         return matched;                                                                    \
     }
-    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_f, float)
-    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_d, double)
+    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_fi, float, int)
+    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_fl, float, long long)
+    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_di, double, int)
+    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_dl, double, long long)
 
     /* ReLU backward in one pass: out = dy where y > 0, else 0. */
     #define CCONV_RELU_BWD(NAME, T)                                                          \
@@ -155,22 +165,34 @@ cdef extern from *:
     int cconv_omp_max_threads() noexcept nogil
     unsigned long cconv_ftz_on() noexcept nogil
     void cconv_ftz_restore(unsigned long old) noexcept nogil
-    long long cconv_maxpool_bwd_row_f(float *dx, const float *dy, const long long *a, Py_ssize_t n,
-                                      Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
-                                      Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
-    long long cconv_maxpool_bwd_row_d(double *dx, const double *dy, const long long *a, Py_ssize_t n,
-                                      Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
-                                      Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
+    long long cconv_maxpool_bwd_row_fi(float *dx, const float *dy, const int *a, Py_ssize_t n,
+                                       Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
+                                       Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
+    long long cconv_maxpool_bwd_row_fl(float *dx, const float *dy, const long long *a, Py_ssize_t n,
+                                       Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
+                                       Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
+    long long cconv_maxpool_bwd_row_di(double *dx, const double *dy, const int *a, Py_ssize_t n,
+                                       Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
+                                       Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
+    long long cconv_maxpool_bwd_row_dl(double *dx, const double *dy, const long long *a, Py_ssize_t n,
+                                       Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
+                                       Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
     void cconv_relu_bwd_f(float *out, const float *dy, const float *y, Py_ssize_t n) noexcept nogil
     void cconv_relu_bwd_d(double *out, const double *dy, const double *y, Py_ssize_t n) noexcept nogil
     void cconv_add_f(float *d, const float *s, Py_ssize_t n) noexcept nogil
     void cconv_add_d(double *d, const double *s, Py_ssize_t n) noexcept nogil
-    void cconv_maxpool_row_f(const float *x, float *y, long long *a, Py_ssize_t n, Py_ssize_t H,
-                             Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
-                             Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
-    void cconv_maxpool_row_d(const double *x, double *y, long long *a, Py_ssize_t n, Py_ssize_t H,
-                             Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
-                             Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
+    void cconv_maxpool_row_fi(const float *x, float *y, int *a, Py_ssize_t n, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
+                              Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
+    void cconv_maxpool_row_fl(const float *x, float *y, long long *a, Py_ssize_t n, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
+                              Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
+    void cconv_maxpool_row_di(const double *x, double *y, int *a, Py_ssize_t n, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
+                              Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
+    void cconv_maxpool_row_dl(const double *x, double *y, long long *a, Py_ssize_t n, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
+                              Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
 
 
 cdef inline void vadd(floating *d, const floating *s, Py_ssize_t n) noexcept nogil:
@@ -249,6 +271,98 @@ def matmul(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[
                 gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <floating> 1,
                      ap + (r0 if trans_a else r0 * lda), lda, bp, ldb, <floating> beta,
                      cp + r0 * n, n)
+
+
+# ---------------------------------------------------------------------------------
+# A cache of large output buffers. A freshly mapped buffer costs the kernel a page fault
+# and a zero-fill of every page before the first write, which for a 64 MB pool gradient
+# takes as long as the pool itself; a training loop frees and re-allocates the same sizes
+# every step, so freed buffers are kept (up to a byte limit) and handed out again.
+# All of it runs with the GIL held (allocation from Python, release from __dealloc__).
+# ---------------------------------------------------------------------------------
+cdef enum:
+    BLOCK_ALIGN = 64
+cdef dict _free_blocks = {}          # rounded size -> list of malloc'ed addresses
+cdef Py_ssize_t _cached_bytes = 0
+cdef Py_ssize_t _cache_limit = 0
+
+
+cdef inline char *_aligned(char *raw) noexcept:
+    return <char *> ((<uintptr_t> raw + BLOCK_ALIGN - 1) & ~(<uintptr_t> BLOCK_ALIGN - 1))
+
+
+cdef class Block:
+    """Writable, 64-byte aligned memory of ``nbytes`` bytes (a numpy array's base).
+
+    Taken from the cache when a block of the same rounded size is there; given back to
+    it when the last array using it goes away, unless that would exceed the cache limit.
+    """
+    cdef char *raw
+    cdef Py_ssize_t size             # rounded size: the cache key
+    cdef Py_ssize_t nbytes
+
+    def __cinit__(self, Py_ssize_t nbytes):
+        global _cached_bytes
+        self.nbytes = nbytes
+        self.size = (nbytes + 4095) // 4096 * 4096
+        free_list = _free_blocks.get(self.size)
+        if free_list:
+            self.raw = <char *> <uintptr_t> free_list.pop()
+            _cached_bytes -= self.size
+        else:
+            self.raw = <char *> malloc(self.size + BLOCK_ALIGN)
+            if self.raw == NULL:
+                raise MemoryError(f"cconv: could not allocate {nbytes} bytes")
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        view.buf = _aligned(self.raw)
+        view.obj = self
+        view.len = self.nbytes
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = "B"
+        view.ndim = 1
+        view.shape = &self.nbytes
+        view.strides = &view.itemsize
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+    def __dealloc__(self):
+        global _cached_bytes
+        if self.raw == NULL:
+            return
+        if _free_blocks is not None and _cached_bytes + self.size <= _cache_limit:
+            _free_blocks.setdefault(self.size, []).append(<uintptr_t> self.raw)
+            _cached_bytes += self.size
+        else:
+            free(self.raw)
+        self.raw = NULL
+
+
+def set_cache_limit(Py_ssize_t limit):
+    """Keep at most ``limit`` bytes of freed blocks; frees what is beyond it now."""
+    global _cache_limit
+    _cache_limit = max(0, limit)
+    _trim(_cache_limit)
+
+
+def cache_info():
+    """(bytes held by freed blocks, the limit)."""
+    return _cached_bytes, _cache_limit
+
+
+cdef _trim(Py_ssize_t keep):
+    global _cached_bytes
+    for size in sorted(_free_blocks, reverse=True):
+        free_list = _free_blocks[size]
+        while free_list and _cached_bytes > keep:
+            free(<char *> <uintptr_t> free_list.pop())
+            _cached_bytes -= size
+        if not free_list:
+            del _free_blocks[size]
 
 
 def openmp_enabled():
@@ -838,7 +952,7 @@ cdef inline Py_ssize_t clip_hi(Py_ssize_t start, Py_ssize_t size, Py_ssize_t lim
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x,
                        floating[:, :, :, ::1] y,            # OUT (N, OH, OW, C)
-                       long long[:, :, :, ::1] argmax,      # OUT, flat h*W + w of the winner
+                       index_t[:, :, :, ::1] argmax,        # OUT, flat h*W + w of the winner
                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl, int num_threads):
     """Max over each window, recording the winner (see cconv_maxpool_row above).
@@ -852,7 +966,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
         return
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &y[0, 0, 0, 0]
-    cdef long long *ap = &argmax[0, 0, 0, 0]
+    cdef index_t *ap = &argmax[0, 0, 0, 0]
     cdef Py_ssize_t row, n, oh, h0, h1
     cdef unsigned long old
     with nogil, parallel(num_threads=num_threads):
@@ -862,17 +976,23 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
             oh = row - n * OH
             h0 = clip_lo(oh * sh - pt)
             h1 = clip_hi(oh * sh - pt, KH, H)
-            if floating is float:
-                cconv_maxpool_row_f(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
-                                    h0, h1, KW, sw, pl)
+            if floating is float and index_t is int:
+                cconv_maxpool_row_fi(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
+                                     h0, h1, KW, sw, pl)
+            elif floating is float:
+                cconv_maxpool_row_fl(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
+                                     h0, h1, KW, sw, pl)
+            elif index_t is int:
+                cconv_maxpool_row_di(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
+                                     h0, h1, KW, sw, pl)
             else:
-                cconv_maxpool_row_d(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
-                                    h0, h1, KW, sw, pl)
+                cconv_maxpool_row_dl(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
+                                     h0, h1, KW, sw, pl)
         cconv_ftz_restore(old)
 
 
 def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
-                              const long long[:, :, :, ::1] argmax,
+                              const index_t[:, :, :, ::1] argmax,
                               floating[:, :, :, ::1] dx,     # OUT, every element written
                               Py_ssize_t KH, Py_ssize_t KW, int num_threads):
     """Max-pool backward for windows that tile the input (stride == pool, no padding).
@@ -889,7 +1009,7 @@ def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
         dx[...] = 0
         return True
     cdef const floating *dyp = &dy[0, 0, 0, 0]
-    cdef const long long *ap = &argmax[0, 0, 0, 0]
+    cdef const index_t *ap = &argmax[0, 0, 0, 0]
     cdef floating *dxp = &dx[0, 0, 0, 0]
     cdef Py_ssize_t n, oh, ih
     cdef long long matched = 0
@@ -898,10 +1018,14 @@ def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
         old = cconv_ftz_on()
         for n in prange(N, schedule="static"):
             for oh in range(OH):
-                if floating is float:
-                    matched += cconv_maxpool_bwd_row_f(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                if floating is float and index_t is int:
+                    matched += cconv_maxpool_bwd_row_fi(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                elif floating is float:
+                    matched += cconv_maxpool_bwd_row_fl(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                elif index_t is int:
+                    matched += cconv_maxpool_bwd_row_di(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
                 else:
-                    matched += cconv_maxpool_bwd_row_d(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                    matched += cconv_maxpool_bwd_row_dl(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
                 if OW * KW < W:   # columns right of the last window
                     for ih in range(oh * KH, oh * KH + KH):
                         memset(dxp + ((n * H + ih) * W + OW * KW) * C, 0,
@@ -914,7 +1038,7 @@ def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dy,
-                        const long long[:, :, :, ::1] argmax,
+                        const index_t[:, :, :, ::1] argmax,
                         floating[:, :, :, ::1] dx,           # OUT (zeroed here, image by image)
                         int num_threads):
     """Route each gradient to the unit that won the forward pass.
@@ -931,12 +1055,12 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy,
         dx[...] = 0
         return 0
     cdef const floating *dyp = &dy[0, 0, 0, 0]
-    cdef const long long *ap = &argmax[0, 0, 0, 0]
+    cdef const index_t *ap = &argmax[0, 0, 0, 0]
     cdef floating *dxp = &dx[0, 0, 0, 0]
     cdef Py_ssize_t n, q, c, bad = 0
     cdef long long idx
     cdef const floating *dyo
-    cdef const long long *ao
+    cdef const index_t *ao
     cdef floating *dxn
     cdef unsigned long old
     # Parallel over images: every write of image n stays inside dx[n].

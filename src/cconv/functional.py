@@ -252,7 +252,14 @@ def _alloc(shape, dtype, zero=False):
     if nbytes > _memory_limit():
         raise MemoryError(f"cconv: an array of shape {tuple(shape)} and dtype "
                           f"{np.dtype(dtype).name} ({nbytes / 2**30:.1f} GiB) does not fit in memory")
-    return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    if zero or nbytes < _CACHED_MIN_BYTES:
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    return np.frombuffer(_core.Block(nbytes), dtype).reshape(shape)
+
+
+#: Outputs of at least this many bytes come from the buffer cache (cconv.set_cache_limit).
+_CACHED_MIN_BYTES = 1 << 20
+_config.get_cache_limit()        # the limit from CCONV_CACHE_BYTES or the default
 
 
 #: Below this many elements of work per thread, extra threads cost more than they save.
@@ -571,7 +578,7 @@ def _pool_geometry(shape, pool_size, stride, padding):
 
 
 def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | None = None,
-               padding: _Padding = 0) -> tuple[_FloatArray, NDArray[np.int64]]:
+               padding: _Padding = 0) -> tuple[_FloatArray, NDArray[np.signedinteger[Any]]]:
     """Max pooling that records the winner of every window.
 
     Parameters
@@ -587,8 +594,9 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
     Returns
     -------
     y : ndarray of shape (N, OH, OW, C)
-    argmax : ndarray of int64, shape (N, OH, OW, C)
+    argmax : ndarray of int32 (int64 when H * W >= 2**31), shape (N, OH, OW, C)
         Flat index ``h * W + w`` of the winning input unit inside its ``(n, c)`` plane.
+        (int32 rather than PyTorch's int64: it halves the index traffic of both passes.)
         Ties go to the first element of the window in row-major order; a NaN in the
         window wins (NaN propagates, as in PyTorch).
     """
@@ -597,10 +605,14 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
     k, s, pads, (OH, OW) = _pool_geometry(x.shape, pool_size, stride, padding)
     N, _, _, C = x.shape
     y = _alloc((N, OH, OW, C), x.dtype)
-    argmax = _alloc((N, OH, OW, C), np.int64)
+    argmax = _alloc((N, OH, OW, C), _argmax_dtype(x.shape))
     _core.max_pool2d_forward(x, y, argmax, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
                              _threads(N * OH, x.size))
     return y, argmax
+
+
+def _argmax_dtype(shape):
+    return np.int32 if shape[1] * shape[2] <= np.iinfo(np.int32).max else np.int64
 
 
 def _check_pool_grad(dy, input_shape):
@@ -619,8 +631,9 @@ def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
     Parameters
     ----------
     dy : ndarray of shape (N, OH, OW, C), dtype float32 or float64
-    argmax : ndarray of int64, shape (N, OH, OW, C)
-        As returned by :func:`max_pool2d`; every value must lie in ``[0, H*W)``.
+    argmax : ndarray of integers, shape (N, OH, OW, C)
+        As returned by :func:`max_pool2d` (int32 and int64 are used as they are, other
+        integer dtypes are converted); every value must lie in ``[0, H*W)``.
     input_shape : tuple (N, H, W, C)
 
     Returns
@@ -630,11 +643,11 @@ def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
     dy, shape = _check_pool_grad(dy, input_shape)
     a = np.asarray(argmax)
     if a.dtype.kind not in "iu":
-        raise TypeError(f"argmax must be an integer array (int64), got dtype {a.dtype} "
-                        f"(shape {a.shape})")
+        raise TypeError(f"argmax must be an integer array (int32 or int64), got dtype "
+                        f"{a.dtype} (shape {a.shape})")
     if a.shape != dy.shape:
         raise ValueError(f"argmax must have dy's shape {dy.shape}, got {a.shape}")
-    if a.dtype != np.int64:
+    if a.dtype not in (np.int32, np.int64):
         if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
             raise ValueError("argmax holds indices outside [0, H*W)")
         a = a.astype(np.int64)
