@@ -109,3 +109,19 @@ def test_kernels_write_every_element_of_a_reused_buffer(dtype, dirty_cache):
                                   R.relu_backward(x, np.abs(x) - 0.5))
     a, b = x.reshape(-1, 16), w.reshape(-1, 5)[:16]
     np.testing.assert_allclose(F._matmul(a, b), a @ b, **tol)
+
+
+def test_best_fit_and_misses_give_memory_back(restore_limit):
+    cconv.set_cache_limit(64 << 20)
+    cconv.empty_cache()
+    a = F._alloc((2 << 20,), np.uint8)
+    address = a.ctypes.data
+    del a
+    assert F._core.cache_info()[0] == 2 << 20
+    b = F._alloc((int(1.8 * (1 << 20)),), np.uint8)    # up to 25% smaller: served from the cache
+    assert b.ctypes.data == address and F._core.cache_info()[0] == 0
+    del b
+    assert F._core.cache_info()[0] == 2 << 20            # back under its real size
+    c = F._alloc((1 << 20,), np.uint8)                 # too small for it: a miss, which frees
+    assert F._core.cache_info()[0] == 0                  # at least its own size of the cache
+    del c

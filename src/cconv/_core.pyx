@@ -294,8 +294,10 @@ cdef inline char *_aligned(char *raw) noexcept:
 cdef class Block:
     """Writable, 64-byte aligned memory of ``nbytes`` bytes (a numpy array's base).
 
-    Taken from the cache when a block of the same rounded size is there; given back to
-    it when the last array using it goes away, unless that would exceed the cache limit.
+    Taken from the cache when it holds a block of the same rounded size (or up to 25%
+    larger); given back to it when the last array using it goes away, unless that would
+    exceed the cache limit. A request that the cache cannot serve first frees cached
+    blocks of at least its own size.
     """
     cdef char *raw
     cdef Py_ssize_t size             # rounded size: the cache key
@@ -305,14 +307,23 @@ cdef class Block:
         global _cached_bytes
         self.nbytes = nbytes
         self.size = (nbytes + 4095) // 4096 * 4096
-        free_list = _free_blocks.get(self.size)
-        if free_list:
+        # Best fit among the cached blocks at most 25% larger (a last, smaller batch
+        # reuses the blocks of the full ones).
+        fits = [size for size in _free_blocks if self.size <= size <= self.size + self.size // 4]
+        if fits:
+            self.size = min(fits)
+            free_list = _free_blocks[self.size]
             self.raw = <char *> <uintptr_t> free_list.pop()
+            if not free_list:
+                del _free_blocks[self.size]
             _cached_bytes -= self.size
-        else:
-            self.raw = <char *> malloc(self.size + BLOCK_ALIGN)
-            if self.raw == NULL:
-                raise MemoryError(f"cconv: could not allocate {nbytes} bytes")
+            return
+        # A miss: give back as much cached memory as is about to be taken, so that the
+        # cache never adds to the process's footprint what a plain allocator would not.
+        _trim(max(0, _cached_bytes - self.size))
+        self.raw = <char *> malloc(self.size + BLOCK_ALIGN)
+        if self.raw == NULL:
+            raise MemoryError(f"cconv: could not allocate {nbytes} bytes")
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         view.buf = _aligned(self.raw)
