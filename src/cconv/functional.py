@@ -29,6 +29,17 @@ of output rows: each thread holds one im2col tile of at most ``TILE_BYTES`` byte
 in the backward pass, its own ``KH*KW*C_in/groups x C_out`` weight-gradient accumulator),
 so the extra memory of one call is bounded by
 ``threads * (TILE_BYTES + KH*KW*C_in/groups*C_out*itemsize)`` whatever the batch size.
+
+A 3x3, stride-1, undilated, ungrouped convolution with at least ``WINOGRAD_MIN_CHANNELS``
+input channels uses Winograd F(2x2, 3x3) instead (see ``_winograd.h``): 16 GEMMs over the
+channels per block of 2x2-output tiles, 2.25x fewer multiplications than im2col + GEMM.
+Its extra memory is ``threads * WINOGRAD_BLOCK_BYTES`` (the transformed inputs and
+outputs of one block of tiles; more only when one tile alone is larger), plus
+``16 * C_in * C_out`` elements for the transformed weights and, in the backward pass,
+``threads * 16 * C_in * C_out`` for the per-thread weight-gradient accumulators, whatever
+the batch size.
+
+Outputs of 1 MiB or more come from cconv's buffer cache (:func:`cconv.set_cache_limit`).
 """
 from __future__ import annotations
 
@@ -464,7 +475,9 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     Notes
     -----
     Extra memory besides ``y``: at most ``threads * TILE_BYTES`` bytes of im2col tiles
-    (none for a 1x1, stride-1, unpadded kernel), independent of the batch size.
+    (none for a 1x1, stride-1, unpadded kernel), or for the Winograd route (see the module
+    docstring) ``threads * WINOGRAD_BLOCK_BYTES`` plus the transformed weights,
+    independent of the batch size.
     """
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
     N, _, _, C = x.shape
@@ -502,7 +515,8 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
 
     ``dw`` is the valid cross-correlation of ``x`` with ``dy``; ``dx`` is the full
     convolution of ``dy`` with ``w`` rotated by 180 degrees (computed as ``dY W^T``
-    followed by col2im); ``db`` is ``dy`` summed over N, OH, OW.
+    followed by col2im, or on the Winograd route as the adjoint of its forward pass);
+    ``db`` is ``dy`` summed over N, OH, OW.
 
     Parameters
     ----------
