@@ -318,7 +318,7 @@ def _matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
             out[...] = r
         return out
     if out is None:
-        out, beta = np.empty((m, n), a.dtype), 0.0
+        out, beta = _alloc((m, n), a.dtype), 0.0
     nt = _threads(m, m * n * k // 16)
     _run(nt, _core.matmul, bool(trans_a), bool(trans_b), np.ascontiguousarray(a),
          np.ascontiguousarray(b), float(beta), out)
@@ -347,7 +347,7 @@ def _use_winograd(k, s, d, groups, C):
             and k == (3, 3) and s == (1, 1) and d == (1, 1) and groups == 1)
 
 
-def _winograd_plan(N, OH, OW, C, cout, itemsize, nt, by_image):
+def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
     """(threads, tiles per block, scratch elements per thread) of a Winograd call."""
     ntiles = N * (-(-OH // 2)) * (-(-OW // 2))
     nt = _threads(N if by_image else ntiles, ntiles * 16 * C * cout // 64)
@@ -362,6 +362,17 @@ def _winograd_filter(w):
     G = _WINOGRAD_G.astype(w.dtype)
     return np.ascontiguousarray(np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(
         16, w.shape[2], w.shape[3]))
+
+
+def _winograd_filter_grad(du):
+    """dW (3, 3, C, C_out) = G^T dU G: the adjoint of :func:`_winograd_filter`."""
+    G = _WINOGRAD_G.astype(du.dtype)
+    return np.ascontiguousarray(np.einsum("ia,ijcd,jb->abcd", G, du.reshape(4, 4, *du.shape[1:]), G))
+
+
+def _sum_threads(work):
+    """Sum of the per-thread accumulators work[0], work[1], ..."""
+    return work[0] if len(work) == 1 else work.sum(axis=0)
 
 
 # ---------------------------------------------------------------------------------
@@ -493,7 +504,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     if M == 0:
         return y
     if _use_winograd(k, s, d, groups, C):
-        nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, get_num_threads(), False)
+        nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, False)
         _run(nt, _core.winograd_forward, x, _winograd_filter(w), b, y,
              _alloc((nt, ws), x.dtype), pads[0][0], pads[1][0], tb)
         return y
@@ -547,17 +558,14 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     dx = _alloc(x.shape, x.dtype, zero=True) if need_dx else None
     if N == 0:
         return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
+    dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     if _use_winograd(k, s, d, groups, C):
-        nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, get_num_threads(), True)
+        nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, True)
         du_work = _alloc((nt, 16, C, cout), x.dtype, zero=True)
         db_work = _alloc((nt, cout), x.dtype, zero=True)
-        dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
         _run(nt, _core.winograd_backward, dy, x, _winograd_filter(w), dx_arg, du_work, db_work,
              _alloc((nt, ws), x.dtype), pads[0][0], pads[1][0], tb, bool(need_dx))
-        du = (du_work[0] if nt == 1 else du_work.sum(axis=0)).reshape(4, 4, C, cout)
-        G = _WINOGRAD_G.astype(x.dtype)
-        dw = np.einsum("ia,ijcd,jb->abcd", G, du, G)
-        return dx, np.ascontiguousarray(dw), db_work[0] if nt == 1 else db_work.sum(axis=0)
+        return dx, _winograd_filter_grad(_sum_threads(du_work)), _sum_threads(db_work)
     P = OH * OW
     work_size = N * P * kg * max(1, cout // groups) // 16
     # With need_dx a thread owns whole images (it scatters into their dx): at most N threads.
@@ -568,13 +576,10 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     work = _alloc((nt, T * kg), x.dtype)
     dw_work = _alloc((nt, kg, cout), x.dtype, zero=True)
     db_work = _alloc((nt, cout), x.dtype, zero=True)
-    dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     _run(nt, _core.conv2d_backward, dy, x, w.reshape(kg, cout), dx_arg, dw_work, db_work,
          work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T,
          bool(need_dx), True)
-    dw = dw_work[0] if nt == 1 else dw_work.sum(axis=0)
-    db = db_work[0] if nt == 1 else db_work.sum(axis=0)
-    return dx, dw.reshape(w.shape), db
+    return dx, _sum_threads(dw_work).reshape(w.shape), _sum_threads(db_work)
 
 
 # ---------------------------------------------------------------------------------
