@@ -136,7 +136,7 @@ directives = {
 }
 
 extensions = [
-    Extension("cconv._core", ["src/cconv/_core.pyx"], depends=["src/cconv/_winograd.h"]),
+    Extension("cconv._core", ["src/cconv/_core.pyx"], depends=["src/cconv/_winograd.h", "src/cconv/_pool_simd.h"]),
 ]
 
 setup(

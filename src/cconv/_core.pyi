@@ -139,6 +139,7 @@ def max_pool2d_forward(
     pt: int,
     pl: int,
     num_threads: int,
+    stream: bool = ...,
 ) -> None: ...
 def max_pool2d_backward_tiled(
     dy: NDArray[_F],
@@ -147,7 +148,9 @@ def max_pool2d_backward_tiled(
     KH: int,
     KW: int,
     num_threads: int,
+    stream: bool = ...,
 ) -> bool: ...
+def pool_simd_level(cap: int = ...) -> int: ...
 def max_pool2d_backward(
     dy: NDArray[_F],
     argmax: NDArray[np.int32] | NDArray[np.int64],

@@ -713,6 +713,25 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
 
 
 # ---------------------------------------------------------------------------------
+# Explicitly vectorised tiled max pooling for float32 / int32 (see _pool_simd.h)
+cdef extern from "_pool_simd.h":
+    int cconv_pool_simd_level(int cap) noexcept nogil
+    int cconv_pool_fwd_simd(int level, const float *x, float *y, int *a, Py_ssize_t n,
+                            Py_ssize_t oh, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                            Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, int stream) noexcept nogil
+    long long cconv_pool_bwd_simd(int level, float *dx, const float *dy, const int *a,
+                                  Py_ssize_t n, Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW,
+                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH,
+                                  Py_ssize_t KW, int stream) noexcept nogil
+
+
+def pool_simd_level(int cap=-1):
+    """Vector instruction set of the tiled float32 max-pool kernels: 2 = AVX-512F,
+    1 = AVX2, 0 = generic loops. ``cap`` >= 0 lowers (or restores) the level used,
+    never above what the CPU supports (the tests run every path this way)."""
+    return cconv_pool_simd_level(cap)
+
+
 # Winograd F(2x2, 3x3): 3x3 stride-1 convolutions (see _winograd.h for the algebra)
 # ---------------------------------------------------------------------------------
 cdef extern from "_winograd.h":
@@ -965,10 +984,12 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                        floating[:, :, :, ::1] y,            # OUT (N, OH, OW, C)
                        index_t[:, :, :, ::1] argmax,        # OUT, flat h*W + w of the winner
                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t pt, Py_ssize_t pl, int num_threads):
+                       Py_ssize_t pt, Py_ssize_t pl, int num_threads, bint stream=False):
     """Max over each window, recording the winner (see cconv_maxpool_row above).
 
-    The caller guarantees every window holds at least one in-bounds element.
+    The caller guarantees every window holds at least one in-bounds element. Windows
+    that tile the input go through _pool_simd.h for float32 / int32; ``stream`` asks it
+    for non-temporal stores (for outputs too large to stay in cache).
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t OH = y.shape[1], OW = y.shape[2]
@@ -979,6 +1000,9 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef index_t *ap = &argmax[0, 0, 0, 0]
     cdef Py_ssize_t row, n, oh, h0, h1
+    cdef bint tiled = (sh == KH and sw == KW and pt == 0 and pl == 0
+                       and OH * KH <= H and OW * KW <= W)
+    cdef int level = cconv_pool_simd_level(-1) if tiled else 0
     cdef unsigned long old
     with nogil, parallel(num_threads=num_threads):
         old = cconv_ftz_on()
@@ -988,8 +1012,10 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
             h0 = clip_lo(oh * sh - pt)
             h1 = clip_hi(oh * sh - pt, KH, H)
             if floating is float and index_t is int:
-                cconv_maxpool_row_fi(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
-                                     h0, h1, KW, sw, pl)
+                if not cconv_pool_fwd_simd(level, xp, yp + row * OW * C, ap + row * OW * C,
+                                           n, oh, H, W, C, OW, KH, KW, stream):
+                    cconv_maxpool_row_fi(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C,
+                                         OW, h0, h1, KW, sw, pl)
             elif floating is float:
                 cconv_maxpool_row_fl(xp, yp + row * OW * C, ap + row * OW * C, n, H, W, C, OW,
                                      h0, h1, KW, sw, pl)
@@ -1005,12 +1031,14 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
 def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
                               const index_t[:, :, :, ::1] argmax,
                               floating[:, :, :, ::1] dx,     # OUT, every element written
-                              Py_ssize_t KH, Py_ssize_t KW, int num_threads):
+                              Py_ssize_t KH, Py_ssize_t KW, int num_threads,
+                              bint stream=False):
     """Max-pool backward for windows that tile the input (stride == pool, no padding).
 
     One pass writes every element of dx once (no zeroing pass). Returns True when every
     argmax entry named a unit of its own window; otherwise dx is incomplete and the
     caller must use :func:`max_pool2d_backward`, which routes any in-range index.
+    float32 / int32 go through _pool_simd.h; ``stream`` as in :func:`max_pool2d_forward`.
     """
     cdef Py_ssize_t N = dx.shape[0], H = dx.shape[1], W = dx.shape[2], C = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[1], OW = dy.shape[2]
@@ -1023,14 +1051,19 @@ def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
     cdef const index_t *ap = &argmax[0, 0, 0, 0]
     cdef floating *dxp = &dx[0, 0, 0, 0]
     cdef Py_ssize_t n, oh, ih
-    cdef long long matched = 0
+    cdef long long matched = 0, got
+    cdef int level = cconv_pool_simd_level(-1)
     cdef unsigned long old
     with nogil, parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for n in prange(N, schedule="static"):
             for oh in range(OH):
                 if floating is float and index_t is int:
-                    matched += cconv_maxpool_bwd_row_fi(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                    got = cconv_pool_bwd_simd(level, dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH,
+                                              KW, stream)
+                    if got < 0:
+                        got = cconv_maxpool_bwd_row_fi(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
+                    matched += got
                 elif floating is float:
                     matched += cconv_maxpool_bwd_row_fl(dxp, dyp, ap, n, oh, OH, OW, H, W, C, KH, KW)
                 elif index_t is int:

@@ -273,6 +273,12 @@ _CACHED_MIN_BYTES = 1 << 20
 _config.get_cache_limit()        # the limit from CCONV_CACHE_BYTES or the default
 
 
+#: Max-pool outputs of at least this many bytes are written with non-temporal stores: they
+#: would not stay in the cores' L2 caches anyway, and such stores skip reading every
+#: output line from memory before overwriting it.
+_STREAM_MIN_BYTES = 8 << 20
+
+
 #: Below this many elements of work per thread, extra threads cost more than they save.
 MIN_WORK_PER_THREAD = 1 << 15
 
@@ -626,7 +632,7 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
     y = _alloc((N, OH, OW, C), x.dtype)
     argmax = _alloc((N, OH, OW, C), _argmax_dtype(x.shape))
     _core.max_pool2d_forward(x, y, argmax, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
-                             _threads(N * OH, x.size))
+                             _threads(N * OH, x.size), y.nbytes + argmax.nbytes >= _STREAM_MIN_BYTES)
     return y, argmax
 
 
@@ -680,7 +686,8 @@ def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
     if OH and OW:
         for KH, KW in dict.fromkeys([(H // OH, W // OW), (H // (OH + 1) + 1, W // (OW + 1) + 1)]):
             if OH * KH <= H < (OH + 1) * KH and OW * KW <= W < (OW + 1) * KW:
-                if _core.max_pool2d_backward_tiled(dy, a, dx, KH, KW, nt):
+                if _core.max_pool2d_backward_tiled(dy, a, dx, KH, KW, nt,
+                                                   dx.nbytes >= _STREAM_MIN_BYTES):
                     return dx
     bad = _core.max_pool2d_backward(dy, a, dx, nt)
     if bad:
