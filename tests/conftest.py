@@ -1,4 +1,4 @@
-"""Shared test configuration: the hypothesis profiles.
+"""Shared test configuration: the hypothesis profiles, and fixtures used by several files.
 
 "ci" (the default) runs 30 examples per property test, "long" 1000. Choose with
 ``python -m pytest --hypothesis-profile=long`` (hypothesis' pytest option) or the
@@ -6,10 +6,36 @@
 """
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+import cconv
 
 _COMMON = dict(deadline=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("ci", max_examples=30, **_COMMON)
 settings.register_profile("long", max_examples=1000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def restore_threads():
+    """Put cconv's thread count back after a test that changes it."""
+    before = cconv.get_num_threads()
+    yield
+    cconv.set_num_threads(before)
+
+
+def spy_calls(monkeypatch, module, names):
+    """Replace module.<name> for each name by a wrapper that counts its calls (the
+    original still runs); returns the dict of counts."""
+    counts = dict.fromkeys(names, 0)
+    for name in names:
+        fn = getattr(module, name)
+
+        def spy(*args, _fn=fn, _name=name):
+            counts[_name] += 1
+            return _fn(*args)
+
+        monkeypatch.setattr(module, name, spy)
+    return counts

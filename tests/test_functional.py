@@ -600,13 +600,6 @@ def test_correlate_convolve_kernel_larger_than_image(mode):
 
 # ---------------------------------------------------------------------------- threads
 
-@pytest.fixture
-def restore_threads():
-    before = cconv.get_num_threads()
-    yield
-    cconv.set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_results_do_not_depend_on_thread_count(dtype, restore_threads):
     rng = np.random.default_rng(17)

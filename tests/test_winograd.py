@@ -12,22 +12,14 @@ from cconv import functional as F
 
 import reference as R
 from reference import numerical_grad
+from conftest import spy_calls
 from test_functional import DTYPES, assert_close, rand
 
 
 @pytest.fixture
 def calls(monkeypatch):
     """Counts of the Winograd kernels' calls (the kernels themselves still run)."""
-    counts = {"forward": 0, "backward": 0}
-    for name in counts:
-        kernel = getattr(F._core, f"winograd_{name}")
-
-        def spy(*args, _kernel=kernel, _name=name):
-            counts[_name] += 1
-            return _kernel(*args)
-
-        monkeypatch.setattr(F._core, f"winograd_{name}", spy)
-    return counts
+    return spy_calls(monkeypatch, F._core, ["winograd_forward", "winograd_backward"])
 
 
 @pytest.fixture
@@ -35,13 +27,6 @@ def winograd(monkeypatch, calls):
     """Winograd for every eligible convolution, however few its channels."""
     monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", 1)
     return calls
-
-
-@pytest.fixture
-def restore_threads():
-    before = cconv.get_num_threads()
-    yield
-    cconv.set_num_threads(before)
 
 
 # (N, H, W, C_in, C_out, padding)
@@ -84,7 +69,7 @@ def test_forward_and_backward_match_reference(case, dtype, winograd):
     assert none is None
     assert_close(dw1, rw, dtype)
     assert_close(db1, rb, dtype)
-    assert winograd == {"forward": 2, "backward": 2}
+    assert winograd == {"winograd_forward": 2, "winograd_backward": 2}
 
 
 @pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[6]], ids=case_id)
@@ -114,11 +99,11 @@ def test_many_blocks_and_threads_match_im2col(dtype, threads, monkeypatch, calls
     monkeypatch.setattr(F, "WINOGRAD_BLOCK_BYTES", 1)      # the smallest blocks (8 tiles)
     ys = [F.conv2d(x, w, b, padding=1) for _ in range(2)]
     gs = [F.conv2d_backward(dy, x, w, padding=1) for _ in range(2)]
-    assert calls == {"forward": 3, "backward": 2}
+    assert calls == {"winograd_forward": 3, "winograd_backward": 2}
     monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", None)  # the im2col + GEMM route
     ref_y = F.conv2d(x, w, b, padding=1)
     ref_g = F.conv2d_backward(dy, x, w, padding=1)
-    assert calls == {"forward": 3, "backward": 2}
+    assert calls == {"winograd_forward": 3, "winograd_backward": 2}
     assert np.array_equal(ys[0], ys[1])                    # static schedule: reproducible
     assert np.array_equal(ys[0], y0)                       # block size changes no sum
     for a, b_ in zip(gs[0], gs[1]):
@@ -137,10 +122,10 @@ def test_route_is_taken_only_where_it_applies(calls):
         F.conv2d(x, rand(rng, (k, k, x.shape[3] // kw.get("groups", 1), co), np.float32), **kw)
 
     fwd(many)                                   # the paper's layers 2 and 3 are like this
-    assert calls["forward"] == 1
+    assert calls["winograd_forward"] == 1
     fwd(few)                                    # too few channels for the GEMMs to pay off
     fwd(many, stride=2)
     fwd(many, dilation=2)
     fwd(many, k=5)
     fwd(many, groups=2)
-    assert calls["forward"] == 1
+    assert calls["winograd_forward"] == 1

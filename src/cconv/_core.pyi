@@ -151,6 +151,37 @@ def max_pool2d_backward_tiled(
     stream: bool = ...,
 ) -> bool: ...
 def pool_simd_level(cap: int = ...) -> int: ...
+def direct_available() -> bool: ...
+def direct_forward(
+    x: NDArray[np.float32],
+    w: NDArray[np.float32],
+    bias: NDArray[np.float32] | None,
+    y: NDArray[np.float32],  # OUT
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    num_threads: int,
+) -> None: ...
+def direct_backward_weights(
+    dy: NDArray[np.float32],
+    x: NDArray[np.float32],
+    dw_work: NDArray[np.float32],  # OUT
+    db_work: NDArray[np.float32],  # OUT
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    num_threads: int,
+) -> None: ...
 def max_pool2d_backward(
     dy: NDArray[_F],
     argmax: NDArray[np.int32] | NDArray[np.int64],

@@ -732,6 +732,116 @@ def pool_simd_level(int cap=-1):
     return cconv_pool_simd_level(cap)
 
 
+# Direct convolution for few input channels, float32 (see _conv_direct.h)
+cdef extern from "_conv_direct.h":
+    ctypedef struct cconv_dgeom:
+        Py_ssize_t H, W, C, OH, OW, cout, KH, KW, sh, sw, dh, dw, pt, pl, K, Kpad
+    int cconv_direct_ok() noexcept nogil
+    void cconv_direct_offsets(const cconv_dgeom *g, Py_ssize_t *off, Py_ssize_t *ident) noexcept nogil
+    void cconv_direct_row(const cconv_dgeom *g, const float *x, Py_ssize_t n, Py_ssize_t oh,
+                          const Py_ssize_t *off, const Py_ssize_t *ident, float *patch,
+                          const float **base, const Py_ssize_t **po) noexcept nogil
+    void cconv_direct_fwd_row(const cconv_dgeom *g, const float **base, const Py_ssize_t **po,
+                              const float *w, const float *b, float *y) noexcept nogil
+    void cconv_direct_dw_row(const cconv_dgeom *g, const float **base, const Py_ssize_t **po,
+                             const Py_ssize_t *off, const float *dy, float *dw,
+                             float *db) noexcept nogil
+
+
+def direct_available():
+    """True when the direct small-K convolution kernels can run on this CPU and build."""
+    return bool(cconv_direct_ok())
+
+
+cdef cconv_dgeom direct_geom(Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t cout,
+                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw):
+    cdef cconv_dgeom g
+    g.H, g.W, g.C = H, W, C
+    g.OH, g.OW, g.cout = OH, OW, cout
+    g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl = KH, KW, sh, sw, dh, dw, pt, pl
+    g.K = KH * KW * g.C
+    g.Kpad = (g.K + 7) // 8 * 8
+    return g
+
+
+cdef void direct_run(const cconv_dgeom *g, Py_ssize_t N, const float *xp, const float *wp,
+                     const float *bp, float *yp, const float *dyp, float *dwp, float *dbp,
+                     int num_threads) except *:
+    """The parallel loop over output rows (n, oh) of both direct kernels: the forward pass
+    when yp is set, else the dW/db accumulation into thread tid's slices of dwp/dbp."""
+    cdef Py_ssize_t *off = <Py_ssize_t *> malloc(2 * g.Kpad * sizeof(Py_ssize_t))
+    if off == NULL:
+        raise MemoryError()
+    cconv_direct_offsets(g, off, off + g.Kpad)
+    cdef Py_ssize_t row, n, tid
+    cdef Py_ssize_t failed = 0
+    cdef char *scratch
+    cdef const float **base
+    cdef const Py_ssize_t **po
+    cdef unsigned long old
+    with nogil, parallel(num_threads=num_threads):
+        tid = threadid()
+        scratch = <char *> malloc(g.OW * (2 * sizeof(void *) + g.K * sizeof(float)))
+        base = <const float **> scratch
+        po = <const Py_ssize_t **> (scratch + g.OW * sizeof(void *))
+        old = cconv_ftz_on()
+        for row in prange(N * g.OH, schedule="static"):
+            if scratch == NULL:
+                failed += 1
+                continue
+            n = row // g.OH
+            cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
+                             <float *> (scratch + 2 * g.OW * sizeof(void *)), base, po)
+            if yp != NULL:
+                cconv_direct_fwd_row(g, base, po, wp, bp, yp + row * g.OW * g.cout)
+            else:
+                cconv_direct_dw_row(g, base, po, off, dyp + row * g.OW * g.cout,
+                                    dwp + tid * g.Kpad * g.cout, dbp + tid * g.cout)
+        cconv_ftz_restore(old)
+        free(scratch)
+    free(off)
+    if failed:
+        raise MemoryError("cconv: no memory for the direct convolution's scratch")
+
+
+def direct_forward(const float[:, :, :, ::1] x,
+                   const float[:, ::1] w,               # (KH*KW*C, Cout), rows in (kh, kw, c) order
+                   const float[::1] bias,               # (Cout,) or None
+                   float[:, :, :, ::1] y,               # OUT (N, OH, OW, Cout), Cout % 16 == 0
+                   Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int num_threads):
+    """y = conv(x, w) + b computed directly from x (no im2col buffer), row by row.
+
+    Per thread: OW * (2 pointers + K floats) of scratch. The caller checks
+    direct_available(), Cout % 16 == 0 and w.shape[0] == KH*KW*C.
+    """
+    cdef cconv_dgeom g = direct_geom(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
+                                     y.shape[3], KH, KW, sh, sw, pt, pl, dh, dw)
+    if x.shape[0] * g.OH * g.OW == 0:
+        return
+    direct_run(&g, x.shape[0], &x[0, 0, 0, 0], &w[0, 0],
+               &bias[0] if bias is not None else NULL, &y[0, 0, 0, 0], NULL, NULL, NULL,
+               num_threads)
+
+
+def direct_backward_weights(const float[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
+                            const float[:, :, :, ::1] x,    # (N, H, W, C)
+                            float[:, :, ::1] dw_work,       # OUT per-thread (nthreads, Kpad, Cout), zeroed
+                            float[:, ::1] db_work,          # OUT per-thread (nthreads, Cout), zeroed
+                            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                            int num_threads):
+    """dW and db of direct_forward (rows K..Kpad-1 of dw_work are scratch); the caller sums
+    the per-thread accumulators. Static schedule: reproducible for a thread count."""
+    cdef cconv_dgeom g = direct_geom(x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
+                                     dy.shape[2], dy.shape[3], KH, KW, sh, sw, pt, pl, dh, dw)
+    if x.shape[0] * g.OH * g.OW == 0:
+        return
+    direct_run(&g, x.shape[0], &x[0, 0, 0, 0], NULL, NULL, NULL, &dy[0, 0, 0, 0],
+               &dw_work[0, 0, 0], &db_work[0, 0], num_threads)
+
+
 # Winograd F(2x2, 3x3): 3x3 stride-1 convolutions (see _winograd.h for the algebra)
 # ---------------------------------------------------------------------------------
 cdef extern from "_winograd.h":

@@ -39,6 +39,13 @@ outputs of one block of tiles; more only when one tile alone is larger), plus
 ``threads * 16 * C_in * C_out`` for the per-thread weight-gradient accumulators, whatever
 the batch size.
 
+A float32 convolution with few input channels (``KH*KW*C_in <= DIRECT_MAX_K``, the first
+layer of a network on RGB or grey images), C_out a multiple of 16 and groups 1 is computed
+directly on an AVX-512 CPU (see ``_conv_direct.h``): each output from the input in place, no
+im2col buffer and no GEMM with a tiny inner dimension. Extra memory:
+``threads * OW * (K floats + 2 pointers)`` and, for the weight gradient (taken when
+``need_dx=False``), ``threads * Kpad * C_out`` floats of accumulators.
+
 Outputs of 1 MiB or more come from cconv's buffer cache (:func:`cconv.set_cache_limit`).
 """
 from __future__ import annotations
@@ -342,6 +349,10 @@ def _tile_rows(kg, itemsize, rows, nt):
 #: 3x3 stride-1 convolutions with at least this many input channels use Winograd
 #: F(2x2, 3x3) (2.25x fewer multiplications than im2col + GEMM); set to None to disable.
 WINOGRAD_MIN_CHANNELS: int | None = 16
+
+#: Convolutions with KH*KW*C_in up to this (and float32, groups 1, C_out a multiple of 16,
+#: an AVX-512 CPU; for the backward pass, need_dx=False) take the direct route. None: never.
+DIRECT_MAX_K: int | None = 32
 #: Upper bound on one thread's Winograd block (transformed inputs and outputs), in bytes.
 WINOGRAD_BLOCK_BYTES = 1 << 20
 #: G of F(2x2, 3x3): the filter transform U = G w G^T (see _winograd.h).
@@ -351,6 +362,13 @@ _WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0
 def _use_winograd(k, s, d, groups, C):
     return (WINOGRAD_MIN_CHANNELS is not None and C >= WINOGRAD_MIN_CHANNELS
             and k == (3, 3) and s == (1, 1) and d == (1, 1) and groups == 1)
+
+
+def _use_direct(x, k, groups, cout, need_dx=False):
+    """The direct route (see the module docstring): float32, few input channels."""
+    return (DIRECT_MAX_K is not None and not need_dx and x.dtype == np.float32 and groups == 1
+            and k[0] * k[1] * x.shape[3] <= DIRECT_MAX_K and cout % 16 == 0
+            and _core.direct_available())
 
 
 def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
@@ -509,6 +527,11 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     M = N * OH * OW
     if M == 0:
         return y
+    if _use_direct(x, k, groups, cout):
+        K = k[0] * k[1] * C
+        _run(_threads(N * OH, M * K * cout // 16), _core.direct_forward, x, w.reshape(K, cout),
+             b, y, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1])
+        return y
     if _use_winograd(k, s, d, groups, C):
         nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, False)
         _run(nt, _core.winograd_forward, x, _winograd_filter(w), b, y,
@@ -564,6 +587,14 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     dx = _alloc(x.shape, x.dtype, zero=True) if need_dx else None
     if N == 0:
         return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
+    if _use_direct(x, k, groups, cout, need_dx):
+        K, Kpad = kg, -(-kg // 8) * 8
+        nt = _threads(N * OH, N * OH * OW * K * cout // 16)
+        dw_work = _alloc((nt, Kpad, cout), x.dtype, zero=True)
+        db_work = _alloc((nt, cout), x.dtype, zero=True)
+        _run(nt, _core.direct_backward_weights, dy, x, dw_work, db_work, k[0], k[1], s[0], s[1],
+             pads[0][0], pads[1][0], d[0], d[1])
+        return dx, _sum_threads(dw_work)[:K].reshape(w.shape), _sum_threads(db_work)
     dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     if _use_winograd(k, s, d, groups, C):
         nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, True)

@@ -1,0 +1,101 @@
+"""The direct route of float32 convolutions with few input channels (_conv_direct.h): the
+forward pass and the weight/bias gradients against the reference written from the
+definition, on every padding form, strides, dilations and tails; that it is taken exactly
+where it applies; and that it matches the im2col + GEMM route on the paper's first layer."""
+import numpy as np
+import pytest
+
+import cconv
+from cconv import _core
+from cconv import functional as F
+
+import reference as R
+from conftest import spy_calls
+from test_functional import assert_close, rand
+
+pytestmark = pytest.mark.skipif(not _core.direct_available(), reason="needs AVX-512F")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts of the direct kernels' calls (the kernels themselves still run)."""
+    return spy_calls(monkeypatch, F._core, ["direct_forward", "direct_backward_weights"])
+
+
+# (N, H, W, C_in, C_out, kernel, stride, padding, dilation)
+CASES = [
+    (2, 9, 11, 3, 16, 3, 1, 0, 1),              # OW = 9: one block of 8 pixels and a tail of 1
+    (3, 9, 11, 3, 32, 3, 1, 1, 1),              # border windows read from a zero-padded patch
+    (1, 5, 5, 3, 16, 3, 1, ((2, 0), (0, 3)), 1),  # asymmetric padding
+    (3, 10, 7, 1, 48, 5, 2, 2, 1),              # K = 25, C_out = 48: 32 + 16 outputs
+    (2, 12, 13, 2, 16, 3, 2, "same", 2),        # stride and dilation
+    (2, 6, 17, 1, 32, (1, 3), (1, 2), 0, (1, 3)),  # non-square everything
+    (1, 4, 4, 2, 16, 4, 1, 0, 1),               # K = 32 (the limit), kernel == input
+    (5, 3, 3, 3, 64, 1, 1, 1, 1),               # 1x1 kernel on a padded input
+]
+
+
+def case_id(case):
+    return "-".join(str(v) for v in case).replace(" ", "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_reference(case, calls):
+    n, h, w, c, co, k, s, p, d = case
+    rng = np.random.default_rng(sum(case[:5]))
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x, wt, b = rand(rng, (n, h, w, c), np.float32), rand(rng, (kh, kw, c, co), np.float32), \
+        rand(rng, (co,), np.float32)
+    ref = R.conv2d(x, wt, b, s, p, d)
+    assert_close(F.conv2d(x, wt, b, s, p, d), ref, np.float32)
+    assert_close(F.conv2d(x, wt, None, s, p, d), R.conv2d(x, wt, None, s, p, d), np.float32)
+    dy = rand(rng, ref.shape, np.float32)
+    none, dw, db = F.conv2d_backward(dy, x, wt, s, p, d, need_dx=False)
+    _, rw, rb = R.conv2d_backward(dy, x, wt, s, p, d)
+    assert none is None
+    assert_close(dw, rw, np.float32)
+    assert_close(db, rb, np.float32)
+    assert calls == {"direct_forward": 2, "direct_backward_weights": 1}
+
+
+def test_route_is_taken_only_where_it_applies(calls):
+    rng = np.random.default_rng(7)
+    x = rand(rng, (2, 8, 8, 3), np.float32)
+    w = rand(rng, (3, 3, 3, 32), np.float32)
+    dy = rand(rng, (2, 6, 6, 32), np.float32)
+    F.conv2d(x, w)
+    F.conv2d_backward(dy, x, w, need_dx=False)
+    assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
+    F.conv2d_backward(dy, x, w)                                  # dx wanted: im2col route
+    F.conv2d(x.astype(np.float64), w.astype(np.float64))        # float64
+    F.conv2d(x, w[..., :24])                                     # C_out not a multiple of 16
+    F.conv2d(rand(rng, (2, 8, 8, 4), np.float32), rand(rng, (3, 3, 4, 16), np.float32))  # K = 36
+    F.conv2d(rand(rng, (2, 8, 8, 4), np.float32), rand(rng, (3, 3, 2, 32), np.float32),
+             groups=2)                                           # grouped
+    assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
+    try:
+        _core.pool_simd_level(1)                                 # no AVX-512: im2col route
+        F.conv2d(x, w)
+    finally:
+        _core.pool_simd_level(2)
+    assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_paper_first_layer_matches_im2col(threads, monkeypatch, restore_threads):
+    """64x64 RGB -> 32 filters (batch 6): the direct route against the im2col route, and
+    reproducible from one call to the next (static schedule)."""
+    cconv.set_num_threads(threads)
+    rng = np.random.default_rng(8)
+    x, w, b = rand(rng, (6, 64, 64, 3), np.float32), rand(rng, (3, 3, 3, 32), np.float32), \
+        rand(rng, (32,), np.float32)
+    ys = [F.conv2d(x, w, b) for _ in range(2)]
+    dy = rand(rng, ys[0].shape, np.float32)
+    gs = [F.conv2d_backward(dy, x, w, need_dx=False) for _ in range(2)]
+    monkeypatch.setattr(F, "DIRECT_MAX_K", None)
+    assert_close(ys[0], F.conv2d(x, w, b), np.float32)
+    _, rw, rb = F.conv2d_backward(dy, x, w, need_dx=False)
+    assert_close(gs[0][1], rw, np.float32)
+    assert_close(gs[0][2], rb, np.float32)
+    assert np.array_equal(ys[0], ys[1])
+    assert np.array_equal(gs[0][1], gs[1][1]) and np.array_equal(gs[0][2], gs[1][2])
