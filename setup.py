@@ -137,7 +137,8 @@ directives = {
 
 extensions = [
     Extension("cconv._core", ["src/cconv/_core.pyx"],
-              depends=["src/cconv/_winograd.h", "src/cconv/_pool_simd.h", "src/cconv/_conv_direct.h"]),
+              depends=["src/cconv/_winograd.h", "src/cconv/_simd.h", "src/cconv/_pool_simd.h",
+                       "src/cconv/_conv_direct.h"]),
 ]
 
 setup(

@@ -13,7 +13,7 @@ import reference as R
 from conftest import spy_calls
 from test_functional import assert_close, rand
 
-pytestmark = pytest.mark.skipif(not _core.direct_available(), reason="needs AVX-512F")
+pytestmark = pytest.mark.skipif(_core.simd_level() < 2, reason="needs AVX-512F")
 
 
 @pytest.fixture
@@ -74,10 +74,10 @@ def test_route_is_taken_only_where_it_applies(calls):
              groups=2)                                           # grouped
     assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
     try:
-        _core.pool_simd_level(1)                                 # no AVX-512: im2col route
+        _core.simd_level(1)                                 # no AVX-512: im2col route
         F.conv2d(x, w)
     finally:
-        _core.pool_simd_level(2)
+        _core.simd_level(2)
     assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
 
 
@@ -99,3 +99,22 @@ def test_paper_first_layer_matches_im2col(threads, monkeypatch, restore_threads)
     assert_close(gs[0][2], rb, np.float32)
     assert np.array_equal(ys[0], ys[1])
     assert np.array_equal(gs[0][1], gs[1][1]) and np.array_equal(gs[0][2], gs[1][2])
+
+
+def test_kernels_refuse_buffers_of_the_wrong_shape():
+    """The compiled entry points check the buffers they write before running."""
+    rng = np.random.default_rng(9)
+    x, w = rand(rng, (2, 6, 6, 3), np.float32), rand(rng, (3, 3, 3, 16), np.float32)
+    y = np.empty((2, 4, 4, 16), np.float32)
+    with pytest.raises(ValueError, match="direct_forward"):
+        _core.direct_forward(x, w.reshape(27, 16)[:26], None, y, 3, 3, 1, 1, 0, 0, 1, 1, 1)
+    with pytest.raises(ValueError, match="direct_forward"):
+        _core.direct_forward(x, w.reshape(27, 16), np.zeros(8, np.float32), y,
+                             3, 3, 1, 1, 0, 0, 1, 1, 1)
+    dy = rand(rng, y.shape, np.float32)
+    with pytest.raises(ValueError, match="direct_backward_weights"):   # Kpad is 32, not 27
+        _core.direct_backward_weights(dy, x, np.zeros((1, 27, 16), np.float32),
+                                      np.zeros((1, 16), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 1)
+    with pytest.raises(ValueError, match="direct_backward_weights"):   # 1 slot, 2 threads
+        _core.direct_backward_weights(dy, x, np.zeros((1, 32, 16), np.float32),
+                                      np.zeros((1, 16), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 2)

@@ -9,18 +9,18 @@ from cconv import functional as F
 
 import reference as R
 
-MAX_LEVEL = _core.pool_simd_level()
+MAX_LEVEL = _core.simd_level()
 LEVELS = [pytest.param(lv, marks=pytest.mark.skipif(lv > MAX_LEVEL, reason="not on this CPU"))
           for lv in (0, 1, 2)]
 
 
 @pytest.fixture
 def level(request):
-    old = _core.pool_simd_level()
-    assert _core.pool_simd_level(request.param) == request.param
+    old = _core.simd_level()
+    assert _core.simd_level(request.param) == request.param
     yield request.param
-    _core.pool_simd_level(2)
-    assert _core.pool_simd_level() == old
+    _core.simd_level(2)
+    assert _core.simd_level() == old
 
 
 def relu_input(rng, shape):
@@ -115,10 +115,10 @@ def test_tiled_backward_reports_an_argmax_outside_its_window(level, c):
 
 
 def test_level_cap_never_exceeds_the_cpu():
-    top = _core.pool_simd_level()
+    top = _core.simd_level()
     assert top in (0, 1, 2)
     try:
-        assert _core.pool_simd_level(0) == 0
-        assert _core.pool_simd_level(5) == top
+        assert _core.simd_level(0) == 0
+        assert _core.simd_level(5) == top
     finally:
-        _core.pool_simd_level(2)
+        _core.simd_level(2)

@@ -16,24 +16,21 @@
  * The accumulators stay in registers for the whole sum over t (forward) or over the
  * pixels of a row (dW).
  *
- * cconv_direct_ok() says whether this CPU and build can run it; the caller checks the
- * shape conditions (float32, groups 1, C_out % 16 == 0, K small).
+ * The caller checks cconv_simd_level() >= 2 (_simd.h) and the shape conditions (float32,
+ * groups 1, C_out % 16 == 0, K small).
  */
 #ifndef CCONV_CONV_DIRECT_H
 #define CCONV_CONV_DIRECT_H
 
 #include <stddef.h>
 #include <string.h>
-#include "_pool_simd.h"   /* CCONV_POOL_X86, CCONV_AVX512, cconv_pool_simd_level() */
+#include "_simd.h"
 
 typedef struct {
     ptrdiff_t H, W, C, OH, OW, cout, KH, KW, sh, sw, dh, dw, pt, pl;
     ptrdiff_t K;      /* KH * KW * C */
     ptrdiff_t Kpad;   /* K rounded up to 8: rows of the per-thread dW accumulator */
 } cconv_dgeom;
-
-/* 1 when the direct kernels can run (AVX-512F, within the level cap of the pool kernels). */
-static int cconv_direct_ok(void) { return cconv_pool_simd_level(-1) >= 2; }
 
 /* off[t] for t < K (window inside the image), 0 beyond (padding taps of the dW groups,
    whose sums land in rows K..Kpad-1 and are dropped); ident[t] = t, 0 beyond. */
@@ -79,7 +76,7 @@ static void cconv_direct_row(const cconv_dgeom *g, const float *x, ptrdiff_t n, 
     }
 }
 
-#if CCONV_POOL_X86
+#if CCONV_X86
 #define CCONV_D8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
 /* Forward of one output row: y (OW x cout) = taps (OW x K) . w (K x cout) + b. */
@@ -209,6 +206,6 @@ static void cconv_direct_dw_row(const cconv_dgeom *g, const float *const *base,
                                 const float *dy, float *dw, float *db) {
     (void)g; (void)base; (void)po; (void)off; (void)dy; (void)dw; (void)db;  /* never called */
 }
-#endif  /* CCONV_POOL_X86 */
+#endif  /* CCONV_X86 */
 
 #endif  /* CCONV_CONV_DIRECT_H */

@@ -713,9 +713,22 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
 
 
 # ---------------------------------------------------------------------------------
-# Explicitly vectorised tiled max pooling for float32 / int32 (see _pool_simd.h)
+# Explicitly vectorised kernels: their instruction-set level (_simd.h), tiled max pooling
+# for float32 / int32 (_pool_simd.h), direct convolution for few input channels
+# (_conv_direct.h)
+cdef extern from "_simd.h":
+    int cconv_simd_level(int cap) noexcept nogil
+
+
+def simd_level(int cap=-1):
+    """Instruction set of the vectorised kernels (tiled float32 max pool, direct
+    convolution): 2 = AVX-512F, 1 = AVX2, 0 = generic loops and the GEMM routes. ``cap`` >= 0
+    lowers (or restores) the level used, never above what the CPU supports (the tests run
+    every path this way)."""
+    return cconv_simd_level(cap)
+
+
 cdef extern from "_pool_simd.h":
-    int cconv_pool_simd_level(int cap) noexcept nogil
     int cconv_pool_fwd_simd(int level, const float *x, float *y, int *a, Py_ssize_t n,
                             Py_ssize_t oh, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
                             Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, int stream) noexcept nogil
@@ -725,18 +738,9 @@ cdef extern from "_pool_simd.h":
                                   Py_ssize_t KW, int stream) noexcept nogil
 
 
-def pool_simd_level(int cap=-1):
-    """Vector instruction set of the tiled float32 max-pool kernels: 2 = AVX-512F,
-    1 = AVX2, 0 = generic loops. ``cap`` >= 0 lowers (or restores) the level used,
-    never above what the CPU supports (the tests run every path this way)."""
-    return cconv_pool_simd_level(cap)
-
-
-# Direct convolution for few input channels, float32 (see _conv_direct.h)
 cdef extern from "_conv_direct.h":
     ctypedef struct cconv_dgeom:
         Py_ssize_t H, W, C, OH, OW, cout, KH, KW, sh, sw, dh, dw, pt, pl, K, Kpad
-    int cconv_direct_ok() noexcept nogil
     void cconv_direct_offsets(const cconv_dgeom *g, Py_ssize_t *off, Py_ssize_t *ident) noexcept nogil
     void cconv_direct_row(const cconv_dgeom *g, const float *x, Py_ssize_t n, Py_ssize_t oh,
                           const Py_ssize_t *off, const Py_ssize_t *ident, float *patch,
@@ -746,11 +750,6 @@ cdef extern from "_conv_direct.h":
     void cconv_direct_dw_row(const cconv_dgeom *g, const float **base, const Py_ssize_t **po,
                              const Py_ssize_t *off, const float *dy, float *dw,
                              float *db) noexcept nogil
-
-
-def direct_available():
-    """True when the direct small-K convolution kernels can run on this CPU and build."""
-    return bool(cconv_direct_ok())
 
 
 cdef cconv_dgeom direct_geom(Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t cout,
@@ -814,10 +813,14 @@ def direct_forward(const float[:, :, :, ::1] x,
     """y = conv(x, w) + b computed directly from x (no im2col buffer), row by row.
 
     Per thread: OW * (2 pointers + K floats) of scratch. The caller checks
-    direct_available(), Cout % 16 == 0 and w.shape[0] == KH*KW*C.
+    simd_level() >= 2 and Cout % 16 == 0.
     """
     cdef cconv_dgeom g = direct_geom(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
                                      y.shape[3], KH, KW, sh, sw, pt, pl, dh, dw)
+    if (w.shape[0] != g.K or w.shape[1] != g.cout or y.shape[0] != x.shape[0]
+            or (bias is not None and bias.shape[0] != g.cout)):
+        raise ValueError(f"direct_forward: w {w.shape}, bias, y {y.shape} do not match "
+                         f"x {x.shape} and a {KH}x{KW} kernel")
     if x.shape[0] * g.OH * g.OW == 0:
         return
     direct_run(&g, x.shape[0], &x[0, 0, 0, 0], &w[0, 0],
@@ -836,6 +839,12 @@ def direct_backward_weights(const float[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
     the per-thread accumulators. Static schedule: reproducible for a thread count."""
     cdef cconv_dgeom g = direct_geom(x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
                                      dy.shape[2], dy.shape[3], KH, KW, sh, sw, pt, pl, dh, dw)
+    if (dw_work.shape[1] != g.Kpad or dw_work.shape[2] != g.cout or db_work.shape[1] != g.cout
+            or dw_work.shape[0] < num_threads or db_work.shape[0] < num_threads
+            or dy.shape[0] != x.shape[0]):
+        raise ValueError(f"direct_backward_weights: dw_work {dw_work.shape}, db_work "
+                         f"{db_work.shape}, dy {dy.shape} do not match x {x.shape}, a "
+                         f"{KH}x{KW} kernel and {num_threads} threads")
     if x.shape[0] * g.OH * g.OW == 0:
         return
     direct_run(&g, x.shape[0], &x[0, 0, 0, 0], NULL, NULL, NULL, &dy[0, 0, 0, 0],
@@ -1112,7 +1121,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
     cdef Py_ssize_t row, n, oh, h0, h1
     cdef bint tiled = (sh == KH and sw == KW and pt == 0 and pl == 0
                        and OH * KH <= H and OW * KW <= W)
-    cdef int level = cconv_pool_simd_level(-1) if tiled else 0
+    cdef int level = cconv_simd_level(-1) if tiled else 0
     cdef unsigned long old
     with nogil, parallel(num_threads=num_threads):
         old = cconv_ftz_on()
@@ -1162,7 +1171,7 @@ def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
     cdef floating *dxp = &dx[0, 0, 0, 0]
     cdef Py_ssize_t n, oh, ih
     cdef long long matched = 0, got
-    cdef int level = cconv_pool_simd_level(-1)
+    cdef int level = cconv_simd_level(-1)
     cdef unsigned long old
     with nogil, parallel(num_threads=num_threads):
         old = cconv_ftz_on()

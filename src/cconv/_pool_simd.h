@@ -16,50 +16,16 @@
  *
  * Every entry point returns 0 when it cannot handle the call (no such instruction set
  * on this CPU or in this build, or C not a multiple of the vector width); the caller
- * then runs the generic loop. cconv_pool_simd_level() caps the level that is used, so
- * the tests can run every path on one machine.
+ * then runs the generic loop. The level comes from cconv_simd_level() (_simd.h).
  */
 #ifndef CCONV_POOL_SIMD_H
 #define CCONV_POOL_SIMD_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include "_simd.h"
 
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define CCONV_POOL_X86 1
-#include <immintrin.h>
-#define CCONV_AVX512 __attribute__((target("avx512f")))
-#define CCONV_AVX2 __attribute__((target("avx2")))
-#else
-#define CCONV_POOL_X86 0
-#endif
-
-/* 2 = AVX-512F, 1 = AVX2, 0 = generic loops only. */
-static int cconv_pool_simd_max = -1;   /* what the CPU and the build support */
-static int cconv_pool_simd_cap = 2;    /* what the caller allows (tests lower it) */
-
-static int cconv_pool_simd_detect(void) {
-    if (cconv_pool_simd_max < 0) {
-        int level = 0;
-#if CCONV_POOL_X86
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2")) level = 1;
-        if (__builtin_cpu_supports("avx512f")) level = 2;
-#endif
-        cconv_pool_simd_max = level;
-    }
-    return cconv_pool_simd_max;
-}
-
-/* Set the cap (a negative value leaves it) and return the level in use. Called with
-   the GIL held, never while a kernel runs. */
-static int cconv_pool_simd_level(int cap) {
-    int max = cconv_pool_simd_detect();
-    if (cap >= 0) cconv_pool_simd_cap = cap;
-    return cconv_pool_simd_cap < max ? cconv_pool_simd_cap : max;
-}
-
-#if CCONV_POOL_X86
+#if CCONV_X86
 /* ---------------------------------------------------------------- AVX-512F, 16 lanes */
 
 CCONV_AVX512 static void cconv_pool_fwd_avx512(
@@ -125,12 +91,11 @@ CCONV_AVX512 static long long cconv_pool_bwd_avx512(
 
 /* ---------------------------------------------------------------- AVX2, 8 lanes */
 
+/* Cached stores only: 32-byte streaming stores, alternating between y and argmax,
+   measured slower here (8.3 vs 5.6 ms on the paper's first pool). */
 CCONV_AVX2 static void cconv_pool_fwd_avx2(
         const float *x, float *y, int *a, ptrdiff_t n, ptrdiff_t oh, ptrdiff_t H,
-        ptrdiff_t W, ptrdiff_t C, ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW, int stream) {
-    /* 32-byte streaming stores, alternating between y and argmax, measured slower than
-       cached stores here (8.3 vs 5.6 ms on the paper's first pool): cached stores only. */
-    (void)stream;
+        ptrdiff_t W, ptrdiff_t C, ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW) {
     for (ptrdiff_t ow = 0; ow < OW; ow++) {
         for (ptrdiff_t c = 0; c < C; c += 8) {
             const float *x0 = x + ((n * H + oh * KH) * W + ow * KW) * C + c;
@@ -182,20 +147,20 @@ CCONV_AVX2 static long long cconv_pool_bwd_avx2(
     if (stream) _mm_sfence();
     return matched;
 }
-#endif  /* CCONV_POOL_X86 */
+#endif  /* CCONV_X86 */
 
 /* One output row (n, oh) of a tiled max pool. Returns 1 if done, 0 if the caller must
-   use the generic loop. `level` is cconv_pool_simd_level(-1), read once per call. */
+   use the generic loop. `level` is cconv_simd_level(-1), read once per call. */
 static int cconv_pool_fwd_simd(int level, const float *x, float *y, int *a, ptrdiff_t n,
                                ptrdiff_t oh, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
                                ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW, int stream) {
-#if CCONV_POOL_X86
+#if CCONV_X86
     if (level >= 2 && C % 16 == 0) {
         cconv_pool_fwd_avx512(x, y, a, n, oh, H, W, C, OW, KH, KW, stream);
         return 1;
     }
     if (level >= 1 && C % 8 == 0) {
-        cconv_pool_fwd_avx2(x, y, a, n, oh, H, W, C, OW, KH, KW, stream);
+        cconv_pool_fwd_avx2(x, y, a, n, oh, H, W, C, OW, KH, KW);
         return 1;
     }
 #endif
@@ -212,7 +177,7 @@ static long long cconv_pool_bwd_simd(int level, float *dx, const float *dy, cons
                                      ptrdiff_t n, ptrdiff_t oh, ptrdiff_t OH, ptrdiff_t OW,
                                      ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
                                      ptrdiff_t KW, int stream) {
-#if CCONV_POOL_X86
+#if CCONV_X86
     if (level >= 2 && C % 16 == 0)
         return cconv_pool_bwd_avx512(dx, dy, a, n, oh, OH, OW, H, W, C, KH, KW, stream);
     if (level >= 1 && C % 8 == 0)

@@ -368,7 +368,7 @@ def _use_direct(x, k, groups, cout, need_dx=False):
     """The direct route (see the module docstring): float32, few input channels."""
     return (DIRECT_MAX_K is not None and not need_dx and x.dtype == np.float32 and groups == 1
             and k[0] * k[1] * x.shape[3] <= DIRECT_MAX_K and cout % 16 == 0
-            and _core.direct_available())
+            and _core.simd_level() >= 2)
 
 
 def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
@@ -663,7 +663,8 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
     y = _alloc((N, OH, OW, C), x.dtype)
     argmax = _alloc((N, OH, OW, C), _argmax_dtype(x.shape))
     _core.max_pool2d_forward(x, y, argmax, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
-                             _threads(N * OH, x.size), y.nbytes + argmax.nbytes >= _STREAM_MIN_BYTES)
+                             _threads(N * OH, x.size),
+                             y.nbytes + argmax.nbytes >= _STREAM_MIN_BYTES)
     return y, argmax
 
 
