@@ -11,10 +11,10 @@ and forward+backward, for
 
 and the machine's sgemm on each layer's GEMM shape (numpy float32 matmul of
 ``(N*OH*OW, K) x (K, C_out)``, K = 3*3*C_in). Prints the median time of the repeats after a
-warm-up (each timed call directly follows a call of the same function: the steady state of a
-training loop, see compare()), GFLOP/s, ratios against the faster PyTorch layout, cconv's 2-thread / 1-thread
-speed-up on the conv layers, ``threadpoolctl.threadpool_info()``, and a PASS/FAIL table of
-the four targets of issue 2:
+warm-up (each timed call follows 0.1 s of calls of the same function: the steady state of
+a training loop, see compare()), GFLOP/s, ratios against the faster PyTorch layout, cconv's
+2-thread / 1-thread speed-up on the conv layers, ``threadpoolctl.threadpool_info()``, and a
+PASS/FAIL table of the four targets of issue 2:
 
 1. conv forward+backward, summed over the three layers: <= 1.0x the faster torch layout;
 2. max-pool forward+backward, summed over the three layers: <= 0.4x the faster torch layout;
@@ -54,8 +54,10 @@ LAYERS = [("conv1", (64, 64, 3), 32), ("conv2", (31, 31, 32), 64), ("conv3", (14
 KERNEL = 3
 
 
-#: Pause before each timed pair of calls when several libraries are compared (see compare()).
+#: Pause before each contender's turn when several libraries are compared (see compare()).
 SETTLE = 0.3
+#: Untimed calls, for at least this long, between a turn's first call and its timed call.
+BURST = 0.1
 
 
 def median_time(fn, repeats, warmup):
@@ -68,13 +70,16 @@ def compare(fns, repeats, warmup, cold=None):
 
     Before each contender's turn the previous contender's idle threads are given SETTLE
     seconds to stop spinning (OpenBLAS and OpenMP runtimes busy-wait after a call), so that
-    no contender is timed while another library's threads still hold the cores. Each turn
-    then times two calls in a row: the first after that idle pause ("cold") and the one
-    right after it ("warm"). The warm call is what is returned: it is the steady state of a
-    training loop, where the layers run back to back. The cold call pays for the idle pause
-    as well: on a virtual machine the second vCPU can take milliseconds to be scheduled
-    again, and every data byte comes from memory. Its medians go to ``cold`` (a dict) when
-    one is given."""
+    no contender is timed while another library's threads still hold the cores. A turn then
+    times its first call ("cold": after the idle pause), keeps calling the function untimed
+    for BURST seconds, and times one more call ("warm"). The warm call is what is returned:
+    the steady state of a training loop, where the layers run back to back. It is not the
+    call right after the cold one because on this kind of virtual machine a two-thread run
+    stays slow for 10-40 ms after an idle pause (the second vCPU is scheduled badly until
+    the host rebalances): measured on one pool, 7.3 ms per call 10-20 ms after the pause,
+    4.1-4.3 ms from 40 ms on, while one thread runs at 6.4 ms throughout. A call right after
+    the cold one lands in that window for a fast kernel and not for a slow one. The cold
+    medians go to ``cold`` (a dict) when one is given."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -87,8 +92,11 @@ def compare(fns, repeats, warmup, cold=None):
             t0 = time.perf_counter()
             fn()
             t1 = time.perf_counter()
+            while time.perf_counter() - t1 < BURST:
+                fn()
+            t2 = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t1)
+            times[name].append(time.perf_counter() - t2)
             first[name].append(t1 - t0)
     if cold is not None:
         cold.update({name: statistics.median(t) for name, t in first.items()})
@@ -295,7 +303,7 @@ def main(argv=None):
           f"Python {platform.python_version()}, {platform.machine()}, "
           f"{os.cpu_count()} CPUs")
     print(f"batch {a.batch}, threads {a.threads}, median of {repeats} interleaved repeats "
-          f"after {warmup} warm-up, float32; each timed call follows an untimed one")
+          f"after {warmup} warm-up, float32; each timed call follows {BURST} s of untimed ones")
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     if load_before:
         print(f"load average before: {load_before[0]:.2f} "
