@@ -115,6 +115,6 @@ def test_kernels_refuse_buffers_of_the_wrong_shape():
     with pytest.raises(ValueError, match="direct_backward_weights"):   # Kpad is 32, not 27
         _core.direct_backward_weights(dy, x, np.zeros((1, 27, 16), np.float32),
                                       np.zeros((1, 16), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 1)
-    with pytest.raises(ValueError, match="direct_backward_weights"):   # 1 slot, 2 threads
-        _core.direct_backward_weights(dy, x, np.zeros((1, 32, 16), np.float32),
+    with pytest.raises(ValueError, match="direct_backward_weights"):   # 2 slots against 1
+        _core.direct_backward_weights(dy, x, np.zeros((2, 32, 16), np.float32),
                                       np.zeros((1, 16), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 2)

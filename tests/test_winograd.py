@@ -129,3 +129,39 @@ def test_route_is_taken_only_where_it_applies(calls):
     fwd(many, k=5)
     fwd(many, groups=2)
     assert calls["winograd_forward"] == 1
+
+
+@pytest.mark.parametrize("slots_per_thread", [1, 3])
+def test_backward_slots_are_reproducible_and_agree(slots_per_thread, monkeypatch, calls,
+                                                   restore_threads):
+    """On 2 threads the batch is cut into 2 * SLOTS_PER_THREAD runs of images, handed out
+    dynamically, each with its own dU/db accumulator: every call gives the same bits, and
+    every slot count the same gradients up to rounding."""
+    monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(F, "WINOGRAD_BLOCK_BYTES", 1)
+    monkeypatch.setattr(F, "SLOTS_PER_THREAD", slots_per_thread)
+    cconv.set_num_threads(2)
+    rng = np.random.default_rng(11)
+    x, w = rand(rng, (7, 9, 10, 8), np.float64), rand(rng, (3, 3, 8, 12), np.float64)
+    dy = rand(rng, (7, 9, 10, 12), np.float64)
+    gs = [F.conv2d_backward(dy, x, w, padding=1) for _ in range(5)]
+    assert calls == {"winograd_forward": 0, "winograd_backward": 5}
+    for g in gs[1:]:
+        for a, b in zip(gs[0], g):
+            assert np.array_equal(a, b)
+    for got, ref in zip(gs[0], R.conv2d_backward(dy, x, w, padding=1)):
+        assert_close(got, ref, np.float64)
+
+
+def test_backward_refuses_accumulators_of_the_wrong_shape():
+    rng = np.random.default_rng(12)
+    x, w = rand(rng, (2, 6, 6, 4), np.float32), rand(rng, (3, 3, 4, 8), np.float32)
+    dy = rand(rng, (2, 4, 4, 8), np.float32)
+    U = F._winograd_filter(w)
+    args = (np.zeros((1, 1, 1, 1), np.float32),)
+    work = np.zeros((1, 4096), np.float32)
+    for du, db in [(np.zeros((2, 16, 4, 8), np.float32), np.zeros((1, 8), np.float32)),
+                   (np.zeros((1, 16, 4, 7), np.float32), np.zeros((1, 8), np.float32)),
+                   (np.zeros((0, 16, 4, 8), np.float32), np.zeros((0, 8), np.float32))]:
+        with pytest.raises(ValueError, match="winograd_backward"):
+            F._core.winograd_backward(dy, x, U, *args, du, db, work, 0, 0, 8, False, 1)

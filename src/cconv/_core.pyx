@@ -779,37 +779,42 @@ cdef cconv_dgeom direct_geom(Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_
 
 cdef void direct_run(const cconv_dgeom *g, Py_ssize_t N, const float *xp, const float *wp,
                      const float *bp, float *yp, const float *dyp, float *dwp, float *dbp,
-                     int num_threads) except *:
+                     Py_ssize_t nslots, int num_threads) except *:
     """The parallel loop over output rows (n, oh) of both direct kernels: the forward pass
-    when yp is set, else the dW/db accumulation into thread tid's slices of dwp/dbp."""
+    when yp is set, else the dW/db accumulation.
+
+    The rows are cut into nslots equal runs handed out dynamically (a thread that the
+    machine slows down takes fewer of them); run s accumulates into slice s of dwp/dbp, so
+    the sums depend on nslots and not on which thread ran what."""
     cdef Py_ssize_t *off = <Py_ssize_t *> malloc(2 * g.Kpad * sizeof(Py_ssize_t))
     if off == NULL:
         raise MemoryError()
     cconv_direct_offsets(g, off, off + g.Kpad)
-    cdef Py_ssize_t row, n, tid
+    cdef Py_ssize_t rows = N * g.OH
+    cdef Py_ssize_t slot, row, n
     cdef Py_ssize_t failed = 0
     cdef char *scratch
     cdef const float **base
     cdef const Py_ssize_t **po
     cdef unsigned long old
     with nogil, parallel(num_threads=num_threads):
-        tid = threadid()
         scratch = <char *> malloc(g.OW * (2 * sizeof(void *) + g.K * sizeof(float)))
         base = <const float **> scratch
         po = <const Py_ssize_t **> (scratch + g.OW * sizeof(void *))
         old = cconv_ftz_on()
-        for row in prange(N * g.OH, schedule="static"):
+        for slot in prange(nslots, schedule="dynamic"):
             if scratch == NULL:
                 failed += 1
                 continue
-            n = row // g.OH
-            cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
-                             <float *> (scratch + 2 * g.OW * sizeof(void *)), base, po)
-            if yp != NULL:
-                cconv_direct_fwd_row(g, base, po, wp, bp, yp + row * g.OW * g.cout)
-            else:
-                cconv_direct_dw_row(g, base, po, off, dyp + row * g.OW * g.cout,
-                                    dwp + tid * g.Kpad * g.cout, dbp + tid * g.cout)
+            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):
+                n = row // g.OH
+                cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
+                                 <float *> (scratch + 2 * g.OW * sizeof(void *)), base, po)
+                if yp != NULL:
+                    cconv_direct_fwd_row(g, base, po, wp, bp, yp + row * g.OW * g.cout)
+                else:
+                    cconv_direct_dw_row(g, base, po, off, dyp + row * g.OW * g.cout,
+                                        dwp + slot * g.Kpad * g.cout, dbp + slot * g.cout)
         cconv_ftz_restore(old)
         free(scratch)
     free(off)
@@ -838,30 +843,31 @@ def direct_forward(const float[:, :, :, ::1] x,
         return
     direct_run(&g, x.shape[0], &x[0, 0, 0, 0], &w[0, 0],
                &bias[0] if bias is not None else NULL, &y[0, 0, 0, 0], NULL, NULL, NULL,
-               num_threads)
+               min(x.shape[0] * g.OH, 16 * num_threads), num_threads)
 
 
 def direct_backward_weights(const float[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
                             const float[:, :, :, ::1] x,    # (N, H, W, C)
-                            float[:, :, ::1] dw_work,       # OUT per-thread (nthreads, Kpad, Cout), zeroed
-                            float[:, ::1] db_work,          # OUT per-thread (nthreads, Cout), zeroed
+                            float[:, :, ::1] dw_work,       # OUT per slot (nslots, Kpad, Cout), zeroed
+                            float[:, ::1] db_work,          # OUT per slot (nslots, Cout), zeroed
                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                             int num_threads):
     """dW and db of direct_forward (rows K..Kpad-1 of dw_work are scratch); the caller sums
-    the per-thread accumulators. Static schedule: reproducible for a thread count."""
+    the accumulators of the nslots = dw_work.shape[0] runs of rows (see direct_run): the
+    result depends on nslots only, not on the threads' timing."""
     cdef cconv_dgeom g = direct_geom(x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
                                      dy.shape[2], dy.shape[3], KH, KW, sh, sw, pt, pl, dh, dw)
     if (dw_work.shape[1] != g.Kpad or dw_work.shape[2] != g.cout or db_work.shape[1] != g.cout
-            or dw_work.shape[0] < num_threads or db_work.shape[0] < num_threads
+            or dw_work.shape[0] < 1 or db_work.shape[0] != dw_work.shape[0]
             or dy.shape[0] != x.shape[0]):
         raise ValueError(f"direct_backward_weights: dw_work {dw_work.shape}, db_work "
-                         f"{db_work.shape}, dy {dy.shape} do not match x {x.shape}, a "
-                         f"{KH}x{KW} kernel and {num_threads} threads")
+                         f"{db_work.shape}, dy {dy.shape} do not match x {x.shape} and a "
+                         f"{KH}x{KW} kernel (one slot or more, as many in both)")
     if x.shape[0] * g.OH * g.OW == 0:
         return
     direct_run(&g, x.shape[0], &x[0, 0, 0, 0], NULL, NULL, NULL, &dy[0, 0, 0, 0],
-               &dw_work[0, 0, 0], &db_work[0, 0], num_threads)
+               &dw_work[0, 0, 0], &db_work[0, 0], dw_work.shape[0], num_threads)
 
 
 # Winograd F(2x2, 3x3): 3x3 stride-1 convolutions (see _winograd.h for the algebra)
@@ -1014,7 +1020,7 @@ def winograd_forward(const floating[:, :, :, ::1] x,
         sink = zero + Z
         memset(zero, 0, Z * sizeof(floating))
         old = cconv_ftz_on()
-        for blk in prange(nblocks, schedule="static"):
+        for blk in prange(nblocks, schedule="dynamic"):
             t0 = blk * TB
             t1 = min(t0 + TB, ntiles)
             wino_input_block(xp, V, t0, t1, zero, &g)
@@ -1030,24 +1036,30 @@ def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
                       const floating[:, :, :, ::1] x,    # (N, H, W, C)
                       const floating[:, :, ::1] U,       # (16, C, Cout): G w G^T
                       floating[:, :, :, ::1] dx,         # OUT, zeroed by caller; ignored if not need_dx
-                      floating[:, :, :, ::1] dU_work,    # OUT per-thread dU (nthreads, 16, C, Cout), zeroed
-                      floating[:, ::1] db_work,          # OUT per-thread db (nthreads, Cout), zeroed
+                      floating[:, :, :, ::1] dU_work,    # OUT per-slot dU (nslots, 16, C, Cout), zeroed
+                      floating[:, ::1] db_work,          # OUT per-slot db (nslots, Cout), zeroed
                       floating[:, ::1] work,             # scratch (nthreads, wino_work_size)
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, bint need_dx,
                       int num_threads):
-    """Gradients of winograd_forward; the caller sums dU_work and db_work over threads and
+    """Gradients of winograd_forward; the caller sums dU_work and db_work over the slots and
     turns dU into dW = G^T dU G.
 
-    The batch is cut into one chunk of whole images per thread (a thread scatters only
-    into the dx of its own images), each chunk processed in blocks of TB tiles: transform
-    x (V) and dy (Yh); dU_k += V_k^T Yh_k; then dV_k = Yh_k U_k^T, transformed back and
-    added onto dx. Static schedule: bit-reproducible for a given thread count.
+    The batch is cut into nslots = dU_work.shape[0] chunks of whole images (a chunk scatters
+    only into the dx of its own images), handed out dynamically so that a thread slowed
+    down by the machine takes fewer of them. Chunk s accumulates into slot s, so the result
+    is bit-reproducible for a given slot count whatever ran where. Each chunk is processed
+    in blocks of TB tiles: transform x (V) and dy (Yh); dU_k += V_k^T Yh_k; then
+    dV_k = Yh_k U_k^T, transformed back and added onto dx.
     """
     cdef WinoGeom g = make_wino_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3],
                                      dy.shape[1], dy.shape[2], dy.shape[3], pt, pl, TB)
     cdef Py_ssize_t C = g.C, Cout = g.Cout
     cdef Py_ssize_t Z = max(C, Cout)
-    cdef Py_ssize_t nchunks = min(g.N, num_threads)
+    cdef Py_ssize_t nchunks = dU_work.shape[0]
+    if (nchunks < 1 or db_work.shape[0] != nchunks or dU_work.shape[1] != 16
+            or dU_work.shape[2] != C or dU_work.shape[3] != Cout or db_work.shape[1] != Cout):
+        raise ValueError(f"winograd_backward: dU_work {dU_work.shape} and db_work "
+                         f"{db_work.shape} must be (slots, 16, {C}, {Cout}) and (slots, {Cout})")
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef const floating *dyp = &dy[0, 0, 0, 0]
     cdef const floating *up = &U[0, 0, 0]
@@ -1073,11 +1085,11 @@ def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
         Yh = V + 16 * TB * C
         zero = Yh + 16 * TB * Cout
         sink = zero + Z
-        duacc = duk + tid * dustride
-        dbacc = dbk + tid * dbstride
         memset(zero, 0, Z * sizeof(floating))
         old = cconv_ftz_on()
-        for ch in prange(nchunks, schedule="static"):
+        for ch in prange(nchunks, schedule="dynamic"):
+            duacc = duk + ch * dustride
+            dbacc = dbk + ch * dbstride
             t0 = (ch * g.N // nchunks) * g.TT
             tend = ((ch + 1) * g.N // nchunks) * g.TT
             while t0 < tend:

@@ -394,8 +394,20 @@ def _winograd_filter_grad(du):
     return np.ascontiguousarray(np.einsum("ia,ijcd,jb->abcd", G, du.reshape(4, 4, *du.shape[1:]), G))
 
 
+#: Accumulating backward kernels cut their work into this many runs per thread, handed
+#: out dynamically: a thread that the machine slows down (a shared host, another process)
+#: takes fewer runs instead of holding up the others. Each run has its own accumulator, so
+#: the sums depend on the run count only, not on which thread ran what.
+SLOTS_PER_THREAD = 4
+
+
+def _slots(nt, units):
+    """Number of accumulator slots for nt threads over `units` indivisible pieces of work."""
+    return 1 if nt <= 1 else max(1, min(units, nt * SLOTS_PER_THREAD))
+
+
 def _sum_threads(work):
-    """Sum of the per-thread accumulators work[0], work[1], ..."""
+    """Sum of the per-thread (or per-slot) accumulators work[0], work[1], ..."""
     return work[0] if len(work) == 1 else work.sum(axis=0)
 
 
@@ -590,16 +602,18 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     if _use_direct(x, k, groups, cout, need_dx):
         K, Kpad = kg, -(-kg // 8) * 8
         nt = _threads(N * OH, N * OH * OW * K * cout // 16)
-        dw_work = _alloc((nt, Kpad, cout), x.dtype, zero=True)
-        db_work = _alloc((nt, cout), x.dtype, zero=True)
+        slots = _slots(nt, N * OH)
+        dw_work = _alloc((slots, Kpad, cout), x.dtype, zero=True)
+        db_work = _alloc((slots, cout), x.dtype, zero=True)
         _run(nt, _core.direct_backward_weights, dy, x, dw_work, db_work, k[0], k[1], s[0], s[1],
              pads[0][0], pads[1][0], d[0], d[1])
         return dx, _sum_threads(dw_work)[:K].reshape(w.shape), _sum_threads(db_work)
     dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     if _use_winograd(k, s, d, groups, C):
         nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, True)
-        du_work = _alloc((nt, 16, C, cout), x.dtype, zero=True)
-        db_work = _alloc((nt, cout), x.dtype, zero=True)
+        slots = _slots(nt, N)
+        du_work = _alloc((slots, 16, C, cout), x.dtype, zero=True)
+        db_work = _alloc((slots, cout), x.dtype, zero=True)
         _run(nt, _core.winograd_backward, dy, x, _winograd_filter(w), dx_arg, du_work, db_work,
              _alloc((nt, ws), x.dtype), pads[0][0], pads[1][0], tb, bool(need_dx))
         return dx, _winograd_filter_grad(_sum_threads(du_work)), _sum_threads(db_work)
