@@ -64,7 +64,7 @@ def median_time(fn, repeats, warmup):
     return compare({"fn": fn}, repeats, warmup)["fn"]
 
 
-def compare(fns, repeats, warmup, cold=None):
+def compare(fns, repeats, warmup, cold=None, samples=None):
     """Median time of each function; the repeats are interleaved (round-robin) so that the
     load of a shared machine affects every contender alike.
 
@@ -79,7 +79,8 @@ def compare(fns, repeats, warmup, cold=None):
     the host rebalances): measured on one pool, 7.3 ms per call 10-20 ms after the pause,
     4.1-4.3 ms from 40 ms on, while one thread runs at 6.4 ms throughout. A call right after
     the cold one lands in that window for a fast kernel and not for a slow one. The cold
-    medians go to ``cold`` (a dict) when one is given."""
+    medians go to ``cold`` (a dict) when one is given, the warm times of every repeat to
+    ``samples``."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -100,6 +101,8 @@ def compare(fns, repeats, warmup, cold=None):
             first[name].append(t1 - t0)
     if cold is not None:
         cold.update({name: statistics.median(t) for name, t in first.items()})
+    if samples is not None:
+        samples.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -262,22 +265,26 @@ def bench_layer(idx, shape, cout, batch, threads, repeats, warmup, rng, with_num
 
 
 def conv_thread_speedup(batch, repeats, warmup, rng):
-    """cconv conv forward+backward summed over the three layers, on 1 and on 2 threads
-    (interleaved): (time_1, time_2)."""
-    t1 = t2 = 0.0
+    """cconv conv forward+backward of the three layers, one call running all three, on 1 and
+    on 2 threads (interleaved). Returns the median times (t1, t2) and the median of the
+    per-repeat ratios t1 / t2: each ratio compares two calls made within a second of each
+    other, so a slow spell of the shared machine that spans both cancels out of it."""
+    layers = []
     for idx, (_, (h, w, c), cout) in enumerate(LAYERS):
         x = rng.standard_normal((batch, h, w, c)).astype(np.float32)
         wt = (rng.standard_normal((KERNEL, KERNEL, c, cout)) * 0.1).astype(np.float32)
         dy = rng.standard_normal((batch, h - 2, w - 2, cout)).astype(np.float32)
+        layers.append((x, wt, dy, idx != 0))
 
-        def fb(n, x=x, wt=wt, dy=dy, idx=idx):
-            cconv.set_num_threads(n)
+    def fb(n):
+        cconv.set_num_threads(n)
+        for x, wt, dy, need_dx in layers:
             F.conv2d(x, wt)
-            F.conv2d_backward(dy, x, wt, need_dx=idx != 0)
-        times = compare({1: lambda: fb(1), 2: lambda: fb(2)}, repeats, warmup)
-        t1 += times[1]
-        t2 += times[2]
-    return t1, t2
+            F.conv2d_backward(dy, x, wt, need_dx=need_dx)
+    samples = {}
+    times = compare({1: lambda: fb(1), 2: lambda: fb(2)}, repeats, warmup, samples=samples)
+    ratio = statistics.median(a / b for a, b in zip(samples[1], samples[2]))
+    return times[1], times[2], ratio
 
 
 # ----------------------------------------------------------------------------- report
@@ -359,10 +366,9 @@ def main(argv=None):
 
     print("== cconv threads: conv forward+backward summed over the three layers")
     with threadpool_limits(limits=2, user_api="blas"):
-        t1, t2 = conv_thread_speedup(a.batch, repeats, warmup, rng)
-    speedup = t1 / t2
-    print(f"1 thread {fmt_ms(t1).strip()} ms, 2 threads {fmt_ms(t2).strip()} ms: "
-          f"speed-up {speedup:.2f}x")
+        t1, t2, speedup = conv_thread_speedup(a.batch, 2 * repeats + 1, warmup, rng)
+    print(f"1 thread {fmt_ms(t1).strip()} ms, 2 threads {fmt_ms(t2).strip()} ms (medians of "
+          f"{2 * repeats + 1}): speed-up {speedup:.2f}x (median of the per-repeat ratios)")
     cconv.set_num_threads(a.threads)
     print()
 
