@@ -77,7 +77,7 @@ def compare(fns, repeats, warmup, cold=None, samples=None):
     call right after the cold one because on this kind of virtual machine a two-thread run
     stays slow for 10-40 ms after an idle pause (the second vCPU is scheduled badly until
     the host rebalances): measured on one pool, 7.3 ms per call 10-20 ms after the pause,
-    4.1-4.3 ms from 40 ms on, while one thread runs at 6.4 ms throughout. A call right after
+    4.1-4.3 ms from 40 ms on, while one thread runs at 6.1-6.8 ms throughout. A call right after
     the cold one lands in that window for a fast kernel and not for a slow one. The cold
     medians go to ``cold`` (a dict) when one is given, the warm times of every repeat to
     ``samples``."""

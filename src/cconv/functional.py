@@ -372,13 +372,18 @@ def _use_direct(x, k, groups, cout, need_dx=False):
 
 
 def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
-    """(threads, tiles per block, scratch elements per thread) of a Winograd call."""
-    ntiles = N * (-(-OH // 2)) * (-(-OW // 2))
+    """(threads, tiles per block, scratch elements per thread, runs) of a Winograd call.
+
+    The backward (by_image) hands out runs of whole images, one accumulator slot each
+    (see _slots); the forward hands out blocks, and its runs count is its thread count."""
+    per_image = (-(-OH // 2)) * (-(-OW // 2))
+    ntiles = N * per_image
     nt = _threads(N if by_image else ntiles, ntiles * 16 * C * cout // 64)
+    runs = _slots(nt, N) if by_image else nt
     tb = max(8, min(1024, WINOGRAD_BLOCK_BYTES // (16 * (C + cout) * itemsize)))
-    per = -(-ntiles // nt)             # tiles per thread
+    per = -(-N // runs) * per_image if by_image else -(-ntiles // nt)   # tiles per run
     tb = -(-per // -(-per // tb))      # equal blocks
-    return nt, tb, 16 * tb * (C + cout) + 2 * max(C, cout)
+    return nt, tb, 16 * tb * (C + cout) + 2 * max(C, cout), runs
 
 
 def _winograd_filter(w):
@@ -545,7 +550,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
              b, y, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1])
         return y
     if _use_winograd(k, s, d, groups, C):
-        nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, False)
+        nt, tb, ws, _ = _winograd_plan(N, OH, OW, C, cout, x.itemsize, False)
         _run(nt, _core.winograd_forward, x, _winograd_filter(w), b, y,
              _alloc((nt, ws), x.dtype), pads[0][0], pads[1][0], tb)
         return y
@@ -610,8 +615,7 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         return dx, _sum_threads(dw_work)[:K].reshape(w.shape), _sum_threads(db_work)
     dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
     if _use_winograd(k, s, d, groups, C):
-        nt, tb, ws = _winograd_plan(N, OH, OW, C, cout, x.itemsize, True)
-        slots = _slots(nt, N)
+        nt, tb, ws, slots = _winograd_plan(N, OH, OW, C, cout, x.itemsize, True)
         du_work = _alloc((slots, 16, C, cout), x.dtype, zero=True)
         db_work = _alloc((slots, cout), x.dtype, zero=True)
         _run(nt, _core.winograd_backward, dy, x, _winograd_filter(w), dx_arg, du_work, db_work,
