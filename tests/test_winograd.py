@@ -165,3 +165,68 @@ def test_backward_refuses_accumulators_of_the_wrong_shape():
                    (np.zeros((0, 16, 4, 8), np.float32), np.zeros((0, 8), np.float32))]:
         with pytest.raises(ValueError, match="winograd_backward"):
             F._core.winograd_backward(dy, x, U, *args, du, db, work, 0, 0, 8, False, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C, cout, nt", [(1, 1, 1), (3, 5, 2), (40, 70, 2)])   # 2800 pairs: 3 chunks
+def test_filter_transform_and_its_adjoint(dtype, C, cout, nt):
+    rng = np.random.default_rng(C)
+    G = F._WINOGRAD_G
+    w = rng.standard_normal((3, 3, C, cout))
+    U = np.empty((16, C, cout), dtype)
+    F._core.winograd_filter(w.astype(dtype), U, nt)
+    ref = np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(16, C, cout)
+    assert_close(U, ref, dtype)
+    # The adjoint sums its slots first: dW = G^T (sum over slots) G.
+    du = rng.standard_normal((3, 16, C, cout))
+    dw = np.empty((3, 3, C, cout), dtype)
+    F._core.winograd_filter_grad(du.astype(dtype), dw, nt)
+    ref = np.einsum("ia,ijcd,jb->abcd", G, du.sum(axis=0).reshape(4, 4, C, cout), G)
+    assert_close(dw, ref, dtype)
+    # <G w G^T, dU> == <w, G^T dU G>
+    lhs = np.vdot(np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(16, C, cout), du.sum(axis=0))
+    F._core.winograd_filter_grad(du, dw64 := np.empty((3, 3, C, cout)), nt)
+    assert np.isclose(lhs, np.vdot(w, dw64), rtol=1e-12)
+
+
+def test_filter_transforms_refuse_wrong_shapes():
+    w = np.zeros((3, 3, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="winograd_filter"):
+        F._core.winograd_filter(w, np.zeros((16, 2, 5), np.float32), 1)
+    with pytest.raises(ValueError, match="winograd_filter"):
+        F._core.winograd_filter(np.zeros((2, 3, 2, 4), np.float32),
+                                np.zeros((16, 2, 4), np.float32), 1)
+    for du in (np.zeros((0, 16, 2, 4), np.float32), np.zeros((1, 9, 2, 4), np.float32)):
+        with pytest.raises(ValueError, match="winograd_filter_grad"):
+            F._core.winograd_filter_grad(du, w.copy(), 1)
+
+
+def test_backward_overwrites_its_outputs_whatever_they_held():
+    """The kernel zeroes dx, the dU slots and the db slots itself (the caller does not)."""
+    rng = np.random.default_rng(13)
+    x, w = rand(rng, (5, 7, 6, 3), np.float64), rand(rng, (3, 3, 3, 4), np.float64)
+    dy = rand(rng, (5, 7, 6, 4), np.float64)
+    U = F._winograd_filter(w)
+    nt, tb, ws, slots = F._winograd_plan(5, 7, 6, 3, 4, 8, True)
+    outs = []
+    for fill in (0.0, np.nan):
+        dx = np.full(x.shape, fill)
+        du, db = np.full((3, 16, 3, 4), fill), np.full((3, 4), fill)
+        F._core.winograd_backward(dy, x, U, dx, du, db, np.empty((2, ws)), 1, 1, tb, True, 2)
+        outs.append((dx, F._winograd_filter_grad(du), db.sum(axis=0)))
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+    for got, ref in zip(outs[1], R.conv2d_backward(dy, x, w, padding=1)):
+        assert_close(got, ref, np.float64)
+
+
+def test_backward_refuses_a_dx_of_the_wrong_shape():
+    rng = np.random.default_rng(14)
+    x, w = rand(rng, (2, 6, 6, 4), np.float32), rand(rng, (3, 3, 4, 8), np.float32)
+    dy = rand(rng, (2, 4, 4, 8), np.float32)
+    du, db = np.zeros((1, 16, 4, 8), np.float32), np.zeros((1, 8), np.float32)
+    work = np.zeros((1, 4096), np.float32)
+    for dx in (np.zeros((1, 6, 6, 4), np.float32), np.zeros((2, 6, 5, 4), np.float32)):
+        with pytest.raises(ValueError, match="winograd_backward"):
+            F._core.winograd_backward(dy, x, F._winograd_filter(w), dx, du, db, work, 0, 0, 8,
+                                      True, 1)

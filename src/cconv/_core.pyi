@@ -104,6 +104,10 @@ def conv2d_backward(
     need_db: bool,
     num_threads: int,
 ) -> None: ...
+def winograd_filter(w: NDArray[_F], U: NDArray[_F], num_threads: int) -> None: ...  # U: OUT
+def winograd_filter_grad(
+    dU_work: NDArray[_F], dw: NDArray[_F], num_threads: int  # dw: OUT
+) -> None: ...
 def winograd_forward(
     x: NDArray[_F],
     U: NDArray[_F],

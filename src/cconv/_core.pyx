@@ -897,6 +897,14 @@ cdef extern from "_winograd.h":
     void cconv_wino_dx_d(const double *dV, Py_ssize_t ldv, double *dx, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0,
                          Py_ssize_t iw0, double *sink) noexcept nogil
+    void cconv_wino_filter_f(const float *w, float *U, Py_ssize_t P, Py_ssize_t p0,
+                             Py_ssize_t p1) noexcept nogil
+    void cconv_wino_filter_d(const double *w, double *U, Py_ssize_t P, Py_ssize_t p0,
+                             Py_ssize_t p1) noexcept nogil
+    void cconv_wino_filter_grad_f(const float *dU, Py_ssize_t ns, float *dW, Py_ssize_t P,
+                                  Py_ssize_t p0, Py_ssize_t p1) noexcept nogil
+    void cconv_wino_filter_grad_d(const double *dU, Py_ssize_t ns, double *dW, Py_ssize_t P,
+                                  Py_ssize_t p0, Py_ssize_t p1) noexcept nogil
 
 
 ctypedef struct WinoGeom:
@@ -984,6 +992,58 @@ cdef void wino_dx_block(const floating *dV, floating *dx, Py_ssize_t t0, Py_ssiz
                             oh0 - g.pt, ow0 - g.pl, sink)
 
 
+#: Filter-pair chunk of the parallel filter transforms.
+DEF WINO_FILTER_CHUNK = 1024
+
+
+cdef void wino_filter_run(const floating *src, Py_ssize_t ns, floating *dst, Py_ssize_t P,
+                          int num_threads) noexcept nogil:
+    """The filter transform of the P filter pairs (ns == 0), or its adjoint over ns slots."""
+    cdef Py_ssize_t ch, p0, p1
+    for ch in prange((P + WINO_FILTER_CHUNK - 1) // WINO_FILTER_CHUNK, schedule="static",
+                     num_threads=num_threads):
+        p0 = ch * WINO_FILTER_CHUNK
+        p1 = min(p0 + WINO_FILTER_CHUNK, P)
+        if floating is float:
+            if ns == 0:
+                cconv_wino_filter_f(src, dst, P, p0, p1)
+            else:
+                cconv_wino_filter_grad_f(src, ns, dst, P, p0, p1)
+        else:
+            if ns == 0:
+                cconv_wino_filter_d(src, dst, P, p0, p1)
+            else:
+                cconv_wino_filter_grad_d(src, ns, dst, P, p0, p1)
+
+
+def winograd_filter(const floating[:, :, :, ::1] w,   # (3, 3, C, Cout)
+                    floating[:, :, ::1] U,            # OUT (16, C, Cout)
+                    int num_threads):
+    """U = G w G^T for every (input, output) channel pair (see _winograd.h)."""
+    if (w.shape[0] != 3 or w.shape[1] != 3 or U.shape[0] != 16 or U.shape[1] != w.shape[2]
+            or U.shape[2] != w.shape[3]):
+        raise ValueError(f"winograd_filter: w {w.shape} and U {U.shape} must be (3, 3, C, Cout) "
+                         f"and (16, C, Cout)")
+    if U.size:
+        with nogil:
+            wino_filter_run(&w[0, 0, 0, 0], 0, &U[0, 0, 0], U.shape[1] * U.shape[2], num_threads)
+
+
+def winograd_filter_grad(const floating[:, :, :, ::1] dU_work,   # (slots, 16, C, Cout)
+                         floating[:, :, :, ::1] dw,              # OUT (3, 3, C, Cout)
+                         int num_threads):
+    """dw = G^T (dU_work summed over its slots, in slot order) G: the adjoint of
+    winograd_filter, with the per-slot accumulators of winograd_backward summed on the way."""
+    if (dw.shape[0] != 3 or dw.shape[1] != 3 or dU_work.shape[0] < 1 or dU_work.shape[1] != 16
+            or dU_work.shape[2] != dw.shape[2] or dU_work.shape[3] != dw.shape[3]):
+        raise ValueError(f"winograd_filter_grad: dU_work {dU_work.shape} and dw {dw.shape} must "
+                         f"be (slots, 16, C, Cout) and (3, 3, C, Cout)")
+    if dw.size:
+        with nogil:
+            wino_filter_run(&dU_work[0, 0, 0, 0], dU_work.shape[0], &dw[0, 0, 0, 0],
+                            dw.shape[2] * dw.shape[3], num_threads)
+
+
 def winograd_forward(const floating[:, :, :, ::1] x,
                      const floating[:, :, ::1] U,         # (16, C, Cout): G w G^T
                      const floating[::1] bias,            # (Cout,) or None
@@ -1035,9 +1095,9 @@ def winograd_forward(const floating[:, :, :, ::1] x,
 def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
                       const floating[:, :, :, ::1] x,    # (N, H, W, C)
                       const floating[:, :, ::1] U,       # (16, C, Cout): G w G^T
-                      floating[:, :, :, ::1] dx,         # OUT, zeroed by caller; ignored if not need_dx
-                      floating[:, :, :, ::1] dU_work,    # OUT per-slot dU (nslots, 16, C, Cout), zeroed
-                      floating[:, ::1] db_work,          # OUT per-slot db (nslots, Cout), zeroed
+                      floating[:, :, :, ::1] dx,         # OUT; ignored if not need_dx
+                      floating[:, :, :, ::1] dU_work,    # OUT per-slot dU (nslots, 16, C, Cout)
+                      floating[:, ::1] db_work,          # OUT per-slot db (nslots, Cout)
                       floating[:, ::1] work,             # scratch (nthreads, wino_work_size)
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, bint need_dx,
                       int num_threads):
@@ -1047,9 +1107,10 @@ def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
     The batch is cut into nslots = dU_work.shape[0] chunks of whole images (a chunk scatters
     only into the dx of its own images), handed out dynamically so that a thread slowed
     down by the machine takes fewer of them. Chunk s accumulates into slot s, so the result
-    is bit-reproducible for a given slot count whatever ran where. Each chunk is processed
-    in blocks of TB tiles: transform x (V) and dy (Yh); dU_k += V_k^T Yh_k; then
-    dV_k = Yh_k U_k^T, transformed back and added onto dx.
+    is bit-reproducible for a given slot count whatever ran where. A chunk first zeroes its
+    slot and its images' dx (the outputs need no zeroing by the caller, and the zeroing is
+    spread over the threads), then works in blocks of TB tiles: transform x (V) and dy (Yh);
+    dU_k += V_k^T Yh_k; then dV_k = Yh_k U_k^T, transformed back and added onto dx.
     """
     cdef WinoGeom g = make_wino_geom(x.shape[0], x.shape[1], x.shape[2], x.shape[3],
                                      dy.shape[1], dy.shape[2], dy.shape[3], pt, pl, TB)
@@ -1060,6 +1121,10 @@ def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
             or dU_work.shape[2] != C or dU_work.shape[3] != Cout or db_work.shape[1] != Cout):
         raise ValueError(f"winograd_backward: dU_work {dU_work.shape} and db_work "
                          f"{db_work.shape} must be (slots, 16, {C}, {Cout}) and (slots, {Cout})")
+    if dy.shape[0] != g.N or (need_dx and (dx.shape[0] != g.N or dx.shape[1] != g.H
+                                           or dx.shape[2] != g.W or dx.shape[3] != C)):
+        raise ValueError(f"winograd_backward: dy {tuple(dy.shape)[:4]} and dx "
+                         f"{tuple(dx.shape)[:4]} do not match x {tuple(x.shape)[:4]}")
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef const floating *dyp = &dy[0, 0, 0, 0]
     cdef const floating *up = &U[0, 0, 0]
@@ -1070,7 +1135,8 @@ def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
     cdef Py_ssize_t wstride = work.shape[1]
     cdef Py_ssize_t dustride = 16 * C * Cout
     cdef Py_ssize_t dbstride = db_work.shape[1]
-    cdef Py_ssize_t ch, t0, t1, tend, k, tid
+    cdef Py_ssize_t image = g.H * g.W * C
+    cdef Py_ssize_t ch, n0, n1, t0, t1, tend, k, tid
     cdef floating *V
     cdef floating *Yh
     cdef floating *zero
@@ -1090,8 +1156,14 @@ def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
         for ch in prange(nchunks, schedule="dynamic"):
             duacc = duk + ch * dustride
             dbacc = dbk + ch * dbstride
-            t0 = (ch * g.N // nchunks) * g.TT
-            tend = ((ch + 1) * g.N // nchunks) * g.TT
+            n0 = ch * g.N // nchunks
+            n1 = (ch + 1) * g.N // nchunks
+            memset(duacc, 0, dustride * sizeof(floating))
+            memset(dbacc, 0, Cout * sizeof(floating))
+            if need_dx:
+                memset(dxp + n0 * image, 0, (n1 - n0) * image * sizeof(floating))
+            t0 = n0 * g.TT
+            tend = n1 * g.TT
             while t0 < tend:
                 t1 = min(t0 + TB, tend)
                 wino_input_block(xp, V, t0, t1, zero, &g)

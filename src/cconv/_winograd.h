@@ -35,11 +35,13 @@
 #define CCONV_SIMD
 #endif
 
+#define CCONV_WINO_SUB 256
+
 #define CCONV_IN_IMAGE(i, j, H, W) ((i) >= 0 && (i) < (H) && (j) >= 0 && (j) < (W))
 
 #define CCONV_WINOGRAD_KERNELS(S, T)                                                        \
-/* V[k*ldv + c] = (B^T d B)[k][c], d = the 4x4 block of image n at (ih0, iw0). */          \
-CCONV_WINO_MULTIVERSION static void cconv_wino_in_##S(                                     \
+/* V[k*ldv + c] = (B^T d B)[k][c], d = the 4x4 block of image n at (ih0, iw0). */           \
+CCONV_WINO_MULTIVERSION static void cconv_wino_in_##S(                                      \
         const T *x, T *V, ptrdiff_t ldv, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,             \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, const T *zero) {                         \
     const T *p[16];                                                                         \
@@ -63,9 +65,9 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_in_##S(                          
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* The 2x2 outputs (A^T M A)[o] + bias[o] of the tile at (oh0, ow0) of image n; those      \
-   outside the output (the last row/column of an odd-sized map) go to sink. */             \
-CCONV_WINO_MULTIVERSION static void cconv_wino_out_##S(                                    \
+/* The 2x2 outputs (A^T M A)[o] + bias[o] of the tile at (oh0, ow0) of image n; those       \
+   outside the output (the last row/column of an odd-sized map) go to sink. */              \
+CCONV_WINO_MULTIVERSION static void cconv_wino_out_##S(                                     \
         const T *M, ptrdiff_t ldm, T *y, const T *bias, ptrdiff_t OH, ptrdiff_t OW,         \
         ptrdiff_t Co, ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, T *sink) {                 \
     T *q[4];                                                                                \
@@ -89,9 +91,9 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_out_##S(                         
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* Yh[k*ldy + o] = (A g A^T)[k][o], g = the 2x2 block of dy at (oh0, ow0) (0 outside);     \
+/* Yh[k*ldy + o] = (A g A^T)[k][o], g = the 2x2 block of dy at (oh0, ow0) (0 outside);      \
    db[o] accumulates the block's sum. */                                                    \
-CCONV_WINO_MULTIVERSION static void cconv_wino_dy_##S(                                     \
+CCONV_WINO_MULTIVERSION static void cconv_wino_dy_##S(                                      \
         const T *dy, T *Yh, ptrdiff_t ldy, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Co,        \
         ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, const T *zero, T *db) {                  \
     const T *p[4];                                                                          \
@@ -114,9 +116,9 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_dy_##S(                          
     }                                                                                       \
 }                                                                                           \
                                                                                             \
-/* dx[4x4 block at (ih0, iw0) of image n] += (B dV B^T); positions outside the image      \
+/* dx[4x4 block at (ih0, iw0) of image n] += (B dV B^T); positions outside the image        \
    (padding) go to sink. */                                                                 \
-CCONV_WINO_MULTIVERSION static void cconv_wino_dx_##S(                                     \
+CCONV_WINO_MULTIVERSION static void cconv_wino_dx_##S(                                      \
         const T *dV, ptrdiff_t ldv, T *dx, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,           \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, T *sink) {                               \
     T *q[16];                                                                               \
@@ -137,6 +139,65 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_dx_##S(                          
             q[4 * i + 1][c] += t[i][1] - t[i][2] + t[i][3];                                 \
             q[4 * i + 2][c] += t[i][1] + t[i][2] - t[i][0];                                 \
             q[4 * i + 3][c] -= t[i][3];                                                     \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+/* U[k*P + p] = (G g G^T)[k] for the 3x3 filters g[(3a+b)*P + p] with p in [p0, p1)         \
+   (P = C * Cout: one filter per input/output channel pair). */                             \
+CCONV_WINO_MULTIVERSION static void cconv_wino_filter_##S(                                  \
+        const T *w, T *U, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1) {                        \
+    const T h = (T)0.5;                                                                     \
+    CCONV_SIMD                                                                              \
+    for (ptrdiff_t p = p0; p < p1; p++) {                                                   \
+        T t[4][3];                                                                          \
+        for (int b = 0; b < 3; b++) {                                                       \
+            T g0 = w[b * P + p], g1 = w[(3 + b) * P + p], g2 = w[(6 + b) * P + p];          \
+            t[0][b] = g0; t[1][b] = h * (g0 + g1 + g2);                                     \
+            t[2][b] = h * (g0 - g1 + g2); t[3][b] = g2;                                     \
+        }                                                                                   \
+        for (int i = 0; i < 4; i++) {                                                       \
+            U[(4 * i + 0) * P + p] = t[i][0];                                               \
+            U[(4 * i + 1) * P + p] = h * (t[i][0] + t[i][1] + t[i][2]);                     \
+            U[(4 * i + 2) * P + p] = h * (t[i][0] - t[i][1] + t[i][2]);                     \
+            U[(4 * i + 3) * P + p] = t[i][2];                                               \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* dW[(3a+b)*P + p] = (G^T S G)[a][b] for p in [p0, p1), S = the sum over the ns slots of   \
+   dU (slot s at dU + s * 16 * P, added in slot order): the adjoint of cconv_wino_filter.   \
+   The slots are summed CCONV_WINO_SUB pairs at a time into a local buffer, with one        \
+   contiguous stream per (slot, k). */                                                      \
+CCONV_WINO_MULTIVERSION static void cconv_wino_filter_grad_##S(                             \
+        const T *dU, ptrdiff_t ns, T *dW, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1) {        \
+    const T h = (T)0.5;                                                                     \
+    T s[16][CCONV_WINO_SUB];                                                                \
+    for (ptrdiff_t pb = p0; pb < p1; pb += CCONV_WINO_SUB) {                                \
+        ptrdiff_t m = p1 - pb < CCONV_WINO_SUB ? p1 - pb : CCONV_WINO_SUB;                  \
+        for (int k = 0; k < 16; k++) {                                                      \
+            const T *src = dU + k * P + pb;                                                 \
+            CCONV_SIMD                                                                      \
+            for (ptrdiff_t i = 0; i < m; i++) s[k][i] = src[i];                             \
+        }                                                                                   \
+        for (ptrdiff_t q = 1; q < ns; q++)                                                  \
+            for (int k = 0; k < 16; k++) {                                                  \
+                const T *src = dU + (q * 16 + k) * P + pb;                                  \
+                CCONV_SIMD                                                                  \
+                for (ptrdiff_t i = 0; i < m; i++) s[k][i] += src[i];                        \
+            }                                                                               \
+        CCONV_SIMD                                                                          \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                 \
+            T r[3][4];                                                                      \
+            for (int j = 0; j < 4; j++) {                                                   \
+                r[0][j] = s[j][i] + h * (s[4 + j][i] + s[8 + j][i]);                        \
+                r[1][j] = h * (s[4 + j][i] - s[8 + j][i]);                                  \
+                r[2][j] = h * (s[4 + j][i] + s[8 + j][i]) + s[12 + j][i];                   \
+            }                                                                               \
+            for (int a = 0; a < 3; a++) {                                                   \
+                dW[(3 * a + 0) * P + pb + i] = r[a][0] + h * (r[a][1] + r[a][2]);           \
+                dW[(3 * a + 1) * P + pb + i] = h * (r[a][1] - r[a][2]);                     \
+                dW[(3 * a + 2) * P + pb + i] = h * (r[a][1] + r[a][2]) + r[a][3];           \
+            }                                                                               \
         }                                                                                   \
     }                                                                                       \
 }

@@ -387,16 +387,18 @@ def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
 
 
 def _winograd_filter(w):
-    """U (16, C, C_out) = G w G^T for every (input, output) channel pair."""
-    G = _WINOGRAD_G.astype(w.dtype)
-    return np.ascontiguousarray(np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(
-        16, w.shape[2], w.shape[3]))
+    """U (16, C, C_out) = G w G^T for every (input, output) channel pair (compiled)."""
+    U = _alloc((16, w.shape[2], w.shape[3]), w.dtype)
+    _run(_threads(U.size // MIN_WORK_PER_THREAD), _core.winograd_filter, w, U)
+    return U
 
 
-def _winograd_filter_grad(du):
-    """dW (3, 3, C, C_out) = G^T dU G: the adjoint of :func:`_winograd_filter`."""
-    G = _WINOGRAD_G.astype(du.dtype)
-    return np.ascontiguousarray(np.einsum("ia,ijcd,jb->abcd", G, du.reshape(4, 4, *du.shape[1:]), G))
+def _winograd_filter_grad(du_work):
+    """dW (3, 3, C, C_out) = G^T dU G with dU the sum of the per-slot accumulators
+    du_work (slots, 16, C, C_out): the adjoint of :func:`_winograd_filter` (compiled)."""
+    dw = np.empty((3, 3, *du_work.shape[2:]), du_work.dtype)
+    _run(_threads(du_work.size // MIN_WORK_PER_THREAD), _core.winograd_filter_grad, du_work, dw)
+    return dw
 
 
 #: Accumulating backward kernels cut their work into this many runs per thread, handed
@@ -601,7 +603,9 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
                          f"{(N, OH, OW, cout)} for x of shape {x.shape} and w of shape "
                          f"{w.shape}, got {dy.shape}")
     kg = k[0] * k[1] * (C // groups)
-    dx = _alloc(x.shape, x.dtype, zero=True) if need_dx else None
+    winograd = _use_winograd(k, s, d, groups, C)
+    # The Winograd kernel zeroes dx itself, image by image on its threads; col2im adds.
+    dx = _alloc(x.shape, x.dtype, zero=not winograd) if need_dx else None
     if N == 0:
         return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
     if _use_direct(x, k, groups, cout, need_dx):
@@ -614,13 +618,13 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
              pads[0][0], pads[1][0], d[0], d[1])
         return dx, _sum_threads(dw_work)[:K].reshape(w.shape), _sum_threads(db_work)
     dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
-    if _use_winograd(k, s, d, groups, C):
+    if winograd:
         nt, tb, ws, slots = _winograd_plan(N, OH, OW, C, cout, x.itemsize, True)
-        du_work = _alloc((slots, 16, C, cout), x.dtype, zero=True)
-        db_work = _alloc((slots, cout), x.dtype, zero=True)
+        du_work = _alloc((slots, 16, C, cout), x.dtype)     # zeroed by the kernel, per slot
+        db_work = _alloc((slots, cout), x.dtype)
         _run(nt, _core.winograd_backward, dy, x, _winograd_filter(w), dx_arg, du_work, db_work,
              _alloc((nt, ws), x.dtype), pads[0][0], pads[1][0], tb, bool(need_dx))
-        return dx, _winograd_filter_grad(_sum_threads(du_work)), _sum_threads(db_work)
+        return dx, _winograd_filter_grad(du_work), _sum_threads(db_work)
     P = OH * OW
     work_size = N * P * kg * max(1, cout // groups) // 16
     # With need_dx a thread owns whole images (it scatters into their dx): at most N threads.
