@@ -111,3 +111,39 @@ def test_blas_dimension_overflow_is_rejected_before_any_copy():
         F.conv2d(x, w)
     with pytest.raises(ValueError, match="32-bit BLAS"):
         F.conv2d_backward(np.zeros((1, 1, 1, 1), np.float32), x, w)
+
+
+_SPY = """
+import importlib, json, os
+real, seen = importlib.import_module, {}
+KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+def spy(name, *args):
+    if name == "cconv._core":
+        seen.update({k: os.environ.get(k) for k in KEYS})
+    return real(name, *args)
+importlib.import_module = spy
+import cconv
+print(json.dumps([seen, {k: os.environ.get(k) for k in KEYS}]))
+"""
+
+
+@pytest.mark.parametrize("user, during, after", [
+    # Nothing set: a short spin for cconv's OpenMP runtime, gone from the environment after.
+    ({}, {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}, {}),
+    # The user's wait policy wins (GOMP_SPINCOUNT would override it), and stays.
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    # A variable the user set is neither replaced nor removed.
+    ({"GOMP_SPINCOUNT": "5"}, {"GOMP_SPINCOUNT": "5", "KMP_BLOCKTIME": "1"}, {"GOMP_SPINCOUNT": "5"}),
+])
+def test_openmp_spin_setting_reaches_only_cconvs_runtime(user, during, after):
+    import json
+    import os
+    import subprocess
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    env.update(user)
+    out = subprocess.run([sys.executable, "-c", _SPY], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    seen, left = json.loads(out)
+    assert {k: v for k, v in seen.items() if v is not None} == during
+    assert {k: v for k, v in left.items() if v is not None} == after

@@ -22,15 +22,33 @@ _num_threads: int | None = None  # set by set_num_threads; None = decided by the
 _blas_controllers = None          # threadpoolctl LibControllers of the BLAS libraries
 
 
+#: How long an idle OpenMP thread spins before it sleeps, unless the user set
+#: OMP_WAIT_POLICY or these variables: GNU libgomp counts spins (10,000 is about 0.2 ms
+#: on the 2.8 GHz Xeon we measured; its default, 300,000, about 4.4 ms), LLVM/Intel
+#: OpenMP takes milliseconds. A thread that still spins when the next kernel starts joins
+#: it at once, while a sleeping one must be woken: about 0.1 ms per parallel region on
+#: our virtual machine, several times the cost of a small kernel. Spinning much longer
+#: would take a core from other work between training steps.
+OMP_SPIN_ENV = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+
+
 def _core():
-    # Idle OpenMP threads sleep instead of spinning (unless the user chose otherwise): the
-    # kernels are coarse (milliseconds), and spinning threads cost a great deal whenever
-    # the cores are shared with other work. Read by the OpenMP runtime when it loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    name = f"{__package__}._core"
+    if name in sys.modules:
+        return sys.modules[name]
+    env = {}
+    if "OMP_WAIT_POLICY" not in os.environ:
+        env = {k: v for k, v in OMP_SPIN_ENV.items() if k not in os.environ}
+    # The OpenMP runtime reads them when it initialises (libgomp as the extension loads
+    # it, LLVM's at its first call: omp_max_threads below); they are removed again right
+    # after, so that they reach neither other libraries' runtimes loaded later (e.g.
+    # PyTorch's) nor child processes.
+    os.environ.update(env)
     try:
         # import_module, not `from . import _core`: when the file is missing, the latter
         # reports "cannot import name ... (most likely due to a circular import)".
-        _core = import_module(f"{__package__}._core")
+        core = import_module(name)
+        core.omp_max_threads()
     except ImportError as exc:  # a broken or partial install
         raise ImportError(
             "cconv's compiled extension (cconv._core) could not be imported: "
@@ -38,7 +56,10 @@ def _core():
             "Reinstall with `pip install --force-reinstall cconv`, or, from a source checkout, "
             "build it with `pip install .` (needs a C compiler and Cython)."
         ) from exc
-    return _core
+    finally:
+        for k in env:
+            os.environ.pop(k, None)
+    return core
 
 
 def _cpu_quota() -> int | None:
