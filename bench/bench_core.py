@@ -74,11 +74,13 @@ def compare(fns, repeats, warmup, cold=None, samples=None):
     times its first call ("cold": after the idle pause), keeps calling the function untimed
     for BURST seconds, and times one more call ("warm"). The warm call is what is returned:
     the steady state of a training loop, where the layers run back to back. It is not the
-    call right after the cold one because on this kind of virtual machine a two-thread run
-    stays slow for 10-40 ms after an idle pause (the second vCPU is scheduled badly until
-    the host rebalances): measured on one pool, 7.3 ms per call 10-20 ms after the pause,
-    4.1-4.3 ms from 40 ms on, while one thread runs at 6.1-6.8 ms throughout. A call right after
-    the cold one lands in that window for a fast kernel and not for a slow one. The cold
+    call right after the cold one because a runtime whose threads sleep between calls can
+    stay slow for a while after an idle pause. When cconv's OpenMP threads slept at once
+    (OMP_WAIT_POLICY=PASSIVE, which cconv set until it switched to a short spin), one pool
+    on 2 threads took 6.3-7.3 ms per call 10-40 ms after the pause and 4.0-4.3 ms from 40 ms
+    on, on this virtual machine, so a call right after the cold one landed in that window
+    for a fast kernel and not for a slow one. With the spin the window is gone (2.9-3.9 ms
+    throughout); any library may have one, and the burst treats them all alike. The cold
     medians go to ``cold`` (a dict) when one is given, the warm times of every repeat to
     ``samples``."""
     for _ in range(warmup):
