@@ -84,7 +84,7 @@ def test_route_is_taken_only_where_it_applies(calls):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_paper_first_layer_matches_im2col(threads, monkeypatch, restore_threads):
     """64x64 RGB -> 32 filters (batch 6): the direct route against the im2col route, and
-    reproducible from one call to the next (static schedule)."""
+    reproducible from one call to the next (one accumulator per run of rows)."""
     cconv.set_num_threads(threads)
     rng = np.random.default_rng(8)
     x, w, b = rand(rng, (6, 64, 64, 3), np.float32), rand(rng, (3, 3, 3, 32), np.float32), \
@@ -118,3 +118,20 @@ def test_kernels_refuse_buffers_of_the_wrong_shape():
     with pytest.raises(ValueError, match="direct_backward_weights"):   # 2 slots against 1
         _core.direct_backward_weights(dy, x, np.zeros((2, 32, 16), np.float32),
                                       np.zeros((1, 16), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 2)
+
+
+def test_backward_weights_overwrite_their_slots_whatever_they_held():
+    """The kernel zeroes each slot's dW/db accumulator itself (the caller does not)."""
+    rng = np.random.default_rng(10)
+    x, w = rand(rng, (3, 7, 8, 3), np.float32), rand(rng, (3, 3, 3, 16), np.float32)
+    dy = rand(rng, (3, 5, 6, 16), np.float32)
+    outs = []
+    for fill in (0.0, np.nan):
+        dw, db = np.full((4, 32, 16), fill, np.float32), np.full((4, 16), fill, np.float32)
+        _core.direct_backward_weights(dy, x, dw, db, 3, 3, 1, 1, 0, 0, 1, 1, 2)
+        outs.append((dw.sum(axis=0)[:27].reshape(w.shape), db.sum(axis=0)))
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+    _, rw, rb = R.conv2d_backward(dy, x, w)
+    assert_close(outs[1][0], rw, np.float32)
+    assert_close(outs[1][1], rb, np.float32)

@@ -66,24 +66,19 @@ def test_concurrent_calls_match_serial_results():
         np.testing.assert_array_equal(got, want)
 
 
-def test_gil_is_released_during_a_convolution():
+def test_gil_is_released_during_a_convolution(restore_threads):
     # While a long convolution runs in another thread, this thread keeps executing Python
     # code in the middle of the call: impossible if the extension held the GIL.
     rng = np.random.default_rng(2)
     w = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
+    cconv.set_num_threads(1)
     # A batch large enough for a one-thread call of about 80 ms, whatever the machine's speed.
     x = rng.standard_normal((8, 48, 48, 16)).astype(np.float32)
-    old = cconv.get_num_threads()
-    cconv.set_num_threads(1)
-    try:
-        F.conv2d(x, w)
-        t0 = time.perf_counter()
-        F.conv2d(x, w)
-        per_image = (time.perf_counter() - t0) / len(x)
-    finally:
-        cconv.set_num_threads(old)
+    F.conv2d(x, w)
+    t0 = time.perf_counter()
+    F.conv2d(x, w)
+    per_image = (time.perf_counter() - t0) / len(x)
     x = np.concatenate([x] * int(np.clip(0.08 / per_image / len(x), 1, 200)))
-    cconv.set_num_threads(1)
     span = []
     stamps = []
     done = threading.Event()
@@ -94,15 +89,12 @@ def test_gil_is_released_during_a_convolution():
         span.extend([t0, time.perf_counter()])
         done.set()
 
-    try:
-        t = threading.Thread(target=run)
-        t.start()
-        while not done.is_set():
-            stamps.append(time.perf_counter())
-            time.sleep(0)  # give the other thread every chance to take the GIL
-        t.join()
-    finally:
-        cconv.set_num_threads(old)
+    t = threading.Thread(target=run)
+    t.start()
+    while not done.is_set():
+        stamps.append(time.perf_counter())
+        time.sleep(0)  # give the other thread every chance to take the GIL
+    t.join()
     t0, t1 = span
     quarter = (t1 - t0) / 4
     middle = [s for s in stamps if t0 + quarter < s < t1 - quarter]

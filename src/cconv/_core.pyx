@@ -784,8 +784,8 @@ cdef void direct_run(const cconv_dgeom *g, Py_ssize_t N, const float *xp, const 
     when yp is set, else the dW/db accumulation.
 
     The rows are cut into nslots equal runs handed out dynamically (a thread that the
-    machine slows down takes fewer of them); run s accumulates into slice s of dwp/dbp, so
-    the sums depend on nslots and not on which thread ran what."""
+    machine slows down takes fewer of them); run s zeroes slice s of dwp/dbp and accumulates
+    into it, so the sums depend on nslots and not on which thread ran what."""
     cdef Py_ssize_t *off = <Py_ssize_t *> malloc(2 * g.Kpad * sizeof(Py_ssize_t))
     if off == NULL:
         raise MemoryError()
@@ -806,6 +806,9 @@ cdef void direct_run(const cconv_dgeom *g, Py_ssize_t N, const float *xp, const 
             if scratch == NULL:
                 failed += 1
                 continue
+            if yp == NULL:
+                memset(dwp + slot * g.Kpad * g.cout, 0, g.Kpad * g.cout * sizeof(float))
+                memset(dbp + slot * g.cout, 0, g.cout * sizeof(float))
             for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):
                 n = row // g.OH
                 cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
@@ -848,8 +851,8 @@ def direct_forward(const float[:, :, :, ::1] x,
 
 def direct_backward_weights(const float[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
                             const float[:, :, :, ::1] x,    # (N, H, W, C)
-                            float[:, :, ::1] dw_work,       # OUT per slot (nslots, Kpad, Cout), zeroed
-                            float[:, ::1] db_work,          # OUT per slot (nslots, Cout), zeroed
+                            float[:, :, ::1] dw_work,       # OUT per slot (nslots, Kpad, Cout)
+                            float[:, ::1] db_work,          # OUT per slot (nslots, Cout)
                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                             int num_threads):
@@ -1101,8 +1104,8 @@ def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
                       floating[:, ::1] work,             # scratch (nthreads, wino_work_size)
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, bint need_dx,
                       int num_threads):
-    """Gradients of winograd_forward; the caller sums dU_work and db_work over the slots and
-    turns dU into dW = G^T dU G.
+    """Gradients of winograd_forward; the caller turns dU_work into dW with
+    winograd_filter_grad (which sums the slots) and sums db_work over the slots.
 
     The batch is cut into nslots = dU_work.shape[0] chunks of whole images (a chunk scatters
     only into the dx of its own images), handed out dynamically so that a thread slowed

@@ -35,6 +35,7 @@
 #define CCONV_SIMD
 #endif
 
+/* Filter pairs per pass of cconv_wino_filter_grad's slot sum (its stack buffer: 16 x this). */
 #define CCONV_WINO_SUB 256
 
 #define CCONV_IN_IMAGE(i, j, H, W) ((i) >= 0 && (i) < (H) && (j) >= 0 && (j) < (W))
@@ -142,6 +143,7 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_dx_##S(                          
         }                                                                                   \
     }                                                                                       \
 }                                                                                           \
+                                                                                            \
 /* U[k*P + p] = (G g G^T)[k] for the 3x3 filters g[(3a+b)*P + p] with p in [p0, p1)         \
    (P = C * Cout: one filter per input/output channel pair). */                             \
 CCONV_WINO_MULTIVERSION static void cconv_wino_filter_##S(                                  \

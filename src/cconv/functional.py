@@ -355,8 +355,6 @@ WINOGRAD_MIN_CHANNELS: int | None = 16
 DIRECT_MAX_K: int | None = 32
 #: Upper bound on one thread's Winograd block (transformed inputs and outputs), in bytes.
 WINOGRAD_BLOCK_BYTES = 1 << 20
-#: G of F(2x2, 3x3): the filter transform U = G w G^T (see _winograd.h).
-_WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
 def _use_winograd(k, s, d, groups, C):
@@ -612,8 +610,8 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         K, Kpad = kg, -(-kg // 8) * 8
         nt = _threads(N * OH, N * OH * OW * K * cout // 16)
         slots = _slots(nt, N * OH)
-        dw_work = _alloc((slots, Kpad, cout), x.dtype, zero=True)
-        db_work = _alloc((slots, cout), x.dtype, zero=True)
+        dw_work = _alloc((slots, Kpad, cout), x.dtype)        # zeroed by the kernel, per slot
+        db_work = _alloc((slots, cout), x.dtype)
         _run(nt, _core.direct_backward_weights, dy, x, dw_work, db_work, k[0], k[1], s[0], s[1],
              pads[0][0], pads[1][0], d[0], d[1])
         return dx, _sum_threads(dw_work)[:K].reshape(w.shape), _sum_threads(db_work)
