@@ -46,6 +46,12 @@ im2col buffer and no GEMM with a tiny inner dimension. Extra memory:
 ``threads * OW * (K floats + 2 pointers)`` and, for the weight gradient (taken when
 ``need_dx=False``), ``threads * Kpad * C_out`` floats of accumulators.
 
+A transposed convolution (:func:`conv2d_transpose`) is the data gradient of a convolution
+and runs on the same kernels: with stride 1 as a forward convolution with the kernel rotated
+by 180 degrees (every route above applies), otherwise as ``x W^T`` (BLAS) followed by
+col2im; its backward pass is a forward convolution (``dx``) and a convolution's weight
+gradient (``dw``).
+
 Outputs of 1 MiB or more come from cconv's buffer cache (:func:`cconv.set_cache_limit`).
 """
 from __future__ import annotations
@@ -74,6 +80,9 @@ __all__ = [
     "im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward", "correlate2d", "convolve2d",
     "conv_output_size", "normalize_pair", "normalize_padding", "relu_backward",
+    "conv2d_transpose", "conv2d_transpose_backward", "conv_transpose_output_size",
+    "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
+    "normalize_pads",
 ]
 
 #: Upper bound on one thread's im2col tile, in bytes.
@@ -176,16 +185,21 @@ def conv_output_size(size: int, kernel: int, stride: int = 1, pad_before: int = 
     Raises ValueError for a negative size or padding and a kernel, stride or dilation
     below 1 (the result may be below 1: the window does not fit).
     """
-    args = {"size": size, "kernel": kernel, "stride": stride, "pad_before": pad_before,
-            "pad_after": pad_after, "dilation": dilation}
+    a = _size_args(size=size, kernel=kernel, stride=stride, pad_before=pad_before,
+                   pad_after=pad_after, dilation=dilation)
+    return (a["size"] + a["pad_before"] + a["pad_after"] - a["dilation"] * (a["kernel"] - 1)
+            - 1) // a["stride"] + 1
+
+
+def _size_args(**args):
+    """The integer arguments of an output-size formula, checked (kernel, stride and
+    dilation >= 1, the others >= 0)."""
     for name, v in args.items():
         minimum = 1 if name in ("kernel", "stride", "dilation") else 0
         args[name] = v = _as_int(v, name, f"an int >= {minimum}")
         if v < minimum or v > 2**62:
             raise ValueError(f"{name} must be an int >= {minimum}, got {v}")
-    a = args
-    return (a["size"] + a["pad_before"] + a["pad_after"] - a["dilation"] * (a["kernel"] - 1)
-            - 1) // a["stride"] + 1
+    return args
 
 
 def _geometry(shape, kernel_size, stride, padding, dilation, what="kernel"):
@@ -264,12 +278,18 @@ def _memory_limit():
         return 1 << 46
 
 
-def _alloc(shape, dtype, zero=False):
-    """np.empty/np.zeros that raises MemoryError up front for sizes beyond physical memory."""
+def _check_fits(shape, dtype):
+    """The size in bytes of an array of this shape; MemoryError beyond physical memory."""
     nbytes = np.dtype(dtype).itemsize * math.prod(int(s) for s in shape)
     if nbytes > _memory_limit():
         raise MemoryError(f"cconv: an array of shape {tuple(shape)} and dtype "
                           f"{np.dtype(dtype).name} ({nbytes / 2**30:.1f} GiB) does not fit in memory")
+    return nbytes
+
+
+def _alloc(shape, dtype, zero=False):
+    """np.empty/np.zeros that raises MemoryError up front for sizes beyond physical memory."""
+    nbytes = _check_fits(shape, dtype)
     if zero or nbytes < _CACHED_MIN_BYTES:
         return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
     return np.frombuffer(_core.Block(nbytes), dtype).reshape(shape)
@@ -419,17 +439,37 @@ def _sum_threads(work):
 # ---------------------------------------------------------------------------------
 # Convolution
 # ---------------------------------------------------------------------------------
-def _check_conv(x, w, stride, padding, dilation, groups):
-    # Every check runs on the shapes before any copy: a huge (e.g. broadcast) argument
-    # is refused without first being copied into a contiguous buffer.
+def _conv_operands(x, w, groups, w_layout):
+    """x and w as float arrays (not yet copied) and groups as an int, checked."""
     x = _float_array(x, "x", 4, contiguous=False)
-    w = _float_array(w, "w", 4, contiguous=False)
+    w = _float_array(w, "w", contiguous=False)
+    if w.ndim != 4:
+        raise ValueError(f"w must be 4-D{w_layout}, got shape {w.shape}")
     _same_dtype(x=x, w=w)
     _positive_dims(x, "x")
     _positive_dims(w, "w", skip_batch=False)
     groups = _as_int(groups, "groups", "a positive int")
     if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups}")
+    return x, w, groups
+
+
+def _check_bias(b, x, w, cout):
+    """None, or b as a float array of shape (cout,) and x's dtype."""
+    if b is None:
+        return None
+    b = _float_array(b, "b", 1)
+    _same_dtype(x=x, b=b)
+    if b.shape != (cout,):
+        raise ValueError(f"b must have shape (C_out,) = ({cout},) for w of shape {w.shape}, "
+                         f"got {b.shape}")
+    return b
+
+
+def _check_conv(x, w, stride, padding, dilation, groups):
+    # Every check runs on the shapes before any copy: a huge (e.g. broadcast) argument
+    # is refused without first being copied into a contiguous buffer.
+    x, w, groups = _conv_operands(x, w, groups, _LAYOUTS["w"])
     KH, KW, cg, cout = w.shape
     C = x.shape[3]
     if C % groups or cout % groups:
@@ -534,12 +574,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
     N, _, _, C = x.shape
     cout = w.shape[3]
-    if b is not None:
-        b = _float_array(b, "b", 1)
-        _same_dtype(x=x, b=b)
-        if b.shape != (cout,):
-            raise ValueError(f"b must have shape (C_out,) = ({cout},) for w of shape {w.shape}, "
-                             f"got {b.shape}")
+    b = _check_bias(b, x, w, cout)
     y = _alloc((N, OH, OW, cout), x.dtype)
     M = N * OH * OW
     if M == 0:
@@ -637,6 +672,274 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
          work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T,
          bool(need_dx), True)
     return dx, _sum_threads(dw_work).reshape(w.shape), _sum_threads(db_work)
+
+
+# ---------------------------------------------------------------------------------
+# Transposed convolution: the data gradient of a convolution, used as a layer
+# ---------------------------------------------------------------------------------
+#: The stride > 1 route of conv2d_transpose unfolds at most this many bytes of columns
+#: at a time (or one image per thread, when an image needs more).
+TRANSPOSE_CHUNK_BYTES = 1 << 24
+
+
+def normalize_transpose_padding(padding: _Padding, kernel_size: _IntOrPair,
+                                stride: _IntOrPair = 1, dilation: _IntOrPair = 1,
+                                output_padding: _IntOrPair | None = None,
+                                ) -> tuple[_Pads, tuple[int, int]]:
+    """Explicit padding and output padding of a transposed convolution.
+
+    A transposed convolution with explicit padding ``((top, bottom), (left, right))`` is
+    the adjoint (the data gradient) of the convolution with the same kernel, stride,
+    dilation and padding, taken on an input of the transposed convolution's output size;
+    ``output_padding`` adds rows/columns at the bottom/right of the output (PyTorch's
+    ``ConvTranspose2d``). Output height:
+    ``(H - 1) * stride - top - bottom + dilation * (KH - 1) + output_padding + 1``.
+
+    Parameters
+    ----------
+    padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
+        Numbers as PyTorch's ``padding``: rows and columns removed from each side of
+        the full output. The strings follow Keras's ``Conv2DTranspose``: without
+        ``output_padding``, ``"same"`` gives ``H * stride`` rows and ``"valid"``
+        ``(H - 1) * stride + max(extent, stride)`` (``extent = dilation * (KH - 1) + 1``);
+        with it, Keras's ``(H - 1) * stride + extent % 2 + output_padding`` and
+        ``(H - 1) * stride + extent + output_padding``. ``"same"`` splits its padding as
+        TensorFlow does (the odd row at the bottom/right).
+    kernel_size, stride, dilation : int or pair
+    output_padding : int, pair or None
+        None: 0 for numeric padding, Keras's default for the strings. The resulting
+        output padding must be smaller than the stride or the dilation (PyTorch's rule).
+
+    Returns
+    -------
+    pads : ((top, bottom), (left, right))
+    output_padding : (oph, opw)
+    """
+    k = normalize_pair(kernel_size, "kernel_size")
+    s = normalize_pair(stride, "stride")
+    d = normalize_pair(dilation, "dilation")
+    op = None if output_padding is None else normalize_pair(output_padding, "output_padding",
+                                                            minimum=0)
+    if isinstance(padding, str) and padding.lower() in ("valid", "same"):
+        same = padding.lower() == "same"
+        pads, final = [], []
+        for i in range(2):
+            eff = d[i] * (k[i] - 1) + 1
+            if op is None:
+                total = max(eff - s[i], 0) if same else 0
+                final.append(max(s[i] - eff, 0))
+            elif same:
+                # Keras's size (H - 1) * s + eff % 2 + op, padded by TensorFlow's rule
+                total = max(eff - eff % 2 - op[i], 0)
+                final.append(eff % 2 + op[i] + total - eff)
+            else:
+                total = 0
+                final.append(op[i])
+            pads.append((total // 2, total - total // 2))
+        pads, op = tuple(pads), tuple(final)
+    else:
+        pads = normalize_padding(padding, k, d, s)
+        op = (0, 0) if op is None else op
+    if op[0] >= max(s[0], d[0]) or op[1] >= max(s[1], d[1]):
+        raise ValueError(f"output_padding must be smaller than the stride or the dilation, got "
+                         f"{op} with stride {s} and dilation {d} (padding {padding!r})")
+    return pads, op  # type: ignore[return-value]
+
+
+def conv_transpose_output_size(size: int, kernel: int, stride: int = 1, pad_before: int = 0,
+                               pad_after: int = 0, output_padding: int = 0,
+                               dilation: int = 1) -> int:
+    """``(size - 1) * stride - pad_before - pad_after + dilation * (kernel - 1)
+    + output_padding + 1``, the output size of a transposed convolution (may be below 1).
+
+    Raises ValueError for a negative size, padding or output padding and a kernel, stride
+    or dilation below 1.
+    """
+    a = _size_args(size=size, kernel=kernel, stride=stride, pad_before=pad_before,
+                   pad_after=pad_after, output_padding=output_padding, dilation=dilation)
+    return ((a["size"] - 1) * a["stride"] - a["pad_before"] - a["pad_after"]
+            + a["dilation"] * (a["kernel"] - 1) + a["output_padding"] + 1)
+
+
+def _check_conv_transpose(x, w, stride, padding, output_padding, dilation, groups):
+    """Every check of a transposed convolution, on the shapes, before any copy.
+
+    Returns the contiguous x and w and the geometry: the output size (OH, OW), and the
+    convolution whose data gradient this is: an input of (HC, WC) rows and columns with
+    explicit pads `core`. HC < OH when the output padding exceeds the bottom padding: the
+    last OH - HC rows are then reached by no kernel tap (they hold the bias only).
+    """
+    x, w, groups = _conv_operands(x, w, groups, " (KH, KW, C_out/groups, C_in)")
+    KH, KW, og, cin = w.shape
+    C = x.shape[3]
+    if cin != C:
+        raise ValueError(f"channel mismatch: x has {C} channels (shape {x.shape}) but w of shape "
+                         f"{w.shape} (KH, KW, C_out/groups, C_in) expects C_in = {cin}")
+    if C % groups:
+        raise ValueError(f"C_in ({C}, from x of shape {x.shape}) must be divisible by "
+                         f"groups={groups}")
+    k = (KH, KW)
+    s = normalize_pair(stride, "stride")
+    d = normalize_pair(dilation, "dilation")
+    pads, op = normalize_transpose_padding(padding, k, s, d, output_padding)
+    out, core_hw, core = [], [], []
+    for i, axis in enumerate(("height", "width")):
+        size = conv_transpose_output_size(x.shape[1 + i], k[i], s[i], pads[i][0], pads[i][1],
+                                          op[i], d[i])
+        # Rows past the last tap (output padding beyond the bottom pad) are no part of the
+        # convolution whose gradient this is.
+        extra = max(op[i] - pads[i][1], 0)
+        if size - extra < 1:
+            raise ValueError(
+                f"the padding {pads[i]} removes every {axis} position of the output: x of "
+                f"shape {x.shape}, kernel {k}, stride {s}, dilation {d}, output_padding {op}")
+        out.append(size)
+        core_hw.append(size - extra)
+        core.append((pads[i][0], max(pads[i][1] - op[i], 0)))
+    if max(KH * KW * og, og * groups, C) > _INT_MAX:
+        raise ValueError(f"w of shape {w.shape} is too large for 32-bit BLAS dimensions")
+    return (np.ascontiguousarray(x), np.ascontiguousarray(w), groups, k, s, d, pads, op,
+            tuple(out), tuple(core_hw), tuple(core))
+
+
+def _flipped_kernel(w, groups):
+    """The kernel of the stride-1 identity ``conv_transpose(x, w) = conv(x, w')``: w rotated
+    by 180 degrees with its two channel axes swapped in every group, HWIO
+    ``(KH, KW, C_in/groups, C_out)``."""
+    KH, KW, og, cin = w.shape
+    wf = w[::-1, ::-1].reshape(KH, KW, og, groups, cin // groups)
+    return np.ascontiguousarray(wf.transpose(0, 1, 4, 3, 2).reshape(KH, KW, cin // groups,
+                                                                     groups * og))
+
+
+def conv2d_transpose(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
+                     stride: _IntOrPair = 1, padding: _Padding = 0,
+                     output_padding: _IntOrPair | None = None, dilation: _IntOrPair = 1,
+                     groups: int = 1) -> _FloatArray:
+    """Transposed convolution ("deconvolution"): the data gradient of :func:`conv2d`.
+
+    ``y = conv2d_transpose(x, w)`` is the gradient with respect to the input of
+    ``sum(conv2d(y', w) * x)``: each input pixel scatters ``x[n, i, j, :] @ w[m, k].T``
+    onto output pixel ``(i*sh + m*dh - top, j*sw + k*dw - left)``. Semantics of
+    PyTorch's ``conv_transpose2d`` (and, for "valid"/"same", Keras's Conv2DTranspose).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C_in), dtype float32 or float64
+    w : ndarray of shape (KH, KW, C_out // groups, C_in), same dtype
+        The kernel of the convolution whose gradient this is, in cconv's HWIO layout: the
+        same layout as Keras's Conv2DTranspose kernel. PyTorch's ConvTranspose2d weight
+        ``(C_in, C_out // groups, KH, KW)`` is ``w.transpose(3, 2, 0, 1)``.
+    b : ndarray of shape (C_out,) or None
+    stride, dilation : int or pair
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+        See :func:`normalize_transpose_padding`.
+    output_padding : int, pair or None
+        Extra rows/columns at the bottom/right (see :func:`normalize_transpose_padding`).
+    groups : int
+        Input and output channels split into independent groups (as PyTorch's).
+
+    Returns
+    -------
+    y : ndarray of shape (N, OH, OW, C_out), dtype of x;
+        ``OH = (H - 1) * sh - top - bottom + dh * (KH - 1) + output_padding + 1``.
+
+    Notes
+    -----
+    Stride 1 (the padding at most the dilated kernel extent - 1): the identity of the
+    theory, "the data gradient is the full convolution with the kernel rotated by 180
+    degrees": a :func:`conv2d` with that kernel (channel axes swapped) and the
+    complementary padding, so every forward route applies (Winograd for 3x3 with at least
+    ``WINOGRAD_MIN_CHANNELS`` input channels, the direct kernel, im2col + GEMM).
+    Otherwise the data-gradient route of conv2d_backward: ``cols = x W^T`` (BLAS on
+    cconv's threads) then col2im (parallel over images), on chunks of images whose
+    columns take at most ``TRANSPOSE_CHUNK_BYTES`` (or one image per thread).
+    """
+    x, w, groups, k, s, d, pads, op, (OH, OW), (HC, WC), core = _check_conv_transpose(
+        x, w, stride, padding, output_padding, dilation, groups)
+    N, H, W, C = x.shape
+    og = w.shape[2]
+    cout = og * groups
+    b = _check_bias(b, x, w, cout)
+    flip_pads = [(d[i] * (k[i] - 1) - pads[i][0], d[i] * (k[i] - 1) - pads[i][1] + op[i])
+                 for i in range(2)]
+    if s == (1, 1) and min(min(p) for p in flip_pads) >= 0:
+        return conv2d(x, _flipped_kernel(w, groups), b, 1, tuple(flip_pads), d, groups)
+    y = _alloc((N, HC, WC, cout), x.dtype, zero=b is None)
+    if b is not None:
+        y[...] = b                                        # col2im adds onto it
+    kg = k[0] * k[1] * og
+    wmat = w.reshape(kg, C)
+    row_bytes = k[0] * k[1] * cout * x.itemsize          # columns of one input pixel
+    nt = get_num_threads()
+    chunk = max(min(N, nt), TRANSPOSE_CHUNK_BYTES // max(1, H * W * row_bytes))
+    cg = C // groups
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        xs = x[n0:n1].reshape(-1, C)
+        if groups == 1:
+            cols = _matmul(xs, wmat, trans_b=True)       # (m, KH*KW*C_out)
+        else:
+            cols = _alloc((xs.shape[0], k[0] * k[1] * cout), x.dtype)
+            view = cols.reshape(xs.shape[0], k[0] * k[1], cout)
+            for gi in range(groups):
+                part = _matmul(xs[:, gi * cg:(gi + 1) * cg], wmat[:, gi * cg:(gi + 1) * cg],
+                               trans_b=True)
+                view[:, :, gi * og:(gi + 1) * og] = part.reshape(-1, k[0] * k[1], og)
+        _core.col2im(cols, y[n0:n1], k[0], k[1], H, W, s[0], s[1], core[0][0], core[1][0],
+                     d[0], d[1], _threads(n1 - n0, cols.size))
+    if (HC, WC) == (OH, OW):
+        return y
+    full = _alloc((N, OH, OW, cout), x.dtype, zero=b is None)
+    if b is not None:
+        full[...] = b
+    full[:, :HC, :WC] = y
+    return full
+
+
+def conv2d_transpose_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike,
+                              stride: _IntOrPair = 1, padding: _Padding = 0,
+                              output_padding: _IntOrPair | None = None,
+                              dilation: _IntOrPair = 1, groups: int = 1, need_dx: bool = True,
+                              ) -> tuple[_FloatArray | None, _FloatArray, _FloatArray]:
+    """Gradients of :func:`conv2d_transpose` with respect to its input, weights and bias.
+
+    The roles of the convolution swap: ``dx`` is the forward convolution
+    ``conv2d(dy, w)`` (with the same stride, padding, dilation and groups), ``dw`` is the
+    convolution's weight gradient with ``dy`` as its input and ``x`` as its output
+    gradient, and ``db`` is ``dy`` summed over N, OH, OW. Both go through :func:`conv2d`
+    and :func:`conv2d_backward`, so their routes (Winograd, direct, im2col) apply.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, OH, OW, C_out)
+        Gradient of the loss with respect to the output of ``conv2d_transpose(x, w, ...)``.
+    x, w, stride, padding, output_padding, dilation, groups
+        As given to :func:`conv2d_transpose`.
+    need_dx : bool
+        When False, ``dx`` is not computed and None is returned in its place.
+
+    Returns
+    -------
+    dx : ndarray of x's shape, or None
+    dw : ndarray of w's shape
+    db : ndarray of shape (C_out,)
+    """
+    x, w, groups, k, s, d, pads, op, (OH, OW), (HC, WC), core = _check_conv_transpose(
+        x, w, stride, padding, output_padding, dilation, groups)
+    dy = _float_array(dy, "dy", 4, contiguous=False)
+    _same_dtype(x=x, dy=dy)
+    cout = w.shape[2] * groups
+    expected = (x.shape[0], OH, OW, cout)
+    if dy.shape != expected:
+        raise ValueError(f"dy must have the output shape (N, OH, OW, C_out) = {expected} for x "
+                         f"of shape {x.shape} and w of shape {w.shape}, got {dy.shape}")
+    db = dy.sum(axis=(0, 1, 2))
+    # The rows and columns of the output padding that no tap reaches take no part.
+    dyc = np.ascontiguousarray(dy[:, :HC, :WC])
+    dx = conv2d(dyc, w, None, s, core, d, groups) if need_dx else None
+    _, dw, _ = conv2d_backward(x, dyc, w, s, core, d, groups, need_dx=False)
+    return dx, dw, db
 
 
 # ---------------------------------------------------------------------------------
@@ -883,3 +1186,175 @@ def relu_backward(dy, y):
     _core.relu_backward(dy.reshape(-1), y.reshape(-1), out.reshape(-1),
                         _threads(dy.size, dy.size))
     return out
+
+
+# ---------------------------------------------------------------------------------
+# Resampling, padding and cropping (memory-bound: numpy)
+# ---------------------------------------------------------------------------------
+_INTERPOLATIONS = ("nearest", "bilinear")
+
+
+def normalize_pads(value: _IntOrPair | Sequence[Sequence[int]], name: str = "padding") -> _Pads:
+    """Keras's forms of a padding or cropping argument as ``((top, bottom), (left, right))``.
+
+    Parameters
+    ----------
+    value : int, (h, w) or ((top, bottom), (left, right))
+        An int applies to all four sides, ``(h, w)`` to top and bottom / left and right.
+    name : str
+        The argument's name, for the error messages.
+    """
+    what = "a non-negative int, a pair (h, w) or ((top, bottom), (left, right))"
+    if isinstance(value, (tuple, list)) and any(isinstance(v, (tuple, list)) for v in value):
+        if len(value) != 2 or not all(isinstance(v, (tuple, list)) for v in value):
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        return tuple(normalize_pair(tuple(v), name, minimum=0) for v in value)  # type: ignore
+    h, w = normalize_pair(value, name, minimum=0)
+    return ((h, h), (w, w))
+
+
+def zero_pad2d(x: ArrayLike, padding: _IntOrPair | Sequence[Sequence[int]] = 1) -> _FloatArray:
+    """Zeros around the height and width of ``x`` (Keras's ZeroPadding2D).
+
+    The adjoint of :func:`crop2d`: the gradient of ``zero_pad2d(x, p)`` is
+    ``crop2d(dy, p)``, and the other way round.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), dtype float32 or float64
+    padding : int, (h, w) or ((top, bottom), (left, right))
+
+    Returns
+    -------
+    y : ndarray of shape (N, top + H + bottom, left + W + right, C)
+    """
+    (t, b), (l, r) = normalize_pads(padding, "padding")
+    x = _float_array(x, "x", 4, contiguous=False)
+    N, H, W, C = x.shape
+    y = _alloc((N, t + H + b, l + W + r, C), x.dtype, zero=True)
+    y[:, t:t + H, l:l + W] = x
+    return y
+
+
+def crop2d(x: ArrayLike, cropping: _IntOrPair | Sequence[Sequence[int]] = 0) -> _FloatArray:
+    """Remove rows and columns at the edges of ``x`` (Keras's Cropping2D).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), dtype float32 or float64
+    cropping : int, (h, w) or ((top, bottom), (left, right))
+        Must leave at least one row and one column.
+
+    Returns
+    -------
+    y : ndarray of shape (N, H - top - bottom, W - left - right, C), a new array
+    """
+    (t, b), (l, r) = normalize_pads(cropping, "cropping")
+    x = _float_array(x, "x", 4, contiguous=False)
+    N, H, W, C = x.shape
+    if t + b >= H or l + r >= W:
+        raise ValueError(f"cropping {((t, b), (l, r))} must leave at least one row and column "
+                         f"of x of shape {x.shape}")
+    return np.ascontiguousarray(x[:, t:H - b, l:W - r])
+
+
+def _check_interpolation(interpolation):
+    if not isinstance(interpolation, str) or interpolation.lower() not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+    return interpolation.lower()
+
+
+def _linear_taps(n, scale, dtype):
+    """Source pixels and weights of linear upsampling by an integer ``scale`` along an axis
+    of n pixels, half-pixel centres: output o samples the input at
+    ``max((o + 0.5) / scale - 0.5, 0)``. Returns (i0, i1, w0, w1), i0 <= i1 both sorted."""
+    src = np.maximum((np.arange(n * scale) + 0.5) / scale - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.intp), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w1 = src - i0
+    return i0, i1, (1.0 - w1).astype(dtype), w1.astype(dtype)
+
+
+def _along(v, axis, ndim):
+    shape = [1] * ndim
+    shape[axis] = v.size
+    return v.reshape(shape)
+
+
+def _upsample_linear(x, axis, scale):
+    i0, i1, w0, w1 = _linear_taps(x.shape[axis], scale, x.dtype)
+    y = np.take(x, i0, axis=axis)
+    y *= _along(w0, axis, x.ndim)
+    y += np.take(x, i1, axis=axis) * _along(w1, axis, x.ndim)
+    return y
+
+
+def _upsample_linear_adjoint(dy, axis, scale, n):
+    """The adjoint of _upsample_linear: each dy scattered back onto its two taps (the tap
+    indices are sorted, so each tap's sums are segment sums: np.add.reduceat)."""
+    i0, i1, w0, w1 = _linear_taps(n, scale, dy.dtype)
+    shape = list(dy.shape)
+    shape[axis] = n
+    dx = np.zeros(shape, dy.dtype)
+    for idx, wt in ((i0, w0), (i1, w1)):
+        starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+        sums = np.add.reduceat(dy * _along(wt, axis, dy.ndim), starts, axis=axis)
+        dx[(slice(None),) * axis + (idx[starts],)] += sums
+    return dx
+
+
+def upsample2d(x: ArrayLike, size: _IntOrPair = 2, interpolation: str = "nearest") -> _FloatArray:
+    """Upsample height and width by integer factors (Keras's UpSampling2D).
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C), dtype float32 or float64
+    size : int or (sh, sw)
+    interpolation : {"nearest", "bilinear"}
+        ``"nearest"`` repeats every pixel ``sh x sw`` times. ``"bilinear"`` uses
+        half-pixel centres, output ``o`` sampling the input at ``(o + 0.5) / s - 0.5``
+        clamped to the image: PyTorch's ``interpolate(mode="bilinear",
+        align_corners=False)`` and Keras's (TensorFlow's) bilinear ``UpSampling2D``.
+
+    Returns
+    -------
+    y : ndarray of shape (N, H * sh, W * sw, C)
+    """
+    sh, sw = normalize_pair(size, "size")
+    interpolation = _check_interpolation(interpolation)
+    x = _float_array(x, "x", 4, contiguous=False)
+    _positive_dims(x, "x")
+    N, H, W, C = x.shape
+    if interpolation == "bilinear":
+        _check_fits((N, H * sh, W * sw, C), x.dtype)
+        return _upsample_linear(_upsample_linear(x, 1, sh), 2, sw)
+    y = _alloc((N, H * sh, W * sw, C), x.dtype)
+    y.reshape(N, H, sh, W, sw, C)[...] = x[:, :, None, :, None, :]
+    return y
+
+
+def upsample2d_backward(dy: ArrayLike, size: _IntOrPair = 2,
+                        interpolation: str = "nearest") -> _FloatArray:
+    """Gradient of :func:`upsample2d` with respect to its input.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, H * sh, W * sw, C), dtype float32 or float64
+    size, interpolation : as given to :func:`upsample2d`
+
+    Returns
+    -------
+    dx : ndarray of shape (N, H, W, C)
+    """
+    sh, sw = normalize_pair(size, "size")
+    interpolation = _check_interpolation(interpolation)
+    dy = _float_array(dy, "dy", 4, contiguous=False)
+    _positive_dims(dy, "dy")
+    N, OH, OW, C = dy.shape
+    if OH % sh or OW % sw:
+        raise ValueError(f"dy of shape {dy.shape} is not the output of an upsampling by "
+                         f"size {(sh, sw)}: height and width must be multiples of it")
+    H, W = OH // sh, OW // sw
+    if interpolation == "bilinear":
+        return _upsample_linear_adjoint(_upsample_linear_adjoint(dy, 2, sw, W), 1, sh, H)
+    return np.ascontiguousarray(dy).reshape(N, H, sh, W, sw, C).sum(axis=(2, 4))
