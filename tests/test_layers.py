@@ -424,10 +424,10 @@ def test_get_activation():
     assert L.get_activation(None) is None and L.get_activation("linear") is None
     s = L.Softmax()
     assert L.get_activation(s) is s
-    with pytest.raises(ValueError, match="swish"):
-        L.get_activation("swish")
-    with pytest.raises(ValueError, match="swish"):
-        L.Dense(3, activation="swish")
+    with pytest.raises(ValueError, match="mish"):
+        L.get_activation("mish")
+    with pytest.raises(ValueError, match="mish"):
+        L.Dense(3, activation="mish")
 
 
 def test_deserialize_unknown_class():

@@ -767,7 +767,8 @@ def _check_conv_transpose(x, w, stride, padding, output_padding, dilation, group
     Returns the contiguous x and w and the geometry: the output size (OH, OW), and the
     convolution whose data gradient this is: an input of (HC, WC) rows and columns with
     explicit pads `core`. HC < OH when the output padding exceeds the bottom padding: the
-    last OH - HC rows are then reached by no kernel tap (they hold the bias only).
+    last OH - HC rows are then reached by no kernel tap (they hold the bias only); HC < 1
+    when the top padding removes every row a tap reaches.
     """
     x, w, groups = _conv_operands(x, w, groups, " (KH, KW, C_out/groups, C_in)")
     KH, KW, og, cin = w.shape
@@ -789,10 +790,11 @@ def _check_conv_transpose(x, w, stride, padding, output_padding, dilation, group
         # Rows past the last tap (output padding beyond the bottom pad) are no part of the
         # convolution whose gradient this is.
         extra = max(op[i] - pads[i][1], 0)
-        if size - extra < 1:
+        if size < 1:
             raise ValueError(
                 f"the padding {pads[i]} removes every {axis} position of the output: x of "
-                f"shape {x.shape}, kernel {k}, stride {s}, dilation {d}, output_padding {op}")
+                f"shape {x.shape}, kernel {k}, stride {s}, dilation {d}, output_padding {op} "
+                f"give an output {axis} of {size}")
         out.append(size)
         core_hw.append(size - extra)
         core.append((pads[i][0], max(pads[i][1] - op[i], 0)))
@@ -865,9 +867,9 @@ def conv2d_transpose(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
                  for i in range(2)]
     if s == (1, 1) and min(min(p) for p in flip_pads) >= 0:
         return conv2d(x, _flipped_kernel(w, groups), b, 1, tuple(flip_pads), d, groups)
-    y = _alloc((N, HC, WC, cout), x.dtype, zero=b is None)
-    if b is not None:
-        y[...] = b                                        # col2im adds onto it
+    if min(HC, WC) < 1:                                   # no tap reaches the output
+        return _bias_filled((N, OH, OW, cout), b, x.dtype)
+    y = _bias_filled((N, HC, WC, cout), b, x.dtype)       # col2im adds onto it
     kg = k[0] * k[1] * og
     wmat = w.reshape(kg, C)
     row_bytes = k[0] * k[1] * cout * x.itemsize          # columns of one input pixel
@@ -890,11 +892,17 @@ def conv2d_transpose(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
                      d[0], d[1], _threads(n1 - n0, cols.size))
     if (HC, WC) == (OH, OW):
         return y
-    full = _alloc((N, OH, OW, cout), x.dtype, zero=b is None)
-    if b is not None:
-        full[...] = b
+    full = _bias_filled((N, OH, OW, cout), b, x.dtype)
     full[:, :HC, :WC] = y
     return full
+
+
+def _bias_filled(shape, b, dtype):
+    """A new NHWC array holding the bias b (or zeros) at every pixel."""
+    y = _alloc(shape, dtype, zero=b is None)
+    if b is not None:
+        y[...] = b
+    return y
 
 
 def conv2d_transpose_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike,
@@ -935,6 +943,8 @@ def conv2d_transpose_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike,
         raise ValueError(f"dy must have the output shape (N, OH, OW, C_out) = {expected} for x "
                          f"of shape {x.shape} and w of shape {w.shape}, got {dy.shape}")
     db = dy.sum(axis=(0, 1, 2))
+    if min(HC, WC) < 1:                                   # the output holds the bias only
+        return (np.zeros_like(x) if need_dx else None), np.zeros_like(w), db
     # The rows and columns of the output padding that no tap reaches take no part.
     dyc = np.ascontiguousarray(dy[:, :HC, :WC])
     dx = conv2d(dyc, w, None, s, core, d, groups) if need_dx else None

@@ -30,14 +30,16 @@ import math
 import numbers
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, ndtr
 
 from . import functional as F
 from . import initializers
 
 __all__ = [
-    "Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Dense", "Flatten",
-    "Dropout", "BatchNorm2D", "Activation", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+    "Layer", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "MaxPool2D", "AvgPool2D",
+    "GlobalAvgPool2D", "GlobalMaxPool2D", "GlobalMaxPooling2D", "Dense", "Flatten", "Reshape",
+    "UpSampling2D", "ZeroPadding2D", "Cropping2D", "Dropout", "BatchNorm2D", "Activation",
+    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "ELU", "GELU", "SiLU", "Swish",
     "serialize", "deserialize", "get_activation",
 ]
 
@@ -354,15 +356,20 @@ class Activation(Layer):
     """Base of the elementwise activation layers.
 
     Subclasses implement ``_apply(x, out)`` (writes into ``out``, which may be ``x``) and
-    ``_grad(dy, y)`` (``dL/dx`` from the output ``y``, as a new array).
+    ``_grad(dy, y)`` (``dL/dx`` from the output ``y``, as a new array; from the input
+    ``x`` instead when ``grad_from_input`` is True).
     """
 
     #: The string accepted by :func:`get_activation`.
     activation_name = ""
+    #: Whether ``_grad`` takes the input rather than the output: True for the functions
+    #: whose output does not determine their slope (GELU, SiLU). Such an activation fused
+    #: into a layer is not applied in place when a backward pass will follow.
+    grad_from_input = False
 
     def _forward(self, x, training, cache):
         y = self._apply(x, np.empty_like(x))
-        return y, (y if cache else None)
+        return y, ((x if self.grad_from_input else y) if cache else None)
 
     def _backward(self, dy, y):
         if not self.need_input_grad:
@@ -382,7 +389,21 @@ class ReLU(Activation):
         return F.relu_backward(dy, y)   # one compiled pass
 
 
-class LeakyReLU(Activation):
+class _WithAlpha(Activation):
+    """An activation with one non-negative parameter ``alpha``."""
+
+    def __init__(self, alpha, **kwargs):
+        super().__init__(**kwargs)
+        alpha = _real(alpha, "alpha")
+        if alpha < 0:
+            raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
+        self.alpha = alpha
+
+    def _config(self):
+        return {"alpha": self.alpha}
+
+
+class LeakyReLU(_WithAlpha):
     """``y = x`` for ``x > 0``, ``alpha * x`` otherwise.
 
     Parameters
@@ -394,14 +415,7 @@ class LeakyReLU(Activation):
     activation_name = "leaky_relu"
 
     def __init__(self, alpha=0.01, **kwargs):
-        super().__init__(**kwargs)
-        alpha = _real(alpha, "alpha")
-        if alpha < 0:
-            raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
-        self.alpha = alpha
-
-    def _config(self):
-        return {"alpha": self.alpha}
+        super().__init__(alpha, **kwargs)
 
     def _apply(self, x, out):
         if out is not x:
@@ -487,7 +501,133 @@ class Softmax(Activation):
         return np.multiply(dx, y, out=dx)
 
 
-_ACTIVATIONS = {cls.activation_name: cls for cls in (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax)}
+class ELU(_WithAlpha):
+    """``y = x`` for ``x > 0``, ``alpha * (exp(x) - 1)`` otherwise (Clevert et al. 2015).
+
+    The gradient is taken from the output: 1 where ``y > 0``, ``y + alpha`` elsewhere (which
+    needs ``alpha >= 0``; PyTorch and Keras also accept a negative alpha).
+
+    Parameters
+    ----------
+    alpha : float >= 0
+        The value approached for large negative inputs is ``-alpha`` (default 1.0, as
+        PyTorch and Keras).
+    """
+
+    activation_name = "elu"
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(alpha, **kwargs)
+
+    def _apply(self, x, out):
+        negative = x <= 0                          # (NaN is neither: it passes through)
+        e = np.expm1(np.minimum(x, 0))
+        e *= e.dtype.type(self.alpha)
+        if out is not x:
+            np.copyto(out, x)
+        np.copyto(out, e, where=negative)
+        return out
+
+    def _grad(self, dy, y):
+        dx = np.add(y, y.dtype.type(self.alpha))   # alpha * exp(x) where x <= 0
+        np.copyto(dx, 1, where=y > 0)
+        return np.multiply(dx, dy, out=dx)
+
+
+class GELU(Activation):
+    """Gaussian error linear unit ``y = x * Phi(x)``, ``Phi`` the standard normal CDF.
+
+    Parameters
+    ----------
+    approximate : {"none", "tanh"} (or False / True)
+        ``"none"`` (the default): the exact ``Phi(x) = (1 + erf(x / sqrt(2))) / 2``;
+        ``"tanh"``: ``Phi(x) ~ (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3))) / 2``. As
+        PyTorch's ``nn.GELU(approximate=...)``; Keras's ``gelu(x, approximate=False)``
+        takes the booleans.
+    """
+
+    activation_name = "gelu"
+    grad_from_input = True
+    _K = math.sqrt(2.0 / math.pi)
+    _A = 0.044715
+
+    def __init__(self, approximate="none", **kwargs):
+        super().__init__(**kwargs)
+        forms = {False: "none", True: "tanh", "none": "none", "tanh": "tanh"}
+        if not isinstance(approximate, (str, bool)) or approximate not in forms:
+            raise ValueError(f"approximate must be 'none' or 'tanh' (or False / True), "
+                             f"got {approximate!r}")
+        self.approximate = forms[approximate]
+
+    def _config(self):
+        return {"approximate": self.approximate}
+
+    def _tanh_term(self, x):
+        """tanh(sqrt(2 / pi) * (x + 0.044715 x^3))."""
+        t = np.square(x)
+        t *= t.dtype.type(self._A)
+        t += 1
+        t *= x
+        t *= t.dtype.type(self._K)
+        return np.tanh(t, out=t)
+
+    def _apply(self, x, out):
+        if self.approximate == "tanh":
+            phi = self._tanh_term(x)
+            phi += 1
+            phi *= phi.dtype.type(0.5)
+        else:
+            phi = ndtr(x)
+        return np.multiply(x, phi, out=out)
+
+    def _grad(self, dy, x):
+        if self.approximate == "tanh":
+            # 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2 / pi) (1 + 3 * 0.044715 x^2)
+            t = self._tanh_term(x)
+            dx = np.square(x)
+            dx *= dx.dtype.type(3 * self._A)
+            dx += 1
+            dx *= x
+            dx *= 1 - np.square(t)
+            dx *= dx.dtype.type(self._K)
+            dx += t
+            dx += 1
+            dx *= dx.dtype.type(0.5)
+        else:
+            # Phi(x) + x phi(x), phi the standard normal density
+            dx = np.square(x)
+            dx *= dx.dtype.type(-0.5)
+            np.exp(dx, out=dx)
+            dx *= dx.dtype.type(1.0 / math.sqrt(2.0 * math.pi))
+            dx *= x
+            dx += ndtr(x)
+        return np.multiply(dx, dy, out=dx)
+
+
+class SiLU(Activation):
+    """Sigmoid linear unit (swish) ``y = x * sigmoid(x)``;
+    ``dy/dx = s (1 + x (1 - s))`` with ``s = sigmoid(x)``. Also registered as ``Swish``
+    and ``activation="swish"``.
+    """
+
+    activation_name = "silu"
+    grad_from_input = True
+
+    def _apply(self, x, out):
+        return np.multiply(x, expit(x), out=out)
+
+    def _grad(self, dy, x):
+        s = expit(x)
+        dx = np.subtract(1, s)
+        dx *= x
+        dx += 1
+        dx *= s
+        return np.multiply(dx, dy, out=dx)
+
+
+_ACTIVATIONS = {cls.activation_name: cls for cls in (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax,
+                                                     ELU, GELU, SiLU)}
+_ACTIVATIONS["swish"] = SiLU
 
 
 def get_activation(name_or_layer):
@@ -496,8 +636,9 @@ def get_activation(name_or_layer):
     Parameters
     ----------
     name_or_layer : str, Layer, dict or None
-        ``"relu"``, ``"leaky_relu"``, ``"sigmoid"``, ``"tanh"``, ``"softmax"``, ``"linear"``
-        or None (no activation), an activation layer instance, or a :func:`serialize` dict.
+        ``"relu"``, ``"leaky_relu"``, ``"sigmoid"``, ``"tanh"``, ``"softmax"``, ``"elu"``,
+        ``"gelu"``, ``"silu"`` (or ``"swish"``), ``"linear"`` or None (no activation), an
+        activation layer instance, or a :func:`serialize` dict.
 
     Returns
     -------
@@ -559,17 +700,76 @@ class _WithActivation(Layer):
         act = self.activation
         if act is None or not getattr(self, "_apply_activation", True):
             return z, None
+        if cache and act.grad_from_input:
+            return act._apply(z, np.empty_like(z)), z    # the gradient needs z itself
         y = act._apply(z, z)                         # z is our own fresh array: in place
         return y, (y if cache else None)
 
-    def _deactivate(self, dy, y):
-        return dy if y is None else self.activation._grad(dy, y)
+    def _deactivate(self, dy, saved):
+        """dL/dz from dL/dy; saved is what _activate kept (y, or z for grad_from_input)."""
+        return dy if saved is None else self.activation._grad(dy, saved)
 
 
 # ---------------------------------------------------------------------------------
 # Convolution and dense
 # ---------------------------------------------------------------------------------
-class Conv2D(_WithActivation):
+class _Conv(_WithActivation):
+    """What the convolution layers share: geometry, bias, initializers, fused activation."""
+
+    _input_rank = 3
+    _fixed_channels = True
+
+    def __init__(self, kernel_size, stride, padding, dilation, use_bias, activation,
+                 kernel_initializer, bias_initializer, name, trainable):
+        super().__init__(activation=activation, name=name, trainable=trainable)
+        self.kernel_size = F.normalize_pair(kernel_size, "kernel_size")
+        self.stride = F.normalize_pair(stride, "stride")
+        self.dilation = F.normalize_pair(dilation, "dilation")
+        self.padding = _check_padding(padding)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def _config(self):
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "dilation": self.dilation, "use_bias": self.use_bias,
+                "activation": _activation_config(self.activation),
+                "kernel_initializer": initializers.name_of(self.kernel_initializer),
+                "bias_initializer": initializers.name_of(self.bias_initializer)}
+
+    def _init_weights(self, shape, rng, dtype, channels):
+        """params["kernel"] of this shape (the initializer's fans read from it) and the bias."""
+        self.params["kernel"] = self.kernel_initializer(shape, rng, dtype)
+        if self.use_bias:
+            self.params["bias"] = self.bias_initializer((channels,), rng, dtype)
+
+    def _init_filters(self, filters, groups):
+        self.filters = _positive_int(filters, "filters")
+        self.groups = _positive_int(groups, "groups")
+        if self.filters % self.groups:
+            raise ValueError(f"filters ({self.filters}) must be divisible by groups "
+                             f"({self.groups})")
+
+    # Subclasses supply _conv(x) -> z and _conv_backward(dz, x) -> (dx or None, dw, db).
+    def _forward(self, x, training, cache):
+        y, act_saved = self._activate(self._conv(x), cache)
+        return y, ((x, act_saved) if cache else None)
+
+    def _backward(self, dy, saved):
+        x, act_saved = saved
+        dx, dw, db = self._conv_backward(self._deactivate(dy, act_saved), x)
+        np.copyto(self.grads["kernel"], dw.reshape(self.grads["kernel"].shape))
+        if self.use_bias:
+            np.copyto(self.grads["bias"], db)
+        return dx
+
+    def _check_groups(self, C, groups, input_shape):
+        if C % groups:
+            raise ValueError(f"{self._label()}: input channels ({C}, input shape {input_shape}) "
+                             f"must be divisible by groups ({groups})")
+
+
+class Conv2D(_Conv):
     """2-D convolution (cross-correlation) over NHWC inputs, HWIO kernel.
 
     Parameters
@@ -593,67 +793,187 @@ class Conv2D(_WithActivation):
     params : {"kernel": (KH, KW, C_in // groups, filters), "bias": (filters,)}
     """
 
-    _input_rank = 3
-    _fixed_channels = True
-
     def __init__(self, filters, kernel_size, stride=1, padding="valid", dilation=1, groups=1,
                  use_bias=True, activation=None, kernel_initializer="he_uniform",
                  bias_initializer="zeros", name=None, trainable=True):
-        super().__init__(activation=activation, name=name, trainable=trainable)
-        self.filters = _positive_int(filters, "filters")
-        self.kernel_size = F.normalize_pair(kernel_size, "kernel_size")
-        self.stride = F.normalize_pair(stride, "stride")
-        self.dilation = F.normalize_pair(dilation, "dilation")
-        self.padding = _check_padding(padding)
-        self.groups = _positive_int(groups, "groups")
-        if self.filters % self.groups:
-            raise ValueError(f"filters ({self.filters}) must be divisible by groups "
-                             f"({self.groups})")
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
+        super().__init__(kernel_size, stride, padding, dilation, use_bias, activation,
+                         kernel_initializer, bias_initializer, name, trainable)
+        self._init_filters(filters, groups)
 
     def _config(self):
-        return {"filters": self.filters, "kernel_size": self.kernel_size, "stride": self.stride,
-                "padding": self.padding, "dilation": self.dilation, "groups": self.groups,
-                "use_bias": self.use_bias, "activation": _activation_config(self.activation),
-                "kernel_initializer": initializers.name_of(self.kernel_initializer),
-                "bias_initializer": initializers.name_of(self.bias_initializer)}
+        return {"filters": self.filters, **super()._config(), "groups": self.groups}
 
     def output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         H, W, C = input_shape
-        if C % self.groups:
-            raise ValueError(f"{self._label()}: input channels ({C}, input shape {input_shape}) "
-                             f"must be divisible by groups ({self.groups})")
+        self._check_groups(C, self.groups, input_shape)
         oh, ow = _spatial_output(self._label(), (H, W), self.kernel_size, self.stride,
                                  self.padding, self.dilation, "kernel")
         return (oh, ow, self.filters)
 
     def _build(self, input_shape, rng, dtype):
         KH, KW = self.kernel_size
-        shape = (KH, KW, input_shape[-1] // self.groups, self.filters)
-        self.params["kernel"] = self.kernel_initializer(shape, rng, dtype)
-        if self.use_bias:
-            self.params["bias"] = self.bias_initializer((self.filters,), rng, dtype)
+        self._init_weights((KH, KW, input_shape[-1] // self.groups, self.filters), rng, dtype,
+                           self.filters)
 
-    def _forward(self, x, training, cache):
-        z = F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.stride,
-                     self.padding, self.dilation, self.groups)
-        y, y_act = self._activate(z, cache)
-        return y, ((x, y_act) if cache else None)
+    def _conv(self, x):
+        return F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.stride,
+                        self.padding, self.dilation, self.groups)
 
-    def _backward(self, dy, saved):
-        x, y_act = saved
-        dz = self._deactivate(dy, y_act)
-        dx, dw, db = F.conv2d_backward(dz, x, self.params["kernel"], self.stride, self.padding,
-                                       self.dilation, self.groups,
-                                       need_dx=self.need_input_grad)
-        np.copyto(self.grads["kernel"], dw)
-        if self.use_bias:
-            np.copyto(self.grads["bias"], db)
-        return dx
+    def _conv_backward(self, dz, x):
+        return F.conv2d_backward(dz, x, self.params["kernel"], self.stride, self.padding,
+                                 self.dilation, self.groups, need_dx=self.need_input_grad)
+
+
+class Conv2DTranspose(_Conv):
+    """Transposed 2-D convolution ("deconvolution"): the data gradient of a convolution,
+    e.g. to upsample a feature map by ``stride`` in a decoder.
+
+    Semantics of PyTorch's ``ConvTranspose2d`` for numeric padding (rows and columns removed
+    from each side of the full output) and ``output_padding`` (added at the bottom/right);
+    ``"valid"``/``"same"`` give Keras's ``Conv2DTranspose`` sizes (``"same"``: ``H * stride``).
+    Output height ``(H - 1) * stride - top - bottom + dilation * (KH - 1) + output_padding + 1``
+    (see :func:`cconv.functional.normalize_transpose_padding`).
+
+    Parameters
+    ----------
+    filters, kernel_size, stride, dilation
+        As :class:`Conv2D` (``filters`` output channels).
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+    output_padding : int, pair or None
+        Must be smaller than the stride or the dilation. None: 0 for numeric padding,
+        Keras's default for the strings.
+    groups : int
+        ``C_in`` and ``filters`` split into this many independent groups (as PyTorch's).
+    use_bias, activation, kernel_initializer, bias_initializer
+        As :class:`Conv2D`.
+
+    Attributes
+    ----------
+    params : {"kernel": (KH, KW, filters // groups, C_in), "bias": (filters,)}
+        The kernel is the HWIO kernel of the convolution whose gradient this layer
+        computes, i.e. Keras's Conv2DTranspose layout ``(KH, KW, out, in)``. PyTorch's
+        ``ConvTranspose2d.weight`` ``(C_in, filters // groups, KH, KW)`` is
+        ``kernel.transpose(3, 2, 0, 1)``.
+
+    Notes
+    -----
+    Runs on the convolution's compiled kernels (:func:`cconv.functional.conv2d_transpose`):
+    forward with stride 1 as a convolution with the rotated kernel (Winograd, direct or
+    im2col route), otherwise as ``x W^T`` + col2im; backward as a forward convolution
+    (``dx``) and a convolution weight gradient (``dw``).
+    """
+
+    def __init__(self, filters, kernel_size, stride=1, padding="valid", output_padding=None,
+                 dilation=1, groups=1, use_bias=True, activation=None,
+                 kernel_initializer="he_uniform", bias_initializer="zeros", name=None,
+                 trainable=True):
+        super().__init__(kernel_size, stride, padding, dilation, use_bias, activation,
+                         kernel_initializer, bias_initializer, name, trainable)
+        self._init_filters(filters, groups)
+        self.output_padding = (None if output_padding is None
+                               else F.normalize_pair(output_padding, "output_padding", minimum=0))
+        F.normalize_transpose_padding(self.padding, self.kernel_size, self.stride, self.dilation,
+                                      self.output_padding)      # checks output_padding
+
+    def _config(self):
+        return {"filters": self.filters, **super()._config(),
+                "output_padding": self.output_padding, "groups": self.groups}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        self._check_rank(len(input_shape) + 1, (None,) + input_shape)
+        H, W, C = input_shape
+        self._check_groups(C, self.groups, input_shape)
+        pads, op = F.normalize_transpose_padding(self.padding, self.kernel_size, self.stride,
+                                                 self.dilation, self.output_padding)
+        out = [F.conv_transpose_output_size(size, self.kernel_size[i], self.stride[i],
+                                            pads[i][0], pads[i][1], op[i], self.dilation[i])
+               for i, size in enumerate((H, W))]
+        if min(out) < 1:
+            raise ValueError(f"{self._label()}: the padding {pads} leaves an output of "
+                             f"{tuple(out)} for an input of shape {input_shape}")
+        return (out[0], out[1], self.filters)
+
+    def _build(self, input_shape, rng, dtype):
+        KH, KW = self.kernel_size
+        self._init_weights((KH, KW, self.filters // self.groups, input_shape[-1]), rng, dtype,
+                           self.filters)
+
+    def _geometry(self):
+        return (self.stride, self.padding, self.output_padding, self.dilation, self.groups)
+
+    def _conv(self, x):
+        return F.conv2d_transpose(x, self.params["kernel"], self.params.get("bias"),
+                                  *self._geometry())
+
+    def _conv_backward(self, dz, x):
+        return F.conv2d_transpose_backward(dz, x, self.params["kernel"], *self._geometry(),
+                                           need_dx=self.need_input_grad)
+
+
+class DepthwiseConv2D(_Conv):
+    """Depthwise 2-D convolution: each input channel convolved with its own
+    ``depth_multiplier`` kernels (a :class:`Conv2D` with ``groups = C_in``).
+
+    Parameters
+    ----------
+    kernel_size : int or (KH, KW)
+    stride, dilation : int or pair
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+    depth_multiplier : int
+        Output channels per input channel: ``C_out = C_in * depth_multiplier``, output
+        channel ``c * depth_multiplier + j`` from input channel ``c`` (Keras's and
+        PyTorch's order).
+    use_bias, activation, kernel_initializer, bias_initializer
+        As :class:`Conv2D` (Keras calls the kernel's initializer ``depthwise_initializer``).
+        The initializers see the fans of one depthwise filter (``fan_in = KH * KW``, as
+        PyTorch; Keras counts ``KH * KW * C_in``).
+
+    Attributes
+    ----------
+    params : {"kernel": (KH, KW, C_in, depth_multiplier), "bias": (C_in * depth_multiplier,)}
+        Keras's depthwise kernel layout. PyTorch's ``Conv2d(C, C * m, groups=C).weight``
+        ``(C * m, 1, KH, KW)`` is ``kernel.reshape(KH, KW, 1, C * m).transpose(3, 2, 0, 1)``.
+    """
+
+    def __init__(self, kernel_size, stride=1, padding="valid", depth_multiplier=1, dilation=1,
+                 use_bias=True, activation=None, kernel_initializer="he_uniform",
+                 bias_initializer="zeros", name=None, trainable=True):
+        super().__init__(kernel_size, stride, padding, dilation, use_bias, activation,
+                         kernel_initializer, bias_initializer, name, trainable)
+        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier")
+
+    def _config(self):
+        return {**super()._config(), "depth_multiplier": self.depth_multiplier}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        self._check_rank(len(input_shape) + 1, (None,) + input_shape)
+        H, W, C = input_shape
+        oh, ow = _spatial_output(self._label(), (H, W), self.kernel_size, self.stride,
+                                 self.padding, self.dilation, "kernel")
+        return (oh, ow, C * self.depth_multiplier)
+
+    def _build(self, input_shape, rng, dtype):
+        KH, KW = self.kernel_size
+        C, m = input_shape[-1], self.depth_multiplier
+        self._init_weights((KH, KW, 1, C * m), rng, dtype, C * m)
+        self.params["kernel"] = self.params["kernel"].reshape(KH, KW, C, m)
+
+    def _grouped_kernel(self):
+        """The kernel as the HWIO kernel of a grouped convolution (a view, no copy)."""
+        KH, KW, C, m = self.params["kernel"].shape
+        return self.params["kernel"].reshape(KH, KW, 1, C * m)
+
+    def _conv(self, x):
+        return F.conv2d(x, self._grouped_kernel(), self.params.get("bias"), self.stride,
+                        self.padding, self.dilation, groups=x.shape[3])
+
+    def _conv_backward(self, dz, x):
+        return F.conv2d_backward(dz, x, self._grouped_kernel(), self.stride, self.padding,
+                                 self.dilation, groups=x.shape[3], need_dx=self.need_input_grad)
 
 
 class Dense(_WithActivation):
@@ -788,9 +1108,7 @@ class AvgPool2D(_Pool2D):
         return F.avg_pool2d_backward(dy, shape, self.pool_size, self.stride, self.padding)
 
 
-class GlobalAvgPool2D(Layer):
-    """Mean over height and width: ``(N, H, W, C) -> (N, C)``."""
-
+class _GlobalPool2D(Layer):
     _input_rank = 3
 
     def __init__(self, name=None, trainable=True):
@@ -800,6 +1118,10 @@ class GlobalAvgPool2D(Layer):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         return (input_shape[-1],)
+
+
+class GlobalAvgPool2D(_GlobalPool2D):
+    """Mean over height and width: ``(N, H, W, C) -> (N, C)``."""
 
     def _forward(self, x, training, cache):
         return np.mean(x, axis=(1, 2)), (x.shape if cache else None)
@@ -813,7 +1135,41 @@ class GlobalAvgPool2D(Layer):
         return dx
 
 
-class Flatten(Layer):
+class GlobalMaxPool2D(_GlobalPool2D):
+    """Maximum over height and width: ``(N, H, W, C) -> (N, C)``; Keras's GlobalMaxPooling2D.
+
+    A max pool whose window is the whole image (the compiled kernel of :class:`MaxPool2D`):
+    the gradient goes to the first maximum in row-major order (a NaN wins), as PyTorch's
+    ``max_pool2d`` over the whole image; TensorFlow's ``reduce_max`` would split it among
+    tied maxima instead.
+    """
+
+    def _forward(self, x, training, cache):
+        N, H, W, C = x.shape
+        y, argmax = F.max_pool2d(x, (H, W))
+        return y.reshape(N, C), ((argmax, x.shape) if cache else None)
+
+    def _backward(self, dy, saved):
+        if not self.need_input_grad:
+            return None
+        argmax, shape = saved
+        return F.max_pool2d_backward(dy.reshape(argmax.shape), argmax, shape)
+
+
+class _Reshaping(Layer):
+    """A layer that only reshapes each sample (C order) to its ``output_shape``."""
+
+    def _forward(self, x, training, cache):
+        y = x.reshape((x.shape[0],) + self.output_shape(x.shape[1:]))
+        return y, (x.shape if cache else None)
+
+    def _backward(self, dy, shape):
+        if not self.need_input_grad:
+            return None
+        return dy.reshape(shape)
+
+
+class Flatten(_Reshaping):
     """``(N, d1, d2, ...) -> (N, d1 * d2 * ...)`` in C (NHWC) order, as Keras's Flatten."""
 
     def __init__(self, name=None, trainable=True):
@@ -822,13 +1178,158 @@ class Flatten(Layer):
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
 
-    def _forward(self, x, training, cache):
-        return x.reshape(x.shape[0], -1), (x.shape if cache else None)
 
-    def _backward(self, dy, shape):
+class Reshape(_Reshaping):
+    """Reshape each sample to ``target_shape`` (C order, i.e. NHWC), as Keras's Reshape.
+
+    Parameters
+    ----------
+    target_shape : tuple of int
+        The output shape without the batch dimension; one entry may be -1 (inferred).
+    """
+
+    def __init__(self, target_shape, name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable)
+        what = "a tuple of positive ints (at most one -1), without the batch dimension"
+        if isinstance(target_shape, (numbers.Integral, np.integer)) and not isinstance(
+                target_shape, (bool, np.bool_)):
+            target_shape = (target_shape,)
+        if not isinstance(target_shape, (tuple, list)) or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+                for v in target_shape):
+            raise TypeError(f"target_shape must be {what}, got {target_shape!r}")
+        shape = tuple(int(v) for v in target_shape)
+        if not shape or any(v < 1 and v != -1 for v in shape) or shape.count(-1) > 1:
+            raise ValueError(f"target_shape must be {what}, got {target_shape!r}")
+        self.target_shape = shape
+
+    def _config(self):
+        return {"target_shape": self.target_shape}
+
+    def output_shape(self, input_shape):
+        size = math.prod(input_shape)
+        known = math.prod(v for v in self.target_shape if v != -1)
+        if -1 in self.target_shape:
+            if size % known:
+                raise ValueError(f"{self._label()}: cannot reshape an input of shape "
+                                 f"{tuple(input_shape)} ({size} values) to {self.target_shape}")
+            return tuple(size // known if v == -1 else v for v in self.target_shape)
+        if size != known:
+            raise ValueError(f"{self._label()}: cannot reshape an input of shape "
+                             f"{tuple(input_shape)} ({size} values) to {self.target_shape} "
+                             f"({known} values)")
+        return self.target_shape
+
+
+# ---------------------------------------------------------------------------------
+# Resampling, padding, cropping
+# ---------------------------------------------------------------------------------
+class UpSampling2D(Layer):
+    """Upsample height and width by integer factors, as Keras's UpSampling2D.
+
+    Parameters
+    ----------
+    size : int or (sh, sw)
+    interpolation : {"nearest", "bilinear"}
+        ``"bilinear"`` with half-pixel centres: PyTorch's ``interpolate(mode="bilinear",
+        align_corners=False)`` and Keras's bilinear UpSampling2D (TensorFlow's resize).
+        See :func:`cconv.functional.upsample2d`.
+    """
+
+    _input_rank = 3
+
+    def __init__(self, size=2, interpolation="nearest", name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable)
+        self.size = F.normalize_pair(size, "size")
+        if not isinstance(interpolation, str) or interpolation.lower() not in (
+                "nearest", "bilinear"):
+            raise ValueError(f"interpolation must be 'nearest' or 'bilinear', "
+                             f"got {interpolation!r}")
+        self.interpolation = interpolation.lower()
+
+    def _config(self):
+        return {"size": self.size, "interpolation": self.interpolation}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        self._check_rank(len(input_shape) + 1, (None,) + input_shape)
+        H, W, C = input_shape
+        return (H * self.size[0], W * self.size[1], C)
+
+    def _forward(self, x, training, cache):
+        return F.upsample2d(x, self.size, self.interpolation), None
+
+    def _backward(self, dy, saved):
         if not self.need_input_grad:
             return None
-        return dy.reshape(shape)
+        return F.upsample2d_backward(dy, self.size, self.interpolation)
+
+
+class _Margins(Layer):
+    """Adds (ZeroPadding2D) or removes (Cropping2D) rows and columns at the edges."""
+
+    _input_rank = 3
+    _arg = "padding"                                  # the constructor argument's name
+    _sign = 1
+    _apply = staticmethod(F.zero_pad2d)               # and its adjoint:
+    _adjoint = staticmethod(F.crop2d)
+
+    def __init__(self, margins, name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable)
+        self._margins = F.normalize_pads(_tuplify(margins), self._arg)
+        setattr(self, self._arg, self._margins)
+
+    def _config(self):
+        return {self._arg: self._margins}
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        self._check_rank(len(input_shape) + 1, (None,) + input_shape)
+        (t, b), (l, r) = self._margins
+        H, W, C = input_shape
+        out = (H + self._sign * (t + b), W + self._sign * (l + r), C)
+        if min(out) < 1:
+            raise ValueError(f"{self._label()}: {self._arg} {self._margins} must leave at least "
+                             f"one row and column of an input of shape {input_shape}")
+        return out
+
+    def _forward(self, x, training, cache):
+        return self._apply(x, self._margins), None
+
+    def _backward(self, dy, saved):
+        if not self.need_input_grad:
+            return None
+        return self._adjoint(dy, self._margins)
+
+
+class ZeroPadding2D(_Margins):
+    """Zeros around the height and width of the input, as Keras's ZeroPadding2D.
+
+    Parameters
+    ----------
+    padding : int, (h, w) or ((top, bottom), (left, right))
+    """
+
+    def __init__(self, padding=1, name=None, trainable=True):
+        super().__init__(padding, name=name, trainable=trainable)
+
+
+class Cropping2D(_Margins):
+    """Remove rows and columns at the edges of the input, as Keras's Cropping2D.
+
+    Parameters
+    ----------
+    cropping : int, (h, w) or ((top, bottom), (left, right))
+        Must leave at least one row and one column.
+    """
+
+    _arg = "cropping"
+    _sign = -1
+    _apply = staticmethod(F.crop2d)
+    _adjoint = staticmethod(F.zero_pad2d)
+
+    def __init__(self, cropping=0, name=None, trainable=True):
+        super().__init__(cropping, name=name, trainable=trainable)
 
 
 # ---------------------------------------------------------------------------------
@@ -994,10 +1495,13 @@ class BatchNorm2D(Layer):
 # Serialisation
 # ---------------------------------------------------------------------------------
 _LAYERS = {cls.__name__: cls for cls in (
-    Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dense, Flatten, Dropout, BatchNorm2D,
-    ReLU, LeakyReLU, Sigmoid, Tanh, Softmax)}
+    Conv2D, Conv2DTranspose, DepthwiseConv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
+    GlobalMaxPool2D, Dense, Flatten, Reshape, UpSampling2D, ZeroPadding2D, Cropping2D, Dropout,
+    BatchNorm2D, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, ELU, GELU, SiLU)}
 _ALIASES = {"MaxPooling2D": MaxPool2D, "AveragePooling2D": AvgPool2D, "AvgPooling2D": AvgPool2D,
-            "GlobalAveragePooling2D": GlobalAvgPool2D, "BatchNormalization": BatchNorm2D}
+            "GlobalAveragePooling2D": GlobalAvgPool2D, "GlobalMaxPooling2D": GlobalMaxPool2D,
+            "BatchNormalization": BatchNorm2D, "Convolution2DTranspose": Conv2DTranspose,
+            "Swish": SiLU}
 
 
 def serialize(layer) -> dict:
@@ -1037,3 +1541,8 @@ def deserialize(d: dict, custom_objects: dict | None = None) -> Layer:
         return cls.from_config(dict(config))
     except TypeError as e:
         raise ValueError(f"bad config for {name}: {e}") from e
+
+
+#: Keras's names for layers that cconv names differently (same classes).
+GlobalMaxPooling2D = GlobalMaxPool2D
+Swish = SiLU
