@@ -348,3 +348,63 @@ def numerical_grad(f, a, idx=None, eps=1e-6):
         flat[i] = old
         g[n] = (fp - fm) / (2 * eps)
     return g.reshape(a.shape) if idx is None else g
+
+
+# ----------------------------------------------------------------------------- transposed
+# convolution, upsampling
+
+def conv2d_transpose(x, w, b=None, stride=1, pads=((0, 0), (0, 0)), output_padding=0,
+                     dilation=1, groups=1):
+    """The scatter of the definition: every input pixel (i, j) adds
+    ``x[n, i, j, g*Cg + c] * w[m, q, o, g*Cg + c]`` onto output pixel
+    ``(i*sh + m*dh - pt, j*sw + q*dw - pl)``, channel ``g*Cog + o``, when that pixel lies in
+    the output of ``(H - 1)*sh - pt - pb + dh*(kh - 1) + oph + 1`` rows (columns alike).
+
+    ``w`` is ``(kh, kw, C_out // groups, C_in)``; ``pads`` explicit ``((pt, pb), (pl, pr))``.
+    """
+    dtype = np.result_type(x, w)
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, h, wd, cin = x.shape
+    kh, kw, cog, _ = w.shape
+    (sh, sw), (dh, dw), (oph, opw) = pair(stride), pair(dilation), pair(output_padding)
+    (pt, pb), (pl, pr) = pads
+    oh = (h - 1) * sh - pt - pb + dh * (kh - 1) + oph + 1
+    ow = (wd - 1) * sw - pl - pr + dw * (kw - 1) + opw + 1
+    cg = cin // groups
+    y = np.zeros((n, oh, ow, cog * groups))
+    for g in range(groups):
+        ci, co = slice(g * cg, (g + 1) * cg), slice(g * cog, (g + 1) * cog)
+        for i in range(h):
+            for j in range(wd):
+                for m in range(kh):
+                    for q in range(kw):
+                        r, c = i * sh + m * dh - pt, j * sw + q * dw - pl
+                        if 0 <= r < oh and 0 <= c < ow:
+                            y[:, r, c, co] += np.einsum("nc,oc->no", x[:, i, j, ci], w[m, q, :, ci])
+    if b is not None:
+        y += np.asarray(b, dtype=np.float64)
+    return y.astype(dtype)
+
+
+def upsample_bilinear(x, size):
+    """Output pixel (i, j) samples the input at the real position
+    ``(max((i + 0.5) / sh - 0.5, 0), max((j + 0.5) / sw - 0.5, 0))`` (half-pixel centres),
+    interpolating linearly between the two neighbouring rows and columns (the last row and
+    column repeat past the edge)."""
+    dtype = x.dtype
+    x = np.asarray(x, dtype=np.float64)
+    n, h, wd, c = x.shape
+    sh, sw = pair(size)
+    y = np.zeros((n, h * sh, wd * sw, c))
+    for i in range(h * sh):
+        py = max((i + 0.5) / sh - 0.5, 0.0)
+        r0 = min(int(math.floor(py)), h - 1)
+        r1, fy = min(r0 + 1, h - 1), py - r0
+        for j in range(wd * sw):
+            px = max((j + 0.5) / sw - 0.5, 0.0)
+            c0 = min(int(math.floor(px)), wd - 1)
+            c1, fx = min(c0 + 1, wd - 1), px - c0
+            y[:, i, j] = ((1 - fy) * ((1 - fx) * x[:, r0, c0] + fx * x[:, r0, c1])
+                          + fy * ((1 - fx) * x[:, r1, c0] + fx * x[:, r1, c1]))
+    return y.astype(dtype)
