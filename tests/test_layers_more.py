@@ -255,6 +255,7 @@ LAYERS = [
     ("upsample bilinear", lambda: L.UpSampling2D(3, interpolation="bilinear"), (2, 3, 4, 2)),
     ("zero padding", lambda: L.ZeroPadding2D(((1, 0), (2, 3))), (2, 3, 2, 2)),
     ("cropping", lambda: L.Cropping2D((1, 2)), (2, 4, 5, 2)),
+    ("cropping asymmetric", lambda: L.Cropping2D(((1, 0), (2, 1))), (2, 4, 5, 2)),
     ("global max", lambda: L.GlobalMaxPool2D(), (3, 4, 5, 2)),
     ("reshape", lambda: L.Reshape((-1, 4)), (2, 3, 4, 2)),
     ("reshape flat", lambda: L.Reshape(24), (2, 3, 4, 2)),
