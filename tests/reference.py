@@ -353,22 +353,26 @@ def numerical_grad(f, a, idx=None, eps=1e-6):
 # ----------------------------------------------------------------------------- transposed
 # convolution, upsampling
 
-def conv2d_transpose(x, w, b=None, stride=1, pads=((0, 0), (0, 0)), output_padding=0,
-                     dilation=1, groups=1):
+def conv2d_transpose(x, w, b=None, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1):
     """The scatter of the definition: every input pixel (i, j) adds
     ``x[n, i, j, g*Cg + c] * w[m, q, o, g*Cg + c]`` onto output pixel
     ``(i*sh + m*dh - pt, j*sw + q*dw - pl)``, channel ``g*Cog + o``, when that pixel lies in
     the output of ``(H - 1)*sh - pt - pb + dh*(kh - 1) + oph + 1`` rows (columns alike).
 
-    ``w`` is ``(kh, kw, C_out // groups, C_in)``; ``pads`` explicit ``((pt, pb), (pl, pr))``.
+    ``w`` is ``(kh, kw, C_out // groups, C_in)``; ``padding`` an int, a pair or explicit
+    ``((pt, pb), (pl, pr))`` (Keras's strings are not modelled here).
     """
+    if isinstance(padding, str):
+        raise ValueError("the reference takes numeric padding only")
     dtype = np.result_type(x, w)
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(w, dtype=np.float64)
     n, h, wd, cin = x.shape
     kh, kw, cog, _ = w.shape
-    (sh, sw), (dh, dw), (oph, opw) = pair(stride), pair(dilation), pair(output_padding)
-    (pt, pb), (pl, pr) = pads
+    (sh, sw), (dh, dw) = pair(stride), pair(dilation)
+    oph, opw = pair(0 if output_padding is None else output_padding)
+    (pt, pb), (pl, pr) = pads(padding, (kh, kw), (dh, dw), (sh, sw), (h, wd))
     oh = (h - 1) * sh - pt - pb + dh * (kh - 1) + oph + 1
     ow = (wd - 1) * sw - pl - pr + dw * (kw - 1) + opw + 1
     cg = cin // groups
@@ -408,3 +412,37 @@ def upsample_bilinear(x, size):
             y[:, i, j] = ((1 - fy) * ((1 - fx) * x[:, r0, c0] + fx * x[:, r0, c1])
                           + fy * ((1 - fx) * x[:, r1, c0] + fx * x[:, r1, c1]))
     return y.astype(dtype)
+
+
+def upsample2d(x, size=2, interpolation="nearest"):
+    """Nearest: every pixel repeated sh x sw times; bilinear: :func:`upsample_bilinear`."""
+    if interpolation == "bilinear":
+        return upsample_bilinear(x, size)
+    if interpolation != "nearest":
+        raise ValueError(f"unknown interpolation {interpolation!r}")
+    sh, sw = pair(size)
+    return np.repeat(np.repeat(x, sh, axis=1), sw, axis=2)
+
+
+def _margins(m):
+    if isinstance(m, (tuple, list)) and isinstance(m[0], (tuple, list)):
+        return (int(m[0][0]), int(m[0][1])), (int(m[1][0]), int(m[1][1]))
+    h, w = pair(m)
+    return (h, h), (w, w)
+
+
+def zero_pad2d(x, padding=1):
+    """Zeros around height and width: ``((top, bottom), (left, right))`` rows/columns."""
+    (t, b), (l, r) = _margins(padding)
+    if min(t, b, l, r) < 0:
+        raise ValueError("negative padding")
+    return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+
+
+def crop2d(x, cropping=0):
+    """Rows and columns removed at the edges."""
+    (t, b), (l, r) = _margins(cropping)
+    n, h, w, c = x.shape
+    if min(t, b, l, r) < 0 or t + b >= h or l + r >= w:
+        raise ValueError("cropping out of range")
+    return x[:, t:h - b, l:w - r].copy()

@@ -46,8 +46,11 @@ import reference as R  # noqa: E402
 ALLOWED = (ValueError, TypeError, MemoryError)
 FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
              "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "correlate2d",
-             "convolve2d", "relu_backward"]
-HELPERS = ["conv_output_size", "normalize_pair", "normalize_padding"]
+             "convolve2d", "relu_backward", "conv2d_transpose", "conv2d_transpose_backward",
+             "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d"]
+HELPERS = ["conv_output_size", "normalize_pair", "normalize_padding",
+           "conv_transpose_output_size", "normalize_transpose_padding", "normalize_pads"]
+BACKWARDS = ("conv2d_backward", "conv2d_transpose_backward")   # with need_dx
 HUGE = [2**31 - 1, 2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]
 SMALL = [1, 1, 1, 2, 2, 3, 4]
 WEIRD = [0, -1, -2, -2**31, -2**63, 1.5, 2.0, float("nan"), None, "2", True, False, (1,),
@@ -187,6 +190,23 @@ def valid_call(rng, name):
                padding=[0, 1, "same", "valid", ((1, 0), (0, 1))][rng.integers(0, 5)],
                dilation=1)
     x = values(rng, (n, h, w, c), dtype)
+    if name in ("conv2d_transpose", "conv2d_transpose_backward"):
+        wt = values(rng, (k[0], k[1], cout // groups, c), dtype)
+        kw = dict(geo, groups=groups, output_padding=[None, 0, 1, (1, 0)][rng.integers(0, 4)])
+        if name == "conv2d_transpose":
+            return [x, wt, values(rng, (cout,), dtype)], kw
+        y_shape = F.conv2d_transpose(x, wt, **kw).shape
+        return [values(rng, y_shape, dtype), x, wt], dict(kw, need_dx=bool(rng.random() < 0.7))
+    size = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    mode = ["nearest", "bilinear"][rng.integers(0, 2)]
+    if name == "upsample2d":
+        return [x, size], dict(interpolation=mode)
+    if name == "upsample2d_backward":
+        return [values(rng, (n, h * size[0], w * size[1], c), dtype), size], dict(
+            interpolation=mode)
+    margins = [1, (0, 2), ((1, 0), (0, 2)), 0][rng.integers(0, 4)]
+    if name in ("zero_pad2d", "crop2d"):
+        return [x, margins], {}
     if name in ("conv2d", "conv2d_backward"):
         wt = values(rng, (k[0], k[1], c // groups, cout), dtype)
         kw = dict(geo, groups=groups)
@@ -220,7 +240,7 @@ def valid_call(rng, name):
     return [img, ker], dict(mode=mode)
 
 
-GEOMETRY_KEYS = {"stride", "dilation", "groups"}
+GEOMETRY_KEYS = {"stride", "dilation", "groups", "output_padding"}
 
 
 def mutate(rng, name, args, kwargs):
@@ -266,10 +286,14 @@ def mutate(rng, name, args, kwargs):
         else:
             kwargs["mode"] = rng.choice(["valid", "same", "full", "VALID", "", None, 3])
     else:                                         # a keyword: stride, padding, dilation, groups
-        keys = [k for k in kwargs if k in GEOMETRY_KEYS or k == "padding"]
+        keys = [k for k in kwargs if k in GEOMETRY_KEYS or k in ("padding", "interpolation")]
         if keys:
             key = keys[rng.integers(0, len(keys))]
-            kwargs[key] = padding_value(rng) if key == "padding" else geometry_value(rng)
+            if key == "interpolation":
+                kwargs[key] = [None, "", "NEAREST", "bicubic", 2, ("bilinear",)][
+                    rng.integers(0, 6)]
+            else:
+                kwargs[key] = padding_value(rng) if key == "padding" else geometry_value(rng)
     return args, kwargs
 
 
@@ -283,6 +307,16 @@ def too_much_work(name, args, kwargs):
                 len(s) == 2 for s in shapes[:2]):
             (h, w), (kh, kw) = shapes[:2]
             return float(h + kh) * (w + kw) * kh * kw > 1e8
+        if name in ("conv2d_transpose", "conv2d_transpose_backward"):
+            x, w = args[-2:] if name.endswith("backward") else args[:2]
+            geo = {k: v for k, v in kwargs.items() if k not in ("need_dx", "b")}
+            *_, (oh, ow), _, _ = F._check_conv_transpose(
+                x, w, geo.get("stride", 1), geo.get("padding", 0), geo.get("output_padding"),
+                geo.get("dilation", 1), geo.get("groups", 1))
+            work = float(x.shape[0]) * max(oh * ow, x.shape[1] * x.shape[2])
+            return work * float(np.prod([float(d) for d in w.shape])) > 1e8
+        if name in ("upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d"):
+            return float(np.prod([float(d) for d in shapes[0]])) * 16 > 1e8 if shapes else False
         if name in ("conv2d", "conv2d_backward", "im2col", "col2im"):
             if name == "conv2d_backward":
                 x, w = args[1], args[2]
@@ -338,7 +372,7 @@ def check_result(name, args, kwargs, result, before):
         if outs[1].dtype != np.int32:
             return f"argmax dtype {outs[1].dtype}"
         outs = outs[:1]
-    if name == "conv2d_backward" and not kwargs.get("need_dx", True):
+    if name in BACKWARDS and not kwargs.get("need_dx", True):
         if outs[0] is not None:
             return "need_dx=False returned a dx"
         outs = outs[1:]
@@ -364,7 +398,7 @@ def check_result(name, args, kwargs, result, before):
         refs = refs[:1]
         if not np.array_equal(result[1], ref[1]):
             return "argmax differs from the reference"
-    if name == "conv2d_backward" and not kwargs.get("need_dx", True):
+    if name in BACKWARDS and not kwargs.get("need_dx", True):
         refs = refs[1:]
     for o, r in zip(outs, refs):
         r = np.asarray(r)
@@ -458,9 +492,18 @@ def helper_call(rng):
         args = [geometry_value(rng) if rng.random() < 0.3 else int(rng.integers(-2, 9))
                 for _ in range(int(rng.integers(1, 7)))]
         return name, args
+    if name == "conv_transpose_output_size":
+        return name, [geometry_value(rng) if rng.random() < 0.3 else int(rng.integers(-2, 9))
+                      for _ in range(int(rng.integers(2, 8)))]
     if name == "normalize_pair":
         return name, [geometry_value(rng), "stride", int(rng.integers(0, 2))][
             :int(rng.integers(1, 4))]
+    if name == "normalize_pads":
+        return name, [padding_value(rng), "cropping"][:int(rng.integers(1, 3))]
+    if name == "normalize_transpose_padding":
+        op = None if rng.random() < 0.3 else geometry_value(rng)
+        return name, [padding_value(rng), geometry_value(rng), geometry_value(rng),
+                      geometry_value(rng), op][:int(rng.integers(2, 6))]
     args = [padding_value(rng), geometry_value(rng), geometry_value(rng), geometry_value(rng),
             [None, (5, 6), (0, 3), (5,), ("a", "b"), (2**63, 1), 7][rng.integers(0, 7)]]
     return name, args[:int(rng.integers(1, 6))]
@@ -469,6 +512,22 @@ def helper_call(rng):
 def check_helper(name, args, result):
     """An error string for a result the helper should not have returned, else None."""
     ints = (int, np.integer)
+    if name == "conv_transpose_output_size":
+        # (size - 1) * stride - pads + dilation * (kernel - 1) + output_padding + 1
+        int_args = all(isinstance(a, ints) and not isinstance(a, bool) for a in args)
+        if int_args and not isinstance(result, ints):
+            return f"returned {describe(result)} for int arguments"
+        full = list(args) + [1, 0, 0, 0, 1][len(args) - 2:]     # defaults
+        if int_args and (min(full[1], full[2], full[6]) < 1 or min(full[0], *full[3:6]) < 0):
+            return f"returned {describe(result)} for an argument out of range"
+        return None
+    if name == "normalize_transpose_padding":
+        pads, op = result
+        ok = (all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, ints) and v >= 0
+                                                              for v in p) for p in pads)
+              and len(pads) == 2 and len(op) == 2
+              and all(isinstance(v, ints) and v >= 0 for v in op))
+        return None if ok else f"returned {describe(result)}"
     if name == "conv_output_size":
         # the formula floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1
         int_args = all(isinstance(a, ints) and not isinstance(a, bool) for a in args)
