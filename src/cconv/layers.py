@@ -17,9 +17,9 @@ Every layer follows one small protocol (see :class:`Layer`):
 Activations are NHWC ``(N, H, W, C)``; convolution kernels HWIO
 ``(KH, KW, C_in // groups, C_out)`` (:class:`Conv2DTranspose`: the HWIO kernel of the
 convolution it transposes, ``(KH, KW, C_out // groups, C_in)``; :class:`DepthwiseConv2D`:
-``(KH, KW, C_in, depth_multiplier)``, both as Keras); dense kernels ``(in, out)``. Layers with weights compute
-in the dtype they were built with (float32 or float64) and cast other inputs to it, as Keras
-does; layers without weights keep a float32/float64 input's dtype.
+``(KH, KW, C_in, depth_multiplier)``, both as Keras); dense kernels ``(in, out)``. Layers
+with weights compute in the dtype they were built with (float32 or float64) and cast other
+inputs to it, as Keras does; layers without weights keep a float32/float64 input's dtype.
 
 Elementwise work on activations runs vectorised in place: an activation fused into
 :class:`Conv2D`/:class:`Dense` overwrites the layer's fresh output, and every backward makes
