@@ -25,12 +25,18 @@ its bytes are interpreted.
 Writes are crash-safe: the archive goes to a temporary file in the target's directory,
 which is flushed and fsync'ed, renamed over the target with :func:`os.replace`, and the
 directory is fsync'ed. A process killed at any moment leaves either the old file or the
-new one, never a mix.
+new one, never a mix. A replaced file keeps its permission bits.
+
+Reading costs memory and time in proportion to the file's size on disk, never to what its
+headers declare: members must be stored (not deflated) and fit in the file together, the
+config is read and its format checked before any array, and its JSON may nest at most
+``MAX_CONFIG_DEPTH`` levels.
 """
 import hashlib
 import json
 import os
 import re
+import stat
 import zipfile
 
 import numpy as np
@@ -150,8 +156,20 @@ def _remove_stale_temporaries(directory, basename):
             continue
 
 
+def _target_mode(path):
+    """``(permission bits, uid, gid)`` of an existing ``path``, or None for a new file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.S_IMODE(st.st_mode) & 0o777, st.st_uid, st.st_gid
+
+
 def write_file(path, document, arrays):
     """Write ``document`` (JSON-able dict) and ``arrays`` to ``path`` atomically.
+
+    A file that ``path`` replaces keeps its permission bits (and, where the process may
+    set them, its owner and group); a new file gets the permissions the umask gives.
 
     Parameters
     ----------
@@ -164,10 +182,14 @@ def write_file(path, document, arrays):
         Numeric arrays (no object dtype). Names must not start with ``__``.
     """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
     basename = os.path.basename(path)
+    if not basename or basename in (".", ".."):
+        raise ValueError(f"cannot save to {path!r}: the path must name a file")
+    directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot save to {path!r}: directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path!r}: it is a directory")
     members = {}
     for name, a in arrays.items():
         if name.startswith("__"):
@@ -183,8 +205,20 @@ def write_file(path, document, arrays):
 
     _remove_stale_temporaries(directory, basename)
     tmp = os.path.join(directory, f".{basename}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    old = _target_mode(path)
+    # Replacing a file: the temporary starts private and takes the old file's bits before
+    # the rename. A new file: 0o666 less the umask, as open() would give.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                 0o600 if old else 0o666)
     try:
-        with open(tmp, "wb") as f:
+        with open(fd, "wb") as f:
+            if old is not None and os.name == "posix":
+                mode, uid, gid = old
+                try:
+                    os.fchown(f.fileno(), uid, gid)
+                except OSError:   # not ours to give away: keep the owner, keep the bits
+                    pass
+                os.fchmod(f.fileno(), mode)
             np.savez(f, **members)
             f.flush()
             os.fsync(f.fileno())
@@ -198,27 +232,49 @@ def write_file(path, document, arrays):
     _fsync_dir(directory)
 
 
-def _read_npy(fp, size, key, path):
-    """Read one ``.npy`` member without numpy's pickle path and without trusting its header.
+#: Deepest nesting of lists and objects accepted in a file's JSON config. cconv writes
+#: about 8 levels (model, layers, layer, config, initializer, ...); a crafted file nests
+#: thousands deep to exhaust the recursion of the JSON parser and of the code after it.
+MAX_CONFIG_DEPTH = 64
 
-    The header is parsed first: object dtypes are refused before any payload byte is read,
-    and the size the header declares must equal the member's size, so a crafted header can
-    neither unpickle anything nor make us allocate more than the file holds.
-    """
+#: Bytes read from a member at a time, so reading costs no copy of the whole member.
+_READ_CHUNK = 1 << 20
+
+
+def _npy_header(fp, key, path):
+    """Parse a member's ``.npy`` header; returns (shape, fortran_order, dtype)."""
     fmt = np.lib.format
-    version = fmt.read_magic(fp)
-    if version == (1, 0):
-        shape, fortran, dtype = fmt.read_array_header_1_0(fp)
-    elif version == (2, 0):
-        shape, fortran, dtype = fmt.read_array_header_2_0(fp)
-    else:
-        raise ValueError(f"unsupported .npy version {version} in member {key!r}")
+    try:
+        version = fmt.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:   # numpy raises ValueError, SyntaxError, tokenize.TokenError, ...
+        raise ValueError(f"member {key!r} has a malformed .npy header "
+                         f"({type(exc).__name__}: {exc})") from None
     if dtype.hasobject:
         raise _RefusedFile(
             f"refusing to load {path!r}: member {key!r} holds Python objects (a pickle); "
             "cconv model files contain only numeric arrays, and pickles are never loaded")
     if dtype.kind not in "biuf":
         raise _RefusedFile(f"{path!r} is not a cconv model file: member {key!r} has dtype {dtype}")
+    if any(int(s) < 0 for s in shape):
+        raise ValueError(f"member {key!r} declares a negative dimension in its shape {shape}")
+    return shape, fortran, dtype
+
+
+def _read_npy(fp, size, key, path):
+    """Read one ``.npy`` member without numpy's pickle path and without trusting its header.
+
+    The header is parsed first: object dtypes are refused before any payload byte is read,
+    and the size the header declares must equal the member's size (which the caller has
+    checked against the file's size on disk), so a crafted header can neither unpickle
+    anything nor make us allocate more than the file holds.
+    """
+    shape, fortran, dtype = _npy_header(fp, key, path)
     count = 1
     for s in shape:
         count *= int(s)
@@ -226,15 +282,107 @@ def _read_npy(fp, size, key, path):
     header_len = fp.tell()
     if header_len + nbytes != size:
         raise ValueError(f"member {key!r} declares {nbytes} bytes of data but holds {size - header_len}")
-    data = fp.read(nbytes)
-    if len(data) != nbytes:
-        raise ValueError(f"member {key!r} ends after {len(data)} of {nbytes} bytes")
-    arr = np.frombuffer(data, dtype=dtype, count=count)
-    return arr.reshape(shape, order="F" if fortran else "C").copy(order="C")
+    arr = np.empty(count, dtype=dtype)
+    view = memoryview(arr).cast("B") if nbytes else b""
+    done = 0
+    while done < nbytes:
+        chunk = fp.read(min(_READ_CHUNK, nbytes - done))
+        if not chunk:
+            raise ValueError(f"member {key!r} ends after {done} of {nbytes} bytes")
+        view[done:done + len(chunk)] = chunk
+        done += len(chunk)
+    arr = arr.reshape(shape, order="F" if fortran else "C")
+    return arr if not fortran else np.ascontiguousarray(arr)
+
+
+def _read_member(zf, info, key, path):
+    """:func:`_read_npy` on one member; a damaged member's error names the file."""
+    try:
+        with zf.open(info) as fp:
+            return _read_npy(fp, info.file_size, key, path)
+    except _RefusedFile:
+        raise
+    except ValueError as exc:   # a malformed .npy header, a size that does not add up
+        raise ValueError(f"{path!r} is corrupted or truncated ({exc})") from None
+
+
+def _checked_members(zf, path, disk_size):
+    """The archive's members, refused unless they could be what :func:`write_file` wrote.
+
+    ``np.savez`` stores members uncompressed, so every member's declared size must be its
+    stored size, and all of them together must fit in the file: a compressed member, or one
+    whose header declares more than the file holds, is refused before a byte is read. So
+    loading never costs more memory or time than the file's size on disk.
+    """
+    infos = zf.infolist()
+    total = 0
+    keys = set()
+    for info in infos:
+        name = info.filename
+        if not name.endswith(".npy"):
+            raise _RefusedFile(f"{path!r} is not a cconv model file: unexpected member {name!r}")
+        key = name[:-4]
+        if key in keys:
+            raise _RefusedFile(f"{path!r} is not a cconv model file: member {name!r} appears twice")
+        keys.add(key)
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise _RefusedFile(
+                f"{path!r} is not a cconv model file: member {name!r} is compressed or "
+                "encrypted (cconv writes stored members only, as np.savez does)")
+        if info.file_size != info.compress_size:
+            raise ValueError(f"{path!r} is corrupted: stored member {name!r} declares "
+                             f"{info.file_size} bytes but occupies {info.compress_size}")
+        total += info.compress_size
+        if info.header_offset + info.compress_size > disk_size or total > disk_size:
+            raise ValueError(f"{path!r} is corrupted or truncated: its members declare more "
+                             f"bytes than the file's {disk_size}")
+    return infos
+
+
+def _config_depth(tree):
+    """Nesting depth of a parsed JSON value (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_CONFIG_DEPTH:
+                return depth
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _parse_config(raw, path):
+    """The JSON document of a ``__config__`` member, with the format marker checked."""
+    try:
+        document = json.loads(raw.tobytes().decode("utf-8"))
+    except RecursionError:
+        document = None
+        depth = None
+    except (UnicodeDecodeError, ValueError) as exc:   # JSONDecodeError, int digit limit, ...
+        raise ValueError(f"{path!r} is corrupted or not a cconv model file: unreadable config ({exc})") from None
+    else:
+        depth = _config_depth(document)
+    if depth is None or depth > MAX_CONFIG_DEPTH:
+        raise ValueError(f"{path!r} is corrupted or not a cconv model file: its config nests "
+                         f"lists or objects more than {MAX_CONFIG_DEPTH} levels deep")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a cconv model file (format marker missing)")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} uses file format version {version!r}; this cconv ({__version__}) reads "
+            f"versions up to {FORMAT_VERSION}: upgrade cconv"
+        )
+    return document
 
 
 def read_file(path):
     """Read and verify a file written by :func:`write_file`.
+
+    The cost is bounded by the file's size on disk: members must be stored uncompressed
+    and fit in the file, the small config member is read and its format checked before any
+    array, and the SHA-256 of everything is verified before anything is returned.
 
     Returns
     -------
@@ -247,59 +395,45 @@ def read_file(path):
         ``path`` does not exist.
     ValueError
         The file is not a cconv model file, is truncated or corrupted (checksum
-        mismatch), or contains a pickled / object array (refused, never unpickled).
+        mismatch, malformed headers, a config nested too deeply), holds compressed
+        members, or contains a pickled / object array (refused, never unpickled).
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
         magic = f.read(4)
+        disk_size = os.fstat(f.fileno()).st_size
     if magic != _ZIP_MAGIC:
         what = "is empty" if not magic else "does not start with a zip header"
         raise ValueError(f"{path!r} is not a cconv model file: it {what} (a truncated write or a different format)")
     members = {}
     try:
         with zipfile.ZipFile(path, "r") as zf:
-            for info in zf.infolist():
-                name = info.filename
-                if not name.endswith(".npy"):
-                    raise _RefusedFile(f"{path!r} is not a cconv model file: unexpected member {name!r}")
-                key = name[:-4]
-                if key in members:
-                    raise _RefusedFile(f"{path!r} is not a cconv model file: member {name!r} appears twice")
-                with zf.open(info) as fp:
-                    members[key] = _read_npy(fp, info.file_size, key, path)
+            infos = {info.filename[:-4]: info for info in _checked_members(zf, path, disk_size)}
+            if _CHECKSUM_KEY not in infos or _CONFIG_KEY not in infos:
+                raise ValueError(f"{path!r} is not a cconv model file: it has no "
+                                 f"{_CONFIG_KEY!r}/{_CHECKSUM_KEY!r} members")
+            # The config first: a foreign or newer file is refused before any array is read.
+            for key in (_CONFIG_KEY, _CHECKSUM_KEY):
+                members[key] = _read_member(zf, infos[key], key, path)
+                if members[key].dtype != np.uint8 or members[key].ndim != 1:
+                    raise ValueError(f"{path!r} is corrupted: malformed {key} member")
+            document = _parse_config(members[_CONFIG_KEY], path)
+            for key, info in infos.items():
+                if key not in members:
+                    members[key] = _read_member(zf, info, key, path)
     except zipfile.BadZipFile as exc:
         raise ValueError(f"{path!r} is corrupted or truncated (zip error: {exc})") from None
     except (EOFError, OSError) as exc:
         raise ValueError(f"{path!r} is corrupted or truncated ({type(exc).__name__}: {exc})") from None
-    except _RefusedFile:
-        raise
-    except ValueError as exc:  # malformed .npy header and the like
-        raise ValueError(f"{path!r} is corrupted or truncated ({exc})") from None
 
-    if _CHECKSUM_KEY not in members or _CONFIG_KEY not in members:
-        raise ValueError(f"{path!r} is not a cconv model file: it has no {_CONFIG_KEY!r}/{_CHECKSUM_KEY!r} members")
     stored = members.pop(_CHECKSUM_KEY)
-    if stored.dtype != np.uint8 or stored.ndim != 1:
-        raise ValueError(f"{path!r} is corrupted: malformed checksum member")
     actual = _checksum(members)
     if stored.tobytes() != actual.encode("ascii"):
         raise ValueError(
             f"{path!r} is corrupted: its SHA-256 checksum does not match its contents "
             "(the file was modified, truncated or damaged after it was written)"
         )
-    raw = members.pop(_CONFIG_KEY)
-    try:
-        document = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path!r} has an unreadable config: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{path!r} is not a cconv model file (format marker missing)")
-    version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} uses file format version {version!r}; this cconv ({__version__}) reads "
-            f"versions up to {FORMAT_VERSION}: upgrade cconv"
-        )
+    members.pop(_CONFIG_KEY)
     return document, members
 
 
