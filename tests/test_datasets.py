@@ -204,3 +204,86 @@ def test_train_test_split_bad_size(test_size):
 def test_train_test_split_length_mismatch():
     with pytest.raises(ValueError, match=r"\(10, 2\).*\(9,\)"):
         datasets.train_test_split(np.zeros((10, 2)), np.zeros(9))
+
+
+# --------------------------------------------------------------------------- hostile archives
+GiB = 1 << 30
+
+
+def _load_limited(path, **kwargs):
+    from hostile import run_limited
+    code = f"""
+        from cconv import datasets
+        try:
+            datasets.load_lfw({str(path)!r}, min_faces_per_person=1, **{kwargs!r})
+        except ValueError as exc:
+            print("ValueError", exc)
+        _report()
+        """
+    return run_limited(code, address_space=768 << 20, timeout=120)
+
+
+def test_load_lfw_archive_member_bomb_is_refused_from_its_header(tmp_path):
+    """A 1 MB .tgz with a 1 GiB member: before, 1 GB RSS (extractfile().read() had no cap);
+    under a 768 MiB address-space limit, a MemoryError."""
+    from hostile import tgz_of
+    path = tmp_path / "bomb.tgz"
+    path.write_bytes(tgz_of([("lfw/Big_Person/Big_Person_0001.jpg", GiB)]))
+    assert path.stat().st_size < 2 << 20
+    rc, out, err, seconds, rss = _load_limited(path)
+    assert rc == 0, err
+    assert "ValueError" in out and "Big_Person_0001.jpg declares 1,073,741,824 bytes" in out, out
+    assert seconds < 30 and rss < 200 << 20, (seconds, rss)
+
+
+def test_load_lfw_archive_expanding_far_beyond_its_size_is_refused(tmp_path):
+    """Forty 48 MiB members (each under the per-file cap): 1.9 GiB from 2 MB on disk.
+    Before, all of it was decompressed (time proportional to the declared size)."""
+    from hostile import tgz_of
+    path = tmp_path / "wide.tgz"
+    path.write_bytes(tgz_of([(f"lfw/P_Q/P_Q_{i:04d}.jpg", 48 << 20) for i in range(40)]))
+    rc, out, err, seconds, rss = _load_limited(path)
+    assert rc == 0, err
+    assert "ValueError" in out and "expands to more than" in out, out
+    assert seconds < 30 and rss < 200 << 20, (seconds, rss)
+
+
+def test_load_lfw_truncated_or_damaged_archive(lfw_tgz, tmp_path):
+    """Before: a truncated .tgz raised EOFError from inside tarfile."""
+    blob = lfw_tgz.read_bytes()
+    bad = tmp_path / "bad.tgz"
+    for cut in (40, len(blob) // 3, len(blob) // 2, 3 * len(blob) // 4):
+        bad.write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match="bad.tgz"):
+            datasets.load_lfw(bad, min_faces_per_person=1)
+
+
+def test_load_lfw_huge_size_is_refused_before_decoding(lfw_dir, monkeypatch):
+    """size=(20000, 20000): before, 93 s and 7.3 GB on LFW, then an error with an empty reason."""
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"size=\(20000, 20000\) asks for 400,000,000 pixels"):
+        datasets.load_lfw(lfw_dir, min_faces_per_person=1, size=(20000, 20000))
+    assert time.perf_counter() - t0 < 1.0
+    # within the per-image bound, the whole result must still fit in this machine's memory
+    import os
+    monkeypatch.setattr(os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 1000)
+    with pytest.raises(ValueError, match=r"6 images of 1000x1000x3 .* need 0.0 GiB|need .* GiB"):
+        datasets.load_lfw(lfw_dir, min_faces_per_person=1, size=(1000, 1000))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_load_lfw_refuses_images_beyond_pillows_pixel_limit(lfw_dir, monkeypatch):
+    """Pillow only warns between its limit and twice it; load_lfw refuses at the limit."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)      # the fixture images are 50x50
+    with pytest.raises(ValueError, match="Alice_Adams_0001.jpg.*MAX_IMAGE_PIXELS"):
+        datasets.load_lfw(lfw_dir, min_faces_per_person=1)
+
+
+def test_load_lfw_unreadable_image_error_is_never_empty(lfw_dir, monkeypatch):
+    """A decoder failing with an exception without a message (MemoryError) still says what."""
+    def fail(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(Image.Image, "convert", fail)
+    with pytest.raises(ValueError, match=r"Alice_Adams_0001.jpg: MemoryError"):
+        datasets.load_lfw(lfw_dir, min_faces_per_person=1)

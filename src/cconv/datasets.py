@@ -12,16 +12,21 @@ Images are returned as float32 arrays of shape ``(N, H, W, C)`` with values in
 Nothing here downloads anything: the loaders take a path (LFW) or read data that
 ships inside an installed package (digits).
 """
+import bz2
+import gzip
+import lzma
 import math
 import os
 import posixpath
 import tarfile
+import zlib
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LFW_DEFAULT_CROP", "load_lfw", "load_digits", "train_test_split"]
+__all__ = ["LFW_DEFAULT_CROP", "LFW_MAX_FILE_BYTES", "LFW_MAX_OUTPUT_PIXELS", "LFW_MAX_ARCHIVE_EXPANSION",
+           "load_lfw", "load_digits", "train_test_split"]
 
 #: Default face crop box ``(left, upper, right, lower)`` in pixels of a 250x250 LFW image.
 #: See :func:`load_lfw` for why.
@@ -29,6 +34,16 @@ LFW_DEFAULT_CROP = (61, 66, 189, 194)
 
 _LFW_REFERENCE_SIZE = 250
 _IMAGE_SUFFIXES = (".jpg", ".jpeg")
+
+#: Largest image file read from an archive, in bytes (an LFW JPEG is about 15 KB).
+LFW_MAX_FILE_BYTES = 64 << 20
+#: Largest output image, in pixels (``size`` height times width).
+LFW_MAX_OUTPUT_PIXELS = 4096 * 4096
+#: A compressed archive may expand to at most this many times its size on disk, plus
+#: ``_ARCHIVE_SLACK`` bytes: JPEGs do not compress, so a real LFW ``.tgz`` expands by
+#: about 1.06x, while a crafted one of 1 MB can declare gigabytes of zeros.
+LFW_MAX_ARCHIVE_EXPANSION = 4
+_ARCHIVE_SLACK = 16 << 20
 _DATA_EXTRA = 'pip install "cconv[data]"'
 
 
@@ -111,6 +126,9 @@ def _normalize_size(size):
         raise ValueError(f"size must be None, a positive int or a pair (height, width), got {size!r}")
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {size!r}")
+    if h * w > LFW_MAX_OUTPUT_PIXELS:
+        raise ValueError(f"size={size!r} asks for {h * w:,} pixels per image; at most "
+                         f"LFW_MAX_OUTPUT_PIXELS={LFW_MAX_OUTPUT_PIXELS:,} (4096x4096) are allowed")
     return h, w
 
 
@@ -136,6 +154,10 @@ def _decode(Image, data, name, size, crop, color):
     box_outside = None
     try:
         with Image.open(data) as im:
+            # Pillow only warns below twice its limit: refuse at the limit, before decoding.
+            if im.width * im.height > (Image.MAX_IMAGE_PIXELS or math.inf):
+                raise ValueError(f"it declares {im.width}x{im.height} pixels, more than "
+                                 f"PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS:,}")
             im = im.convert("RGB" if color else "L")
             box = None
             if crop is not None:
@@ -153,7 +175,7 @@ def _decode(Image, data, name, size, crop, color):
                     im = im.crop(tuple(int(round(v)) for v in box))
                 arr = np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
-        raise ValueError(f"cannot decode image {name}: {exc}") from exc
+        raise ValueError(f"cannot decode image {name}: {str(exc) or type(exc).__name__}") from exc
     if box_outside is not None:
         raise ValueError(
             f"crop box {crop} lies outside the {box_outside[0]}x{box_outside[1]} image {name}"
@@ -161,6 +183,100 @@ def _decode(Image, data, name, size, crop, color):
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr
+
+
+class _CappedStream:
+    """A decompressing file object that refuses to produce more than ``limit`` bytes.
+
+    Reads and forward seeks (how :mod:`tarfile` skips a member's data) past ``limit``
+    raise ValueError instead of decompressing, so an archive costs time in proportion to
+    its size on disk, not to what its headers declare.
+    """
+
+    def __init__(self, raw, limit, where):
+        self._raw, self._limit, self._where = raw, limit, where
+
+    def _refuse(self):
+        raise ValueError(
+            f"{self._where} expands to more than {self._limit:,} bytes "
+            f"(LFW_MAX_ARCHIVE_EXPANSION={LFW_MAX_ARCHIVE_EXPANSION} times its size on disk): "
+            "a decompression bomb, or an archive that is mostly not JPEG images; extract it "
+            "and pass the folder instead")
+
+    def tell(self):
+        return self._raw.tell()
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        target = offset + (self._raw.tell() if whence == os.SEEK_CUR else 0)
+        if whence not in (os.SEEK_SET, os.SEEK_CUR) or target > self._limit:
+            self._refuse()
+        return self._raw.seek(target)
+
+    def read(self, n=-1):
+        room = self._limit - self._raw.tell()
+        data = self._raw.read(room + 1 if n is None or n < 0 else min(n, room + 1))
+        if len(data) > room:
+            self._refuse()
+        return data
+
+    def close(self):
+        self._raw.close()
+
+
+_DECOMPRESSORS = ((b"\x1f\x8b", gzip.GzipFile), (b"BZh", bz2.BZ2File),
+                  (b"\xfd7zXZ\x00", lzma.LZMAFile))
+
+#: What a damaged archive raises while it is read.
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _open_archive(path):
+    """``tarfile.TarFile`` over ``path``, decompressed through a :class:`_CappedStream`."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    size = os.path.getsize(path)
+    raw = open(path, "rb")
+    try:
+        for prefix, opener in _DECOMPRESSORS:
+            if magic.startswith(prefix):
+                limit = LFW_MAX_ARCHIVE_EXPANSION * size + _ARCHIVE_SLACK
+                raw = _CappedStream(opener(fileobj=raw), limit, f"archive {str(path)!r}")
+                break
+        return tarfile.open(fileobj=raw, mode="r:")
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _list_archive(archive, path):
+    """{relative name: TarInfo} of the archive's image files; refuses oversized ones."""
+    members = {}
+    while True:
+        m = archive.next()
+        if m is None:
+            return members
+        name = m.name[2:] if m.name.startswith("./") else m.name
+        if m.isfile() and _is_image_name(name):
+            if m.size > LFW_MAX_FILE_BYTES:
+                raise ValueError(
+                    f"{path}:{m.name} declares {m.size:,} bytes, more than "
+                    f"LFW_MAX_FILE_BYTES={LFW_MAX_FILE_BYTES:,} for one image file")
+            members[name] = m
+
+
+def _output_array(n, shape, path):
+    """The float32 result of ``n`` images of ``shape``, refused up front if it cannot fit."""
+    nbytes = 4 * n * math.prod(shape)
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    if memory is not None and nbytes > memory:
+        raise ValueError(
+            f"{n} images of {shape[0]}x{shape[1]}x{shape[2]} from {str(path)!r} need "
+            f"{nbytes / 2**30:.1f} GiB as float32, more than this machine's "
+            f"{memory / 2**30:.1f} GiB; pass a smaller size= or max_faces_per_person=")
+    return np.empty((n,) + tuple(shape), np.float32)
 
 
 def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
@@ -219,7 +335,14 @@ def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
         If ``path`` does not exist.
     ValueError
         If no image in the LFW layout is found, no person has ``min_faces_per_person``
-        images, or an image cannot be decoded (the message names the file).
+        images, or an image cannot be decoded (the message names the file); if the
+        archive is truncated or damaged; if an archive member is larger than
+        ``LFW_MAX_FILE_BYTES``, an image has more pixels than
+        ``PIL.Image.MAX_IMAGE_PIXELS``, or a compressed archive expands beyond
+        ``LFW_MAX_ARCHIVE_EXPANSION`` times its size (decompression bombs: loading costs
+        time and memory in proportion to the files on disk and the result); if ``size``
+        has more than ``LFW_MAX_OUTPUT_PIXELS`` pixels or the result cannot fit in memory
+        (checked before any image is decoded).
     ImportError
         If Pillow is not installed (``pip install "cconv[data]"``).
 
@@ -246,18 +369,16 @@ def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
     archive = None
     if path.is_dir():
         people = _group_by_person(_list_folder(path), f"folder {str(path)!r}")
-    elif tarfile.is_tarfile(path):
-        archive = tarfile.open(path, "r:*")
-        members = {}
-        for m in archive.getmembers():
-            name = m.name[2:] if m.name.startswith("./") else m.name
-            if m.isfile() and _is_image_name(name):
-                members[name] = m
-        people = _group_by_person(members, f"archive {str(path)!r}")
     else:
-        raise ValueError(f"LFW path {str(path)!r} is neither a folder nor a tar archive")
+        try:
+            archive = _open_archive(path)
+        except _ARCHIVE_ERRORS:
+            raise ValueError(f"LFW path {str(path)!r} is neither a folder nor a tar archive") from None
 
     try:
+        if archive is not None:
+            members = _list_archive(archive, path)
+            people = _group_by_person(members, f"archive {str(path)!r}")
         if not people:
             raise ValueError(
                 f"no JPEG images in the LFW layout <Person_Name>/<Person_Name>_NNNN.jpg "
@@ -276,28 +397,41 @@ def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
             files.extend(chosen)
             labels.extend([label] * len(chosen))
 
-        images = [None] * len(files)
+        x = None
+        if size is not None:
+            x = _output_array(len(files), size + (3 if color else 1,), path)
         if archive is None:
-            for i, rel in enumerate(files):
-                images[i] = _decode(Image, path / rel, str(path / rel), size, crop, color)
+            sources = ((i, path / rel, str(path / rel)) for i, rel in enumerate(files))
         else:
             # Decode in archive order: a compressed tar is a stream, and jumping
             # backwards in it means decompressing again from the start.
             order = sorted(range(len(files)), key=lambda i: members[files[i]].offset)
-            for i in order:
-                data = archive.extractfile(members[files[i]]).read()
-                images[i] = _decode(Image, BytesIO(data), f"{path}:{files[i]}", size, crop, color)
+            sources = ((i, members[files[i]], f"{path}:{files[i]}") for i in order)
+        first = None
+        for i, source, name in sources:
+            if archive is not None:
+                try:
+                    source = BytesIO(archive.extractfile(source).read())
+                except _ARCHIVE_ERRORS as exc:
+                    raise ValueError(f"cannot read {name}: the archive is truncated or damaged "
+                                     f"({str(exc) or type(exc).__name__})") from None
+            image = _decode(Image, source, name, size, crop, color)
+            if x is None:
+                x = _output_array(len(files), image.shape, path)
+            first = first or (name, image.shape)
+            if image.shape != x.shape[1:]:
+                raise ValueError(
+                    f"images in {str(path)!r} have different sizes: {first[0]} is {first[1]}, "
+                    f"{name} is {image.shape}; pass size=(H, W)")
+            np.multiply(image, np.float32(1.0 / 255.0), out=x[i])
+    except _ARCHIVE_ERRORS as exc:
+        if archive is None:
+            raise
+        raise ValueError(f"cannot read archive {str(path)!r}: it is truncated or damaged "
+                         f"({str(exc) or type(exc).__name__})") from None
     finally:
         if archive is not None:
             archive.close()
-
-    shapes = {im.shape for im in images}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"images in {str(path)!r} have different sizes {sorted(shapes)}; pass size=(H, W)"
-        )
-    x = np.stack(images).astype(np.float32)
-    x *= np.float32(1.0 / 255.0)
     y = np.asarray(labels, dtype=np.int64)
     return x, y, kept
 
