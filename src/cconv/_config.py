@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,7 @@ def set_cache_limit(nbytes: int | None) -> None:
         nbytes = CACHE_LIMIT_DEFAULT if env is None else env
     elif isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
         raise ValueError(f"nbytes must be a non-negative int or None, got {nbytes!r}")
-    _cache_limit = int(nbytes)
+    _cache_limit = min(int(nbytes), sys.maxsize)   # more than the address space: no bound
     _core().set_cache_limit(_cache_limit)
 
 
@@ -149,19 +150,55 @@ def empty_cache() -> None:
     _core().set_cache_limit(limit)
 
 
+_env_warned: set = set()
+
+
+def _warn_once(key, message):
+    """Warn once per ``key``, pointing at the code that called into _config."""
+    if key not in _env_warned:
+        _env_warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 def _env_int(name, minimum):
-    """The environment variable ``name`` as an int >= minimum (0 or 1), or None if unset."""
+    """The environment variable ``name`` as an int >= minimum (0 or 1), or None.
+
+    None when it is unset or invalid: an invalid value gets one warning and the default,
+    as the OpenMP runtimes treat ``OMP_NUM_THREADS=garbage``.
+    """
     env = os.environ.get(name, "").split(",")[0].strip()
     if not env:
         return None
-    kind = "a positive" if minimum == 1 else "a non-negative"
     try:
         value = int(env)
     except ValueError:
-        raise ValueError(f"{name} must be {kind} int, got {env!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be {kind} int, got {env!r}")
+        value = None
+    if value is None or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        _warn_once((name, env), f"cconv: ignoring {name}={env!r} (not {kind} integer); "
+                                "using the default")
+        return None
     return value
+
+
+#: Most threads cconv runs per available CPU: more only adds switching and memory (each
+#: OpenMP thread has its own stack and workspace), and thousands of them exhaust the
+#: address space, where GNU OpenMP ends the process instead of raising an error.
+MAX_THREADS_PER_CPU = 4
+
+
+def _max_threads() -> int:
+    return MAX_THREADS_PER_CPU * _cpus()
+
+
+def _capped(n, what):
+    """``n`` threads, at most ``_max_threads()``; ``what`` says where n came from."""
+    cap = _max_threads()
+    if n > cap:
+        _warn_once((what, n), f"cconv: {what} asks for {n} threads, more than "
+                              f"{MAX_THREADS_PER_CPU} per available CPU; using {cap}")
+        return cap
+    return n
 
 
 def set_num_threads(n: int | None) -> None:
@@ -172,21 +209,102 @@ def set_num_threads(n: int | None) -> None:
     n : int or None
         A positive number of threads, or None to go back to the default
         (``OMP_NUM_THREADS``, then the OpenMP runtime's maximum, which threadpoolctl
-        can limit, capped by the CPUs this process may use).
+        can limit, capped by the CPUs this process may use). More than
+        ``MAX_THREADS_PER_CPU`` per available CPU is capped with a warning.
+
+    Notes
+    -----
+    A process forked (``os.fork``, ``multiprocessing``'s default start method on Linux)
+    after its parent ran parallel kernels runs its kernels on one thread: the parent's
+    OpenMP threads do not exist in the child, and GNU OpenMP would wait for them forever.
+    Use the "spawn" or "forkserver" start method for children that need several threads.
     """
     global _num_threads
-    _num_threads = None if n is None else _parse_positive(n, "n")
+    if n is None:
+        _num_threads = None
+        return
+    n = _capped(_parse_positive(n, "n"), "set_num_threads()")
+    if _forked_child and n > 1:
+        warnings.warn("cconv: this process was forked after its parent ran parallel kernels; "
+                      "its kernels run on one thread (start children with the 'spawn' or "
+                      "'forkserver' method to use more)", RuntimeWarning, stacklevel=2)
+    _num_threads = n
 
 
 def get_num_threads() -> int:
     """The number of threads cconv's kernels use (see :func:`set_num_threads`)."""
+    global _parallel_used
+    if _forked_child:
+        return 1
     if _num_threads is not None:
-        return _num_threads
-    env = _env_int("OMP_NUM_THREADS", 1)
-    if env is not None:
-        return env
-    # omp_get_max_threads() honours OMP_NUM_THREADS and threadpoolctl's OpenMP limits.
-    return max(1, min(_core().omp_max_threads(), _cpus()))
+        n = _num_threads
+    else:
+        n = _env_int("OMP_NUM_THREADS", 1)
+        if n is None:
+            # omp_get_max_threads() honours OMP_NUM_THREADS and threadpoolctl's OpenMP limits.
+            n = max(1, min(_core().omp_max_threads(), _cpus()))
+        n = _capped(n, "the environment (OMP_NUM_THREADS)")
+    if n > _threads_started:
+        _start_threads(n)
+    _parallel_used = _parallel_used or n > 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------
+# Thread creation and fork
+# ---------------------------------------------------------------------------------------
+_forked_child = False      # forked after the parent may have started OpenMP threads
+_parallel_used = False     # a kernel may have run on several OpenMP threads
+_threads_started = 1       # most threads this process has shown it can create
+_threads_lock = threading.Lock()
+
+
+def _start_threads(n):
+    """Make sure ``n`` threads can exist before a kernel asks the OpenMP runtime for them.
+
+    GNU OpenMP ends the process (``libgomp: Thread creation failed``) when it cannot create
+    a thread, e.g. under an address-space limit; no ``except`` can catch that. Creating the
+    threads once beforehand, the first time a count is asked for, turns the common cause
+    (too little memory for their stacks) into a RuntimeError.
+    """
+    global _threads_started
+    with _threads_lock:
+        if n <= _threads_started:
+            return
+        release = threading.Event()
+        threads = []
+        try:
+            for _ in range(n - 1):
+                t = threading.Thread(target=release.wait, daemon=True)
+                t.start()
+                threads.append(t)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"cconv could not start {n} threads (only {len(threads) + 1}: {exc}); "
+                "lower cconv.set_num_threads() or OMP_NUM_THREADS, or raise the process's "
+                "memory or thread limits") from None
+        finally:
+            release.set()
+            for t in threads:
+                t.join()
+        _threads_started = n
+
+
+def _after_fork_in_child():
+    """Runs in every child created by fork (``os.register_at_fork``)."""
+    global _forked_child, _blas_lock, _blas_users, _blas_saved, _threads_lock
+    # Locks another thread held at the fork stay locked forever in the child.
+    _threads_lock = threading.Lock()
+    _blas_lock = threading.Lock()
+    if _blas_users:   # a parent thread was inside blas_threads: put the limit back
+        for lib, old in _blas_saved:
+            _set_blas_threads(lib, old)
+    _blas_users, _blas_saved = 0, []
+    _forked_child = _forked_child or _parallel_used
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 _cpus_cache: int | None = None
@@ -219,6 +337,18 @@ _blas_users = 0
 _blas_saved: list = []
 
 
+def _set_blas_threads(lib, n):
+    """Set ``lib``'s thread count from any Python thread.
+
+    threadpoolctl (3.8) lets only the first Python thread that set a process-wide OpenBLAS
+    pool change it again and silently ignores the others; then a kernel in another
+    thread ran with BLAS unlimited, and a restore made there was lost (BLAS stayed at one
+    thread in 4 of 5 runs of two threads). cconv serialises its own changes under
+    ``_blas_lock``, so it sets the library directly.
+    """
+    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
+
+
 @contextmanager
 def blas_threads(n: int):
     """Limit the BLAS libraries to at most ``n`` threads inside the block.
@@ -236,7 +366,7 @@ def blas_threads(n: int):
         _blas_users += 1
         for lib in libs:
             if lib.get_num_threads() > n:
-                lib.set_num_threads(n)
+                _set_blas_threads(lib, n)
     try:
         yield
     finally:
@@ -245,7 +375,7 @@ def blas_threads(n: int):
             if _blas_users == 0:
                 for lib, old in _blas_saved:
                     if lib.get_num_threads() != old:
-                        lib.set_num_threads(old)
+                        _set_blas_threads(lib, old)
                 _blas_saved = []
 
 
