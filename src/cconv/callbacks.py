@@ -356,6 +356,11 @@ def _call_optim_schedule(s, epoch, base_lr):
 class CSVLogger(Callback):
     """Write the epoch logs to a CSV file, one row per epoch (flushed every epoch).
 
+    With ``fit(checkpoint=..., resume=...)`` the file's length is saved in each
+    checkpoint, and a resumed run first cuts off the rows written after it (the epoch that
+    a crash interrupted after its row but before its checkpoint), so the file keeps one row
+    per epoch.
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -372,9 +377,16 @@ class CSVLogger(Callback):
         self._file = None
         self._writer = None
         self._keys = None
+        self._resume_size = None
 
     def on_train_begin(self, logs=None):
         resumed = getattr(self.model, "_resumed_epoch", 0) > 0
+        if resumed and self._resume_size is not None and os.path.exists(self.path) \
+                and os.path.getsize(self.path) > self._resume_size:
+            # Rows of epochs after the checkpoint (a crash between writing an epoch's row
+            # and saving its checkpoint): that epoch runs again and writes them again.
+            os.truncate(self.path, self._resume_size)
+        self._resume_size = None
         append = (self.append or resumed) and os.path.exists(self.path) and os.path.getsize(self.path) > 0
         self._has_header = append
         self._keys = None
@@ -401,6 +413,16 @@ class CSVLogger(Callback):
             self._file.close()
         self._file = None
         self._writer = None
+
+    def state_dict(self):
+        """The file's length when the checkpoint is written: a resume truncates to it."""
+        if self._file is None:
+            return {}
+        self._file.flush()
+        return {"size": os.fstat(self._file.fileno()).st_size}
+
+    def load_state_dict(self, state):
+        self._resume_size = state.get("size")
 
     def __repr__(self):
         return f"CSVLogger({self.path!r})"

@@ -27,6 +27,7 @@ import numbers
 import numpy as np
 
 from . import _registry
+from ._interrupts import deferred_signals
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "sgd_update", "adam_update",
            "rmsprop_update", "clip_grad_norm", "LRSchedule", "StepLR", "ExponentialLR",
@@ -319,24 +320,31 @@ class Optimizer:
 
     # -- stepping ------------------------------------------------------------------------
     def step(self) -> None:
-        """Update every attached parameter in place from its gradient."""
+        """Update every attached parameter in place from its gradient.
+
+        All or nothing: the state and scratch arrays are allocated before any parameter
+        changes, and SIGINT/SIGTERM (Ctrl-C) are held back until the update is complete,
+        so an interrupted training loop stops at a step boundary: the step counter and
+        every parameter and state array are either all advanced or none is.
+        """
         if not self._params:
             raise RuntimeError(f"{type(self).__name__}.step(): no parameters; call "
                                f"attach(params) (Sequential.compile does) first")
-        if self.clipnorm is not None:
-            clip_grad_norm([g for _, _, g in self._params], self.clipnorm)
-        self.iterations += 1
-        for name, p, g in self._params:
-            st = self._state.get(name)
-            first = st is None
-            if first:
-                st = self._state[name] = {s: np.zeros_like(p) for s in self._slots()}
-            sc = self._scratch.get(name)
-            if sc is None:
-                sc = self._scratch[name] = {"s": np.empty_like(p)}
-                if self._needs_grad_scratch():
-                    sc["g"] = np.empty_like(p)
-            self._update(p, g, st, sc, first)
+        with deferred_signals():
+            fresh = set()
+            for name, p, _ in self._params:
+                if name not in self._state:
+                    self._state[name] = {s: np.zeros_like(p) for s in self._slots()}
+                    fresh.add(name)
+                if name not in self._scratch:
+                    sc = self._scratch[name] = {"s": np.empty_like(p)}
+                    if self._needs_grad_scratch():
+                        sc["g"] = np.empty_like(p)
+            if self.clipnorm is not None:
+                clip_grad_norm([g for _, _, g in self._params], self.clipnorm)
+            self.iterations += 1
+            for name, p, g in self._params:
+                self._update(p, g, self._state[name], self._scratch[name], name in fresh)
 
     def _needs_grad_scratch(self) -> bool:
         return False
