@@ -209,3 +209,27 @@ def test_accuracy():
         losses.accuracy(pred, np.array([1, 0]))
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         losses.accuracy(pred, np.array([1, 0, 2, 0]))
+
+
+@pytest.mark.parametrize("y, match", [
+    (5 * np.eye(4) - 3, r"\[0, 1\]"),                  # before: accepted, the loss went negative
+    (np.full((4, 4), 0.5), "sum to 1"),
+    (np.eye(4) * 2, r"\[0, 1\]"),
+    (np.where(np.eye(4) > 0, np.nan, 0.0), r"\[0, 1\]"),
+    (np.zeros((4, 4)), "row 0 sums to 0"),
+])
+def test_cross_entropy_refuses_targets_that_are_not_distributions(y, match):
+    logits = np.random.default_rng(0).standard_normal((4, 4))
+    for loss in (losses.SoftmaxCrossEntropy(from_logits=True), losses.SoftmaxCrossEntropy()):
+        with pytest.raises(ValueError, match=match):
+            loss(logits if loss.from_logits else np.full((4, 4), 0.25), y)
+
+
+def test_cross_entropy_accepts_soft_targets_that_sum_to_one():
+    rng = np.random.default_rng(0)
+    soft = rng.random((6, 5)).astype(np.float32)
+    soft /= soft.sum(axis=1, keepdims=True)
+    loss = losses.SoftmaxCrossEntropy(from_logits=True)
+    assert loss(rng.standard_normal((6, 5)).astype(np.float32), soft) > 0
+    smoothed = np.eye(5)[[0, 1, 2, 3, 4, 0]] * 0.9 + 0.1 / 5
+    assert loss(rng.standard_normal((6, 5)), smoothed) > 0

@@ -25,6 +25,7 @@ __all__ = ["Loss", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntrop
            "accuracy", "get", "serialize", "deserialize"]
 
 _PROB_EPS = 1e-7     # clipping of probabilities when a loss is given probabilities (Keras's)
+_ROW_SUM_TOL = 1e-3  # how far a target row may sum from 1 (float32 soft labels round)
 
 
 def _pred_array(pred, ndim=None):
@@ -67,6 +68,23 @@ def _class_labels(y, n, k):
             raise ValueError(f"one-hot y must have pred's shape {(n, k)}, got {y.shape}")
         return None, y
     raise ValueError(f"y must be integer labels (N,) or one-hot rows (N, {k}), got shape {y.shape}")
+
+
+def _check_distributions(t):
+    """Refuse target rows that are not probability distributions (one-hot or soft).
+
+    Other values make the cross-entropy meaningless: ``5 * eye - 3`` gave negative losses.
+    """
+    if not t.size:
+        return
+    if not (np.all(np.isfinite(t)) and t.min() >= 0 and t.max() <= 1):
+        raise ValueError(f"one-hot or soft targets must lie in [0, 1], got values from "
+                         f"{t.min()!r} to {t.max()!r}")
+    sums = t.sum(axis=1, dtype=np.float64)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > _ROW_SUM_TOL)
+    if bad.size:
+        raise ValueError(f"each row of one-hot or soft targets must sum to 1; row {bad[0]} sums to "
+                         f"{sums[bad[0]]:.6g} ({bad.size} of {len(t)} rows do not)")
 
 
 class Loss:
@@ -146,6 +164,8 @@ class SoftmaxCrossEntropy(Loss):
         z = _pred_array(pred, ndim=2)
         n, k = z.shape
         labels, t = _class_labels(y, n, k)
+        if t is not None:
+            _check_distributions(t)
         if n == 0:
             raise ValueError("pred is an empty batch (shape (0, K))")
         ls = self.label_smoothing
