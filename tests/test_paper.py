@@ -95,9 +95,12 @@ def test_paper_crop_forms(tmp_path):
     assert args.func is paper.run
 
 
-def test_paper_missing_data_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        cli.main(["paper", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+def test_paper_missing_data_dir(tmp_path, capsys):
+    argv = ["paper", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 1
+    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="nowhere"):     # --debug: the exception itself
+        cli.main(["--debug"] + argv)
 
 
 @pytest.mark.skipif(not LFW.is_dir(), reason=f"LFW not found at {LFW}")

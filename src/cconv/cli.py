@@ -12,6 +12,10 @@ Other modules add subcommands: if ``cconv.paper`` exists, its ``add_parser(subpa
 is called with the ``argparse`` subparsers object. A subcommand sets
 ``parser.set_defaults(func=handler)``; ``handler(args)`` returns the exit status
 (None means 0).
+
+Every error ends the command with one line on stderr (``cconv <command>: error: ...``) and
+a non-zero exit status: 2 for bad arguments, 1 for anything that fails while running, 130
+for Ctrl-C. ``--debug`` shows the traceback instead.
 """
 import argparse
 import importlib
@@ -20,25 +24,9 @@ import os
 import sys
 import time
 
+from ._cli_args import Parser, non_negative_int, output_folder, positive_float, positive_int
+
 __all__ = ["main", "build_parser", "run_demo"]
-
-
-def _checked(convert, ok, what):
-    """An argparse ``type=`` that converts with ``convert`` and requires ``ok(value)``."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-    return parse
-
-
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
 def add_demo_parser(subparsers):
@@ -48,14 +36,15 @@ def add_demo_parser(subparsers):
         description="Train a small CNN on scikit-learn's bundled 8x8 handwritten digits "
                     "(1,797 images, no download), print the test accuracy and write the model, "
                     "the training curves and feature maps to --out.")
-    p.add_argument("--epochs", type=_positive_int, default=15, help="training epochs (default 15)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
-    p.add_argument("--lr", type=_positive_float, default=3e-3,
+    p.add_argument("--epochs", type=positive_int, default=15, help="training epochs (default 15)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
+    p.add_argument("--lr", type=positive_float, default=3e-3,
                    help="initial Adam learning rate, annealed to 0 on a cosine (default 0.003)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the split, the weights and the shuffling (default 0)")
-    p.add_argument("--out", default="cconv-demo", help="output folder (default ./cconv-demo/)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--out", type=output_folder, default="cconv-demo",
+                   help="output folder (default ./cconv-demo/)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="number of threads (default: all available cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_demo)
@@ -65,11 +54,15 @@ def add_demo_parser(subparsers):
 def build_parser():
     """The ``argparse`` parser of ``cconv`` with every available subcommand."""
     from ._version import __version__
-    parser = argparse.ArgumentParser(prog="cconv", description="Convolutional neural networks on the CPU.")
+    parser = Parser(prog="cconv", description="Convolutional neural networks on the CPU.")
     parser.add_argument("--version", action="version", version=f"cconv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_demo_parser(subparsers)
     _add_optional_commands(subparsers)
+    for sub in subparsers.choices.values():   # --debug before or after the command
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error")
     return parser
 
 
@@ -99,12 +92,27 @@ def main(argv=None):
     try:
         status = args.func(args)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        print(flush=True)                       # end a progress bar's line on stdout
+        print(f"cconv {args.command}: interrupted", file=sys.stderr)
         return 130
-    except ImportError as exc:
-        print(f"cconv {args.command}: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"cconv {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
     return 0 if status is None else int(status)
+
+
+#: Errors whose message says it all; any other type is named (it is likely a bug).
+_EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError)
+
+
+def _one_line(exc):
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if not isinstance(exc, _EXPECTED_ERRORS) or not text:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        text += " (run with --debug for the traceback)"
+    return text
 
 
 # --------------------------------------------------------------------------------------

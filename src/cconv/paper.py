@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 
-from .cli import _non_negative_int, _positive_float, _positive_int
+from ._cli_args import non_negative_int, output_folder, positive_float, positive_int
 
 __all__ = ["add_parser", "run", "PAPER_ACCURACY"]
 
@@ -79,28 +79,29 @@ def add_parser(subparsers):
     p.add_argument("--data-dir", required=True,
                    help="LFW in the standard layout: the image folder (e.g. lfw-deepfunneled/), "
                         "a folder containing it, or a .tgz archive")
-    p.add_argument("--epochs", type=_non_negative_int, default=100, help="training epochs (default 100)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="batch size (default 128)")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (default 0.001)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--epochs", type=non_negative_int, default=100, help="training epochs (default 100)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 0.001)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the split, the weights, dropout and shuffling (default 0)")
     p.add_argument("--seeds", type=_seed_list, default=None,
                    help="comma-separated seeds, one full run each (e.g. 0,1,2,3,4); overrides --seed")
-    p.add_argument("--out", default="cconv-paper", help="output folder (default ./cconv-paper/)")
+    p.add_argument("--out", type=output_folder, default="cconv-paper",
+                   help="output folder (default ./cconv-paper/)")
     p.add_argument("--crop", type=_crop, default="default",
                    help="face crop box on the 250x250 images: 'default' (61,66,189,194), 'none' "
                         "(the full image) or left,upper,right,lower")
-    p.add_argument("--size", type=_positive_int, default=64, help="image side after resizing (default 64)")
-    p.add_argument("--min-faces-per-person", type=_positive_int, default=30,
+    p.add_argument("--size", type=positive_int, default=64, help="image side after resizing (default 64)")
+    p.add_argument("--min-faces-per-person", type=positive_int, default=30,
                    help="keep people with at least this many images (default 30)")
-    p.add_argument("--limit-per-class", type=_positive_int, default=None,
+    p.add_argument("--limit-per-class", type=positive_int, default=None,
                    help="use at most K images per person (quick runs; default: all)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="number of threads (default: all available cores)")
-    p.add_argument("--am-steps", type=_non_negative_int, default=128,
+    p.add_argument("--am-steps", type=non_negative_int, default=128,
                    help="gradient-ascent steps per activation-maximization image (default 128; "
                         "0 skips those figures)")
-    p.add_argument("--am-channels", type=_positive_int, default=16,
+    p.add_argument("--am-channels", type=positive_int, default=16,
                    help="channels per conv layer in the activation-maximization grids (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -194,6 +195,11 @@ def run(args):
                                     size=(args.size, args.size), crop=args.crop,
                                     max_faces_per_person=args.limit_per_class)
     load_time = time.perf_counter() - t0
+    if len(names) < 2:
+        raise ValueError(
+            f"identification needs at least 2 people, and {args.data_dir} has {len(names)} with "
+            f">= {args.min_faces_per_person} images ({', '.join(names)}); lower "
+            "--min-faces-per-person or point --data-dir at more people")
     crop_text = "none (full image)" if args.crop is None else f"{tuple(args.crop)}"
     log(f"cconv paper: LFW from {args.data_dir}: {len(names)} people with >= {args.min_faces_per_person} "
         f"images, {len(x)} images, {args.size}x{args.size} RGB, crop {crop_text} "
