@@ -101,6 +101,46 @@ def test_members_together_cannot_declare_more_than_the_file(tmp_path):
         cio.read_file(path)
 
 
+def _overlapping_members(path, count, payload):
+    """``count`` stored members whose data all run to the end of the file.
+
+    Local header i is followed by a .npy header, then local header i + 1, ..., then the
+    shared payload: member i's data (its .npy header, every later header and the payload)
+    is a valid uint8 array. Each member fits in the file, so only their total exposes them.
+    """
+    import struct
+    import zlib
+    tail, members = payload, []
+    for i in reversed(range(count)):           # back to front: a member's data is what follows
+        data = npy_header((len(tail),), "|u1") + tail
+        name = f"p/{i}.npy".encode()
+        crc = zlib.crc32(data)
+        local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, len(data), len(data),
+                            len(name), 0) + name
+        members.append((name, crc, len(data), len(local) + len(data) - len(tail)))
+        tail = local + data
+    central, offset = bytearray(), 0
+    for name, crc, size, own in reversed(members):
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size,
+                               len(name), 0, 0, 0, 0, 0, offset) + name
+        offset += own                          # this member's local header and .npy header
+    path.write_bytes(tail + central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count,
+                                                  len(central), len(tail), 0))
+
+
+def test_overlapping_members_cannot_multiply_the_file(tmp_path):
+    """400 members each spanning the rest of a 2 MB file would read 800 MB; their declared
+    sizes together exceed the file, so it is refused before any is read."""
+    path = tmp_path / "overlap.npz"
+    _overlapping_members(path, 400, bytes(2 << 20))
+    with zipfile.ZipFile(path) as zf:              # a valid zip whose members zipfile would read
+        assert len(zf.infolist()) == 400 and zf.open("p/399.npy").read(6) == b"\x93NUMPY"
+    rc, out, err, seconds, rss = _load_in_subprocess(path)
+    assert rc == 0, err
+    assert "ValueError" in out and "declare more bytes than the file" in out, out
+    assert seconds < 30 and rss < 200 << 20, (seconds, rss)
+
+
 def test_config_and_format_are_checked_before_any_array_is_read(tmp_path, monkeypatch):
     """A newer format version is refused without reading its (large) arrays."""
     path = tmp_path / "future.npz"
@@ -223,3 +263,17 @@ def test_round_trip_after_the_reader_changes(tmp_path):
     for k, v in arrays.items():
         np.testing.assert_array_equal(back[k], v)
         assert back[k].dtype == v.dtype and back[k].flags.c_contiguous and back[k].flags.writeable
+
+
+def test_fortran_order_member_is_read_in_its_order(tmp_path):
+    """np.savez never writes one, but the format allows it: values land where they belong."""
+    import io
+    a = np.arange(12.0).reshape(3, 4)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asfortranarray(a))
+    entries = [e for e in _valid_members(arrays={"p/0": a}) if e[0] != "p/0.npy"]
+    path = tmp_path / "f.npz"
+    write_zip(path, [stored("p/0.npy", buf.getvalue())] + entries)
+    _, arrays = cio.read_file(path)
+    np.testing.assert_array_equal(arrays["p/0"], a)
+    assert arrays["p/0"].flags.c_contiguous

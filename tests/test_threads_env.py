@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -123,7 +124,9 @@ def test_set_num_threads_is_capped_with_a_warning(restore_threads):
     with pytest.warns(RuntimeWarning, match="asks for 1000000 threads"):
         cconv.set_num_threads(10**6)
     assert cconv.get_num_threads() == cap
-    cconv.set_num_threads(cap)              # at the cap: no warning, kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cconv.set_num_threads(cap)          # at the cap: no warning, kept
     assert cconv.get_num_threads() == cap
 
 
