@@ -330,6 +330,17 @@ def relu_backward(dy, y):
     return np.where(np.asarray(y) > 0, dy, 0).astype(dy.dtype)
 
 
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) by the definition: each entry a sum of products, in float64."""
+    A = np.asarray(a, np.float64)
+    B = np.asarray(b, np.float64)
+    A, B = (A.T if trans_a else A), (B.T if trans_b else B)
+    out = np.zeros((A.shape[0], B.shape[1]))
+    for j in range(A.shape[1]):
+        out += A[:, j:j + 1] * B[j:j + 1, :]
+    return out.astype(np.result_type(np.asarray(a).dtype, np.asarray(b).dtype))
+
+
 def numerical_grad(f, a, idx=None, eps=1e-6):
     """Central differences of the scalar ``f()`` with respect to entries of ``a``.
 

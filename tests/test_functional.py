@@ -713,20 +713,25 @@ def test_dense_matmul_matches_numpy(dtype, trans_a, trans_b, threads, restore_th
     a = rand(rng, (k, m) if trans_a else (m, k), dtype)
     b = rand(rng, (n, k) if trans_b else (k, n), dtype)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
-    got = F._matmul(a, b, trans_a, trans_b)
+    got = F.matmul(a, b, trans_a, trans_b)
     assert_close(got, expected, dtype)
     out = rand(rng, (m, n), dtype)
     before = out.copy()
-    assert F._matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
+    assert F.matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
     assert_close(out, expected + before, dtype)
 
 
 def test_dense_matmul_falls_back_for_unusual_operands():
     rng = np.random.default_rng(20)
     a, b = rng.standard_normal((5, 3)), rng.standard_normal((3, 4)).astype(np.float32)
-    np.testing.assert_allclose(F._matmul(a, b), a @ b, rtol=1e-6)      # mixed dtypes
-    empty = F._matmul(np.zeros((5, 0)), np.zeros((0, 4)))              # inner dimension 0
+    with pytest.raises(TypeError, match="one dtype"):                 # mixed dtypes
+        F.matmul(a, b)
+    with pytest.raises(ValueError, match=r"inner dimensions.*\(5, 3\).*\(4, 3\)"):
+        F.matmul(a, b.T.astype(np.float64))
+    with pytest.raises(ValueError, match="out must be"):
+        F.matmul(a, b.astype(np.float64), out=np.zeros((4, 5)))
+    empty = F.matmul(np.zeros((5, 0)), np.zeros((0, 4)))              # inner dimension 0
     assert empty.shape == (5, 4) and not empty.any()
     out = np.ones((5, 4), order="F")                                  # not C-contiguous
-    F._matmul(a, b.astype(np.float64), out=out, beta=2.0)
+    F.matmul(a, b.astype(np.float64), out=out, beta=2.0)
     np.testing.assert_allclose(out, 2.0 + a @ b, rtol=1e-12)

@@ -414,9 +414,12 @@ def test_custom_layer_round_trip(tmp_path):
     class Scale(Dense):
         """A user's layer: Dense with doubled output."""
 
-        def _forward(self, x, training, cache):
-            y, saved = super()._forward(x, training, cache)
+        def call(self, x, training=False):
+            y, saved = super().call(x, training)
             return y * 2, saved
+
+        def backward(self, dy, saved):
+            return super().backward(dy * 2, saved)
 
     model = cconv.Sequential([Flatten(), Scale(3)], input_shape=(2, 2), seed=0)
     p = tmp_path / "custom.npz"

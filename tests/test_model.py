@@ -590,18 +590,19 @@ def test_gradcheck_small_model_passes():
 
 def test_gradcheck_detects_a_broken_layer():
     class BrokenDense(Dense):
-        """Scales the kernel gradient by 1.01: a subtle bug."""
+        """Adds 1.01 times the kernel gradient: a subtle bug."""
 
-        def _backward(self, dy, saved):
-            dx = super()._backward(dy, saved)
-            self.grads["kernel"] *= 1.01
+        def backward(self, dy, saved):
+            before = self.grads["kernel"].copy()
+            dx = super().backward(dy, saved)
+            self.grads["kernel"] += 0.01 * (self.grads["kernel"] - before)
             return dx
 
     class BrokenInput(Conv2D):
         """Returns a wrong input gradient (sign flipped)."""
 
-        def _backward(self, dy, saved):
-            dx = super()._backward(dy, saved)
+        def backward(self, dy, saved):
+            dx = super().backward(dy, saved)
             return None if dx is None else -dx
 
     rng = np.random.default_rng(1)

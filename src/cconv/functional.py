@@ -82,7 +82,7 @@ __all__ = [
     "conv_output_size", "normalize_pair", "normalize_padding", "relu_backward",
     "conv2d_transpose", "conv2d_transpose_backward", "conv_transpose_output_size",
     "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
-    "normalize_pads",
+    "normalize_pads", "matmul",
 ]
 
 #: Upper bound on one thread's im2col tile, in bytes.
@@ -324,21 +324,56 @@ def _run(nt, fn, *args):
         return fn(*args, nt)
 
 
-def _matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
-    """``op(a) @ op(b) (+ beta * out)`` for the dense layers, on cconv's OpenMP threads.
+def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = False,
+           out: NDArray[Any] | None = None, beta: float = 0.0) -> _FloatArray:
+    """``op(a) @ op(b)``, or ``op(a) @ op(b) + beta * out`` written into ``out``: the GEMM of
+    the dense layers, on cconv's OpenMP threads.
 
+    ``op`` transposes its operand when ``trans_a`` / ``trans_b`` is set (no copy is made).
     Each thread makes one single-threaded BLAS call on its block of rows, so no BLAS thread
     pool is left spinning (OpenBLAS's threads busy-wait after a call) while the next
-    convolution kernel needs the cores. Mixed or non-float dtypes, empty or huge operands
-    go to numpy's matmul instead.
+    convolution kernel needs the cores. Empty or huge operands, or an ``out`` that is not
+    C-contiguous, go to numpy's matmul instead.
+
+    Parameters
+    ----------
+    a : ndarray of shape (m, k), or (k, m) with ``trans_a``; float32 or float64
+    b : ndarray of shape (k, n), or (n, k) with ``trans_b``; a's dtype
+    out : ndarray of shape (m, n) and a's dtype, optional  # IN/OUT
+        Receives the result; with ``beta`` != 0 its old values are kept scaled by ``beta``.
+    beta : float, default 0.0
+
+    Returns
+    -------
+    ndarray of shape (m, n)
+        ``out`` when given.
+
+    Raises
+    ------
+    TypeError
+        Non-float operands, or operands of different dtypes.
+    ValueError
+        Operands that are not 2-D or whose inner dimensions differ; ``out`` of another shape
+        or read-only.
     """
+    a = _float_array(a, "a", ndim=2, contiguous=False)
+    b = _float_array(b, "b", ndim=2, contiguous=False)
+    _same_dtype(a=a, b=b, out=out if isinstance(out, np.ndarray) else None)
     A = a.T if trans_a else a
     B = b.T if trans_b else b
+    if A.shape[1] != B.shape[0]:
+        raise ValueError(f"the inner dimensions differ: op(a) has shape {A.shape}, op(b) {B.shape} "
+                         f"(a {a.shape}, trans_a={bool(trans_a)}; b {b.shape}, trans_b={bool(trans_b)})")
     (m, k), n = A.shape, B.shape[1]
-    usual = (a.dtype == b.dtype and a.dtype in (np.float32, np.float64) and m * n * k > 0
-             and max(m, n, k, a.shape[1], b.shape[1]) <= _INT_MAX
-             and (out is None or (out.dtype == a.dtype and out.flags.c_contiguous
-                                  and out.flags.writeable)))
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.float64):
+            raise TypeError(f"out must be a float32 or float64 ndarray, got {type(out).__name__}")
+        if out.shape != (m, n) or not out.flags.writeable:
+            raise ValueError(f"out must be a writeable array of shape {(m, n)}, got shape {out.shape}"
+                             f"{'' if out.flags.writeable else ' (read-only)'}")
+    beta = float(beta)
+    usual = (m * n * k > 0 and max(m, n, k, a.shape[1], b.shape[1]) <= _INT_MAX
+             and (out is None or out.flags.c_contiguous))
     if not usual:
         with _config.blas_threads(get_num_threads()):
             r = A @ B
@@ -354,7 +389,7 @@ def _matmul(a, b, trans_a=False, trans_b=False, out=None, beta=0.0):
         out, beta = _alloc((m, n), a.dtype), 0.0
     nt = _threads(m, m * n * k // 16)
     _run(nt, _core.matmul, bool(trans_a), bool(trans_b), np.ascontiguousarray(a),
-         np.ascontiguousarray(b), float(beta), out)
+         np.ascontiguousarray(b), beta, out)
     return out
 
 
@@ -880,12 +915,12 @@ def conv2d_transpose(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
         n1 = min(N, n0 + chunk)
         xs = x[n0:n1].reshape(-1, C)
         if groups == 1:
-            cols = _matmul(xs, wmat, trans_b=True)       # (m, KH*KW*C_out)
+            cols = matmul(xs, wmat, trans_b=True)       # (m, KH*KW*C_out)
         else:
             cols = _alloc((xs.shape[0], k[0] * k[1] * cout), x.dtype)
             view = cols.reshape(xs.shape[0], k[0] * k[1], cout)
             for gi in range(groups):
-                part = _matmul(xs[:, gi * cg:(gi + 1) * cg], wmat[:, gi * cg:(gi + 1) * cg],
+                part = matmul(xs[:, gi * cg:(gi + 1) * cg], wmat[:, gi * cg:(gi + 1) * cg],
                                trans_b=True)
                 view[:, :, gi * og:(gi + 1) * og] = part.reshape(-1, k[0] * k[1], og)
         _core.col2im(cols, y[n0:n1], k[0], k[1], H, W, s[0], s[1], core[0][0], core[1][0],

@@ -1,47 +1,101 @@
-"""Layers: the building blocks of a :class:`cconv.Sequential` model.
-
-Every layer follows one small protocol (see :class:`Layer`):
-
-* ``build(input_shape, rng, dtype)`` creates the weights once the input shape is known
-  (``input_shape`` without the batch dimension); ``forward`` builds an unbuilt layer from its
-  first input.
-* ``forward(x, training=False)`` returns the output and, when training, keeps what
-  ``backward`` needs; ``backward(dy)`` returns ``dL/dx`` and *overwrites* ``grads``
-  (it never accumulates), then releases what forward kept.
-* ``params`` and ``grads`` are dicts of arrays with the same keys and shapes, side by side;
-  ``state`` holds non-trainable saved arrays (the running statistics of
-  :class:`BatchNorm2D`).
-* ``get_config()`` / ``from_config()`` round-trip through JSON; :func:`serialize` /
-  :func:`deserialize` add the class name.
+"""Layers: the building blocks of cconv models, and how to write your own.
 
 Activations are NHWC ``(N, H, W, C)``; convolution kernels HWIO
 ``(KH, KW, C_in // groups, C_out)`` (:class:`Conv2DTranspose`: the HWIO kernel of the
 convolution it transposes, ``(KH, KW, C_out // groups, C_in)``; :class:`DepthwiseConv2D`:
 ``(KH, KW, C_in, depth_multiplier)``, both as Keras); dense kernels ``(in, out)``. Layers
-with weights compute in the dtype they were built with (float32 or float64) and cast other
-inputs to it, as Keras does; layers without weights keep a float32/float64 input's dtype.
+with weights compute in the dtype they were built with (float32 or float64).
+
+Writing a layer
+---------------
+Subclass :class:`Layer` and implement the methods you need; all are public and none has an
+underscore:
+
+``build(self, input_shape)``
+    Create the weights with :meth:`Layer.add_weight` once the shape of one input sample
+    (without the batch axis) is known. Layers without weights leave it out.
+``call(self, x, training=False) -> (y, saved)``
+    The forward computation on a batch. ``saved`` is whatever ``backward`` will need
+    (None when it needs nothing); the model keeps it, one per call, so a layer used twice
+    in a model has two.
+``backward(self, dy, saved) -> dx``
+    ``dy`` is ``dL/dy`` for the ``y`` that ``call`` returned with this ``saved``. *Add* each
+    weight's gradient into ``self.grads[name]`` (``+=``: a layer called twice in a model
+    receives the sum of both uses; the model zeroes the gradients before each backward
+    pass) and return ``dL/dx``. Never modify ``dy`` or the saved arrays. When
+    ``self.need_input_grad`` is False (the layer sits right after the model's input) you may
+    skip ``dx`` and return None.
+``compute_output_shape(self, input_shape) -> tuple``
+    The output sample shape; raise ``ValueError`` for an input the layer cannot take.
+    The default returns ``input_shape`` (elementwise layers).
+``get_config(self) -> dict``
+    The constructor arguments, for saving: ``{**super().get_config(), "units": self.units}``.
+    :meth:`Layer.from_config` calls ``cls(**config)``; pass your class to
+    ``cconv.load_model(path, custom_objects={"MyLayer": MyLayer})``.
+
+For example, a learned per-channel scale::
+
+    class Scale(Layer):
+        def build(self, input_shape):
+            self.add_weight("gamma", (input_shape[-1],), initializer="ones")
+
+        def call(self, x, training=False):
+            return x * self.params["gamma"], x
+
+        def backward(self, dy, x):
+            self.grads["gamma"] += np.sum(dy * x, axis=tuple(range(dy.ndim - 1)))
+            return dy * self.params["gamma"]
+
+``cconv.gradcheck(Scale(), x)`` checks such a layer against finite differences.
+
+Blocks (layers made of layers). A layer held in an attribute of another layer (or in a
+list or tuple attribute) is its *sublayer*. Build sublayers in ``build`` (``self.conv.build
+(input_shape)``: they take the block's dtype and random generator) and call their ``call``
+and ``backward`` from the block's own. Their weights and gradients belong to the block:
+the model and its optimizer find them (named ``"block/conv/kernel"``), and nothing is copied
+by hand. The README shows a residual block written this way.
+
+Several inputs. A layer with ``multiple_inputs = True`` is called on a list of tensors:
+``call`` gets a list of arrays, ``backward`` returns a list of gradients (views of ``dy``
+are fine), ``build`` and ``compute_output_shape`` get a list of shapes. :class:`Add`,
+:class:`Subtract`, :class:`Multiply` and :class:`Concatenate` are such layers.
+
+Using layers
+------------
+In a model, layers are called on symbolic tensors (``y = Dense(10)(x)``, see
+:class:`cconv.Model`) or stacked in a :class:`cconv.Sequential`. On their own:
+``layer.forward(x, training=True)`` checks ``x``, builds the layer on first use, runs
+``call`` and keeps ``saved``; ``layer.backward(dy)`` (without ``saved``) then
+backpropagates through that call and *overwrites* ``grads``. cconv wraps ``build`` and
+``backward`` (as Keras wraps ``build``) so these calls work for every subclass; inside a
+subclass, ``super().build(input_shape)`` and ``super().backward(dy, saved)`` work as usual.
 
 Elementwise work on activations runs vectorised in place: an activation fused into
-:class:`Conv2D`/:class:`Dense` overwrites the layer's fresh output, and every backward makes
-exactly one new array (the returned gradient), never modifying its argument.
+:class:`Conv2D`/:class:`Dense` overwrites the layer's fresh output, and every built-in
+backward makes at most one new array (the returned gradient).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
+import threading
 
 import numpy as np
 from scipy.special import expit, ndtr
 
+from . import _validate as V
 from . import functional as F
 from . import initializers
+from .symbolic import Node, SymbolicTensor
 
 __all__ = [
     "Layer", "Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "MaxPool2D", "AvgPool2D",
     "GlobalAvgPool2D", "GlobalMaxPool2D", "GlobalMaxPooling2D", "Dense", "Flatten", "Reshape",
     "UpSampling2D", "ZeroPadding2D", "Cropping2D", "Dropout", "BatchNorm2D", "Activation",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "ELU", "GELU", "SiLU", "Swish",
+    "Add", "Subtract", "Multiply", "Concatenate",
     "serialize", "deserialize", "get_activation",
 ]
 
@@ -49,23 +103,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------
 # Argument helpers
 # ---------------------------------------------------------------------------------
-def _positive_int(v, name):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {v!r}")
-    if v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
-
-
-def _real(v, name):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {v!r}")
-    v = float(v)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v!r}")
-    return v
-
-
 def _tuplify(v):
     """Lists (e.g. from JSON) -> tuples, recursively."""
     if isinstance(v, (list, tuple)):
@@ -88,25 +125,6 @@ def _check_padding(padding):
     return padding
 
 
-def _float_dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def _shape_tuple(shape, name="input_shape"):
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"{name} must be a tuple of ints (without the batch dimension), "
-                        f"got {shape!r}") from None
-    if len(shape) == 0 or min(shape) < 1:
-        raise ValueError(f"{name} must be a non-empty tuple of positive ints (without the "
-                         f"batch dimension), got {shape}")
-    return shape
-
-
 def _spatial_output(layer, hw, kernel, stride, padding, dilation, what, pool=False):
     """Output (OH, OW) of a sliding window over an input of size hw (ValueError if < 1)."""
     pads = F.normalize_padding(padding, kernel, dilation, stride, hw)
@@ -125,43 +143,132 @@ def _spatial_output(layer, hw, kernel, stride, padding, dilation, what, pool=Fal
     return tuple(out)
 
 
+def _shape_list(input_shape, name="input_shape"):
+    """A list of sample shapes (several inputs) -> list of tuples."""
+    if not isinstance(input_shape, (list, tuple)) or not all(
+            isinstance(s, (list, tuple)) for s in input_shape):
+        raise TypeError(f"{name} must be a list of shapes (one per input), got {input_shape!r}")
+    return [V.shape(s, name) for s in input_shape]
+
+
 # ---------------------------------------------------------------------------------
-# Base class
+# Base class: the framework side of the contract
 # ---------------------------------------------------------------------------------
+_KEPT = object()                 # backward(dy) without saved: use the last forward's
+_builds = threading.local()      # the builds in progress (a block builds its sublayers)
+
+
+def _build_stack():
+    if not hasattr(_builds, "stack"):
+        _builds.stack = []
+    return _builds.stack
+
+
+def _wrap_build(build):
+    """``build(input_shape)`` as written -> ``build(input_shape, rng=None, dtype=None)``."""
+
+    @functools.wraps(build)
+    def wrapped(self, input_shape, rng=None, dtype=None):
+        if self._building:                      # super().build(...) inside a subclass's build
+            return build(self, input_shape)
+        stack = _build_stack()
+        outer = stack[-1] if stack else None
+        if rng is None and outer is not None:
+            rng = outer._weight_rng
+        elif rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
+            rng = np.random.default_rng(rng)
+        elif not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, "
+                            f"got {type(rng).__name__}")
+        dtype = V.float_dtype(dtype if dtype is not None else
+                              (outer.dtype if outer is not None else np.float32))
+        shape = _shape_list(input_shape) if self.multiple_inputs else V.shape(input_shape)
+        if not self.multiple_inputs:
+            self._check_rank(len(shape) + 1, (None,) + shape)
+        self.compute_output_shape(shape)                 # validates the geometry
+        self.built = False
+        self.params, self.grads, self.state = {}, {}, {}
+        self.dtype, self._weight_rng, self._building = dtype, rng, True
+        stack.append(self)
+        try:
+            build(self, shape)
+        finally:
+            stack.pop()
+            self._building, self._weight_rng = False, None
+        for path, sub in self.sublayers:
+            if not sub.built and type(sub).build is not Layer.build:
+                raise RuntimeError(f"{self._label()}: sublayer {path!r} ({type(sub).__name__}) was "
+                                   f"not built; call self.{path}.build(shape) in build()")
+        self.input_shape = shape
+        self.built = True
+        self._kept = None
+
+    return wrapped
+
+
+def _wrap_backward(backward):
+    """``backward(dy, saved)`` as written -> also ``backward(dy)`` after ``forward``."""
+
+    @functools.wraps(backward)
+    def wrapped(self, dy, saved=_KEPT):
+        if saved is not _KEPT:
+            return backward(self, dy, saved)
+        if self._kept is None:
+            raise RuntimeError(f"{self._label()}: backward(dy) needs a preceding "
+                               f"forward(x, training=True) (or cache=True); forward's context "
+                               f"is released by each backward")
+        saved, out_shape, out_dtype = self._kept
+        dy = np.asarray(dy)
+        if dy.shape != out_shape:
+            raise ValueError(f"{self._label()}: dy must have the output's shape {out_shape}, "
+                             f"got {dy.shape}")
+        if dy.dtype.kind not in "fiu":
+            raise TypeError(f"{self._label()}: dy must be a real float array, got dtype {dy.dtype}")
+        dy = np.ascontiguousarray(dy, dtype=out_dtype)
+        self._kept = None
+        self.zero_grads()
+        return backward(self, dy, saved)
+
+    return wrapped
+
+
 class Layer:
-    """Base class of every layer.
+    """Base class of every layer (see the module docstring for how to write one).
 
     Attributes
     ----------
     name : str or None
-        Unique within a model (:class:`cconv.Sequential` assigns ``"conv2d_1"`` etc. when None).
+        Unique within a model (a model names unnamed layers ``"conv2d"``, ``"conv2d_1"``...).
     trainable : bool
-        Whether an optimizer should update ``params``.
+        Whether an optimizer should update the weights (of the sublayers too).
     built : bool
         True once ``build`` has created the weights.
     params, grads : dict of str -> ndarray
-        Parameters and their gradients (same keys, shapes, dtype; C-contiguous).
-        ``backward`` overwrites ``grads``.
+        Trainable weights and their gradients (same keys, shapes, dtype; C-contiguous).
     state : dict of str -> ndarray
-        Non-trainable saved arrays (:class:`BatchNorm2D`'s running statistics); ``{}`` otherwise.
+        Non-trainable saved arrays (:class:`BatchNorm2D`'s running statistics).
     need_input_grad : bool
-        When False, ``backward`` skips ``dL/dx`` and returns None (the first layer of a
-        network never needs it).
-    input_shape : tuple or None
-        The input shape without the batch dimension, set by ``build``.
+        Read by ``backward``: when False, ``dL/dx`` may be skipped (None returned).
+    input_shape : tuple, list of tuple, or None
+        The input sample shape(s) the layer was built for.
     dtype : numpy.dtype or None
         float32 or float64, set by ``build``.
-
-    Notes
-    -----
-    Subclasses implement ``_build``, ``_forward``, ``_backward``, ``output_shape`` and
-    ``_config``; the base class checks inputs, builds lazily and manages the cache.
+    multiple_inputs : bool (class attribute)
+        The layer takes a list of inputs.
     """
 
+    multiple_inputs = False
     #: Rank of the input without the batch dimension (None: any rank >= 1).
     _input_rank: int | None = None
     #: Whether the last input dimension (channels/features) is fixed once built.
     _fixed_channels = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "build" in vars(cls):
+            cls.build = _wrap_build(vars(cls)["build"])
+        if "backward" in vars(cls):
+            cls.backward = _wrap_backward(vars(cls)["backward"])
 
     def __init__(self, name=None, trainable=True):
         if name is not None and not isinstance(name, str):
@@ -173,122 +280,217 @@ class Layer:
         self.grads: dict[str, np.ndarray] = {}
         self.state: dict[str, np.ndarray] = {}
         self.need_input_grad = True
-        self.input_shape: tuple | None = None
+        self.input_shape = None
         self.dtype = None
-        self._cache = None
+        self._kept = None
+        self._building = False
+        self._weight_rng = None
+        self._nodes: list = []
 
-    # -- construction ----------------------------------------------------------
-    def build(self, input_shape, rng=None, dtype=np.float32) -> None:
-        """Create the weights for inputs of shape ``(batch, *input_shape)``.
+    # -- the contract: override these ------------------------------------------------
+    def build(self, input_shape):
+        """Create the weights (with :meth:`add_weight`) for inputs of this sample shape.
 
-        Parameters
-        ----------
-        input_shape : tuple of int
-            The input shape without the batch dimension, e.g. ``(H, W, C)``.
-        rng : numpy.random.Generator, int or None
-            Source of the initial weights (an int seeds a new generator; None: unseeded).
-        dtype : float32 or float64
-            The dtype of the weights and of the computation.
+        Called by cconv as ``layer.build(input_shape, rng=None, dtype=None)``: ``rng`` (a
+        ``numpy.random.Generator`` or an int seed) and ``dtype`` (float32 or float64) are
+        what :meth:`add_weight` uses; inside a block's ``build`` they default to the block's.
         """
-        input_shape = _shape_tuple(input_shape)
-        dtype = _float_dtype(dtype)
-        self.built = False
-        if rng is None or isinstance(rng, (numbers.Integral, np.random.SeedSequence)):
-            rng = np.random.default_rng(rng)
-        elif not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, "
-                            f"got {type(rng).__name__}")
-        self._check_rank(len(input_shape) + 1, (None,) + input_shape)
-        self.output_shape(input_shape)               # validates the geometry
-        self.params, self.grads, self.state = {}, {}, {}
-        self._build(input_shape, rng, dtype)
-        self.params = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.params.items()}
-        self.state = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in self.state.items()}
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self.input_shape = input_shape
-        self.dtype = dtype
-        self.built = True
-        self._cache = None
 
-    def _build(self, input_shape, rng, dtype):
-        """Create ``self.params`` / ``self.state`` (nothing for layers without weights)."""
+    def call(self, x, training=False):
+        """Forward computation: return ``(y, saved)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement call(x, training)")
 
-    # -- computation -------------------------------------------------------------
-    def __call__(self, x, training=False):
-        return self.forward(x, training)
+    def backward(self, dy, saved):
+        """Add the weights' gradients into ``grads`` and return ``dL/dx``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement backward(dy, saved)")
 
-    def forward(self, x, training=False, *, cache=None):
-        """Compute the layer's output.
+    def compute_output_shape(self, input_shape) -> tuple:
+        """The output shape (without the batch dimension) for ``input_shape``."""
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        """JSON-serialisable constructor arguments (subclasses add theirs to these)."""
+        return {"name": self.name, "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        """Re-create a layer (without weights) from :meth:`get_config`."""
+        return cls(**config)
+
+    # -- for layer authors ---------------------------------------------------------------
+    def add_weight(self, name, shape, initializer="zeros", trainable=True):
+        """Create a weight during ``build`` and return it.
 
         Parameters
         ----------
-        x : ndarray of shape (N, *input_shape)
+        name : str
+            Key in ``params`` (trainable) or ``state`` (not trainable; saved with the model,
+            e.g. running statistics).
+        shape : tuple of int
+        initializer : str or callable
+            See :mod:`cconv.initializers`; a callable gets ``(shape, rng, dtype)``.
+        trainable : bool
+            A trainable weight gets a zero gradient array in ``grads``.
+        """
+        if not self._building:
+            raise RuntimeError(f"{self._label()}: add_weight is for use inside build()")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"weight name must be a non-empty str without '/', got {name!r}")
+        if name in self.params or name in self.state:
+            raise ValueError(f"{self._label()} already has a weight named {name!r}")
+        value = initializers.get(initializer)(tuple(int(s) for s in shape), self._weight_rng,
+                                              self.dtype)
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        if trainable:
+            self.params[name] = value
+            self.grads[name] = np.zeros_like(value)
+        else:
+            self.state[name] = value
+        return value
+
+    # -- sublayers ------------------------------------------------------------------------
+    @property
+    def sublayers(self):
+        """``[(attribute path, layer)]`` of the layers this one holds (list items as ``"name.i"``)."""
+        out = []
+        for key, value in vars(self).items():
+            if isinstance(value, Layer):
+                out.append((key, value))
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
+                out += [(f"{key}.{i}", v) for i, v in enumerate(value)]
+        return out
+
+    def named_layers(self, prefix=""):
+        """``[(prefix, layer)]`` for this layer and every sublayer, depth first."""
+        out = [(prefix, self)]
+        for path, sub in self.sublayers:
+            out += sub.named_layers(f"{prefix}{path}/")
+        return out
+
+    def parameters(self):
+        """``[(name, param, grad)]`` of the trainable weights, sublayers' included
+        (``"kernel"``, ``"conv/kernel"``); empty when the layer is not trainable."""
+        if not self.trainable:
+            return []
+        out = [(k, p, self.grads[k]) for k, p in self.params.items()]
+        for path, sub in self.sublayers:
+            out += [(f"{path}/{n}", p, g) for n, p, g in sub.parameters()]
+        return out
+
+    def weights(self):
+        """``[(role, name, array)]`` of every weight, role ``"param"`` or ``"state"``, in a
+        fixed order (own params, own state, then each sublayer's): what a file stores."""
+        out = [("param", k, a) for k, a in self.params.items()]
+        out += [("state", k, a) for k, a in self.state.items()]
+        for path, sub in self.sublayers:
+            out += [(role, f"{path}/{n}", a) for role, n, a in sub.weights()]
+        return out
+
+    def zero_grads(self):
+        """Set every gradient (sublayers' included) to zero."""
+        for _, layer in self.named_layers():
+            for g in layer.grads.values():
+                g.fill(0)
+
+    def count_params(self) -> int:
+        """Number of weights: params plus state, sublayers' included (0 until built)."""
+        return int(sum(a.size for _, _, a in self.weights()))
+
+    def get_rng_state(self) -> dict:
+        """The states of the ``numpy.random.Generator`` objects the layer (and its
+        sublayers) own, e.g. :class:`Dropout`'s, by attribute path."""
+        out = {}
+        for prefix, layer in self.named_layers():
+            for key, value in vars(layer).items():
+                if isinstance(value, np.random.Generator):
+                    out[prefix + key] = value.bit_generator.state
+        return out
+
+    def set_rng_state(self, state: dict) -> None:
+        """Inverse of :meth:`get_rng_state`."""
+        owners = {}
+        for prefix, layer in self.named_layers():
+            for key, value in vars(layer).items():
+                if isinstance(value, np.random.Generator):
+                    owners[prefix + key] = value
+        for key, st in state.items():
+            if key not in owners:
+                raise ValueError(f"{self._label()} has no random generator {key!r} "
+                                 f"(it has {sorted(owners)})")
+            owners[key].bit_generator.state = st
+
+    # -- running a layer on its own ------------------------------------------------------
+    def __call__(self, inputs, training=False, **kwargs):
+        """On symbolic tensors: a new symbolic tensor (a call in a functional model).
+        On arrays: :meth:`forward`."""
+        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        if any(isinstance(t, SymbolicTensor) for t in items):
+            if kwargs or training:
+                raise TypeError(f"{self._label()}: a call on symbolic tensors takes no options; "
+                                f"the model decides training mode when it runs")
+            return self._call_symbolic(inputs)
+        return self.forward(inputs, training, **kwargs)
+
+    def forward(self, inputs, training=False, *, cache=None, **kwargs):
+        """Compute the layer's output for a batch.
+
+        Parameters
+        ----------
+        inputs : ndarray of shape (N, *input_shape), or a list of them (several inputs)
         training : bool
             Training behaviour (dropout active, batch statistics in batch norm).
         cache : bool or None
-            Keep what :meth:`backward` needs; defaults to ``training``. Pass
+            Keep ``call``'s ``saved`` for :meth:`backward`; defaults to ``training``. Pass
             ``cache=True`` with ``training=False`` to differentiate the inference-mode
-            function (e.g. for saliency maps).
-
-        Returns
-        -------
-        ndarray of shape (N, *output_shape(input_shape))
+            function.
+        **kwargs
+            Passed to ``call`` (``apply_activation=False`` for :class:`Conv2D`/:class:`Dense`).
         """
-        x = self._prepare(x)
+        x = self._prepare(inputs)
         cache = bool(training) if cache is None else bool(cache)
-        y, saved = self._forward(x, bool(training), cache)
-        self._cache = (saved, y.shape, y.dtype) if cache else None
+        y, saved = self.call(x, bool(training), **kwargs)
+        self._kept = (saved, y.shape, y.dtype) if cache else None
         return y
 
-    def backward(self, dy):
-        """Back-propagate ``dy = dL/dy`` through the last cached :meth:`forward`.
-
-        Overwrites ``grads`` and releases the cache.
-
-        Returns
-        -------
-        ndarray of the input's shape, or None when ``need_input_grad`` is False
-        """
-        if self._cache is None:
-            raise RuntimeError(f"{self._label()}: backward() needs a preceding "
-                               f"forward(x, training=True) (or cache=True); forward's cache "
-                               f"is released by each backward")
-        saved, out_shape, out_dtype = self._cache
-        dy = np.asarray(dy)
-        if dy.shape != out_shape:
-            raise ValueError(f"{self._label()}: dy must have the output's shape {out_shape}, "
-                             f"got {dy.shape}")
-        if dy.dtype.kind not in "fiu":
-            raise TypeError(f"{self._label()}: dy must be a real float array, got dtype {dy.dtype}")
-        dy = np.ascontiguousarray(dy, dtype=out_dtype)
-        self._cache = None
-        return self._backward(dy, saved)
-
-    def _forward(self, x, training, cache):
-        raise NotImplementedError
-
-    def _backward(self, dy, saved):
-        raise NotImplementedError
-
-    def _prepare(self, x):
-        """Check an input against the layer, build on first use, cast to the layer's dtype."""
-        x = np.asarray(x)
-        if x.dtype.kind not in "fiub":
-            raise TypeError(f"{self._label()}: x must be a real numeric array, got dtype "
-                            f"{x.dtype} (shape {x.shape})")
-        self._check_rank(x.ndim, x.shape)
+    def _prepare(self, inputs):
+        """Check inputs against the layer, build on first use, cast to the layer's dtype."""
+        if self.multiple_inputs:
+            if not isinstance(inputs, (list, tuple)) or len(inputs) < 1:
+                raise TypeError(f"{self._label()} takes a list of input arrays, got "
+                                f"{type(inputs).__name__}")
+            xs = [self._checked_array(x, f"inputs[{i}]") for i, x in enumerate(inputs)]
+        else:
+            if isinstance(inputs, (list, tuple)) and len(inputs) and isinstance(inputs[0], np.ndarray):
+                raise TypeError(f"{self._label()} takes one input array, got a list of {len(inputs)}")
+            xs = [self._checked_array(inputs, "x")]
+            self._check_rank(xs[0].ndim, xs[0].shape)
         if not self.built:
-            dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
-            self.build(x.shape[1:], None, dtype)
-        elif self._fixed_channels and x.shape[-1] != self.input_shape[-1]:
+            dtype = next((x.dtype for x in xs if x.dtype in (np.float32, np.float64)), np.float32)
+            shapes = [x.shape[1:] for x in xs]
+            self.build(shapes if self.multiple_inputs else shapes[0], None, dtype)
+        elif self._fixed_channels and xs[0].shape[-1] != self.input_shape[-1]:
             expected = ", ".join(map(str, self.input_shape))
             raise ValueError(f"{self._label()}: expected input of shape (N, {expected}) "
-                             f"({self.input_shape[-1]} in the last axis), got x of shape {x.shape}")
-        if self.params or x.dtype not in (np.float32, np.float64):
-            dtype = self.dtype if self.params else np.float32
-            if x.dtype != dtype:
+                             f"({self.input_shape[-1]} in the last axis), got x of shape {xs[0].shape}")
+        dtype = self.dtype if (self.params or self.state) else None
+        out = []
+        for x in xs:
+            if dtype is not None and x.dtype != dtype:
                 x = x.astype(dtype)
-        return np.ascontiguousarray(x)
+            elif x.dtype not in (np.float32, np.float64):
+                x = x.astype(np.float32)
+            out.append(np.ascontiguousarray(x))
+        return out if self.multiple_inputs else out[0]
+
+    def _checked_array(self, x, what):
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{self._label()}: {what} must be a real numeric array, got dtype "
+                            f"{x.dtype} (shape {x.shape})")
+        if x.ndim < 2:
+            raise ValueError(f"{self._label()}: expected an input with a batch dimension "
+                             f"(at least 2-D), got shape {x.shape}")
+        return x
 
     def _check_rank(self, ndim, shape):
         rank = self._input_rank
@@ -307,30 +509,54 @@ class Layer:
             raise ValueError(f"{self._label()}: expected an input with a batch dimension "
                              f"(at least 2-D), got shape {tuple(shape)}")
 
-    # -- description -------------------------------------------------------------
+    # -- symbolic calls (functional models) ----------------------------------------------
+    def _call_symbolic(self, inputs):
+        multiple = isinstance(inputs, (list, tuple))
+        tensors = list(inputs) if multiple else [inputs]
+        for i, t in enumerate(tensors):
+            if not isinstance(t, SymbolicTensor):
+                raise TypeError(f"{self._label()}: input {i} is a {type(t).__name__}, not a "
+                                f"symbolic tensor; every input of a layer call in a functional "
+                                f"model comes from cconv.Input or another layer call")
+        if multiple != self.multiple_inputs:
+            if self.multiple_inputs:
+                raise TypeError(f"{self._label()} takes a list of tensors, got one tensor")
+            if len(tensors) != 1:
+                raise TypeError(f"{self._label()} takes one tensor, got a list of {len(tensors)}")
+            multiple = False
+        shapes = [t.shape[1:] for t in tensors]
+        try:
+            out_shape = self.check_input_shape(shapes if multiple else shapes[0])
+        except (ValueError, TypeError) as exc:
+            where = " and ".join(t.describe() for t in tensors)
+            raise type(exc)(f"layer {self._label()!r} ({type(self).__name__}) cannot take "
+                            f"input{'s' if multiple else ''} {where}: {exc}") from exc
+        node = Node(self, tensors, out_shape, multiple)
+        self._nodes.append(node)
+        return node.output
+
+    def check_input_shape(self, input_shape):
+        """The output shape for ``input_shape``, or ValueError if the layer (with its
+        weights, once built) cannot take it."""
+        if not self.multiple_inputs:
+            input_shape = tuple(input_shape)
+            self._check_rank(len(input_shape) + 1, (None,) + input_shape)
+            if self.built and self._fixed_channels and input_shape[-1] != self.input_shape[-1]:
+                raise ValueError(f"it was built for {self.input_shape[-1]} channels "
+                                 f"(input shape {self.input_shape}), got {input_shape[-1]}")
+        return tuple(int(s) for s in self.compute_output_shape(input_shape))
+
+    @property
+    def output(self):
+        """The symbolic output of this layer's first call in a functional model."""
+        if not self._nodes:
+            raise AttributeError(f"{self._label()} has not been called on a symbolic tensor")
+        return self._nodes[0].output
+
+    # -- description ---------------------------------------------------------------------
     def output_shape(self, input_shape) -> tuple:
-        """The output shape (without the batch dimension) for ``input_shape``."""
-        return tuple(input_shape)
-
-    def _config(self) -> dict:
-        return {}
-
-    def get_config(self) -> dict:
-        """JSON-serialisable constructor arguments, plus ``name`` and ``trainable``."""
-        cfg = dict(self._config())
-        cfg["name"] = self.name
-        cfg["trainable"] = self.trainable
-        return cfg
-
-    @classmethod
-    def from_config(cls, config: dict) -> "Layer":
-        """Re-create a layer (without weights) from :meth:`get_config`."""
-        return cls(**config)
-
-    def count_params(self) -> int:
-        """Number of weights: ``params`` plus ``state`` (0 until built)."""
-        arrays = list(self.params.values()) + list(self.state.values())
-        return int(sum(a.size for a in arrays))
+        """Same as :meth:`compute_output_shape` (the name of earlier cconv versions)."""
+        return tuple(self.compute_output_shape(input_shape))
 
     def _label(self) -> str:
         return self.name if self.name else type(self).__name__
@@ -351,6 +577,10 @@ class Layer:
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
+Layer.build = _wrap_build(Layer.build)
+Layer.backward = _wrap_backward(Layer.backward)
+
+
 # ---------------------------------------------------------------------------------
 # Activations
 # ---------------------------------------------------------------------------------
@@ -358,22 +588,23 @@ class Activation(Layer):
     """Base of the elementwise activation layers.
 
     Subclasses implement ``_apply(x, out)`` (writes into ``out``, which may be ``x``) and
-    ``_grad(dy, y)`` (``dL/dx`` from the output ``y``, as a new array; from the input
-    ``x`` instead when ``grad_from_input`` is True).
+    ``_grad(dy, y)`` (``dL/dx`` from the output ``y``, as a new array; from the input ``x``
+    instead when ``grad_from_input`` is True); the same two methods serve
+    :class:`Conv2D`/:class:`Dense` when the activation is fused into them.
     """
 
     #: The string accepted by :func:`get_activation`.
     activation_name = ""
     #: Whether ``_grad`` takes the input rather than the output: True for the functions
     #: whose output does not determine their slope (GELU, SiLU). Such an activation fused
-    #: into a layer is not applied in place when a backward pass will follow.
+    #: into a layer is not applied in place.
     grad_from_input = False
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False):
         y = self._apply(x, np.empty_like(x))
-        return y, ((x if self.grad_from_input else y) if cache else None)
+        return y, (x if self.grad_from_input else y)
 
-    def _backward(self, dy, y):
+    def backward(self, dy, y):
         if not self.need_input_grad:
             return None
         return self._grad(dy, y)
@@ -396,13 +627,10 @@ class _WithAlpha(Activation):
 
     def __init__(self, alpha, **kwargs):
         super().__init__(**kwargs)
-        alpha = _real(alpha, "alpha")
-        if alpha < 0:
-            raise ValueError(f"alpha must be a non-negative number, got {alpha!r}")
-        self.alpha = alpha
+        self.alpha = V.number(alpha, "alpha", low=0.0)
 
-    def _config(self):
-        return {"alpha": self.alpha}
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
 
 
 class LeakyReLU(_WithAlpha):
@@ -466,23 +694,28 @@ class Softmax(Activation):
     """``y = exp(x - max x) / sum(exp(x - max x))`` along ``axis`` (the last by default).
 
     ``backward`` is the full Jacobian-vector product ``dx = y * (dy - sum(dy * y))``.
-    For training a classifier, pair logits with :class:`cconv.losses.SoftmaxCrossEntropy`,
-    which fuses the two stably; :class:`cconv.Sequential` does that for a final Softmax.
+    A model that ends with a softmax and is compiled with the cross-entropy trains on the
+    fused, exact ``softmax(z) - onehot`` gradient (see :class:`cconv.losses.SoftmaxCrossEntropy`).
     """
 
     activation_name = "softmax"
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
-            raise TypeError(f"axis must be an int, got {axis!r}")
-        self.axis = int(axis)
+        self.axis = V.integer(axis, "axis")
 
-    def _config(self):
-        return {"axis": self.axis}
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
 
-    def _prepare(self, x):
-        x = super()._prepare(x)
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if not -(len(input_shape) + 1) <= self.axis <= len(input_shape):
+            raise ValueError(f"{self._label()}: axis {self.axis} is out of range for an input "
+                             f"of shape (N, {', '.join(map(str, input_shape))})")
+        return input_shape
+
+    def _prepare(self, inputs):
+        x = super()._prepare(inputs)
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"{self._label()}: axis {self.axis} is out of range for an input "
                              f"of shape {x.shape}")
@@ -561,8 +794,8 @@ class GELU(Activation):
                              f"got {approximate!r}")
         self.approximate = forms[approximate]
 
-    def _config(self):
-        return {"approximate": self.approximate}
+    def get_config(self):
+        return {**super().get_config(), "approximate": self.approximate}
 
     def _tanh_term(self, x):
         """tanh(sqrt(2 / pi) * (x + 0.044715 x^3))."""
@@ -683,32 +916,29 @@ def _activation_config(act):
 
 
 class _WithActivation(Layer):
-    """A linear layer followed by an optional fused activation (applied in place)."""
+    """A linear layer followed by an optional fused activation (applied in place).
+
+    ``call(x, training, apply_activation=False)`` returns the pre-activation output (the
+    logits when the activation is a softmax); its ``saved`` makes ``backward`` skip the
+    activation too.
+    """
 
     def __init__(self, activation=None, **kwargs):
         super().__init__(**kwargs)
         self.activation = get_activation(activation)
 
-    def forward(self, x, training=False, *, cache=None, apply_activation=True):
-        """Compute the output; see :meth:`Layer.forward`.
-
-        ``apply_activation=False`` returns the pre-activation output (the logits when the
-        activation is a softmax) and makes the next ``backward`` skip the activation too.
-        """
-        self._apply_activation = bool(apply_activation)
-        return super().forward(x, training, cache=cache)
-
-    def _activate(self, z, cache):
+    def _activate(self, z, apply_activation):
+        """(output, what the activation's gradient needs: y, z for grad_from_input, or None)."""
         act = self.activation
-        if act is None or not getattr(self, "_apply_activation", True):
+        if act is None or not apply_activation:
             return z, None
-        if cache and act.grad_from_input:
+        if act.grad_from_input:
             return act._apply(z, np.empty_like(z)), z    # the gradient needs z itself
         y = act._apply(z, z)                         # z is our own fresh array: in place
-        return y, (y if cache else None)
+        return y, y
 
     def _deactivate(self, dy, saved):
-        """dL/dz from dL/dy; saved is what _activate kept (y, or z for grad_from_input)."""
+        """dL/dz from dL/dy and what :meth:`_activate` kept."""
         return dy if saved is None else self.activation._grad(dy, saved)
 
 
@@ -732,37 +962,42 @@ class _Conv(_WithActivation):
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
 
-    def _config(self):
+    def _conv_config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
                 "dilation": self.dilation, "use_bias": self.use_bias,
                 "activation": _activation_config(self.activation),
                 "kernel_initializer": initializers.name_of(self.kernel_initializer),
                 "bias_initializer": initializers.name_of(self.bias_initializer)}
 
-    def _init_weights(self, shape, rng, dtype, channels):
-        """params["kernel"] of this shape (the initializer's fans read from it) and the bias."""
-        self.params["kernel"] = self.kernel_initializer(shape, rng, dtype)
+    def _add_weights(self, shape, channels, fan_shape=None):
+        """The kernel of this shape (its initializer sees ``fan_shape``'s fans, default its
+        own) and the bias of ``channels``."""
+        init = self.kernel_initializer
+        if fan_shape is not None:
+            def init(shape, rng, dtype, _init=init):
+                return _init(fan_shape, rng, dtype).reshape(shape)
+        self.add_weight("kernel", shape, init)
         if self.use_bias:
-            self.params["bias"] = self.bias_initializer((channels,), rng, dtype)
+            self.add_weight("bias", (channels,), self.bias_initializer)
 
     def _init_filters(self, filters, groups):
-        self.filters = _positive_int(filters, "filters")
-        self.groups = _positive_int(groups, "groups")
+        self.filters = V.positive_int(filters, "filters")
+        self.groups = V.positive_int(groups, "groups")
         if self.filters % self.groups:
             raise ValueError(f"filters ({self.filters}) must be divisible by groups "
                              f"({self.groups})")
 
     # Subclasses supply _conv(x) -> z and _conv_backward(dz, x) -> (dx or None, dw, db).
-    def _forward(self, x, training, cache):
-        y, act_saved = self._activate(self._conv(x), cache)
-        return y, ((x, act_saved) if cache else None)
+    def call(self, x, training=False, apply_activation=True):
+        y, act_saved = self._activate(self._conv(x), apply_activation)
+        return y, (x, act_saved)
 
-    def _backward(self, dy, saved):
+    def backward(self, dy, saved):
         x, act_saved = saved
         dx, dw, db = self._conv_backward(self._deactivate(dy, act_saved), x)
-        np.copyto(self.grads["kernel"], dw.reshape(self.grads["kernel"].shape))
+        self.grads["kernel"] += dw.reshape(self.grads["kernel"].shape)
         if self.use_bias:
-            np.copyto(self.grads["bias"], db)
+            self.grads["bias"] += db
         return dx
 
     def _check_groups(self, C, groups, input_shape):
@@ -802,10 +1037,11 @@ class Conv2D(_Conv):
                          kernel_initializer, bias_initializer, name, trainable)
         self._init_filters(filters, groups)
 
-    def _config(self):
-        return {"filters": self.filters, **super()._config(), "groups": self.groups}
+    def get_config(self):
+        return {"filters": self.filters, **self._conv_config(), "groups": self.groups,
+                **super().get_config()}
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         H, W, C = input_shape
@@ -814,10 +1050,9 @@ class Conv2D(_Conv):
                                  self.padding, self.dilation, "kernel")
         return (oh, ow, self.filters)
 
-    def _build(self, input_shape, rng, dtype):
+    def build(self, input_shape):
         KH, KW = self.kernel_size
-        self._init_weights((KH, KW, input_shape[-1] // self.groups, self.filters), rng, dtype,
-                           self.filters)
+        self._add_weights((KH, KW, input_shape[-1] // self.groups, self.filters), self.filters)
 
     def _conv(self, x):
         return F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.stride,
@@ -879,11 +1114,11 @@ class Conv2DTranspose(_Conv):
         F.normalize_transpose_padding(self.padding, self.kernel_size, self.stride, self.dilation,
                                       self.output_padding)      # checks output_padding
 
-    def _config(self):
-        return {"filters": self.filters, **super()._config(),
-                "output_padding": self.output_padding, "groups": self.groups}
+    def get_config(self):
+        return {"filters": self.filters, **self._conv_config(),
+                "output_padding": self.output_padding, "groups": self.groups, **super().get_config()}
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         H, W, C = input_shape
@@ -898,10 +1133,9 @@ class Conv2DTranspose(_Conv):
                              f"{tuple(out)} for an input of shape {input_shape}")
         return (out[0], out[1], self.filters)
 
-    def _build(self, input_shape, rng, dtype):
+    def build(self, input_shape):
         KH, KW = self.kernel_size
-        self._init_weights((KH, KW, self.filters // self.groups, input_shape[-1]), rng, dtype,
-                           self.filters)
+        self._add_weights((KH, KW, self.filters // self.groups, input_shape[-1]), self.filters)
 
     def _geometry(self):
         return (self.stride, self.padding, self.output_padding, self.dilation, self.groups)
@@ -945,12 +1179,13 @@ class DepthwiseConv2D(_Conv):
                  bias_initializer="zeros", name=None, trainable=True):
         super().__init__(kernel_size, stride, padding, dilation, use_bias, activation,
                          kernel_initializer, bias_initializer, name, trainable)
-        self.depth_multiplier = _positive_int(depth_multiplier, "depth_multiplier")
+        self.depth_multiplier = V.positive_int(depth_multiplier, "depth_multiplier")
 
-    def _config(self):
-        return {**super()._config(), "depth_multiplier": self.depth_multiplier}
+    def get_config(self):
+        return {**self._conv_config(), "depth_multiplier": self.depth_multiplier,
+                **super().get_config()}
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         H, W, C = input_shape
@@ -958,11 +1193,10 @@ class DepthwiseConv2D(_Conv):
                                  self.padding, self.dilation, "kernel")
         return (oh, ow, C * self.depth_multiplier)
 
-    def _build(self, input_shape, rng, dtype):
+    def build(self, input_shape):
         KH, KW = self.kernel_size
         C, m = input_shape[-1], self.depth_multiplier
-        self._init_weights((KH, KW, 1, C * m), rng, dtype, C * m)
-        self.params["kernel"] = self.params["kernel"].reshape(KH, KW, C, m)
+        self._add_weights((KH, KW, C, m), C * m, fan_shape=(KH, KW, 1, C * m))
 
     def _grouped_kernel(self):
         """The kernel as the HWIO kernel of a grouped convolution (a view, no copy)."""
@@ -1000,47 +1234,48 @@ class Dense(_WithActivation):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None, trainable=True):
         super().__init__(activation=activation, name=name, trainable=trainable)
-        self.units = _positive_int(units, "units")
+        self.units = V.positive_int(units, "units")
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
 
-    def _config(self):
+    def get_config(self):
         return {"units": self.units, "activation": _activation_config(self.activation),
                 "use_bias": self.use_bias,
                 "kernel_initializer": initializers.name_of(self.kernel_initializer),
-                "bias_initializer": initializers.name_of(self.bias_initializer)}
+                "bias_initializer": initializers.name_of(self.bias_initializer),
+                **super().get_config()}
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         return (self.units,)
 
-    def _build(self, input_shape, rng, dtype):
-        self.params["kernel"] = self.kernel_initializer((input_shape[0], self.units), rng, dtype)
+    def build(self, input_shape):
+        self.add_weight("kernel", (input_shape[0], self.units), self.kernel_initializer)
         if self.use_bias:
-            self.params["bias"] = self.bias_initializer((self.units,), rng, dtype)
+            self.add_weight("bias", (self.units,), self.bias_initializer)
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False, apply_activation=True):
         kernel = self.params["kernel"]
         if self.use_bias:
             z = np.empty((x.shape[0], kernel.shape[1]), np.result_type(x, kernel))
             z[...] = self.params["bias"]
-            F._matmul(x, kernel, out=z, beta=1.0)
+            F.matmul(x, kernel, out=z, beta=1.0)
         else:
-            z = F._matmul(x, kernel)
-        y, y_act = self._activate(z, cache)
-        return y, ((x, y_act) if cache else None)
+            z = F.matmul(x, kernel)
+        y, y_act = self._activate(z, apply_activation)
+        return y, (x, y_act)
 
-    def _backward(self, dy, saved):
+    def backward(self, dy, saved):
         x, y_act = saved
         dz = self._deactivate(dy, y_act)
-        F._matmul(x, dz, trans_a=True, out=self.grads["kernel"])
+        F.matmul(x, dz, trans_a=True, out=self.grads["kernel"], beta=1.0)
         if self.use_bias:
-            np.sum(dz, axis=0, out=self.grads["bias"])
+            self.grads["bias"] += np.sum(dz, axis=0)
         if not self.need_input_grad:
             return None
-        return F._matmul(dz, self.params["kernel"], trans_b=True)
+        return F.matmul(dz, self.params["kernel"], trans_b=True)
 
 
 # ---------------------------------------------------------------------------------
@@ -1055,14 +1290,15 @@ class _Pool2D(Layer):
         self.stride = None if stride is None else F.normalize_pair(stride, "stride")
         self.padding = _check_padding(padding)
 
-    def _config(self):
-        return {"pool_size": self.pool_size, "stride": self.stride, "padding": self.padding}
+    def get_config(self):
+        return {"pool_size": self.pool_size, "stride": self.stride, "padding": self.padding,
+                **super().get_config()}
 
     @property
     def _strides(self):
         return self.pool_size if self.stride is None else self.stride
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         H, W, C = input_shape
@@ -1083,11 +1319,11 @@ class MaxPool2D(_Pool2D):
         Padded positions never win. Ties go to the first element in row-major order.
     """
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False):
         y, argmax = F.max_pool2d(x, self.pool_size, self.stride, self.padding)
-        return y, ((argmax, x.shape) if cache else None)
+        return y, (argmax, x.shape)
 
-    def _backward(self, dy, saved):
+    def backward(self, dy, saved):
         if not self.need_input_grad:
             return None
         argmax, shape = saved
@@ -1100,11 +1336,10 @@ class AvgPool2D(_Pool2D):
     Parameters as :class:`MaxPool2D`.
     """
 
-    def _forward(self, x, training, cache):
-        y = F.avg_pool2d(x, self.pool_size, self.stride, self.padding)
-        return y, (x.shape if cache else None)
+    def call(self, x, training=False):
+        return F.avg_pool2d(x, self.pool_size, self.stride, self.padding), x.shape
 
-    def _backward(self, dy, shape):
+    def backward(self, dy, shape):
         if not self.need_input_grad:
             return None
         return F.avg_pool2d_backward(dy, shape, self.pool_size, self.stride, self.padding)
@@ -1113,10 +1348,7 @@ class AvgPool2D(_Pool2D):
 class _GlobalPool2D(Layer):
     _input_rank = 3
 
-    def __init__(self, name=None, trainable=True):
-        super().__init__(name=name, trainable=trainable)
-
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         return (input_shape[-1],)
@@ -1125,10 +1357,10 @@ class _GlobalPool2D(Layer):
 class GlobalAvgPool2D(_GlobalPool2D):
     """Mean over height and width: ``(N, H, W, C) -> (N, C)``."""
 
-    def _forward(self, x, training, cache):
-        return np.mean(x, axis=(1, 2)), (x.shape if cache else None)
+    def call(self, x, training=False):
+        return np.mean(x, axis=(1, 2)), x.shape
 
-    def _backward(self, dy, shape):
+    def backward(self, dy, shape):
         if not self.need_input_grad:
             return None
         N, H, W, C = shape
@@ -1146,12 +1378,12 @@ class GlobalMaxPool2D(_GlobalPool2D):
     tied maxima instead.
     """
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False):
         N, H, W, C = x.shape
         y, argmax = F.max_pool2d(x, (H, W))
-        return y.reshape(N, C), ((argmax, x.shape) if cache else None)
+        return y.reshape(N, C), (argmax, x.shape)
 
-    def _backward(self, dy, saved):
+    def backward(self, dy, saved):
         if not self.need_input_grad:
             return None
         argmax, shape = saved
@@ -1159,13 +1391,13 @@ class GlobalMaxPool2D(_GlobalPool2D):
 
 
 class _Reshaping(Layer):
-    """A layer that only reshapes each sample (C order) to its ``output_shape``."""
+    """A layer that only reshapes each sample (C order) to its output shape."""
 
-    def _forward(self, x, training, cache):
-        y = x.reshape((x.shape[0],) + self.output_shape(x.shape[1:]))
-        return y, (x.shape if cache else None)
+    def call(self, x, training=False):
+        y = x.reshape((x.shape[0],) + tuple(self.compute_output_shape(x.shape[1:])))
+        return y, x.shape
 
-    def _backward(self, dy, shape):
+    def backward(self, dy, shape):
         if not self.need_input_grad:
             return None
         return dy.reshape(shape)
@@ -1174,10 +1406,7 @@ class _Reshaping(Layer):
 class Flatten(_Reshaping):
     """``(N, d1, d2, ...) -> (N, d1 * d2 * ...)`` in C (NHWC) order, as Keras's Flatten."""
 
-    def __init__(self, name=None, trainable=True):
-        super().__init__(name=name, trainable=trainable)
-
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         return (math.prod(input_shape),)
 
 
@@ -1205,10 +1434,10 @@ class Reshape(_Reshaping):
             raise ValueError(f"target_shape must be {what}, got {target_shape!r}")
         self.target_shape = shape
 
-    def _config(self):
-        return {"target_shape": self.target_shape}
+    def get_config(self):
+        return {"target_shape": self.target_shape, **super().get_config()}
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         size = math.prod(input_shape)
         known = math.prod(v for v in self.target_shape if v != -1)
         if -1 in self.target_shape:
@@ -1221,6 +1450,11 @@ class Reshape(_Reshaping):
                              f"{tuple(input_shape)} ({size} values) to {self.target_shape} "
                              f"({known} values)")
         return self.target_shape
+
+
+# ---------------------------------------------------------------------------------
+# Resampling, padding, cropping
+# ---------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------
@@ -1249,19 +1483,19 @@ class UpSampling2D(Layer):
                              f"got {interpolation!r}")
         self.interpolation = interpolation.lower()
 
-    def _config(self):
-        return {"size": self.size, "interpolation": self.interpolation}
+    def get_config(self):
+        return {"size": self.size, "interpolation": self.interpolation, **super().get_config()}
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         H, W, C = input_shape
         return (H * self.size[0], W * self.size[1], C)
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False):
         return F.upsample2d(x, self.size, self.interpolation), None
 
-    def _backward(self, dy, saved):
+    def backward(self, dy, saved):
         if not self.need_input_grad:
             return None
         return F.upsample2d_backward(dy, self.size, self.interpolation)
@@ -1281,10 +1515,10 @@ class _Margins(Layer):
         self._margins = F.normalize_pads(_tuplify(margins), self._arg)
         setattr(self, self._arg, self._margins)
 
-    def _config(self):
-        return {self._arg: self._margins}
+    def get_config(self):
+        return {self._arg: self._margins, **super().get_config()}
 
-    def output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         self._check_rank(len(input_shape) + 1, (None,) + input_shape)
         (t, b), (l, r) = self._margins
@@ -1295,10 +1529,10 @@ class _Margins(Layer):
                              f"one row and column of an input of shape {input_shape}")
         return out
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False):
         return self._apply(x, self._margins), None
 
-    def _backward(self, dy, saved):
+    def backward(self, dy, saved):
         if not self.need_input_grad:
             return None
         return self._adjoint(dy, self._margins)
@@ -1351,32 +1585,29 @@ class Dropout(Layer):
 
     def __init__(self, rate, seed=None, name=None, trainable=True):
         super().__init__(name=name, trainable=trainable)
-        rate = _real(rate, "rate")
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"rate must be in [0, 1), got {rate!r}")
+        self.rate = V.number(rate, "rate", low=0.0, high=1.0, high_open=True)
         if seed is not None and (isinstance(seed, (bool, np.bool_))
                                  or not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
-        self.rate = rate
         self.seed = None if seed is None else int(seed)
         self._rng = None
 
-    def _config(self):
-        return {"rate": self.rate, "seed": self.seed}
+    def get_config(self):
+        return {"rate": self.rate, "seed": self.seed, **super().get_config()}
 
-    def _build(self, input_shape, rng, dtype):
-        seed = self.seed if self.seed is not None else int(rng.integers(0, 2**63 - 1))
+    def build(self, input_shape):
+        seed = self.seed if self.seed is not None else int(self._weight_rng.integers(0, 2**63 - 1))
         self._rng = np.random.default_rng(seed)
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False):
         if not training or self.rate == 0.0:
             return x, None
         mask = self._rng.random(x.shape, dtype=x.dtype)       # U[0, 1)
         np.greater_equal(mask, x.dtype.type(self.rate), out=mask)  # keep with prob 1 - rate
         mask *= x.dtype.type(1.0 / (1.0 - self.rate))
-        return np.multiply(x, mask), (mask if cache else None)
+        return np.multiply(x, mask), mask
 
-    def _backward(self, dy, mask):
+    def backward(self, dy, mask):
         if not self.need_input_grad:
             return None
         if mask is None:
@@ -1414,26 +1645,20 @@ class BatchNorm2D(Layer):
 
     def __init__(self, momentum=0.9, eps=1e-5, name=None, trainable=True):
         super().__init__(name=name, trainable=trainable)
-        momentum = _real(momentum, "momentum")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
-        eps = _real(eps, "eps")
-        if eps <= 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.momentum = momentum
-        self.eps = eps
+        self.momentum = V.number(momentum, "momentum", low=0.0, high=1.0)
+        self.eps = V.number(eps, "eps", low=0.0, low_open=True)
 
-    def _config(self):
-        return {"momentum": self.momentum, "eps": self.eps}
+    def get_config(self):
+        return {"momentum": self.momentum, "eps": self.eps, **super().get_config()}
 
-    def _build(self, input_shape, rng, dtype):
+    def build(self, input_shape):
         C = input_shape[-1]
-        self.params["gamma"] = np.ones(C, dtype)
-        self.params["beta"] = np.zeros(C, dtype)
-        self.state["running_mean"] = np.zeros(C, dtype)
-        self.state["running_var"] = np.ones(C, dtype)
+        self.add_weight("gamma", (C,), "ones")
+        self.add_weight("beta", (C,), "zeros")
+        self.add_weight("running_mean", (C,), "zeros", trainable=False)
+        self.add_weight("running_var", (C,), "ones", trainable=False)
 
-    def _forward(self, x, training, cache):
+    def call(self, x, training=False):
         C = x.shape[-1]
         x2 = x.reshape(-1, C)
         M = x2.shape[0]
@@ -1455,16 +1680,16 @@ class BatchNorm2D(Layer):
             rm += (1.0 - self.momentum) * mean.astype(x.dtype)
             rv *= dt(self.momentum)
             rv += ((1.0 - self.momentum) * var).astype(x.dtype)
-            saved = (True, xhat, inv_std) if cache else None
+            saved = (True, xhat, inv_std)
         else:
             inv_std = (1.0 / np.sqrt(rv.astype(np.float64) + self.eps)).astype(x.dtype)
             scale = gamma * inv_std
             y = np.multiply(x2, scale)
             y += beta - rm * scale
-            saved = (False, x2, inv_std) if cache else None
+            saved = (False, x2, inv_std)
         return y.reshape(x.shape), saved
 
-    def _backward(self, dy, saved):
+    def backward(self, dy, saved):
         train, a, inv_std = saved
         C = dy.shape[-1]
         dy2 = dy.reshape(-1, C)
@@ -1478,8 +1703,8 @@ class BatchNorm2D(Layer):
             x2 = a
             rm = self.state["running_mean"].astype(np.float64)
             dgamma = (_einsum_cols(dy2, x2) - rm * dbeta) * inv_std
-        self.grads["gamma"][...] = dgamma
-        self.grads["beta"][...] = dbeta
+        self.grads["gamma"] += dgamma
+        self.grads["beta"] += dbeta
         if not self.need_input_grad:
             return None
         if train:
@@ -1494,12 +1719,131 @@ class BatchNorm2D(Layer):
 
 
 # ---------------------------------------------------------------------------------
+# Merging several inputs
+# ---------------------------------------------------------------------------------
+class _Merge(Layer):
+    """Elementwise merge of inputs of one shape."""
+
+    multiple_inputs = True
+    _min_inputs, _max_inputs = 2, None
+
+    def compute_output_shape(self, input_shape):
+        shapes = [tuple(s) for s in input_shape]
+        n = len(shapes)
+        if n < self._min_inputs or (self._max_inputs is not None and n > self._max_inputs):
+            want = (f"exactly {self._min_inputs}" if self._max_inputs == self._min_inputs
+                    else f"at least {self._min_inputs}")
+            raise ValueError(f"{self._label()} takes {want} inputs, got {n}")
+        if any(s != shapes[0] for s in shapes[1:]):
+            raise ValueError(f"{self._label()}: the inputs must have the same shape, got "
+                             + " and ".join(str((None,) + s) for s in shapes))
+        return shapes[0]
+
+
+class Add(_Merge):
+    """Sum of its inputs (same shapes): ``Add()([x, y])`` (a residual connection)."""
+
+    def call(self, inputs, training=False):
+        y = np.add(inputs[0], inputs[1])
+        for x in inputs[2:]:
+            y += x
+        return y, len(inputs)
+
+    def backward(self, dy, n):
+        return [dy] * n
+
+
+class Subtract(_Merge):
+    """``Subtract()([x, y]) = x - y`` (exactly two inputs of one shape)."""
+
+    _max_inputs = 2
+
+    def call(self, inputs, training=False):
+        return np.subtract(inputs[0], inputs[1]), None
+
+    def backward(self, dy, saved):
+        return [dy, np.negative(dy)]
+
+
+class Multiply(_Merge):
+    """Elementwise product of its inputs (same shapes)."""
+
+    def call(self, inputs, training=False):
+        y = np.multiply(inputs[0], inputs[1])
+        for x in inputs[2:]:
+            y *= x
+        return y, inputs
+
+    def backward(self, dy, inputs):
+        out = []
+        for i in range(len(inputs)):
+            g = dy
+            for j, x in enumerate(inputs):
+                if j != i:
+                    g = np.multiply(g, x)
+            out.append(g)
+        return out
+
+
+class Concatenate(Layer):
+    """Join inputs along ``axis`` (default the last, the channels); the other axes must match.
+
+    Parameters
+    ----------
+    axis : int
+        An axis of the batched tensors (``-1``: channels); the batch axis 0 is refused.
+    """
+
+    multiple_inputs = True
+
+    def __init__(self, axis=-1, name=None, trainable=True):
+        super().__init__(name=name, trainable=trainable)
+        self.axis = V.integer(axis, "axis")
+
+    def get_config(self):
+        return {"axis": self.axis, **super().get_config()}
+
+    def _sample_axis(self, rank):
+        """``axis`` as an index into a sample shape of ``rank`` dims (no batch axis)."""
+        full = rank + 1
+        if not -full <= self.axis < full or self.axis % full == 0:
+            raise ValueError(f"{self._label()}: axis {self.axis} is out of range or the batch "
+                             f"axis for inputs of rank {full}")
+        return self.axis % full - 1
+
+    def compute_output_shape(self, input_shape):
+        shapes = [tuple(s) for s in input_shape]
+        if len(shapes) < 2:
+            raise ValueError(f"{self._label()} takes at least 2 inputs, got {len(shapes)}")
+        if any(len(s) != len(shapes[0]) for s in shapes):
+            raise ValueError(f"{self._label()}: the inputs must have the same rank, got "
+                             + " and ".join(str((None,) + s) for s in shapes))
+        a = self._sample_axis(len(shapes[0]))
+        rest = [s[:a] + s[a + 1:] for s in shapes]
+        if any(r != rest[0] for r in rest[1:]):
+            raise ValueError(f"{self._label()}: the inputs must match except along axis "
+                             f"{self.axis}, got " + " and ".join(str((None,) + s) for s in shapes))
+        out = list(shapes[0])
+        out[a] = sum(s[a] for s in shapes)
+        return tuple(out)
+
+    def call(self, inputs, training=False):
+        a = self._sample_axis(inputs[0].ndim - 1) + 1
+        return np.concatenate(inputs, axis=a), [x.shape[a] for x in inputs]
+
+    def backward(self, dy, sizes):
+        a = self._sample_axis(dy.ndim - 1) + 1
+        return np.split(dy, np.cumsum(sizes)[:-1], axis=a)
+
+
+# ---------------------------------------------------------------------------------
 # Serialisation
 # ---------------------------------------------------------------------------------
 _LAYERS = {cls.__name__: cls for cls in (
     Conv2D, Conv2DTranspose, DepthwiseConv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D,
     GlobalMaxPool2D, Dense, Flatten, Reshape, UpSampling2D, ZeroPadding2D, Cropping2D, Dropout,
-    BatchNorm2D, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, ELU, GELU, SiLU)}
+    BatchNorm2D, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, ELU, GELU, SiLU,
+    Add, Subtract, Multiply, Concatenate)}
 _ALIASES = {"MaxPooling2D": MaxPool2D, "AveragePooling2D": AvgPool2D, "AvgPooling2D": AvgPool2D,
             "GlobalAveragePooling2D": GlobalAvgPool2D, "GlobalMaxPooling2D": GlobalMaxPool2D,
             "BatchNormalization": BatchNorm2D, "Convolution2DTranspose": Conv2DTranspose,

@@ -22,35 +22,17 @@ created on the first step; after that a step allocates no array.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
 from . import _registry
+from . import _validate as V
 from ._interrupts import deferred_signals
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "sgd_update", "adam_update",
            "rmsprop_update", "clip_grad_norm", "LRSchedule", "StepLR", "ExponentialLR",
            "CosineAnnealingLR",
            "get", "serialize", "deserialize"]
-
-
-def _number(v, name, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {v!r}")
-    v = float(v)
-    bad = not math.isfinite(v)
-    if low is not None:
-        bad |= v <= low if low_open else v < low
-    if high is not None:
-        bad |= v >= high if high_open else v > high
-    if bad:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        rng = f"in {lo}, {hi}" if low is not None and high is not None else (
-            f"{'>' if low_open else '>='} {low:g}" if low is not None else f"<= {high:g}")
-        raise ValueError(f"{name} must be {rng}, got {v!r}")
-    return v
 
 
 # ---------------------------------------------------------------------------------
@@ -237,9 +219,9 @@ class Optimizer:
     name = ""
 
     def __init__(self, lr, clipnorm=None):
-        self._lr = _number(lr, "lr", low=0.0, low_open=True)
+        self._lr = V.number(lr, "lr", low=0.0, low_open=True)
         self.initial_lr = self._lr
-        self.clipnorm = None if clipnorm is None else _number(clipnorm, "clipnorm", low=0.0,
+        self.clipnorm = None if clipnorm is None else V.number(clipnorm, "clipnorm", low=0.0,
                                                               low_open=True)
         self.iterations = 0
         self._params: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -253,7 +235,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = _number(value, "lr", low=0.0)
+        self._lr = V.number(value, "lr", low=0.0)
 
     # -- parameters -------------------------------------------------------------------
     def _slots(self) -> tuple[str, ...]:
@@ -382,7 +364,7 @@ class Optimizer:
                     raise ValueError(f"iterations must be >= 0, got {it}")
                 iterations = it
             elif key == "lr":
-                lr = _number(float(np.asarray(value)), "lr", low=0.0)
+                lr = V.number(float(np.asarray(value)), "lr", low=0.0)
             elif "/" in key and key.split("/", 1)[0] in slots:
                 slot, name = key.split("/", 1)
                 new.setdefault(name, {})[slot] = np.asarray(value)
@@ -441,11 +423,11 @@ class SGD(Optimizer):
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clipnorm=None):
         super().__init__(lr, clipnorm)
-        self.momentum = _number(momentum, "momentum", low=0.0)
+        self.momentum = V.number(momentum, "momentum", low=0.0)
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0, got momentum=0")
-        self.weight_decay = _number(weight_decay, "weight_decay", low=0.0)
+        self.weight_decay = V.number(weight_decay, "weight_decay", low=0.0)
 
     def _slots(self):
         return ("momentum",) if self.momentum else ()
@@ -478,10 +460,10 @@ class Adam(Optimizer):
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                  clipnorm=None):
         super().__init__(lr, clipnorm)
-        self.beta1 = _number(beta1, "beta1", 0.0, 1.0, high_open=True)
-        self.beta2 = _number(beta2, "beta2", 0.0, 1.0, high_open=True)
-        self.eps = _number(eps, "eps", low=0.0)
-        self.weight_decay = _number(weight_decay, "weight_decay", low=0.0)
+        self.beta1 = V.number(beta1, "beta1", 0.0, 1.0, high_open=True)
+        self.beta2 = V.number(beta2, "beta2", 0.0, 1.0, high_open=True)
+        self.eps = V.number(eps, "eps", low=0.0)
+        self.weight_decay = V.number(weight_decay, "weight_decay", low=0.0)
 
     def _slots(self):
         return ("m", "v")
@@ -534,10 +516,10 @@ class RMSprop(Optimizer):
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0,
                  clipnorm=None):
         super().__init__(lr, clipnorm)
-        self.alpha = _number(alpha, "alpha", 0.0, 1.0, high_open=True)
-        self.eps = _number(eps, "eps", low=0.0)
-        self.momentum = _number(momentum, "momentum", low=0.0)
-        self.weight_decay = _number(weight_decay, "weight_decay", low=0.0)
+        self.alpha = V.number(alpha, "alpha", 0.0, 1.0, high_open=True)
+        self.eps = V.number(eps, "eps", low=0.0)
+        self.momentum = V.number(momentum, "momentum", low=0.0)
+        self.weight_decay = V.number(weight_decay, "weight_decay", low=0.0)
 
     def _slots(self):
         return ("v", "momentum") if self.momentum else ("v",)
@@ -609,10 +591,8 @@ class LRSchedule:
     """
 
     def __call__(self, epoch, base_lr) -> float:
-        if (isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, numbers.Integral)
-                or epoch < 0):
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        return float(self._lr(int(epoch), _number(base_lr, "base_lr", low=0.0)))
+        epoch = V.non_negative_int(epoch, "epoch")
+        return float(self._lr(epoch, V.number(base_lr, "base_lr", low=0.0)))
 
     def get_lr(self, epoch, base_lr) -> float:
         """The learning rate for ``epoch`` (from 0) given the initial rate ``base_lr``."""
@@ -633,11 +613,8 @@ class StepLR(LRSchedule):
     """``lr = base_lr * gamma ** (epoch // step_size)`` (PyTorch's ``StepLR``)."""
 
     def __init__(self, step_size, gamma=0.1):
-        if (isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral)
-                or step_size < 1):
-            raise ValueError(f"step_size must be a positive int, got {step_size!r}")
-        self.step_size = int(step_size)
-        self.gamma = _number(gamma, "gamma", low=0.0, low_open=True)
+        self.step_size = V.positive_int(step_size, "step_size")
+        self.gamma = V.number(gamma, "gamma", low=0.0, low_open=True)
 
     def _lr(self, epoch, base_lr):
         return base_lr * self.gamma ** (epoch // self.step_size)
@@ -647,7 +624,7 @@ class ExponentialLR(LRSchedule):
     """``lr = base_lr * gamma ** epoch`` (PyTorch's ``ExponentialLR``)."""
 
     def __init__(self, gamma):
-        self.gamma = _number(gamma, "gamma", low=0.0, low_open=True)
+        self.gamma = V.number(gamma, "gamma", low=0.0, low_open=True)
 
     def _lr(self, epoch, base_lr):
         return base_lr * self.gamma ** epoch
@@ -661,10 +638,8 @@ class CosineAnnealingLR(LRSchedule):
     """
 
     def __init__(self, T_max, eta_min=0.0):
-        if isinstance(T_max, bool) or not isinstance(T_max, numbers.Integral) or T_max < 1:
-            raise ValueError(f"T_max must be a positive int, got {T_max!r}")
-        self.T_max = int(T_max)
-        self.eta_min = _number(eta_min, "eta_min", low=0.0)
+        self.T_max = V.positive_int(T_max, "T_max")
+        self.eta_min = V.number(eta_min, "eta_min", low=0.0)
 
     def _lr(self, epoch, base_lr):
         cos = math.cos(math.pi * epoch / self.T_max)
