@@ -12,6 +12,7 @@ import pytest
 
 import cconv
 from cconv import io as cio
+from cconv import saving
 from cconv.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
 
@@ -136,7 +137,7 @@ def test_file_is_plain_numeric_npz(trained):
             assert not arr.dtype.hasobject
     with np.load(path, allow_pickle=False) as z:
         doc = json.loads(z["__config__"].tobytes().decode())
-    assert doc["format"] == "cconv-model" and doc["model"]["layers"][0]["class_name"] == "Conv2D"
+    assert doc["format"] == "cconv-model" and doc["model"]["class_name"] == "Sequential" and doc["model"]["config"]["layers"][0]["class_name"] == "Conv2D"
 
 
 def test_save_is_atomic_and_leaves_no_temporaries(trained, tmp_path):
@@ -287,7 +288,7 @@ def test_unknown_layer_class_and_future_version(trained, tmp_path):
     model, path = trained
     doc, arrays = cio.read_file(path)
     doc2 = json.loads(json.dumps(doc))
-    doc2["model"]["layers"][0]["class_name"] = "EvilLayer"
+    doc2["model"]["config"]["layers"][0]["class_name"] = "EvilLayer"
     p = tmp_path / "unknown.npz"
     cio.write_file(p, doc2, arrays)
     with pytest.raises(ValueError, match="EvilLayer"):
@@ -302,8 +303,8 @@ def test_mismatched_weights_named_exactly(tmp_path):
     """Architecture says Dense(5) but the file holds Dense(7)'s weights: every mismatch is listed."""
     a = small_model(units=5)
     b = small_model(units=7)
-    doc_a, _ = cio.model_document(a)
-    _, arrays_b = cio.model_document(b)
+    doc_a, _ = saving.model_document(a)
+    _, arrays_b = saving.model_document(b)
     p = tmp_path / "mismatch.npz"
     cio.write_file(p, doc_a, arrays_b)
     with pytest.raises(ValueError) as info:

@@ -247,7 +247,7 @@ def test_softmax_cross_entropy(ls, targets):
     else:
         y = rng.dirichlet(np.ones(6), 8)
         yt = torch.tensor(y)
-    loss = losses.SoftmaxCrossEntropy(label_smoothing=ls)
+    loss = losses.SoftmaxCrossEntropy(label_smoothing=ls, from_logits=True)
     v = loss(z, y)
     g = loss.backward()
     zt = torch.tensor(z, requires_grad=True)

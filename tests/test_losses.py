@@ -47,14 +47,14 @@ def test_softmax_cross_entropy_value_and_gradient(ls, labels):
         y = softmax(np.random.default_rng(1).standard_normal(Z.shape))
     t = (onehot(Y, k) if labels == "int" else y) * (1 - ls) + ls / k
     expected = np.mean(-np.sum(t * np.log(softmax(Z)), axis=1))
-    loss = losses.SoftmaxCrossEntropy(label_smoothing=ls)
+    loss = losses.SoftmaxCrossEntropy(label_smoothing=ls, from_logits=True)
     value, g = check_loss_grad(loss, Z.copy(), y)
     assert value == pytest.approx(expected, rel=1e-12)
     np.testing.assert_allclose(g, (softmax(Z) - t) / len(Z), atol=1e-15)
 
 
 def test_softmax_cross_entropy_int_and_onehot_agree():
-    loss = losses.SoftmaxCrossEntropy()
+    loss = losses.SoftmaxCrossEntropy(from_logits=True)
     a = loss(Z, Y)
     ga = loss.backward()
     b = loss(Z, onehot(Y, 5))
@@ -65,7 +65,7 @@ def test_softmax_cross_entropy_int_and_onehot_agree():
 
 def test_softmax_cross_entropy_is_stable_for_huge_logits():
     z = np.array([[1e4, 0.0, -1e4], [-5e3, 5e3, 0.0]])
-    loss = losses.SoftmaxCrossEntropy()
+    loss = losses.SoftmaxCrossEntropy(from_logits=True)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         v = loss(z, np.array([1, 1]))
         g = loss.backward()
@@ -77,15 +77,15 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits():
 
 def test_softmax_cross_entropy_from_probabilities():
     p = softmax(Z)
-    a = losses.SoftmaxCrossEntropy()(Z, Y)
-    loss = losses.SoftmaxCrossEntropy(from_logits=False)
+    a = losses.SoftmaxCrossEntropy(from_logits=True)(Z, Y)
+    loss = losses.SoftmaxCrossEntropy()                      # probabilities: the default
     b, g = check_loss_grad(loss, p.copy(), Y, rtol=1e-5)
     assert a == pytest.approx(b, rel=1e-10)
     np.testing.assert_allclose(g, -onehot(Y, 5) / p / len(Y), rtol=1e-10)
 
 
 def test_softmax_cross_entropy_labels_out_of_range():
-    loss = losses.SoftmaxCrossEntropy()
+    loss = losses.SoftmaxCrossEntropy(from_logits=True)
     with pytest.raises(ValueError, match=r"\[0, 5\).*\[5\]"):
         loss(Z, np.array([0, 1, 2, 3, 4, 5]))
     with pytest.raises(ValueError, match=r"-1"):
@@ -104,8 +104,8 @@ def test_softmax_cross_entropy_labels_out_of_range():
 
 def test_float32_gradient_stays_float32():
     z = Z.astype(np.float32)
-    for loss, y in ((losses.SoftmaxCrossEntropy(0.1), Y), (losses.MeanSquaredError(), z * 0),
-                    (losses.BinaryCrossEntropy(), (z > 0).astype(np.float32))):
+    for loss, y in ((losses.SoftmaxCrossEntropy(0.1, from_logits=True), Y), (losses.MeanSquaredError(), z * 0),
+                    (losses.BinaryCrossEntropy(from_logits=True), (z > 0).astype(np.float32))):
         v = loss(z, y)
         assert isinstance(v, float)
         assert loss.backward().dtype == np.float32
@@ -144,7 +144,7 @@ def test_bce_from_logits_value_gradient_and_stability():
     z = rng.standard_normal((5, 2)) * 3
     t = rng.uniform(0, 1, (5, 2))
     s = 1 / (1 + np.exp(-z))
-    loss = losses.BinaryCrossEntropy()
+    loss = losses.BinaryCrossEntropy(from_logits=True)
     v, g = check_loss_grad(loss, z.copy(), t)
     assert v == pytest.approx(np.mean(-(t * np.log(s) + (1 - t) * np.log(1 - s))), rel=1e-12)
     np.testing.assert_allclose(g, (s - t) / z.size, rtol=1e-12)
@@ -165,6 +165,64 @@ def test_bce_from_probabilities_and_bad_targets():
         loss(p, t + 1)
     with pytest.raises(ValueError, match="lengths"):
         loss(p, t[:2])
+
+
+# ---------------------------------------------------------------------------------
+# Probabilities or logits, and arguments in Keras's order: loud mistakes
+# ---------------------------------------------------------------------------------
+def test_cross_entropies_take_probabilities_by_default_and_refuse_logits():
+    assert losses.SoftmaxCrossEntropy().from_logits is False
+    assert losses.BinaryCrossEntropy().from_logits is False
+    assert losses.get("categorical_crossentropy").from_logits is False
+    with pytest.raises(ValueError, match=r"takes probabilities.*from_logits=True.*'softmax'"):
+        losses.SoftmaxCrossEntropy()(Z, Y)                 # logits given as probabilities
+    with pytest.raises(ValueError, match=r"takes probabilities.*'sigmoid'"):
+        losses.BinaryCrossEntropy()(Z, (Z > 0).astype(float))
+
+
+def test_softmax_applied_twice_is_refused():
+    """from_logits=True handed rows of probabilities: a softmax would be applied twice."""
+    with pytest.raises(ValueError, match="applied twice"):
+        losses.SoftmaxCrossEntropy(from_logits=True)(softmax(Z), Y)
+    # the same values as probabilities are fine, and equal the logits' loss
+    a = losses.SoftmaxCrossEntropy()(softmax(Z), Y)
+    assert a == pytest.approx(losses.SoftmaxCrossEntropy(from_logits=True)(Z, Y), rel=1e-10)
+
+
+@pytest.mark.parametrize("loss", [losses.SoftmaxCrossEntropy(), losses.SoftmaxCrossEntropy(from_logits=True),
+                                  losses.MeanSquaredError(), losses.BinaryCrossEntropy()])
+def test_labels_passed_as_predictions_raise(loss):
+    """Keras's loss(y_true, y_pred) order into cconv's loss(pred, y)."""
+    p = softmax(Z)
+    labels = Y if not isinstance(loss, losses.BinaryCrossEntropy) else (Y > 2).astype(np.int64)[:, None]
+    pred = p if not isinstance(loss, losses.BinaryCrossEntropy) else p[:, :1]
+    with pytest.raises(TypeError, match=r"looks like labels.*loss\(pred, y\).*y_true, y_pred"):
+        loss(labels, pred)
+
+
+def test_one_hot_rows_passed_as_predictions_raise():
+    with pytest.raises(ValueError, match="look swapped"):
+        losses.SoftmaxCrossEntropy()(onehot(Y, 5), softmax(Z))
+
+
+def test_losses_answer_for_themselves():
+    """What a model asks a loss: the activation it absorbs, its logits form, target checks,
+    accuracy threshold."""
+    ce, bce, mse = losses.SoftmaxCrossEntropy(0.1), losses.BinaryCrossEntropy(), losses.MeanSquaredError()
+    assert (ce.fuses_with, bce.fuses_with, mse.fuses_with) == ("softmax", "sigmoid", None)
+    fused = ce.with_logits()
+    assert fused.from_logits and fused.label_smoothing == 0.1 and not ce.from_logits
+    with pytest.raises(TypeError, match="logits"):
+        mse.with_logits()
+    assert ce.check_target(np.array([0, 2, 1.0]), (3,)).dtype == np.int64
+    with pytest.raises(ValueError, match=r"3 output classes.*\[3\]"):
+        ce.check_target(np.array([0, 3]), (3,))
+    assert mse.check_target(np.zeros(4), (1,)).shape == (4, 1)
+    z = np.array([[0.3], [-0.2]])
+    t = np.array([1, 1])
+    assert bce.with_logits().accuracy(z, t) == 0.5          # threshold 0 on logits
+    assert bce.accuracy(np.array([[0.7], [0.4]]), t) == 0.5  # 0.5 on probabilities
+    assert mse.accuracy(np.zeros((2, 3, 3)), np.zeros((2, 3, 3))) is None
 
 
 # ---------------------------------------------------------------------------------
@@ -190,7 +248,7 @@ def test_get_objects_configs_and_unknown_names():
     assert isinstance(losses.get(losses.MeanSquaredError), losses.MeanSquaredError)
     d = json.loads(json.dumps(losses.serialize(obj)))
     clone = losses.get(d)
-    assert clone.get_config() == {"label_smoothing": 0.2, "from_logits": True}
+    assert clone.get_config() == {"label_smoothing": 0.2, "from_logits": False}
     assert repr(clone) == "SoftmaxCrossEntropy(label_smoothing=0.2)"
     with pytest.raises(ValueError, match="hinge"):
         losses.get("hinge")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cconv
-from cconv import callbacks, optim
+from cconv import callbacks, losses, optim
 from cconv.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax)
 from cconv.model import NonFiniteLossError
 
@@ -173,13 +173,13 @@ def test_fused_softmax_equivalent_to_logits_model():
                 "logits": [Dense(3)]}[kind]
         m = cconv.Sequential([Conv2D(4, 3, activation="relu"), Flatten()] + last, input_shape=(6, 6, 2),
                              seed=5, dtype="float64")
-        m.compile(optim.SGD(lr=0.5), "categorical_crossentropy")
+        m.compile(optim.SGD(lr=0.5), losses.SoftmaxCrossEntropy(from_logits=kind == "logits"))
         return m
 
     models = {k: make(k) for k in ("activation", "layer", "logits")}
-    assert models["activation"]._fused() == "activation"
-    assert models["layer"]._fused() == "layer"
-    assert models["logits"]._fused() is None
+    assert models["activation"].final_activation() == "softmax"
+    assert models["layer"].final_activation() == "softmax"
+    assert models["logits"].final_activation() is None
     for _ in range(3):
         losses_ = {k: m.train_on_batch(x, y)["loss"] for k, m in models.items()}
         assert losses_["activation"] == pytest.approx(losses_["logits"], rel=1e-12)
@@ -203,9 +203,9 @@ def test_sigmoid_with_binary_crossentropy_is_fused():
     for act in ("sigmoid", None):
         m = cconv.Sequential([Dense(4, activation="tanh"), Dense(1, activation=act)], input_shape=(5,), seed=3,
                              dtype="float64")
-        m.compile(optim.SGD(lr=0.5), "binary_crossentropy")
+        m.compile(optim.SGD(lr=0.5), losses.BinaryCrossEntropy(from_logits=act is None))
         models.append(m)
-    assert models[0]._fused() == "activation" and models[1]._fused() is None
+    assert models[0].final_activation() == "sigmoid" and models[1].final_activation() is None
     for _ in range(3):
         la, lb = (m.train_on_batch(x, y) for m in models)
         assert la["loss"] == pytest.approx(lb["loss"], rel=1e-12)
@@ -240,12 +240,24 @@ def test_fused_softmax_is_stable_with_huge_logits():
     np.testing.assert_allclose(m.layers[0].params["kernel"], [[1000.0 - 1e-3, -1000.0 + 1e-3]])
 
 
-def test_names_unique_and_flags():
+def test_names_unique_and_first_layer_skips_its_input_gradient(monkeypatch):
     m = cconv.Sequential([Conv2D(2, 3), Conv2D(2, 3), MaxPool2D(2), ReLU(), Flatten(), Dense(2),
                           Dense(2, name="head")], input_shape=(10, 10, 1))
     names = [l.name for l in m.layers]
     assert names == ["conv2d", "conv2d_1", "max_pool2d", "relu", "flatten", "dense", "head"]
-    assert [l.need_input_grad for l in m.layers] == [False] + [True] * 6
+    from cconv import functional as F
+    need_dx = []
+    real = F.conv2d_backward
+
+    def spy(*args, **kwargs):
+        need_dx.append(kwargs.get("need_dx", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d_backward", spy)
+    m.compile("sgd", "mse")
+    m.train_on_batch(np.ones((2, 10, 10, 1), np.float32), np.zeros((2, 2), np.float32))
+    assert need_dx == [True, False]                    # backward order: conv2d_1, then conv2d
+    assert all(l.need_input_grad for l in m.layers)    # the flag is set per call, then restored
     assert [n for n, _, _ in m.parameters()] == ["conv2d/kernel", "conv2d/bias", "conv2d_1/kernel",
                                                   "conv2d_1/bias", "dense/kernel", "dense/bias",
                                                   "head/kernel", "head/bias"]
@@ -303,7 +315,7 @@ def test_input_gradient_matches_finite_differences_and_preserves_state():
     m.train_on_batch(x, y)                             # non-trivial BatchNorm statistics, Adam state
     snap = weights(m)
     grads = [g.copy() for _, _, g in m.parameters()]
-    gen = m.layers[4]._rng.bit_generator.state
+    gen = m.layers[4].get_rng_state()
     g = m.input_gradient(x, y)
     assert g.shape == x.shape
     # unchanged: weights, layer state, gradients, dropout generator, first-layer flag
@@ -311,7 +323,7 @@ def test_input_gradient_matches_finite_differences_and_preserves_state():
         np.testing.assert_array_equal(u, v)
     for u, (_, _, v) in zip(grads, m.parameters()):
         np.testing.assert_array_equal(u, v)
-    assert m.layers[4]._rng.bit_generator.state == gen and m.layers[0].need_input_grad is False
+    assert m.layers[4].get_rng_state() == gen and gen
     # finite differences of the inference-mode loss (dropout off, running statistics)
     eps = 1e-6
     for idx in [(0, 1, 2, 0), (1, 3, 3, 1), (3, 5, 0, 0), (2, 2, 4, 1)]:
@@ -558,7 +570,7 @@ def test_resume_after_real_kill(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "never.npz").exists()
-    _, _, state = cconv.io.load_training_state(ckpt)
+    _, _, state = cconv.checkpoint.load_training_state(ckpt)
     assert 1 <= state["epoch"] < 6                      # really interrupted
 
     resumed = run("resume", tmp_path / "resumed.npz")
@@ -620,7 +632,7 @@ def test_gradcheck_detects_a_broken_layer():
 
 
 def test_gradcheck_rejects_bad_arguments():
-    with pytest.raises(TypeError, match="Layer or a Sequential"):
+    with pytest.raises(TypeError, match="Layer or a Model"):
         cconv.gradcheck(object(), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="eps"):
         cconv.gradcheck(Dense(2), np.zeros((1, 2)), eps=0)

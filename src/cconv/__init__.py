@@ -21,12 +21,15 @@ from . import functional as functional
 
 _SUBMODULES = {
     "layers", "losses", "optim", "initializers", "callbacks", "model", "models",
+    "training", "checkpoint", "gradients", "saving", "symbolic",
     "datasets", "viz", "adversarial", "kernels", "io", "cli",
 }
 _NAMES = {
+    "Model": "model",
     "Sequential": "model",
-    "History": "model",
-    "load_model": "model",
+    "Input": "symbolic",
+    "History": "training",
+    "load_model": "saving",
     "gradcheck": "gradcheck",
 }
 

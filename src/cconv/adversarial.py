@@ -8,6 +8,9 @@ measures how test accuracy falls as ``eps`` grows.
 """
 import numpy as np
 
+from . import _draw
+from . import _validate as V
+
 __all__ = ["fgsm", "robustness_report"]
 
 DEFAULT_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -53,12 +56,6 @@ def _loss_gradient_sign(model, x, y, loss, batch_size):
     return out
 
 
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    return int(batch_size)
-
-
 def fgsm(model, x, y, eps, clip=(0.0, 1.0), loss=None, batch_size=128):
     """Fast gradient sign method: ``clip(x + eps * sign(dL/dx))``.
 
@@ -89,7 +86,7 @@ def fgsm(model, x, y, eps, clip=(0.0, 1.0), loss=None, batch_size=128):
     """
     eps = _check_eps(eps)
     clip = _check_clip(clip)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = V.positive_int(batch_size, "batch_size")
     sign = _loss_gradient_sign(model, x, y, loss, batch_size)
     return _perturb(np.asarray(x, dtype=sign.dtype), sign, eps, clip)
 
@@ -137,7 +134,7 @@ def robustness_report(model, x, y, eps_values=DEFAULT_EPS, path=None, clip=(0.0,
     if not eps_values:
         raise ValueError("eps_values is empty")
     clip = _check_clip(clip)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = V.positive_int(batch_size, "batch_size")
     sign = _loss_gradient_sign(model, x, y, loss, batch_size)
     x = np.asarray(x, dtype=sign.dtype)
     rows = []
@@ -147,9 +144,8 @@ def robustness_report(model, x, y, eps_values=DEFAULT_EPS, path=None, clip=(0.0,
     if verbose:
         print(format_table(rows))
     if path is not None:
-        from . import viz
         series = [("FGSM", [e * 255 for e, _ in rows], [a for _, a in rows])]
-        viz._line_figure([{"title": "test accuracy under FGSM", "xlabel": "eps (grey levels out of 255)",
+        _draw.line_figure([{"title": "test accuracy under FGSM", "xlabel": "eps (grey levels out of 255)",
                            "ylabel": "accuracy", "series": series, "ylim": (0.0, 1.02),
                            "legend": "upper right"}], path, size=(600, 400))
     return rows

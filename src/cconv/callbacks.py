@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from . import _validate as V
+
 __all__ = [
     "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "CSVLogger",
     "SkipNonFinite", "LambdaCallback",
@@ -118,12 +120,9 @@ class EarlyStopping(Callback):
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
                  restore_best_weights=False, verbose=0):
         super().__init__()
-        if not isinstance(patience, (int, np.integer)) or isinstance(patience, bool) or patience < 0:
-            raise ValueError(f"patience must be a non-negative int, got {patience!r}")
-        if not np.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"min_delta must be a non-negative number, got {min_delta!r}")
         self.monitor = monitor
-        self.patience = int(patience)
+        self.patience = V.non_negative_int(patience, "patience")
+        min_delta = V.number(min_delta, "min_delta", low=0.0)
         self.min_delta = float(min_delta)
         self.mode = _resolve_mode(mode, monitor)
         self.restore_best_weights = bool(restore_best_weights)
@@ -152,7 +151,7 @@ class EarlyStopping(Callback):
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
-                self.best_weights = [(t, t.copy()) for _, t in _weight_arrays(self.model)]
+                self.best_weights = self.model.get_weights()
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -164,8 +163,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_weights is not None and self.stopped_epoch is not None:
-            for target, saved in self.best_weights:
-                np.copyto(target, saved)
+            self.model.set_weights(self.best_weights)
             if self.verbose:
                 print(f"Restored the weights of epoch {self.best_epoch + 1}")
 
@@ -185,14 +183,6 @@ class EarlyStopping(Callback):
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
                 f"mode={self.mode!r}, restore_best_weights={self.restore_best_weights})")
-
-
-def _weight_arrays(model):
-    for layer in model.layers:
-        for key, arr in layer.params.items():
-            yield f"{layer.name}/{key}", arr
-        for key, arr in getattr(layer, "state", {}).items():
-            yield f"{layer.name}/{key}", arr
 
 
 class ModelCheckpoint(Callback):
@@ -380,7 +370,7 @@ class CSVLogger(Callback):
         self._resume_size = None
 
     def on_train_begin(self, logs=None):
-        resumed = getattr(self.model, "_resumed_epoch", 0) > 0
+        resumed = self.params.get("initial_epoch", 0) > 0
         if resumed and self._resume_size is not None and os.path.exists(self.path) \
                 and os.path.getsize(self.path) > self._resume_size:
             # Rows of epochs after the checkpoint (a crash between writing an epoch's row

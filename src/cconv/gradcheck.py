@@ -9,8 +9,8 @@ computed in float64, and returns a report::
     True
     >>> print(report)          # one line per tensor: checked, max errors, failures
 
-It is meant for people learning backpropagation or writing their own layers: subclass a
-layer, implement ``_forward`` / ``_backward``, and check it.
+It is meant for people learning backpropagation or writing their own layers: write a
+layer's ``call`` and ``backward`` (see :mod:`cconv.layers`), and check it.
 
 The scalar that is differentiated is the loss ``loss(output, y)`` when targets ``y`` are
 given (the model's compiled loss by default), otherwise ``sum(output * R)`` with a fixed
@@ -18,7 +18,8 @@ random ``R`` (a random projection: every output element contributes with its own
 so a wrong gradient cannot hide behind a symmetric sum).
 
 The object you pass is never modified: the check runs on a float64 copy rebuilt from its
-config with the same weights. Randomness (dropout masks) is replayed identically for every
+config with the same weights (a layer is checked inside a one-layer model), through the
+same forward, loss and backward code that training runs. Randomness (dropout masks) is replayed identically for every
 evaluation, so training-mode layers can be checked too.
 """
 import sys
@@ -122,25 +123,34 @@ class GradcheckReport:
             raise GradcheckError(str(self))
 
 
-def _clone_layer(layer, input_shape):
-    clone = type(layer).from_config(layer.get_config())
-    clone.build(input_shape, np.random.default_rng(0), np.float64)
-    if getattr(layer, "built", False):
-        for src, dst in ((layer.params, clone.params), (getattr(layer, "state", {}), clone.state)):
-            for k, v in src.items():
-                if dst[k].shape != v.shape:
-                    raise ValueError(f"cannot copy {layer.name or type(layer).__name__}.{k}: shape {v.shape} "
-                                     f"vs rebuilt {dst[k].shape}")
-                np.copyto(dst[k], v, casting="unsafe")
-    clone.name = layer.name
-    return clone
+def _classes(layers):
+    return {type(sub).__name__: type(sub) for layer in layers for _, sub in layer.named_layers()}
 
 
-def _generators(layers):
-    out = []
-    for layer in layers:
-        out += [v for v in vars(layer).values() if isinstance(v, np.random.Generator)]
-    return out
+def _float64_copy(obj, x):
+    """A float64 model with ``obj``'s weights: ``(model, prefix_names)``."""
+    from .layers import Layer
+    from .model import Model
+    from .symbolic import Input
+
+    if isinstance(obj, Model):
+        if not obj.built:
+            obj.build(np.shape(x)[1:])
+        net = type(obj).from_config(dict(obj.get_config(), dtype="float64"), custom_objects=_classes(obj.layers))
+        net.set_weights(obj.get_weights())
+        return net, True
+    if isinstance(obj, Layer):
+        clone = type(obj).from_config(obj.get_config())
+        if obj.built:
+            shapes = obj.input_shape
+        else:
+            shapes = [np.shape(a)[1:] for a in x] if obj.multiple_inputs else np.shape(x)[1:]
+        inp = [Input(s) for s in shapes] if obj.multiple_inputs else Input(shapes)
+        net = Model(inp, clone(inp), name="gradcheck", seed=0, dtype="float64")
+        if obj.built:
+            net.set_weights([a for _, _, a in obj.weights()])
+        return net, False
+    raise TypeError(f"gradcheck takes a Layer or a Model (Sequential), got {type(obj).__name__}")
 
 
 def gradcheck(layer_or_model, x, y=None, eps=1e-6, rtol=1e-4, atol=1e-6, loss=None, training=True,
@@ -149,13 +159,14 @@ def gradcheck(layer_or_model, x, y=None, eps=1e-6, rtol=1e-4, atol=1e-6, loss=No
 
     Parameters
     ----------
-    layer_or_model : Layer or Sequential
+    layer_or_model : Layer or Model
         Built or not; it is not modified (a float64 copy with the same weights is checked).
-    x : ndarray of shape (N, *input_shape)
+    x : ndarray of shape (N, *input_shape) (a list with several inputs)
         Input; converted to float64.
     y : ndarray, optional
-        Targets. With ``y`` the checked scalar is ``loss(output, y)`` (the model's compiled
-        loss, or ``loss``); without it, ``sum(output * R)`` for a fixed random ``R``.
+        Targets. With ``y`` the checked scalar is the loss training minimises (the model's
+        compiled loss, or ``loss``; with a final softmax, fused as in training); without it,
+        ``sum(output * R)`` for a fixed random ``R``.
     eps : float, default 1e-6
         Finite-difference step.
     rtol, atol : float, default 1e-4, 1e-6
@@ -180,109 +191,72 @@ def gradcheck(layer_or_model, x, y=None, eps=1e-6, rtol=1e-4, atol=1e-6, loss=No
     Raises
     ------
     TypeError
-        Not a layer or a Sequential.
+        Not a layer or a model.
     ValueError
         Non-positive ``eps``; targets without a loss.
     """
-    from . import losses
-    from .model import Sequential
+    from . import training as T
 
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
-    x = np.array(x, dtype=np.float64, copy=True)
-    if x.ndim < 2:
-        raise ValueError(f"x must have a batch dimension first, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-
-    if isinstance(layer_or_model, Sequential):
-        model = layer_or_model
-        shape = model.input_shape if model.built else x.shape[1:]
-        clones = []
-        cur = tuple(shape)
-        for l in model.layers:
-            c = _clone_layer(l, cur)
-            cur = c.output_shape(cur)
-            clones.append(c)
-        net = Sequential(clones, input_shape=tuple(shape), seed=model.seed, dtype="float64", name=model.name)
-        layers = net.layers
-        loss_obj = loss
-        if y is not None and loss is None:
-            if model.loss is None:
-                raise ValueError("gradcheck with y needs loss= or a compiled model")
-            loss_obj = model.loss
-        prefix = True
-    elif hasattr(layer_or_model, "forward") and hasattr(layer_or_model, "backward") and hasattr(layer_or_model, "params"):
-        layer = layer_or_model
-        shape = layer.input_shape if getattr(layer, "built", False) else x.shape[1:]
-        net = None
-        layers = [_clone_layer(layer, tuple(shape))]
-        loss_obj = loss
-        if y is not None and loss is None:
+    is_layer = not hasattr(layer_or_model, "fit")
+    if y is not None and loss is None:
+        if is_layer:
             raise ValueError("gradcheck of a layer with y needs loss= (e.g. loss='mse')")
-        prefix = False
-    else:
-        raise TypeError(f"gradcheck takes a Layer or a Sequential, got {type(layer_or_model).__name__}")
-    if isinstance(loss_obj, str):
-        loss_obj = losses.get(loss_obj)
-    for l in layers:
-        l.need_input_grad = True
+        if not getattr(layer_or_model, "compiled", False):
+            raise ValueError("gradcheck with y needs loss= or a compiled model")
+    multi = isinstance(x, (list, tuple))
+    xs = [np.array(a, dtype=np.float64, copy=True) for a in (x if multi else [x])]
+    if any(a.ndim < 2 for a in xs):
+        raise ValueError(f"x must have a batch dimension first, got shape {[a.shape for a in xs]}")
+    net, prefix = _float64_copy(layer_or_model, xs if multi else xs[0])
+    rng = np.random.default_rng(seed)
+    xs = [np.ascontiguousarray(a) for a in T.input_arrays(net, xs if multi else xs[0])]
 
-    gens = _generators(layers)
-    gen_states = [g.bit_generator.state for g in gens]
-    saved_state = [(a, a.copy()) for l in layers for a in l.state.values()]
+    rng_state = net.get_rng_state()
+    saved_state = [(a, a.copy()) for layer in net.layers for role, _, a in layer.weights() if role == "state"]
 
     def reset():
-        for g, st in zip(gens, gen_states):
-            g.bit_generator.state = st
+        net.set_rng_state(rng_state)
         for a, v in saved_state:
             np.copyto(a, v)
 
-    fused = net is not None and y is not None
-    if fused:
-        net.loss = loss_obj
-
-    def run(inp, cache):
-        reset()
-        if fused:
-            return net._forward_loss_input(inp, training=training, cache=cache)
-        out = inp
-        for l in layers:
-            out = l.forward(out, training=training, cache=cache)
-        return out
-
-    out0 = run(x, cache=False)
     if y is None:
-        R = rng.standard_normal(out0.shape)
+        plan = ys = None
+        outs0 = net.run(xs, training, cache=False)
+        Rs = [rng.standard_normal(o.shape) for o in outs0]
         objective = "sum(output * R), R ~ N(0, 1)"
 
-        def scalar(out):
-            return float(np.sum(out * R))
+        def scalar():
+            reset()
+            return float(sum(np.sum(o * r) for o, r in zip(net.run(xs, training, cache=False), Rs)))
     else:
-        objective = f"{type(loss_obj).__name__}(output, y)"
+        if loss is None:
+            plan = T.LossPlan(net, layer_or_model.loss, layer_or_model.loss_weights)
+        else:
+            plan = T.LossPlan(net, T.make_loss(loss))
+        ys = T.target_arrays(net, y, xs[0].shape[0], plan_losses=plan.losses)
+        objective = " + ".join(f"{type(lo).__name__}(output, y)" for lo in plan.losses)
 
-        def scalar(out):
-            return float(loss_obj(out, y))
+        def scalar():
+            reset()
+            outs = net.run(xs, training, cache=False, pre_activation=plan.pre_activation)
+            return plan.values(outs, ys)[0]
 
     # analytic
-    out = run(x, cache=True)
+    reset()
     if y is None:
-        dout = R.copy()
+        net.run(xs, training, cache=True)
+        dxs = net.run_backward([r.copy() for r in Rs], input_grad=True)
     else:
-        loss_obj(out, y)
-        dout = loss_obj.backward()
-    if fused:
-        dx = net._backward_from_loss(dout)
-    else:
-        dx = dout
-        for l in reversed(layers):
-            dx = l.backward(dx)
-    analytic = {"x": np.array(dx, dtype=np.float64)}
-    tensors = [("x", x)]
-    for l in layers:
-        for k, p in l.params.items():
-            name = f"{l.name}/{k}" if prefix else k
-            analytic[name] = l.grads[k].copy()
-            tensors.append((name, p))
+        _, _, dxs = T.loss_and_gradients(net, xs, ys, plan, training=training, input_grad=True)
+    names = ["x"] if len(xs) == 1 else [f"x[{i}]" for i in range(len(xs))]
+    analytic = {n: np.array(d, dtype=np.float64) for n, d in zip(names, dxs)}
+    tensors = list(zip(names, xs))
+    params = net.parameters() if prefix else net.layers[0].parameters()
+    for name, p, g in params:
+        analytic[name] = g.copy()
+        tensors.append((name, p))
 
     report = GradcheckReport(eps=eps, rtol=rtol, atol=atol, objective=objective)
     for name, arr in tensors:
@@ -294,9 +268,9 @@ def gradcheck(layer_or_model, x, y=None, eps=1e-6, rtol=1e-4, atol=1e-6, loss=No
         for j, i in enumerate(idx):
             orig = flat[i]
             flat[i] = orig + eps
-            lp = scalar(run(x, cache=False))
+            lp = scalar()
             flat[i] = orig - eps
-            lm = scalar(run(x, cache=False))
+            lm = scalar()
             flat[i] = orig
             num[j] = (lp - lm) / (2 * eps)
         ana = analytic[name].reshape(-1)[idx]

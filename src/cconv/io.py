@@ -1,7 +1,11 @@
-"""Saving and loading models: one ``.npz`` file that never executes code on load.
+"""cconv's file format: one ``.npz`` file that never executes code on load.
 
-File format (``format_version`` 1)
------------------------------------
+This module knows the file, not the model: :mod:`cconv.saving` decides what a model puts in
+it (``cconv.load_model`` and ``Model.save`` are the entry points), :mod:`cconv.checkpoint`
+what a training checkpoint adds. It imports nothing of cconv's but the version.
+
+File format (``format_version`` 2; version 1 files are read too)
+----------------------------------------------------------------
 A zip archive written by :func:`numpy.savez` (uncompressed). Every member is a plain
 ``.npy`` array; nothing is pickled, and the loader reads each member with
 ``allow_pickle=False``, so an object array in a crafted file is refused before any of
@@ -9,7 +13,7 @@ its bytes are interpreted.
 
 ``__config__``
     uint8 array holding UTF-8 JSON: the format marker and version, the cconv version,
-    the model architecture (``Sequential.get_config()``), the compile settings
+    the model architecture (see :mod:`cconv.saving`), the compile settings
     (optimizer class and config, loss, metrics), a table of every array member
     (role, owner, key, dtype, shape) and the JSON parts of the optimizer and
     training state. Arrays inside those states are replaced by references
@@ -44,18 +48,18 @@ import numpy as np
 from ._version import __version__
 
 FORMAT = "cconv-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CONFIG_KEY = "__config__"
 _CHECKSUM_KEY = "__checksum__"
 _ZIP_MAGIC = b"PK\x03\x04"
 
-__all__ = ["save_model", "load_model", "read_file", "write_file", "FORMAT_VERSION"]
+__all__ = ["read_file", "write_file", "split_tree", "join_tree", "FORMAT", "FORMAT_VERSION"]
 
 
 # --------------------------------------------------------------------------------------
 # JSON <-> arrays: nested states (optimizer, training position) with arrays at the leaves
 # --------------------------------------------------------------------------------------
-def _split_tree(tree, prefix, arrays):
+def split_tree(tree, prefix, arrays):
     """Return a JSON-able copy of ``tree`` whose ndarray leaves are moved to ``arrays``.
 
     Each array leaf becomes ``{"__array__": name}`` with ``name = prefix + str(i)``.
@@ -70,10 +74,10 @@ def _split_tree(tree, prefix, arrays):
         for k, v in tree.items():
             if not isinstance(k, str):
                 raise TypeError(f"state dict keys must be str to be saved, got {k!r} ({type(k).__name__})")
-            out[k] = _split_tree(v, prefix, arrays)
+            out[k] = split_tree(v, prefix, arrays)
         return out
     if isinstance(tree, (list, tuple)):
-        return [_split_tree(v, prefix, arrays) for v in tree]
+        return [split_tree(v, prefix, arrays) for v in tree]
     if isinstance(tree, np.generic):
         return tree.item()
     if tree is None or isinstance(tree, (bool, int, float, str)):
@@ -81,17 +85,17 @@ def _split_tree(tree, prefix, arrays):
     raise TypeError(f"cannot save a value of type {type(tree).__name__} in a model file: {tree!r}")
 
 
-def _join_tree(tree, arrays):
-    """Inverse of :func:`_split_tree`."""
+def join_tree(tree, arrays):
+    """Inverse of :func:`split_tree`."""
     if isinstance(tree, dict):
         if set(tree) == {"__array__"}:
             name = tree["__array__"]
             if name not in arrays:
                 raise ValueError(f"model file is inconsistent: it refers to a missing array {name!r}")
             return arrays[name]
-        return {k: _join_tree(v, arrays) for k, v in tree.items()}
+        return {k: join_tree(v, arrays) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_join_tree(v, arrays) for v in tree]
+        return [join_tree(v, arrays) for v in tree]
     return tree
 
 
@@ -437,176 +441,13 @@ def read_file(path):
     return document, members
 
 
-# --------------------------------------------------------------------------------------
-# Model level
-# --------------------------------------------------------------------------------------
-def _layer_arrays(model):
-    """Yield (role, layer_name, key, array) for every weight and state array of ``model``."""
-    for layer in model.layers:
-        for key, arr in layer.params.items():
-            yield "param", layer.name, key, arr
-        for key, arr in getattr(layer, "state", {}).items():
-            yield "state", layer.name, key, arr
+_MOVED = {"save_model": "cconv.saving.save_model", "load_model": "cconv.saving.load_model (or cconv.load_model)",
+          "model_document": "cconv.saving.model_document", "assign_weights": "cconv.saving.assign_weights",
+          "load_training_state": "cconv.checkpoint.load_training_state"}
 
 
-def _serialize_named(obj):
-    cfg = obj.get_config() if hasattr(obj, "get_config") else {}
-    return {"class_name": type(obj).__name__, "config": cfg}
-
-
-def model_document(model, include_optimizer=True, training_state=None):
-    """Build the (document, arrays) pair that :func:`save_model` writes."""
-    if not model.built:
-        raise ValueError("cannot save a model that is not built: call model.build(input_shape) or fit it first")
-    arrays = {}
-    table = []
-    for i, (role, lname, key, arr) in enumerate(_layer_arrays(model)):
-        member = f"{'p' if role == 'param' else 's'}/{i}"
-        arrays[member] = arr
-        table.append({"member": member, "role": role, "layer": lname, "key": key,
-                      "dtype": np.dtype(arr.dtype).str, "shape": list(arr.shape)})
-    document = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "cconv_version": __version__,
-        "model": model.get_config(),
-        "arrays": table,
-        "compile": None,
-        "optimizer_state": None,
-        "training_state": None,
-    }
-    if getattr(model, "compiled", False):
-        document["compile"] = model._compile_config()
-        if include_optimizer:
-            state = model.optimizer.state_dict()
-            document["optimizer_state"] = _split_tree(state, "o/", arrays)
-    if training_state is not None:
-        document["training_state"] = _split_tree(training_state, "t/", arrays)
-    return document, arrays
-
-
-def save_model(model, path, include_optimizer=True, training_state=None):
-    """Save ``model`` to ``path`` (architecture, weights, layer state, optimizer state).
-
-    Parameters
-    ----------
-    model : Sequential
-        A built model.
-    path : str or os.PathLike
-        Target file; conventionally ends in ``.npz``. Replaced atomically.
-    include_optimizer : bool, default True
-        Also store the optimizer state (moments, step counts) so training can continue.
-    training_state : dict or None
-        Position in training for resuming (used by ``fit(checkpoint=...)``).
-    """
-    document, arrays = model_document(model, include_optimizer, training_state)
-    write_file(path, document, arrays)
-
-
-def _collect_layer_arrays(document, arrays, path):
-    """Return {layer_name: {"param": {key: arr}, "state": {key: arr}}} from the file table."""
-    out = {}
-    table = document.get("arrays")
-    if not isinstance(table, list):
-        raise ValueError(f"{path!r} is malformed: missing array table")
-    for entry in table:
-        try:
-            member, role, lname, key = entry["member"], entry["role"], entry["layer"], entry["key"]
-        except (TypeError, KeyError):
-            raise ValueError(f"{path!r} is malformed: bad array table entry {entry!r}") from None
-        if member not in arrays:
-            raise ValueError(f"{path!r} is malformed: array {member!r} ({lname}/{key}) is missing")
-        if role not in ("param", "state"):
-            raise ValueError(f"{path!r} is malformed: unknown array role {role!r}")
-        out.setdefault(lname, {"param": {}, "state": {}})[role][key] = arrays[member]
-    return out
-
-
-def assign_weights(model, layer_arrays, path="<arrays>"):
-    """Copy weights and layer state into a built ``model`` after validating every shape.
-
-    Arrays are copied into the existing parameter buffers (so an attached optimizer keeps
-    pointing at them). Raises ValueError listing every missing, unexpected or mis-shaped
-    array if anything does not match the architecture; nothing is modified in that case.
-    """
-    problems = []
-    plan = []
-    names = {layer.name for layer in model.layers}
-    for lname in layer_arrays:
-        if lname not in names:
-            problems.append(f"the file has weights for layer {lname!r}, which the architecture does not have")
-    for layer in model.layers:
-        got = layer_arrays.get(layer.name, {"param": {}, "state": {}})
-        for role, expected in (("param", layer.params), ("state", getattr(layer, "state", {}))):
-            what = "parameter" if role == "param" else "state"
-            for key, target in expected.items():
-                if key not in got[role]:
-                    problems.append(f"layer {layer.name!r} {what} {key!r} {tuple(target.shape)} is missing from the file")
-                    continue
-                src = got[role][key]
-                if src.shape != target.shape:
-                    problems.append(
-                        f"layer {layer.name!r} {what} {key!r}: the file has shape {tuple(src.shape)}, "
-                        f"the architecture expects {tuple(target.shape)}"
-                    )
-                    continue
-                if not (np.issubdtype(src.dtype, np.number) or src.dtype == np.bool_):
-                    problems.append(f"layer {layer.name!r} {what} {key!r} has non-numeric dtype {src.dtype}")
-                    continue
-                plan.append((target, src))
-            for key in got[role]:
-                if key not in expected:
-                    problems.append(f"the file has {what} {key!r} for layer {layer.name!r}, which the layer does not have")
-    if problems:
-        raise ValueError(f"weights in {path!r} do not match the model architecture:\n  - " + "\n  - ".join(problems))
-    for target, src in plan:
-        np.copyto(target, src, casting="unsafe")
-
-
-def load_model(path, compile=True, custom_objects=None):
-    """Load a model saved by :meth:`Sequential.save` / :func:`save_model`.
-
-    Nothing in the file is executed: the file is a zip of numeric ``.npy`` arrays read with
-    ``allow_pickle=False`` and a JSON config; layers are rebuilt from their class names in
-    :mod:`cconv.layers` only.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    compile : bool, default True
-        Re-create the optimizer and loss saved with the model (with the optimizer state),
-        so ``fit`` can continue where it stopped.
-    custom_objects : dict of str to Layer subclass, optional
-        Your own layer classes, by the class name stored in the file. Only these and the
-        classes of :mod:`cconv.layers` can be instantiated.
-
-    Returns
-    -------
-    Sequential
-
-    Raises
-    ------
-    ValueError
-        Corrupted, truncated, tampered-with or foreign file; unknown layer class;
-        weights that do not match the architecture (every mismatch is listed).
-    """
-    from .model import Sequential
-
-    path = os.fspath(path)
-    document, arrays = read_file(path)
-    model = Sequential.from_config(document["model"], custom_objects=custom_objects)
-    if not model.built:
-        raise ValueError(f"{path!r} has no input shape in its architecture; cannot rebuild the weights")
-    assign_weights(model, _collect_layer_arrays(document, arrays, path), path)
-    if compile and document.get("compile"):
-        model._compile_from_config(document["compile"])
-        if document.get("optimizer_state") is not None:
-            model.optimizer.load_state_dict(_join_tree(document["optimizer_state"], arrays))
-    return model
-
-
-def load_training_state(path):
-    """Return ``(document, arrays, training_state)`` of a checkpoint file (training_state may be None)."""
-    document, arrays = read_file(path)
-    ts = document.get("training_state")
-    return document, arrays, (None if ts is None else _join_tree(ts, arrays))
+def __getattr__(name):
+    if name in _MOVED:
+        raise AttributeError(f"cconv.io.{name} moved to {_MOVED[name]}: cconv.io now knows only the file "
+                             f"format, not models")
+    raise AttributeError(f"module 'cconv.io' has no attribute {name!r}")

@@ -203,7 +203,7 @@ def plot_kernels(image, path, kernels=None, boundary="reflect"):
     pathlib.Path
         The written file.
     """
-    from . import viz
+    from . import _draw
 
     img = np.asarray(image, dtype=np.float64)
     if img.ndim == 3 and img.shape[2] == 1:
@@ -218,5 +218,5 @@ def plot_kernels(image, path, kernels=None, boundary="reflect"):
     for name in names:
         tiles.append(_display(name, apply(img, name, boundary=boundary)))
         captions.append(name)
-    return viz._save_tiles(tiles, path, title="Fixed kernels", captions=captions,
-                           ncols=min(len(tiles), 4), min_tile=128, cmap="gray")
+    return _draw.save_tiles(tiles, path, title="Fixed kernels", captions=captions,
+                            ncols=min(len(tiles), 4), min_tile=128, cmap="gray")

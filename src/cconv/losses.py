@@ -2,11 +2,34 @@
 
 A loss is an object called as ``loss(pred, y) -> float`` (the mean over the batch) whose
 ``backward()`` returns the gradient of that number with respect to ``pred`` for the last
-call, already divided by the batch size, in ``pred``'s dtype.
+call, already divided by the batch size, in ``pred``'s dtype. The order is cconv's
+``(pred, y)``: predictions first, targets second (Keras's functions take ``(y_true,
+y_pred)``; integer labels passed as ``pred`` raise a TypeError that says so).
 
->>> loss = SoftmaxCrossEntropy()
->>> value = loss(logits, labels)          # doctest: +SKIP
->>> dlogits = loss.backward()             # doctest: +SKIP
+>>> loss = SoftmaxCrossEntropy()          # takes probabilities, e.g. a softmax output
+>>> value = loss(probs, labels)           # doctest: +SKIP
+>>> dprobs = loss.backward()              # doctest: +SKIP
+
+Probabilities or logits
+-----------------------
+As in Keras, the cross-entropies take probabilities unless ``from_logits=True``. A model
+that ends with a softmax (sigmoid) and is compiled with :class:`SoftmaxCrossEntropy`
+(:class:`BinaryCrossEntropy`) still trains on the logits: ``fit`` hands the loss the values
+before that last activation together with :meth:`Loss.with_logits`, whose fused gradient
+``(softmax(z) - onehot) / N`` is exact and cannot overflow. The two mistakes are refused:
+``from_logits=False`` on values outside ``[0, 1]`` (logits given as probabilities), and
+``from_logits=True`` on rows that are plainly probabilities (non-negative, summing to 1: a
+softmax applied twice); compiling a model that ends with a softmax with a
+``from_logits=True`` cross-entropy is refused too.
+
+What a model asks a loss
+------------------------
+``check_target(y, output_shape)`` validates and converts the targets for an output
+(labels or one-hot rows for the cross-entropy); ``fuses_with`` names the final activation
+the loss can absorb (``"softmax"``, ``"sigmoid"`` or None) and :meth:`Loss.with_logits` gives
+the loss that takes the values before it; ``accuracy(pred, y)`` is the metric (argmax for
+several classes, a threshold of 0.5, or 0 on logits, for one output), None when it does not
+apply.
 
 ``get(name)`` maps ``"categorical_crossentropy"`` / ``"softmax_cross_entropy"`` /
 ``"sparse_categorical_crossentropy"``, ``"mse"`` / ``"mean_squared_error"`` and
@@ -14,32 +37,43 @@ call, already divided by the batch size, in ``pred``'s dtype.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from scipy.special import expit
 
 from . import _registry
+from . import _validate as V
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
            "accuracy", "get", "serialize", "deserialize"]
 
 _PROB_EPS = 1e-7     # clipping of probabilities when a loss is given probabilities (Keras's)
-_ROW_SUM_TOL = 1e-3  # how far a target row may sum from 1 (float32 soft labels round)
+_SUM_TOL = 1e-3      # how far a row of probabilities (targets or predictions) may sum from 1
 
 
 def _pred_array(pred, ndim=None):
     pred = np.asarray(pred)
     if pred.dtype not in (np.float32, np.float64):
-        if pred.dtype.kind not in "iub":
-            raise TypeError(f"pred must be a float array, got dtype {pred.dtype} "
-                            f"(shape {pred.shape})")
-        pred = pred.astype(np.float64)
+        if pred.dtype.kind in "iub":
+            raise TypeError(f"pred has dtype {pred.dtype} (shape {pred.shape}): it looks like "
+                            f"labels. cconv's losses are called loss(pred, y), predictions "
+                            f"first; Keras's take (y_true, y_pred)")
+        raise TypeError(f"pred must be a float array, got dtype {pred.dtype} (shape {pred.shape})")
     if ndim is not None and pred.ndim != ndim:
         raise ValueError(f"pred must be {ndim}-D (N, classes), got shape {pred.shape}")
     if pred.ndim == 0:
         raise ValueError("pred must have a batch dimension, got a scalar")
     return pred
+
+
+def _check_probabilities(loss, p):
+    """``p`` must lie in [0, 1] for a loss that takes probabilities."""
+    if p.size and not (np.min(p) >= 0.0 and np.max(p) <= 1.0):
+        lo, hi = float(np.min(p)), float(np.max(p))
+        raise ValueError(
+            f"{type(loss).__name__}(from_logits=False) takes probabilities, but pred has values "
+            f"in [{lo:.4g}, {hi:.4g}]. If these are logits (no final "
+            f"{loss.fuses_with or 'activation'}), pass from_logits=True or end the model with "
+            f"activation={loss.fuses_with!r}")
 
 
 def _class_labels(y, n, k):
@@ -81,17 +115,30 @@ def _check_distributions(t):
         raise ValueError(f"one-hot or soft targets must lie in [0, 1], got values from "
                          f"{t.min()!r} to {t.max()!r}")
     sums = t.sum(axis=1, dtype=np.float64)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > _ROW_SUM_TOL)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOL)
     if bad.size:
         raise ValueError(f"each row of one-hot or soft targets must sum to 1; row {bad[0]} sums to "
                          f"{sums[bad[0]]:.6g} ({bad.size} of {len(t)} rows do not)")
 
 
+def _shape_str(shape):
+    return "(" + ", ".join(["None"] + [str(s) for s in shape]) + ")"
+
+
 class Loss:
-    """Base class: ``__call__(pred, y) -> float`` and ``backward() -> dL/dpred``."""
+    """Base class: ``__call__(pred, y) -> float`` and ``backward() -> dL/dpred``.
+
+    Subclasses implement ``__call__`` (storing what the gradient needs in
+    ``self._grad_args``) and ``_backward(*self._grad_args)``; they may refine
+    :meth:`check_target`, :meth:`accuracy`, ``fuses_with`` and :meth:`with_logits`.
+    """
 
     #: The canonical name accepted by :func:`get`.
     name = ""
+    #: The final activation this loss can absorb ("softmax", "sigmoid") or None.
+    fuses_with: str | None = None
+    #: Whether pred are logits (the cross-entropies; False: probabilities).
+    from_logits = False
 
     def __init__(self):
         self._grad_args = None
@@ -105,6 +152,42 @@ class Loss:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding call "
                                f"loss(pred, y)")
         return self._backward(*self._grad_args)
+
+    def with_logits(self) -> "Loss":
+        """The same loss taking the values before the final activation (``from_logits=True``)."""
+        if self.fuses_with is None:
+            raise TypeError(f"{type(self).__name__} does not take logits")
+        return type(self).from_config({**self.get_config(), "from_logits": True})
+
+    def check_target(self, y, output_shape, name="y"):
+        """Validate targets ``y`` (one row per sample) for an output of sample shape
+        ``output_shape``; return them converted.
+
+        The default wants ``y`` of the output's shape; ``(N,)`` is taken for a ``(1,)``
+        output, and integer labels ``(N,)`` for a vector output (range-checked).
+        """
+        out_shape = tuple(output_shape)
+        if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_) or np.iscomplexobj(y):
+            raise TypeError(f"{name} must hold real numbers, got dtype {y.dtype}")
+        if y.shape[1:] == out_shape:
+            return y
+        if y.ndim == 1 and out_shape == (1,):
+            return y.reshape(-1, 1)
+        if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(out_shape) == 1:
+            k = out_shape[0]
+            if y.size and (y.min() < 0 or y.max() >= k):
+                raise ValueError(f"{name} has labels out of range for {k} outputs: "
+                                 f"{np.unique(y[(y < 0) | (y >= k)])[:5].tolist()}")
+            return y
+        raise ValueError(f"{name} has shape {y.shape}, but the model's output is {_shape_str(out_shape)}")
+
+    def accuracy(self, pred, y):
+        """The accuracy of ``pred`` (what this loss receives) against ``y``; None for outputs
+        that are not ``(N, classes)``."""
+        pred = np.asarray(pred)
+        if pred.ndim != 2:
+            return None
+        return accuracy(pred, y, threshold=0.0 if self.from_logits else 0.5)
 
     def get_config(self) -> dict:
         """JSON-serialisable constructor arguments."""
@@ -122,23 +205,29 @@ class Loss:
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Softmax followed by categorical cross-entropy, fused and numerically stable.
+    """Categorical cross-entropy, of probabilities (default) or of logits.
 
-    For logits ``z`` of a sample and targets ``t`` (one-hot, or smoothed)::
+    For probabilities ``p`` of a sample and targets ``t`` (one-hot, or smoothed)::
+
+        L = -sum_k t_k log(clip(p_k, 1e-7, 1 - 1e-7))
+
+    and with ``from_logits=True``, for logits ``z``, the fused and numerically stable::
 
         L = sum_k t_k * (logsumexp(z) - z_k),   logsumexp(z) = m + log sum_k exp(z_k - m)
 
-    with ``m = max_k z_k`` so nothing overflows; the value returned is the mean of ``L`` over
-    the batch, and the gradient is ``(softmax(z) * sum(t) - t) / N``.
+    with ``m = max_k z_k`` so nothing overflows, whose gradient is ``(softmax(z) * sum(t) -
+    t) / N``. The value returned is the mean of ``L`` over the batch.
 
     Parameters
     ----------
     label_smoothing : float in [0, 1)
         Targets become ``t * (1 - label_smoothing) + label_smoothing / K`` (as Keras and
         PyTorch).
-    from_logits : bool
-        True (default): ``pred`` are logits. False: ``pred`` are probabilities (e.g. the
-        output of a Softmax layer), clipped to ``[1e-7, 1 - 1e-7]``; prefer logits.
+    from_logits : bool, default False
+        False: ``pred`` are probabilities (e.g. the output of a softmax layer; values
+        outside [0, 1] raise ValueError). True: ``pred`` are logits (rows that are plainly
+        probabilities raise ValueError: a softmax would be applied twice). A model ending
+        with a softmax trains on the fused logits form either way (see the module docstring).
 
     Notes
     -----
@@ -147,18 +236,36 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     name = "categorical_crossentropy"
+    fuses_with = "softmax"
 
-    def __init__(self, label_smoothing=0.0, from_logits=True):
+    def __init__(self, label_smoothing=0.0, from_logits=False):
         super().__init__()
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
-            raise TypeError(f"label_smoothing must be a float, got {label_smoothing!r}")
-        if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = V.number(label_smoothing, "label_smoothing", low=0.0, high=1.0,
+                                        high_open=True)
         self.from_logits = bool(from_logits)
 
     def get_config(self):
         return {"label_smoothing": self.label_smoothing, "from_logits": self.from_logits}
+
+    def check_target(self, y, output_shape, name="y"):
+        out_shape = tuple(output_shape)
+        k = out_shape[-1]
+        if y.ndim == 1:
+            if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+                    or y.dtype == np.bool_):
+                raise TypeError(f"{name} must hold integer class labels or one-hot rows, got dtype {y.dtype}")
+            if not np.issubdtype(y.dtype, np.integer):
+                if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+                    raise ValueError(f"{name} holds non-integer values; class labels must be integers 0..{k - 1}")
+                y = y.astype(np.int64)
+            if y.size and (y.min() < 0 or y.max() >= k):
+                bad = y[(y < 0) | (y >= k)]
+                raise ValueError(f"{name} has labels out of range: the model has {k} output classes (labels "
+                                 f"0..{k - 1}), got {np.unique(bad)[:5].tolist()}")
+            return y.astype(np.int64, copy=False)
+        if y.shape[1:] != out_shape:
+            raise ValueError(f"one-hot {name} must have shape (N, {k}), got {y.shape}")
+        return y
 
     def __call__(self, pred, y) -> float:
         z = _pred_array(pred, ndim=2)
@@ -168,8 +275,14 @@ class SoftmaxCrossEntropy(Loss):
             _check_distributions(t)
         if n == 0:
             raise ValueError("pred is an empty batch (shape (0, K))")
+        if t is not None and t.dtype.kind == "f" and np.all((z == 0) | (z == 1)) and np.any(
+                (t > 0) & (t < 1)):
+            raise ValueError("pred holds one-hot rows and y fractional values: the arguments look "
+                             "swapped. cconv's losses are called loss(pred, y), predictions first; "
+                             "Keras's take (y_true, y_pred)")
         ls = self.label_smoothing
         if not self.from_logits:
+            _check_probabilities(self, z)
             p = np.clip(z, _PROB_EPS, 1.0 - _PROB_EPS)
             logp = np.log(p)
             if labels is not None:
@@ -180,6 +293,12 @@ class SoftmaxCrossEntropy(Loss):
                 loss = -np.sum(tt * logp, axis=1)
             self._grad_args = (z, p, labels, t)
             return float(np.mean(loss, dtype=np.float64))
+        if k > 1 and np.min(z) >= 0.0 and np.max(z) <= 1.0 and np.all(
+                np.abs(np.sum(z, axis=1, dtype=np.float64) - 1.0) < _SUM_TOL):
+            raise ValueError("SoftmaxCrossEntropy(from_logits=True) was given rows of "
+                             "probabilities (non-negative, each summing to 1): the softmax would "
+                             "be applied twice. Pass the logits, or use from_logits=False (the "
+                             "default) for probabilities")
         m = np.max(z, axis=1, keepdims=True)
         e = np.subtract(z, m)
         np.exp(e, out=e)
@@ -266,24 +385,29 @@ class MeanSquaredError(Loss):
 
 
 class BinaryCrossEntropy(Loss):
-    """Binary cross-entropy, from logits by default (stable, like ``BCEWithLogitsLoss``).
+    """Binary cross-entropy of probabilities (default) or, with ``from_logits=True``, of
+    logits (stable, like ``BCEWithLogitsLoss``).
 
-    Per element, for a logit ``z`` and a target ``t`` in ``[0, 1]``::
+    Per element, for a probability ``p`` (clipped to ``[1e-7, 1 - 1e-7]``) or a logit ``z``
+    and a target ``t`` in ``[0, 1]``::
 
-        l = max(z, 0) - z * t + log(1 + exp(-|z|))       # = -t log s(z) - (1-t) log(1-s(z))
+        l = -t log p - (1 - t) log(1 - p)
+        l = max(z, 0) - z * t + log(1 + exp(-|z|))       # the same for p = sigmoid(z)
 
     averaged over a sample's outputs and then over the batch (Keras's and PyTorch's mean);
-    the gradient is ``(sigmoid(z) - t) / (number of elements)``.
+    from logits the gradient is ``(sigmoid(z) - t) / (number of elements)``.
 
     Parameters
     ----------
-    from_logits : bool
-        False: ``pred`` are probabilities, clipped to ``[1e-7, 1 - 1e-7]``.
+    from_logits : bool, default False
+        False: ``pred`` are probabilities (values outside [0, 1] raise ValueError). A model
+        ending with a sigmoid trains on the fused logits form (see the module docstring).
     """
 
     name = "binary_crossentropy"
+    fuses_with = "sigmoid"
 
-    def __init__(self, from_logits=True):
+    def __init__(self, from_logits=False):
         super().__init__()
         self.from_logits = bool(from_logits)
 
@@ -310,6 +434,7 @@ class BinaryCrossEntropy(Loss):
         if self.from_logits:
             loss = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
         else:
+            _check_probabilities(self, z)
             p = np.clip(z, _PROB_EPS, 1.0 - _PROB_EPS)
             loss = -(t * np.log(p) + (1 - t) * np.log1p(-p))
         self._grad_args = (z, t)
