@@ -246,6 +246,9 @@ def _float_array(a, name, ndim=None, contiguous=True):
     return arr if arr.flags.c_contiguous or not contiguous else np.ascontiguousarray(arr)
 
 
+_FLOATS = (np.float32, np.float64)
+
+
 def _same_dtype(**arrays):
     items = [(k, v) for k, v in arrays.items() if v is not None]
     dtypes = {v.dtype for _, v in items}
@@ -356,9 +359,12 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
         Operands that are not 2-D or whose inner dimensions differ; ``out`` of another shape
         or read-only.
     """
-    a = _float_array(a, "a", ndim=2, contiguous=False)
-    b = _float_array(b, "b", ndim=2, contiguous=False)
-    _same_dtype(a=a, b=b, out=out if isinstance(out, np.ndarray) else None)
+    if not (type(a) is np.ndarray and type(b) is np.ndarray and a.ndim == 2 and b.ndim == 2
+            and a.dtype == b.dtype and a.dtype in _FLOATS
+            and (out is None or (type(out) is np.ndarray and out.dtype == a.dtype))):
+        a = _float_array(a, "a", ndim=2, contiguous=False)      # the full checks, with messages
+        b = _float_array(b, "b", ndim=2, contiguous=False)
+        _same_dtype(a=a, b=b, out=out if isinstance(out, np.ndarray) else None)
     A = a.T if trans_a else a
     B = b.T if trans_b else b
     if A.shape[1] != B.shape[0]:

@@ -349,11 +349,20 @@ class Layer:
         return value
 
     # -- sublayers ------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        # Remember the attributes that may hold sublayers (a Layer, a list or tuple of them),
+        # so that finding the sublayers costs nothing on every step.
+        object.__setattr__(self, name, value)
+        if isinstance(value, (Layer, list, tuple)):
+            self.__dict__.setdefault("_sublayer_keys", {})[name] = None
+
     @property
     def sublayers(self):
         """``[(attribute path, layer)]`` of the layers this one holds (list items as ``"name.i"``)."""
         out = []
-        for key, value in vars(self).items():
+        d = self.__dict__
+        for key in d.get("_sublayer_keys", ()):
+            value = d.get(key)
             if isinstance(value, Layer):
                 out.append((key, value))
             elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
@@ -388,9 +397,10 @@ class Layer:
 
     def zero_grads(self):
         """Set every gradient (sublayers' included) to zero."""
-        for _, layer in self.named_layers():
-            for g in layer.grads.values():
-                g.fill(0)
+        for g in self.grads.values():
+            g.fill(0)
+        for _, sub in self.sublayers:
+            sub.zero_grads()
 
     def count_params(self) -> int:
         """Number of weights: params plus state, sublayers' included (0 until built)."""

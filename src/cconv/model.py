@@ -479,7 +479,7 @@ class Model:
         requires = [bool(input_grad)] * len(xs) + [False] * (self._n_slots - len(xs))
         for st in self._steps:
             if st.output not in skip:
-                requires[st.output] = any(requires[s] for s in st.inputs) or bool(st.layer.parameters())
+                requires[st.output] = any(requires[s] for s in st.inputs) or _trainable(st.layer)
         for k in range(len(self._steps) - 1, -1, -1):
             st = self._steps[k]
             g = grads[st.output]
@@ -757,6 +757,13 @@ def _table(model, rows, heads, print_fn):
     text = "\n".join(lines)
     (print_fn or print)(text)
     return text
+
+
+def _trainable(layer):
+    """Whether the optimizer updates some weight of ``layer`` (its sublayers' included)."""
+    if not layer.trainable:
+        return False
+    return bool(layer.params) or any(_trainable(sub) for _, sub in layer.sublayers)
 
 
 def _conform(a, dtype):

@@ -1,0 +1,81 @@
+"""Benchmark: the paper network's training epoch under two cconv installations, interleaved.
+
+Runs bench_train.py's cconv worker (one warm-up batch, then ``--repeat`` timed epochs of
+the paper network on 1,777 random 64x64x3 images, batch 128) in its own process under
+each Python interpreter, alternating which goes first in each round, for ``--rounds``
+rounds. A run's time is the median of its epochs; the report gives, for each interpreter,
+the median and the range of its runs' times, and the median and range of the per-round
+ratios B / A. The raw numbers go to ``bench/results/engine-<time>.json``.
+
+Used to check that a change of the training engine costs nothing: A is the old code
+(e.g. main's virtual environment), B the new.
+
+Usage::
+
+    python bench/bench_engine.py --python-a /work/venvs/main/bin/python \\
+        --python-b /work/venvs/models/bin/python --rounds 7 --repeat 3
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(python, args):
+    cmd = [python, os.path.join(HERE, "bench_train.py"), "--worker", "cconv", "--threads", str(args.threads),
+           "--repeat", str(args.repeat), "--images", str(args.images), "--batch", str(args.batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python}: {proc.stderr.strip()[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    version = subprocess.run([python, "-c", "import cconv, os; print(os.path.dirname(cconv.__file__))"],
+                             capture_output=True, text=True).stdout.strip()
+    return {"median": statistics.median(result["times"]), "times": result["times"], "loss": result["loss"],
+            "threads": result["threads"], "peak_mb": result.get("peak_mb"), "cconv": version}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--python-a", required=True, help="interpreter with the reference cconv")
+    p.add_argument("--python-b", required=True, help="interpreter with the cconv under test")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=3, help="timed epochs per run")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--images", type=int, default=1777)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    runs = {"a": [], "b": []}
+    for r in range(args.rounds):
+        order = ("a", "b") if r % 2 == 0 else ("b", "a")
+        for key in order:
+            runs[key].append(run(getattr(args, f"python_{key}"), args))
+        print(f"round {r + 1}/{args.rounds}: A {runs['a'][-1]['median']:.3f} s, B {runs['b'][-1]['median']:.3f} s, "
+              f"B/A {runs['b'][-1]['median'] / runs['a'][-1]['median']:.3f}", flush=True)
+    ratios = [b["median"] / a["median"] for a, b in zip(runs["a"], runs["b"])]
+    summary = {}
+    for key in ("a", "b"):
+        t = [x["median"] for x in runs[key]]
+        summary[key] = {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
+    summary["ratio_b_over_a"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    for key, label in (("a", "A"), ("b", "B")):
+        s = summary[key]
+        print(f"{label} ({runs[key][0]['cconv']}): median {s['median_s']:.3f} s, range {s['min_s']:.3f}-{s['max_s']:.3f} s")
+    r = summary["ratio_b_over_a"]
+    print(f"B/A per round: median {r['median']:.3f}, range {r['min']:.3f}-{r['max']:.3f} ({args.rounds} rounds)")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"engine-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump({"args": vars(args), "runs": runs, "ratios": ratios, "summary": summary,
+                   "load": os.getloadavg()}, f, indent=1)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
