@@ -383,3 +383,90 @@ def test_schedules(ours, theirs):
         assert ours(epoch, base) == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10, abs=1e-15)
         topt.step()
         sched.step()
+
+
+# ---------------------------------------------------------------------------------
+# A residual block (functional graph, and the same block as one custom layer)
+# ---------------------------------------------------------------------------------
+class ResBlock(L.Layer):
+    """relu(x + bn2(conv2(relu(bn1(conv1(x)))))) as a layer holding its sublayers."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.body = [L.Conv2D(filters, 3, padding="same", use_bias=False), L.BatchNorm2D(), L.ReLU(),
+                     L.Conv2D(filters, 3, padding="same", use_bias=False), L.BatchNorm2D()]
+        self.relu = L.ReLU()
+
+    def build(self, input_shape):
+        for layer in self.body + [self.relu]:
+            layer.build(input_shape)
+
+    def call(self, x, training=False):
+        saved, h = [], x
+        for layer in self.body:
+            h, s = layer.call(h, training)
+            saved.append(s)
+        y, s = self.relu.call(h + x, training)
+        return y, (saved, s)
+
+    def backward(self, dy, saved):
+        body, s = saved
+        skip = g = self.relu.backward(dy, s)
+        for layer, s in zip(reversed(self.body), reversed(body)):
+            g = layer.backward(g, s)
+        return g + skip
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def residual_model(kind, filters, shape, dtype):
+    import cconv
+    inp = cconv.Input(shape)
+    if kind == "block":
+        out = ResBlock(filters)(inp)
+    else:
+        h = L.ReLU()(L.BatchNorm2D()(L.Conv2D(filters, 3, padding="same", use_bias=False)(inp)))
+        h = L.BatchNorm2D()(L.Conv2D(filters, 3, padding="same", use_bias=False)(h))
+        out = L.ReLU()(L.Add()([inp, h]))
+    return cconv.Model(inp, out, seed=0, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["graph", "block"])
+def test_residual_block(kind, dtype):
+    shape, C = (3, 6, 5, 4), 4
+    model = residual_model(kind, C, shape[1:], dtype)
+    kernels = [rand((3, 3, C, C), dtype, seed=10 + i) * 0.3 for i in range(2)]
+    bn = [(rand((C,), dtype, seed=20 + i) + 1.5, rand((C,), dtype, seed=30 + i)) for i in range(2)]
+    model.set_weights([kernels[0], *bn[0], np.zeros(C), np.ones(C), kernels[1], *bn[1], np.zeros(C), np.ones(C)])
+    x, dy = rand(shape, dtype, seed=1), rand(shape, dtype, seed=2)
+    y = model.forward(x, training=True)
+    dx = model.backward(dy, input_grad=True)
+    grads = {n: g for n, _, g in model.parameters()}
+
+    xt = nchw(x)
+    wt = [torch.tensor(k.transpose(3, 2, 0, 1).copy(), requires_grad=True) for k in kernels]
+    gt = [(torch.tensor(g, requires_grad=True), torch.tensor(b, requires_grad=True)) for g, b in bn]
+    stats = [(torch.zeros(C, dtype=xt.dtype), torch.ones(C, dtype=xt.dtype)) for _ in range(2)]
+
+    def bnorm(h, i):
+        return TF.batch_norm(h, *stats[i], *gt[i], training=True, momentum=0.1, eps=1e-5)
+
+    h = TF.relu(bnorm(TF.conv2d(xt, wt[0], padding=1), 0))
+    yt = TF.relu(xt + bnorm(TF.conv2d(h, wt[1], padding=1), 1))
+    yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2).copy()))
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y, to_nhwc(yt), **tol)
+    np.testing.assert_allclose(dx, to_nhwc(xt.grad), **tol)
+    kernel_grads = [g for n, g in grads.items() if n.endswith("kernel")]
+    gamma_grads = [g for n, g in grads.items() if n.endswith("gamma")]
+    beta_grads = [g for n, g in grads.items() if n.endswith("beta")]
+    assert len(kernel_grads) == len(gamma_grads) == len(beta_grads) == 2
+    for i in range(2):
+        np.testing.assert_allclose(kernel_grads[i], wt[i].grad.numpy().transpose(2, 3, 1, 0), **tol)
+        np.testing.assert_allclose(gamma_grads[i], gt[i][0].grad.numpy(), **tol)
+        np.testing.assert_allclose(beta_grads[i], gt[i][1].grad.numpy(), **tol)
+    running = [a for role, _, a in (w for l in model.layers for w in l.weights()) if role == "state"]
+    np.testing.assert_allclose(running[0], stats[0][0].numpy(), **tol)        # running mean, BN 1

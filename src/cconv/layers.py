@@ -358,15 +358,22 @@ class Layer:
 
     @property
     def sublayers(self):
-        """``[(attribute path, layer)]`` of the layers this one holds (list items as ``"name.i"``)."""
-        out = []
+        """``[(attribute path, layer)]`` of the layers this one holds (list items as ``"name.i"``),
+        each once: a layer held under two attributes keeps the first path."""
+        out, seen = [], set()
         d = self.__dict__
         for key in d.get("_sublayer_keys", ()):
             value = d.get(key)
             if isinstance(value, Layer):
-                out.append((key, value))
+                items = [(key, value)]
             elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
-                out += [(f"{key}.{i}", v) for i, v in enumerate(value)]
+                items = [(f"{key}.{i}", v) for i, v in enumerate(value)]
+            else:
+                continue
+            for path, layer in items:
+                if id(layer) not in seen and layer is not self:
+                    seen.add(id(layer))
+                    out.append((path, layer))
         return out
 
     def named_layers(self, prefix=""):

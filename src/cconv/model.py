@@ -183,6 +183,14 @@ class Model:
         self._nodes = nodes
         self.layers = list({id(n.layer): n.layer for n in nodes}.values())
         self._build_layers()
+        owner = {}
+        for layer in self.layers:
+            for path, sub in layer.named_layers():
+                if id(sub) in owner and (sub.weights() or sub.get_rng_state()):
+                    raise ValueError(f"layer {sub.name or type(sub).__name__!r} is held by both "
+                                     f"{owner[id(sub)]!r} and {layer.name + '/' + path!r}: its weights "
+                                     f"would be updated twice; share a layer by calling it twice instead")
+                owner[id(sub)] = layer.name + "/" + path
         slot = {id(t): i for i, t in enumerate(ins)}
         for n in nodes:
             slot[id(n.output)] = len(slot)
