@@ -548,7 +548,7 @@ class Model:
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
             callbacks=None, verbose=1, checkpoint=None, resume=None):
-        """Train the model; see :func:`cconv._training.fit` for every parameter.
+        """Train the model; see :func:`cconv.training.fit` for every parameter.
 
         ``x`` is an array, or a list / dict (by input name) of arrays with several inputs;
         ``y`` likewise for several outputs. Returns a :class:`History`.
