@@ -350,10 +350,12 @@ class Layer:
 
     # -- sublayers ------------------------------------------------------------------------
     def __setattr__(self, name, value):
-        # Remember the attributes that may hold sublayers (a Layer, a list or tuple of them),
-        # so that finding the sublayers costs nothing on every step.
+        # Remember the attributes that may hold sublayers (a Layer, or a list or tuple that
+        # holds one or is empty and may be filled later), so that finding the sublayers
+        # costs nothing on every step.
         object.__setattr__(self, name, value)
-        if isinstance(value, (Layer, list, tuple)):
+        if isinstance(value, Layer) or (isinstance(value, (list, tuple)) and (
+                not value or any(isinstance(v, Layer) for v in value))):
             self.__dict__.setdefault("_sublayer_keys", {})[name] = None
 
     @property
