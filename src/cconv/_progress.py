@@ -1,4 +1,4 @@
-"""The per-epoch progress bar of ``Sequential.fit``.
+"""The per-epoch progress bar of ``Model.fit``.
 
 On a terminal the line is redrawn in place with ``\\r`` (at most ~10 times a second);
 otherwise (a log file, a pipe, a notebook capturing output) one line is printed per

@@ -61,7 +61,7 @@ def fgsm(model, x, y, eps, clip=(0.0, 1.0), loss=None, batch_size=128):
 
     Parameters
     ----------
-    model : Sequential
+    model : Model (a Sequential or a functional model)
         A built model; its compiled loss is used unless ``loss`` is given (an uncompiled
         model defaults to ``"categorical_crossentropy"``).
     x : ndarray of shape (N, *input_shape)
@@ -114,7 +114,7 @@ def robustness_report(model, x, y, eps_values=DEFAULT_EPS, path=None, clip=(0.0,
 
     Parameters
     ----------
-    model : Sequential
+    model : Model (a Sequential or a functional model)
     x, y : ndarray
         Test inputs and labels.
     eps_values : sequence of float, default (0, 1/255, 2/255, 4/255, 8/255)

@@ -1,4 +1,4 @@
-"""Callbacks: hooks into :meth:`cconv.Sequential.fit`.
+"""Callbacks: hooks into :meth:`cconv.Model.fit` (a Sequential is a Model).
 
 A callback receives ``on_train_begin``, ``on_epoch_begin(epoch)``, ``on_batch_begin(batch)``,
 ``on_batch_end(batch, logs)``, ``on_epoch_end(epoch, logs)`` and ``on_train_end``; epochs and
@@ -29,7 +29,7 @@ class Callback:
 
     Attributes
     ----------
-    model : Sequential or None
+    model : Model or None
         Set by ``fit`` before ``on_train_begin``.
     params : dict
         ``{"epochs", "steps", "batch_size", "samples", "verbose"}``, set by ``fit``.

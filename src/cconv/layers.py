@@ -15,9 +15,10 @@ underscore:
     Create the weights with :meth:`Layer.add_weight` once the shape of one input sample
     (without the batch axis) is known. Layers without weights leave it out.
 ``call(self, x, training=False) -> (y, saved)``
-    The forward computation on a batch. ``saved`` is whatever ``backward`` will need
-    (None when it needs nothing); the model keeps it, one per call, so a layer used twice
-    in a model has two.
+    The forward computation on a batch (a model passes C-contiguous arrays of its dtype).
+    ``saved`` is whatever ``backward`` will need (None when it needs nothing); the model
+    keeps it, one per call, so a layer used twice in a model has two. Never modify ``x``:
+    other layers may read it too.
 ``backward(self, dy, saved) -> dx``
     ``dy`` is ``dL/dy`` for the ``y`` that ``call`` returned with this ``saved``. *Add* each
     weight's gradient into ``self.grads[name]`` (``+=``: a layer called twice in a model
@@ -70,9 +71,10 @@ backpropagates through that call and *overwrites* ``grads``. cconv wraps ``build
 ``backward`` (as Keras wraps ``build``) so these calls work for every subclass; inside a
 subclass, ``super().build(input_shape)`` and ``super().backward(dy, saved)`` work as usual.
 
-Elementwise work on activations runs vectorised in place: an activation fused into
-:class:`Conv2D`/:class:`Dense` overwrites the layer's fresh output, and every built-in
-backward makes at most one new array (the returned gradient).
+Elementwise work on activations runs vectorised in place: an activation fused into a
+convolution or :class:`Dense` overwrites the layer's fresh output (except GELU and SiLU,
+whose gradient needs the input), and every built-in backward makes at most one new array
+(the returned gradient).
 """
 from __future__ import annotations
 

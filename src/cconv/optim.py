@@ -1,7 +1,7 @@
 """Optimizers (SGD, Adam, AdamW, RMSprop) and learning-rate schedules.
 
 An optimizer is attached to ``(name, param, grad)`` triples (what
-:meth:`cconv.Sequential.parameters` returns) and updates every parameter **in place** from
+:meth:`cconv.Model.parameters` returns) and updates every parameter **in place** from
 its gradient on each :meth:`Optimizer.step`::
 
     opt = Adam(lr=1e-3)
@@ -311,7 +311,7 @@ class Optimizer:
         """
         if not self._params:
             raise RuntimeError(f"{type(self).__name__}.step(): no parameters; call "
-                               f"attach(params) (Sequential.compile does) first")
+                               f"attach(params) (Model.compile does) first")
         with deferred_signals():
             fresh = set()
             for name, p, _ in self._params:

@@ -55,7 +55,7 @@ def model_document(model, include_optimizer=True, training_state=None):
             arrays[member] = arr
             table.append({"member": member, "role": role, "layer": layer.name, "key": key,
                           "dtype": np.dtype(arr.dtype).str, "shape": list(arr.shape)})
-    kind = "Sequential" if hasattr(model, "add") else "Model"
+    kind = "Sequential" if hasattr(model, "add") else "Model"      # a subclass saves as its base
     document = {
         "format": _io.FORMAT,
         "format_version": _io.FORMAT_VERSION,

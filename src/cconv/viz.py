@@ -137,7 +137,7 @@ def plot_feature_maps(model, image, path_or_dir, layers=None, min_tile=64):
 
     Parameters
     ----------
-    model : Sequential
+    model : Model (a Sequential or a functional model)
         A built model.
     image : ndarray of shape input_shape or (1, *input_shape)
         One input image, values in [0, 1].
@@ -371,7 +371,7 @@ def activation_maximization(model, layer, channel, steps=200, lr=0.05, jitter=2,
 
     Parameters
     ----------
-    model : Sequential
+    model : Model (a Sequential or a functional model)
         A built model taking images with values in [0, 1].
     layer : str, int or Layer
         Target layer (name, index or object).
@@ -462,7 +462,7 @@ def saliency_map(model, image, class_index=None):
 
     Parameters
     ----------
-    model : Sequential
+    model : Model (a Sequential or a functional model)
     image : ndarray of shape input_shape or (1, *input_shape)
     class_index : int, optional
         Default: the class the model predicts.
