@@ -5,7 +5,8 @@ the paper network on 1,777 random 64x64x3 images, batch 128) in its own process 
 each Python interpreter, alternating which goes first in each round, for ``--rounds``
 rounds. A run's time is the median of its epochs; the report gives, for each interpreter,
 the median and the range of its runs' times, and the median and range of the per-round
-ratios B / A. The raw numbers go to ``bench/results/engine-<time>.json``.
+ratios B / A, also of the worker processes' CPU time (less sensitive than wall time to
+other jobs on a shared machine). The raw numbers go to ``bench/results/engine-<time>.json``.
 
 Used to check that a change of the training engine costs nothing: A is the old code
 (e.g. main's virtual environment), B the new.
@@ -18,6 +19,7 @@ Usage::
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,13 +31,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def run(python, args):
     cmd = [python, os.path.join(HERE, "bench_train.py"), "--worker", "cconv", "--threads", str(args.threads),
            "--repeat", str(args.repeat), "--images", str(args.images), "--batch", str(args.batch)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{python}: {proc.stderr.strip()[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     version = subprocess.run([python, "-c", "import cconv, os; print(os.path.dirname(cconv.__file__))"],
                              capture_output=True, text=True).stdout.strip()
-    return {"median": statistics.median(result["times"]), "times": result["times"], "loss": result["loss"],
+    return {"median": statistics.median(result["times"]), "times": result["times"], "cpu_s": cpu,
+            "loss": result["loss"],
             "threads": result["threads"], "peak_mb": result.get("peak_mb"), "cconv": version}
 
 
@@ -58,20 +64,26 @@ def main(argv=None):
         print(f"round {r + 1}/{args.rounds}: A {runs['a'][-1]['median']:.3f} s, B {runs['b'][-1]['median']:.3f} s, "
               f"B/A {runs['b'][-1]['median'] / runs['a'][-1]['median']:.3f}", flush=True)
     ratios = [b["median"] / a["median"] for a, b in zip(runs["a"], runs["b"])]
+    cpu_ratios = [b["cpu_s"] / a["cpu_s"] for a, b in zip(runs["a"], runs["b"])]
     summary = {}
     for key in ("a", "b"):
         t = [x["median"] for x in runs[key]]
         summary[key] = {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
     summary["ratio_b_over_a"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    summary["cpu_ratio_b_over_a"] = {"median": statistics.median(cpu_ratios), "min": min(cpu_ratios),
+                                     "max": max(cpu_ratios)}
     for key, label in (("a", "A"), ("b", "B")):
         s = summary[key]
         print(f"{label} ({runs[key][0]['cconv']}): median {s['median_s']:.3f} s, range {s['min_s']:.3f}-{s['max_s']:.3f} s")
     r = summary["ratio_b_over_a"]
     print(f"B/A per round: median {r['median']:.3f}, range {r['min']:.3f}-{r['max']:.3f} ({args.rounds} rounds)")
+    c = summary["cpu_ratio_b_over_a"]
+    print(f"B/A of the whole worker process's CPU time (imports, data, warm-up and epochs): median "
+          f"{c['median']:.3f}, range {c['min']:.3f}-{c['max']:.3f}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"engine-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(path, "w") as f:
-        json.dump({"args": vars(args), "runs": runs, "ratios": ratios, "summary": summary,
+        json.dump({"args": vars(args), "runs": runs, "ratios": ratios, "cpu_ratios": cpu_ratios, "summary": summary,
                    "load": os.getloadavg()}, f, indent=1)
     print(f"written {path}")
     return 0
