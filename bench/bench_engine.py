@@ -11,6 +11,11 @@ other jobs on a shared machine). The raw numbers go to ``bench/results/engine-<t
 Used to check that a change of the training engine costs nothing: A is the old code
 (e.g. main's virtual environment), B the new.
 
+``--measure step`` times something steadier on a shared machine: the CPU time
+(``time.process_time``) of one ``train_on_batch`` of the paper network on a batch of 128,
+one thread everywhere (cconv and BLAS), the median of ``--steps`` steps after 3 warm-up
+steps, each run in its own process.
+
 Usage::
 
     python bench/bench_engine.py --python-a /work/venvs/main/bin/python \\
@@ -28,7 +33,44 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+STEP_WORKER = """
+import json, statistics, sys, time
+import numpy as np
+import cconv
+from threadpoolctl import threadpool_limits
+sys.path.insert(0, {here!r})
+from bench_train import _data
+from cconv import optim
+from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+cconv.set_num_threads(1)
+threadpool_limits(1)
+x, y = _data({batch})
+model = cconv.Sequential([
+    Conv2D(32, 3, activation="relu"), MaxPool2D(2), Conv2D(64, 3, activation="relu"), MaxPool2D(2),
+    Conv2D(128, 3, activation="relu"), MaxPool2D(2), Flatten(), Dense(128, activation="relu"),
+    Dense(256, activation="relu"), Dropout(0.5), Dense(34, activation="softmax")],
+    input_shape=(64, 64, 3), seed=0)
+model.compile(optim.Adam(lr=1e-3), "categorical_crossentropy")
+for _ in range(3):
+    model.train_on_batch(x, y)
+times = []
+for _ in range({steps}):
+    t = time.process_time()
+    logs = model.train_on_batch(x, y)
+    times.append(time.process_time() - t)
+print(json.dumps({{"times": times, "loss": logs["loss"], "threads": 1}}))
+"""
+
+
 def run(python, args):
+    if args.measure == "step":
+        code = STEP_WORKER.format(here=HERE, batch=args.batch, steps=args.steps)
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=HERE)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{python}: {proc.stderr.strip()[-2000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"median": statistics.median(result["times"]), "times": result["times"], "cpu_s": 1.0,
+                "loss": result["loss"], "threads": 1, "cconv": _where(python)}
     cmd = [python, os.path.join(HERE, "bench_train.py"), "--worker", "cconv", "--threads", str(args.threads),
            "--repeat", str(args.repeat), "--images", str(args.images), "--batch", str(args.batch)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -38,11 +80,15 @@ def run(python, args):
     if proc.returncode != 0:
         raise RuntimeError(f"{python}: {proc.stderr.strip()[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    version = subprocess.run([python, "-c", "import cconv, os; print(os.path.dirname(cconv.__file__))"],
-                             capture_output=True, text=True).stdout.strip()
+    version = _where(python)
     return {"median": statistics.median(result["times"]), "times": result["times"], "cpu_s": cpu,
             "loss": result["loss"],
             "threads": result["threads"], "peak_mb": result.get("peak_mb"), "cconv": version}
+
+
+def _where(python):
+    return subprocess.run([python, "-c", "import cconv, os; print(os.path.dirname(cconv.__file__))"],
+                          capture_output=True, text=True).stdout.strip()
 
 
 def main(argv=None):
@@ -54,6 +100,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=1777)
     p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--measure", choices=("epoch", "step"), default="epoch",
+                   help="wall time of epochs (bench_train's worker) or CPU time of single steps")
+    p.add_argument("--steps", type=int, default=15, help="timed steps per run with --measure step")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
     runs = {"a": [], "b": []}
@@ -78,10 +127,11 @@ def main(argv=None):
     r = summary["ratio_b_over_a"]
     print(f"B/A per round: median {r['median']:.3f}, range {r['min']:.3f}-{r['max']:.3f} ({args.rounds} rounds)")
     c = summary["cpu_ratio_b_over_a"]
-    print(f"B/A of the whole worker process's CPU time (imports, data, warm-up and epochs): median "
-          f"{c['median']:.3f}, range {c['min']:.3f}-{c['max']:.3f}")
+    if args.measure == "epoch":
+        print(f"B/A of the whole worker process's CPU time (imports, data, warm-up and epochs): median "
+              f"{c['median']:.3f}, range {c['min']:.3f}-{c['max']:.3f}")
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"engine-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path = os.path.join(args.out, f"engine-{args.measure}-{time.strftime('%Y%m%d-%H%M%S')}.json")
     with open(path, "w") as f:
         json.dump({"args": vars(args), "runs": runs, "ratios": ratios, "cpu_ratios": cpu_ratios, "summary": summary,
                    "load": os.getloadavg()}, f, indent=1)
