@@ -447,9 +447,7 @@ class SkipNonFinite(Callback):
 
     def __init__(self, max_skips=None, verbose=1):
         super().__init__()
-        if max_skips is not None and (not isinstance(max_skips, (int, np.integer)) or max_skips < 0):
-            raise ValueError(f"max_skips must be None or a non-negative int, got {max_skips!r}")
-        self.max_skips = max_skips
+        self.max_skips = None if max_skips is None else V.non_negative_int(max_skips, "max_skips")
         self.verbose = verbose
         self.skipped = []
 

@@ -276,8 +276,7 @@ def _channels_objective(channels):
 
 def _check_am_arguments(steps, lr, jitter, blur_every, blur_sigma, l2, pre_activation):
     for value, name in ((steps, "steps"), (jitter, "jitter"), (blur_every, "blur_every")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        V.non_negative_int(value, name)
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     if blur_every and not blur_sigma > 0:
@@ -307,8 +306,7 @@ def _activation_maximization_batch(model, stop, channels, steps, lr, jitter, blu
     _check_am_arguments(steps, lr, jitter, blur_every, blur_sigma, l2, pre_activation)
     n_channels = model.layer_output(model.layers[stop]).shape[-1]
     for c in channels:
-        if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
-            raise ValueError(f"channel must be an int, got {c!r}")
+        V.integer(c, "channel")
         if not 0 <= c < n_channels:
             raise ValueError(f"channel {c} is out of range for layer {model.layers[stop].name!r} "
                              f"with {n_channels} channels")
@@ -476,8 +474,7 @@ def saliency_map(model, image, class_index=None):
     x = _image_batch(model, image)
     if class_index is None:
         class_index = int(np.argmax(model.predict(x)[0]))
-    if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)):
-        raise ValueError(f"class_index must be an int, got {class_index!r}")
+    V.integer(class_index, "class_index")
     n_classes = model.output_shape[-1]
     if not 0 <= class_index < n_classes:
         raise ValueError(f"class_index {class_index} is out of range for {n_classes} classes")
