@@ -2,7 +2,8 @@
 
 This module knows the file, not the model: :mod:`cconv.saving` decides what a model puts in
 it (``cconv.load_model`` and ``Model.save`` are the entry points), :mod:`cconv.checkpoint`
-what a training checkpoint adds. It imports nothing of cconv's but the version.
+what a training checkpoint adds. It imports nothing of cconv's but the version and the
+atomic writer (:mod:`cconv._atomic`).
 
 File format (``format_version`` 2; version 1 files are read too)
 ----------------------------------------------------------------
@@ -39,12 +40,11 @@ config is read and its format checked before any array, and its JSON may nest at
 import hashlib
 import json
 import os
-import re
-import stat
 import zipfile
 
 import numpy as np
 
+from ._atomic import write_atomic
 from ._version import __version__
 
 FORMAT = "cconv-model"
@@ -114,66 +114,16 @@ def _checksum(arrays):
 # --------------------------------------------------------------------------------------
 # Raw file layer: a dict of arrays + a JSON document, checksummed, written atomically
 # --------------------------------------------------------------------------------------
-def _fsync_dir(directory):
-    """fsync a directory so a rename inside it survives a power cut (POSIX only)."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
-
-
 class _RefusedFile(ValueError):
     """A file refused on purpose (not merely damaged)."""
-
-
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
-
-
-def _remove_stale_temporaries(directory, basename):
-    """Remove temporary files of earlier saves to ``basename`` whose writer has died."""
-    if os.name != "posix":
-        return
-    try:
-        entries = os.listdir(directory)
-    except OSError:
-        return
-    for entry in entries:
-        m = _TMP_RE.match(entry)
-        if m is None or m.group("name") != basename:
-            continue
-        pid = int(m.group("pid"))
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            try:
-                os.remove(os.path.join(directory, entry))
-            except OSError:
-                pass
-        except OSError:  # exists but belongs to someone else: leave it
-            continue
-
-
-def _target_mode(path):
-    """``(permission bits, uid, gid)`` of an existing ``path``, or None for a new file."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return stat.S_IMODE(st.st_mode) & 0o777, st.st_uid, st.st_gid
 
 
 def write_file(path, document, arrays):
     """Write ``document`` (JSON-able dict) and ``arrays`` to ``path`` atomically.
 
     A file that ``path`` replaces keeps its permission bits (and, where the process may
-    set them, its owner and group); a new file gets the permissions the umask gives.
+    set them, its owner and group); a new file gets the permissions the umask gives
+    (see :mod:`cconv._atomic`).
 
     Parameters
     ----------
@@ -185,15 +135,6 @@ def write_file(path, document, arrays):
     arrays : dict of str to ndarray
         Numeric arrays (no object dtype). Names must not start with ``__``.
     """
-    path = os.fspath(path)
-    basename = os.path.basename(path)
-    if not basename or basename in (".", ".."):
-        raise ValueError(f"cannot save to {path!r}: the path must name a file")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save to {path!r}: directory {directory!r} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot save to {path!r}: it is a directory")
     members = {}
     for name, a in arrays.items():
         if name.startswith("__"):
@@ -206,34 +147,7 @@ def write_file(path, document, arrays):
     members[_CONFIG_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     digest = _checksum(members)
     members[_CHECKSUM_KEY] = np.frombuffer(digest.encode("ascii"), dtype=np.uint8)
-
-    _remove_stale_temporaries(directory, basename)
-    tmp = os.path.join(directory, f".{basename}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    old = _target_mode(path)
-    # Replacing a file: the temporary starts private and takes the old file's bits before
-    # the rename. A new file: 0o666 less the umask, as open() would give.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                 0o600 if old else 0o666)
-    try:
-        with open(fd, "wb") as f:
-            if old is not None and os.name == "posix":
-                mode, uid, gid = old
-                try:
-                    os.fchown(f.fileno(), uid, gid)
-                except OSError:   # not ours to give away: keep the owner, keep the bits
-                    pass
-                os.fchmod(f.fileno(), mode)
-            np.savez(f, **members)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    write_atomic(path, lambda f: np.savez(f, **members))
 
 
 #: Deepest nesting of lists and objects accepted in a file's JSON config. cconv writes
