@@ -22,7 +22,7 @@ from . import functional as functional
 _SUBMODULES = {
     "layers", "losses", "optim", "initializers", "callbacks", "model", "models",
     "training", "checkpoint", "gradients", "saving", "symbolic",
-    "datasets", "viz", "adversarial", "kernels", "io", "cli",
+    "datasets", "viz", "adversarial", "kernels", "io", "cli", "safetensors",
 }
 _NAMES = {
     "Model": "model",

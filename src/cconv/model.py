@@ -603,8 +603,17 @@ class Model:
         from . import saving
         saving.save_model(self, path, include_optimizer=include_optimizer)
 
+    def save_weights(self, path, format=None):
+        """Save the weights and layer state (not the architecture's code, not the optimizer)
+        to ``path``: safetensors for a name ending in ``.safetensors`` (tensors named
+        ``"<layer>/<key>"``, readable by any safetensors reader), else cconv's ``.npz``; or
+        choose with ``format="safetensors"`` / ``"cconv"``. See :func:`cconv.saving.save_weights`."""
+        from . import saving
+        saving.save_weights(self, path, format=format)
+
     def load_weights(self, path):
-        """Load weights and layer state from a file saved by :meth:`save` into this model.
+        """Load weights and layer state into this model from a file written by
+        :meth:`save_weights` (either format) or :meth:`save`.
 
         Raises ValueError naming every array whose shape does not match.
         """

@@ -25,7 +25,7 @@ import numpy as np
 from . import io as _io
 from ._version import __version__
 
-__all__ = ["save_model", "load_model", "load_weights", "model_document", "model_config",
+__all__ = ["save_model", "load_model", "save_weights", "load_weights", "model_document", "model_config",
            "architecture", "read", "layer_arrays", "assign_weights"]
 
 
@@ -181,9 +181,56 @@ def assign_weights(model, arrays_by_layer, path="<arrays>"):
         np.copyto(target, src, casting="unsafe")
 
 
+def _weights_format(path, format):
+    if format is None:
+        return "safetensors" if os.fspath(path).endswith(".safetensors") else "cconv"
+    if format not in ("cconv", "safetensors"):
+        raise ValueError(f"format must be 'cconv', 'safetensors' or None (from the file name), "
+                         f"got {format!r}")
+    return format
+
+
+def save_weights(model, path, format=None):
+    """Save the weights and layer state of ``model`` (no optimizer state) to ``path``.
+
+    ``format`` "safetensors" (the default for a name ending in ``.safetensors``) writes one
+    tensor per weight named ``"<layer>/<key>"`` (see :mod:`cconv.safetensors`); "cconv" (the
+    default otherwise) writes cconv's model file without the optimizer state. Either is
+    read back by :func:`load_weights`; both are written atomically.
+    """
+    if not model.built:
+        raise ValueError("cannot save the weights of a model that is not built")
+    if _weights_format(path, format) == "cconv":
+        save_model(model, path, include_optimizer=False)
+        return
+    from . import safetensors
+    tensors = {f"{layer.name}/{key}": arr for layer in model.layers for _, key, arr in layer.weights()}
+    safetensors.save_file(tensors, path, metadata={"format": "cconv-weights",
+                                                   "cconv_version": __version__,
+                                                   "layout": "NHWC activations, HWIO kernels"})
+
+
+def _safetensors_arrays(model, path):
+    """The tensors of a safetensors file as :func:`assign_weights` takes them (the role of
+    each weight is the model's; a name the model lacks is reported by assign_weights)."""
+    from . import safetensors
+    roles = {(layer.name, key): role for layer in model.layers for role, key, _ in layer.weights()}
+    out = {}
+    for name, arr in safetensors.load_file(path).items():
+        lname, _, key = name.partition("/")
+        role = roles.get((lname, key), "param")
+        out.setdefault(lname, {"param": {}, "state": {}})[role][key] = arr
+    return out
+
+
 def load_weights(model, path):
-    """Load the weights and layer state of the file at ``path`` into ``model``."""
+    """Load the weights and layer state of the file at ``path`` into ``model``: a cconv model
+    or weights file, or a safetensors file (told apart by their contents)."""
+    from . import safetensors
     path = os.fspath(path)
+    if safetensors.is_safetensors(path):
+        assign_weights(model, _safetensors_arrays(model, path), path)
+        return
     document, arrays = read(path)
     assign_weights(model, layer_arrays(document, arrays, path), path)
 
