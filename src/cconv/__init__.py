@@ -22,7 +22,7 @@ from . import functional as functional
 _SUBMODULES = {
     "layers", "losses", "optim", "initializers", "callbacks", "model", "models",
     "training", "checkpoint", "gradients", "saving", "symbolic",
-    "datasets", "viz", "adversarial", "kernels", "io", "cli", "safetensors",
+    "datasets", "viz", "adversarial", "kernels", "io", "cli", "safetensors", "onnx",
 }
 _NAMES = {
     "Model": "model",

@@ -603,6 +603,16 @@ class Model:
         from . import saving
         saving.save_model(self, path, include_optimizer=include_optimizer)
 
+    def export(self, path, format="onnx", **kwargs):
+        """Export the model for inference elsewhere (Keras's name): ``format="onnx"`` (the
+        only one) writes an ONNX file with NHWC inputs and outputs and a dynamic batch size;
+        keyword arguments (``opset_version``, ``dtype``) go to :func:`cconv.onnx.export`,
+        which documents the graph. Needs the ``onnx`` package (``pip install 'cconv[onnx]'``)."""
+        if format != "onnx":
+            raise ValueError(f"format must be 'onnx' (the only export format), got {format!r}")
+        from . import onnx as _onnx
+        _onnx.export(self, path, **kwargs)
+
     def save_weights(self, path, format=None):
         """Save the weights and layer state (not the architecture's code, not the optimizer)
         to ``path``: safetensors for a name ending in ``.safetensors`` (tensors named
