@@ -261,7 +261,9 @@ def _compile_from_config(model, cfg, version):
 
 
 def load_model(path, compile=True, custom_objects=None):
-    """Load a model saved by :meth:`cconv.Model.save` / :func:`save_model`.
+    """Load a model saved by :meth:`cconv.Model.save` / :func:`save_model`, or an ONNX model
+    (a path ending in ``.onnx``: see :func:`cconv.onnx.load`, which needs the ``onnx``
+    package; ``compile`` and ``custom_objects`` do not apply to it).
 
     Nothing in the file is executed: the file is a zip of numeric ``.npy`` arrays read with
     ``allow_pickle=False`` and a JSON config; layers are rebuilt from their class names in
@@ -290,6 +292,9 @@ def load_model(path, compile=True, custom_objects=None):
     from .model import Model, Sequential
 
     path = os.fspath(path)
+    if path.lower().endswith(".onnx"):
+        from . import onnx
+        return onnx.load(path)
     document, arrays = read(path)
     kind, config = model_config(document)
     if kind not in ("Sequential", "Model"):

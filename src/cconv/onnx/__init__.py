@@ -10,7 +10,7 @@ import os
 from .._atomic import write_atomic
 from ._common import EXPORT_OPSETS, require_onnx
 
-__all__ = ["export", "to_onnx", "exportable_layers", "EXPORT_OPSETS"]
+__all__ = ["export", "to_onnx", "load", "exportable_layers", "supported_ops", "EXPORT_OPSETS"]
 
 
 def to_onnx(model, opset_version=17, dtype=None):
@@ -68,3 +68,70 @@ def exportable_layers():
     """The names of the layer classes :func:`export` converts."""
     from . import _export
     return _export.exportable_layers()
+
+
+def load(model, dtype=None):
+    """Build a trainable cconv :class:`~cconv.Model` from an ONNX model (a path or an
+    ``onnx.ModelProto``); ``cconv.load_model("model.onnx")`` calls this.
+
+    Layout: a graph whose image inputs are NCHW (PyTorch's) becomes a cconv model with NHWC
+    inputs: ``model.predict(x.transpose(0, 2, 3, 1))`` gives what the graph gives for
+    ``x``; image outputs are NHWC (``out.transpose(0, 3, 1, 2)`` is the graph's). Kernels are
+    converted (OIHW -> HWIO), and the Dense kernel after a flattened NCHW image has its rows
+    permuted, because cconv flattens NHWC. A graph whose image input is NHWC followed by a
+    Transpose to NCHW (as :func:`export` writes, or TensorFlow converters) keeps NHWC inputs
+    and its outputs as they are, so an exported model imports with identical predictions.
+
+    Supported operators (default domain, opset 13 or newer): ``SUPPORTED_OPS``. Conv with
+    groups, dilations, pads (asymmetric too) or auto_pad; ConvTranspose (pads, output_padding,
+    output_shape); Gemm, or MatMul with a constant weight (and the Add of a bias); MaxPool and
+    AveragePool (2-D, no dilation, ceil_mode only where it gives the floor's size,
+    count_include_pad=1 when padded); Global pools; BatchNormalization (inference form);
+    Relu, LeakyRelu, Elu, Gelu, Sigmoid, Tanh, Softmax; elementwise maths of one tensor that
+    computes GELU (PyTorch's erf form before opset 20, or the tanh form), SiLU, sigmoid, tanh
+    or ReLU (recognised by evaluating it on sample points); Add/Sum, Sub, Mul of same-shaped
+    tensors; Concat; Flatten, Reshape, Squeeze, Unsqueeze (the batch kept first; shapes
+    computed with Shape/Gather/Unsqueeze/Concat/Cast/Slice are folded); Transpose between
+    NCHW and NHWC; Resize by whole factors, nearest or linear, where it samples as
+    UpSampling2D does; Pad with zeros (negative pads crop) and Slice of height/width;
+    Dropout (a cconv Dropout layer for fine-tuning), Identity, Constant.
+
+    Anything else is refused with a ValueError naming the node and its operator. The model
+    is built in float32 (float64 for a float64 graph), not compiled, and trainable: compile
+    it and ``fit`` to fine-tune.
+
+    Hostile files: the file is parsed by protobuf (a truncated or corrupt file is refused),
+    every tensor's declared shape is checked against the bytes that hold it before an array
+    is made, external data is read only from files inside the model's folder (no absolute
+    paths, no '..', no links out) and ranges of it may not overlap, so a model costs at most
+    the size of its files; nothing in the file is executed and nothing is written.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or onnx.ModelProto
+    dtype : {None, "float32", "float64"}
+        Of the cconv model; None: the graph's input dtype.
+
+    Raises
+    ------
+    ImportError
+        The ``onnx`` package is missing.
+    ValueError
+        A file that is not a valid ONNX model, an operator or attribute cconv cannot take
+        (the message names the node), a tensor whose data does not match its shape.
+    """
+    onnx = require_onnx()
+    from . import _import, _read
+    if isinstance(model, onnx.ModelProto):
+        proto, folder, where = model, None, "<ModelProto>"
+    else:
+        where = os.fspath(model)
+        proto = _read.parse(where)
+        folder = os.path.dirname(os.path.abspath(where))
+    return _import.convert(proto, folder=folder, where=where, dtype=dtype)
+
+
+def supported_ops():
+    """The ONNX operators :func:`load` converts (default domain)."""
+    from . import _import
+    return list(_import.SUPPORTED_OPS)

@@ -26,3 +26,13 @@ def nhwc_axis_to_nchw(axis, rank):
     """The NCHW axis of an axis of a rank-4 NHWC tensor (negative axes allowed)."""
     a = axis % rank
     return TO_NCHW.index(a) if rank == 4 else a
+
+
+def unique_name(base, taken):
+    """``base``, or ``base_1``, ``base_2``... whichever is not in ``taken`` (then added)."""
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name

@@ -14,7 +14,8 @@ import numpy as np
 from .. import functional as F
 from .. import layers as L
 from .._version import __version__
-from ._common import EXPORT_OPSETS, TO_NCHW, TO_NHWC, nhwc_axis_to_nchw, require_onnx
+from ._common import (EXPORT_OPSETS, TO_NCHW, TO_NHWC, nhwc_axis_to_nchw, require_onnx,
+                      unique_name)
 
 
 class _Graph:
@@ -28,12 +29,7 @@ class _Graph:
         self._taken = set()
 
     def name(self, base):
-        name, i = base, 0
-        while name in self._taken:
-            i += 1
-            name = f"{base}_{i}"
-        self._taken.add(name)
-        return name
+        return unique_name(base, self._taken)
 
     def reserve(self, names):
         """Keep ``names`` (the graph's inputs and outputs) from intermediate values."""
