@@ -593,6 +593,12 @@ def _fold_transpose(c, n):
     c.const[n.output[0]] = np.transpose(x, None if perm is None else [int(p) for p in perm])
 
 
+def _fold_shape(c, n):
+    a = c.attrs(n)
+    shape = np.asarray(np.shape(c.const[n.input[0]]), np.int64)
+    c.const[n.output[0]] = shape[int(a.get("start", 0)):a.get("end", None)]
+
+
 def _fold_identity(c, n):
     c.const[n.output[0]] = c.const[n.input[0]]
 
@@ -610,6 +616,7 @@ def _fold_math(c, n):
 _FOLD = {"Gather": _fold_gather, "Unsqueeze": _fold_unsqueeze, "Squeeze": _fold_squeeze,
          "Concat": _fold_concat, "Cast": _fold_cast, "Slice": _fold_slice,
          "Identity": _fold_identity, "ConstantOfShape": _fold_constant_of_shape,
+         "Shape": _fold_shape,
          "Reshape": _fold_reshape, "Transpose": _fold_transpose,
          **{op: _fold_math for op in _MATH}}
 
