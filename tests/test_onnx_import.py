@@ -128,6 +128,15 @@ def test_batch_norm_pools_and_global_pools():
     check(make(nodes, IMG, ["y"], inits), IMG)
 
 
+def test_batch_norm_after_an_nchw_flatten_permutes_its_parameters():
+    nodes = [node("Flatten", ["x"], "f"),
+             node("BatchNormalization", ["f", "g", "b", "m", "v"], "bn"), node("Gemm", ["bn", "G"], "y")]
+    F = 4 * 7 * 6
+    inits = {"g": w(F, scale=1), "b": w(F), "m": w(F), "v": np.abs(w(F)) + 0.5, "G": w(F, 3)}
+    cm = check(make(nodes, IMG, ["y"], inits), IMG)
+    assert [type(l) for l in cm.layers] == [L.Flatten, L.BatchNorm2D, L.Dense]
+
+
 def test_reduce_mean_is_a_global_pool():
     nodes = [node("ReduceMean", ["x"], "r", axes=[2, 3], keepdims=1), node("Conv", ["r", "W"], "y")]
     cm = check(make(nodes, IMG, ["y"], {"W": w(3, 4, 1, 1)}, opset=17), IMG)
