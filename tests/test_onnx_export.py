@@ -1,9 +1,6 @@
 """ONNX export: every layer, the paper network, a residual and a two-input network give ONNX
 Runtime's predictions within 1e-5 (relative to the output's scale, float32) of cconv's, and
 import back with the same predictions."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -257,29 +254,3 @@ def test_export_replaces_a_file_atomically(tmp_path):
     cconv.Sequential([L.Flatten()], input_shape=(2, 2, 1)).export(path)
     assert (path.stat().st_mode & 0o777) == 0o640 and onnx.load(str(path)).graph.node
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
-
-
-def test_onnx_is_optional(tmp_path):
-    """import cconv, training and saving never import onnx; export and import without it
-    raise ImportError naming the extra."""
-    code = f"""
-import sys, numpy as np
-import cconv
-m = cconv.models.digits_cnn(seed=0)
-m.compile("adam", "categorical_crossentropy")
-m.fit(np.zeros((4, 8, 8, 1)), np.eye(10)[:4], epochs=1, verbose=0)
-m.save({str(tmp_path / 'm.npz')!r}); m.save_weights({str(tmp_path / 'w.safetensors')!r})
-cconv.load_model({str(tmp_path / 'm.npz')!r})
-assert "onnx" not in sys.modules and "onnxruntime" not in sys.modules, sorted(sys.modules)
-sys.modules["onnx"] = None            # as if not installed
-for f in (lambda: m.export({str(tmp_path / 'x.onnx')!r}), lambda: cconv.load_model("x.onnx")):
-    try:
-        f()
-    except ImportError as e:
-        assert "cconv[onnx]" in str(e), e
-    else:
-        raise AssertionError("no ImportError")
-print("ok")
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -265,7 +265,7 @@ class _Converter:
             esc = escapes[0]
             cls, kwargs, members = self.regions[esc]
             users = self.consumers.get(out_name, [])
-            if cls is not None and all(id(u) in members for u in users):
+            if cls not in (None, "unknown") and all(id(u) in members for u in users):
                 return (cls, kwargs), esc, [u for u in self.graph.node if id(u) in members]
         return None
 
