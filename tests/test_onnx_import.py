@@ -387,6 +387,19 @@ def test_sizes_far_beyond_memory_are_refused_before_allocating(tmp_path):
         cconv.load_model(tmp_path / "m.onnx")
 
 
+def test_huge_declared_images_cost_nothing_until_run():
+    """Sizes in the graph's input are only shapes: a declared 3 x 100000 x 100000 image
+    neither allocates its flatten order nor the resize check."""
+    big = {"x": (3, 100_000, 100_000)}
+    nodes = [node("Flatten", ["x"], "f", name="flat"), node("Gemm", ["f", "G"], "y", name="fc")]
+    with pytest.raises(ValueError, match="node 'flat'.*more than"):
+        cconv.onnx.load(make(nodes, big, ["y"], {"G": w(3, 2)}))
+    nodes = [node("Resize", ["x", "", "s"], "r", mode="linear"), node("Conv", ["r", "W"], "y")]
+    cm = cconv.onnx.load(make(nodes, big, ["y"], {"s": np.array([1, 1, 2, 2], np.float32),
+                                                 "W": w(2, 3, 1, 1)}))
+    assert cm.output_shape == (200_000, 200_000, 2)
+
+
 def _external(tmp_path, location, folder="model"):
     """The conv model with its weight W in external data at ``location``."""
     d = tmp_path / folder

@@ -87,9 +87,19 @@ class _Val:
 _Layout = namedtuple("_Layout", "kind perm shape")
 
 
+#: The most features whose order :func:`_nchw_order` computes (a 128 MiB index): a graph may
+#: declare any image size, and the index is made before the Dense kernel that would bound it.
+MAX_REORDERED_FEATURES = 1 << 24
+
+
 def _nchw_order(c, h, w):
     """``perm`` of an NCHW image flattened NHWC: cconv feature (h, w, c) is ONNX feature
-    ``c * H * W + h * W + w``."""
+    ``c * H * W + h * W + w``; None when that is the same order (C or H * W is 1)."""
+    if c == 1 or h * w == 1:
+        return None
+    if c * h * w > MAX_REORDERED_FEATURES:
+        raise _NodeError(f"flattening an NCHW image of {c} x {h} x {w} into more than "
+                         f"{MAX_REORDERED_FEATURES} features is not supported")
     return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
 
 
@@ -181,9 +191,9 @@ class _Converter:
                       + (" in NHWC order (add a Transpose to NCHW)" if v.kind == "plain"
                          and len(v.shape) == 3 else ""))
         c, h, w = v.shape
-        order = _nchw_order(c, h, w)
         if not ((v.perm is None and (h * w == 1 or c == 1)) or
-                (v.perm is not None and np.array_equal(v.perm, order))):
+                (v.perm is not None and v.perm.size == c * h * w
+                 and np.array_equal(v.perm, _nchw_order(c, h, w)))):
             self.fail(f"reshaping features into an NCHW image (N, {shape}) would reorder them: "
                       f"cconv's Reshape fills images in NHWC order")
         return self.call(L.Reshape, {"target_shape": (h, w, c)}, v.sym,
@@ -812,9 +822,10 @@ def _reshaped(c, v, rest):
     y = c.call(L.Flatten, {}, v.sym)
     perm = None
     if v.kind == "nchw":
-        perm = _nchw_order(*v.shape)
-        if np.array_equal(perm, np.arange(perm.size)):
-            perm = None
+        try:
+            perm = _nchw_order(*v.shape)
+        except _NodeError as exc:
+            c.fail(str(exc))
     return _Val(y, "flat", perm, rest)
 
 
@@ -841,14 +852,14 @@ def _flatten(c, n, a):
     axis = int(a.get("axis", 1))
     if axis % (len(v.shape) + 1) != 1:
         c.fail(f"axis={axis} is not supported: cconv flattens every axis but the batch (axis=1)")
-    c.vals[n.output[0]] = _reshaped(c, v, (int(np.prod(v.shape)),))
+    c.vals[n.output[0]] = _reshaped(c, v, (math.prod(v.shape),))
 
 
 def _reshape(c, n, a):
     v = c.value(n.input[0])
     target = list(np.asarray(c.constant(n.input[1], "the shape")).ravel())
     allowzero = int(a.get("allowzero", 0))
-    size = int(np.prod(v.shape))
+    size = math.prod(v.shape)
     where = f"cannot reshape (N, {', '.join(map(str, v.shape))}) to {target}"
     if not target or not (target[0] == _BATCH or target[0] == -1 or (target[0] == 0 and not allowzero)):
         c.fail(f"{where}: the batch dimension must stay first")
@@ -866,12 +877,12 @@ def _reshape(c, n, a):
         rest.append(t)
     if rest.count(-1) > 1 or (target[0] == -1 and -1 in rest):
         c.fail(f"{where}: more than one -1")
-    known = int(np.prod([t for t in rest if t != -1]))
+    known = math.prod(t for t in rest if t != -1)
     if -1 in rest:
         if size % known:
             c.fail(where)
         rest[rest.index(-1)] = size // known
-    if int(np.prod(rest)) != size:
+    if math.prod(rest) != size:
         c.fail(f"{where}: the sizes differ (the batch size would change)")
     c.vals[n.output[0]] = _reshaped(c, v, rest)
 
@@ -1021,7 +1032,14 @@ def _concat(c, n, a):
         y = c.call(L.Concatenate, {"axis": axis}, [v.sym for v in vals])
         c.vals[n.output[0]] = _Val(y, "plain")
         return
+    if rank == 2 and kinds <= {"flat", "plain"} and all(v.perm is None for v in vals):
+        y = c.call(L.Concatenate, {"axis": -1}, [v.sym for v in vals])
+        c.vals[n.output[0]] = _Val(y, "flat", None, (sum(v.shape[0] for v in vals),))
+        return
     if rank == 2 and kinds <= {"flat", "plain"}:
+        if sum(v.shape[0] for v in vals) > MAX_REORDERED_FEATURES:
+            c.fail(f"concatenating more than {MAX_REORDERED_FEATURES} reordered features is "
+                   f"not supported")
         perms, offset = [], 0
         for v in vals:
             perms.append((np.arange(v.shape[0]) if v.perm is None else v.perm) + offset)
@@ -1103,10 +1121,14 @@ def _resize(c, n, a):
     if any(f != int(f) or f < 1 for f in factors):
         c.fail(f"scale factors {factors}: cconv upsamples by whole factors >= 1")
     sh, sw = int(factors[0]), int(factors[1])
+    if max(sh, sw) > 1 << 12:
+        c.fail(f"scale factors {factors} above {1 << 12} are not supported")
+    # The sampling pattern repeats along the axis (only align_corners depends on the size,
+    # and differs from cconv's for every size above 1): 16 pixels decide as well as H.
     for interpolation in ("nearest", "bilinear"):
         if all(np.allclose(_onnx_resize_matrix(c, a, size, s),
                            _cconv_upsample_matrix(size, s, interpolation), atol=1e-9)
-               for size, s in ((H, sh), (W, sw))):
+               for size, s in ((min(H, 16), sh), (min(W, 16), sw))):
             y = c.call(L.UpSampling2D, {"size": (sh, sw), "interpolation": interpolation}, x)
             c.vals[n.output[0]] = _Val(y, "nchw")
             return
