@@ -111,8 +111,8 @@ def test_import_cconv_stays_light(tmp_path):
         import sys
         import cconv
         heavy = sorted(m for m in ("scipy.linalg", "matplotlib", "PIL", "sklearn", "torch",
-                                   "cconv.layers", "cconv.model", "cconv.viz",
-                                   "cconv.datasets") if m in sys.modules)
+                                   "onnx", "onnxruntime", "cconv.layers", "cconv.model",
+                                   "cconv.viz", "cconv.datasets") if m in sys.modules)
         print(",".join(heavy))
     """
     proc = _run_python(code, {}, tmp_path)
@@ -131,6 +131,9 @@ _NO_EXTRAS = {"matplotlib": "missing", "PIL": "missing", "sklearn": "missing"}
      {"PIL": "missing"}, "cconv[viz]"),
     ("import cconv.datasets as d; d.load_digits()", _NO_EXTRAS, "cconv[data]"),
     ("import cconv.datasets as d; d.load_lfw('.')", _NO_EXTRAS, "cconv[data]"),
+    ("import cconv; cconv.Sequential([cconv.layers.Flatten()], input_shape=(2, 1)).export('m.onnx')",
+     {"onnx": "missing"}, "cconv[onnx]"),
+    ("import cconv; cconv.load_model('m.onnx')", {"onnx": "missing"}, "cconv[onnx]"),
 ])
 def test_missing_extra_names_the_extra(call, blocked, extra, tmp_path):
     proc = _run_python(call, blocked, tmp_path)

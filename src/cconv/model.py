@@ -607,7 +607,7 @@ class Model:
         """Export the model for inference elsewhere (Keras's name): ``format="onnx"`` (the
         only one) writes an ONNX file with NHWC inputs and outputs and a dynamic batch size;
         keyword arguments (``opset_version``, ``dtype``) go to :func:`cconv.onnx.export`,
-        which documents the graph. Needs the ``onnx`` package (``pip install 'cconv[onnx]'``)."""
+        which documents the graph. Needs the ``onnx`` package (``pip install "cconv[onnx]"``)."""
         if format != "onnx":
             raise ValueError(f"format must be 'onnx' (the only export format), got {format!r}")
         from . import onnx as _onnx

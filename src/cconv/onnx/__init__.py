@@ -1,4 +1,4 @@
-"""ONNX export and import. Needs the ``onnx`` package (``pip install 'cconv[onnx]'``); it is
+"""ONNX export and import. Needs the ``onnx`` package (``pip install "cconv[onnx]"``); it is
 imported when these functions run, never by ``import cconv``.
 
 Export: :func:`export` (``model.export(path)``) writes an inference-mode graph for ONNX

@@ -18,8 +18,8 @@ def require_onnx():
     try:
         return import_module("onnx")
     except ImportError as exc:
-        raise ImportError("cconv's ONNX export and import need the 'onnx' package: "
-                          "pip install 'cconv[onnx]' (or pip install onnx)") from exc
+        raise ImportError("cconv's ONNX export and import need the onnx package: "
+                          'pip install "cconv[onnx]"') from exc
 
 
 def nhwc_axis_to_nchw(axis, rank):
