@@ -21,7 +21,7 @@ from . import functional as functional
 
 _SUBMODULES = {
     "layers", "losses", "optim", "initializers", "callbacks", "model", "models",
-    "training", "checkpoint", "gradients", "saving", "symbolic",
+    "training", "checkpoint", "gradients", "saving", "symbolic", "distributed",
     "datasets", "viz", "adversarial", "kernels", "io", "cli", "safetensors", "onnx",
 }
 _NAMES = {

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from typing import Literal, TextIO
 
 _num_threads: int | None = None  # set by set_num_threads; None = decided by the environment
+_default_threads: int | None = None  # set_default_num_threads: this process's share of the CPUs
 _blas_controllers = None          # threadpoolctl LibControllers of the BLAS libraries
 
 
@@ -231,6 +232,22 @@ def set_num_threads(n: int | None) -> None:
     _num_threads = n
 
 
+def set_default_num_threads(n: int | None) -> None:
+    """Set the thread count used when neither :func:`set_num_threads` nor
+    ``OMP_NUM_THREADS`` chose one (None: the CPUs this process may use).
+
+    :mod:`cconv.distributed` sets it to this process's share of its node's cores, so that
+    several processes on one node do not oversubscribe it.
+    """
+    global _default_threads
+    _default_threads = None if n is None else _parse_positive(n, "n")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, bounded by a cgroup CPU quota."""
+    return _cpus()
+
+
 def get_num_threads() -> int:
     """The number of threads cconv's kernels use (see :func:`set_num_threads`)."""
     global _parallel_used
@@ -242,7 +259,7 @@ def get_num_threads() -> int:
         n = _env_int("OMP_NUM_THREADS", 1)
         if n is None:
             # omp_get_max_threads() honours OMP_NUM_THREADS and threadpoolctl's OpenMP limits.
-            n = max(1, min(_core().omp_max_threads(), _cpus()))
+            n = max(1, min(_core().omp_max_threads(), _cpus(), _default_threads or _cpus()))
         n = _capped(n, "the environment (OMP_NUM_THREADS)")
     if n > _threads_started:
         _start_threads(n)

@@ -33,7 +33,12 @@ class Callback:
         Set by ``fit`` before ``on_train_begin``.
     params : dict
         ``{"epochs", "steps", "batch_size", "samples", "verbose"}``, set by ``fit``.
+    rank_zero_only : bool (class attribute)
+        In ``fit(..., distributed=True)``, run on rank 0 only (callbacks that write files);
+        the others run on every rank, with the same logs.
     """
+
+    rank_zero_only = False
 
     def __init__(self):
         self.model = None
@@ -204,8 +209,11 @@ class ModelCheckpoint(Callback):
     Notes
     -----
     Every save is atomic (see :mod:`cconv.io`). To resume an interrupted run exactly
-    (optimizer, RNG and epoch position), use ``fit(checkpoint=..., resume=...)``.
+    (optimizer, RNG and epoch position), use ``fit(checkpoint=..., resume=...)``. In a
+    distributed fit only rank 0 saves.
     """
+
+    rank_zero_only = True
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto",
                  include_optimizer=True, verbose=0):
@@ -357,7 +365,11 @@ class CSVLogger(Callback):
     separator : str, default ","
     append : bool, default False
         Append to an existing file (no second header) instead of overwriting it.
+
+    In a distributed fit only rank 0 writes.
     """
+
+    rank_zero_only = True
 
     def __init__(self, path, separator=",", append=False):
         super().__init__()

@@ -196,6 +196,12 @@ class Model:
             slot[id(n.output)] = len(slot)
         self._n_slots = len(slot)
         self._steps = [_Step(n, slot) for n in nodes]
+        first = {}
+        for k, st in enumerate(self._steps):
+            first.setdefault(id(st.layer), k)
+        # A layer's gradients are final once the backward pass (which runs the steps in
+        # reverse) has passed its first call.
+        self._grads_final = [first[id(st.layer)] == k for k, st in enumerate(self._steps)]
         self._producer = {st.output: st for st in self._steps}
         self._slot_shape = [t.shape[1:] for t in ins] + [n.output.shape[1:] for n in nodes]
         self._out_slots = [slot[id(t)] for t in outs]
@@ -465,8 +471,14 @@ class Model:
             return None
         return dxs[0] if self._single_input else dxs
 
-    def run_backward(self, dys, input_grad=False):
-        """:meth:`backward` on a list of gradients (None for an output without one)."""
+    def run_backward(self, dys, input_grad=False, grads_ready=None):
+        """:meth:`backward` on a list of gradients (None for an output without one).
+
+        ``grads_ready(layer)``, if given, is called for each layer as soon as its gradients
+        are final in this pass (after the backward of its first call, for a shared layer),
+        while the layers before it are still to run: data-parallel training
+        (:mod:`cconv.distributed`) starts sending them there.
+        """
         if self._tape is None:
             raise RuntimeError("backward() needs a preceding forward(x, training=True) (or cache=True); "
                                "each backward releases what forward kept")
@@ -489,31 +501,38 @@ class Model:
             if st.output not in skip:
                 requires[st.output] = any(requires[s] for s in st.inputs) or _trainable(st.layer)
         for k in range(len(self._steps) - 1, -1, -1):
-            st = self._steps[k]
-            g = grads[st.output]
-            grads[st.output] = None
-            if g is None or st.output in skip or not requires[st.output]:
-                continue
-            layer = st.layer
-            layer.need_input_grad = any(requires[s] for s in st.inputs)
-            try:
-                dx = layer.backward(_conform(g, dt), saved[k])
-            finally:
-                layer.need_input_grad = True
-            if not any(requires[s] for s in st.inputs):
-                continue
-            parts = dx if st.multiple else [dx]
-            if len(parts) != len(st.inputs):
-                raise ValueError(f"layer {layer.name!r} returned {len(parts)} gradients for "
-                                 f"{len(st.inputs)} inputs")
-            for s, part, t in zip(st.inputs, parts, st.node.inputs):
-                if part is None or not requires[s]:
-                    continue
-                if part.shape[1:] != t.shape[1:]:
-                    raise ValueError(f"layer {layer.name!r} returned an input gradient of shape "
-                                     f"{part.shape} for an input of shape {_shape_str(t.shape[1:])}")
-                _accumulate(grads, owned, s, part)
+            self._backward_step(k, grads, owned, requires, saved[k], skip)
+            if grads_ready is not None and self._grads_final[k]:
+                grads_ready(self._steps[k].layer)
         return [grads[i] if grads[i] is not None else np.zeros_like(x) for i, x in enumerate(xs)]
+
+    def _backward_step(self, k, grads, owned, requires, saved, skip):
+        """Backward of step ``k``: its layer adds into its grads; its input gradients are
+        accumulated into ``grads``."""
+        st = self._steps[k]
+        g = grads[st.output]
+        grads[st.output] = None
+        if g is None or st.output in skip or not requires[st.output]:
+            return
+        layer = st.layer
+        layer.need_input_grad = any(requires[s] for s in st.inputs)
+        try:
+            dx = layer.backward(_conform(g, self.dtype), saved)
+        finally:
+            layer.need_input_grad = True
+        if not any(requires[s] for s in st.inputs):
+            return
+        parts = dx if st.multiple else [dx]
+        if len(parts) != len(st.inputs):
+            raise ValueError(f"layer {layer.name!r} returned {len(parts)} gradients for "
+                             f"{len(st.inputs)} inputs")
+        for s, part, t in zip(st.inputs, parts, st.node.inputs):
+            if part is None or not requires[s]:
+                continue
+            if part.shape[1:] != t.shape[1:]:
+                raise ValueError(f"layer {layer.name!r} returned an input gradient of shape "
+                                 f"{part.shape} for an input of shape {_shape_str(t.shape[1:])}")
+            _accumulate(grads, owned, s, part)
 
     # ------------------------------------------------------------------ training (cconv.training)
     def compile(self, optimizer="adam", loss="categorical_crossentropy", metrics=("accuracy",),
@@ -547,16 +566,17 @@ class Model:
         return self
 
     def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
-            callbacks=None, verbose=1, checkpoint=None, resume=None):
+            callbacks=None, verbose=1, checkpoint=None, resume=None, distributed=False):
         """Train the model; see :func:`cconv.training.fit` for every parameter.
 
         ``x`` is an array, or a list / dict (by input name) of arrays with several inputs;
-        ``y`` likewise for several outputs. Returns a :class:`History`.
+        ``y`` likewise for several outputs. ``distributed=True`` trains data-parallel over
+        the processes of ``mpirun`` (:mod:`cconv.distributed`). Returns a :class:`History`.
         """
         return _training.fit(self, x, y, epochs=epochs, batch_size=batch_size,
                             validation_split=validation_split, validation_data=validation_data,
                             shuffle=shuffle, callbacks=callbacks, verbose=verbose,
-                            checkpoint=checkpoint, resume=resume)
+                            checkpoint=checkpoint, resume=resume, distributed=distributed)
 
     def evaluate(self, x, y, batch_size=32, verbose=0):
         """Loss and metrics on ``(x, y)`` in inference mode: ``{"loss": ..., "accuracy": ...}``."""

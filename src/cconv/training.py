@@ -23,6 +23,7 @@ outputs' losses times ``loss_weights`` (default 1). Logs then hold ``"loss"`` (t
 and per output ``"<name>_loss"`` and ``"<name>_accuracy"``, named after the layer that
 makes the output.
 """
+import contextlib
 import math
 import os
 
@@ -316,25 +317,70 @@ def _take(arrays, index):
 # --------------------------------------------------------------------------------------
 # one step
 # --------------------------------------------------------------------------------------
-def loss_and_gradients(model, xs, ys, plan, training=False, input_grad=False):
+def loss_and_gradients(model, xs, ys, plan, training=False, input_grad=False, grads_ready=None):
     """Forward, losses and backward on one batch, without an update.
 
     ``xs`` are in the model's dtype, ``ys`` checked targets. Returns ``(logs, finite, dx)``:
     the losses and metrics, whether the loss is finite (no backward otherwise), and the
     input gradients (a list; None unless ``input_grad``). The layers' ``grads`` hold the
-    gradients of the weights.
+    gradients of the weights. ``grads_ready(layer)`` is called as each layer's gradients
+    become final (see :meth:`cconv.Model.run_backward`).
     """
     outs = model.run(xs, training, cache=True, pre_activation=plan.pre_activation)
     total, logs = plan.values(outs, ys)
     if not math.isfinite(total):
         return logs, False, None
     logs.update(plan.metrics(outs, ys))
-    dxs = model.run_backward(plan.gradients(), input_grad=input_grad)
+    dxs = model.run_backward(plan.gradients(), input_grad=input_grad, grads_ready=grads_ready)
     return logs, True, (dxs if input_grad else None)
 
 
-def _train_step(model, xs, ys, plan):
-    logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True)
+class _OneProcess:
+    """The hooks through which ``fit`` trains data-parallel, for training in this process
+    alone; :class:`cconv.distributed.DataParallel` implements them over MPI."""
+
+    is_root = True          # prints, writes checkpoints, runs rank_zero_only callbacks
+    grads_ready = None      # the backward pass's per-layer hook
+
+    def guard(self, agreed=()):
+        return contextlib.nullcontext()
+
+    def callbacks(self, model, checkpointing):
+        return []
+
+    def start(self, model, settings, start_epoch, resumed, history, callbacks):
+        return start_epoch
+
+    def shard(self, m):
+        """This process's part ``(lo, hi)`` of a global batch of ``m`` samples."""
+        return 0, m
+
+    def begin_step(self, n_local, n_global):
+        pass
+
+    def end_step(self, logs, finite):
+        """Between backward and the optimizer step: the global batch's gradients and logs."""
+        return logs, finite
+
+    def end_epoch(self, model):
+        pass
+
+    def reduce_means(self, logs, n_local):
+        return logs
+
+
+_ONE_PROCESS = _OneProcess()
+
+
+def _train_step(model, xs, ys, plan, par=_ONE_PROCESS, n_global=None):
+    n = xs[0].shape[0]
+    par.begin_step(n, n_global or n)
+    if n or par is _ONE_PROCESS:
+        logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True, grads_ready=par.grads_ready)
+    else:                   # an empty part of a global batch smaller than the number of ranks
+        model.zero_grad()
+        logs, finite = {}, True
+    logs, finite = par.end_step(logs, finite)
     if finite:
         model.optimizer.step()
     return logs, finite
@@ -421,7 +467,7 @@ def predict(model, x, batch_size=32):
 # fit
 # --------------------------------------------------------------------------------------
 def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
-        callbacks=None, verbose=1, checkpoint=None, resume=None):
+        callbacks=None, verbose=1, checkpoint=None, resume=None, distributed=False):
     """Train ``model``.
 
     Parameters
@@ -451,6 +497,12 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
         are the same as those of an uninterrupted run (same seed, data and thread
         count). ``True`` means: resume from ``checkpoint`` if that file exists, else
         start from the beginning.
+    distributed : bool or cconv.distributed.DataParallel, default False
+        Train data-parallel over the processes of an MPI job (``mpirun -n 4 python
+        train.py``): ``batch_size`` is the global batch, each process computes the
+        gradient of its part and the processes average them before every step; only rank
+        0 prints and writes checkpoints. See :mod:`cconv.distributed` (needs the ``mpi``
+        extra). Without ``mpirun`` it trains in this process alone.
 
     Returns
     -------
@@ -465,8 +517,28 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     NonFiniteLossError
         The loss became NaN or infinite (the message names the epoch and the batch);
         pass ``callbacks=[cconv.callbacks.SkipNonFinite()]`` to skip such batches.
+    ImportError
+        ``distributed`` without mpi4py or an MPI library.
     """
     _require_compiled(model, "fit()")
+    if distributed is False or distributed is None:
+        par = _ONE_PROCESS
+    else:
+        from . import distributed as _distributed
+        if distributed is True:
+            par = _distributed.DataParallel()
+        elif isinstance(distributed, _distributed.DataParallel):
+            par = distributed
+        else:
+            raise TypeError(f"distributed must be a bool or a cconv.distributed.DataParallel, "
+                            f"got {distributed!r}")
+    with par.guard(agreed=(NonFiniteLossError,)):
+        return _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data, shuffle,
+                    callbacks, verbose, checkpoint, resume)
+
+
+def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data, shuffle, callbacks,
+         verbose, checkpoint, resume):
     epochs = V.non_negative_int(epochs, "epochs")
     batch_size = V.positive_int(batch_size, "batch_size")
     if verbose not in (0, 1, 2):
@@ -499,6 +571,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     for cb in cbs:
         if not isinstance(cb, _callbacks.Callback):
             raise TypeError(f"callbacks must be cconv.callbacks.Callback instances, got {type(cb).__name__}")
+    cbs += par.callbacks(model, checkpoint is not None)
     history = History()
     cbs.append(history)
 
@@ -513,8 +586,13 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     signature = _checkpoint.data_signature(xs, ys, batch_size, shuffle)
     model.stop_training = False
     start_epoch = 0
-    if resume is not None:
+    if resume is not None and par.is_root:
         start_epoch = _checkpoint.restore(model, resume, signature, history, cbs)
+    settings = dict(signature, epochs=epochs, validation=None if xv is None else [list(a.shape) for a in xv])
+    start_epoch = par.start(model, settings, start_epoch, resume is not None, history, cbs)
+    if not par.is_root:
+        verbose = 0
+        cbs = [cb for cb in cbs if not cb.rank_zero_only]
 
     steps = (n + batch_size - 1) // batch_size
     params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n, "verbose": verbose,
@@ -528,9 +606,9 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     try:
         epoch = start_epoch
         while epoch < epochs and not model.stop_training:
-            _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, verbose, xv, yv)
+            _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, verbose, xv, yv, par)
             epoch += 1
-            if checkpoint is not None:
+            if checkpoint is not None and par.is_root:
                 _checkpoint.save(model, checkpoint, epoch, epochs, signature, history, cbs)
     finally:
         for cb in cbs:
@@ -538,7 +616,7 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     return history
 
 
-def _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, verbose, xv, yv):
+def _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, verbose, xv, yv, par=_ONE_PROCESS):
     n = xs[0].shape[0]
     steps = (n + batch_size - 1) // batch_size
     for cb in cbs:
@@ -549,10 +627,11 @@ def _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, ver
     seen = 0
     for b in range(steps):
         lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-        index = slice(lo, hi) if order is None else order[lo:hi]
+        a, z = par.shard(hi - lo)             # this process's part of the batch
+        index = slice(lo + a, lo + z) if order is None else order[lo + a:lo + z]
         for cb in cbs:
             cb.on_batch_begin(b)
-        logs, finite = _train_step(model, _batch(model, xs, index), _take(ys, index), plan)
+        logs, finite = _train_step(model, _batch(model, xs, index), _take(ys, index), plan, par, hi - lo)
         if not finite:
             skip = False
             for cb in cbs:
@@ -576,8 +655,11 @@ def _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, ver
         if bar is not None:
             bar.update(b + 1, hi, running)
     epoch_logs = {k: v / seen for k, v in sums.items()} if seen else {"loss": float("nan")}
+    par.end_epoch(model)
     if xv is not None:
-        val = _evaluate_arrays(model, xv, yv, batch_size, plan)
+        a, z = par.shard(xv[0].shape[0])
+        val = par.reduce_means(_evaluate_arrays(model, _take(xv, slice(a, z)), _take(yv, slice(a, z)),
+                                                batch_size, plan), z - a)
         epoch_logs.update({f"val_{k}": v for k, v in val.items()})
     for cb in cbs:
         cb.on_epoch_end(epoch, epoch_logs)
