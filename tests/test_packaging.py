@@ -134,6 +134,7 @@ _NO_EXTRAS = {"matplotlib": "missing", "PIL": "missing", "sklearn": "missing"}
     ("import cconv; cconv.Sequential([cconv.layers.Flatten()], input_shape=(2, 1)).export('m.onnx')",
      {"onnx": "missing"}, "cconv[onnx]"),
     ("import cconv; cconv.load_model('m.onnx')", {"onnx": "missing"}, "cconv[onnx]"),
+    ("import cconv.distributed as d; d.init()", {"mpi4py": "missing"}, "cconv[mpi]"),
 ])
 def test_missing_extra_names_the_extra(call, blocked, extra, tmp_path):
     proc = _run_python(call, blocked, tmp_path)

@@ -1,0 +1,125 @@
+"""The script that tests/test_distributed.py starts under ``mpiexec``: every rank runs it.
+
+    python distributed_worker.py SCENARIO OUT_DIR
+
+Each rank writes what it ended with to OUT_DIR (``<case>_rank<r>.npz``: the weights in
+order; rank 0 also ``<case>_history.json``); the test compares those files with a run in
+one process. The data, models and cases are defined here once and imported by the test
+for its one-process reference runs.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+import cconv
+from cconv.layers import Add, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+
+
+def data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 8, 8, 1)), rng.integers(0, 3, n)
+
+
+def graph_model(seed, dtype="float64", dropout=False, batchnorm=False):
+    """A small functional network with a layer called twice (its gradients are final only
+    after the backward pass of its first call) and a residual addition."""
+    inp = cconv.Input((8, 8, 1))
+    h = Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    shared = Conv2D(4, 3, padding="same", activation="relu", name="shared")
+    h = Add()([h, shared(shared(h))])
+    if batchnorm:
+        h = BatchNorm2D(name="bn")(h)
+    h = Flatten()(MaxPool2D(2)(h))
+    h = Dense(8, activation="relu", name="d1")(h)
+    if dropout:
+        h = Dropout(0.3, name="drop")(h)
+    out = Dense(3, activation="softmax", name="out")(h)
+    return cconv.Model(inp, out, seed=seed, dtype=dtype)
+
+
+#: name -> (samples, batch, epochs, dtype, optimizer, DataParallel kwargs or None for True)
+CASES = {
+    "sgd64": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)), None),
+    "sgd64_buckets": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)),
+                      dict(bucket_bytes=1, overlap=True)),
+    "sgd64_blocking": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)),
+                       dict(bucket_bytes=700, overlap=False)),
+    "small_batches": (22, 10, 2, "float64", ("SGD", dict(lr=0.1)), dict(bucket_bytes=1)),
+    "adam32": (37, 8, 2, "float32", ("Adam", dict(lr=0.01)), None),
+}
+
+
+def compiled(case, seed):
+    n, batch, epochs, dtype, (opt, kw), _ = CASES[case]
+    model = graph_model(seed, dtype)
+    model.compile(cconv.optim.get({"class_name": opt, "config": kw}), "categorical_crossentropy")
+    return model
+
+
+def fit_case(model, case, distributed, verbose=0):
+    n, batch, epochs, dtype, _, dp = CASES[case]
+    x, y = data(n)
+    xv, yv = data(11, seed=1)
+    if distributed and dp is not None:
+        from cconv.distributed import DataParallel
+        distributed = DataParallel(**dp)
+    return model.fit(x, y, epochs=epochs, batch_size=batch, validation_data=(xv, yv), verbose=verbose,
+                     distributed=distributed)
+
+
+def save(out, name, rank, model, history=None):
+    np.savez(os.path.join(out, f"{name}_rank{rank}.npz"), *model.get_weights())
+    if history is not None and rank == 0:
+        with open(os.path.join(out, f"{name}_history.json"), "w") as f:
+            json.dump(history.history, f)
+
+
+def main(scenario, out):
+    from cconv import distributed as D
+    world = D.init()
+    r = world.rank
+    if scenario == "equivalence":
+        with open(os.path.join(out, f"threads_rank{r}.json"), "w") as f:
+            json.dump({"threads": cconv.get_num_threads(), "cores": world.cores, "size": world.size}, f)
+        for case in CASES:
+            # different seeds on every rank: rank 0's initial weights must be broadcast
+            model = compiled(case, seed=100 + r)
+            history = fit_case(model, case, True, verbose=2)
+            save(out, case, r, model, history)
+    elif scenario == "raise_in_fit":
+        class Boom(cconv.callbacks.Callback):
+            def on_batch_end(self, batch, logs=None):
+                if r == world.size - 1 and batch == 1:
+                    raise ValueError(f"boom from rank {r}")
+        model = compiled("sgd64", seed=0)
+        x, y = data(37)
+        model.fit(x, y, epochs=50, batch_size=4, verbose=0, distributed=True, callbacks=[Boom()])
+    elif scenario == "raise_outside_fit":
+        if r == world.size - 1:
+            raise KeyError(f"boom outside fit on rank {r}")
+        world.comm.barrier()              # the other ranks would wait here forever
+    elif scenario in ("resume_full", "resume_part", "resume_rest"):
+        epochs = {"resume_full": 3, "resume_part": 1, "resume_rest": 3}[scenario]
+        ckpt = os.path.join(out, "full.npz" if scenario == "resume_full" else "part.npz")
+        model = graph_model(seed=7 + r, dtype="float64", dropout=True)
+        model.compile(cconv.optim.Adam(0.01), "categorical_crossentropy")
+        x, y = data(41)
+        csv = cconv.callbacks.CSVLogger(ckpt[:-4] + ".csv")
+        history = model.fit(x, y, epochs=epochs, batch_size=8, validation_split=0.2, verbose=0,
+                            distributed=True, checkpoint=ckpt, resume=True if scenario == "resume_rest" else None,
+                            callbacks=[csv])
+        save(out, scenario, r, model, history)
+    elif scenario == "batchnorm":
+        model = graph_model(seed=3 + r, dtype="float64", batchnorm=True)
+        model.compile(cconv.optim.SGD(0.05), "categorical_crossentropy")
+        x, y = data(40)
+        history = model.fit(x, y, epochs=2, batch_size=20, verbose=0, distributed=True)
+        save(out, "batchnorm", r, model, history)
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
