@@ -159,13 +159,16 @@ class World:
     def is_root(self):
         return self.rank == 0
 
-    def abort(self, exc_info=None, code=1):
-        """Print ``exc_info``'s traceback (each line prefixed with the rank) to standard
-        error and end every process of the job with ``MPI_Abort``."""
+    def abort(self, exc_info=None, code=1, brief=False):
+        """Print ``exc_info``'s traceback (each line prefixed with the rank; only its last
+        line if ``brief``) to standard error and end every process of the job with
+        ``MPI_Abort``."""
         prefix = f"[rank {self.rank}/{self.size}] "
         lines = []
         if exc_info is not None and exc_info[0] is not None:
             lines = "".join(traceback.format_exception(*exc_info)).rstrip("\n").split("\n")
+            if brief:
+                lines = "".join(traceback.format_exception_only(*exc_info[:2])).rstrip("\n").split("\n")
         lines.append(f"cconv.distributed: rank {self.rank} failed; ending all {self.size} ranks "
                      f"(MPI_Abort)")
         try:

@@ -104,6 +104,11 @@ def add_parser(subparsers):
     p.add_argument("--am-channels", type=positive_int, default=16,
                    help="channels per conv layer in the activation-maximization grids (default 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the processes of an MPI job: mpirun -n 4 cconv paper "
+                        "--distributed ... (needs cconv[mpi]; --batch-size is the global batch; rank 0 "
+                        "prints and writes the outputs; --threads is per process, default the cores per "
+                        "process)")
     p.set_defaults(func=run)
     return p
 
@@ -174,7 +179,25 @@ def _figures(model, x_test, y_test, names, out_dir, args, log):
 
 
 def run(args):
-    """Run ``cconv paper`` with parsed arguments (see :func:`add_parser`); returns 0."""
+    """Run ``cconv paper`` with parsed arguments (see :func:`add_parser`); returns 0.
+
+    With ``--distributed`` every rank of the MPI job runs this: all train, rank 0 alone
+    evaluates, prints and writes. An error on any rank ends the whole job (``MPI_Abort``)
+    with that rank's message, so that no rank waits forever for the failed one.
+    """
+    if not getattr(args, "distributed", False):
+        return _run(args, None)
+    from . import distributed
+    world = distributed.init()
+    try:
+        return _run(args, world)
+    except BaseException:
+        if world.size == 1:
+            raise
+        world.abort(sys.exc_info(), brief=not getattr(args, "debug", False))
+
+
+def _run(args, world):
     import numpy as np
 
     from . import datasets, get_num_threads, models, optim, set_num_threads
@@ -183,12 +206,14 @@ def run(args):
     t_start = time.perf_counter()
     if args.threads is not None:
         set_num_threads(args.threads)
+    root = world is None or world.is_root
     seeds = args.seeds if args.seeds else [args.seed]
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
 
     def log(msg):
-        print(msg, flush=True)
+        if root:
+            print(msg, flush=True)
 
     t0 = time.perf_counter()
     x, y, names = datasets.load_lfw(args.data_dir, min_faces_per_person=args.min_faces_per_person,
@@ -203,7 +228,8 @@ def run(args):
     crop_text = "none (full image)" if args.crop is None else f"{tuple(args.crop)}"
     log(f"cconv paper: LFW from {args.data_dir}: {len(names)} people with >= {args.min_faces_per_person} "
         f"images, {len(x)} images, {args.size}x{args.size} RGB, crop {crop_text} "
-        f"(loaded in {load_time:.1f}s); {get_num_threads()} thread(s)")
+        f"(loaded in {load_time:.1f}s); {get_num_threads()} thread(s)"
+        + ("" if world is None else f" in each of {world.size} processes (data-parallel, MPI)"))
     if args.limit_per_class:
         log(f"(at most {args.limit_per_class} images per person: not the paper's data set)")
     log("the test split is only monitored (val_* columns), never used for training or model selection")
@@ -215,6 +241,7 @@ def run(args):
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": get_num_threads(),
+        "processes": 1 if world is None else world.size,
         "protocol": {
             "data_dir": os.fspath(args.data_dir),
             "min_faces_per_person": args.min_faces_per_person,
@@ -237,12 +264,15 @@ def run(args):
         model = models.paper_lfw(num_classes=len(names), input_shape=x.shape[1:], seed=seed)
         model.compile(optim.Adam(lr=args.lr), "categorical_crossentropy")
         if k == 0:
-            model.summary()
+            model.summary(print_fn=log)
         log(f"seed {seed} ({k + 1}/{len(seeds)}): {len(x_tr)} train / {len(x_te)} test images")
         t_fit = time.perf_counter()
         history = model.fit(x_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
-                            validation_data=(x_te, y_te), shuffle=True, verbose=0 if args.quiet else 1)
+                            validation_data=(x_te, y_te), shuffle=True, verbose=0 if args.quiet else 1,
+                            distributed=world is not None)
         fit_time = time.perf_counter() - t_fit
+        if not root:
+            continue
         test = model.evaluate(x_te, y_te, batch_size=args.batch_size)
         hist = {key: [float(v) for v in values] for key, values in history.history.items()}
         run_info = {
@@ -277,6 +307,8 @@ def run(args):
         document["wall_time_s"] = time.perf_counter() - t_start
         _write_json(results_path, document)              # after every seed: partial results survive
 
+    if not root:
+        return 0
     s = document["summary"]
     log("")
     log(f"test accuracy over {s['n_seeds']} seed(s) {seeds}: mean {s['mean']:.4f}, std {s['std']:.4f} "
