@@ -469,19 +469,19 @@ class GradientReducer:
 
     def grads_ready(self, layer):
         """Called by the backward pass when ``layer``'s gradients are final: copies them
-        (weighted) into their bucket and starts the buckets that are complete."""
-        k = self._where.get(id(layer))
-        if k is None or id(layer) in self._done:
-            return
+        (weighted) into their bucket and starts the buckets that are complete. Every call
+        (layers without weights too) also lets MPI advance the buckets in flight: most MPI
+        libraries move a non-blocking collective on only inside MPI calls."""
         t = time.perf_counter()
-        bucket = self._buckets[k]
-        for lay, views in bucket.layers:
-            if lay is layer:
-                self._pack(bucket, lay, views)
-        self._start_ready()
-        active = [b.request for b in self._buckets[:self._next]]
-        if active:
-            self._MPI.Request.Testall(active)      # lets the library advance them
+        k = self._where.get(id(layer))
+        if k is not None and id(layer) not in self._done:
+            bucket = self._buckets[k]
+            for lay, views in bucket.layers:
+                if lay is layer:
+                    self._pack(bucket, lay, views)
+            self._start_ready()
+        if self._next:
+            self._MPI.Request.Testall([b.request for b in self._buckets[:self._next]])
         self.stats["exposed_s"] += time.perf_counter() - t
 
     def finish(self):

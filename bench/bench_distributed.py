@@ -1,0 +1,235 @@
+"""Benchmark: data-parallel training over MPI on one machine (cconv.distributed).
+
+Trains the paper network (models.paper_lfw: 64x64x3 input, 34 classes, 724,962
+parameters; Adam, batch 128 as the global batch) on ``--images`` random images and
+measures the samples per second of whole epochs under these configurations, each a fresh
+job per run:
+
+* ``1x2``: one process, 2 threads, ``fit`` without MPI (the reference);
+* ``2x1-blocking``: ``mpiexec -n 2``, 1 thread per rank, ``fit(distributed=...)`` with
+  one bucket sent by a blocking ``Allreduce`` after the backward pass;
+* ``2x1-overlap``: the same with 1 MiB buckets, each ``Iallreduce`` started from the
+  backward pass as soon as its layers are done (the default);
+* ``1x1``: one process, 1 thread: the compute time per sample of one core, which the
+  README's scaling table uses.
+
+Each run warms up for one epoch (it includes the broadcast), then times ``--epochs``
+epochs (wall time between ``on_epoch_begin`` and ``on_epoch_end`` on rank 0, validation
+excluded: there is none). The MPI runs also report the communication time per step that
+the backward pass did not hide (time spent in the gradient reduction code: packing, the
+collective calls, waiting for the slower rank, unpacking; ``DataParallel.stats``) and,
+after training, the time of a bare ``Allreduce`` of the gradients' size (median of 30
+calls): the transport's own cost, without waiting for a slower rank.
+
+Runs are interleaved: ``--rounds`` rounds, the order of the configurations rotating from
+round to round. The report gives for each configuration the median and the range of its
+runs, and the per-round ratios of samples per second to ``1x2`` (median and range); the
+raw numbers, the load average before and after each run and the thread pools go to
+``bench/results/distributed-<time>.json``.
+
+The machine is shared with other jobs: absolute figures drift with its load; the ratios
+of runs made seconds apart drift less, and an MPI job (two processes that wait for each
+other at every step) suffers more from a busy machine than one process does. For a quiet
+re-run, stop other work and run::
+
+    python bench/bench_distributed.py --rounds 7
+
+Usage::
+
+    python bench/bench_distributed.py [--rounds 5] [--epochs 2] [--images 1777]
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CONFIGS = {
+    "1x2": dict(ranks=1, threads=2, distributed=False),
+    "2x1-blocking": dict(ranks=2, threads=1, distributed=True, overlap=False, bucket_bytes=1 << 30),
+    "2x1-overlap": dict(ranks=2, threads=1, distributed=True, overlap=True, bucket_bytes=1 << 20),
+    "1x1": dict(ranks=1, threads=1, distributed=False),
+}
+
+
+# --------------------------------------------------------------------------------------
+# worker (every rank runs it)
+# --------------------------------------------------------------------------------------
+def worker(args):
+    import numpy as np
+
+    import cconv
+    from cconv import callbacks, models, optim
+
+    cconv.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+        threadpool_limits(args.threads, user_api="blas")
+    except ImportError:
+        threadpool_info = list
+    rng = np.random.default_rng(0)
+    x = rng.random((args.images, 64, 64, 3), dtype=np.float32)
+    y = rng.integers(0, 34, args.images)
+    model = models.paper_lfw(num_classes=34, seed=0)
+    model.compile(optim.Adam(lr=1e-3), "categorical_crossentropy")
+
+    distributed = False
+    world = None
+    if args.distributed:
+        from cconv import distributed as D
+        world = D.init()
+        distributed = D.DataParallel(bucket_bytes=args.bucket_bytes, overlap=bool(args.overlap))
+
+    times = []
+
+    class Clock(callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    steps = -(-args.images // args.batch)
+    model.fit(x, y, epochs=1, batch_size=args.batch, verbose=0, distributed=distributed)      # warm-up
+    history = model.fit(x, y, epochs=args.epochs, batch_size=args.batch, verbose=0, distributed=distributed,
+                        callbacks=[Clock()])
+    result = {"epoch_s": times, "samples_per_s": [args.images / t for t in times],
+              "step_s": statistics.median(times) / steps, "loss": history.history["loss"][-1],
+              "threads": cconv.get_num_threads(), "blas": [
+                  f"{d.get('internal_api')}:{d.get('num_threads')}" for d in threadpool_info()
+                  if d.get("user_api") == "blas"]}
+    if distributed:
+        st = distributed.stats                  # of the last fit: the timed epochs
+        result.update(comm_step_s=st["exposed_s"] / st["steps"],
+                      buckets=st["buckets"], grad_bytes=st["bytes"], ranks=world.size)
+        from mpi4py import MPI
+        buf = np.ones(st["bytes"] // 4, dtype=np.float32)
+        bare = []
+        for _ in range(30):
+            world.comm.Barrier()
+            t = time.perf_counter()
+            world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+            bare.append(time.perf_counter() - t)
+        result["allreduce_s"] = statistics.median(bare)
+        if world.rank != 0:
+            return
+    print("@@result " + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------------------
+# parent
+# --------------------------------------------------------------------------------------
+def _mpiexec():
+    for cand in (os.path.join(os.path.dirname(sys.executable), "mpiexec"), shutil.which("mpiexec")):
+        if cand and os.path.isfile(cand):
+            return cand
+    try:
+        import mpi4py
+        cand = os.path.join(os.path.dirname(mpi4py.__file__), *[".."] * 4, "bin", "mpiexec")
+        if os.path.isfile(cand):
+            return os.path.normpath(cand)
+    except ImportError:
+        pass
+    raise SystemExit("mpiexec not found (pip install \"cconv[mpi]\")")
+
+
+def run(name, args):
+    cfg = CONFIGS[name]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--threads", str(cfg["threads"]),
+           "--images", str(args.images), "--batch", str(args.batch), "--epochs", str(args.epochs)]
+    if cfg["distributed"]:
+        cmd += ["--distributed", "--overlap", str(int(cfg["overlap"])), "--bucket-bytes", str(cfg["bucket_bytes"])]
+        cmd = [_mpiexec(), "-n", str(cfg["ranks"])] + cmd
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    load_before = os.getloadavg()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: {proc.stderr[-3000:]}")
+    line = [l for l in proc.stdout.splitlines() if l.startswith("@@result ")][-1]
+    result = json.loads(line[len("@@result "):])
+    result.update(config=name, load_before=load_before, load_after=os.getloadavg(),
+                  samples_per_s_median=statistics.median(result["samples_per_s"]))
+    return result
+
+
+def _spread(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--overlap", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--bucket-bytes", type=int, default=1 << 20, help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs per run (after one warm-up epoch)")
+    p.add_argument("--images", type=int, default=1777)
+    p.add_argument("--batch", type=int, default=128, help="global batch")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    names = args.configs.split(",")
+    runs = {name: [] for name in names}
+    orders = []
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        orders.append(order)
+        for name in order:
+            runs[name].append(run(name, args))
+            time.sleep(0.5)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{n} {runs[n][-1]['samples_per_s_median']:.1f}/s" for n in names), flush=True)
+    summary = {}
+    for name in names:
+        sps = [x["samples_per_s_median"] for x in runs[name]]
+        s = {"samples_per_s": _spread(sps), "step_s": _spread([x["step_s"] for x in runs[name]]),
+             "compute_s_per_sample_per_rank": _spread(
+                 [CONFIGS[name]["ranks"] / x["samples_per_s_median"] for x in runs[name]])}
+        if "1x2" in runs and name != "1x2":
+            s["ratio_to_1x2"] = _spread([x["samples_per_s_median"] / a["samples_per_s_median"]
+                                         for x, a in zip(runs[name], runs["1x2"])])
+        if CONFIGS[name]["distributed"]:
+            s["comm_step_s"] = _spread([x["comm_step_s"] for x in runs[name]])
+            s["comm_share_of_step"] = _spread([x["comm_step_s"] / x["step_s"] for x in runs[name]])
+            s["allreduce_s"] = _spread([x["allreduce_s"] for x in runs[name]])
+            s["grad_bytes"] = runs[name][0]["grad_bytes"]
+            s["buckets"] = runs[name][0]["buckets"]
+        summary[name] = s
+    for name in names:
+        s = summary[name]
+        line = (f"{name:>13}: {s['samples_per_s']['median']:7.1f} samples/s "
+                f"({s['samples_per_s']['min']:.1f}-{s['samples_per_s']['max']:.1f})")
+        if "ratio_to_1x2" in s:
+            q = s["ratio_to_1x2"]
+            line += f"  x{q['median']:.3f} of 1x2 ({q['min']:.3f}-{q['max']:.3f})"
+        if "comm_step_s" in s:
+            c, a = s["comm_step_s"], s["allreduce_s"]
+            line += (f"  comm {1e3 * c['median']:.1f} ms/step ({1e3 * c['min']:.1f}-{1e3 * c['max']:.1f}), "
+                     f"{100 * s['comm_share_of_step']['median']:.1f}% of a step; bare Allreduce of "
+                     f"{s['grad_bytes'] / 1e6:.2f} MB {1e3 * a['median']:.2f} ms")
+        print(line)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"distributed-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump({"args": vars(args), "configs": {n: CONFIGS[n] for n in names}, "orders": orders,
+                   "runs": runs, "summary": summary, "machine": {
+                       "platform": platform.platform(), "cpus": os.cpu_count(),
+                       "note": "shared 2-core machine: other engineers' jobs ran during the benchmark"}},
+                  f, indent=1)
+    print(f"written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
