@@ -15,11 +15,15 @@ job per run:
 
 Each run warms up for one epoch (it includes the broadcast), then times ``--epochs``
 epochs (wall time between ``on_epoch_begin`` and ``on_epoch_end`` on rank 0, validation
-excluded: there is none). The MPI runs also report the communication time per step that
-the backward pass did not hide (time spent in the gradient reduction code: packing, the
-collective calls, waiting for the slower rank, unpacking; ``DataParallel.stats``) and,
-after training, the time of a bare ``Allreduce`` of the gradients' size (median of 30
-calls): the transport's own cost, without waiting for a slower rank.
+excluded: there is none). The MPI runs also report per step (``DataParallel.stats``) the
+communication the backward pass did not hide (packing the buckets, the sums left after the
+backward pass, unpacking: ``pack_s + reduce_s``) and, apart from it, the time spent
+waiting for the other rank to finish its step (``sync_s``: on a shared machine the
+ranks are slowed unequally), and,
+after training, the transport alone (``_probe``): a bare ``Allreduce`` of the gradients'
+size, and what is left of an ``Iallreduce`` of that size after 25 ms of work on both ranks
+with the backward pass's ``Testall`` calls in between, and how much sooner that work plus
+the sum ends than the same work followed by a blocking ``Allreduce`` (medians of 15).
 
 Runs are interleaved: ``--rounds`` rounds, the order of the configurations rotating from
 round to round. The report gives for each configuration the median and the range of its
@@ -106,20 +110,55 @@ def worker(args):
                   if d.get("user_api") == "blas"]}
     if distributed:
         st = distributed.stats                  # of the last fit: the timed epochs
-        result.update(comm_step_s=st["exposed_s"] / st["steps"],
+        result.update(comm_step_s=(st["pack_s"] + st["reduce_s"]) / st["steps"],
+                      reduce_step_s=st["reduce_s"] / st["steps"], sync_step_s=st["sync_s"] / st["steps"],
                       buckets=st["buckets"], grad_bytes=st["bytes"], ranks=world.size)
-        from mpi4py import MPI
-        buf = np.ones(st["bytes"] // 4, dtype=np.float32)
-        bare = []
-        for _ in range(30):
-            world.comm.Barrier()
-            t = time.perf_counter()
-            world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-            bare.append(time.perf_counter() - t)
-        result["allreduce_s"] = statistics.median(bare)
+        result.update(_probe(world, st["bytes"] // 4))
         if world.rank != 0:
             return
     print("@@result " + json.dumps(result), flush=True)
+
+
+def _probe(world, n, reps=15, chunks=6):
+    """The transport alone, without a training step's imbalance between the ranks: a bare
+    ``Allreduce`` of ``n`` float32 (after a barrier), and the same sum as an ``Iallreduce``
+    started before ``chunks - 1`` chunks of identical work on both ranks (BLAS matrix
+    products of about 5 ms each), with ``Testall`` after each chunk as the backward
+    pass's layers do, then ``Wait``: the time left in ``Wait`` is what overlapping did not
+    hide."""
+    import numpy as np
+    from mpi4py import MPI
+    comm = world.comm
+    buf = np.ones(n, dtype=np.float32)
+    a = np.random.default_rng(0).random((256, 256))
+
+    def chunk():
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.005:
+            a.dot(a)
+
+    bare, left, blocking, overlapped = [], [], [], []
+    for _ in range(reps):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(chunks - 1):
+            chunk()
+        t = time.perf_counter()
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        bare.append(time.perf_counter() - t)
+        blocking.append(time.perf_counter() - t0)
+        comm.Barrier()
+        t0 = time.perf_counter()
+        req = comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        for _ in range(chunks - 1):
+            chunk()
+            MPI.Request.Testall([req])
+        t = time.perf_counter()
+        req.Wait()
+        left.append(time.perf_counter() - t)
+        overlapped.append(time.perf_counter() - t0)
+    return {"allreduce_s": statistics.median(bare), "iallreduce_wait_s": statistics.median(left),
+            "overlap_saves_s": statistics.median([b - o for b, o in zip(blocking, overlapped)])}
 
 
 # --------------------------------------------------------------------------------------
@@ -201,8 +240,12 @@ def main(argv=None):
                                          for x, a in zip(runs[name], runs["1x2"])])
         if CONFIGS[name]["distributed"]:
             s["comm_step_s"] = _spread([x["comm_step_s"] for x in runs[name]])
+            s["reduce_step_s"] = _spread([x["reduce_step_s"] for x in runs[name]])
+            s["sync_step_s"] = _spread([x["sync_step_s"] for x in runs[name]])
             s["comm_share_of_step"] = _spread([x["comm_step_s"] / x["step_s"] for x in runs[name]])
             s["allreduce_s"] = _spread([x["allreduce_s"] for x in runs[name]])
+            s["iallreduce_wait_s"] = _spread([x["iallreduce_wait_s"] for x in runs[name]])
+            s["overlap_saves_s"] = _spread([x["overlap_saves_s"] for x in runs[name]])
             s["grad_bytes"] = runs[name][0]["grad_bytes"]
             s["buckets"] = runs[name][0]["buckets"]
         summary[name] = s
@@ -214,10 +257,16 @@ def main(argv=None):
             q = s["ratio_to_1x2"]
             line += f"  x{q['median']:.3f} of 1x2 ({q['min']:.3f}-{q['max']:.3f})"
         if "comm_step_s" in s:
-            c, a = s["comm_step_s"], s["allreduce_s"]
-            line += (f"  comm {1e3 * c['median']:.1f} ms/step ({1e3 * c['min']:.1f}-{1e3 * c['max']:.1f}), "
-                     f"{100 * s['comm_share_of_step']['median']:.1f}% of a step; bare Allreduce of "
-                     f"{s['grad_bytes'] / 1e6:.2f} MB {1e3 * a['median']:.2f} ms")
+            c, a, w = s["comm_step_s"], s["allreduce_s"], s["iallreduce_wait_s"]
+            y = s["sync_step_s"]
+            line += (f"\n{'':15}comm {1e3 * c['median']:.1f} ms/step ({1e3 * c['min']:.1f}-{1e3 * c['max']:.1f}), "
+                     f"{100 * s['comm_share_of_step']['median']:.1f}% of a step (sums left after backward "
+                     f"{1e3 * s['reduce_step_s']['median']:.1f} ms); waiting for the other rank "
+                     f"{1e3 * y['median']:.1f} ms/step ({1e3 * y['min']:.1f}-{1e3 * y['max']:.1f})"
+                     f"\n{'':15}bare Allreduce of "
+                     f"{s['grad_bytes'] / 1e6:.2f} MB {1e3 * a['median']:.2f} ms, Iallreduce left after "
+                     f"overlapped work {1e3 * w['median']:.2f} ms (saves {1e3 * s['overlap_saves_s']['median']:.2f} "
+                     f"ms of work + Allreduce)")
         print(line)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"distributed-{time.strftime('%Y%m%d-%H%M%S')}.json")

@@ -385,9 +385,10 @@ class GradientReducer:
     Attributes
     ----------
     stats : dict
-        ``steps``, ``exposed_s`` (seconds spent in :meth:`grads_ready` and :meth:`finish`,
-        the communication the backward pass did not hide, waiting for slower ranks
-        included), ``bytes`` (per step), ``buckets``.
+        ``steps``; ``pack_s``, seconds spent copying gradients into the buckets and starting
+        them (:meth:`grads_ready`, :meth:`flush`); ``reduce_s``, seconds in :meth:`reduce`
+        (the sums the backward pass did not hide, and the copies back); ``bytes`` (per
+        step) and ``buckets``.
     """
 
     def __init__(self, model, world=None, bucket_bytes=DEFAULT_BUCKET_BYTES, overlap=True):
@@ -414,7 +415,7 @@ class GradientReducer:
                 current, nbytes = [], 0
         if current:
             self._close(current)
-        self.stats = {"steps": 0, "exposed_s": 0.0, "buckets": len(self._buckets),
+        self.stats = {"steps": 0, "pack_s": 0.0, "reduce_s": 0.0, "buckets": len(self._buckets),
                       "bytes": sum(b.buffer.nbytes for b in self._buckets)}
         self._scale = 1.0
         self._next = 0
@@ -482,38 +483,40 @@ class GradientReducer:
             self._start_ready()
         if self._next:
             self._MPI.Request.Testall([b.request for b in self._buckets[:self._next]])
-        self.stats["exposed_s"] += time.perf_counter() - t
+        self.stats["pack_s"] += time.perf_counter() - t
 
     def finish(self):
         """Send what is left, wait for every bucket and copy the sums back into the
         gradients: each rank then holds the global batch's mean gradient."""
-        t = time.perf_counter()
-        self.start_rest()
-        self.wait()
-        self.stats["exposed_s"] += time.perf_counter() - t
+        self.flush()
+        self.reduce()
 
-    def start_rest(self):
-        """Pack the layers the backward pass did not report and start every remaining
-        bucket (blocking ``Allreduce`` without overlap)."""
-        MPI = self._MPI
+    def flush(self):
+        """Pack the layers the backward pass did not report (all of them without
+        ``grads_ready``) and, with overlap, start every remaining bucket."""
+        t = time.perf_counter()
         for bucket in self._buckets:
             for layer, views in bucket.layers:
                 if id(layer) not in self._done:
                     self._pack(bucket, layer, views)
         if self.overlap:
             self._start_ready()
-        else:
-            for b in self._buckets:
-                self.world.comm.Allreduce(MPI.IN_PLACE, b.buffer, op=MPI.SUM)
+        self.stats["pack_s"] += time.perf_counter() - t
 
-    def wait(self):
-        """Wait for the buckets started by :meth:`start_rest` and unpack them."""
+    def reduce(self):
+        """Sum the buckets (blocking ``Allreduce``, or wait for the ``Iallreduce`` calls)
+        and copy the sums back into the gradients."""
+        t = time.perf_counter()
         if self.overlap:
             self._MPI.Request.Waitall([b.request for b in self._buckets])
+        else:
+            for b in self._buckets:
+                self.world.comm.Allreduce(self._MPI.IN_PLACE, b.buffer, op=self._MPI.SUM)
         for b in self._buckets:
             for _, views in b.layers:
                 for flat, offset in views:
                     np.copyto(flat, b.buffer[offset:offset + flat.size])
+        self.stats["reduce_s"] += time.perf_counter() - t
         self.stats["steps"] += 1
 
 
@@ -584,7 +587,8 @@ class DataParallel:
 
         dp = cconv.distributed.DataParallel(bucket_bytes=4 << 20, overlap=False)
         model.fit(x, y, batch_size=256, distributed=dp)
-        dp.stats          # communication time of the last fit (see GradientReducer.stats)
+        dp.stats          # of the last fit: GradientReducer.stats, and sync_s, the seconds
+                          # spent waiting for the slowest rank (gathering the logs)
 
     Parameters
     ----------
@@ -665,7 +669,7 @@ class DataParallel:
         self._state.assign_generators(model)
         # One rank has nothing to reduce: its gradients and logs are the global batch's.
         self._reducer = GradientReducer(model, world, self.bucket_bytes, self.overlap) if world.size > 1 else None
-        self.stats = dict(self._reducer.stats if self._reducer else {}, ranks=world.size,
+        self.stats = dict(self._reducer.stats if self._reducer else {}, ranks=world.size, sync_s=0.0,
                           threads=_config.get_num_threads(), bucket_bytes=self.bucket_bytes,
                           overlap=self.overlap)
         return start_epoch
@@ -691,11 +695,13 @@ class DataParallel:
         red = self._reducer
         if red is None:
             return logs, finite
+        red.flush()
+        # The logs go first: waiting for the slowest rank happens here (sync_s), so that
+        # reduce_s is the transport that the backward pass did not hide.
         t = time.perf_counter()
-        red.start_rest()
         parts = self.world.comm.allgather((self._n_local, logs, bool(finite)))
-        red.wait()
-        red.stats["exposed_s"] += time.perf_counter() - t
+        self.stats["sync_s"] += time.perf_counter() - t
+        red.reduce()
         self.stats.update(red.stats)
         return _weighted_means([(n, l) for n, l, _ in parts]), all(f for _, _, f in parts)
 
