@@ -7,9 +7,10 @@ job per run:
 
 * ``1x2``: one process, 2 threads, ``fit`` without MPI (the reference);
 * ``2x1-blocking``: ``mpiexec -n 2``, 1 thread per rank, ``fit(distributed=...)`` with
-  one bucket sent by a blocking ``Allreduce`` after the backward pass;
+  one bucket summed by a blocking ``Allreduce`` after the backward pass (what
+  ``distributed=True`` does for this network);
 * ``2x1-overlap``: the same with 1 MiB buckets, each ``Iallreduce`` started from the
-  backward pass as soon as its layers are done (the default);
+  backward pass as soon as its layers are done (``DataParallel(overlap=True)``);
 * ``1x1``: one process, 1 thread: the compute time per sample of one core, which the
   README's scaling table uses.
 
@@ -197,6 +198,40 @@ def run(name, args):
     return result
 
 
+#: The on-paper scaling table (README): links as (name, bytes per second, latency per
+#: message in seconds): TCP over 10 Gbit/s Ethernet, RDMA (InfiniBand/RoCE) at 100 Gbit/s.
+LINKS = [("10 Gbit/s", 10e9 / 8, 25e-6), ("100 Gbit/s", 100e9 / 8, 2e-6)]
+RANKS = (8, 64, 512)
+PAPER_PARAMS = 724_962
+BIG_PARAMS = 25_000_000
+
+
+def ring_allreduce_s(params, p, bandwidth, latency, itemsize=4):
+    """Ring allreduce of ``params`` float32 gradients over ``p`` ranks: every rank sends and
+    receives 2 (p - 1) / p times the gradient bytes, in 2 (p - 1) messages."""
+    return 2 * (p - 1) / p * params * itemsize / bandwidth + 2 * (p - 1) * latency
+
+
+def table(log_path):
+    """The README's table from a log: the allreduce per step against the measured compute."""
+    with open(log_path) as f:
+        log = json.load(f)
+    t_paper = log["summary"]["1x1"]["compute_s_per_sample_per_rank"]["median"]
+    t_big = t_paper * BIG_PARAMS / PAPER_PARAMS
+    rows = ["| network | link | allreduce per step: 8 / 64 / 512 ranks | samples per rank per step "
+            "for the allreduce to cost <= 10% of the compute: 8 / 64 / 512 ranks |", "|---|---|---|---|"]
+    for label, params, t in (("paper, 725k parameters (2.9 MB)", PAPER_PARAMS, t_paper),
+                             ("25M parameters (100 MB)", BIG_PARAMS, t_big)):
+        for link, bw, lat in LINKS:
+            cost = [ring_allreduce_s(params, p, bw, lat) for p in RANKS]
+            need = [10 * c / t for c in cost]
+            rows.append(f"| {label} | {link} | " + " / ".join(f"{1e3 * c:.3g} ms" for c in cost)
+                        + " | " + " / ".join(f"{n:.2g}" for n in need) + " |")
+    print(f"compute per sample, one core (1x1, median of {len(log['runs']['1x1'])} runs): "
+          f"paper network {1e3 * t_paper:.2f} ms; 25M network (scaled by parameters) {1e3 * t_big:.0f} ms")
+    print("\n".join(rows))
+
+
 def _spread(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -214,7 +249,11 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=128, help="global batch")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {list(CONFIGS)}")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--table", metavar="LOG", help="print the README's scaling table from a log and exit")
     args = p.parse_args(argv)
+    if args.table:
+        table(args.table)
+        return 0
     if args.worker:
         worker(args)
         return 0

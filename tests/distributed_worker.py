@@ -42,11 +42,11 @@ def graph_model(seed, dtype="float64", dropout=False, batchnorm=False):
 #: name -> (samples, batch, epochs, dtype, optimizer, DataParallel kwargs or None for True)
 CASES = {
     "sgd64": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)), None),
-    "sgd64_buckets": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)),
+    "sgd64_overlap": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)),
                       dict(bucket_bytes=1, overlap=True)),
-    "sgd64_blocking": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)),
-                       dict(bucket_bytes=700, overlap=False)),
-    "small_batches": (22, 10, 2, "float64", ("SGD", dict(lr=0.1)), dict(bucket_bytes=1)),
+    "sgd64_buckets": (37, 10, 2, "float64", ("SGD", dict(lr=0.1, momentum=0.9)),
+                      dict(bucket_bytes=700, overlap=False)),
+    "small_batches": (22, 10, 2, "float64", ("SGD", dict(lr=0.1)), dict(bucket_bytes=1, overlap=True)),
     "adam32": (37, 8, 2, "float32", ("Adam", dict(lr=0.01)), None),
 }
 

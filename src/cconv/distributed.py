@@ -31,13 +31,16 @@ What ``fit(..., distributed=True)`` does
   share of the global batch and the weighted gradients are summed with ``Allreduce``:
   every rank gets the gradient of the mean over the global batch, also when the parts are
   unequal or empty, then steps its optimizer (clipping included) on identical numbers. The
-  gradients travel in a few contiguous buffers (*buckets* of about ``bucket_bytes``, whole
-  layers each, in the order the backward pass finishes them). With ``overlap=True`` a
-  bucket's non-blocking ``Iallreduce`` starts as soon as the backward pass has finished its
-  layers, while the earlier layers are still being differentiated; ``overlap=False`` sends
-  every bucket with a blocking ``Allreduce`` after the backward pass. Which pays depends on
-  the MPI library and the network; ``bench/bench_distributed.py`` measures it (see the
-  README for this machine's figures).
+  gradients travel in a few contiguous buffers (*buckets* of at least ``bucket_bytes``,
+  default 16 MiB, whole layers each, in the order the backward pass finishes them; the
+  paper network's 2.9 MB are one bucket), each summed by a blocking ``Allreduce`` after the
+  backward pass. With ``DataParallel(overlap=True)`` a bucket's non-blocking ``Iallreduce``
+  starts instead as soon as the backward pass has finished its layers, and every later layer
+  lets MPI advance it (``Testall``) while the earlier layers are differentiated. On our
+  2-core machine (MPICH, shared memory) that halved the sums left after the backward pass
+  but not the time spent on them, which moved into the ``Testall`` calls: overlapping did
+  not pay there, so it is off by default (``bench/bench_distributed.py`` measures it; the
+  README has the figures). It can pay where the network card moves the data on its own.
 - **Logs.** The loss and the metrics of every batch, and the validation results, are
   means over all ranks weighted by their sample counts (each rank evaluates its part of
   the validation data), so the history, the progress bar and every callback see the
@@ -95,8 +98,9 @@ from . import saving
 __all__ = ["init", "World", "rank", "size", "shard", "broadcast_model", "reduce_means",
            "GradientReducer", "DataParallel", "DEFAULT_BUCKET_BYTES"]
 
-#: Default size of a gradient bucket (the message of one collective call).
-DEFAULT_BUCKET_BYTES = 1 << 20
+#: Default size of a gradient bucket (the message of one collective call): large enough
+#: that the per-message latency is negligible, small enough to bound the extra memory.
+DEFAULT_BUCKET_BYTES = 16 << 20
 
 
 def _mpi():
@@ -370,7 +374,7 @@ class GradientReducer:
         Default :func:`init`'s.
     bucket_bytes : int, default DEFAULT_BUCKET_BYTES
         A bucket is closed once it holds at least this many bytes; a layer is never split.
-    overlap : bool, default True
+    overlap : bool, default False
         Start each bucket's ``Iallreduce`` from :meth:`grads_ready`, during the backward
         pass; else reduce every bucket with ``Allreduce`` in :meth:`finish`.
 
@@ -391,7 +395,7 @@ class GradientReducer:
         step) and ``buckets``.
     """
 
-    def __init__(self, model, world=None, bucket_bytes=DEFAULT_BUCKET_BYTES, overlap=True):
+    def __init__(self, model, world=None, bucket_bytes=DEFAULT_BUCKET_BYTES, overlap=False):
         self.world = init() if world is None else world
         self.overlap = bool(overlap)
         self._MPI = _mpi()
@@ -585,7 +589,7 @@ class DataParallel:
 
     ``fit(..., distributed=True)`` uses the defaults; pass an instance to choose::
 
-        dp = cconv.distributed.DataParallel(bucket_bytes=4 << 20, overlap=False)
+        dp = cconv.distributed.DataParallel(bucket_bytes=4 << 20, overlap=True)
         model.fit(x, y, batch_size=256, distributed=dp)
         dp.stats          # of the last fit: GradientReducer.stats, and sync_s, the seconds
                           # spent waiting for the slowest rank (gathering the logs)
@@ -593,13 +597,13 @@ class DataParallel:
     Parameters
     ----------
     bucket_bytes : int, default DEFAULT_BUCKET_BYTES
-    overlap : bool, default True
+    overlap : bool, default False
         See :class:`GradientReducer`.
     comm : mpi4py.MPI.Comm, optional
         Passed to :func:`init` (default ``MPI.COMM_WORLD``).
     """
 
-    def __init__(self, bucket_bytes=DEFAULT_BUCKET_BYTES, overlap=True, comm=None):
+    def __init__(self, bucket_bytes=DEFAULT_BUCKET_BYTES, overlap=False, comm=None):
         if isinstance(bucket_bytes, bool) or not isinstance(bucket_bytes, int) or bucket_bytes < 1:
             raise ValueError(f"bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self.bucket_bytes = bucket_bytes
@@ -634,7 +638,7 @@ class DataParallel:
                 raise
             self.world.abort(sys.exc_info(), code=130 if isinstance(sys.exc_info()[1], KeyboardInterrupt) else 1)
 
-    def callbacks(self, model, checkpointing):
+    def callbacks(self, checkpointing):
         """The callbacks fit adds after the user's (see :class:`_RankState`)."""
         self._state = _RankState(self.world, checkpointing)
         return [self._state]

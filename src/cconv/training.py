@@ -345,7 +345,7 @@ class _OneProcess:
     def guard(self, agreed=()):
         return contextlib.nullcontext()
 
-    def callbacks(self, model, checkpointing):
+    def callbacks(self, checkpointing):
         return []
 
     def start(self, model, settings, start_epoch, resumed, history, callbacks):
@@ -571,7 +571,7 @@ def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data
     for cb in cbs:
         if not isinstance(cb, _callbacks.Callback):
             raise TypeError(f"callbacks must be cconv.callbacks.Callback instances, got {type(cb).__name__}")
-    cbs += par.callbacks(model, checkpoint is not None)
+    cbs += par.callbacks(checkpoint is not None)
     history = History()
     cbs.append(history)
 
