@@ -88,6 +88,8 @@ def main(scenario, out):
             model = compiled(case, seed=100 + r)
             history = fit_case(model, case, True, verbose=2)
             save(out, case, r, model, history)
+    elif scenario == "threads":
+        print(f"rank {r}: {cconv.get_num_threads()} threads", flush=True)
     elif scenario == "raise_in_fit":
         class Boom(cconv.callbacks.Callback):
             def on_batch_end(self, batch, logs=None):

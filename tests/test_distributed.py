@@ -100,11 +100,11 @@ _MPIEXEC, _ENV, _SKIP = _find_mpiexec()
 needs_mpi = pytest.mark.skipif(_SKIP is not None, reason=f"MPI tests: {_SKIP}")
 
 
-def mpirun(n, *args, timeout=TIMEOUT, expect_ok=True):
+def mpirun(n, *args, timeout=TIMEOUT, expect_ok=True, env=None):
     """``mpiexec -n n python args...``; kills the whole job and fails on a timeout."""
     cmd = [_MPIEXEC, "-n", str(n), sys.executable, *map(str, args)]
-    proc = subprocess.Popen(cmd, env=_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=HERE)
+    proc = subprocess.Popen(cmd, env=dict(_ENV, **(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=HERE)
     t0 = time.monotonic()
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -166,6 +166,15 @@ def test_same_weights_as_one_process(tmp_path, ranks):
         info = json.loads((tmp_path / f"threads_rank{r}.json").read_text())
         assert info["size"] == ranks
         assert info["threads"] == info["cores"] == max(1, cpus // ranks)
+
+
+@needs_mpi
+def test_oversubscribing_threads_are_warned_about(tmp_path):
+    cpus = cconv._config.available_cpus()
+    res = worker(2, "threads", tmp_path, env={"OMP_NUM_THREADS": str(cpus)})
+    assert f"rank 1: {cpus} threads" in res.stdout              # OMP_NUM_THREADS wins
+    assert res.stderr.count("oversubscribe") == 1, res.stderr   # once per node
+    assert f"2 ranks x {cpus} threads share {cpus} CPUs" in res.stderr
 
 
 def _emulated_batchnorm_run(ranks):

@@ -76,11 +76,16 @@ What ``fit(..., distributed=True)`` does
   ranks x threads never oversubscribe a node, with or without process binding.
   ``OMP_NUM_THREADS`` or :func:`cconv.set_num_threads` override it.
 
+``evaluate``, ``predict`` and ``train_on_batch`` are not distributed: after a distributed
+fit every rank holds the same model, and each runs them on the data it is given.
+
+Datasets of :mod:`cconv.data` are not sharded by ``fit(distributed=True)`` yet: it shards
+arrays.
+
 A custom training loop uses the same pieces: :func:`init`, :func:`shard`,
 :func:`broadcast_model`, :class:`GradientReducer` and :func:`reduce_means`.
 """
 import contextlib
-import io
 import json
 import os
 import sys
@@ -584,6 +589,19 @@ class _RankState(_callbacks.Callback):
         self.saved = None
 
 
+class _Discard:
+    """A text stream that keeps nothing (the standard output of ranks other than 0)."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
 class DataParallel:
     """The settings of ``fit(..., distributed=...)`` and the hooks fit calls.
 
@@ -626,7 +644,7 @@ class DataParallel:
         (:meth:`World.abort`) unless it is one of ``agreed`` (raised by every rank alike);
         the standard output of the ranks other than 0 is discarded."""
         self.world = init(self.comm)
-        quiet = (contextlib.redirect_stdout(io.StringIO()) if not self.world.is_root
+        quiet = (contextlib.redirect_stdout(_Discard()) if not self.world.is_root
                  else contextlib.nullcontext())
         try:
             with quiet:
