@@ -48,7 +48,23 @@ CASES = {
                       dict(bucket_bytes=700, overlap=False)),
     "small_batches": (22, 10, 2, "float64", ("SGD", dict(lr=0.1)), dict(bucket_bytes=1, overlap=True)),
     "adam32": (37, 8, 2, "float32", ("Adam", dict(lr=0.01)), None),
+    # a NaN in the 2nd batch of epoch 1 (on rank 1 of 2, rank 2 of 3): every rank skips it
+    "nan_skipped": (37, 10, 2, "float64", ("SGD", dict(lr=0.1)), None),
 }
+
+
+def case_data(case):
+    n = CASES[case][0]
+    x, y = data(n)
+    if case == "nan_skipped":
+        x = x.copy()
+        x[_first_order(n, seed=100)[18]] = np.nan
+    return x, y
+
+
+def _first_order(n, seed):
+    """The order of epoch 1 of a model built with ``seed`` (its shuffling generator)."""
+    return graph_model(seed).shuffle_rng.permutation(n)
 
 
 def compiled(case, seed):
@@ -60,13 +76,14 @@ def compiled(case, seed):
 
 def fit_case(model, case, distributed, verbose=0):
     n, batch, epochs, dtype, _, dp = CASES[case]
-    x, y = data(n)
+    x, y = case_data(case)
     xv, yv = data(11, seed=1)
     if distributed and dp is not None:
         from cconv.distributed import DataParallel
         distributed = DataParallel(**dp)
+    callbacks = [cconv.callbacks.SkipNonFinite(verbose=0)] if case == "nan_skipped" else None
     return model.fit(x, y, epochs=epochs, batch_size=batch, validation_data=(xv, yv), verbose=verbose,
-                     distributed=distributed)
+                     distributed=distributed, callbacks=callbacks)
 
 
 def save(out, name, rank, model, history=None):
@@ -90,6 +107,13 @@ def main(scenario, out):
             save(out, case, r, model, history)
     elif scenario == "threads":
         print(f"rank {r}: {cconv.get_num_threads()} threads", flush=True)
+    elif scenario == "nonfinite":
+        model = compiled("nan_skipped", seed=100)
+        x, y = case_data("nan_skipped")
+        try:
+            model.fit(x, y, epochs=1, batch_size=10, verbose=0, distributed=True)
+        except cconv.training.NonFiniteLossError as exc:
+            print(f"rank {r} caught: {exc}", flush=True)
     elif scenario == "raise_in_fit":
         class Boom(cconv.callbacks.Callback):
             def on_batch_end(self, batch, logs=None):

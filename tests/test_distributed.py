@@ -169,6 +169,15 @@ def test_same_weights_as_one_process(tmp_path, ranks):
 
 
 @needs_mpi
+def test_a_nonfinite_loss_is_raised_on_every_rank(tmp_path):
+    """A NaN sample in one rank's part stops every rank with NonFiniteLossError (which
+    the script can catch: no rank waits for another), naming the global batch."""
+    res = worker(2, "nonfinite", tmp_path)
+    for r in range(2):
+        assert f"rank {r} caught: the loss is nan at epoch 1/1, batch 2/4" in res.stdout, res.stdout
+
+
+@needs_mpi
 def test_oversubscribing_threads_are_warned_about(tmp_path):
     cpus = cconv._config.available_cpus()
     res = worker(2, "threads", tmp_path, env={"OMP_NUM_THREADS": str(cpus)})
