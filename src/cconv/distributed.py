@@ -28,7 +28,8 @@ What ``fit(..., distributed=True)`` does
   parts differ by at most one sample and never overlap; with fewer samples than ranks some
   parts are empty).
 - **Gradients.** Each rank's gradient (the mean over its part) is weighted by its part's
-  share of the global batch and the weighted gradients are summed with ``Allreduce``:
+  size, the weighted gradients are summed with ``Allreduce`` and the sums divided by the
+  global batch's size:
   every rank gets the gradient of the mean over the global batch, also when the parts are
   unequal or empty, then steps its optimizer (clipping included) on identical numbers. The
   gradients travel in a few contiguous buffers (*buckets* of at least ``bucket_bytes``,
@@ -385,10 +386,10 @@ class GradientReducer:
 
     A step of a custom loop::
 
-        reducer.begin(n_local, n_global)
+        reducer.begin(len(xs[0]))         # this rank's samples of the global batch
         logs, finite, _ = cconv.training.loss_and_gradients(
             model, xs, ys, plan, training=True, grads_ready=reducer.grads_ready)
-        reducer.finish()                  # the grads now hold the global batch's gradient
+        reducer.finish(n_global)          # the grads now hold the global batch's gradient
         model.optimizer.step()
 
     Attributes
@@ -427,6 +428,7 @@ class GradientReducer:
         self.stats = {"steps": 0, "pack_s": 0.0, "reduce_s": 0.0, "buckets": len(self._buckets),
                       "bytes": sum(b.buffer.nbytes for b in self._buckets)}
         self._scale = 1.0
+        self._inv_total = 1.0
         self._next = 0
         self._done = set()
         if not self.overlap:
@@ -445,10 +447,11 @@ class GradientReducer:
             self._where[id(layer)] = len(self._buckets)
         self._buckets.append(bucket)
 
-    def begin(self, n_local, n_global):
-        """Start a step in which this rank's gradients are the mean over ``n_local`` of the
-        global batch's ``n_global`` samples."""
-        self._scale = n_local / n_global
+    def begin(self, n_local):
+        """Start a step in which this rank's gradients are the mean over its ``n_local``
+        samples: they go into the buckets multiplied by ``n_local``, so that the sums over
+        the ranks divided by the global batch's size (:meth:`reduce`) are its mean."""
+        self._scale = float(n_local)
         for b in self._buckets:
             b.pending = len(b.layers)
             b.request = None
@@ -494,11 +497,12 @@ class GradientReducer:
             self._MPI.Request.Testall([b.request for b in self._buckets[:self._next]])
         self.stats["pack_s"] += time.perf_counter() - t
 
-    def finish(self):
-        """Send what is left, wait for every bucket and copy the sums back into the
-        gradients: each rank then holds the global batch's mean gradient."""
+    def finish(self, n_total):
+        """Send what is left, wait for every bucket and copy the sums divided by
+        ``n_total`` (the global batch's samples) back into the gradients: each rank then
+        holds the global batch's mean gradient."""
         self.flush()
-        self.reduce()
+        self.reduce(n_total)
 
     def flush(self):
         """Pack the layers the backward pass did not report (all of them without
@@ -512,9 +516,10 @@ class GradientReducer:
             self._start_ready()
         self.stats["pack_s"] += time.perf_counter() - t
 
-    def reduce(self):
+    def reduce(self, n_total):
         """Sum the buckets (blocking ``Allreduce``, or wait for the ``Iallreduce`` calls)
-        and copy the sums back into the gradients."""
+        and copy the sums divided by ``n_total`` back into the gradients (zeros when
+        ``n_total`` is 0)."""
         t = time.perf_counter()
         if self.overlap:
             self._MPI.Request.Waitall([b.request for b in self._buckets])
@@ -522,9 +527,10 @@ class GradientReducer:
             for b in self._buckets:
                 self.world.comm.Allreduce(self._MPI.IN_PLACE, b.buffer, op=self._MPI.SUM)
         for b in self._buckets:
+            inv = b.buffer.dtype.type(1.0 / n_total if n_total else 0.0)
             for _, views in b.layers:
                 for flat, offset in views:
-                    np.copyto(flat, b.buffer[offset:offset + flat.size])
+                    np.multiply(b.buffer[offset:offset + flat.size], inv, out=flat)
         self.stats["reduce_s"] += time.perf_counter() - t
         self.stats["steps"] += 1
 
@@ -700,11 +706,11 @@ class DataParallel:
         """This rank's part ``(lo, hi)`` of a global batch of ``m`` samples."""
         return shard(m, self.world.rank, self.world.size)
 
-    def begin_step(self, n_local, n_global):
-        """Before this rank's forward pass on ``n_local`` of the ``n_global`` samples."""
+    def begin_step(self, n_local):
+        """Before this rank's forward pass on its ``n_local`` samples of a global batch."""
         self._n_local = n_local
         if self._reducer is not None:
-            self._reducer.begin(n_local, n_global)
+            self._reducer.begin(n_local)
 
     @property
     def grads_ready(self):
@@ -723,7 +729,7 @@ class DataParallel:
         t = time.perf_counter()
         parts = self.world.comm.allgather((self._n_local, logs, bool(finite)))
         self.stats["sync_s"] += time.perf_counter() - t
-        red.reduce()
+        red.reduce(sum(n for n, _, _ in parts))
         self.stats.update(red.stats)
         return _weighted_means([(n, l) for n, l, _ in parts]), all(f for _, _, f in parts)
 

@@ -343,38 +343,43 @@ class _OneProcess:
     grads_ready = None      # the backward pass's per-layer hook
 
     def guard(self, agreed=()):
+        """Around the whole fit (MPI: an error ends every process)."""
         return contextlib.nullcontext()
 
     def callbacks(self, checkpointing):
+        """Callbacks fit adds after the user's."""
         return []
 
     def start(self, model, settings, start_epoch, resumed, history, callbacks):
+        """After a resume, before training: returns the epoch to start from (MPI: every
+        process takes process 0's model, position and history)."""
         return start_epoch
 
     def shard(self, m):
         """This process's part ``(lo, hi)`` of a global batch of ``m`` samples."""
         return 0, m
 
-    def begin_step(self, n_local, n_global):
-        pass
+    def begin_step(self, n_local):
+        """Before the forward pass on this process's ``n_local`` samples of a batch."""
 
     def end_step(self, logs, finite):
         """Between backward and the optimizer step: the global batch's gradients and logs."""
         return logs, finite
 
     def end_epoch(self, model):
-        pass
+        """Before validation (MPI: the processes agree on the layers' state)."""
 
     def reduce_means(self, logs, n_local):
+        """Validation results of this process's ``n_local`` samples, as means over all."""
         return logs
 
 
 _ONE_PROCESS = _OneProcess()
 
 
-def _train_step(model, xs, ys, plan, par=_ONE_PROCESS, n_global=None):
+def _train_step(model, xs, ys, plan, par=_ONE_PROCESS):
     n = xs[0].shape[0]
-    par.begin_step(n, n_global or n)
+    par.begin_step(n)
     if n or par is _ONE_PROCESS:
         logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True, grads_ready=par.grads_ready)
     else:                   # an empty part of a global batch smaller than the number of ranks
@@ -631,7 +636,7 @@ def _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, ver
         index = slice(lo + a, lo + z) if order is None else order[lo + a:lo + z]
         for cb in cbs:
             cb.on_batch_begin(b)
-        logs, finite = _train_step(model, _batch(model, xs, index), _take(ys, index), plan, par, hi - lo)
+        logs, finite = _train_step(model, _batch(model, xs, index), _take(ys, index), plan, par)
         if not finite:
             skip = False
             for cb in cbs:
