@@ -14,6 +14,7 @@ Environment variables:
                        runtime's license to the wheel's LICENSE. cibuildwheel builds
                        (CIBUILDWHEEL=1) do this too; set CCONV_BUNDLED_OPENMP=0 to skip it.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -137,8 +138,7 @@ directives = {
 
 extensions = [
     Extension("cconv._core", ["src/cconv/_core.pyx"],
-              depends=["src/cconv/_winograd.h", "src/cconv/_simd.h", "src/cconv/_pool_simd.h",
-                       "src/cconv/_conv_direct.h"]),
+              depends=glob.glob("src/cconv/*.h")),
 ]
 
 setup(

@@ -28,143 +28,20 @@ ctypedef fused index_t:     # max-pool argmax: int32 unless a plane has 2**31 un
     int
     long long
 
-cdef extern from *:
-    """
-    #if defined(_OPENMP)
-    #include <omp.h>
-    #define CCONV_OPENMP 1
-    static int cconv_omp_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    #define CCONV_OPENMP 0
-    static int cconv_omp_max_threads(void) { return 1; }
-    #endif
-
-    /* Hot elementwise loops are compiled for several instruction sets on x86-64 Linux
-       with gcc (the loader picks the best one at run time); elsewhere for the baseline. */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define CCONV_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define CCONV_MULTIVERSION
-    #endif
-
-    /* One output row (n, oh) of a max pool: for every ow and channel, the running max over
-       the window (rows h0..h1, columns from ow*sw - pl, clipped), starting from the first
-       in-bounds element; a strictly greater value or a NaN takes the place, so ties keep
-       the first element in row-major order and NaN propagates. Branch-free to vectorise. */
-    #define CCONV_MAXPOOL_ROW(NAME, T, I)                                                  \
-    CCONV_MULTIVERSION static void NAME(                                                 \
-            const T *__restrict x, T *__restrict y, I *__restrict a,                     \
-            Py_ssize_t n, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW,       \
-            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) { \
-        for (Py_ssize_t ow = 0; ow < OW; ow++) {                                         \
-            Py_ssize_t w0 = ow * sw - pl, w1 = w0 + KW;                                  \
-            if (w0 < 0) w0 = 0;                                                          \
-            if (w1 > W) w1 = W;                                                          \
-            T *yo = y + ow * C;                                                          \
-            I *ao = a + ow * C;                                                          \
-            const T *xi = x + ((n * H + h0) * W + w0) * C;                               \
-            I first = (I)(h0 * W + w0);                                                  \
-            for (Py_ssize_t c = 0; c < C; c++) { yo[c] = xi[c]; ao[c] = first; }         \
-            for (Py_ssize_t ih = h0; ih < h1; ih++) {                                    \
-                for (Py_ssize_t iw = (ih == h0 ? w0 + 1 : w0); iw < w1; iw++) {          \
-                    const T *xv = x + ((n * H + ih) * W + iw) * C;                       \
-                    I idx = (I)(ih * W + iw);                                            \
-                    for (Py_ssize_t c = 0; c < C; c++) {                                 \
-                        T v = xv[c], b = yo[c];                                          \
-                        int take = (v > b) | (v != v);                                   \
-                        yo[c] = take ? v : b;                                            \
-                        ao[c] = take ? idx : ao[c];                                      \
-                    }                                                                    \
-                }                                                                        \
-            }                                                                            \
-        }                                                                                \
-    }
-    CCONV_MAXPOOL_ROW(cconv_maxpool_row_fi, float, int)
-    CCONV_MAXPOOL_ROW(cconv_maxpool_row_fl, float, long long)
-    CCONV_MAXPOOL_ROW(cconv_maxpool_row_di, double, int)
-    CCONV_MAXPOOL_ROW(cconv_maxpool_row_dl, double, long long)
-
-    /* d[i] += s[i]; the pointers never alias, which lets the compiler vectorise. */
-    CCONV_MULTIVERSION static void cconv_add_f(float *__restrict d, const float *__restrict s, Py_ssize_t n) {
-        for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i];
-    }
-    CCONV_MULTIVERSION static void cconv_add_d(double *__restrict d, const double *__restrict s, Py_ssize_t n) {
-        for (Py_ssize_t i = 0; i < n; i++) d[i] += s[i];
-    }
-
-    /* Max-pool backward of one output row (n, oh) when the windows tile the input
-       (stride == pool size, no padding): every input unit under the row's windows is
-       written once, dy where argmax names it and 0 elsewhere. Returns how many argmax
-       entries named a unit of their own window (the caller checks it is all of them). */
-    #define CCONV_MAXPOOL_BWD_ROW(NAME, T, I)                                                \
-    CCONV_MULTIVERSION static long long NAME(                                              \
-            T *__restrict dx, const T *__restrict dy, const I *__restrict a,               \
-            Py_ssize_t n, Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,       \
-            Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) {                    \
-        long long matched = 0;                                                             \
-        for (Py_ssize_t ow = 0; ow < OW; ow++) {                                           \
-            const T *g = dy + ((n * OH + oh) * OW + ow) * C;                               \
-            const I *ai = a + ((n * OH + oh) * OW + ow) * C;                               \
-            for (Py_ssize_t kh = 0; kh < KH; kh++) {                                       \
-                Py_ssize_t ih = oh * KH + kh;                                              \
-                for (Py_ssize_t kw = 0; kw < KW; kw++) {                                   \
-                    Py_ssize_t iw = ow * KW + kw;                                          \
-                    I idx = (I)(ih * W + iw);                                              \
-                    T *d = dx + ((n * H + ih) * W + iw) * C;                               \
-                    for (Py_ssize_t c = 0; c < C; c++) {                                   \
-                        int m = ai[c] == idx;                                              \
-                        d[c] = m ? g[c] : (T)0;                                            \
-                        matched += m;                                                      \
-                    }                                                                      \
-                }                                                                          \
-            }                                                                              \
-        }                                                                                  \
-        return matched;                                                                    \
-    }
-    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_fi, float, int)
-    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_fl, float, long long)
-    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_di, double, int)
-    CCONV_MAXPOOL_BWD_ROW(cconv_maxpool_bwd_row_dl, double, long long)
-
-    /* ReLU backward in one pass: out = dy where y > 0, else 0. */
-    #define CCONV_RELU_BWD(NAME, T)                                                          \
-    CCONV_MULTIVERSION static void NAME(T *__restrict out, const T *__restrict dy,         \
-                                        const T *__restrict y, Py_ssize_t n) {             \
-        for (Py_ssize_t i = 0; i < n; i++) out[i] = y[i] > 0 ? dy[i] : (T)0;               \
-    }
-    CCONV_RELU_BWD(cconv_relu_bwd_f, float)
-    CCONV_RELU_BWD(cconv_relu_bwd_d, double)
-
-    /* Flush-to-zero / denormals-are-zero for the calling thread; returns the old mode. */
-    #if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
-    #include <xmmintrin.h>
-    #define CCONV_HAVE_FTZ 1
-    static unsigned long cconv_ftz_on(void) {
-        unsigned int old = _mm_getcsr();
-        _mm_setcsr(old | 0x8040u);  /* FTZ (bit 15) | DAZ (bit 6) */
-        return old;
-    }
-    static void cconv_ftz_restore(unsigned long old) { _mm_setcsr((unsigned int)old); }
-    #elif defined(__aarch64__)
-    #define CCONV_HAVE_FTZ 1
-    static unsigned long cconv_ftz_on(void) {
-        unsigned long old;
-        __asm__ __volatile__("mrs %0, fpcr" : "=r"(old));
-        __asm__ __volatile__("msr fpcr, %0" : : "r"(old | (1UL << 24)));
-        return old;
-    }
-    static void cconv_ftz_restore(unsigned long old) { __asm__ __volatile__("msr fpcr, %0" : : "r"(old)); }
-    #else
-    #define CCONV_HAVE_FTZ 0
-    static unsigned long cconv_ftz_on(void) { return 0; }
-    static void cconv_ftz_restore(unsigned long old) { (void)old; }
-    #endif
-    """
+cdef extern from "_platform.h":
     int CCONV_OPENMP
     int CCONV_HAVE_FTZ
     int cconv_omp_max_threads() noexcept nogil
     unsigned long cconv_ftz_on() noexcept nogil
     void cconv_ftz_restore(unsigned long old) noexcept nogil
+
+cdef extern from "_elementwise.h":
+    void cconv_add_f(float *d, const float *s, Py_ssize_t n) noexcept nogil
+    void cconv_add_d(double *d, const double *s, Py_ssize_t n) noexcept nogil
+    void cconv_relu_bwd_f(float *out, const float *dy, const float *y, Py_ssize_t n) noexcept nogil
+    void cconv_relu_bwd_d(double *out, const double *dy, const double *y, Py_ssize_t n) noexcept nogil
+
+cdef extern from "_pool_rows.h":
     long long cconv_maxpool_bwd_row_fi(float *dx, const float *dy, const int *a, Py_ssize_t n,
                                        Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
                                        Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
@@ -177,10 +54,6 @@ cdef extern from *:
     long long cconv_maxpool_bwd_row_dl(double *dx, const double *dy, const long long *a, Py_ssize_t n,
                                        Py_ssize_t oh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H,
                                        Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
-    void cconv_relu_bwd_f(float *out, const float *dy, const float *y, Py_ssize_t n) noexcept nogil
-    void cconv_relu_bwd_d(double *out, const double *dy, const double *y, Py_ssize_t n) noexcept nogil
-    void cconv_add_f(float *d, const float *s, Py_ssize_t n) noexcept nogil
-    void cconv_add_d(double *d, const double *s, Py_ssize_t n) noexcept nogil
     void cconv_maxpool_row_fi(const float *x, float *y, int *a, Py_ssize_t n, Py_ssize_t H,
                               Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW, Py_ssize_t h0,
                               Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw, Py_ssize_t pl) noexcept nogil
@@ -1204,7 +1077,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x,
                        index_t[:, :, :, ::1] argmax,        # OUT, flat h*W + w of the winner
                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl, int num_threads, bint stream=False):
-    """Max over each window, recording the winner (see cconv_maxpool_row above).
+    """Max over each window, recording the winner (see _pool_rows.h).
 
     The caller guarantees every window holds at least one in-bounds element. Windows
     that tile the input go through _pool_simd.h for float32 / int32; ``stream`` asks it

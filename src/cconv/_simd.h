@@ -1,5 +1,6 @@
-/* The instruction-set level of cconv's explicitly vectorised kernels (_pool_simd.h,
- * _conv_direct.h): 2 = AVX-512F, 1 = AVX2, 0 = generic loops only.
+/* Instruction sets: the multiversioning macro of cconv's plain C loops, and the level of
+ * its explicitly vectorised kernels (_pool_simd.h, _conv_direct.h): 2 = AVX-512F,
+ * 1 = AVX2, 0 = generic loops only.
  *
  * The kernels are compiled for their instruction set with target attributes, whatever the
  * build's baseline, and chosen at run time by cconv_simd_level(). The tests lower the cap to
@@ -7,6 +8,15 @@
  */
 #ifndef CCONV_SIMD_H
 #define CCONV_SIMD_H
+
+/* Plain C loops that gain from wider vectors are compiled for several instruction sets on
+   x86-64 Linux with gcc (the loader picks the best one at run time); elsewhere for the
+   build's baseline. The one definition: _pool_rows.h, _elementwise.h and _winograd.h use it. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CCONV_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CCONV_MULTIVERSION
+#endif
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define CCONV_X86 1

@@ -22,12 +22,7 @@
 #define CCONV_WINOGRAD_H
 
 #include <stddef.h>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define CCONV_WINO_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CCONV_WINO_MULTIVERSION
-#endif
+#include "_simd.h"
 
 #if defined(_OPENMP) && !defined(_MSC_VER)
 #define CCONV_SIMD _Pragma("omp simd")
@@ -42,7 +37,7 @@
 
 #define CCONV_WINOGRAD_KERNELS(S, T)                                                        \
 /* V[k*ldv + c] = (B^T d B)[k][c], d = the 4x4 block of image n at (ih0, iw0). */           \
-CCONV_WINO_MULTIVERSION static void cconv_wino_in_##S(                                      \
+CCONV_MULTIVERSION static void cconv_wino_in_##S(                                      \
         const T *x, T *V, ptrdiff_t ldv, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,             \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, const T *zero) {                         \
     const T *p[16];                                                                         \
@@ -68,7 +63,7 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_in_##S(                          
                                                                                             \
 /* The 2x2 outputs (A^T M A)[o] + bias[o] of the tile at (oh0, ow0) of image n; those       \
    outside the output (the last row/column of an odd-sized map) go to sink. */              \
-CCONV_WINO_MULTIVERSION static void cconv_wino_out_##S(                                     \
+CCONV_MULTIVERSION static void cconv_wino_out_##S(                                     \
         const T *M, ptrdiff_t ldm, T *y, const T *bias, ptrdiff_t OH, ptrdiff_t OW,         \
         ptrdiff_t Co, ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, T *sink) {                 \
     T *q[4];                                                                                \
@@ -94,7 +89,7 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_out_##S(                         
                                                                                             \
 /* Yh[k*ldy + o] = (A g A^T)[k][o], g = the 2x2 block of dy at (oh0, ow0) (0 outside);      \
    db[o] accumulates the block's sum. */                                                    \
-CCONV_WINO_MULTIVERSION static void cconv_wino_dy_##S(                                      \
+CCONV_MULTIVERSION static void cconv_wino_dy_##S(                                      \
         const T *dy, T *Yh, ptrdiff_t ldy, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t Co,        \
         ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, const T *zero, T *db) {                  \
     const T *p[4];                                                                          \
@@ -119,7 +114,7 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_dy_##S(                          
                                                                                             \
 /* dx[4x4 block at (ih0, iw0) of image n] += (B dV B^T); positions outside the image        \
    (padding) go to sink. */                                                                 \
-CCONV_WINO_MULTIVERSION static void cconv_wino_dx_##S(                                      \
+CCONV_MULTIVERSION static void cconv_wino_dx_##S(                                      \
         const T *dV, ptrdiff_t ldv, T *dx, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,           \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, T *sink) {                               \
     T *q[16];                                                                               \
@@ -146,7 +141,7 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_dx_##S(                          
                                                                                             \
 /* U[k*P + p] = (G g G^T)[k] for the 3x3 filters g[(3a+b)*P + p] with p in [p0, p1)         \
    (P = C * Cout: one filter per input/output channel pair). */                             \
-CCONV_WINO_MULTIVERSION static void cconv_wino_filter_##S(                                  \
+CCONV_MULTIVERSION static void cconv_wino_filter_##S(                                  \
         const T *w, T *U, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1) {                        \
     const T h = (T)0.5;                                                                     \
     CCONV_SIMD                                                                              \
@@ -170,7 +165,7 @@ CCONV_WINO_MULTIVERSION static void cconv_wino_filter_##S(                      
    dU (slot s at dU + s * 16 * P, added in slot order): the adjoint of cconv_wino_filter.   \
    The slots are summed CCONV_WINO_SUB pairs at a time into a local buffer, with one        \
    contiguous stream per (slot, k). */                                                      \
-CCONV_WINO_MULTIVERSION static void cconv_wino_filter_grad_##S(                             \
+CCONV_MULTIVERSION static void cconv_wino_filter_grad_##S(                             \
         const T *dU, ptrdiff_t ns, T *dW, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1) {        \
     const T h = (T)0.5;                                                                     \
     T s[16][CCONV_WINO_SUB];                                                                \

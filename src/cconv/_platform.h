@@ -1,0 +1,45 @@
+/* What the kernels need from the platform: OpenMP when the build has it, and the
+ * flush-to-zero / denormals-are-zero mode of the calling thread.
+ *
+ * Every kernel switches FTZ/DAZ on in each of its threads and restores the previous mode
+ * before returning: a long training run otherwise slows down many times over as values
+ * decay into denormals (see cconv.functional's module docstring).
+ */
+#ifndef CCONV_PLATFORM_H
+#define CCONV_PLATFORM_H
+
+#if defined(_OPENMP)
+#include <omp.h>
+#define CCONV_OPENMP 1
+static int cconv_omp_max_threads(void) { return omp_get_max_threads(); }
+#else
+#define CCONV_OPENMP 0
+static int cconv_omp_max_threads(void) { return 1; }
+#endif
+
+/* Switch FTZ/DAZ on for the calling thread; returns the old mode for cconv_ftz_restore. */
+#if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
+#include <xmmintrin.h>
+#define CCONV_HAVE_FTZ 1
+static unsigned long cconv_ftz_on(void) {
+    unsigned int old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u);  /* FTZ (bit 15) | DAZ (bit 6) */
+    return old;
+}
+static void cconv_ftz_restore(unsigned long old) { _mm_setcsr((unsigned int)old); }
+#elif defined(__aarch64__)
+#define CCONV_HAVE_FTZ 1
+static unsigned long cconv_ftz_on(void) {
+    unsigned long old;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(old));
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(old | (1UL << 24)));
+    return old;
+}
+static void cconv_ftz_restore(unsigned long old) { __asm__ __volatile__("msr fpcr, %0" : : "r"(old)); }
+#else
+#define CCONV_HAVE_FTZ 0
+static unsigned long cconv_ftz_on(void) { return 0; }
+static void cconv_ftz_restore(unsigned long old) { (void)old; }
+#endif
+
+#endif  /* CCONV_PLATFORM_H */
