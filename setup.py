@@ -136,12 +136,21 @@ directives = {
     "embedsignature": True,
 }
 
+# One extension per concept (each .pyx with its .pxd): cconv._cpu and cconv._blas at the
+# bottom, the kernels of cconv._im2col, _conv, _pool and _activation, and cconv._core, the
+# Python face of them all. The public C headers live in src/cconv/include (see
+# cconv.get_include()); the private ones beside the .pyx files.
+MODULES = ["_cpu", "_blas", "_im2col", "_conv", "_pool", "_activation", "_core"]
 extensions = [
-    Extension("cconv._core", ["src/cconv/_core.pyx"],
-              depends=glob.glob("src/cconv/*.h")),
+    Extension(f"cconv.{name}", [f"src/cconv/{name}.pyx"],
+              include_dirs=["src/cconv/include"],
+              depends=glob.glob("src/cconv/*.h") + glob.glob("src/cconv/include/cconv/*.h")
+              + glob.glob("src/cconv/*.pxd"))
+    for name in MODULES
 ]
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives=directives),
+    ext_modules=cythonize(extensions, compiler_directives=directives,
+                          include_path=["src"]),
     cmdclass={"build_ext": BuildExt, "bdist_wheel": BdistWheel},
 )

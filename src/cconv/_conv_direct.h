@@ -16,7 +16,7 @@
  * The accumulators stay in registers for the whole sum over t (forward) or over the
  * pixels of a row (dW).
  *
- * The caller checks cconv_simd_level() >= 2 (_simd.h) and the shape conditions (float32,
+ * The caller checks simd_level() >= 2 (cconv._cpu) and the shape conditions (float32,
  * groups 1, C_out % 16 == 0, K small).
  */
 #ifndef CCONV_CONV_DIRECT_H

@@ -1,9 +1,9 @@
 """Type stub of the compiled kernels (``src/cconv/_core.pyx``).
 
-These are private, unvalidated kernels: call the checked wrappers in
-:mod:`cconv.functional`. Every array argument must be C-contiguous; the floating-point
-arrays of one call share one dtype (the Cython fused type ``floating``). Arguments marked
-OUT are written in place. ``tests/test_packaging.py`` checks that the names and parameters
+These are private: call :mod:`cconv.functional`. The kernels check their geometry and
+buffers and raise ``ValueError`` naming themselves, but take only C-contiguous arrays of
+the right dtypes: the floating-point arrays of one call share one dtype (the Cython fused
+type ``floating``). Arguments marked OUT are written in place. ``tests/test_packaging.py`` checks that the names and parameters
 here match the compiled module.
 """
 from typing import TypeVar
@@ -51,7 +51,7 @@ def im2col(
 ) -> None: ...
 def col2im(
     cols: NDArray[_F],
-    x: NDArray[_F],  # OUT, zeroed by the caller
+    x: NDArray[_F],  # OUT
     KH: int,
     KW: int,
     OH: int,
@@ -82,11 +82,31 @@ def conv2d_forward(
     tile_rows: int,
     num_threads: int,
 ) -> None: ...
+def conv_plan(
+    shape: tuple[int, int, int, int],
+    KH: int,
+    KW: int,
+    Cout: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pb: int,
+    pl: int,
+    pr: int,
+    dh: int,
+    dw: int,
+    groups: int,
+    itemsize: int,
+    backward: bool,
+    need_dx: bool,
+    budget: int,
+    tuning: tuple[int, int, int, int, int],
+) -> tuple[int, int, int, int, int, int, int, int]: ...
 def conv2d_backward(
     dy: NDArray[_F],
     x: NDArray[_F],
     wmat: NDArray[_F],
-    dx: NDArray[_F],  # OUT
+    dx: NDArray[_F] | None,  # OUT
     dw_work: NDArray[_F],  # OUT
     db_work: NDArray[_F],  # OUT
     work: NDArray[_F],  # scratch
@@ -100,8 +120,6 @@ def conv2d_backward(
     dw: int,
     groups: int,
     tile_rows: int,
-    need_dx: bool,
-    need_db: bool,
     num_threads: int,
 ) -> None: ...
 def winograd_filter(w: NDArray[_F], U: NDArray[_F], num_threads: int) -> None: ...  # U: OUT
@@ -190,8 +208,9 @@ def max_pool2d_backward(
     dy: NDArray[_F],
     argmax: NDArray[np.int32] | NDArray[np.int64],
     dx: NDArray[_F],  # OUT
+    stream: bool,
     num_threads: int,
-) -> int: ...
+) -> None: ...
 def avg_pool2d_forward(
     x: NDArray[_F],
     y: NDArray[_F],  # OUT
@@ -205,7 +224,7 @@ def avg_pool2d_forward(
 ) -> None: ...
 def avg_pool2d_backward(
     dy: NDArray[_F],
-    dx: NDArray[_F],  # OUT, zeroed by the caller
+    dx: NDArray[_F],  # OUT
     KH: int,
     KW: int,
     sh: int,

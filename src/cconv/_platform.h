@@ -1,5 +1,6 @@
-/* What the kernels need from the platform: OpenMP when the build has it, and the
- * flush-to-zero / denormals-are-zero mode of the calling thread.
+/* What the kernels need from the platform: OpenMP when the build has it, the
+ * flush-to-zero / denormals-are-zero mode of the calling thread, and the rule that sizes
+ * a kernel's thread team.
  *
  * Every kernel switches FTZ/DAZ on in each of its threads and restores the previous mode
  * before returning: a long training run otherwise slows down many times over as values
@@ -8,38 +9,52 @@
 #ifndef CCONV_PLATFORM_H
 #define CCONV_PLATFORM_H
 
+#include <stddef.h>
+
 #if defined(_OPENMP)
 #include <omp.h>
 #define CCONV_OPENMP 1
-static int cconv_omp_max_threads(void) { return omp_get_max_threads(); }
+static inline int cconv_omp_max_threads(void) { return omp_get_max_threads(); }
 #else
 #define CCONV_OPENMP 0
-static int cconv_omp_max_threads(void) { return 1; }
+static inline int cconv_omp_max_threads(void) { return 1; }
 #endif
 
 /* Switch FTZ/DAZ on for the calling thread; returns the old mode for cconv_ftz_restore. */
 #if defined(__SSE__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 1)
 #include <xmmintrin.h>
 #define CCONV_HAVE_FTZ 1
-static unsigned long cconv_ftz_on(void) {
+static inline unsigned long cconv_ftz_on(void) {
     unsigned int old = _mm_getcsr();
     _mm_setcsr(old | 0x8040u);  /* FTZ (bit 15) | DAZ (bit 6) */
     return old;
 }
-static void cconv_ftz_restore(unsigned long old) { _mm_setcsr((unsigned int)old); }
+static inline void cconv_ftz_restore(unsigned long old) { _mm_setcsr((unsigned int)old); }
 #elif defined(__aarch64__)
 #define CCONV_HAVE_FTZ 1
-static unsigned long cconv_ftz_on(void) {
+static inline unsigned long cconv_ftz_on(void) {
     unsigned long old;
     __asm__ __volatile__("mrs %0, fpcr" : "=r"(old));
     __asm__ __volatile__("msr fpcr, %0" : : "r"(old | (1UL << 24)));
     return old;
 }
-static void cconv_ftz_restore(unsigned long old) { __asm__ __volatile__("msr fpcr, %0" : : "r"(old)); }
+static inline void cconv_ftz_restore(unsigned long old) { __asm__ __volatile__("msr fpcr, %0" : : "r"(old)); }
 #else
 #define CCONV_HAVE_FTZ 0
-static unsigned long cconv_ftz_on(void) { return 0; }
-static void cconv_ftz_restore(unsigned long old) { (void)old; }
+static inline unsigned long cconv_ftz_on(void) { return 0; }
+static inline void cconv_ftz_restore(unsigned long old) { (void)old; }
 #endif
+
+/* Below this many elements of work per thread, another thread costs more than it saves. */
+#define CCONV_MIN_WORK_PER_THREAD 32768
+
+/* The threads a kernel runs on: at most `budget` (the caller's num_threads), at most one per
+   parallel item, and (work >= 0) at most one per CCONV_MIN_WORK_PER_THREAD elements of work;
+   at least 1. */
+static inline int cconv_threads(int budget, ptrdiff_t items, ptrdiff_t work) {
+    ptrdiff_t n = budget < items ? budget : items;
+    if (work >= 0 && work / CCONV_MIN_WORK_PER_THREAD < n) n = work / CCONV_MIN_WORK_PER_THREAD;
+    return n < 1 ? 1 : (int)n;
+}
 
 #endif  /* CCONV_PLATFORM_H */

@@ -16,7 +16,7 @@
  *
  * Every entry point returns 0 when it cannot handle the call (no such instruction set
  * on this CPU or in this build, or C not a multiple of the vector width); the caller
- * then runs the generic loop. The level comes from cconv_simd_level() (_simd.h).
+ * then runs the generic loop. The level comes from simd_level() (cconv._cpu).
  */
 #ifndef CCONV_POOL_SIMD_H
 #define CCONV_POOL_SIMD_H
@@ -150,7 +150,7 @@ CCONV_AVX2 static long long cconv_pool_bwd_avx2(
 #endif  /* CCONV_X86 */
 
 /* One output row (n, oh) of a tiled max pool. Returns 1 if done, 0 if the caller must
-   use the generic loop. `level` is cconv_simd_level(-1), read once per call. */
+   use the generic loop. `level` is simd_level() (cconv._cpu), read once per call. */
 static int cconv_pool_fwd_simd(int level, const float *x, float *y, int *a, ptrdiff_t n,
                                ptrdiff_t oh, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
                                ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW, int stream) {

@@ -3,8 +3,7 @@
  * 1 = AVX2, 0 = generic loops only.
  *
  * The kernels are compiled for their instruction set with target attributes, whatever the
- * build's baseline, and chosen at run time by cconv_simd_level(). The tests lower the cap to
- * run every path on one machine.
+ * build's baseline, and chosen at run time from cconv._cpu's simd_level().
  */
 #ifndef CCONV_SIMD_H
 #define CCONV_SIMD_H
@@ -27,23 +26,16 @@
 #define CCONV_X86 0
 #endif
 
-static int cconv_simd_max = -1;   /* what the CPU and the build support */
-static int cconv_simd_cap = 2;    /* what the caller allows (tests lower it) */
-
-/* Set the cap (a negative value leaves it) and return the level in use. Called with the
-   GIL held, never while a kernel runs. */
-static int cconv_simd_level(int cap) {
-    if (cconv_simd_max < 0) {
-        int level = 0;
+/* What the CPU and the build support: 2 (AVX-512F), 1 (AVX2) or 0. The level in use, which
+   the tests lower to reach every path, is kept by cconv._cpu (simd_level). */
+static inline int cconv_simd_detect(void) {
+    int level = 0;
 #if CCONV_X86
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2")) level = 1;
-        if (__builtin_cpu_supports("avx512f")) level = 2;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) level = 1;
+    if (__builtin_cpu_supports("avx512f")) level = 2;
 #endif
-        cconv_simd_max = level;
-    }
-    if (cap >= 0) cconv_simd_cap = cap;
-    return cconv_simd_cap < cconv_simd_max ? cconv_simd_cap : cconv_simd_max;
+    return level;
 }
 
 #endif  /* CCONV_SIMD_H */

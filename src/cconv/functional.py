@@ -579,7 +579,7 @@ def col2im(cols: ArrayLike, input_shape: Sequence[int], kernel_size: _IntOrPair,
     if cols.shape != expected:
         raise ValueError(f"cols must have shape (N*OH*OW, KH*KW*C) = {expected} for input_shape "
                          f"{(N, H, W, C)} and kernel_size {k}, got {cols.shape}")
-    x = _alloc((N, H, W, C), cols.dtype, zero=True)
+    x = _alloc((N, H, W, C), cols.dtype)       # zeroed by the kernel, image by image
     nt = _threads(N, cols.size)
     _core.col2im(cols, x, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0],
                  d[0], d[1], nt)
@@ -678,8 +678,7 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
                          f"{w.shape}, got {dy.shape}")
     kg = k[0] * k[1] * (C // groups)
     winograd = _use_winograd(k, s, d, groups, C)
-    # The Winograd kernel zeroes dx itself, image by image on its threads; col2im adds.
-    dx = _alloc(x.shape, x.dtype, zero=not winograd) if need_dx else None
+    dx = _alloc(x.shape, x.dtype) if need_dx else None     # zeroed by the kernels
     if N == 0:
         return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
     if _use_direct(x, k, groups, cout, need_dx):
@@ -707,11 +706,10 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     if not need_dx:
         nt = min(nt, -(-(N * P) // T))
     work = _alloc((nt, T * kg), x.dtype)
-    dw_work = _alloc((nt, kg, cout), x.dtype, zero=True)
-    db_work = _alloc((nt, cout), x.dtype, zero=True)
-    _run(nt, _core.conv2d_backward, dy, x, w.reshape(kg, cout), dx_arg, dw_work, db_work,
-         work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T,
-         bool(need_dx), True)
+    dw_work = _alloc((nt, kg, cout), x.dtype)            # zeroed by the kernel
+    db_work = _alloc((nt, cout), x.dtype)
+    _run(nt, _core.conv2d_backward, dy, x, w.reshape(kg, cout), dx, dw_work, db_work,
+         work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T)
     return dx, _sum_threads(dw_work).reshape(w.shape), _sum_threads(db_work)
 
 
@@ -1084,21 +1082,12 @@ def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
         a = a.astype(np.int64)
     a = np.ascontiguousarray(a)
     dx = _alloc(shape, dy.dtype)  # written (or zeroed) by the kernels, in parallel
-    nt = _threads(shape[0], dx.size)
-    # When the windows can tile the input (the usual 2x2/stride 2), try the one-pass kernel;
-    # it only succeeds if every argmax names a unit of its own window.
-    # Window sizes K with OH*K <= H < (OH+1)*K run from H//(OH+1)+1 to H//OH: try both ends.
-    (N, H, W, C), (OH, OW) = shape, dy.shape[1:3]
-    if OH and OW:
-        for KH, KW in dict.fromkeys([(H // OH, W // OW), (H // (OH + 1) + 1, W // (OW + 1) + 1)]):
-            if OH * KH <= H < (OH + 1) * KH and OW * KW <= W < (OW + 1) * KW:
-                if _core.max_pool2d_backward_tiled(dy, a, dx, KH, KW, nt,
-                                                   dx.nbytes >= _STREAM_MIN_BYTES):
-                    return dx
-    bad = _core.max_pool2d_backward(dy, a, dx, nt)
-    if bad:
-        raise ValueError(f"argmax holds {bad} indices outside [0, H*W) = [0, {shape[1] * shape[2]}) "
-                         f"for input_shape {shape}")
+    try:
+        _core.max_pool2d_backward(dy, a, dx, dx.nbytes >= _STREAM_MIN_BYTES,
+                                  _threads(shape[0], dx.size))
+    except ValueError:
+        raise ValueError(f"argmax holds indices outside [0, H*W) = [0, {shape[1] * shape[2]}) "
+                         f"for input_shape {shape}") from None
     return dx
 
 
@@ -1150,7 +1139,7 @@ def avg_pool2d_backward(dy: ArrayLike, input_shape: Sequence[int], pool_size: _I
     if dy.shape != expected:
         raise ValueError(f"dy must have the pooled shape {expected} for input_shape {shape}, "
                          f"got {dy.shape}")
-    dx = _alloc(shape, dy.dtype, zero=True)
+    dx = _alloc(shape, dy.dtype)                  # zeroed by the kernel, image by image
     _core.avg_pool2d_backward(dy, dx, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
                               _threads(shape[0], dx.size))
     return dx

@@ -1,0 +1,34 @@
+# cython: language_level=3
+"""Elementwise gradients of activations (see _activation.pxd and activation.pxd)."""
+from cython cimport floating
+from cython.parallel cimport prange
+
+from cconv.geometry cimport CCONV_ERR_VALUE
+from cconv._platform cimport cconv_threads
+
+cdef extern from "_elementwise.h":
+    void cconv_relu_bwd_f(float *out, const float *dy, const float *y, Py_ssize_t n) noexcept nogil
+    void cconv_relu_bwd_d(double *out, const double *dy, const double *y, Py_ssize_t n) noexcept nogil
+
+cdef enum:
+    ELEMENTWISE_BLOCK = 65536     # elements per parallel block
+
+
+cdef int relu_backward(const floating *dy, const floating *y, floating *out, Py_ssize_t n,
+                       int num_threads) noexcept nogil:
+    if num_threads < 1 or n < 0 or (n and (dy == NULL or y == NULL or out == NULL)):
+        return CCONV_ERR_VALUE
+    if n == 0:
+        return 0
+    cdef Py_ssize_t nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, blk, lo, m
+    cdef int nt = cconv_threads(num_threads, n, n)
+    for blk in prange(nblocks, schedule="static", num_threads=nt):
+        lo = blk * ELEMENTWISE_BLOCK
+        m = n - lo
+        if m > ELEMENTWISE_BLOCK:
+            m = ELEMENTWISE_BLOCK
+        if floating is float:
+            cconv_relu_bwd_f(out + lo, dy + lo, y + lo, m)
+        else:
+            cconv_relu_bwd_d(out + lo, dy + lo, y + lo, m)
+    return 0

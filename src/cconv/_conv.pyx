@@ -1,0 +1,921 @@
+# cython: language_level=3
+"""Convolution forward and backward (see _conv.pxd, and conv.pxd for the public kernels).
+
+Parallel pattern: ``with parallel(num_threads=nt)``; each thread owns a slice of the
+caller's scratch (its im2col tile or Winograd block, its accumulators), single-threaded
+BLAS inside (cconv.functional limits the BLAS threads around the call), per-thread or
+per-slot partial sums added up afterwards in a fixed order, so that the results are
+bit-for-bit reproducible for a given thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange, threadid
+from libc.stdint cimport uintptr_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from cconv.geometry cimport (cconv_geom, cconv_conv_geom_check, CCONV_ERR_VALUE,
+                             CCONV_ERR_WORKSPACE, CCONV_ERR_NOMEM)
+from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
+                              CCONV_MIN_WORK_PER_THREAD)
+from cconv._cpu cimport simd_level
+from cconv._blas cimport ensure_blas, gemm
+from cconv._im2col cimport im2col_rows, col2im_rows
+
+from cpython.pyport cimport PY_SSIZE_T_MAX
+
+
+# ---------------------------------------------------------------------------------
+# The plan
+# ---------------------------------------------------------------------------------
+cdef conv_tuning DEFAULTS = conv_tuning(tile_bytes=1 << 21, winograd_min_channels=16,
+                                        winograd_block_bytes=1 << 20, direct_max_k=32,
+                                        slots_per_thread=4)
+
+cdef enum:
+    ALIGN = 64           # workspace parts start on 64-byte boundaries
+
+
+cdef inline Py_ssize_t smul(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """a * b for a, b >= 0, saturated at PY_SSIZE_T_MAX (the plan only compares the
+    products with small thread counts, so a saturated product decides as the exact one)."""
+    if a and b > PY_SSIZE_T_MAX // a:
+        return PY_SSIZE_T_MAX
+    return a * b
+
+
+cdef inline Py_ssize_t cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t aligned(Py_ssize_t nbytes) noexcept nogil:
+    return (nbytes + ALIGN - 1) // ALIGN * ALIGN
+
+
+cdef inline Py_ssize_t nslots(int nt, Py_ssize_t units, const conv_tuning *t) noexcept nogil:
+    """Accumulator slots for nt threads over `units` indivisible pieces of work."""
+    if nt <= 1:
+        return 1
+    return max(1, min(units, nt * t.slots_per_thread))
+
+
+cdef inline Py_ssize_t tile_rows(Py_ssize_t kg, int itemsize, Py_ssize_t rows, int nt,
+                                 const conv_tuning *t) noexcept nogil:
+    """Rows of one im2col tile: at most tile_bytes, and at least one tile per thread."""
+    cdef Py_ssize_t T = max(1, t.tile_bytes // max(1, kg * itemsize))
+    cdef Py_ssize_t ntiles = cdiv(rows, T)
+    ntiles = cdiv(ntiles, nt) * nt     # a multiple of the thread count: balanced work
+    return max(1, cdiv(rows, ntiles))
+
+
+cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_dx, int budget,
+                   const conv_tuning *t, conv_plan *p) noexcept nogil:
+    cdef int err = cconv_conv_geom_check(g)
+    if err:
+        return err
+    if (itemsize != 4 and itemsize != 8) or budget < 1 or p == NULL:
+        return CCONV_ERR_VALUE
+    if t == NULL:
+        t = &DEFAULTS
+    cdef Py_ssize_t N = g.N, C = g.C, Cout = g.Cout, OH = g.OH, OW = g.OW
+    cdef Py_ssize_t Kg = g.KH * g.KW * (C // g.groups), K = g.KH * g.KW * C
+    cdef Py_ssize_t M = N * OH * OW, P = OH * OW
+    cdef Py_ssize_t per_image, ntiles, per, tb, work, U = 16 * C * Cout
+    need_dx = need_dx and backward
+    p.threads = p.filter_threads = 1
+    p.tile = p.slots = 1
+    p.scratch = 0
+    p.K = Kg
+    p.Kpad = Kg
+    if (t.direct_max_k >= 0 and not need_dx and itemsize == 4 and g.groups == 1
+            and K <= t.direct_max_k and Cout % 16 == 0 and simd_level(-1) >= 2):
+        p.route = ROUTE_DIRECT
+        p.Kpad = (K + 7) // 8 * 8
+        p.threads = cconv_threads(budget, N * OH, smul(smul(M, K), Cout) // 16)
+        if backward:
+            p.slots = nslots(p.threads, N * OH, t)
+    elif (t.winograd_min_channels >= 0 and C >= t.winograd_min_channels and g.KH == 3
+            and g.KW == 3 and g.sh == 1 and g.sw == 1 and g.dh == 1 and g.dw == 1
+            and g.groups == 1):
+        p.route = ROUTE_WINOGRAD
+        per_image = cdiv(OH, 2) * cdiv(OW, 2)
+        ntiles = N * per_image
+        work = smul(smul(smul(ntiles, 16), C), Cout) // 64
+        if backward:   # runs of whole images, one accumulator slot each
+            p.threads = cconv_threads(budget, N, work)
+            p.slots = nslots(p.threads, N, t)
+            per = cdiv(N, p.slots) * per_image
+        else:          # blocks of tiles
+            p.threads = cconv_threads(budget, ntiles, work)
+            per = cdiv(ntiles, p.threads)
+        tb = max(8, min(1024, t.winograd_block_bytes // (16 * (C + Cout) * itemsize)))
+        if per > 0:
+            tb = cdiv(per, cdiv(per, tb))      # equal blocks
+        p.tile = tb
+        p.scratch = winograd_scratch(C, Cout, tb)
+        p.filter_threads = cconv_threads(budget, U // CCONV_MIN_WORK_PER_THREAD, -1)
+    else:
+        p.route = ROUTE_GEMM
+        work = smul(smul(M, Kg), max(1, Cout // g.groups)) // 16
+        # With dx a thread owns whole images (it scatters into their dx): at most N threads.
+        p.threads = cconv_threads(budget, N if need_dx else M, work)
+        p.tile = tile_rows(Kg, itemsize, M, p.threads, t)
+        if not need_dx:
+            p.threads = <int> min(p.threads, cdiv(M, p.tile))
+        p.slots = p.threads
+        p.scratch = p.tile * Kg
+    # The workspace of conv2d_forward / conv2d_backward, part by part.
+    p.workspace = 0
+    if M == 0:
+        return 0
+    if p.route == ROUTE_DIRECT:
+        p.workspace = aligned(direct_scratch_bytes(g, p.threads))
+        if backward:
+            p.workspace += aligned(p.slots * p.Kpad * Cout * itemsize)
+            p.workspace += aligned(p.slots * Cout * itemsize)
+    elif p.route == ROUTE_WINOGRAD:
+        p.workspace = aligned(U * itemsize) + aligned(p.threads * p.scratch * itemsize)
+        if backward:
+            p.workspace += aligned(p.slots * U * itemsize) + aligned(p.slots * Cout * itemsize)
+    else:
+        p.workspace = aligned(p.threads * p.scratch * itemsize)
+        if backward:
+            p.workspace += aligned(p.slots * Kg * Cout * itemsize)
+            p.workspace += aligned(p.slots * Cout * itemsize)
+    return 0
+
+
+# ---------------------------------------------------------------------------------
+# im2col + GEMM
+# ---------------------------------------------------------------------------------
+cdef inline bint is_1x1(const cconv_geom *g) noexcept nogil:
+    """A 1x1 stride-1 unpadded kernel: the input rows are the im2col rows."""
+    return (g.KH == 1 and g.KW == 1 and g.sh == 1 and g.sw == 1 and g.pt == 0 and g.pl == 0
+            and g.OH == g.H and g.OW == g.W)
+
+
+cdef inline const floating *gemm_rows(const floating *x, floating *buf, Py_ssize_t r0,
+                                      Py_ssize_t r1, Py_ssize_t gi, bint direct,
+                                      const cconv_geom *g, Py_ssize_t *lda) noexcept nogil:
+    """The rows r0..r1 of group gi's im2col matrix as a GEMM operand (leading dimension in
+    lda): x itself for a 1x1 stride-1 kernel, else the tile written into buf."""
+    cdef Py_ssize_t Cg = g.C // g.groups
+    if direct:
+        lda[0] = g.C
+        return x + r0 * g.C + gi * Cg
+    im2col_rows(x, buf, r0, r1, gi * Cg, Cg, g)
+    lda[0] = g.KH * g.KW * Cg
+    return buf
+
+
+cdef int check_scratch(const cconv_geom *g, const void *work, Py_ssize_t work_rows,
+                       Py_ssize_t work_stride, Py_ssize_t need, int num_threads) noexcept nogil:
+    cdef int err = cconv_conv_geom_check(g)
+    if err:
+        return err
+    if num_threads < 1:
+        return CCONV_ERR_VALUE
+    if g.N and (work == NULL or work_rows < num_threads or work_stride < need):
+        return CCONV_ERR_WORKSPACE
+    return 0
+
+
+cdef int gemm_forward(const cconv_geom *g, const floating *x, const floating *w,
+                      const floating *b, floating *y, floating *work, Py_ssize_t work_rows,
+                      Py_ssize_t work_stride, Py_ssize_t tile_rows,
+                      int num_threads) noexcept nogil:
+    cdef int err = cconv_conv_geom_check(g)
+    if err:
+        return err
+    cdef Py_ssize_t Cout = g.Cout, groups = g.groups
+    cdef Py_ssize_t Cg = g.C // groups, Coutg = Cout // groups
+    cdef Py_ssize_t Kg = g.KH * g.KW * Cg
+    err = check_scratch(g, work, work_rows, work_stride,
+                        0 if is_1x1(g) else smul(max(1, tile_rows), Kg), num_threads)
+    if err:
+        return err
+    if tile_rows < 1 or (g.N and (x == NULL or w == NULL or y == NULL)):
+        return CCONV_ERR_VALUE
+    if g.N == 0:
+        return 0
+    err = ensure_blas()
+    if err:
+        return err
+    cdef Py_ssize_t M = g.N * g.OH * g.OW
+    cdef Py_ssize_t T = tile_rows
+    cdef Py_ssize_t ntiles = (M + T - 1) // T
+    cdef bint direct = is_1x1(g)
+    cdef bint has_bias = b != NULL
+    cdef Py_ssize_t t, r0, r1, m, i, co, gi, lda
+    cdef floating *buf
+    cdef floating *yrow
+    cdef const floating *a
+    cdef floating beta
+    cdef unsigned long old
+    with parallel(num_threads=num_threads):
+        buf = work + threadid() * work_stride
+        old = cconv_ftz_on()
+        for t in prange(ntiles, schedule="static"):
+            r0 = t * T
+            r1 = r0 + T
+            if r1 > M:
+                r1 = M
+            m = r1 - r0
+            yrow = y + r0 * Cout
+            if has_bias:
+                for i in range(m):
+                    for co in range(Cout):
+                        yrow[i * Cout + co] = b[co]
+                beta = 1
+            else:
+                beta = 0
+            for gi in range(groups):
+                a = gemm_rows(x, buf, r0, r1, gi, direct, g, &lda)
+                gemm(False, False, <int> m, <int> Coutg, <int> Kg, <floating> 1, a, <int> lda,
+                     w + gi * Coutg, <int> Cout, beta, yrow + gi * Coutg, <int> Cout)
+        cconv_ftz_restore(old)
+    return 0
+
+
+cdef inline void gemm_backward_tile(const floating *xp, const floating *dyp, const floating *wp,
+                                    floating *dxp, floating *buf, floating *dwacc,
+                                    floating *dbacc, Py_ssize_t r0, Py_ssize_t r1,
+                                    bint direct, const cconv_geom *g) noexcept nogil:
+    """dW, db (if dbacc) and dX (if dxp) contributions of output rows r0..r1.
+
+    dwacc (Kg, Cout) and dbacc (Cout,) are this thread's accumulators (IN/OUT); dxp
+    is IN/OUT (scatter-added by col2im, or written directly for 1x1 stride-1 kernels).
+    """
+    cdef Py_ssize_t Cout = g.Cout, groups = g.groups
+    cdef Py_ssize_t Cg = g.C // groups, Coutg = Cout // groups
+    cdef Py_ssize_t Kg = g.KH * g.KW * Cg
+    cdef Py_ssize_t m = r1 - r0, i, co, gi, lda
+    cdef const floating *dyrow = dyp + r0 * Cout
+    cdef const floating *a
+    if dbacc != NULL:
+        for i in range(m):
+            for co in range(Cout):
+                dbacc[co] = dbacc[co] + dyrow[i * Cout + co]
+    for gi in range(groups):
+        a = gemm_rows(xp, buf, r0, r1, gi, direct, g, &lda)
+        # dW_g (Kg, Coutg) += cols_g^T (Kg, m) @ dY_g (m, Coutg)
+        gemm(True, False, <int> Kg, <int> Coutg, <int> m, <floating> 1, a, <int> lda,
+             dyrow + gi * Coutg, <int> Cout, <floating> 1, dwacc + gi * Coutg, <int> Cout)
+        if dxp != NULL:
+            # dcols_g (m, Kg) = dY_g (m, Coutg) @ W_g^T (Coutg, Kg)
+            if direct:
+                gemm(False, True, <int> m, <int> Cg, <int> Coutg, <floating> 1,
+                     dyrow + gi * Coutg, <int> Cout, wp + gi * Coutg, <int> Cout,
+                     <floating> 0, dxp + r0 * g.C + gi * Cg, <int> g.C)
+            else:
+                gemm(False, True, <int> m, <int> Kg, <int> Coutg, <floating> 1,
+                     dyrow + gi * Coutg, <int> Cout, wp + gi * Coutg, <int> Cout,
+                     <floating> 0, buf, <int> Kg)
+                col2im_rows(buf, dxp, r0, r1, gi * Cg, Cg, g)
+
+
+cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *x,
+                       const floating *w, floating *dx, floating *dw_work, floating *db_work,
+                       floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
+                       Py_ssize_t tile_rows, int num_threads) noexcept nogil:
+    # With dx the batch is cut into one chunk of whole images per thread, and each chunk's
+    # output rows are processed in tiles of at most tile_rows: a thread zeroes and scatters
+    # (col2im) into the images of its own chunk only. Without dx, tiles of tile_rows output
+    # rows over the whole batch. Static schedules only: which thread sums which rows depends
+    # on nothing but the thread count.
+    cdef int err = cconv_conv_geom_check(g)
+    if err:
+        return err
+    cdef Py_ssize_t Cout = g.Cout
+    cdef Py_ssize_t Kg = g.KH * g.KW * (g.C // g.groups)
+    cdef bint direct = is_1x1(g)
+    err = check_scratch(g, work, work_rows, work_stride,
+                        0 if direct and dx == NULL else smul(max(1, tile_rows), Kg), num_threads)
+    if err:
+        return err
+    if tile_rows < 1 or dw_work == NULL or (g.N and (x == NULL or dy == NULL or w == NULL)):
+        return CCONV_ERR_VALUE
+    memset(dw_work, 0, num_threads * Kg * Cout * sizeof(floating))
+    if db_work != NULL:
+        memset(db_work, 0, num_threads * Cout * sizeof(floating))
+    if g.N == 0:
+        return 0
+    err = ensure_blas()
+    if err:
+        return err
+    cdef Py_ssize_t P = g.OH * g.OW
+    cdef Py_ssize_t M = g.N * P
+    cdef Py_ssize_t T = tile_rows
+    cdef Py_ssize_t ntiles = (M + T - 1) // T
+    cdef Py_ssize_t image = g.H * g.W * g.C
+    cdef Py_ssize_t t, ch, n0, r0, r1, rend, tid
+    cdef Py_ssize_t nchunks = min(g.N, num_threads)
+    cdef floating *buf
+    cdef floating *dwacc
+    cdef floating *dbacc
+    cdef unsigned long old
+    with parallel(num_threads=num_threads):
+        tid = threadid()
+        buf = work + tid * work_stride
+        dwacc = dw_work + tid * Kg * Cout
+        dbacc = db_work + tid * Cout if db_work != NULL else NULL
+        old = cconv_ftz_on()
+        if dx != NULL:
+            for ch in prange(nchunks, schedule="static"):
+                n0 = ch * g.N // nchunks
+                r0 = n0 * P
+                rend = ((ch + 1) * g.N // nchunks) * P
+                memset(dx + n0 * image, 0, (rend - r0) // P * image * sizeof(floating))
+                while r0 < rend:
+                    r1 = r0 + T
+                    if r1 > rend:
+                        r1 = rend
+                    gemm_backward_tile(x, dy, w, dx, buf, dwacc, dbacc, r0, r1, direct, g)
+                    r0 = r1
+        else:
+            for t in prange(ntiles, schedule="static"):
+                r0 = t * T
+                r1 = r0 + T
+                if r1 > M:
+                    r1 = M
+                gemm_backward_tile(x, dy, w, NULL, buf, dwacc, dbacc, r0, r1, direct, g)
+        cconv_ftz_restore(old)
+    return 0
+
+
+# ---------------------------------------------------------------------------------
+# Direct convolution, float32, few input channels (_conv_direct.h)
+# ---------------------------------------------------------------------------------
+cdef extern from "_conv_direct.h":
+    ctypedef struct cconv_dgeom:
+        Py_ssize_t H, W, C, OH, OW, cout, KH, KW, sh, sw, dh, dw, pt, pl, K, Kpad
+    void cconv_direct_offsets(const cconv_dgeom *g, Py_ssize_t *off, Py_ssize_t *ident) noexcept nogil
+    void cconv_direct_row(const cconv_dgeom *g, const float *x, Py_ssize_t n, Py_ssize_t oh,
+                          const Py_ssize_t *off, const Py_ssize_t *ident, float *patch,
+                          const float **base, const Py_ssize_t **po) noexcept nogil
+    void cconv_direct_fwd_row(const cconv_dgeom *g, const float **base, const Py_ssize_t **po,
+                              const float *w, const float *b, float *y) noexcept nogil
+    void cconv_direct_dw_row(const cconv_dgeom *g, const float **base, const Py_ssize_t **po,
+                             const Py_ssize_t *off, const float *dy, float *dw,
+                             float *db) noexcept nogil
+
+
+cdef cconv_dgeom direct_geom(const cconv_geom *g) noexcept nogil:
+    cdef cconv_dgeom d
+    d.H, d.W, d.C = g.H, g.W, g.C
+    d.OH, d.OW, d.cout = g.OH, g.OW, g.Cout
+    d.KH, d.KW, d.sh, d.sw, d.dh, d.dw, d.pt, d.pl = g.KH, g.KW, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl
+    d.K = g.KH * g.KW * g.C
+    d.Kpad = (d.K + 7) // 8 * 8
+    return d
+
+
+cdef inline Py_ssize_t direct_thread_bytes(const cconv_geom *g) noexcept nogil:
+    """One thread's scratch: OW * (2 pointers + K floats), 64-byte aligned."""
+    return aligned(g.OW * (2 * sizeof(void *) + g.KH * g.KW * g.C * sizeof(float)))
+
+
+cdef Py_ssize_t direct_scratch_bytes(const cconv_geom *g, int num_threads) noexcept nogil:
+    cdef Py_ssize_t Kpad = (g.KH * g.KW * g.C + 7) // 8 * 8
+    return aligned(2 * Kpad * sizeof(Py_ssize_t)) + num_threads * direct_thread_bytes(g)
+
+
+cdef int direct_check(const cconv_geom *g, int num_threads) noexcept nogil:
+    cdef int err = cconv_conv_geom_check(g)
+    if err:
+        return err
+    if num_threads < 1 or g.groups != 1 or g.Cout % 16 or simd_level(-1) < 2:
+        return CCONV_ERR_VALUE
+    return 0
+
+
+cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, const float *bp,
+                    float *yp, const float *dyp, float *dwp, float *dbp, Py_ssize_t nslots,
+                    char *scratch, int num_threads) noexcept nogil:
+    """The parallel loop over output rows (n, oh) of both direct kernels: the forward pass
+    when yp is set, else the dW/db accumulation.
+
+    The rows are cut into nslots equal runs handed out dynamically (a thread that the
+    machine slows down takes fewer of them); run s zeroes slice s of dwp/dbp and accumulates
+    into it, so the sums depend on nslots and not on which thread ran what."""
+    cdef cconv_dgeom dg = direct_geom(geom)
+    cdef const cconv_dgeom *g = &dg
+    cdef char *owned = NULL
+    if scratch == NULL:
+        owned = scratch = <char *> malloc(direct_scratch_bytes(geom, num_threads) + ALIGN)
+        if owned == NULL:
+            return CCONV_ERR_NOMEM
+        scratch = <char *> ((<uintptr_t> owned + ALIGN - 1) & ~(<uintptr_t> ALIGN - 1))
+    cdef Py_ssize_t *off = <Py_ssize_t *> scratch
+    cdef char *threads_scratch = scratch + aligned(2 * g.Kpad * sizeof(Py_ssize_t))
+    cdef Py_ssize_t per_thread = direct_thread_bytes(geom)
+    cconv_direct_offsets(g, off, off + g.Kpad)
+    cdef Py_ssize_t rows = geom.N * g.OH
+    cdef Py_ssize_t slot, row, n
+    cdef char *mine
+    cdef const float **base
+    cdef const Py_ssize_t **po
+    cdef unsigned long old
+    with parallel(num_threads=num_threads):
+        mine = threads_scratch + threadid() * per_thread
+        base = <const float **> mine
+        po = <const Py_ssize_t **> (mine + g.OW * sizeof(void *))
+        old = cconv_ftz_on()
+        for slot in prange(nslots, schedule="dynamic"):
+            if yp == NULL:
+                memset(dwp + slot * g.Kpad * g.cout, 0, g.Kpad * g.cout * sizeof(float))
+                memset(dbp + slot * g.cout, 0, g.cout * sizeof(float))
+            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):
+                n = row // g.OH
+                cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
+                                 <float *> (mine + 2 * g.OW * sizeof(void *)), base, po)
+                if yp != NULL:
+                    cconv_direct_fwd_row(g, base, po, wp, bp, yp + row * g.OW * g.cout)
+                else:
+                    cconv_direct_dw_row(g, base, po, off, dyp + row * g.OW * g.cout,
+                                        dwp + slot * g.Kpad * g.cout, dbp + slot * g.cout)
+        cconv_ftz_restore(old)
+    free(owned)
+    return 0
+
+
+cdef int direct_forward(const cconv_geom *g, const float *x, const float *w, const float *b,
+                        float *y, char *scratch, int num_threads) noexcept nogil:
+    cdef int err = direct_check(g, num_threads)
+    if err:
+        return err
+    if g.N and (x == NULL or w == NULL or y == NULL):
+        return CCONV_ERR_VALUE
+    if g.N == 0:
+        return 0
+    return direct_run(g, x, w, b, y, NULL, NULL, NULL, min(g.N * g.OH, 16 * num_threads),
+                      scratch, num_threads)
+
+
+cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const float *x,
+                                 float *dw_work, float *db_work, Py_ssize_t nslots,
+                                 char *scratch, int num_threads) noexcept nogil:
+    cdef int err = direct_check(g, num_threads)
+    if err:
+        return err
+    if nslots < 1 or dw_work == NULL or db_work == NULL or (g.N and (x == NULL or dy == NULL)):
+        return CCONV_ERR_VALUE
+    cdef Py_ssize_t Kpad = (g.KH * g.KW * g.C + 7) // 8 * 8
+    if g.N == 0:
+        memset(dw_work, 0, nslots * Kpad * g.Cout * sizeof(float))
+        memset(db_work, 0, nslots * g.Cout * sizeof(float))
+        return 0
+    return direct_run(g, x, NULL, NULL, NULL, dy, dw_work, db_work, nslots, scratch,
+                      num_threads)
+
+
+# ---------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): 3x3 stride-1 convolutions (see _winograd.h for the algebra)
+# ---------------------------------------------------------------------------------
+cdef extern from "_winograd.h":
+    void cconv_wino_in_f(const float *x, float *V, Py_ssize_t ldv, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
+                         const float *zero) noexcept nogil
+    void cconv_wino_in_d(const double *x, double *V, Py_ssize_t ldv, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
+                         const double *zero) noexcept nogil
+    void cconv_wino_out_f(const float *M, Py_ssize_t ldm, float *y, const float *bias,
+                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n,
+                          Py_ssize_t oh0, Py_ssize_t ow0, float *sink) noexcept nogil
+    void cconv_wino_out_d(const double *M, Py_ssize_t ldm, double *y, const double *bias,
+                          Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n,
+                          Py_ssize_t oh0, Py_ssize_t ow0, double *sink) noexcept nogil
+    void cconv_wino_dy_f(const float *dy, float *Yh, Py_ssize_t ldy, Py_ssize_t OH, Py_ssize_t OW,
+                         Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
+                         const float *zero, float *db) noexcept nogil
+    void cconv_wino_dy_d(const double *dy, double *Yh, Py_ssize_t ldy, Py_ssize_t OH,
+                         Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0,
+                         Py_ssize_t ow0, const double *zero, double *db) noexcept nogil
+    void cconv_wino_dx_f(const float *dV, Py_ssize_t ldv, float *dx, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
+                         float *sink) noexcept nogil
+    void cconv_wino_dx_d(const double *dV, Py_ssize_t ldv, double *dx, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0,
+                         Py_ssize_t iw0, double *sink) noexcept nogil
+    void cconv_wino_filter_f(const float *w, float *U, Py_ssize_t P, Py_ssize_t p0,
+                             Py_ssize_t p1) noexcept nogil
+    void cconv_wino_filter_d(const double *w, double *U, Py_ssize_t P, Py_ssize_t p0,
+                             Py_ssize_t p1) noexcept nogil
+    void cconv_wino_filter_grad_f(const float *dU, Py_ssize_t ns, float *dW, Py_ssize_t P,
+                                  Py_ssize_t p0, Py_ssize_t p1) noexcept nogil
+    void cconv_wino_filter_grad_d(const double *dU, Py_ssize_t ns, double *dW, Py_ssize_t P,
+                                  Py_ssize_t p0, Py_ssize_t p1) noexcept nogil
+
+
+ctypedef struct WinoGeom:
+    Py_ssize_t N, H, W, C, OH, OW, Cout
+    Py_ssize_t TW, TT            # tiles per output row, per image
+    Py_ssize_t pt, pl, TB        # top/left padding, tiles per block
+
+
+cdef WinoGeom wino_geom(const cconv_geom *g, Py_ssize_t TB) noexcept nogil:
+    cdef WinoGeom w
+    w.N = g.N; w.H = g.H; w.W = g.W; w.C = g.C; w.OH = g.OH; w.OW = g.OW; w.Cout = g.Cout
+    w.TW = (g.OW + 1) // 2
+    w.TT = ((g.OH + 1) // 2) * w.TW
+    w.pt = g.pt; w.pl = g.pl; w.TB = TB
+    return w
+
+
+cdef inline Py_ssize_t tile_origin(Py_ssize_t t, const WinoGeom *g, Py_ssize_t *oh0,
+                                   Py_ssize_t *ow0) noexcept nogil:
+    """Image index of tile t (flat (n, th, tw)); its top-left output goes to oh0, ow0."""
+    cdef Py_ssize_t n = t // g.TT
+    cdef Py_ssize_t r = t - n * g.TT
+    cdef Py_ssize_t th = r // g.TW
+    oh0[0] = 2 * th
+    ow0[0] = 2 * (r - th * g.TW)
+    return n
+
+
+cdef void wino_input_block(const floating *x, floating *V, Py_ssize_t t0, Py_ssize_t t1,
+                           const floating *zero, const WinoGeom *g) noexcept nogil:
+    """V (16, TB, C): the transformed 4x4 input blocks of tiles t0..t1."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_in_f(x, V + (t - t0) * g.C, g.TB * g.C, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, zero)
+        else:
+            cconv_wino_in_d(x, V + (t - t0) * g.C, g.TB * g.C, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, zero)
+
+
+cdef void wino_output_block(const floating *M, floating *y, const floating *bias,
+                            Py_ssize_t t0, Py_ssize_t t1, floating *sink,
+                            const WinoGeom *g) noexcept nogil:
+    """y (OUT) of tiles t0..t1 from M (16, TB, Cout), plus the bias (or NULL)."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_out_f(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH, g.OW, g.Cout,
+                             n, oh0, ow0, sink)
+        else:
+            cconv_wino_out_d(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH, g.OW, g.Cout,
+                             n, oh0, ow0, sink)
+
+
+cdef void wino_dy_block(const floating *dy, floating *Yh, Py_ssize_t t0, Py_ssize_t t1,
+                        const floating *zero, floating *db, const WinoGeom *g) noexcept nogil:
+    """Yh (16, TB, Cout): the transformed 2x2 dy blocks of tiles t0..t1; db += their sums."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_dy_f(dy, Yh + (t - t0) * g.Cout, g.TB * g.Cout, g.OH, g.OW, g.Cout,
+                            n, oh0, ow0, zero, db)
+        else:
+            cconv_wino_dy_d(dy, Yh + (t - t0) * g.Cout, g.TB * g.Cout, g.OH, g.OW, g.Cout,
+                            n, oh0, ow0, zero, db)
+
+
+cdef void wino_dx_block(const floating *dV, floating *dx, Py_ssize_t t0, Py_ssize_t t1,
+                        floating *sink, const WinoGeom *g) noexcept nogil:
+    """dx (IN/OUT) += the input-space gradients of tiles t0..t1, from dV (16, TB, C)."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            cconv_wino_dx_f(dV + (t - t0) * g.C, g.TB * g.C, dx, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, sink)
+        else:
+            cconv_wino_dx_d(dV + (t - t0) * g.C, g.TB * g.C, dx, g.H, g.W, g.C, n,
+                            oh0 - g.pt, ow0 - g.pl, sink)
+
+
+cdef enum:
+    WINO_FILTER_CHUNK = 1024     # filter pairs per parallel item of the filter transforms
+
+
+cdef void wino_filter_run(const floating *src, Py_ssize_t ns, floating *dst, Py_ssize_t P,
+                          int num_threads) noexcept nogil:
+    """The filter transform of the P filter pairs (ns == 0), or its adjoint over ns slots."""
+    cdef Py_ssize_t ch, p0, p1
+    for ch in prange((P + WINO_FILTER_CHUNK - 1) // WINO_FILTER_CHUNK, schedule="static",
+                     num_threads=num_threads):
+        p0 = ch * WINO_FILTER_CHUNK
+        p1 = min(p0 + WINO_FILTER_CHUNK, P)
+        if floating is float:
+            if ns == 0:
+                cconv_wino_filter_f(src, dst, P, p0, p1)
+            else:
+                cconv_wino_filter_grad_f(src, ns, dst, P, p0, p1)
+        else:
+            if ns == 0:
+                cconv_wino_filter_d(src, dst, P, p0, p1)
+            else:
+                cconv_wino_filter_grad_d(src, ns, dst, P, p0, p1)
+
+
+cdef int winograd_filter(const floating *w, floating *U, Py_ssize_t C, Py_ssize_t Cout,
+                         int num_threads) noexcept nogil:
+    if C < 0 or Cout < 0 or num_threads < 1 or (C * Cout and (w == NULL or U == NULL)):
+        return CCONV_ERR_VALUE
+    if C * Cout:
+        wino_filter_run(w, 0, U, C * Cout, num_threads)
+    return 0
+
+
+cdef int winograd_filter_grad(const floating *dU_work, Py_ssize_t nslots, floating *dw,
+                              Py_ssize_t C, Py_ssize_t Cout, int num_threads) noexcept nogil:
+    if (C < 0 or Cout < 0 or nslots < 1 or num_threads < 1
+            or (C * Cout and (dU_work == NULL or dw == NULL))):
+        return CCONV_ERR_VALUE
+    if C * Cout:
+        wino_filter_run(dU_work, nslots, dw, C * Cout, num_threads)
+    return 0
+
+
+cdef Py_ssize_t winograd_scratch(Py_ssize_t C, Py_ssize_t Cout, Py_ssize_t tb) noexcept nogil:
+    """A thread's block: V (16, tb, C), M or Yh (16, tb, Cout), a zero row and a sink row."""
+    return 16 * tb * (C + Cout) + 2 * max(C, Cout)
+
+
+cdef int wino_check(const cconv_geom *g, const void *work, Py_ssize_t work_rows,
+                    Py_ssize_t work_stride, Py_ssize_t tb, int num_threads) noexcept nogil:
+    cdef int err = cconv_conv_geom_check(g)
+    if err:
+        return err
+    err = check_scratch(g, work, work_rows, work_stride,
+                        winograd_scratch(g.C, g.Cout, max(1, tb)), num_threads)
+    if err:
+        return err
+    if (tb < 1 or g.KH != 3 or g.KW != 3 or g.sh != 1 or g.sw != 1 or g.dh != 1
+            or g.dw != 1 or g.groups != 1):
+        return CCONV_ERR_VALUE
+    return 0
+
+
+cdef int winograd_forward(const cconv_geom *geom, const floating *x, const floating *U,
+                          const floating *b, floating *y, floating *work, Py_ssize_t work_rows,
+                          Py_ssize_t work_stride, Py_ssize_t tb, int num_threads) noexcept nogil:
+    # Per block of tb tiles: transform the inputs (V), 16 GEMMs M_k = V_k U_k, transform the
+    # outputs. Blocks are handed out dynamically; a block's result does not depend on which
+    # thread computes it.
+    cdef int err = wino_check(geom, work, work_rows, work_stride, tb, num_threads)
+    if err:
+        return err
+    if geom.N and (x == NULL or U == NULL or y == NULL):
+        return CCONV_ERR_VALUE
+    if geom.N == 0:
+        return 0
+    err = ensure_blas()
+    if err:
+        return err
+    cdef WinoGeom g = wino_geom(geom, tb)
+    cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
+    cdef Py_ssize_t ntiles = g.N * g.TT
+    cdef Py_ssize_t nblocks = (ntiles + TB - 1) // TB
+    cdef Py_ssize_t Z = max(C, Cout)
+    cdef Py_ssize_t blk, t0, t1, k
+    cdef floating *V
+    cdef floating *Mb
+    cdef floating *zero
+    cdef floating *sink
+    cdef unsigned long old
+    with parallel(num_threads=num_threads):
+        V = work + threadid() * work_stride
+        Mb = V + 16 * TB * C
+        zero = Mb + 16 * TB * Cout
+        sink = zero + Z
+        memset(zero, 0, Z * sizeof(floating))
+        old = cconv_ftz_on()
+        for blk in prange(nblocks, schedule="dynamic"):
+            t0 = blk * TB
+            t1 = min(t0 + TB, ntiles)
+            wino_input_block(x, V, t0, t1, zero, &g)
+            for k in range(16):
+                gemm(False, False, <int> (t1 - t0), <int> Cout, <int> C, <floating> 1,
+                     V + k * TB * C, <int> C, U + k * C * Cout, <int> Cout,
+                     <floating> 0, Mb + k * TB * Cout, <int> Cout)
+            wino_output_block(Mb, y, b, t0, t1, sink, &g)
+        cconv_ftz_restore(old)
+    return 0
+
+
+cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const floating *x,
+                           const floating *U, floating *dx, floating *dU_work,
+                           floating *db_work, Py_ssize_t nslots, floating *work,
+                           Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
+                           int num_threads) noexcept nogil:
+    # The batch is cut into nslots chunks of whole images (a chunk scatters only into the dx
+    # of its own images), handed out dynamically so that a thread slowed down by the machine
+    # takes fewer of them. Chunk s accumulates into slot s, so the result is bit-reproducible
+    # for a given slot count whatever ran where. A chunk first zeroes its slot and its
+    # images' dx, then works in blocks of tb tiles: transform x (V) and dy (Yh);
+    # dU_k += V_k^T Yh_k; then dV_k = Yh_k U_k^T, transformed back and added onto dx.
+    cdef int err = wino_check(geom, work, work_rows, work_stride, tb, num_threads)
+    if err:
+        return err
+    if (nslots < 1 or dU_work == NULL or db_work == NULL
+            or (geom.N and (x == NULL or dy == NULL or U == NULL))):
+        return CCONV_ERR_VALUE
+    cdef WinoGeom g = wino_geom(geom, tb)
+    cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
+    cdef Py_ssize_t Z = max(C, Cout)
+    cdef Py_ssize_t nchunks = nslots
+    cdef Py_ssize_t dustride = 16 * C * Cout
+    cdef Py_ssize_t image = g.H * g.W * C
+    if g.N == 0:
+        memset(dU_work, 0, nslots * dustride * sizeof(floating))
+        memset(db_work, 0, nslots * Cout * sizeof(floating))
+        return 0
+    err = ensure_blas()
+    if err:
+        return err
+    cdef bint need_dx = dx != NULL
+    cdef Py_ssize_t ch, n0, n1, t0, t1, tend, k, tid
+    cdef floating *V
+    cdef floating *Yh
+    cdef floating *zero
+    cdef floating *sink
+    cdef floating *duacc
+    cdef floating *dbacc
+    cdef unsigned long old
+    with parallel(num_threads=num_threads):
+        tid = threadid()
+        V = work + tid * work_stride
+        Yh = V + 16 * TB * C
+        zero = Yh + 16 * TB * Cout
+        sink = zero + Z
+        memset(zero, 0, Z * sizeof(floating))
+        old = cconv_ftz_on()
+        for ch in prange(nchunks, schedule="dynamic"):
+            duacc = dU_work + ch * dustride
+            dbacc = db_work + ch * Cout
+            n0 = ch * g.N // nchunks
+            n1 = (ch + 1) * g.N // nchunks
+            memset(duacc, 0, dustride * sizeof(floating))
+            memset(dbacc, 0, Cout * sizeof(floating))
+            if need_dx:
+                memset(dx + n0 * image, 0, (n1 - n0) * image * sizeof(floating))
+            t0 = n0 * g.TT
+            tend = n1 * g.TT
+            while t0 < tend:
+                t1 = min(t0 + TB, tend)
+                wino_input_block(x, V, t0, t1, zero, &g)
+                wino_dy_block(dy, Yh, t0, t1, zero, dbacc, &g)
+                for k in range(16):
+                    # dU_k (C, Cout) += V_k^T (C, tb) @ Yh_k (tb, Cout)
+                    gemm(True, False, <int> C, <int> Cout, <int> (t1 - t0), <floating> 1,
+                         V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
+                         <floating> 1, duacc + k * C * Cout, <int> Cout)
+                if need_dx:
+                    for k in range(16):
+                        # dV_k (tb, C) = Yh_k (tb, Cout) @ U_k^T (Cout, C), into V
+                        gemm(False, True, <int> (t1 - t0), <int> C, <int> Cout, <floating> 1,
+                             Yh + k * TB * Cout, <int> Cout, U + k * C * Cout, <int> Cout,
+                             <floating> 0, V + k * TB * C, <int> C)
+                    wino_dx_block(V, dx, t0, t1, sink, &g)
+                t0 = t1
+        cconv_ftz_restore(old)
+    return 0
+
+
+# ---------------------------------------------------------------------------------
+# The checked kernels of cconv.conv: a plan with the default tuning, run on the caller's
+# workspace (or on memory allocated here when work is NULL).
+# ---------------------------------------------------------------------------------
+cdef Py_ssize_t conv2d_forward_workspace(const cconv_geom *g, int itemsize,
+                                         int num_threads) noexcept nogil:
+    cdef conv_plan p
+    cdef int err = make_plan(g, itemsize, False, False, num_threads, NULL, &p)
+    return err if err else p.workspace
+
+
+cdef Py_ssize_t conv2d_backward_workspace(const cconv_geom *g, int itemsize, bint need_dx,
+                                          int num_threads) noexcept nogil:
+    cdef conv_plan p
+    cdef int err = make_plan(g, itemsize, True, need_dx, num_threads, NULL, &p)
+    return err if err else p.workspace
+
+
+cdef int take_workspace(void *work, size_t work_bytes, Py_ssize_t need,
+                        char **base, void **owned) noexcept nogil:
+    """base = the caller's workspace (checked: large enough, 64-byte aligned) or, when work
+    is NULL, memory allocated here (owned, for the caller to free)."""
+    owned[0] = NULL
+    if work == NULL:
+        if need == 0:
+            base[0] = NULL
+            return 0
+        owned[0] = malloc(need + ALIGN)
+        if owned[0] == NULL:
+            return CCONV_ERR_NOMEM
+        base[0] = <char *> ((<uintptr_t> owned[0] + ALIGN - 1) & ~(<uintptr_t> ALIGN - 1))
+        return 0
+    if <Py_ssize_t> work_bytes < need or (<uintptr_t> work) % ALIGN:
+        return CCONV_ERR_WORKSPACE
+    base[0] = <char *> work
+    return 0
+
+
+cdef void sum_slots(const floating *acc, Py_ssize_t nslots, Py_ssize_t stride, Py_ssize_t n,
+                    floating *out) noexcept nogil:
+    """out[i] = acc[0][i] + acc[1][i] + ... (slot s at acc + s * stride), in slot order."""
+    cdef Py_ssize_t s, i
+    memcpy(out, acc, n * sizeof(floating))
+    for s in range(1, nslots):
+        for i in range(n):
+            out[i] = out[i] + acc[s * stride + i]
+
+
+cdef int conv2d_forward(const cconv_geom *g, const floating *x, const floating *w,
+                        const floating *b, floating *y, void *work, size_t work_bytes,
+                        int num_threads) noexcept nogil:
+    cdef conv_plan p
+    cdef int err = make_plan(g, sizeof(floating), False, False, num_threads, NULL, &p)
+    if err:
+        return err
+    if g.N and (x == NULL or w == NULL or y == NULL):
+        return CCONV_ERR_VALUE
+    if g.N == 0:
+        return 0
+    cdef char *base
+    cdef void *owned
+    err = take_workspace(work, work_bytes, p.workspace, &base, &owned)
+    if err:
+        return err
+    cdef floating *U
+    if p.route == ROUTE_DIRECT:
+        if floating is float:
+            err = direct_forward(g, x, w, b, y, base, p.threads)
+    elif p.route == ROUTE_WINOGRAD:
+        U = <floating *> base
+        err = winograd_filter(w, U, g.C, g.Cout, p.filter_threads)
+        if not err:
+            err = winograd_forward(g, x, U, b, y,
+                                   <floating *> (base + aligned(16 * g.C * g.Cout * sizeof(floating))),
+                                   p.threads, p.scratch, p.tile, p.threads)
+    else:
+        err = gemm_forward(g, x, w, b, y, <floating *> base, p.threads, p.scratch, p.tile,
+                           p.threads)
+    free(owned)
+    return err
+
+
+cdef int conv2d_backward(const cconv_geom *g, const floating *dy, const floating *x,
+                         const floating *w, floating *dx, floating *dw, floating *db,
+                         void *work, size_t work_bytes, int num_threads) noexcept nogil:
+    cdef conv_plan p
+    cdef int err = make_plan(g, sizeof(floating), True, dx != NULL, num_threads, NULL, &p)
+    if err:
+        return err
+    cdef Py_ssize_t Kg = p.K, Cout = g.Cout, U_size = 16 * g.C * g.Cout
+    if dw == NULL or (g.N and (x == NULL or dy == NULL or w == NULL)):
+        return CCONV_ERR_VALUE
+    if g.N == 0:
+        memset(dw, 0, Kg * Cout * sizeof(floating))
+        if db != NULL:
+            memset(db, 0, Cout * sizeof(floating))
+        return 0
+    cdef char *base
+    cdef void *owned
+    err = take_workspace(work, work_bytes, p.workspace, &base, &owned)
+    if err:
+        return err
+    cdef char *part = base
+    cdef floating *U
+    cdef floating *acc_w
+    cdef floating *acc_b
+    if p.route == ROUTE_DIRECT:
+        if floating is float:
+            acc_w = <floating *> part
+            part += aligned(p.slots * p.Kpad * Cout * sizeof(floating))
+            acc_b = <floating *> part
+            part += aligned(p.slots * Cout * sizeof(floating))
+            err = direct_backward_weights(g, dy, x, acc_w, acc_b, p.slots, part, p.threads)
+            if not err:
+                sum_slots(acc_w, p.slots, p.Kpad * Cout, Kg * Cout, dw)
+    elif p.route == ROUTE_WINOGRAD:
+        U = <floating *> part
+        part += aligned(U_size * sizeof(floating))
+        acc_w = <floating *> part
+        part += aligned(p.slots * U_size * sizeof(floating))
+        acc_b = <floating *> part
+        part += aligned(p.slots * Cout * sizeof(floating))
+        err = winograd_filter(w, U, g.C, Cout, p.filter_threads)
+        if not err:
+            err = winograd_backward(g, dy, x, U, dx, acc_w, acc_b, p.slots, <floating *> part,
+                                    p.threads, p.scratch, p.tile, p.threads)
+        if not err:
+            err = winograd_filter_grad(acc_w, p.slots, dw, g.C, Cout, p.filter_threads)
+    else:
+        part += aligned(p.threads * p.scratch * sizeof(floating))
+        acc_w = <floating *> part
+        part += aligned(p.slots * Kg * Cout * sizeof(floating))
+        acc_b = <floating *> part
+        err = gemm_backward(g, dy, x, w, dx, acc_w, acc_b, <floating *> base, p.threads,
+                            p.scratch, p.tile, p.threads)
+        if not err:
+            sum_slots(acc_w, p.slots, Kg * Cout, Kg * Cout, dw)
+    if not err and db != NULL:
+        sum_slots(acc_b, p.slots, Cout, Cout, db)
+    free(owned)
+    return err
