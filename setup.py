@@ -22,6 +22,7 @@ import sys
 import sysconfig
 import tempfile
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.bdist_wheel import bdist_wheel
@@ -143,7 +144,8 @@ directives = {
 MODULES = ["_cpu", "_blas", "_im2col", "_conv", "_pool", "_activation", "_core"]
 extensions = [
     Extension(f"cconv.{name}", [f"src/cconv/{name}.pyx"],
-              include_dirs=["src/cconv/include"],
+              include_dirs=["src/cconv/include"] + ([numpy.get_include()] if name == "_core" else []),
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
               depends=glob.glob("src/cconv/*.h") + glob.glob("src/cconv/include/cconv/*.h")
               + glob.glob("src/cconv/*.pxd"))
     for name in MODULES

@@ -1,12 +1,13 @@
 # cython: language_level=3
 """The Python face of cconv's compiled kernels.
 
-The kernels themselves live in one module per concept, each with its declarations in a
-.pxd: ``_im2col``, ``_conv``, ``_pool``, ``_activation`` (and ``_blas``, ``_cpu`` under them).
-They check their geometry and buffers and return error codes (``cconv/geometry.h``);
-the functions here hand them the arrays that ``cconv.functional`` prepared, check what the
-kernels cannot see (each array's extents against the geometry), and turn an error code
-into a ``ValueError`` or ``MemoryError`` that names the kernel.
+The kernels live in one module per concept, each with its declarations in a .pxd:
+``_im2col``, ``_conv``, ``_pool``, ``_activation`` (on ``_blas`` and ``_cpu``). They take a
+geometry (``cconv/geometry.h``) and raw pointers, check the geometry, their scratch and
+their thread count, and return an error code. The functions here hand them the arrays that
+:mod:`cconv.functional` prepared; they check only what the kernels cannot see (that each
+array is a C-contiguous ndarray of the right dtype whose extents are those the geometry
+implies) and turn an error code into a ``ValueError`` or ``MemoryError`` naming the kernel.
 
 Layout: activations NHWC, im2col rows ordered (n, oh, ow), columns (kh, kw, c);
 convolution weights HWIO, which seen as a matrix of shape (KH*KW*C_in/groups, C_out)
@@ -14,22 +15,23 @@ are exactly the right operand of the im2col GEMM.
 
 Also here: the cache of large output buffers (``Block``) and what the build supports.
 """
-from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
+cimport numpy as cnp
 
 from cconv.geometry cimport (cconv_geom, cconv_output_size, CCONV_ERR_VALUE, CCONV_ERR_GEOMETRY,
                              CCONV_ERR_CHANNELS, CCONV_ERR_TOO_LARGE, CCONV_ERR_WORKSPACE,
                              CCONV_ERR_ARGMAX, CCONV_ERR_NOMEM, CCONV_ERR_BLAS)
 from cconv._platform cimport CCONV_OPENMP, CCONV_HAVE_FTZ, cconv_omp_max_threads
 from cconv cimport _blas, _cpu, _im2col, _conv, _pool, _activation
-from cconv._pool cimport index_t
 from cconv._blas import load_blas
+
+cnp.import_array()
 
 
 # ---------------------------------------------------------------------------------
-# Errors and geometry
+# Arrays, errors and geometry
 # ---------------------------------------------------------------------------------
 _ERRORS = {
     CCONV_ERR_VALUE: "a size, stride, dilation, padding, group or thread count out of range",
@@ -42,6 +44,12 @@ _ERRORS = {
     CCONV_ERR_BLAS: "scipy's BLAS could not be loaded",
 }
 
+cdef enum:
+    F32 = cnp.NPY_FLOAT32
+    F64 = cnp.NPY_FLOAT64
+    I32 = cnp.NPY_INT32
+    I64 = cnp.NPY_INT64
+
 
 cdef int check(int err, str where) except -1:
     """Raise for a kernel's error code (MemoryError, else ValueError naming `where`)."""
@@ -52,59 +60,102 @@ cdef int check(int err, str where) except -1:
     raise ValueError(f"{where}: {_ERRORS.get(err, f'error {err}')}")
 
 
-cdef int expect(str where, str name, tuple got, tuple want) except -1:
-    """An array's extents must be those the geometry implies."""
-    if got != want:
-        raise ValueError(f"{where}: {name} has shape {got}, expected {want}")
+cdef char *data(object a, int typenum, int ndim, bint writable, str where,
+                str name) except NULL:
+    """The data of `a`, a C-contiguous ndarray of dtype `typenum` with `ndim` dimensions
+    (and writable when the kernel writes it)."""
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"{where}: {name} must be an ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray> a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or (writable and not cnp.PyArray_ISWRITEABLE(arr))):
+        raise TypeError(f"{where}: {name} must be a C-contiguous{' writable' if writable else ''} "
+                        f"{ndim}-D array of {cnp.PyArray_DescrFromType(typenum)}, got "
+                        f"{a.dtype} of shape {a.shape}")
+    return <char *> cnp.PyArray_DATA(arr)
+
+
+cdef inline int dtype_of(object a, str where, str name) except -1:
+    """F32 or F64: the dtype of the floating-point arrays of a call."""
+    if cnp.PyArray_Check(a):
+        t = cnp.PyArray_TYPE(<cnp.ndarray> a)
+        if t == F32 or t == F64:
+            return t
+    raise TypeError(f"{where}: {name} must be a float32 or float64 ndarray")
+
+
+cdef inline int index_type(object a, str where) except -1:
+    """I32 or I64: the dtype of an argmax array."""
+    if cnp.PyArray_Check(a):
+        t = cnp.PyArray_TYPE(<cnp.ndarray> a)
+        if t == I32 or t == I64:
+            return t
+    raise TypeError(f"{where}: argmax must be an int32 or int64 ndarray")
+
+
+cdef int expect(object a, tuple want, str where, str name) except -1:
+    """The array's extents must be those the geometry implies."""
+    if a.shape != want:
+        raise ValueError(f"{where}: {name} has shape {a.shape}, expected {want}")
     return 0
 
 
-cdef tuple dims(const Py_ssize_t *shape, int n):
-    return tuple([shape[i] for i in range(n)])
-
-
-cdef cconv_geom geometry(Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
-                         Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
-                         Py_ssize_t Cout, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
-                         Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups):
-    """The geometry of an input and an output of the given sizes: the bottom/right padding
-    is the least that makes OH x OW outputs (the kernels then check the rest)."""
+cdef cconv_geom geometry(tuple xshape, Py_ssize_t KH, Py_ssize_t KW, tuple yshape,
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups) except *:
+    """The geometry of an input and an output of the given NHWC shapes: the bottom/right
+    padding is the least that makes OH x OW outputs (the kernels then check the rest)."""
     cdef cconv_geom g
-    g.N, g.H, g.W, g.C = N, H, W, C
-    g.KH, g.KW, g.OH, g.OW, g.Cout = KH, KW, OH, OW, Cout
-    g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.groups = sh, sw, pt, pl, dh, dw, groups
-    g.pb = max(0, (OH - 1) * sh + dh * (KH - 1) + 1 - H - pt)
-    g.pr = max(0, (OW - 1) * sw + dw * (KW - 1) + 1 - W - pl)
+    if len(xshape) != 4 or len(yshape) != 4:
+        raise ValueError(f"expected 4-D arrays, got shapes {xshape} and {yshape}")
+    g.N, g.H, g.W, g.C = xshape
+    _, g.OH, g.OW, g.Cout = yshape
+    g.KH, g.KW, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.groups = KH, KW, sh, sw, pt, pl, dh, dw, groups
+    g.pb = max(0, (g.OH - 1) * sh + dh * (KH - 1) + 1 - g.H - pt)
+    g.pr = max(0, (g.OW - 1) * sw + dw * (KW - 1) + 1 - g.W - pl)
     return g
+
+
+cdef cconv_geom sizes(tuple xshape, tuple yshape) except *:
+    """A geometry with only the sizes (what the max-pool backward kernels read)."""
+    return geometry(xshape, 1, 1, yshape, 1, 1, 0, 0, 1, 1, 1)
 
 
 # ---------------------------------------------------------------------------------
 # BLAS
 # ---------------------------------------------------------------------------------
-def matmul(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
-           double beta, floating[:, ::1] c, int num_threads):  # c: IN/OUT
+def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  # c: IN/OUT
     """c = op(a) @ op(b) + beta * c, the rows of c cut into one block per thread.
 
     Each thread makes one single-threaded BLAS call on its block, so dense layers run on
     cconv's own OpenMP threads: no BLAS thread pool is left spinning next to the
     convolution kernels. The caller ensures the inner dimension is non-zero.
     """
+    cdef int t = dtype_of(c, "matmul", "c")
+    cdef char *ap = data(a, t, 2, False, "matmul", "a")
+    cdef char *bp = data(b, t, 2, False, "matmul", "b")
+    cdef char *cp = data(c, t, 2, True, "matmul", "c")
     cdef int m = c.shape[0], n = c.shape[1]
     cdef int k = a.shape[0] if trans_a else a.shape[1]
     cdef int lda = a.shape[1], ldb = b.shape[1]
-    cdef const floating *ap = &a[0, 0]
-    cdef const floating *bp = &b[0, 0]
-    cdef floating *cp = &c[0, 0]
     cdef Py_ssize_t ch, r0, r1
+    if num_threads < 1:
+        raise ValueError("matmul: num_threads must be >= 1")
     check(_blas.ensure_blas(), "matmul")
     with nogil, parallel(num_threads=num_threads):
         for ch in prange(num_threads, schedule="static"):
             r0 = ch * m // num_threads
             r1 = (ch + 1) * m // num_threads
             if r1 > r0:
-                _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <floating> 1,
-                           ap + (r0 if trans_a else r0 * lda), lda, bp, ldb, <floating> beta,
-                           cp + r0 * n, n)
+                if t == F32:
+                    _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <float> 1,
+                               <float *> ap + (r0 if trans_a else r0 * lda), lda, <float *> bp,
+                               ldb, <float> beta, <float *> cp + r0 * n, n)
+                else:
+                    _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <double> 1,
+                               <double *> ap + (r0 if trans_a else r0 * lda), lda,
+                               <double *> bp, ldb, beta, <double *> cp + r0 * n, n)
 
 
 # ---------------------------------------------------------------------------------
@@ -252,31 +303,41 @@ def simd_level(int cap=-1):
 # ---------------------------------------------------------------------------------
 # im2col / col2im
 # ---------------------------------------------------------------------------------
-def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols,  # cols: OUT
+def im2col(x, cols,                                    # cols: OUT (N*OH*OW, KH*KW*C)
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
            Py_ssize_t dh, Py_ssize_t dw, int num_threads):
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, OH, OW,
-                                 1, sh, sw, pt, pl, dh, dw, 1)
-    expect("im2col", "cols", (cols.shape[0], cols.shape[1]), (g.N * OH * OW, KH * KW * g.C))
+    cdef int t = dtype_of(x, "im2col", "x")
+    cdef char *xp = data(x, t, 4, False, "im2col", "x")
+    cdef char *cp = data(cols, t, 2, True, "im2col", "cols")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, (x.shape[0], OH, OW, 1), sh, sw, pt, pl,
+                                 dh, dw, 1)
+    expect(cols, (g.N * OH * OW, KH * KW * g.C), "im2col", "cols")
     cdef int err
     with nogil:
-        err = _im2col.im2col(&g, &x[0, 0, 0, 0] if g.N else NULL,
-                             &cols[0, 0] if g.N else NULL, num_threads)
+        if t == F32:
+            err = _im2col.im2col(&g, <float *> xp, <float *> cp, num_threads)
+        else:
+            err = _im2col.im2col(&g, <double *> xp, <double *> cp, num_threads)
     check(err, "im2col")
 
 
-def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,  # x: OUT
+def col2im(cols, x,                                    # x: OUT (N, H, W, C)
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
            Py_ssize_t dh, Py_ssize_t dw, int num_threads):
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW, OH, OW,
-                                 1, sh, sw, pt, pl, dh, dw, 1)
-    expect("col2im", "cols", (cols.shape[0], cols.shape[1]), (g.N * OH * OW, KH * KW * g.C))
+    cdef int t = dtype_of(x, "col2im", "x")
+    cdef char *cp = data(cols, t, 2, False, "col2im", "cols")
+    cdef char *xp = data(x, t, 4, True, "col2im", "x")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, (x.shape[0], OH, OW, 1), sh, sw, pt, pl,
+                                 dh, dw, 1)
+    expect(cols, (g.N * OH * OW, KH * KW * g.C), "col2im", "cols")
     cdef int err
     with nogil:
-        err = _im2col.col2im(&g, &cols[0, 0] if g.N else NULL,
-                             &x[0, 0, 0, 0] if g.N else NULL, num_threads)
+        if t == F32:
+            err = _im2col.col2im(&g, <float *> cp, <float *> xp, num_threads)
+        else:
+            err = _im2col.col2im(&g, <double *> cp, <double *> xp, num_threads)
     check(err, "col2im")
 
 
@@ -286,11 +347,12 @@ def col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x,  # x: OUT
 def conv_plan(tuple shape, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Cout,
               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pb, Py_ssize_t pl,
               Py_ssize_t pr, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups, int itemsize,
-              bint backward, bint need_dx, int budget, tuning):
-    """The route and sizes of a convolution on input ``shape`` (N, H, W, C):
-    (route, threads, filter_threads, tile, slots, scratch, K, Kpad), route 0 = im2col +
-    GEMM, 1 = Winograd, 2 = direct. ``tuning``: (tile_bytes, winograd_min_channels,
-    winograd_block_bytes, direct_max_k, slots_per_thread), a negative threshold = never."""
+              bint backward, bint need_dx, int budget, tuple tuning):
+    """The route and sizes of a convolution on input ``shape`` (N, H, W, C) on at most
+    ``budget`` threads: (route, threads, filter_threads, tile, slots, scratch, K, Kpad),
+    route 0 = im2col + GEMM, 1 = Winograd, 2 = direct (see _conv.pxd). ``tuning``:
+    (tile_bytes, winograd_min_channels, winograd_block_bytes, direct_max_k,
+    slots_per_thread), a negative threshold meaning never."""
     cdef cconv_geom g
     cdef _conv.conv_tuning t
     cdef _conv.conv_plan p
@@ -305,236 +367,313 @@ def conv_plan(tuple shape, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Cout,
     return p.route, p.threads, p.filter_threads, p.tile, p.slots, p.scratch, p.K, p.Kpad
 
 
-def conv2d_forward(const floating[:, :, :, ::1] x,
-                   const floating[:, ::1] wmat,         # (KH*KW*Cg, Cout)
-                   const floating[::1] bias,            # (Cout,) or None
-                   floating[:, :, :, ::1] y,            # OUT (N, OH, OW, Cout)
-                   floating[:, ::1] work,               # scratch (nthreads, T*Kg)
+cdef inline char *bias_data(object bias, int t, str where) except? NULL:
+    return NULL if bias is None else data(bias, t, 1, False, where, "bias")
+
+
+def conv2d_forward(x, wmat, bias, y, work,             # y: OUT (N, OH, OW, Cout); work: scratch
                    Py_ssize_t KH, Py_ssize_t KW,
                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                    Py_ssize_t dh, Py_ssize_t dw, int groups, Py_ssize_t tile_rows,
                    int num_threads):
-    """y = conv(x, w) + b by im2col + GEMM, tiles of `tile_rows` output pixels in parallel."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW,
-                                 y.shape[1], y.shape[2], y.shape[3], sh, sw, pt, pl, dh, dw,
-                                 groups)
-    expect("conv2d_forward", "y", (y.shape[0],), (g.N,))
-    expect("conv2d_forward", "wmat", (wmat.shape[0], wmat.shape[1]),
-           (KH * KW * (g.C // max(1, groups)), g.Cout))
+    """y = conv(x, w) + b by im2col + GEMM, tiles of ``tile_rows`` output pixels in
+    parallel; wmat (KH*KW*C/groups, Cout), bias (Cout,) or None, work (threads, scratch)."""
+    cdef str where = "conv2d_forward"
+    cdef int t = dtype_of(x, where, "x")
+    cdef char *xp = data(x, t, 4, False, where, "x")
+    cdef char *wp = data(wmat, t, 2, False, where, "wmat")
+    cdef char *bp = bias_data(bias, t, where)
+    cdef char *yp = data(y, t, 4, True, where, "y")
+    cdef char *kp = data(work, t, 2, True, where, "work")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, dh, dw, groups)
+    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
+    expect(wmat, (KH * KW * (g.C // max(1, groups)), g.Cout), where, "wmat")
     if bias is not None:
-        expect("conv2d_forward", "bias", (bias.shape[0],), (g.Cout,))
-    cdef const floating *bp = &bias[0] if bias is not None else NULL
+        expect(bias, (g.Cout,), where, "bias")
+    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
     cdef int err
     with nogil:
-        err = _conv.gemm_forward(&g, &x[0, 0, 0, 0] if g.N else NULL, &wmat[0, 0], bp,
-                                 &y[0, 0, 0, 0] if g.N else NULL, &work[0, 0], work.shape[0],
-                                 work.shape[1], tile_rows, num_threads)
-    check(err, "conv2d_forward")
+        if t == F32:
+            err = _conv.gemm_forward(&g, <float *> xp, <float *> wp, <float *> bp, <float *> yp,
+                                     <float *> kp, rows, stride, tile_rows, num_threads)
+        else:
+            err = _conv.gemm_forward(&g, <double *> xp, <double *> wp, <double *> bp,
+                                     <double *> yp, <double *> kp, rows, stride, tile_rows,
+                                     num_threads)
+    check(err, where)
 
 
-def conv2d_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
-                    const floating[:, :, :, ::1] x,    # (N, H, W, C)
-                    const floating[:, ::1] wmat,       # (Kg, Cout)
-                    floating[:, :, :, ::1] dx,         # OUT, or None
-                    floating[:, :, ::1] dw_work,       # OUT per-thread dW (nthreads, Kg, Cout)
-                    floating[:, ::1] db_work,          # OUT per-thread db (nthreads, Cout)
-                    floating[:, ::1] work,             # scratch (nthreads, T*Kg)
+def conv2d_backward(dy, x, wmat, dx, dw_work, db_work, work,
                     Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                     Py_ssize_t dh, Py_ssize_t dw, int groups, Py_ssize_t tile_rows,
                     int num_threads):
-    """Gradients of a convolution by im2col + GEMM; the caller sums dw_work and db_work
-    over the threads, in order (see _conv.gemm_backward)."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW,
-                                 dy.shape[1], dy.shape[2], dy.shape[3], sh, sw, pt, pl, dh, dw,
-                                 groups)
+    """Gradients of a convolution by im2col + GEMM: dx (OUT, or None), dw_work (OUT,
+    (threads, Kg, Cout)) and db_work (OUT, (threads, Cout)), per-thread sums for the caller
+    to add up in thread order (see _conv.gemm_backward); work: scratch (threads, scratch)."""
+    cdef str where = "conv2d_backward"
+    cdef int t = dtype_of(x, where, "x")
+    cdef char *dyp = data(dy, t, 4, False, where, "dy")
+    cdef char *xp = data(x, t, 4, False, where, "x")
+    cdef char *wp = data(wmat, t, 2, False, where, "wmat")
+    cdef char *dxp = NULL if dx is None else data(dx, t, 4, True, where, "dx")
+    cdef char *dwp = data(dw_work, t, 3, True, where, "dw_work")
+    cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
+    cdef char *kp = data(work, t, 2, True, where, "work")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, dy.shape, sh, sw, pt, pl, dh, dw, groups)
     cdef Py_ssize_t Kg = KH * KW * (g.C // max(1, groups))
-    expect("conv2d_backward", "dy", (dy.shape[0],), (g.N,))
-    expect("conv2d_backward", "wmat", (wmat.shape[0], wmat.shape[1]), (Kg, g.Cout))
-    expect("conv2d_backward", "dw_work", dims(dw_work.shape, 3),
-           (max(num_threads, 1), Kg, g.Cout))
-    expect("conv2d_backward", "db_work", dims(db_work.shape, 2), (max(num_threads, 1), g.Cout))
+    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
+    expect(wmat, (Kg, g.Cout), where, "wmat")
+    expect(dw_work, (max(num_threads, 1), Kg, g.Cout), where, "dw_work")
+    expect(db_work, (max(num_threads, 1), g.Cout), where, "db_work")
     if dx is not None:
-        expect("conv2d_backward", "dx", dims(dx.shape, 4), (g.N, g.H, g.W, g.C))
+        expect(dx, x.shape, where, "dx")
+    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
     cdef int err
     with nogil:
-        err = _conv.gemm_backward(&g, &dy[0, 0, 0, 0] if g.N else NULL,
-                                  &x[0, 0, 0, 0] if g.N else NULL, &wmat[0, 0],
-                                  &dx[0, 0, 0, 0] if dx is not None and g.N else NULL,
-                                  &dw_work[0, 0, 0], &db_work[0, 0], &work[0, 0],
-                                  work.shape[0], work.shape[1], tile_rows, num_threads)
-    check(err, "conv2d_backward")
+        if t == F32:
+            err = _conv.gemm_backward(&g, <float *> dyp, <float *> xp, <float *> wp,
+                                      <float *> dxp, <float *> dwp, <float *> dbp,
+                                      <float *> kp, rows, stride, tile_rows, num_threads)
+        else:
+            err = _conv.gemm_backward(&g, <double *> dyp, <double *> xp, <double *> wp,
+                                      <double *> dxp, <double *> dwp, <double *> dbp,
+                                      <double *> kp, rows, stride, tile_rows, num_threads)
+    check(err, where)
 
 
-def direct_forward(const float[:, :, :, ::1] x,
-                   const float[:, ::1] w,               # (KH*KW*C, Cout), rows in (kh, kw, c) order
-                   const float[::1] bias,               # (Cout,) or None
-                   float[:, :, :, ::1] y,               # OUT (N, OH, OW, Cout), Cout % 16 == 0
+def direct_forward(x, w, bias, y,                     # y: OUT (N, OH, OW, Cout), Cout % 16 == 0
                    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int num_threads):
     """y = conv(x, w) + b computed directly from x (no im2col buffer), row by row, on an
-    AVX-512 CPU (see _conv_direct.h)."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW,
-                                 y.shape[1], y.shape[2], y.shape[3], sh, sw, pt, pl, dh, dw, 1)
-    expect("direct_forward", "y", (y.shape[0],), (g.N,))
-    expect("direct_forward", "w", (w.shape[0], w.shape[1]), (KH * KW * g.C, g.Cout))
+    AVX-512 CPU (see _conv_direct.h); float32, w (KH*KW*C, Cout), bias (Cout,) or None."""
+    cdef str where = "direct_forward"
+    cdef char *xp = data(x, F32, 4, False, where, "x")
+    cdef char *wp = data(w, F32, 2, False, where, "w")
+    cdef char *bp = bias_data(bias, F32, where)
+    cdef char *yp = data(y, F32, 4, True, where, "y")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, dh, dw, 1)
+    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
+    expect(w, (KH * KW * g.C, g.Cout), where, "w")
     if bias is not None:
-        expect("direct_forward", "bias", (bias.shape[0],), (g.Cout,))
-    cdef const float *bp = &bias[0] if bias is not None else NULL
+        expect(bias, (g.Cout,), where, "bias")
     cdef int err
     with nogil:
-        err = _conv.direct_forward(&g, &x[0, 0, 0, 0] if g.N else NULL, &w[0, 0], bp,
-                                   &y[0, 0, 0, 0] if g.N else NULL, NULL, num_threads)
-    check(err, "direct_forward")
+        err = _conv.direct_forward(&g, <float *> xp, <float *> wp, <float *> bp, <float *> yp,
+                                   NULL, num_threads)
+    check(err, where)
 
 
-def direct_backward_weights(const float[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
-                            const float[:, :, :, ::1] x,    # (N, H, W, C)
-                            float[:, :, ::1] dw_work,       # OUT per slot (nslots, Kpad, Cout)
-                            float[:, ::1] db_work,          # OUT per slot (nslots, Cout)
+def direct_backward_weights(dy, x, dw_work, db_work,
                             Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                             int num_threads):
-    """dW and db of direct_forward (rows K..Kpad-1 of dw_work are scratch); the caller sums
-    the accumulators of the nslots = dw_work.shape[0] runs of rows: the result depends on
-    nslots only, not on the threads' timing."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW,
-                                 dy.shape[1], dy.shape[2], dy.shape[3], sh, sw, pt, pl, dh, dw, 1)
+    """dW and db of direct_forward into dw_work (OUT, (nslots, Kpad, Cout); rows K..Kpad-1
+    are scratch) and db_work (OUT, (nslots, Cout)); the caller sums the accumulators of the
+    nslots = dw_work.shape[0] runs of rows: the result depends on nslots only, not on the
+    threads' timing."""
+    cdef str where = "direct_backward_weights"
+    cdef char *dyp = data(dy, F32, 4, False, where, "dy")
+    cdef char *xp = data(x, F32, 4, False, where, "x")
+    cdef char *dwp = data(dw_work, F32, 3, True, where, "dw_work")
+    cdef char *dbp = data(db_work, F32, 2, True, where, "db_work")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, dy.shape, sh, sw, pt, pl, dh, dw, 1)
     cdef Py_ssize_t nslots = dw_work.shape[0]
-    expect("direct_backward_weights", "dy", (dy.shape[0],), (g.N,))
-    expect("direct_backward_weights", "dw_work", dims(dw_work.shape, 3),
-           (nslots, (KH * KW * g.C + 7) // 8 * 8, g.Cout))
-    expect("direct_backward_weights", "db_work", dims(db_work.shape, 2), (nslots, g.Cout))
+    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
+    expect(dw_work, (nslots, (KH * KW * g.C + 7) // 8 * 8, g.Cout), where, "dw_work")
+    expect(db_work, (nslots, g.Cout), where, "db_work")
     cdef int err
     with nogil:
-        err = _conv.direct_backward_weights(&g, &dy[0, 0, 0, 0] if g.N else NULL,
-                                            &x[0, 0, 0, 0] if g.N else NULL,
-                                            &dw_work[0, 0, 0] if nslots else NULL,
-                                            &db_work[0, 0] if nslots else NULL,
-                                            nslots, NULL, num_threads)
-    check(err, "direct_backward_weights")
+        err = _conv.direct_backward_weights(&g, <float *> dyp, <float *> xp, <float *> dwp,
+                                            <float *> dbp, nslots, NULL, num_threads)
+    check(err, where)
 
 
-def winograd_filter(const floating[:, :, :, ::1] w,   # (3, 3, C, Cout)
-                    floating[:, :, ::1] U,            # OUT (16, C, Cout)
-                    int num_threads):
-    """U = G w G^T for every (input, output) channel pair (see _winograd.h)."""
-    expect("winograd_filter", "w", dims(w.shape, 2), (3, 3))
-    expect("winograd_filter", "U", dims(U.shape, 3), (16, w.shape[2], w.shape[3]))
+def winograd_filter(w, U, int num_threads):            # U: OUT (16, C, Cout)
+    """U = G w G^T for every (input, output) channel pair of w (3, 3, C, Cout)."""
+    cdef str where = "winograd_filter"
+    cdef int t = dtype_of(w, where, "w")
+    cdef char *wp = data(w, t, 4, False, where, "w")
+    cdef char *up = data(U, t, 3, True, where, "U")
+    expect(w, (3, 3) + w.shape[2:], where, "w")
+    expect(U, (16,) + w.shape[2:], where, "U")
+    cdef Py_ssize_t C = w.shape[2], Cout = w.shape[3]
     cdef int err
-    cdef bint some = w.shape[2] * w.shape[3] > 0
     with nogil:
-        err = _conv.winograd_filter(&w[0, 0, 0, 0] if some else NULL,
-                                    &U[0, 0, 0] if some else NULL,
-                                    w.shape[2], w.shape[3], num_threads)
-    check(err, "winograd_filter")
+        if t == F32:
+            err = _conv.winograd_filter(<float *> wp, <float *> up, C, Cout, num_threads)
+        else:
+            err = _conv.winograd_filter(<double *> wp, <double *> up, C, Cout, num_threads)
+    check(err, where)
 
 
-def winograd_filter_grad(const floating[:, :, :, ::1] dU_work,   # (slots, 16, C, Cout)
-                         floating[:, :, :, ::1] dw,              # OUT (3, 3, C, Cout)
-                         int num_threads):
+def winograd_filter_grad(dU_work, dw, int num_threads):  # dw: OUT (3, 3, C, Cout)
     """dw = G^T (dU_work summed over its slots, in slot order) G: the adjoint of
-    winograd_filter, with the per-slot accumulators of winograd_backward summed on the way."""
-    expect("winograd_filter_grad", "dw", dims(dw.shape, 2), (3, 3))
-    expect("winograd_filter_grad", "dU_work", dims(dU_work.shape + 1, 3),
-           (16, dw.shape[2], dw.shape[3]))
+    winograd_filter, with the per-slot accumulators (slots, 16, C, Cout) of
+    winograd_backward summed on the way."""
+    cdef str where = "winograd_filter_grad"
+    cdef int t = dtype_of(dw, where, "dw")
+    cdef char *up = data(dU_work, t, 4, False, where, "dU_work")
+    cdef char *dwp = data(dw, t, 4, True, where, "dw")
+    expect(dw, (3, 3) + dw.shape[2:], where, "dw")
+    expect(dU_work, (dU_work.shape[0], 16) + dw.shape[2:], where, "dU_work")
+    cdef Py_ssize_t nslots = dU_work.shape[0], C = dw.shape[2], Cout = dw.shape[3]
     cdef int err
-    cdef bint some = dU_work.shape[0] * dw.shape[2] * dw.shape[3] > 0
     with nogil:
-        err = _conv.winograd_filter_grad(&dU_work[0, 0, 0, 0] if some else NULL,
-                                         dU_work.shape[0], &dw[0, 0, 0, 0] if some else NULL,
-                                         dw.shape[2], dw.shape[3], num_threads)
-    check(err, "winograd_filter_grad")
+        if t == F32:
+            err = _conv.winograd_filter_grad(<float *> up, nslots, <float *> dwp, C, Cout,
+                                             num_threads)
+        else:
+            err = _conv.winograd_filter_grad(<double *> up, nslots, <double *> dwp, C, Cout,
+                                             num_threads)
+    check(err, where)
 
 
-def winograd_forward(const floating[:, :, :, ::1] x,
-                     const floating[:, :, ::1] U,         # (16, C, Cout): G w G^T
-                     const floating[::1] bias,            # (Cout,) or None
-                     floating[:, :, :, ::1] y,            # OUT (N, OH, OW, Cout)
-                     floating[:, ::1] work,               # scratch (nthreads, per-thread block)
+def winograd_forward(x, U, bias, y, work,             # y: OUT (N, OH, OW, Cout); work: scratch
                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, int num_threads):
-    """y = conv3x3(x, w) + b, stride 1, by Winograd F(2x2, 3x3) in blocks of TB tiles."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], 3, 3,
-                                 y.shape[1], y.shape[2], y.shape[3], 1, 1, pt, pl, 1, 1, 1)
-    expect("winograd_forward", "y", (y.shape[0],), (g.N,))
-    expect("winograd_forward", "U", dims(U.shape, 3), (16, g.C, g.Cout))
+    """y = conv3x3(x, w) + b, stride 1, by Winograd F(2x2, 3x3) in blocks of TB tiles;
+    U (16, C, Cout) = G w G^T, work (threads, scratch)."""
+    cdef str where = "winograd_forward"
+    cdef int t = dtype_of(x, where, "x")
+    cdef char *xp = data(x, t, 4, False, where, "x")
+    cdef char *up = data(U, t, 3, False, where, "U")
+    cdef char *bp = bias_data(bias, t, where)
+    cdef char *yp = data(y, t, 4, True, where, "y")
+    cdef char *kp = data(work, t, 2, True, where, "work")
+    cdef cconv_geom g = geometry(x.shape, 3, 3, y.shape, 1, 1, pt, pl, 1, 1, 1)
+    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
+    expect(U, (16, g.C, g.Cout), where, "U")
     if bias is not None:
-        expect("winograd_forward", "bias", (bias.shape[0],), (g.Cout,))
-    cdef const floating *bp = &bias[0] if bias is not None else NULL
+        expect(bias, (g.Cout,), where, "bias")
+    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
     cdef int err
     with nogil:
-        err = _conv.winograd_forward(&g, &x[0, 0, 0, 0] if g.N else NULL, &U[0, 0, 0], bp,
-                                     &y[0, 0, 0, 0] if g.N else NULL, &work[0, 0],
-                                     work.shape[0], work.shape[1], TB, num_threads)
-    check(err, "winograd_forward")
+        if t == F32:
+            err = _conv.winograd_forward(&g, <float *> xp, <float *> up, <float *> bp,
+                                         <float *> yp, <float *> kp, rows, stride, TB,
+                                         num_threads)
+        else:
+            err = _conv.winograd_forward(&g, <double *> xp, <double *> up, <double *> bp,
+                                         <double *> yp, <double *> kp, rows, stride, TB,
+                                         num_threads)
+    check(err, where)
 
 
-def winograd_backward(const floating[:, :, :, ::1] dy,   # (N, OH, OW, Cout)
-                      const floating[:, :, :, ::1] x,    # (N, H, W, C)
-                      const floating[:, :, ::1] U,       # (16, C, Cout): G w G^T
-                      floating[:, :, :, ::1] dx,         # OUT; ignored if not need_dx
-                      floating[:, :, :, ::1] dU_work,    # OUT per-slot dU (nslots, 16, C, Cout)
-                      floating[:, ::1] db_work,          # OUT per-slot db (nslots, Cout)
-                      floating[:, ::1] work,             # scratch (nthreads, per-thread block)
+def winograd_backward(dy, x, U, dx, dU_work, db_work, work,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, bint need_dx,
                       int num_threads):
-    """Gradients of winograd_forward; the caller turns dU_work into dW with
-    winograd_filter_grad (which sums the slots) and sums db_work over the slots. The
-    kernel zeroes dx and the slots itself (see _conv.winograd_backward)."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], 3, 3,
-                                 dy.shape[1], dy.shape[2], dy.shape[3], 1, 1, pt, pl, 1, 1, 1)
+    """Gradients of winograd_forward: dx (OUT; ignored unless need_dx), dU_work (OUT,
+    (nslots, 16, C, Cout)) and db_work (OUT, (nslots, Cout)), all zeroed by the kernel; the
+    caller turns dU_work into dW with winograd_filter_grad (which sums the slots) and sums
+    db_work over the slots (see _conv.winograd_backward)."""
+    cdef str where = "winograd_backward"
+    cdef int t = dtype_of(x, where, "x")
+    cdef char *dyp = data(dy, t, 4, False, where, "dy")
+    cdef char *xp = data(x, t, 4, False, where, "x")
+    cdef char *up = data(U, t, 3, False, where, "U")
+    cdef char *dxp = data(dx, t, 4, True, where, "dx") if need_dx else NULL
+    cdef char *dup = data(dU_work, t, 4, True, where, "dU_work")
+    cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
+    cdef char *kp = data(work, t, 2, True, where, "work")
+    cdef cconv_geom g = geometry(x.shape, 3, 3, dy.shape, 1, 1, pt, pl, 1, 1, 1)
     cdef Py_ssize_t nslots = dU_work.shape[0]
-    expect("winograd_backward", "dy", (dy.shape[0],), (g.N,))
-    expect("winograd_backward", "U", dims(U.shape, 3), (16, g.C, g.Cout))
-    expect("winograd_backward", "dU_work", dims(dU_work.shape + 1, 3), (16, g.C, g.Cout))
-    expect("winograd_backward", "db_work", dims(db_work.shape, 2), (nslots, g.Cout))
+    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
+    expect(U, (16, g.C, g.Cout), where, "U")
+    expect(dU_work, (nslots, 16, g.C, g.Cout), where, "dU_work")
+    expect(db_work, (nslots, g.Cout), where, "db_work")
     if need_dx:
-        expect("winograd_backward", "dx", dims(dx.shape, 4), (g.N, g.H, g.W, g.C))
+        expect(dx, x.shape, where, "dx")
+    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
     cdef int err
     with nogil:
-        err = _conv.winograd_backward(&g, &dy[0, 0, 0, 0] if g.N else NULL,
-                                      &x[0, 0, 0, 0] if g.N else NULL, &U[0, 0, 0],
-                                      &dx[0, 0, 0, 0] if need_dx and g.N else NULL,
-                                      &dU_work[0, 0, 0, 0] if nslots else NULL,
-                                      &db_work[0, 0] if nslots else NULL, nslots,
-                                      &work[0, 0], work.shape[0], work.shape[1], TB,
-                                      num_threads)
-    check(err, "winograd_backward")
+        if t == F32:
+            err = _conv.winograd_backward(&g, <float *> dyp, <float *> xp, <float *> up,
+                                          <float *> dxp, <float *> dup, <float *> dbp, nslots,
+                                          <float *> kp, rows, stride, TB, num_threads)
+        else:
+            err = _conv.winograd_backward(&g, <double *> dyp, <double *> xp, <double *> up,
+                                          <double *> dxp, <double *> dup, <double *> dbp,
+                                          nslots, <double *> kp, rows, stride, TB, num_threads)
+    check(err, where)
 
 
 # ---------------------------------------------------------------------------------
 # Pooling
 # ---------------------------------------------------------------------------------
-def max_pool2d_forward(const floating[:, :, :, ::1] x,
-                       floating[:, :, :, ::1] y,            # OUT (N, OH, OW, C)
-                       index_t[:, :, :, ::1] argmax,        # OUT, flat h*W + w of the winner
+def max_pool2d_forward(x, y, argmax,                   # y, argmax: OUT (N, OH, OW, C)
                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl, int num_threads, bint stream=False):
-    """Max over each window, recording the winner (see _pool_rows.h). Windows that tile the
-    input go through _pool_simd.h for float32 / int32; ``stream`` asks it for non-temporal
-    stores (for outputs too large to stay in cache)."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW,
-                                 y.shape[1], y.shape[2], y.shape[3], sh, sw, pt, pl, 1, 1, 1)
-    expect("max_pool2d_forward", "y", (y.shape[0],), (g.N,))
-    expect("max_pool2d_forward", "argmax", dims(argmax.shape, 4), dims(y.shape, 4))
+    """Max over each window, recording the winner's flat index h * W + w in its plane
+    (int32 or int64 argmax; see _pool_rows.h). Windows that tile the input go through
+    _pool_simd.h for float32 / int32; ``stream`` asks it for non-temporal stores (for
+    outputs too large to stay in cache)."""
+    cdef str where = "max_pool2d_forward"
+    cdef int t = dtype_of(x, where, "x"), it = index_type(argmax, where)
+    cdef char *xp = data(x, t, 4, False, where, "x")
+    cdef char *yp = data(y, t, 4, True, where, "y")
+    cdef char *ap = data(argmax, it, 4, True, where, "argmax")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, 1, 1, 1)
+    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
+    expect(argmax, y.shape, where, "argmax")
     cdef int err
     with nogil:
-        err = _pool.max_pool2d_forward(&g, &x[0, 0, 0, 0] if g.N else NULL,
-                                       &y[0, 0, 0, 0] if g.N else NULL,
-                                       &argmax[0, 0, 0, 0] if g.N else NULL, stream, num_threads)
-    check(err, "max_pool2d_forward")
+        if t == F32 and it == I32:
+            err = _pool.max_pool2d_forward(&g, <float *> xp, <float *> yp, <int *> ap, stream,
+                                           num_threads)
+        elif t == F32:
+            err = _pool.max_pool2d_forward(&g, <float *> xp, <float *> yp, <long long *> ap,
+                                           stream, num_threads)
+        elif it == I32:
+            err = _pool.max_pool2d_forward(&g, <double *> xp, <double *> yp, <int *> ap,
+                                           stream, num_threads)
+        else:
+            err = _pool.max_pool2d_forward(&g, <double *> xp, <double *> yp, <long long *> ap,
+                                           stream, num_threads)
+    check(err, where)
 
 
-cdef cconv_geom sizes(Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OH,
-                      Py_ssize_t OW):
-    """A geometry with only the sizes (what the max-pool backward kernels read)."""
-    cdef cconv_geom g = geometry(N, H, W, C, 1, 1, OH, OW, C, 1, 1, 0, 0, 1, 1, 1)
-    return g
+cdef int pool_backward(str where, dy, argmax, dx, Py_ssize_t KH, Py_ssize_t KW, bint stream,
+                       int num_threads) except -2:
+    """The tiled max-pool backward with windows KH x KW (KH > 0), or the general one."""
+    cdef int t = dtype_of(dx, where, "dx"), it = index_type(argmax, where)
+    cdef char *dyp = data(dy, t, 4, False, where, "dy")
+    cdef char *ap = data(argmax, it, 4, False, where, "argmax")
+    cdef char *dxp = data(dx, t, 4, True, where, "dx")
+    cdef cconv_geom g = sizes(dx.shape, dy.shape)
+    expect(dy, (g.N, g.OH, g.OW, g.C), where, "dy")
+    expect(argmax, dy.shape, where, "argmax")
+    cdef int err
+    with nogil:
+        if KH > 0:
+            if t == F32 and it == I32:
+                err = _pool.max_pool2d_backward_tiled(&g, <float *> dyp, <int *> ap,
+                                                      <float *> dxp, KH, KW, stream, num_threads)
+            elif t == F32:
+                err = _pool.max_pool2d_backward_tiled(&g, <float *> dyp, <long long *> ap,
+                                                      <float *> dxp, KH, KW, stream, num_threads)
+            elif it == I32:
+                err = _pool.max_pool2d_backward_tiled(&g, <double *> dyp, <int *> ap,
+                                                      <double *> dxp, KH, KW, stream, num_threads)
+            else:
+                err = _pool.max_pool2d_backward_tiled(&g, <double *> dyp, <long long *> ap,
+                                                      <double *> dxp, KH, KW, stream, num_threads)
+        elif t == F32 and it == I32:
+            err = _pool.max_pool2d_backward(&g, <float *> dyp, <int *> ap, <float *> dxp, stream,
+                                            num_threads)
+        elif t == F32:
+            err = _pool.max_pool2d_backward(&g, <float *> dyp, <long long *> ap, <float *> dxp,
+                                            stream, num_threads)
+        elif it == I32:
+            err = _pool.max_pool2d_backward(&g, <double *> dyp, <int *> ap, <double *> dxp,
+                                            stream, num_threads)
+        else:
+            err = _pool.max_pool2d_backward(&g, <double *> dyp, <long long *> ap, <double *> dxp,
+                                            stream, num_threads)
+    check(min(err, 0), where)
+    return err
 
 
-def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
-                              const index_t[:, :, :, ::1] argmax,
-                              floating[:, :, :, ::1] dx,     # OUT, every element written
+def max_pool2d_backward_tiled(dy, argmax, dx,         # dx: OUT, every element written
                               Py_ssize_t KH, Py_ssize_t KW, int num_threads,
                               bint stream=False):
     """Max-pool backward for windows that tile the input (stride == pool, no padding).
@@ -544,84 +683,78 @@ def max_pool2d_backward_tiled(const floating[:, :, :, ::1] dy,
     caller must use :func:`max_pool2d_backward`, which routes any in-range index.
     float32 / int32 go through _pool_simd.h; ``stream`` as in :func:`max_pool2d_forward`.
     """
-    cdef cconv_geom g = sizes(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
-                              dy.shape[1], dy.shape[2])
-    expect("max_pool2d_backward_tiled", "dy", (dy.shape[0], dy.shape[3]), (g.N, g.C))
-    expect("max_pool2d_backward_tiled", "argmax", dims(argmax.shape, 4), dims(dy.shape, 4))
-    cdef int err
-    cdef bint some_dy = g.N * g.OH * g.OW > 0, some_dx = g.N > 0
-    with nogil:
-        err = _pool.max_pool2d_backward_tiled(
-            &g, &dy[0, 0, 0, 0] if some_dy else NULL, &argmax[0, 0, 0, 0] if some_dy else NULL,
-            &dx[0, 0, 0, 0] if some_dx else NULL, KH, KW, stream, num_threads)
-    check(err if err < 0 else 0, "max_pool2d_backward_tiled")
-    return err == 1
+    if KH < 1 or KW < 1:
+        raise ValueError(f"max_pool2d_backward_tiled: window {KH}x{KW}")
+    return pool_backward("max_pool2d_backward_tiled", dy, argmax, dx, KH, KW, stream,
+                         num_threads) == 1
 
 
-def max_pool2d_backward(const floating[:, :, :, ::1] dy,
-                        const index_t[:, :, :, ::1] argmax,
-                        floating[:, :, :, ::1] dx,           # OUT, every element written
-                        bint stream, int num_threads):
+def max_pool2d_backward(dy, argmax, dx, bint stream, int num_threads):  # dx: OUT
     """Route each gradient to the unit that won the forward pass (see _pool.pxd).
 
     Raises ValueError when argmax holds an index outside [0, H*W); such entries are
     skipped, never used as an index.
     """
-    cdef cconv_geom g = sizes(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3],
-                              dy.shape[1], dy.shape[2])
-    expect("max_pool2d_backward", "dy", (dy.shape[0], dy.shape[3]), (g.N, g.C))
-    expect("max_pool2d_backward", "argmax", dims(argmax.shape, 4), dims(dy.shape, 4))
-    cdef int err
-    cdef bint some_dy = g.N * g.OH * g.OW > 0, some_dx = g.N > 0
-    with nogil:
-        err = _pool.max_pool2d_backward(
-            &g, &dy[0, 0, 0, 0] if some_dy else NULL, &argmax[0, 0, 0, 0] if some_dy else NULL,
-            &dx[0, 0, 0, 0] if some_dx else NULL, stream, num_threads)
-    check(err, "max_pool2d_backward")
+    pool_backward("max_pool2d_backward", dy, argmax, dx, 0, 0, stream, num_threads)
 
 
-def avg_pool2d_forward(const floating[:, :, :, ::1] x,
-                       floating[:, :, :, ::1] y,            # OUT
+def avg_pool2d_forward(x, y,                          # y: OUT (N, OH, OW, C)
                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl, int num_threads):
     """Mean over each window; padded zeros count in the divisor (always KH*KW)."""
-    cdef cconv_geom g = geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], KH, KW,
-                                 y.shape[1], y.shape[2], y.shape[3], sh, sw, pt, pl, 1, 1, 1)
-    expect("avg_pool2d_forward", "y", (y.shape[0],), (g.N,))
+    cdef str where = "avg_pool2d_forward"
+    cdef int t = dtype_of(x, where, "x")
+    cdef char *xp = data(x, t, 4, False, where, "x")
+    cdef char *yp = data(y, t, 4, True, where, "y")
+    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, 1, 1, 1)
+    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
     cdef int err
     with nogil:
-        err = _pool.avg_pool2d_forward(&g, &x[0, 0, 0, 0] if g.N else NULL,
-                                       &y[0, 0, 0, 0] if g.N else NULL, num_threads)
-    check(err, "avg_pool2d_forward")
+        if t == F32:
+            err = _pool.avg_pool2d_forward(&g, <float *> xp, <float *> yp, num_threads)
+        else:
+            err = _pool.avg_pool2d_forward(&g, <double *> xp, <double *> yp, num_threads)
+    check(err, where)
 
 
-def avg_pool2d_backward(const floating[:, :, :, ::1] dy,
-                        floating[:, :, :, ::1] dx,           # OUT, every element written
+def avg_pool2d_backward(dy, dx,                       # dx: OUT, every element written
                         Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t pt, Py_ssize_t pl, int num_threads):
     """Each gradient spread evenly over its window (the adjoint of avg_pool2d_forward)."""
-    cdef cconv_geom g = geometry(dx.shape[0], dx.shape[1], dx.shape[2], dx.shape[3], KH, KW,
-                                 dy.shape[1], dy.shape[2], dy.shape[3], sh, sw, pt, pl, 1, 1, 1)
-    expect("avg_pool2d_backward", "dy", (dy.shape[0],), (g.N,))
+    cdef str where = "avg_pool2d_backward"
+    cdef int t = dtype_of(dx, where, "dx")
+    cdef char *dyp = data(dy, t, 4, False, where, "dy")
+    cdef char *dxp = data(dx, t, 4, True, where, "dx")
+    cdef cconv_geom g = geometry(dx.shape, KH, KW, dy.shape, sh, sw, pt, pl, 1, 1, 1)
+    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
     cdef int err
     with nogil:
-        err = _pool.avg_pool2d_backward(&g, &dy[0, 0, 0, 0] if g.N else NULL,
-                                        &dx[0, 0, 0, 0] if g.N else NULL, num_threads)
-    check(err, "avg_pool2d_backward")
+        if t == F32:
+            err = _pool.avg_pool2d_backward(&g, <float *> dyp, <float *> dxp, num_threads)
+        else:
+            err = _pool.avg_pool2d_backward(&g, <double *> dyp, <double *> dxp, num_threads)
+    check(err, where)
 
 
 # ---------------------------------------------------------------------------------
 # Elementwise
 # ---------------------------------------------------------------------------------
-def relu_backward(const floating[::1] dy, const floating[::1] y,
-                  floating[::1] out,                   # OUT
-                  int num_threads):
-    """out = dy where y > 0, else 0 (blocks of 64K elements in parallel)."""
+def relu_backward(dy, y, out, int num_threads):       # out: OUT
+    """out = dy where y > 0, else 0, over 1-D arrays (blocks of 64K elements in parallel)."""
+    cdef str where = "relu_backward"
+    cdef int t = dtype_of(dy, where, "dy")
+    cdef char *dyp = data(dy, t, 1, False, where, "dy")
+    cdef char *yp = data(y, t, 1, False, where, "y")
+    cdef char *op = data(out, t, 1, True, where, "out")
+    expect(y, dy.shape, where, "y")
+    expect(out, dy.shape, where, "out")
     cdef Py_ssize_t n = dy.shape[0]
-    expect("relu_backward", "y", (y.shape[0],), (n,))
-    expect("relu_backward", "out", (out.shape[0],), (n,))
     cdef int err
     with nogil:
-        err = _activation.relu_backward(&dy[0] if n else NULL, &y[0] if n else NULL,
-                                        &out[0] if n else NULL, n, num_threads)
-    check(err, "relu_backward")
+        if t == F32:
+            err = _activation.relu_backward(<float *> dyp, <float *> yp, <float *> op, n,
+                                            num_threads)
+        else:
+            err = _activation.relu_backward(<double *> dyp, <double *> yp, <double *> op, n,
+                                            num_threads)
+    check(err, where)
