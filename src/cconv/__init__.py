@@ -18,6 +18,7 @@ from ._config import set_cache_limit as set_cache_limit
 from ._config import get_cache_limit as get_cache_limit
 from ._config import empty_cache as empty_cache
 from . import functional as functional
+from .functional import Workspace as Workspace
 
 _SUBMODULES = {
     "layers", "losses", "optim", "initializers", "callbacks", "model", "models",
@@ -35,7 +36,7 @@ _NAMES = {
 
 __all__ = sorted(
     ["__version__", "functional", "get_num_threads", "set_num_threads", "show_config",
-     "set_cache_limit", "get_cache_limit", "empty_cache"]
+     "set_cache_limit", "get_cache_limit", "empty_cache", "Workspace"]
     + list(_SUBMODULES) + list(_NAMES)
 )
 

@@ -2,6 +2,10 @@
 
 from cython cimport floating
 
-# The checked kernel of cconv.activation (see activation.pxd for its contract).
+# The kernel of cconv.activation (see activation.pxd for its contract): at most num_threads
+# threads, fewer for small work (as cconv.functional decides).
 cdef int relu_backward(const floating *dy, const floating *y, floating *out, Py_ssize_t n,
                        int num_threads) noexcept nogil
+# The same on exactly num_threads threads (cconv.functional sizes its calls itself).
+cdef int relu_backward_ex(const floating *dy, const floating *y, floating *out, Py_ssize_t n,
+                          int num_threads) noexcept nogil

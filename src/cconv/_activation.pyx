@@ -4,7 +4,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cconv.geometry cimport CCONV_ERR_VALUE
-from cconv._platform cimport cconv_threads
+from cconv._platform cimport cconv_threads, CCONV_MIN_WORK_PER_THREAD
 
 cdef extern from "_elementwise.h":
     void cconv_relu_bwd_f(float *out, const float *dy, const float *y, Py_ssize_t n) noexcept nogil
@@ -14,15 +14,20 @@ cdef enum:
     ELEMENTWISE_BLOCK = 65536     # elements per parallel block
 
 
-cdef int relu_backward(const floating *dy, const floating *y, floating *out, Py_ssize_t n,
+cdef int relu_backward_ex(const floating *dy, const floating *y, floating *out, Py_ssize_t n,
                        int num_threads) noexcept nogil:
     if num_threads < 1 or n < 0 or (n and (dy == NULL or y == NULL or out == NULL)):
         return CCONV_ERR_VALUE
     if n == 0:
         return 0
+    if num_threads == 1:          # on the calling thread (see _pool.pyx)
+        if floating is float:
+            cconv_relu_bwd_f(out, dy, y, n)
+        else:
+            cconv_relu_bwd_d(out, dy, y, n)
+        return 0
     cdef Py_ssize_t nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, blk, lo, m
-    cdef int nt = cconv_threads(num_threads, n, n)
-    for blk in prange(nblocks, schedule="static", num_threads=nt):
+    for blk in prange(nblocks, schedule="static", num_threads=num_threads):
         lo = blk * ELEMENTWISE_BLOCK
         m = n - lo
         if m > ELEMENTWISE_BLOCK:
@@ -32,3 +37,9 @@ cdef int relu_backward(const floating *dy, const floating *y, floating *out, Py_
         else:
             cconv_relu_bwd_d(out + lo, dy + lo, y + lo, m)
     return 0
+
+
+cdef int relu_backward(const floating *dy, const floating *y, floating *out, Py_ssize_t n,
+                       int num_threads) noexcept nogil:
+    return relu_backward_ex(dy, y, out, n, cconv_threads(num_threads, n, n,
+                                                         CCONV_MIN_WORK_PER_THREAD))

@@ -22,6 +22,7 @@ ctypedef struct conv_tuning:
     Py_ssize_t winograd_block_bytes    # upper bound on one thread's Winograd block
     Py_ssize_t direct_max_k            # direct route up to this K = KH*KW*C (< 0: never)
     Py_ssize_t slots_per_thread        # accumulator runs per thread (direct, Winograd bwd)
+    Py_ssize_t min_work_per_thread     # elements of work below which a thread is not worth it
 
 ctypedef struct conv_plan:
     int route              # ROUTE_*

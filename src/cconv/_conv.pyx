@@ -29,7 +29,8 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 # ---------------------------------------------------------------------------------
 cdef conv_tuning DEFAULTS = conv_tuning(tile_bytes=1 << 21, winograd_min_channels=16,
                                         winograd_block_bytes=1 << 20, direct_max_k=32,
-                                        slots_per_thread=4)
+                                        slots_per_thread=4,
+                                        min_work_per_thread=CCONV_MIN_WORK_PER_THREAD)
 
 cdef enum:
     ALIGN = 64           # workspace parts start on 64-byte boundaries
@@ -80,6 +81,7 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
     cdef Py_ssize_t Kg = g.KH * g.KW * (C // g.groups), K = g.KH * g.KW * C
     cdef Py_ssize_t M = N * OH * OW, P = OH * OW
     cdef Py_ssize_t per_image, ntiles, per, tb, work, U = 16 * C * Cout
+    cdef Py_ssize_t mw = t.min_work_per_thread
     need_dx = need_dx and backward
     p.threads = p.filter_threads = 1
     p.tile = p.slots = 1
@@ -90,7 +92,7 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
             and K <= t.direct_max_k and Cout % 16 == 0 and simd_level(-1) >= 2):
         p.route = ROUTE_DIRECT
         p.Kpad = (K + 7) // 8 * 8
-        p.threads = cconv_threads(budget, N * OH, smul(smul(M, K), Cout) // 16)
+        p.threads = cconv_threads(budget, N * OH, smul(smul(M, K), Cout) // 16, mw)
         if backward:
             p.slots = nslots(p.threads, N * OH, t)
     elif (t.winograd_min_channels >= 0 and C >= t.winograd_min_channels and g.KH == 3
@@ -101,23 +103,23 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
         ntiles = N * per_image
         work = smul(smul(smul(ntiles, 16), C), Cout) // 64
         if backward:   # runs of whole images, one accumulator slot each
-            p.threads = cconv_threads(budget, N, work)
+            p.threads = cconv_threads(budget, N, work, mw)
             p.slots = nslots(p.threads, N, t)
             per = cdiv(N, p.slots) * per_image
         else:          # blocks of tiles
-            p.threads = cconv_threads(budget, ntiles, work)
+            p.threads = cconv_threads(budget, ntiles, work, mw)
             per = cdiv(ntiles, p.threads)
         tb = max(8, min(1024, t.winograd_block_bytes // (16 * (C + Cout) * itemsize)))
         if per > 0:
             tb = cdiv(per, cdiv(per, tb))      # equal blocks
         p.tile = tb
         p.scratch = winograd_scratch(C, Cout, tb)
-        p.filter_threads = cconv_threads(budget, U // CCONV_MIN_WORK_PER_THREAD, -1)
+        p.filter_threads = cconv_threads(budget, U // max(1, mw), -1, mw)
     else:
         p.route = ROUTE_GEMM
         work = smul(smul(M, Kg), max(1, Cout // g.groups)) // 16
         # With dx a thread owns whole images (it scatters into their dx): at most N threads.
-        p.threads = cconv_threads(budget, N if need_dx else M, work)
+        p.threads = cconv_threads(budget, N if need_dx else M, work, mw)
         p.tile = tile_rows(Kg, itemsize, M, p.threads, t)
         if not need_dx:
             p.threads = <int> min(p.threads, cdiv(M, p.tile))
@@ -179,6 +181,27 @@ cdef int check_scratch(const cconv_geom *g, const void *work, Py_ssize_t work_ro
     return 0
 
 
+cdef void gemm_forward_tile(const cconv_geom *g, const floating *x, const floating *w,
+                            const floating *b, floating *y, floating *buf, Py_ssize_t r0,
+                            Py_ssize_t r1, bint direct) noexcept nogil:
+    """Output rows r0..r1 (flat (n, oh, ow)): y = b, then y += im2col(x) W per group."""
+    cdef Py_ssize_t Cout = g.Cout, groups = g.groups
+    cdef Py_ssize_t Coutg = Cout // groups, Kg = g.KH * g.KW * (g.C // groups)
+    cdef Py_ssize_t m = r1 - r0, i, co, gi, lda
+    cdef floating *yrow = y + r0 * Cout
+    cdef const floating *a
+    cdef floating beta = 0
+    if b != NULL:
+        for i in range(m):
+            for co in range(Cout):
+                yrow[i * Cout + co] = b[co]
+        beta = 1
+    for gi in range(groups):
+        a = gemm_rows(x, buf, r0, r1, gi, direct, g, &lda)
+        gemm(False, False, <int> m, <int> Coutg, <int> Kg, <floating> 1, a, <int> lda,
+             w + gi * Coutg, <int> Cout, beta, yrow + gi * Coutg, <int> Cout)
+
+
 cdef int gemm_forward(const cconv_geom *g, const floating *x, const floating *w,
                       const floating *b, floating *y, floating *work, Py_ssize_t work_rows,
                       Py_ssize_t work_stride, Py_ssize_t tile_rows,
@@ -186,11 +209,10 @@ cdef int gemm_forward(const cconv_geom *g, const floating *x, const floating *w,
     cdef int err = cconv_conv_geom_check(g)
     if err:
         return err
-    cdef Py_ssize_t Cout = g.Cout, groups = g.groups
-    cdef Py_ssize_t Cg = g.C // groups, Coutg = Cout // groups
-    cdef Py_ssize_t Kg = g.KH * g.KW * Cg
+    cdef Py_ssize_t Kg = g.KH * g.KW * (g.C // g.groups)
+    cdef bint direct = is_1x1(g)
     err = check_scratch(g, work, work_rows, work_stride,
-                        0 if is_1x1(g) else smul(max(1, tile_rows), Kg), num_threads)
+                        0 if direct else smul(max(1, tile_rows), Kg), num_threads)
     if err:
         return err
     if tile_rows < 1 or (g.N and (x == NULL or w == NULL or y == NULL)):
@@ -203,35 +225,20 @@ cdef int gemm_forward(const cconv_geom *g, const floating *x, const floating *w,
     cdef Py_ssize_t M = g.N * g.OH * g.OW
     cdef Py_ssize_t T = tile_rows
     cdef Py_ssize_t ntiles = (M + T - 1) // T
-    cdef bint direct = is_1x1(g)
-    cdef bint has_bias = b != NULL
-    cdef Py_ssize_t t, r0, r1, m, i, co, gi, lda
+    cdef Py_ssize_t t
     cdef floating *buf
-    cdef floating *yrow
-    cdef const floating *a
-    cdef floating beta
     cdef unsigned long old
+    if num_threads == 1:          # on the calling thread (see _pool.pyx)
+        old = cconv_ftz_on()
+        for t in range(ntiles):
+            gemm_forward_tile(g, x, w, b, y, work, t * T, min(t * T + T, M), direct)
+        cconv_ftz_restore(old)
+        return 0
     with parallel(num_threads=num_threads):
         buf = work + threadid() * work_stride
         old = cconv_ftz_on()
         for t in prange(ntiles, schedule="static"):
-            r0 = t * T
-            r1 = r0 + T
-            if r1 > M:
-                r1 = M
-            m = r1 - r0
-            yrow = y + r0 * Cout
-            if has_bias:
-                for i in range(m):
-                    for co in range(Cout):
-                        yrow[i * Cout + co] = b[co]
-                beta = 1
-            else:
-                beta = 0
-            for gi in range(groups):
-                a = gemm_rows(x, buf, r0, r1, gi, direct, g, &lda)
-                gemm(False, False, <int> m, <int> Coutg, <int> Kg, <floating> 1, a, <int> lda,
-                     w + gi * Coutg, <int> Cout, beta, yrow + gi * Coutg, <int> Cout)
+            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)
         cconv_ftz_restore(old)
     return 0
 
@@ -273,6 +280,19 @@ cdef inline void gemm_backward_tile(const floating *xp, const floating *dyp, con
                 col2im_rows(buf, dxp, r0, r1, gi * Cg, Cg, g)
 
 
+cdef void gemm_backward_chunk(const cconv_geom *g, const floating *dy, const floating *x,
+                              const floating *w, floating *dx, floating *buf, floating *dwacc,
+                              floating *dbacc, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t T,
+                              bint direct) noexcept nogil:
+    """Images n0..n1: zero their dx, then their output rows in tiles of at most T rows."""
+    cdef Py_ssize_t P = g.OH * g.OW, r0 = n0 * P, r1, rend = n1 * P
+    memset(dx + n0 * g.H * g.W * g.C, 0, (n1 - n0) * g.H * g.W * g.C * sizeof(floating))
+    while r0 < rend:
+        r1 = min(r0 + T, rend)
+        gemm_backward_tile(x, dy, w, dx, buf, dwacc, dbacc, r0, r1, direct, g)
+        r0 = r1
+
+
 cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *x,
                        const floating *w, floating *dx, floating *dw_work, floating *db_work,
                        floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
@@ -306,13 +326,22 @@ cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *
     cdef Py_ssize_t M = g.N * P
     cdef Py_ssize_t T = tile_rows
     cdef Py_ssize_t ntiles = (M + T - 1) // T
-    cdef Py_ssize_t image = g.H * g.W * g.C
-    cdef Py_ssize_t t, ch, n0, r0, r1, rend, tid
     cdef Py_ssize_t nchunks = min(g.N, num_threads)
+    cdef Py_ssize_t t, ch, tid
     cdef floating *buf
     cdef floating *dwacc
     cdef floating *dbacc
     cdef unsigned long old
+    if num_threads == 1:          # on the calling thread (see _pool.pyx)
+        old = cconv_ftz_on()
+        if dx != NULL:
+            gemm_backward_chunk(g, dy, x, w, dx, work, dw_work, db_work, 0, g.N, T, direct)
+        else:
+            for t in range(ntiles):
+                gemm_backward_tile(x, dy, w, NULL, work, dw_work, db_work, t * T,
+                                   min(t * T + T, M), direct, g)
+        cconv_ftz_restore(old)
+        return 0
     with parallel(num_threads=num_threads):
         tid = threadid()
         buf = work + tid * work_stride
@@ -321,23 +350,12 @@ cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *
         old = cconv_ftz_on()
         if dx != NULL:
             for ch in prange(nchunks, schedule="static"):
-                n0 = ch * g.N // nchunks
-                r0 = n0 * P
-                rend = ((ch + 1) * g.N // nchunks) * P
-                memset(dx + n0 * image, 0, (rend - r0) // P * image * sizeof(floating))
-                while r0 < rend:
-                    r1 = r0 + T
-                    if r1 > rend:
-                        r1 = rend
-                    gemm_backward_tile(x, dy, w, dx, buf, dwacc, dbacc, r0, r1, direct, g)
-                    r0 = r1
+                gemm_backward_chunk(g, dy, x, w, dx, buf, dwacc, dbacc, ch * g.N // nchunks,
+                                    (ch + 1) * g.N // nchunks, T, direct)
         else:
             for t in prange(ntiles, schedule="static"):
-                r0 = t * T
-                r1 = r0 + T
-                if r1 > M:
-                    r1 = M
-                gemm_backward_tile(x, dy, w, NULL, buf, dwacc, dbacc, r0, r1, direct, g)
+                gemm_backward_tile(x, dy, w, NULL, buf, dwacc, dbacc, t * T, min(t * T + T, M),
+                                   direct, g)
         cconv_ftz_restore(old)
     return 0
 

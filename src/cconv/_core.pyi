@@ -100,7 +100,7 @@ def conv_plan(
     backward: bool,
     need_dx: bool,
     budget: int,
-    tuning: tuple[int, int, int, int, int],
+    tuning: tuple[int, int, int, int, int, int],
 ) -> tuple[int, int, int, int, int, int, int, int]: ...
 def conv2d_backward(
     dy: NDArray[_F],

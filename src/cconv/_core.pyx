@@ -94,32 +94,37 @@ cdef inline int index_type(object a, str where) except -1:
     raise TypeError(f"{where}: argmax must be an int32 or int64 ndarray")
 
 
-cdef int expect(object a, tuple want, str where, str name) except -1:
-    """The array's extents must be those the geometry implies."""
-    if a.shape != want:
-        raise ValueError(f"{where}: {name} has shape {a.shape}, expected {want}")
+cdef inline Py_ssize_t dim(object a, int i) noexcept:
+    """Extent i of an array that data() accepted."""
+    return cnp.PyArray_DIM(<cnp.ndarray> a, i)
+
+
+cdef int expect(object a, str where, str name, Py_ssize_t d0, Py_ssize_t d1=-1,
+                Py_ssize_t d2=-1, Py_ssize_t d3=-1) except -1:
+    """The extents of an array that data() accepted must be those the geometry implies."""
+    cdef Py_ssize_t want[4]
+    want[0], want[1], want[2], want[3] = d0, d1, d2, d3
+    cdef int i, n = cnp.PyArray_NDIM(<cnp.ndarray> a)
+    for i in range(n):
+        if cnp.PyArray_DIM(<cnp.ndarray> a, i) != want[i]:
+            raise ValueError(f"{where}: {name} has shape {a.shape}, expected "
+                             f"{tuple([want[k] for k in range(n)])}")
     return 0
 
 
-cdef cconv_geom geometry(tuple xshape, Py_ssize_t KH, Py_ssize_t KW, tuple yshape,
-                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups) except *:
-    """The geometry of an input and an output of the given NHWC shapes: the bottom/right
-    padding is the least that makes OH x OW outputs (the kernels then check the rest)."""
+cdef cconv_geom geometry(object x, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
+                         Py_ssize_t Cout, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                         Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups) noexcept:
+    """The geometry of a 4-D input x that data() accepted and an output of OH x OW x Cout:
+    the bottom/right padding is the least that makes OH x OW (the kernels check the rest)."""
     cdef cconv_geom g
-    if len(xshape) != 4 or len(yshape) != 4:
-        raise ValueError(f"expected 4-D arrays, got shapes {xshape} and {yshape}")
-    g.N, g.H, g.W, g.C = xshape
-    _, g.OH, g.OW, g.Cout = yshape
-    g.KH, g.KW, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, g.groups = KH, KW, sh, sw, pt, pl, dh, dw, groups
+    g.N, g.H, g.W, g.C = dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3)
+    g.OH, g.OW, g.Cout = OH, OW, Cout
+    g.KH, g.KW, g.sh, g.sw, g.pt, g.pl = KH, KW, sh, sw, pt, pl
+    g.dh, g.dw, g.groups = dh, dw, groups
     g.pb = max(0, (g.OH - 1) * sh + dh * (KH - 1) + 1 - g.H - pt)
     g.pr = max(0, (g.OW - 1) * sw + dw * (KW - 1) + 1 - g.W - pl)
     return g
-
-
-cdef cconv_geom sizes(tuple xshape, tuple yshape) except *:
-    """A geometry with only the sizes (what the max-pool backward kernels read)."""
-    return geometry(xshape, 1, 1, yshape, 1, 1, 0, 0, 1, 1, 1)
 
 
 # ---------------------------------------------------------------------------------
@@ -136,9 +141,9 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
     cdef char *ap = data(a, t, 2, False, "matmul", "a")
     cdef char *bp = data(b, t, 2, False, "matmul", "b")
     cdef char *cp = data(c, t, 2, True, "matmul", "c")
-    cdef int m = c.shape[0], n = c.shape[1]
-    cdef int k = a.shape[0] if trans_a else a.shape[1]
-    cdef int lda = a.shape[1], ldb = b.shape[1]
+    cdef int m = dim(c, 0), n = dim(c, 1)
+    cdef int k = dim(a, 0) if trans_a else dim(a, 1)
+    cdef int lda = dim(a, 1), ldb = dim(b, 1)
     cdef Py_ssize_t ch, r0, r1
     if num_threads < 1:
         raise ValueError("matmul: num_threads must be >= 1")
@@ -310,15 +315,15 @@ def im2col(x, cols,                                    # cols: OUT (N*OH*OW, KH*
     cdef int t = dtype_of(x, "im2col", "x")
     cdef char *xp = data(x, t, 4, False, "im2col", "x")
     cdef char *cp = data(cols, t, 2, True, "im2col", "cols")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, (x.shape[0], OH, OW, 1), sh, sw, pt, pl,
+    cdef cconv_geom g = geometry(x, KH, KW, OH, OW, 1, sh, sw, pt, pl,
                                  dh, dw, 1)
-    expect(cols, (g.N * OH * OW, KH * KW * g.C), "im2col", "cols")
+    expect(cols, "im2col", "cols", g.N * OH * OW, KH * KW * g.C)
     cdef int err
     with nogil:
         if t == F32:
-            err = _im2col.im2col(&g, <float *> xp, <float *> cp, num_threads)
+            err = _im2col.im2col_ex(&g, <float *> xp, <float *> cp, num_threads)
         else:
-            err = _im2col.im2col(&g, <double *> xp, <double *> cp, num_threads)
+            err = _im2col.im2col_ex(&g, <double *> xp, <double *> cp, num_threads)
     check(err, "im2col")
 
 
@@ -329,15 +334,15 @@ def col2im(cols, x,                                    # x: OUT (N, H, W, C)
     cdef int t = dtype_of(x, "col2im", "x")
     cdef char *cp = data(cols, t, 2, False, "col2im", "cols")
     cdef char *xp = data(x, t, 4, True, "col2im", "x")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, (x.shape[0], OH, OW, 1), sh, sw, pt, pl,
+    cdef cconv_geom g = geometry(x, KH, KW, OH, OW, 1, sh, sw, pt, pl,
                                  dh, dw, 1)
-    expect(cols, (g.N * OH * OW, KH * KW * g.C), "col2im", "cols")
+    expect(cols, "col2im", "cols", g.N * OH * OW, KH * KW * g.C)
     cdef int err
     with nogil:
         if t == F32:
-            err = _im2col.col2im(&g, <float *> cp, <float *> xp, num_threads)
+            err = _im2col.col2im_ex(&g, <float *> cp, <float *> xp, num_threads)
         else:
-            err = _im2col.col2im(&g, <double *> cp, <double *> xp, num_threads)
+            err = _im2col.col2im_ex(&g, <double *> cp, <double *> xp, num_threads)
     check(err, "col2im")
 
 
@@ -352,7 +357,7 @@ def conv_plan(tuple shape, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Cout,
     ``budget`` threads: (route, threads, filter_threads, tile, slots, scratch, K, Kpad),
     route 0 = im2col + GEMM, 1 = Winograd, 2 = direct (see _conv.pxd). ``tuning``:
     (tile_bytes, winograd_min_channels, winograd_block_bytes, direct_max_k,
-    slots_per_thread), a negative threshold meaning never."""
+    slots_per_thread, min_work_per_thread), a negative threshold meaning never."""
     cdef cconv_geom g
     cdef _conv.conv_tuning t
     cdef _conv.conv_plan p
@@ -362,7 +367,7 @@ def conv_plan(tuple shape, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Cout,
     g.OH = cconv_output_size(g.H, KH, sh, pt, pb, dh)
     g.OW = cconv_output_size(g.W, KW, sw, pl, pr, dw)
     (t.tile_bytes, t.winograd_min_channels, t.winograd_block_bytes, t.direct_max_k,
-     t.slots_per_thread) = tuning
+     t.slots_per_thread, t.min_work_per_thread) = tuning
     check(_conv.make_plan(&g, itemsize, backward, need_dx, budget, &t, &p), "conv_plan")
     return p.route, p.threads, p.filter_threads, p.tile, p.slots, p.scratch, p.K, p.Kpad
 
@@ -385,12 +390,13 @@ def conv2d_forward(x, wmat, bias, y, work,             # y: OUT (N, OH, OW, Cout
     cdef char *bp = bias_data(bias, t, where)
     cdef char *yp = data(y, t, 4, True, where, "y")
     cdef char *kp = data(work, t, 2, True, where, "work")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, dh, dw, groups)
-    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
-    expect(wmat, (KH * KW * (g.C // max(1, groups)), g.Cout), where, "wmat")
+    cdef cconv_geom g = geometry(x, KH, KW, dim(y, 1), dim(y, 2), dim(y, 3), sh, sw, pt, pl, dh,
+                                 dw, groups)
+    expect(y, where, "y", g.N, g.OH, g.OW, g.Cout)
+    expect(wmat, where, "wmat", KH * KW * (g.C // max(1, groups)), g.Cout)
     if bias is not None:
-        expect(bias, (g.Cout,), where, "bias")
-    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
+        expect(bias, where, "bias", g.Cout)
+    cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
     cdef int err
     with nogil:
         if t == F32:
@@ -420,15 +426,16 @@ def conv2d_backward(dy, x, wmat, dx, dw_work, db_work, work,
     cdef char *dwp = data(dw_work, t, 3, True, where, "dw_work")
     cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
     cdef char *kp = data(work, t, 2, True, where, "work")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, dy.shape, sh, sw, pt, pl, dh, dw, groups)
+    cdef cconv_geom g = geometry(x, KH, KW, dim(dy, 1), dim(dy, 2), dim(dy, 3), sh, sw, pt, pl,
+                                 dh, dw, groups)
     cdef Py_ssize_t Kg = KH * KW * (g.C // max(1, groups))
-    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
-    expect(wmat, (Kg, g.Cout), where, "wmat")
-    expect(dw_work, (max(num_threads, 1), Kg, g.Cout), where, "dw_work")
-    expect(db_work, (max(num_threads, 1), g.Cout), where, "db_work")
+    expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
+    expect(wmat, where, "wmat", Kg, g.Cout)
+    expect(dw_work, where, "dw_work", max(num_threads, 1), Kg, g.Cout)
+    expect(db_work, where, "db_work", max(num_threads, 1), g.Cout)
     if dx is not None:
-        expect(dx, x.shape, where, "dx")
-    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
+        expect(dx, where, "dx", dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3))
+    cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
     cdef int err
     with nogil:
         if t == F32:
@@ -452,11 +459,12 @@ def direct_forward(x, w, bias, y,                     # y: OUT (N, OH, OW, Cout)
     cdef char *wp = data(w, F32, 2, False, where, "w")
     cdef char *bp = bias_data(bias, F32, where)
     cdef char *yp = data(y, F32, 4, True, where, "y")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, dh, dw, 1)
-    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
-    expect(w, (KH * KW * g.C, g.Cout), where, "w")
+    cdef cconv_geom g = geometry(x, KH, KW, dim(y, 1), dim(y, 2), dim(y, 3), sh, sw, pt, pl, dh,
+                                 dw, 1)
+    expect(y, where, "y", g.N, g.OH, g.OW, g.Cout)
+    expect(w, where, "w", KH * KW * g.C, g.Cout)
     if bias is not None:
-        expect(bias, (g.Cout,), where, "bias")
+        expect(bias, where, "bias", g.Cout)
     cdef int err
     with nogil:
         err = _conv.direct_forward(&g, <float *> xp, <float *> wp, <float *> bp, <float *> yp,
@@ -477,11 +485,12 @@ def direct_backward_weights(dy, x, dw_work, db_work,
     cdef char *xp = data(x, F32, 4, False, where, "x")
     cdef char *dwp = data(dw_work, F32, 3, True, where, "dw_work")
     cdef char *dbp = data(db_work, F32, 2, True, where, "db_work")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, dy.shape, sh, sw, pt, pl, dh, dw, 1)
-    cdef Py_ssize_t nslots = dw_work.shape[0]
-    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
-    expect(dw_work, (nslots, (KH * KW * g.C + 7) // 8 * 8, g.Cout), where, "dw_work")
-    expect(db_work, (nslots, g.Cout), where, "db_work")
+    cdef cconv_geom g = geometry(x, KH, KW, dim(dy, 1), dim(dy, 2), dim(dy, 3), sh, sw, pt, pl,
+                                 dh, dw, 1)
+    cdef Py_ssize_t nslots = dim(dw_work, 0)
+    expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
+    expect(dw_work, where, "dw_work", nslots, (KH * KW * g.C + 7) // 8 * 8, g.Cout)
+    expect(db_work, where, "db_work", nslots, g.Cout)
     cdef int err
     with nogil:
         err = _conv.direct_backward_weights(&g, <float *> dyp, <float *> xp, <float *> dwp,
@@ -495,9 +504,9 @@ def winograd_filter(w, U, int num_threads):            # U: OUT (16, C, Cout)
     cdef int t = dtype_of(w, where, "w")
     cdef char *wp = data(w, t, 4, False, where, "w")
     cdef char *up = data(U, t, 3, True, where, "U")
-    expect(w, (3, 3) + w.shape[2:], where, "w")
-    expect(U, (16,) + w.shape[2:], where, "U")
-    cdef Py_ssize_t C = w.shape[2], Cout = w.shape[3]
+    expect(w, where, "w", 3, 3, dim(w, 2), dim(w, 3))
+    expect(U, where, "U", 16, dim(w, 2), dim(w, 3))
+    cdef Py_ssize_t C = dim(w, 2), Cout = dim(w, 3)
     cdef int err
     with nogil:
         if t == F32:
@@ -515,9 +524,9 @@ def winograd_filter_grad(dU_work, dw, int num_threads):  # dw: OUT (3, 3, C, Cou
     cdef int t = dtype_of(dw, where, "dw")
     cdef char *up = data(dU_work, t, 4, False, where, "dU_work")
     cdef char *dwp = data(dw, t, 4, True, where, "dw")
-    expect(dw, (3, 3) + dw.shape[2:], where, "dw")
-    expect(dU_work, (dU_work.shape[0], 16) + dw.shape[2:], where, "dU_work")
-    cdef Py_ssize_t nslots = dU_work.shape[0], C = dw.shape[2], Cout = dw.shape[3]
+    expect(dw, where, "dw", 3, 3, dim(dw, 2), dim(dw, 3))
+    expect(dU_work, where, "dU_work", dim(dU_work, 0), 16, dim(dw, 2), dim(dw, 3))
+    cdef Py_ssize_t nslots = dim(dU_work, 0), C = dim(dw, 2), Cout = dim(dw, 3)
     cdef int err
     with nogil:
         if t == F32:
@@ -540,12 +549,12 @@ def winograd_forward(x, U, bias, y, work,             # y: OUT (N, OH, OW, Cout)
     cdef char *bp = bias_data(bias, t, where)
     cdef char *yp = data(y, t, 4, True, where, "y")
     cdef char *kp = data(work, t, 2, True, where, "work")
-    cdef cconv_geom g = geometry(x.shape, 3, 3, y.shape, 1, 1, pt, pl, 1, 1, 1)
-    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
-    expect(U, (16, g.C, g.Cout), where, "U")
+    cdef cconv_geom g = geometry(x, 3, 3, dim(y, 1), dim(y, 2), dim(y, 3), 1, 1, pt, pl, 1, 1, 1)
+    expect(y, where, "y", g.N, g.OH, g.OW, g.Cout)
+    expect(U, where, "U", 16, g.C, g.Cout)
     if bias is not None:
-        expect(bias, (g.Cout,), where, "bias")
-    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
+        expect(bias, where, "bias", g.Cout)
+    cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
     cdef int err
     with nogil:
         if t == F32:
@@ -575,15 +584,16 @@ def winograd_backward(dy, x, U, dx, dU_work, db_work, work,
     cdef char *dup = data(dU_work, t, 4, True, where, "dU_work")
     cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
     cdef char *kp = data(work, t, 2, True, where, "work")
-    cdef cconv_geom g = geometry(x.shape, 3, 3, dy.shape, 1, 1, pt, pl, 1, 1, 1)
-    cdef Py_ssize_t nslots = dU_work.shape[0]
-    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
-    expect(U, (16, g.C, g.Cout), where, "U")
-    expect(dU_work, (nslots, 16, g.C, g.Cout), where, "dU_work")
-    expect(db_work, (nslots, g.Cout), where, "db_work")
+    cdef cconv_geom g = geometry(x, 3, 3, dim(dy, 1), dim(dy, 2), dim(dy, 3), 1, 1, pt, pl, 1, 1,
+                                 1)
+    cdef Py_ssize_t nslots = dim(dU_work, 0)
+    expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
+    expect(U, where, "U", 16, g.C, g.Cout)
+    expect(dU_work, where, "dU_work", nslots, 16, g.C, g.Cout)
+    expect(db_work, where, "db_work", nslots, g.Cout)
     if need_dx:
-        expect(dx, x.shape, where, "dx")
-    cdef Py_ssize_t rows = work.shape[0], stride = work.shape[1]
+        expect(dx, where, "dx", dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3))
+    cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
     cdef int err
     with nogil:
         if t == F32:
@@ -612,22 +622,23 @@ def max_pool2d_forward(x, y, argmax,                   # y, argmax: OUT (N, OH, 
     cdef char *xp = data(x, t, 4, False, where, "x")
     cdef char *yp = data(y, t, 4, True, where, "y")
     cdef char *ap = data(argmax, it, 4, True, where, "argmax")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, 1, 1, 1)
-    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
-    expect(argmax, y.shape, where, "argmax")
+    cdef cconv_geom g = geometry(x, KH, KW, dim(y, 1), dim(y, 2), dim(y, 3), sh, sw, pt, pl, 1, 1,
+                                 1)
+    expect(y, where, "y", g.N, g.OH, g.OW, g.Cout)
+    expect(argmax, where, "argmax", dim(y, 0), dim(y, 1), dim(y, 2), dim(y, 3))
     cdef int err
     with nogil:
         if t == F32 and it == I32:
-            err = _pool.max_pool2d_forward(&g, <float *> xp, <float *> yp, <int *> ap, stream,
+            err = _pool.max_pool2d_forward_ex(&g, <float *> xp, <float *> yp, <int *> ap, stream,
                                            num_threads)
         elif t == F32:
-            err = _pool.max_pool2d_forward(&g, <float *> xp, <float *> yp, <long long *> ap,
+            err = _pool.max_pool2d_forward_ex(&g, <float *> xp, <float *> yp, <long long *> ap,
                                            stream, num_threads)
         elif it == I32:
-            err = _pool.max_pool2d_forward(&g, <double *> xp, <double *> yp, <int *> ap,
+            err = _pool.max_pool2d_forward_ex(&g, <double *> xp, <double *> yp, <int *> ap,
                                            stream, num_threads)
         else:
-            err = _pool.max_pool2d_forward(&g, <double *> xp, <double *> yp, <long long *> ap,
+            err = _pool.max_pool2d_forward_ex(&g, <double *> xp, <double *> yp, <long long *> ap,
                                            stream, num_threads)
     check(err, where)
 
@@ -639,9 +650,9 @@ cdef int pool_backward(str where, dy, argmax, dx, Py_ssize_t KH, Py_ssize_t KW, 
     cdef char *dyp = data(dy, t, 4, False, where, "dy")
     cdef char *ap = data(argmax, it, 4, False, where, "argmax")
     cdef char *dxp = data(dx, t, 4, True, where, "dx")
-    cdef cconv_geom g = sizes(dx.shape, dy.shape)
-    expect(dy, (g.N, g.OH, g.OW, g.C), where, "dy")
-    expect(argmax, dy.shape, where, "argmax")
+    cdef cconv_geom g = geometry(dx, 1, 1, dim(dy, 1), dim(dy, 2), dim(dx, 3), 1, 1, 0, 0, 1, 1, 1)
+    expect(dy, where, "dy", g.N, g.OH, g.OW, g.C)
+    expect(argmax, where, "argmax", dim(dy, 0), dim(dy, 1), dim(dy, 2), dim(dy, 3))
     cdef int err
     with nogil:
         if KH > 0:
@@ -658,16 +669,16 @@ cdef int pool_backward(str where, dy, argmax, dx, Py_ssize_t KH, Py_ssize_t KW, 
                 err = _pool.max_pool2d_backward_tiled(&g, <double *> dyp, <long long *> ap,
                                                       <double *> dxp, KH, KW, stream, num_threads)
         elif t == F32 and it == I32:
-            err = _pool.max_pool2d_backward(&g, <float *> dyp, <int *> ap, <float *> dxp, stream,
+            err = _pool.max_pool2d_backward_ex(&g, <float *> dyp, <int *> ap, <float *> dxp, stream,
                                             num_threads)
         elif t == F32:
-            err = _pool.max_pool2d_backward(&g, <float *> dyp, <long long *> ap, <float *> dxp,
+            err = _pool.max_pool2d_backward_ex(&g, <float *> dyp, <long long *> ap, <float *> dxp,
                                             stream, num_threads)
         elif it == I32:
-            err = _pool.max_pool2d_backward(&g, <double *> dyp, <int *> ap, <double *> dxp,
+            err = _pool.max_pool2d_backward_ex(&g, <double *> dyp, <int *> ap, <double *> dxp,
                                             stream, num_threads)
         else:
-            err = _pool.max_pool2d_backward(&g, <double *> dyp, <long long *> ap, <double *> dxp,
+            err = _pool.max_pool2d_backward_ex(&g, <double *> dyp, <long long *> ap, <double *> dxp,
                                             stream, num_threads)
     check(min(err, 0), where)
     return err
@@ -706,14 +717,15 @@ def avg_pool2d_forward(x, y,                          # y: OUT (N, OH, OW, C)
     cdef int t = dtype_of(x, where, "x")
     cdef char *xp = data(x, t, 4, False, where, "x")
     cdef char *yp = data(y, t, 4, True, where, "y")
-    cdef cconv_geom g = geometry(x.shape, KH, KW, y.shape, sh, sw, pt, pl, 1, 1, 1)
-    expect(y, (g.N, g.OH, g.OW, g.Cout), where, "y")
+    cdef cconv_geom g = geometry(x, KH, KW, dim(y, 1), dim(y, 2), dim(y, 3), sh, sw, pt, pl, 1, 1,
+                                 1)
+    expect(y, where, "y", g.N, g.OH, g.OW, g.Cout)
     cdef int err
     with nogil:
         if t == F32:
-            err = _pool.avg_pool2d_forward(&g, <float *> xp, <float *> yp, num_threads)
+            err = _pool.avg_pool2d_forward_ex(&g, <float *> xp, <float *> yp, num_threads)
         else:
-            err = _pool.avg_pool2d_forward(&g, <double *> xp, <double *> yp, num_threads)
+            err = _pool.avg_pool2d_forward_ex(&g, <double *> xp, <double *> yp, num_threads)
     check(err, where)
 
 
@@ -725,14 +737,15 @@ def avg_pool2d_backward(dy, dx,                       # dx: OUT, every element w
     cdef int t = dtype_of(dx, where, "dx")
     cdef char *dyp = data(dy, t, 4, False, where, "dy")
     cdef char *dxp = data(dx, t, 4, True, where, "dx")
-    cdef cconv_geom g = geometry(dx.shape, KH, KW, dy.shape, sh, sw, pt, pl, 1, 1, 1)
-    expect(dy, (g.N, g.OH, g.OW, g.Cout), where, "dy")
+    cdef cconv_geom g = geometry(dx, KH, KW, dim(dy, 1), dim(dy, 2), dim(dy, 3), sh, sw, pt, pl,
+                                 1, 1, 1)
+    expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
     cdef int err
     with nogil:
         if t == F32:
-            err = _pool.avg_pool2d_backward(&g, <float *> dyp, <float *> dxp, num_threads)
+            err = _pool.avg_pool2d_backward_ex(&g, <float *> dyp, <float *> dxp, num_threads)
         else:
-            err = _pool.avg_pool2d_backward(&g, <double *> dyp, <double *> dxp, num_threads)
+            err = _pool.avg_pool2d_backward_ex(&g, <double *> dyp, <double *> dxp, num_threads)
     check(err, where)
 
 
@@ -746,15 +759,15 @@ def relu_backward(dy, y, out, int num_threads):       # out: OUT
     cdef char *dyp = data(dy, t, 1, False, where, "dy")
     cdef char *yp = data(y, t, 1, False, where, "y")
     cdef char *op = data(out, t, 1, True, where, "out")
-    expect(y, dy.shape, where, "y")
-    expect(out, dy.shape, where, "out")
-    cdef Py_ssize_t n = dy.shape[0]
+    expect(y, where, "y", dim(dy, 0))
+    expect(out, where, "out", dim(dy, 0))
+    cdef Py_ssize_t n = dim(dy, 0)
     cdef int err
     with nogil:
         if t == F32:
-            err = _activation.relu_backward(<float *> dyp, <float *> yp, <float *> op, n,
+            err = _activation.relu_backward_ex(<float *> dyp, <float *> yp, <float *> op, n,
                                             num_threads)
         else:
-            err = _activation.relu_backward(<double *> dyp, <double *> yp, <double *> op, n,
+            err = _activation.relu_backward_ex(<double *> dyp, <double *> yp, <double *> op, n,
                                             num_threads)
     check(err, where)

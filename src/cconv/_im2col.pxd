@@ -15,8 +15,14 @@ cdef void im2col_rows(const floating *x, floating *out, Py_ssize_t r0, Py_ssize_
 cdef void col2im_rows(const floating *cols, floating *x, Py_ssize_t r0, Py_ssize_t r1,
                       Py_ssize_t c0, Py_ssize_t cg, const cconv_geom *g) noexcept nogil
 
-# The checked kernels of cconv.im2col (see im2col.pxd for their contract).
+# The kernels of cconv.im2col (see im2col.pxd for their contract): at most num_threads
+# threads, fewer for small work (as cconv.functional decides).
 cdef int im2col(const cconv_geom *g, const floating *x, floating *cols,
                 int num_threads) noexcept nogil
 cdef int col2im(const cconv_geom *g, const floating *cols, floating *x,
                 int num_threads) noexcept nogil
+# The same on exactly num_threads threads (cconv.functional sizes its calls itself).
+cdef int im2col_ex(const cconv_geom *g, const floating *x, floating *cols,
+                   int num_threads) noexcept nogil
+cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x,
+                   int num_threads) noexcept nogil

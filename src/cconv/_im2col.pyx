@@ -5,7 +5,8 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy, memset
 
 from cconv.geometry cimport cconv_geom, cconv_conv_geom_check, CCONV_ERR_VALUE
-from cconv._platform cimport cconv_ftz_on, cconv_ftz_restore
+from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
+                              CCONV_MIN_WORK_PER_THREAD)
 
 cdef extern from "_elementwise.h":
     void cconv_add_f(float *d, const float *s, Py_ssize_t n) noexcept nogil
@@ -87,7 +88,7 @@ cdef void col2im_rows(const floating *cols, floating *x, Py_ssize_t r0, Py_ssize
                 src += cg
 
 
-cdef int im2col(const cconv_geom *g, const floating *x, floating *cols,
+cdef int im2col_ex(const cconv_geom *g, const floating *x, floating *cols,
                 int num_threads) noexcept nogil:
     cdef int err = cconv_conv_geom_check(g)
     if err:
@@ -99,6 +100,11 @@ cdef int im2col(const cconv_geom *g, const floating *x, floating *cols,
     cdef unsigned long old
     if g.N == 0:
         return 0
+    if num_threads == 1:          # on the calling thread (see _pool.pyx)
+        old = cconv_ftz_on()
+        im2col_rows(x, cols, 0, g.N * P, 0, g.C, g)
+        cconv_ftz_restore(old)
+        return 0
     with parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for n in prange(g.N, schedule="static"):
@@ -107,7 +113,7 @@ cdef int im2col(const cconv_geom *g, const floating *x, floating *cols,
     return 0
 
 
-cdef int col2im(const cconv_geom *g, const floating *cols, floating *x,
+cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x,
                 int num_threads) noexcept nogil:
     cdef int err = cconv_conv_geom_check(g)
     if err:
@@ -120,6 +126,12 @@ cdef int col2im(const cconv_geom *g, const floating *cols, floating *x,
     cdef unsigned long old
     if g.N == 0:
         return 0
+    if num_threads == 1:          # on the calling thread (see _pool.pyx)
+        old = cconv_ftz_on()
+        memset(x, 0, g.N * image * sizeof(floating))
+        col2im_rows(cols, x, 0, g.N * P, 0, g.C, g)
+        cconv_ftz_restore(old)
+        return 0
     # Parallel over images: a thread zeroes and writes only its own images.
     with parallel(num_threads=num_threads):
         old = cconv_ftz_on()
@@ -128,3 +140,23 @@ cdef int col2im(const cconv_geom *g, const floating *cols, floating *x,
             col2im_rows(cols + n * P * K, x, n * P, (n + 1) * P, 0, g.C, g)
         cconv_ftz_restore(old)
     return 0
+
+
+# The kernels of cconv.im2col: at most num_threads threads, sized by the work as
+# cconv.functional sizes them.
+cdef inline int threads(const cconv_geom *g, int budget) noexcept nogil:
+    """Threads for im2col/col2im of a checked geometry: items are images, work the columns."""
+    return cconv_threads(budget, g.N, g.N * g.OH * g.OW * g.KH * g.KW * g.C,
+                         CCONV_MIN_WORK_PER_THREAD)
+
+
+cdef int im2col(const cconv_geom *g, const floating *x, floating *cols,
+                int num_threads) noexcept nogil:
+    cdef int err = cconv_conv_geom_check(g)
+    return err if err else im2col_ex(g, x, cols, threads(g, num_threads))
+
+
+cdef int col2im(const cconv_geom *g, const floating *cols, floating *x,
+                int num_threads) noexcept nogil:
+    cdef int err = cconv_conv_geom_check(g)
+    return err if err else col2im_ex(g, cols, x, threads(g, num_threads))

@@ -45,15 +45,16 @@ static inline unsigned long cconv_ftz_on(void) { return 0; }
 static inline void cconv_ftz_restore(unsigned long old) { (void)old; }
 #endif
 
-/* Below this many elements of work per thread, another thread costs more than it saves. */
+/* Below this many elements of work per thread, another thread costs more than it saves
+   (cconv.functional.MIN_WORK_PER_THREAD, which the tests lower). */
 #define CCONV_MIN_WORK_PER_THREAD 32768
 
-/* The threads a kernel runs on: at most `budget` (the caller's num_threads), at most one per
-   parallel item, and (work >= 0) at most one per CCONV_MIN_WORK_PER_THREAD elements of work;
-   at least 1. */
-static inline int cconv_threads(int budget, ptrdiff_t items, ptrdiff_t work) {
+/* The threads of a kernel: at most `budget`, at most one per parallel item, and (work >= 0)
+   at most one per min_work elements of work; at least 1. cconv.functional sizes its calls
+   by the same rule (its _threads), the kernels of the Cython and C API by this one. */
+static inline int cconv_threads(int budget, ptrdiff_t items, ptrdiff_t work, ptrdiff_t min_work) {
     ptrdiff_t n = budget < items ? budget : items;
-    if (work >= 0 && work / CCONV_MIN_WORK_PER_THREAD < n) n = work / CCONV_MIN_WORK_PER_THREAD;
+    if (work >= 0 && min_work > 0 && work / min_work < n) n = work / min_work;
     return n < 1 ? 1 : (int)n;
 }
 

@@ -9,7 +9,7 @@ cdef extern from "_platform.h":
     # FTZ/DAZ on for the calling thread; returns the mode to restore.
     unsigned long cconv_ftz_on() noexcept nogil
     void cconv_ftz_restore(unsigned long old) noexcept nogil
-    # Threads for a kernel: <= budget, <= items, <= work / CCONV_MIN_WORK_PER_THREAD (when
-    # work >= 0), >= 1.
+    # Threads for a kernel: <= budget, <= items, <= work / min_work (when work >= 0), >= 1.
     int CCONV_MIN_WORK_PER_THREAD
-    int cconv_threads(int budget, Py_ssize_t items, Py_ssize_t work) noexcept nogil
+    int cconv_threads(int budget, Py_ssize_t items, Py_ssize_t work,
+                      Py_ssize_t min_work) noexcept nogil

@@ -8,22 +8,32 @@ ctypedef fused index_t:
     int
     long long
 
-# stream: 1 writes the outputs with non-temporal stores (the float32/int32 vectorised
-# kernels, for outputs too large to stay in cache), 0 does not, -1 decides by size
-# (outputs of STREAM_MIN_BYTES or more). The values written are the same either way.
-cdef enum:
-    STREAM_MIN_BYTES = 8 << 20
-
-# The checked kernels of cconv.pool (see pool.pxd for their contract), with the choice of
-# stores made explicit.
+# The kernels of cconv.pool (see pool.pxd for their contract): at most num_threads threads
+# (fewer for small work, as cconv.functional decides), non-temporal stores for outputs of
+# STREAM_MIN_BYTES or more.
 cdef int max_pool2d_forward(const cconv_geom *g, const floating *x, floating *y,
-                            index_t *argmax, int stream, int num_threads) noexcept nogil
+                            index_t *argmax, int num_threads) noexcept nogil
 cdef int max_pool2d_backward(const cconv_geom *g, const floating *dy, const index_t *argmax,
-                             floating *dx, int stream, int num_threads) noexcept nogil
+                             floating *dx, int num_threads) noexcept nogil
 cdef int avg_pool2d_forward(const cconv_geom *g, const floating *x, floating *y,
                             int num_threads) noexcept nogil
 cdef int avg_pool2d_backward(const cconv_geom *g, const floating *dy, floating *dx,
                              int num_threads) noexcept nogil
+
+# The same on exactly num_threads threads, with the choice of stores explicit (what
+# cconv.functional calls, having sized the call with its own knobs). stream: 1 writes the
+# outputs with non-temporal stores (the float32/int32 vectorised kernels, for outputs too
+# large to stay in cache), 0 does not, -1 decides by size. The values are the same.
+cdef enum:
+    STREAM_MIN_BYTES = 8 << 20
+cdef int max_pool2d_forward_ex(const cconv_geom *g, const floating *x, floating *y,
+                               index_t *argmax, int stream, int num_threads) noexcept nogil
+cdef int max_pool2d_backward_ex(const cconv_geom *g, const floating *dy, const index_t *argmax,
+                                floating *dx, int stream, int num_threads) noexcept nogil
+cdef int avg_pool2d_forward_ex(const cconv_geom *g, const floating *x, floating *y,
+                               int num_threads) noexcept nogil
+cdef int avg_pool2d_backward_ex(const cconv_geom *g, const floating *dy, floating *dx,
+                                int num_threads) noexcept nogil
 
 # Max-pool backward for windows KH x KW that tile the input (OH*KH <= H, OW*KW <= W; the
 # rest of dx is zeroed): one pass writes every element of dx (N, H, W, C) once. Returns 1

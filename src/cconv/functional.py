@@ -84,9 +84,8 @@ __all__ = [
     "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
     "normalize_pads", "matmul",
 ]
+# Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions.
 
-#: Upper bound on one thread's im2col tile, in bytes.
-TILE_BYTES = 1 << 21
 _INT_MAX = 2**31 - 1       # BLAS dimensions and leading dimensions are 32-bit ints
 _GEOM_MAX = 2**31 - 1      # stride/padding/dilation/kernel sizes beyond this are rejected
 
@@ -227,16 +226,21 @@ def _geometry(shape, kernel_size, stride, padding, dilation, what="kernel"):
 _LAYOUTS = {"x": " (N, H, W, C)", "dy": " (N, OH, OW, C)", "w": " (KH, KW, C_in/groups, C_out)",
             "image": " (H, W)", "kernel": " (KH, KW)", "cols": " (N*OH*OW, KH*KW*C)",
             "b": " (C_out,)"}
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_INT32, _INT64 = _INDICES = (np.dtype(np.int32), np.dtype(np.int64))
+_INT32_MAX = 2**31 - 1
 
 
 def _float_array(a, name, ndim=None, contiguous=True):
     """``a`` as a (C-contiguous unless told otherwise) float32/float64 ndarray.
 
     A copy is made only when needed."""
+    if type(a) is np.ndarray and a.dtype in _FLOATS and a.ndim == ndim and a.flags.c_contiguous:
+        return a                                    # the usual case, checked cheaply
     if a is None:
         raise TypeError(f"{name} must be an array, got None")
     arr = np.asarray(a)
-    if arr.dtype not in (np.float32, np.float64):
+    if arr.dtype not in _FLOATS:
         raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype} "
                         f"(shape {arr.shape})")
     if ndim is not None and arr.ndim != ndim:
@@ -257,10 +261,10 @@ def _same_dtype(**arrays):
         raise TypeError(f"arrays must share one dtype, got {desc}")
 
 
-def _positive_dims(a, name, skip_batch=True):
-    dims = a.shape[1:] if skip_batch else a.shape
+def _positive_dims(shape, name, skip_batch=True):
+    dims = shape[1:] if skip_batch else shape
     if any(d < 1 for d in dims):
-        raise ValueError(f"{name} has a zero-size dimension: shape {a.shape}")
+        raise ValueError(f"{name} has a zero-size dimension: shape {shape}")
 
 
 def _shape_arg(shape, name):
@@ -274,11 +278,53 @@ def _shape_arg(shape, name):
     return shp
 
 
+def _output(out, name, shape, dtype, inputs=()):
+    """The array to write a result of ``shape`` and ``dtype`` into: a new one when ``out`` is
+    None, else ``out`` itself, which must be a writable, C-contiguous ndarray of exactly that
+    shape and dtype sharing no memory with the ``inputs``. Refused before anything is
+    written: TypeError for a wrong type or dtype, ValueError otherwise."""
+    if out is None:
+        return _alloc(shape, dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (shape {out.shape}, strides "
+                         f"{out.strides})")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"{name} shares memory with an input of shape {a.shape}; the "
+                             f"kernels read their inputs while they write {name}")
+    return out
+
+
+def _outputs(out, names, count):
+    """``out`` as ``count`` arrays (or Nones) for the ops that return several results."""
+    if out is None:
+        return (None,) * count
+    if not isinstance(out, tuple) or len(out) != count:
+        raise TypeError(f"out must be None or a tuple of {count} arrays ({', '.join(names)}), "
+                        f"got {type(out).__name__}"
+                        + (f" of {len(out)}" if isinstance(out, tuple) else ""))
+    return out
+
+
+_MEMORY_LIMIT: int | None = None
+
+
 def _memory_limit():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 46
+    global _MEMORY_LIMIT
+    if _MEMORY_LIMIT is None:
+        try:
+            _MEMORY_LIMIT = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            _MEMORY_LIMIT = 1 << 46
+    return _MEMORY_LIMIT
 
 
 def _check_fits(shape, dtype):
@@ -291,10 +337,14 @@ def _check_fits(shape, dtype):
 
 
 def _alloc(shape, dtype, zero=False):
-    """np.empty/np.zeros that raises MemoryError up front for sizes beyond physical memory."""
-    nbytes = _check_fits(shape, dtype)
-    if zero or nbytes < _CACHED_MIN_BYTES:
+    """np.empty/np.zeros that raises MemoryError up front for sizes beyond physical memory;
+    arrays of 1 MiB or more come from the buffer cache."""
+    dtype = np.dtype(dtype)
+    if math.prod(shape) * dtype.itemsize < _CACHED_MIN_BYTES:      # small: no check needed
         return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    nbytes = _check_fits(shape, dtype)
+    if zero:
+        return np.zeros(shape, dtype)
     return np.frombuffer(_core.Block(nbytes), dtype).reshape(shape)
 
 
@@ -303,6 +353,94 @@ _CACHED_MIN_BYTES = 1 << 20
 _config.get_cache_limit()        # the limit from CCONV_CACHE_BYTES or the default
 
 
+class Workspace:
+    """Scratch memory that :func:`conv2d` and :func:`conv2d_backward` keep between calls.
+
+    A convolution needs scratch besides its result (im2col tiles or Winograd blocks, one per
+    thread, and per-thread weight-gradient sums). Passed as ``workspace=``, the same object
+    serves call after call: it grows to the largest size asked for and is then reused, so a
+    loop that also passes ``out=`` allocates nothing. Without it, each call allocates its
+    scratch (buffers of 1 MiB or more come from cconv's buffer cache).
+
+    Two calls must not use one workspace at the same time: give each Python thread its own.
+    """
+
+    __slots__ = ("_bytes",)
+
+    def __init__(self) -> None:
+        self._bytes: NDArray[np.uint8] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """The memory it holds, in bytes."""
+        return 0 if self._bytes is None else int(self._bytes.nbytes)
+
+    def __repr__(self) -> str:
+        return f"Workspace(nbytes={self.nbytes})"
+
+    def _arrays(self, dtype, *shapes):
+        """Arrays of ``dtype`` and the given shapes, carved out of the workspace (each on a
+        64-byte boundary), growing it first when it is too small."""
+        dtype = np.dtype(dtype)
+        offsets, total = [], 0
+        for shape in shapes:
+            offsets.append(total)
+            n = dtype.itemsize
+            for s in shape:
+                n *= s
+            total += -(-n // 64) * 64
+        if self._bytes is None or self._bytes.nbytes < total:
+            self._bytes = None                      # the old block goes back first
+            self._bytes = _alloc((total,), np.uint8)
+        return [np.ndarray(shape, dtype, self._bytes, off) for shape, off in zip(shapes, offsets)]
+
+
+def _check_workspace(workspace):
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must be a cconv.Workspace or None, got "
+                        f"{type(workspace).__name__}")
+
+
+def _scratch(workspace, dtype, *shapes):
+    """Scratch arrays: from ``workspace`` (a :class:`Workspace`) or newly allocated."""
+    if workspace is None:
+        return [_alloc(shape, dtype) for shape in shapes]
+    return workspace._arrays(dtype, *shapes)
+
+
+# ---------------------------------------------------------------------------------
+# Geometry of a call, validated once per distinct argument set
+# ---------------------------------------------------------------------------------
+_GEOMETRIES: dict = {}
+_GEOMETRIES_MAX = 1024
+
+
+def _memo(make, shapes, *args):
+    """``make(*shapes, *args)``, remembered when every argument is plain (an int, None, a
+    str or a pair of ints, of exactly those types; ``shapes`` are tuples of ints): a loop
+    that calls an op with the same shapes and arguments validates and normalises them once.
+    An equal argument of another type (2.0 for 2) is never served from the memory."""
+    for v in args:
+        t = type(v)
+        if not (t is int or v is None or t is str or (t is tuple and len(v) == 2
+                                                       and type(v[0]) is int
+                                                       and type(v[1]) is int)):
+            return make(*shapes, *args)
+    key = (make, shapes, args)
+    try:
+        return _GEOMETRIES[key]
+    except KeyError:
+        pass
+    value = make(*shapes, *args)
+    if len(_GEOMETRIES) >= _GEOMETRIES_MAX:
+        _GEOMETRIES.clear()
+    _GEOMETRIES[key] = value
+    return value
+
+
+# ---------------------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------------------
 #: Max-pool outputs of at least this many bytes are written with non-temporal stores: they
 #: would not stay in the cores' L2 caches anyway, and such stores skip reading every
 #: output line from memory before overwriting it.
@@ -314,15 +452,29 @@ MIN_WORK_PER_THREAD = 1 << 15
 
 
 def _threads(work_items, work_size=None):
-    """Threads for a kernel with ``work_items`` parallel items touching ``work_size`` elements."""
-    n = min(get_num_threads(), int(work_items))
+    """Threads for a kernel with ``work_items`` parallel items touching ``work_size`` elements:
+    ``max(1, min(budget, items, size // MIN_WORK_PER_THREAD))``, the rule of the kernels' own
+    sizing (cconv_threads in _platform.h). The budget is asked for only when the work could
+    use more than one thread."""
+    n = int(work_items)
     if work_size is not None:
         n = min(n, int(work_size) // MIN_WORK_PER_THREAD)
-    return max(1, n)
+    return 1 if n <= 1 else min(n, get_num_threads())
 
 
-def _run(nt, fn, *args):
-    """Call a kernel on nt OpenMP threads with BLAS limited to the rest of the budget."""
+#: A GEMM of at most this many multiply-adds runs on one thread in OpenBLAS whatever its
+#: thread setting (65536 * GEMM_MULTITHREAD_THRESHOLD, 4 by default, in its interface/gemm.c).
+_BLAS_SERIAL_MNK = 1 << 18
+
+
+def _run(nt, gemm_mnk, fn, *args):
+    """Call a kernel on nt OpenMP threads with BLAS limited to the rest of the budget.
+
+    ``gemm_mnk`` bounds the size (m * n * k) of each GEMM the kernel makes: when BLAS would
+    run them on one thread anyway, its thread setting is left alone (setting and restoring
+    it costs more than a small convolution)."""
+    if gemm_mnk <= _BLAS_SERIAL_MNK:
+        return fn(*args, nt)
     with _config.blas_threads(max(1, get_num_threads() // nt)):
         return fn(*args, nt)
 
@@ -394,18 +546,16 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
     if out is None:
         out, beta = _alloc((m, n), a.dtype), 0.0
     nt = _threads(m, m * n * k // 16)
-    _run(nt, _core.matmul, bool(trans_a), bool(trans_b), np.ascontiguousarray(a),
-         np.ascontiguousarray(b), beta, out)
+    _run(nt, -(-m // nt) * n * k, _core.matmul, bool(trans_a), bool(trans_b),
+         np.ascontiguousarray(a), np.ascontiguousarray(b), beta, out)
     return out
 
 
-def _tile_rows(kg, itemsize, rows, nt):
-    """Rows of one im2col tile: at most TILE_BYTES, and at least one tile per thread."""
-    t = max(1, TILE_BYTES // max(1, kg * itemsize))
-    ntiles = -(-rows // t)
-    ntiles = -(-ntiles // nt) * nt     # a multiple of the thread count: balanced work
-    return int(max(1, -(-rows // ntiles)))
-
+# ---------------------------------------------------------------------------------
+# Convolution routes: chosen by the compiled plan (_conv.make_plan), tuned by these knobs
+# ---------------------------------------------------------------------------------
+#: Upper bound on one thread's im2col tile, in bytes.
+TILE_BYTES = 1 << 21
 
 #: 3x3 stride-1 convolutions with at least this many input channels use Winograd
 #: F(2x2, 3x3) (2.25x fewer multiplications than im2col + GEMM); set to None to disable.
@@ -417,64 +567,74 @@ DIRECT_MAX_K: int | None = 32
 #: Upper bound on one thread's Winograd block (transformed inputs and outputs), in bytes.
 WINOGRAD_BLOCK_BYTES = 1 << 20
 
-
-def _use_winograd(k, s, d, groups, C):
-    return (WINOGRAD_MIN_CHANNELS is not None and C >= WINOGRAD_MIN_CHANNELS
-            and k == (3, 3) and s == (1, 1) and d == (1, 1) and groups == 1)
-
-
-def _use_direct(x, k, groups, cout, need_dx=False):
-    """The direct route (see the module docstring): float32, few input channels."""
-    return (DIRECT_MAX_K is not None and not need_dx and x.dtype == np.float32 and groups == 1
-            and k[0] * k[1] * x.shape[3] <= DIRECT_MAX_K and cout % 16 == 0
-            and _core.simd_level() >= 2)
-
-
-def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
-    """(threads, tiles per block, scratch elements per thread, runs) of a Winograd call.
-
-    The backward (by_image) hands out runs of whole images, one accumulator slot each
-    (see _slots); the forward hands out blocks, and its runs count is its thread count."""
-    per_image = (-(-OH // 2)) * (-(-OW // 2))
-    ntiles = N * per_image
-    nt = _threads(N if by_image else ntiles, ntiles * 16 * C * cout // 64)
-    runs = _slots(nt, N) if by_image else nt
-    tb = max(8, min(1024, WINOGRAD_BLOCK_BYTES // (16 * (C + cout) * itemsize)))
-    per = -(-N // runs) * per_image if by_image else -(-ntiles // nt)   # tiles per run
-    tb = -(-per // -(-per // tb))      # equal blocks
-    return nt, tb, 16 * tb * (C + cout) + 2 * max(C, cout), runs
-
-
-def _winograd_filter(w):
-    """U (16, C, C_out) = G w G^T for every (input, output) channel pair (compiled)."""
-    U = _alloc((16, w.shape[2], w.shape[3]), w.dtype)
-    _run(_threads(U.size // MIN_WORK_PER_THREAD), _core.winograd_filter, w, U)
-    return U
-
-
-def _winograd_filter_grad(du_work):
-    """dW (3, 3, C, C_out) = G^T dU G with dU the sum of the per-slot accumulators
-    du_work (slots, 16, C, C_out): the adjoint of :func:`_winograd_filter` (compiled)."""
-    dw = np.empty((3, 3, *du_work.shape[2:]), du_work.dtype)
-    _run(_threads(du_work.size // MIN_WORK_PER_THREAD), _core.winograd_filter_grad, du_work, dw)
-    return dw
-
-
 #: Accumulating backward kernels cut their work into this many runs per thread, handed
 #: out dynamically: a thread that the machine slows down (a shared host, another process)
 #: takes fewer runs instead of holding up the others. Each run has its own accumulator, so
 #: the sums depend on the run count only, not on which thread ran what.
 SLOTS_PER_THREAD = 4
 
-
-def _slots(nt, units):
-    """Number of accumulator slots for nt threads over `units` indivisible pieces of work."""
-    return 1 if nt <= 1 else max(1, min(units, nt * SLOTS_PER_THREAD))
+_GEMM, _WINOGRAD, _DIRECT = 0, 1, 2          # the routes, as _conv.pxd numbers them
+_ALL_THREADS = 1 << 30
 
 
-def _sum_threads(work):
-    """Sum of the per-thread (or per-slot) accumulators work[0], work[1], ..."""
-    return work[0] if len(work) == 1 else work.sum(axis=0)
+def _tuning(winograd_min_channels, direct_max_k):
+    return (TILE_BYTES, -1 if winograd_min_channels is None else winograd_min_channels,
+            WINOGRAD_BLOCK_BYTES, -1 if direct_max_k is None else direct_max_k,
+            SLOTS_PER_THREAD, MIN_WORK_PER_THREAD)
+
+
+def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
+          winograd_min_channels=None, direct_max_k=None, default=True):
+    """(route, threads, filter_threads, tile, slots, scratch, K, Kpad) of a convolution, from
+    the compiled plan with this module's knobs (``default``) or the given thresholds. The
+    thread budget is asked for only when the work could use more than one thread."""
+    if default:
+        winograd_min_channels, direct_max_k = WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K
+    args = (shape, k[0], k[1], cout, s[0], s[1], pads[0][0], pads[0][1], pads[1][0], pads[1][1],
+            d[0], d[1], groups, itemsize, backward, need_dx)
+    tuning = _tuning(winograd_min_channels, direct_max_k)
+    plan = _core.conv_plan(*args, _ALL_THREADS, tuning)
+    if plan[1] > 1:
+        plan = _core.conv_plan(*args, get_num_threads(), tuning)
+    return plan
+
+
+def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
+    """(threads, tiles per block, scratch elements per thread, runs) of a Winograd call on an
+    N x OH x OW x C input padded to keep its size. The backward (by_image) hands out runs of
+    whole images, one accumulator slot each; the forward hands out blocks, and its runs
+    count is its thread count."""
+    _, nt, _, tb, slots, ws, _, _ = _plan((N, OH, OW, C), (3, 3), cout, (1, 1), ((1, 1), (1, 1)),
+                                          (1, 1), 1, itemsize, by_image, by_image,
+                                          winograd_min_channels=0, default=False)
+    return nt, tb, ws, slots if by_image else nt
+
+
+def _winograd_filter(w, out=None):
+    """U (16, C, C_out) = G w G^T for every (input, output) channel pair (compiled)."""
+    U = _alloc((16, w.shape[2], w.shape[3]), w.dtype) if out is None else out
+    _core.winograd_filter(w, U, _threads(U.size // MIN_WORK_PER_THREAD))
+    return U
+
+
+def _winograd_filter_grad(du_work, out=None):
+    """dW (3, 3, C, C_out) = G^T dU G with dU the sum of the per-slot accumulators
+    du_work (slots, 16, C, C_out): the adjoint of :func:`_winograd_filter` (compiled)."""
+    dw = np.empty((3, 3, *du_work.shape[2:]), du_work.dtype) if out is None else out
+    _core.winograd_filter_grad(du_work, dw, _threads(du_work.size // MIN_WORK_PER_THREAD))
+    return dw
+
+
+def _sum_threads(work, out=None):
+    """Sum of the per-thread (or per-slot) accumulators work[0], work[1], ... in that order
+    (into ``out`` when given)."""
+    if out is None:
+        return work[0] if len(work) == 1 else work.sum(axis=0)
+    if len(work) == 1:
+        np.copyto(out, work[0])
+    else:
+        np.add.reduce(work, axis=0, out=out)
+    return out
 
 
 # ---------------------------------------------------------------------------------
@@ -482,17 +642,29 @@ def _sum_threads(work):
 # ---------------------------------------------------------------------------------
 def _conv_operands(x, w, groups, w_layout):
     """x and w as float arrays (not yet copied) and groups as an int, checked."""
+    x, w = _conv_arrays(x, w, w_layout)
+    return x, w, _conv_groups(x.shape, w.shape, groups)
+
+
+def _conv_arrays(x, w, w_layout):
+    """x and w as float arrays of one dtype (not yet copied), w 4-D."""
     x = _float_array(x, "x", 4, contiguous=False)
     w = _float_array(w, "w", contiguous=False)
     if w.ndim != 4:
         raise ValueError(f"w must be 4-D{w_layout}, got shape {w.shape}")
-    _same_dtype(x=x, w=w)
-    _positive_dims(x, "x")
-    _positive_dims(w, "w", skip_batch=False)
+    if x.dtype != w.dtype:
+        _same_dtype(x=x, w=w)
+    return x, w
+
+
+def _conv_groups(xshape, wshape, groups):
+    """groups as an int, checked with the operands' shapes (no zero-size dimension)."""
+    _positive_dims(xshape, "x")
+    _positive_dims(wshape, "w", skip_batch=False)
     groups = _as_int(groups, "groups", "a positive int")
     if groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups}")
-    return x, w, groups
+    return groups
 
 
 def _check_bias(b, x, w, cout):
@@ -500,36 +672,50 @@ def _check_bias(b, x, w, cout):
     if b is None:
         return None
     b = _float_array(b, "b", 1)
-    _same_dtype(x=x, b=b)
+    if b.dtype != x.dtype:
+        _same_dtype(x=x, b=b)
     if b.shape != (cout,):
         raise ValueError(f"b must have shape (C_out,) = ({cout},) for w of shape {w.shape}, "
                          f"got {b.shape}")
     return b
 
 
+def _conv_geometry(xshape, wshape, stride, padding, dilation, groups):
+    """(groups, k, s, pads, d, (OH, OW)) of a convolution of an input of shape ``xshape``
+    with weights of shape ``wshape``, every argument checked (shapes only: no data)."""
+    groups = _conv_groups(xshape, wshape, groups)
+    KH, KW, cg, cout = wshape
+    C = xshape[3]
+    if C % groups or cout % groups:
+        raise ValueError(f"C_in ({C}, from x of shape {xshape}) and C_out ({cout}, from w of "
+                         f"shape {wshape}) must both be divisible by groups={groups}")
+    if cg * groups != C:
+        raise ValueError(f"channel mismatch: x has {C} channels (shape {xshape}) but w of shape "
+                         f"{wshape} expects C_in/groups = {cg} with groups={groups} "
+                         f"({cg * groups} channels)")
+    k, s, pads, d, out = _geometry(xshape, (KH, KW), stride, padding, dilation)
+    kg = KH * KW * cg
+    if max(kg, cout, C) > _INT_MAX:
+        raise ValueError(f"w of shape {wshape} is too large for 32-bit BLAS dimensions "
+                         f"(KH*KW*C_in/groups = {kg}, C_out = {cout}; at most {_INT_MAX})")
+    return groups, k, s, pads, d, out
+
+
 def _check_conv(x, w, stride, padding, dilation, groups):
     # Every check runs on the shapes before any copy: a huge (e.g. broadcast) argument
     # is refused without first being copied into a contiguous buffer.
-    x, w, groups = _conv_operands(x, w, groups, _LAYOUTS["w"])
-    KH, KW, cg, cout = w.shape
-    C = x.shape[3]
-    if C % groups or cout % groups:
-        raise ValueError(f"C_in ({C}, from x of shape {x.shape}) and C_out ({cout}, from w of "
-                         f"shape {w.shape}) must both be divisible by groups={groups}")
-    if cg * groups != C:
-        raise ValueError(f"channel mismatch: x has {C} channels (shape {x.shape}) but w of shape "
-                         f"{w.shape} expects C_in/groups = {cg} with groups={groups} "
-                         f"({cg * groups} channels)")
-    k, s, pads, d, out = _geometry(x.shape, (KH, KW), stride, padding, dilation)
-    kg = KH * KW * cg
-    if max(kg, cout, C) > _INT_MAX:
-        raise ValueError(f"w of shape {w.shape} is too large for 32-bit BLAS dimensions "
-                         f"(KH*KW*C_in/groups = {kg}, C_out = {cout}; at most {_INT_MAX})")
-    return np.ascontiguousarray(x), np.ascontiguousarray(w), groups, k, s, pads, d, out
+    x, w = _conv_arrays(x, w, _LAYOUTS["w"])
+    geo = _memo(_conv_geometry, (x.shape, w.shape), stride, padding, dilation, groups)
+    return (np.ascontiguousarray(x), np.ascontiguousarray(w)) + geo
+
+
+def _im2col_geometry(shape, kernel_size, stride, padding, dilation):
+    _positive_dims(shape, "x")
+    return _geometry(shape, kernel_size, stride, padding, dilation)
 
 
 def im2col(x: ArrayLike, kernel_size: _IntOrPair, stride: _IntOrPair = 1, padding: _Padding = 0,
-           dilation: _IntOrPair = 1) -> _FloatArray:
+           dilation: _IntOrPair = 1, *, out: NDArray[Any] | None = None) -> _FloatArray:
     """Unfold the patches of ``x`` into the rows of a matrix.
 
     Parameters
@@ -537,6 +723,8 @@ def im2col(x: ArrayLike, kernel_size: _IntOrPair, stride: _IntOrPair = 1, paddin
     x : ndarray of shape (N, H, W, C), dtype float32 or float64
     kernel_size, stride, dilation : int or pair
     padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+    out : ndarray or None
+        Where to write the result (see :ref:`out <out-arguments>` in the module docstring).
 
     Returns
     -------
@@ -545,19 +733,18 @@ def im2col(x: ArrayLike, kernel_size: _IntOrPair, stride: _IntOrPair = 1, paddin
         ``(kh, kw, c)`` order; padded positions are zero.
     """
     x = _float_array(x, "x", 4)
-    _positive_dims(x, "x")
-    k, s, pads, d, (OH, OW) = _geometry(x.shape, kernel_size, stride, padding, dilation)
+    k, s, pads, d, (OH, OW) = _memo(_im2col_geometry, (x.shape,), kernel_size, stride, padding,
+                                    dilation)
     N, C = x.shape[0], x.shape[3]
-    cols = _alloc((N * OH * OW, k[0] * k[1] * C), x.dtype)
-    nt = _threads(N, cols.size)
-    _core.im2col(x, cols, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0],
-                 d[0], d[1], nt)
+    cols = _output(out, "out", (N * OH * OW, k[0] * k[1] * C), x.dtype, (x,))
+    _core.im2col(x, cols, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0], d[0], d[1],
+                 _threads(N, cols.size))
     return cols
 
 
 def col2im(cols: ArrayLike, input_shape: Sequence[int], kernel_size: _IntOrPair,
-           stride: _IntOrPair = 1, padding: _Padding = 0,
-           dilation: _IntOrPair = 1) -> _FloatArray:
+           stride: _IntOrPair = 1, padding: _Padding = 0, dilation: _IntOrPair = 1, *,
+           out: NDArray[Any] | None = None) -> _FloatArray:
     """Fold rows of patches back into an image, summing overlapping contributions.
 
     The adjoint of :func:`im2col`: ``<im2col(x), c> == <x, col2im(c)>``.
@@ -567,27 +754,29 @@ def col2im(cols: ArrayLike, input_shape: Sequence[int], kernel_size: _IntOrPair,
     cols : ndarray of shape (N*OH*OW, KH*KW*C), dtype float32 or float64
     input_shape : tuple (N, H, W, C)
         The shape of the image that :func:`im2col` unfolded.
+    out : ndarray or None
+        Where to write the result (see the module docstring).
 
     Returns
     -------
     x : ndarray of shape input_shape
     """
     cols = _float_array(cols, "cols", 2)
-    N, H, W, C = _shape_arg(input_shape, "input_shape")
-    k, s, pads, d, (OH, OW) = _geometry((N, H, W, C), kernel_size, stride, padding, dilation)
+    N, H, W, C = shape = _shape_arg(input_shape, "input_shape")
+    k, s, pads, d, (OH, OW) = _memo(_geometry, (shape,), kernel_size, stride, padding, dilation)
     expected = (N * OH * OW, k[0] * k[1] * C)
     if cols.shape != expected:
         raise ValueError(f"cols must have shape (N*OH*OW, KH*KW*C) = {expected} for input_shape "
-                         f"{(N, H, W, C)} and kernel_size {k}, got {cols.shape}")
-    x = _alloc((N, H, W, C), cols.dtype)       # zeroed by the kernel, image by image
-    nt = _threads(N, cols.size)
-    _core.col2im(cols, x, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0],
-                 d[0], d[1], nt)
+                         f"{shape} and kernel_size {k}, got {cols.shape}")
+    x = _output(out, "out", shape, cols.dtype, (cols,))    # zeroed by the kernel
+    _core.col2im(cols, x, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0], d[0], d[1],
+                 _threads(N, cols.size))
     return x
 
 
 def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntOrPair = 1,
-           padding: _Padding = 0, dilation: _IntOrPair = 1, groups: int = 1) -> _FloatArray:
+           padding: _Padding = 0, dilation: _IntOrPair = 1, groups: int = 1, *,
+           out: NDArray[Any] | None = None, workspace: Workspace | None = None) -> _FloatArray:
     """2-D convolution (cross-correlation, as in every CNN framework), NHWC/HWIO.
 
     Parameters
@@ -600,6 +789,10 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     groups : int
         Input and output channels are split into ``groups`` independent convolutions
         (``groups == C_in`` is a depthwise convolution).
+    out : ndarray of shape (N, OH, OW, C_out) or None
+        Where to write the result (see the module docstring).
+    workspace : Workspace or None
+        Scratch memory to reuse from call to call (see :class:`Workspace`).
 
     Returns
     -------
@@ -613,36 +806,34 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     independent of the batch size.
     """
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
+    _check_workspace(workspace)
     N, _, _, C = x.shape
     cout = w.shape[3]
     b = _check_bias(b, x, w, cout)
-    y = _alloc((N, OH, OW, cout), x.dtype)
-    M = N * OH * OW
-    if M == 0:
+    y = _output(out, "out", (N, OH, OW, cout), x.dtype, (x, w, b))
+    if N == 0:
         return y
-    if _use_direct(x, k, groups, cout):
-        K = k[0] * k[1] * C
-        _run(_threads(N * OH, M * K * cout // 16), _core.direct_forward, x, w.reshape(K, cout),
-             b, y, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1])
-        return y
-    if _use_winograd(k, s, d, groups, C):
-        nt, tb, ws, _ = _winograd_plan(N, OH, OW, C, cout, x.itemsize, False)
-        _run(nt, _core.winograd_forward, x, _winograd_filter(w), b, y,
-             _alloc((nt, ws), x.dtype), pads[0][0], pads[1][0], tb)
-        return y
-    kg = k[0] * k[1] * (C // groups)
-    nt = _threads(M, M * kg * max(1, cout // groups) // 16)
-    T = _tile_rows(kg, x.itemsize, M, nt)
-    nt = min(nt, -(-M // T))
-    work = _alloc((nt, T * kg), x.dtype)
-    _run(nt, _core.conv2d_forward, x, w.reshape(kg, cout), b, y, work, k[0], k[1],
-         s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T)
+    route, nt, _, tile, _, scratch, K, _ = _plan(x.shape, k, cout, s, pads, d, groups,
+                                                 x.itemsize, False, False)
+    if route == _DIRECT:
+        _run(nt, 0, _core.direct_forward, x, w.reshape(K, cout), b, y, k[0], k[1], s[0], s[1],
+             pads[0][0], pads[1][0], d[0], d[1])
+    elif route == _WINOGRAD:
+        U, work = _scratch(workspace, x.dtype, (16, C, cout), (nt, scratch))
+        _run(nt, tile * C * cout, _core.winograd_forward, x, _winograd_filter(w, U), b, y,
+             work, pads[0][0], pads[1][0], tile)
+    else:
+        work, = _scratch(workspace, x.dtype, (nt, scratch))
+        _run(nt, tile * K * (cout // groups), _core.conv2d_forward, x, w.reshape(K, cout), b, y,
+             work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, tile)
     return y
 
 
 def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPair = 1,
                     padding: _Padding = 0, dilation: _IntOrPair = 1, groups: int = 1,
-                    need_dx: bool = True,
+                    need_dx: bool = True, *,
+                    out: tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]] | None = None,
+                    workspace: Workspace | None = None,
                     ) -> tuple[_FloatArray | None, _FloatArray, _FloatArray]:
     """Gradients of :func:`conv2d` with respect to its input, weights and bias.
 
@@ -660,6 +851,11 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     need_dx : bool
         When False, ``dx`` is not computed (the first layer of a network never needs
         it, and it is the most expensive GEMM there) and None is returned in its place.
+    out : tuple (dx, dw, db) or None
+        Where to write the results (see the module docstring); ``dx`` is None when
+        ``need_dx`` is False.
+    workspace : Workspace or None
+        Scratch memory to reuse from call to call (see :class:`Workspace`).
 
     Returns
     -------
@@ -676,41 +872,40 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         raise ValueError(f"dy must have the output shape (N, OH, OW, C_out) = "
                          f"{(N, OH, OW, cout)} for x of shape {x.shape} and w of shape "
                          f"{w.shape}, got {dy.shape}")
-    kg = k[0] * k[1] * (C // groups)
-    winograd = _use_winograd(k, s, d, groups, C)
-    dx = _alloc(x.shape, x.dtype) if need_dx else None     # zeroed by the kernels
+    _check_workspace(workspace)
+    out_dx, out_dw, out_db = _outputs(out, ("dx", "dw", "db"), 3)
+    if not need_dx and out_dx is not None:
+        raise ValueError("out[0] must be None when need_dx is False (dx is not computed)")
+    inputs = (dy, x, w)
+    dx = _output(out_dx, "out[0]", x.shape, x.dtype, inputs) if need_dx else None
+    dw = _output(out_dw, "out[1]", w.shape, x.dtype, inputs)   # every output written below
+    db = _output(out_db, "out[2]", (cout,), x.dtype, inputs)
     if N == 0:
-        return dx, np.zeros_like(w), np.zeros(cout, x.dtype)
-    if _use_direct(x, k, groups, cout, need_dx):
-        K, Kpad = kg, -(-kg // 8) * 8
-        nt = _threads(N * OH, N * OH * OW * K * cout // 16)
-        slots = _slots(nt, N * OH)
-        dw_work = _alloc((slots, Kpad, cout), x.dtype)        # zeroed by the kernel, per slot
-        db_work = _alloc((slots, cout), x.dtype)
-        _run(nt, _core.direct_backward_weights, dy, x, dw_work, db_work, k[0], k[1], s[0], s[1],
-             pads[0][0], pads[1][0], d[0], d[1])
-        return dx, _sum_threads(dw_work)[:K].reshape(w.shape), _sum_threads(db_work)
-    dx_arg = dx if need_dx else np.zeros((1, 1, 1, 1), x.dtype)
-    if winograd:
-        nt, tb, ws, slots = _winograd_plan(N, OH, OW, C, cout, x.itemsize, True)
-        du_work = _alloc((slots, 16, C, cout), x.dtype)     # zeroed by the kernel, per slot
-        db_work = _alloc((slots, cout), x.dtype)
-        _run(nt, _core.winograd_backward, dy, x, _winograd_filter(w), dx_arg, du_work, db_work,
-             _alloc((nt, ws), x.dtype), pads[0][0], pads[1][0], tb, bool(need_dx))
-        return dx, _winograd_filter_grad(du_work), _sum_threads(db_work)
-    P = OH * OW
-    work_size = N * P * kg * max(1, cout // groups) // 16
-    # With need_dx a thread owns whole images (it scatters into their dx): at most N threads.
-    nt = _threads(N if need_dx else N * P, work_size)
-    T = _tile_rows(kg, x.itemsize, N * P, nt)
-    if not need_dx:
-        nt = min(nt, -(-(N * P) // T))
-    work = _alloc((nt, T * kg), x.dtype)
-    dw_work = _alloc((nt, kg, cout), x.dtype)            # zeroed by the kernel
-    db_work = _alloc((nt, cout), x.dtype)
-    _run(nt, _core.conv2d_backward, dy, x, w.reshape(kg, cout), dx, dw_work, db_work,
-         work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, T)
-    return dx, _sum_threads(dw_work).reshape(w.shape), _sum_threads(db_work)
+        dw[...] = 0
+        db[...] = 0
+        return dx, dw, db
+    route, nt, _, tile, slots, scratch, K, Kpad = _plan(x.shape, k, cout, s, pads, d, groups,
+                                                       x.itemsize, True, need_dx)
+    if route == _DIRECT:
+        dw_work, db_work = _scratch(workspace, x.dtype, (slots, Kpad, cout), (slots, cout))
+        _run(nt, 0, _core.direct_backward_weights, dy, x, dw_work, db_work, k[0], k[1], s[0],
+             s[1], pads[0][0], pads[1][0], d[0], d[1])
+        _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
+    elif route == _WINOGRAD:
+        U, du_work, db_work, work = _scratch(workspace, x.dtype, (16, C, cout),
+                                             (slots, 16, C, cout), (slots, cout), (nt, scratch))
+        _run(nt, tile * C * cout, _core.winograd_backward, dy, x, _winograd_filter(w, U), dx,
+             du_work, db_work, work, pads[0][0], pads[1][0], tile, bool(need_dx))
+        _winograd_filter_grad(du_work, dw)
+    else:
+        work, dw_work, db_work = _scratch(workspace, x.dtype, (nt, scratch), (slots, K, cout),
+                                          (slots, cout))
+        _run(nt, tile * K * (cout // groups), _core.conv2d_backward, dy, x, w.reshape(K, cout),
+             dx, dw_work, db_work, work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0],
+             d[1], groups, tile)
+        _sum_threads(dw_work, dw.reshape(K, cout))
+    _sum_threads(db_work, db)
+    return dx, dw, db
 
 
 # ---------------------------------------------------------------------------------
@@ -995,6 +1190,7 @@ def conv2d_transpose_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike,
 # Pooling
 # ---------------------------------------------------------------------------------
 def _pool_geometry(shape, pool_size, stride, padding):
+    _positive_dims(shape, "x")
     k = normalize_pair(pool_size, "pool_size")
     stride = k if stride is None else stride
     k, s, pads, _, out = _geometry(shape, k, stride, padding, 1, what="pool window")
@@ -1006,7 +1202,9 @@ def _pool_geometry(shape, pool_size, stride, padding):
 
 
 def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | None = None,
-               padding: _Padding = 0) -> tuple[_FloatArray, NDArray[np.signedinteger[Any]]]:
+               padding: _Padding = 0, *,
+               out: tuple[NDArray[Any], NDArray[Any]] | None = None,
+               ) -> tuple[_FloatArray, NDArray[np.signedinteger[Any]]]:
     """Max pooling that records the winner of every window.
 
     Parameters
@@ -1018,6 +1216,9 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
     padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
         Padded positions never win (they act as -inf). Every pad must be smaller than
         the window.
+    out : tuple (y, argmax) or None
+        Where to write the results (see the module docstring); ``argmax`` may be int32
+        (when H * W < 2**31) or int64.
 
     Returns
     -------
@@ -1029,11 +1230,15 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
         window wins (NaN propagates, as in PyTorch).
     """
     x = _float_array(x, "x", 4)
-    _positive_dims(x, "x")
-    k, s, pads, (OH, OW) = _pool_geometry(x.shape, pool_size, stride, padding)
+    k, s, pads, (OH, OW) = _memo(_pool_geometry, (x.shape,), pool_size, stride, padding)
     N, _, _, C = x.shape
-    y = _alloc((N, OH, OW, C), x.dtype)
-    argmax = _alloc((N, OH, OW, C), _argmax_dtype(x.shape))
+    shape = (N, OH, OW, C)
+    out_y, out_arg = _outputs(out, ("y", "argmax"), 2)
+    y = _output(out_y, "out[0]", shape, x.dtype, (x,))
+    index = _argmax_dtype(x.shape)
+    if out_arg is not None and index is _INT32 and getattr(out_arg, "dtype", None) == _INT64:
+        index = _INT64                    # int64 indices asked for: the kernel writes those too
+    argmax = _output(out_arg, "out[1]", shape, index, (x,))
     _core.max_pool2d_forward(x, y, argmax, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
                              _threads(N * OH, x.size),
                              y.nbytes + argmax.nbytes >= _STREAM_MIN_BYTES)
@@ -1041,7 +1246,7 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
 
 
 def _argmax_dtype(shape):
-    return np.int32 if shape[1] * shape[2] <= np.iinfo(np.int32).max else np.int64
+    return _INT32 if shape[1] * shape[2] <= _INT32_MAX else _INT64
 
 
 def _check_pool_grad(dy, input_shape):
@@ -1053,8 +1258,8 @@ def _check_pool_grad(dy, input_shape):
     return dy, shape
 
 
-def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
-                        input_shape: Sequence[int]) -> _FloatArray:
+def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, input_shape: Sequence[int], *,
+                        out: NDArray[Any] | None = None) -> _FloatArray:
     """Route each gradient of ``dy`` to the unit that won its window in the forward pass.
 
     Parameters
@@ -1064,24 +1269,28 @@ def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
         As returned by :func:`max_pool2d` (int32 and int64 are used as they are, other
         integer dtypes are converted); every value must lie in ``[0, H*W)``.
     input_shape : tuple (N, H, W, C)
+    out : ndarray of shape input_shape or None
+        Where to write the result (see the module docstring).
 
     Returns
     -------
     dx : ndarray of shape input_shape, dtype of dy
     """
     dy, shape = _check_pool_grad(dy, input_shape)
-    a = np.asarray(argmax)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"argmax must be an integer array (int32 or int64), got dtype "
-                        f"{a.dtype} (shape {a.shape})")
+    a = argmax
+    if type(a) is not np.ndarray or a.dtype not in _INDICES or not a.flags.c_contiguous:
+        a = np.asarray(argmax)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"argmax must be an integer array (int32 or int64), got dtype "
+                            f"{a.dtype} (shape {a.shape})")
+        if a.dtype not in _INDICES:
+            if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+                raise ValueError("argmax holds indices outside [0, H*W)")
+            a = a.astype(np.int64)
+        a = np.ascontiguousarray(a)
     if a.shape != dy.shape:
         raise ValueError(f"argmax must have dy's shape {dy.shape}, got {a.shape}")
-    if a.dtype not in (np.int32, np.int64):
-        if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
-            raise ValueError("argmax holds indices outside [0, H*W)")
-        a = a.astype(np.int64)
-    a = np.ascontiguousarray(a)
-    dx = _alloc(shape, dy.dtype)  # written (or zeroed) by the kernels, in parallel
+    dx = _output(out, "out", shape, dy.dtype, (dy, a))    # every element written by the kernel
     try:
         _core.max_pool2d_backward(dy, a, dx, dx.nbytes >= _STREAM_MIN_BYTES,
                                   _threads(shape[0], dx.size))
@@ -1091,8 +1300,9 @@ def max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike,
     return dx
 
 
+
 def avg_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | None = None,
-               padding: _Padding = 0) -> _FloatArray:
+               padding: _Padding = 0, *, out: NDArray[Any] | None = None) -> _FloatArray:
     """Average pooling.
 
     Padded zeros count in the divisor: every window is divided by ``KH * KW`` (PyTorch's
@@ -1104,23 +1314,25 @@ def avg_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
     pool_size : int or pair
     stride : int, pair or None (defaults to pool_size)
     padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+    out : ndarray of shape (N, OH, OW, C) or None
+        Where to write the result (see the module docstring).
 
     Returns
     -------
     y : ndarray of shape (N, OH, OW, C)
     """
     x = _float_array(x, "x", 4)
-    _positive_dims(x, "x")
-    k, s, pads, (OH, OW) = _pool_geometry(x.shape, pool_size, stride, padding)
+    k, s, pads, (OH, OW) = _memo(_pool_geometry, (x.shape,), pool_size, stride, padding)
     N, _, _, C = x.shape
-    y = _alloc((N, OH, OW, C), x.dtype)
+    y = _output(out, "out", (N, OH, OW, C), x.dtype, (x,))
     _core.avg_pool2d_forward(x, y, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
                              _threads(N * OH, x.size))
     return y
 
 
 def avg_pool2d_backward(dy: ArrayLike, input_shape: Sequence[int], pool_size: _IntOrPair = 2,
-                        stride: _IntOrPair | None = None, padding: _Padding = 0) -> _FloatArray:
+                        stride: _IntOrPair | None = None, padding: _Padding = 0, *,
+                        out: NDArray[Any] | None = None) -> _FloatArray:
     """Gradient of :func:`avg_pool2d`: each ``dy`` spread evenly (``/ (KH*KW)``) over its window.
 
     Parameters
@@ -1128,18 +1340,20 @@ def avg_pool2d_backward(dy: ArrayLike, input_shape: Sequence[int], pool_size: _I
     dy : ndarray of shape (N, OH, OW, C), dtype float32 or float64
     input_shape : tuple (N, H, W, C)
     pool_size, stride, padding : as given to :func:`avg_pool2d`
+    out : ndarray of shape input_shape or None
+        Where to write the result (see the module docstring).
 
     Returns
     -------
     dx : ndarray of shape input_shape
     """
     dy, shape = _check_pool_grad(dy, input_shape)
-    k, s, pads, (OH, OW) = _pool_geometry(shape, pool_size, stride, padding)
+    k, s, pads, (OH, OW) = _memo(_pool_geometry, (shape,), pool_size, stride, padding)
     expected = (shape[0], OH, OW, shape[3])
     if dy.shape != expected:
         raise ValueError(f"dy must have the pooled shape {expected} for input_shape {shape}, "
                          f"got {dy.shape}")
-    dx = _alloc(shape, dy.dtype)                  # zeroed by the kernel, image by image
+    dx = _output(out, "out", shape, dy.dtype, (dy,))      # every element written by the kernel
     _core.avg_pool2d_backward(dy, dx, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
                               _threads(shape[0], dx.size))
     return dx
@@ -1185,8 +1399,8 @@ def _correlate2d(image, kernel, mode, flipped):
     image = _float_array(image, "image", 2)
     kernel = _float_array(kernel, "kernel", 2)
     _same_dtype(image=image, kernel=kernel)
-    _positive_dims(image, "image", skip_batch=False)
-    _positive_dims(kernel, "kernel", skip_batch=False)
+    _positive_dims(image.shape, "image", skip_batch=False)
+    _positive_dims(kernel.shape, "kernel", skip_batch=False)
     if flipped:
         kernel = np.ascontiguousarray(kernel[::-1, ::-1])
     kh, kw = kernel.shape
@@ -1207,7 +1421,7 @@ def convolve2d(image: ArrayLike, kernel: ArrayLike, mode: str = "valid") -> _Flo
 # ---------------------------------------------------------------------------------
 # Elementwise helpers used by the layers
 # ---------------------------------------------------------------------------------
-def relu_backward(dy, y):
+def relu_backward(dy: ArrayLike, y: ArrayLike, *, out: NDArray[Any] | None = None) -> _FloatArray:
     """Gradient of ReLU from its output: ``dy`` where ``y > 0``, else 0, in one pass.
 
     Parameters
@@ -1216,16 +1430,18 @@ def relu_backward(dy, y):
         Gradient with respect to the ReLU's output.
     y : ndarray of dy's shape and dtype
         The ReLU's output (``max(x, 0)``).
+    out : ndarray of dy's shape or None
+        Where to write the result (see the module docstring).
     """
     dy = _float_array(dy, "dy")
     y = _float_array(y, "y")
     _same_dtype(dy=dy, y=y)
     if dy.shape != y.shape:
         raise ValueError(f"dy and y must have the same shape, got {dy.shape} and {y.shape}")
-    out = _alloc(dy.shape, dy.dtype)
-    _core.relu_backward(dy.reshape(-1), y.reshape(-1), out.reshape(-1),
+    result = _output(out, "out", dy.shape, dy.dtype, (dy, y))
+    _core.relu_backward(dy.reshape(-1), y.reshape(-1), result.reshape(-1),
                         _threads(dy.size, dy.size))
-    return out
+    return result
 
 
 # ---------------------------------------------------------------------------------
@@ -1378,7 +1594,7 @@ def upsample2d(x: ArrayLike, size: _IntOrPair = 2, interpolation: str = "nearest
     sh, sw = normalize_pair(size, "size")
     interpolation = _check_interpolation(interpolation)
     x = _float_array(x, "x", 4, contiguous=False)
-    _positive_dims(x, "x")
+    _positive_dims(x.shape, "x")
     N, H, W, C = x.shape
     if interpolation == "bilinear":
         _check_fits((N, H * sh, W * sw, C), x.dtype)
@@ -1404,7 +1620,7 @@ def upsample2d_backward(dy: ArrayLike, size: _IntOrPair = 2,
     sh, sw = normalize_pair(size, "size")
     interpolation = _check_interpolation(interpolation)
     dy = _float_array(dy, "dy", 4, contiguous=False)
-    _positive_dims(dy, "dy")
+    _positive_dims(dy.shape, "dy")
     N, OH, OW, C = dy.shape
     if OH % sh or OW % sw:
         raise ValueError(f"dy of shape {dy.shape} is not the output of an upsampling by "
