@@ -145,7 +145,8 @@ MODULES = ["_cpu", "_blas", "_im2col", "_conv", "_pool", "_activation", "_core"]
 extensions = [
     Extension(f"cconv.{name}", [f"src/cconv/{name}.pyx"],
               include_dirs=["src/cconv/include"] + ([numpy.get_include()] if name == "_core" else []),
-              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                             ("CCONV_INTERNAL", "1")],
               depends=glob.glob("src/cconv/*.h") + glob.glob("src/cconv/include/cconv/*.h")
               + glob.glob("src/cconv/*.pxd"))
     for name in MODULES

@@ -23,6 +23,10 @@
 #      [tool.cibuildwheel] configuration; the workflow file parses as YAML.
 #   7. mypy --strict on tests/typecheck/user_script.py against the installed wheel, and the
 #      script runs.
+#   8. examples/downstream (from the sdist) built against the installed wheel in that venv
+#      (pip install --no-build-isolation: its Cython module cimports cconv's .pxd files, its
+#      C module includes cconv/cconv.h from cconv.get_include()), and its tests run from
+#      outside the source tree: its results equal cconv.functional's bit for bit.
 #
 # Everything is written under one temporary directory, removed on exit (set
 # CCONV_KEEP_WORK=1 to keep it). Environment: PYTHON (default python3) is the interpreter
@@ -94,7 +98,10 @@ for f in LICENSE README.md pyproject.toml setup.py MANIFEST.in src/cconv/__init_
 done
 if ls "$SDIST_DIR"/src/cconv/*.c >/dev/null 2>&1; then fail "the sdist ships generated C"; fi
 # Every tracked source of the package and every test is in the sdist.
-for f in $(cd "$WORK/src" && ls src/cconv/*.py src/cconv/*.pyx src/cconv/*.pxd src/cconv/*.h tests/*.py 2>/dev/null); do
+for f in $(cd "$WORK/src" && ls src/cconv/*.py src/cconv/*.pyx src/cconv/*.pxd src/cconv/*.h \
+             src/cconv/include/cconv/*.h tests/*.py examples/downstream/pyproject.toml \
+             examples/downstream/setup.py examples/downstream/src/cconv_downstream/* \
+             examples/downstream/tests/*.py 2>/dev/null); do
     [[ -e "$SDIST_DIR/$f" ]] || fail "the sdist lacks $f"
 done
 ok "sdist holds the .pyx/.pxd/.pyi sources, headers, LICENSE, README, tests ($(tar -tzf "$SDIST" | wc -l) entries)"
@@ -118,7 +125,9 @@ lic = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
 assert lic, "no dist-info/licenses/LICENSE"
 text = zipfile.ZipFile(sys.argv[1]).read(lic[0]).decode()
 assert "cconv developers" in text and "GCC RUNTIME LIBRARY EXCEPTION" in text, "LICENSE incomplete"
-for n in ("cconv/py.typed", "cconv/_core.pyi"):
+for n in ("cconv/py.typed", "cconv/_core.pyi", "cconv/include/cconv/cconv.h",
+          "cconv/include/cconv/geometry.h", "cconv/geometry.pxd", "cconv/conv.pxd",
+          "cconv/im2col.pxd", "cconv/pool.pxd", "cconv/activation.pxd", "cconv/_conv.pxd"):
     assert n in names, n + " missing"
 assert not any(n.endswith((".c", ".html")) for n in names), "generated C in the wheel"
 print(f"vendored: {', '.join(gomp)}; {len(names)} files")
@@ -149,9 +158,10 @@ env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL PIP_CONFIG_FILE=/d
     || fail "installing cconv from the wheelhouse alone"
 "$VPY" -m pip check || fail "pip check"
 mkdir "$WORK/run"
-# README.md too: tests/test_readme.py runs its examples, here against the installed wheel.
+# README.md too: tests/test_readme.py runs its examples, here against the installed wheel;
+# examples/ for tests/test_embedding.py, which builds the example package against it.
 cp -r "$SDIST_DIR/tests" "$SDIST_DIR/pyproject.toml" "$SDIST_DIR/README.md" \
-    "$SDIST_DIR/tools/check_wheel.py" "$WORK/run/"
+    "$SDIST_DIR/examples" "$SDIST_DIR/tools/check_wheel.py" "$WORK/run/"
 cd "$WORK/run"
 "$VPY" - "$WORK/venv" <<'EOF' || fail "cconv is not imported from the venv"
 import os, sys
@@ -221,6 +231,30 @@ cd "$WORK/run"
     || fail "mypy --strict tests/typecheck/user_script.py"
 "$VPY" tests/typecheck/user_script.py || fail "running tests/typecheck/user_script.py"
 ok "mypy --strict accepts tests/typecheck/user_script.py"
+
+# ---------------------------------------------------------------------------------------
+step "8. examples/downstream against the installed wheel"
+# A copy of the example from the sdist, built in the venv against the installed cconv (not
+# the source tree: it is not on the path, and nothing of it is copied).
+cp -r "$SDIST_DIR/examples/downstream" "$WORK/downstream"
+"$VPY" -m pip install -q --no-build-isolation --no-deps "$WORK/downstream" \
+    || fail "building examples/downstream against the installed wheel"
+mkdir "$WORK/run-downstream"
+cd "$WORK/run-downstream"
+"$VPY" - "$WORK/venv" <<'EOF' || fail "cconv or cconv_downstream is not imported from the venv"
+import os, sys
+import cconv, cconv_downstream
+venv = os.path.realpath(sys.argv[1])
+for module in (cconv, cconv_downstream):
+    where = os.path.realpath(module.__file__)
+    assert where.startswith(venv + os.sep), f"{module.__name__} imported from {where}"
+print(f"cconv C API {cconv._core.C_API_VERSION}; cconv_downstream built against "
+      f"{cconv_downstream.api_version()[0]}")
+EOF
+if ! "$VPY" -m pytest -q -p no:cacheprovider "$WORK/downstream/tests" 2>&1 | tee "$WORK/downstream.log"; then
+    fail "examples/downstream's tests against the installed wheel"
+fi
+ok "examples/downstream built against the installed wheel: $(grep -E '[0-9]+ passed' "$WORK/downstream.log" | tail -1)"
 
 echo
 echo "=== build_wheel.sh: all checks passed in $((SECONDS - START))s"

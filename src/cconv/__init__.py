@@ -36,9 +36,22 @@ _NAMES = {
 
 __all__ = sorted(
     ["__version__", "functional", "get_num_threads", "set_num_threads", "show_config",
-     "set_cache_limit", "get_cache_limit", "empty_cache", "Workspace"]
+     "set_cache_limit", "get_cache_limit", "empty_cache", "Workspace", "get_include"]
     + list(_SUBMODULES) + list(_NAMES)
 )
+
+
+def get_include() -> str:
+    """The directory of cconv's C headers, for packages that build against cconv.
+
+    Pass it to the compiler (``Extension(..., include_dirs=[cconv.get_include()])``) to
+    ``cimport`` cconv's kernels from Cython (``from cconv.conv cimport conv2d_forward``;
+    the .pxd files declare them) or to use its C API (``#include <cconv/cconv.h>`` and
+    ``import_cconv()``). See the README and examples/downstream in cconv's repository.
+    """
+    from os.path import dirname, join
+
+    return join(dirname(__file__), "include")
 
 
 def __getattr__(name: str) -> _Any:

@@ -91,7 +91,7 @@ cdef int winograd_backward(const cconv_geom *g, const floating *dy, const floati
 # --- the checked kernels of cconv.conv (see conv.pxd for their contract) -----------------
 cdef Py_ssize_t conv2d_forward_workspace(const cconv_geom *g, int itemsize,
                                          int num_threads) noexcept nogil
-cdef Py_ssize_t conv2d_backward_workspace(const cconv_geom *g, int itemsize, bint need_dx,
+cdef Py_ssize_t conv2d_backward_workspace(const cconv_geom *g, int itemsize, int need_dx,
                                           int num_threads) noexcept nogil
 cdef int conv2d_forward(const cconv_geom *g, const floating *x, const floating *w,
                         const floating *b, floating *y, void *work, size_t work_bytes,

@@ -807,7 +807,7 @@ cdef Py_ssize_t conv2d_forward_workspace(const cconv_geom *g, int itemsize,
     return err if err else p.workspace
 
 
-cdef Py_ssize_t conv2d_backward_workspace(const cconv_geom *g, int itemsize, bint need_dx,
+cdef Py_ssize_t conv2d_backward_workspace(const cconv_geom *g, int itemsize, int need_dx,
                                           int num_threads) noexcept nogil:
     cdef conv_plan p
     cdef int err = make_plan(g, itemsize, True, need_dx, num_threads, NULL, &p)

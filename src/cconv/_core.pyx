@@ -18,6 +18,7 @@ Also here: the cache of large output buffers (``Block``) and what the build supp
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
+from cpython.pycapsule cimport PyCapsule_New
 cimport numpy as cnp
 
 from cconv.geometry cimport (cconv_geom, cconv_output_size, CCONV_ERR_VALUE, CCONV_ERR_GEOMETRY,
@@ -26,6 +27,8 @@ from cconv.geometry cimport (cconv_geom, cconv_output_size, CCONV_ERR_VALUE, CCO
 from cconv._platform cimport CCONV_OPENMP, CCONV_HAVE_FTZ, cconv_omp_max_threads
 from cconv cimport _blas, _cpu, _im2col, _conv, _pool, _activation
 from cconv._blas import load_blas
+
+ctypedef long long longlong
 
 cnp.import_array()
 
@@ -771,3 +774,89 @@ def relu_backward(dy, y, out, int num_threads):       # out: OUT
             err = _activation.relu_backward_ex(<double *> dyp, <double *> yp, <double *> op, n,
                                             num_threads)
     check(err, where)
+
+
+# ---------------------------------------------------------------------------------
+# The C API (cconv/cconv.h): the kernels of the Cython API, one entry per dtype, in a table
+# exported as the capsule _C_API, as numpy exports its C API.
+# ---------------------------------------------------------------------------------
+cdef extern from "cconv/cconv.h":
+    int CCONV_API_VERSION_MAJOR, CCONV_API_VERSION_MINOR
+    const char *CCONV_CAPSULE_NAME
+    ctypedef struct cconv_api:
+        unsigned int major, minor
+        size_t size
+        Py_ssize_t (*conv2d_forward_workspace)(const cconv_geom *, int, int) noexcept nogil
+        Py_ssize_t (*conv2d_backward_workspace)(const cconv_geom *, int, int, int) noexcept nogil
+        int (*conv2d_forward_f32)(const cconv_geom *, const float *, const float *, const float *,
+                                  float *, void *, size_t, int) noexcept nogil
+        int (*conv2d_forward_f64)(const cconv_geom *, const double *, const double *,
+                                  const double *, double *, void *, size_t, int) noexcept nogil
+        int (*conv2d_backward_f32)(const cconv_geom *, const float *, const float *,
+                                   const float *, float *, float *, float *, void *, size_t,
+                                   int) noexcept nogil
+        int (*conv2d_backward_f64)(const cconv_geom *, const double *, const double *,
+                                   const double *, double *, double *, double *, void *, size_t,
+                                   int) noexcept nogil
+        int (*im2col_f32)(const cconv_geom *, const float *, float *, int) noexcept nogil
+        int (*im2col_f64)(const cconv_geom *, const double *, double *, int) noexcept nogil
+        int (*col2im_f32)(const cconv_geom *, const float *, float *, int) noexcept nogil
+        int (*col2im_f64)(const cconv_geom *, const double *, double *, int) noexcept nogil
+        int (*max_pool2d_forward_f32_i32)(const cconv_geom *, const float *, float *, int *,
+                                          int) noexcept nogil
+        int (*max_pool2d_forward_f32_i64)(const cconv_geom *, const float *, float *, long long *,
+                                          int) noexcept nogil
+        int (*max_pool2d_forward_f64_i32)(const cconv_geom *, const double *, double *, int *,
+                                          int) noexcept nogil
+        int (*max_pool2d_forward_f64_i64)(const cconv_geom *, const double *, double *,
+                                          long long *, int) noexcept nogil
+        int (*max_pool2d_backward_f32_i32)(const cconv_geom *, const float *, const int *,
+                                           float *, int) noexcept nogil
+        int (*max_pool2d_backward_f32_i64)(const cconv_geom *, const float *, const long long *,
+                                           float *, int) noexcept nogil
+        int (*max_pool2d_backward_f64_i32)(const cconv_geom *, const double *, const int *,
+                                           double *, int) noexcept nogil
+        int (*max_pool2d_backward_f64_i64)(const cconv_geom *, const double *, const long long *,
+                                           double *, int) noexcept nogil
+        int (*avg_pool2d_forward_f32)(const cconv_geom *, const float *, float *, int) noexcept nogil
+        int (*avg_pool2d_forward_f64)(const cconv_geom *, const double *, double *,
+                                      int) noexcept nogil
+        int (*avg_pool2d_backward_f32)(const cconv_geom *, const float *, float *,
+                                       int) noexcept nogil
+        int (*avg_pool2d_backward_f64)(const cconv_geom *, const double *, double *,
+                                       int) noexcept nogil
+        int (*relu_backward_f32)(const float *, const float *, float *, Py_ssize_t,
+                                 int) noexcept nogil
+        int (*relu_backward_f64)(const double *, const double *, double *, Py_ssize_t,
+                                 int) noexcept nogil
+
+cdef cconv_api _api
+_api.major, _api.minor, _api.size = CCONV_API_VERSION_MAJOR, CCONV_API_VERSION_MINOR, sizeof(cconv_api)
+_api.conv2d_forward_workspace = _conv.conv2d_forward_workspace
+_api.conv2d_backward_workspace = _conv.conv2d_backward_workspace
+_api.conv2d_forward_f32 = _conv.conv2d_forward[float]
+_api.conv2d_forward_f64 = _conv.conv2d_forward[double]
+_api.conv2d_backward_f32 = _conv.conv2d_backward[float]
+_api.conv2d_backward_f64 = _conv.conv2d_backward[double]
+_api.im2col_f32 = _im2col.im2col[float]
+_api.im2col_f64 = _im2col.im2col[double]
+_api.col2im_f32 = _im2col.col2im[float]
+_api.col2im_f64 = _im2col.col2im[double]
+_api.max_pool2d_forward_f32_i32 = _pool.max_pool2d_forward[float, int]
+_api.max_pool2d_forward_f32_i64 = _pool.max_pool2d_forward[float, longlong]
+_api.max_pool2d_forward_f64_i32 = _pool.max_pool2d_forward[double, int]
+_api.max_pool2d_forward_f64_i64 = _pool.max_pool2d_forward[double, longlong]
+_api.max_pool2d_backward_f32_i32 = _pool.max_pool2d_backward[float, int]
+_api.max_pool2d_backward_f32_i64 = _pool.max_pool2d_backward[float, longlong]
+_api.max_pool2d_backward_f64_i32 = _pool.max_pool2d_backward[double, int]
+_api.max_pool2d_backward_f64_i64 = _pool.max_pool2d_backward[double, longlong]
+_api.avg_pool2d_forward_f32 = _pool.avg_pool2d_forward[float]
+_api.avg_pool2d_forward_f64 = _pool.avg_pool2d_forward[double]
+_api.avg_pool2d_backward_f32 = _pool.avg_pool2d_backward[float]
+_api.avg_pool2d_backward_f64 = _pool.avg_pool2d_backward[double]
+_api.relu_backward_f32 = _activation.relu_backward[float]
+_api.relu_backward_f64 = _activation.relu_backward[double]
+
+#: The C API's table (cconv/cconv.h's import_cconv() fetches it) and its version.
+_C_API = PyCapsule_New(&_api, CCONV_CAPSULE_NAME, NULL)
+C_API_VERSION = (CCONV_API_VERSION_MAJOR, CCONV_API_VERSION_MINOR)

@@ -10,7 +10,8 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memset
 
 from cconv.geometry cimport (cconv_geom, cconv_pool_geom_check, cconv_sizes_check,
-                             CCONV_ERR_VALUE, CCONV_ERR_ARGMAX)
+                             CCONV_ERR_VALUE, CCONV_ERR_ARGMAX, CCONV_ERR_TOO_LARGE,
+                             CCONV_SIZE_MAX)
 from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
                               CCONV_MIN_WORK_PER_THREAD)
 from cconv._cpu cimport simd_level
@@ -103,6 +104,8 @@ cdef int max_pool2d_forward_ex(const cconv_geom *g, const floating *x, floating 
         return err
     if num_threads < 1 or (g.N and (x == NULL or y == NULL or argmax == NULL)):
         return CCONV_ERR_VALUE
+    if index_t is int and g.H * g.W > CCONV_SIZE_MAX:
+        return CCONV_ERR_TOO_LARGE          # a plane's indices do not fit in int32
     cdef Py_ssize_t rows = g.N * g.OH, row
     if rows == 0:
         return 0

@@ -1,0 +1,163 @@
+"""cconv embedded in other packages (issue 15): its Cython API (.pxd files), its C API
+(cconv/cconv.h, import_cconv()) and cconv.get_include().
+
+The example package of the repository, examples/downstream, is built here against the cconv
+being tested (the installed wheel, when tools/build_wheel.sh runs this suite outside the
+source tree) and its own tests run: its kernels, called from Cython without the GIL (from
+its own prange too) and from C, must give cconv.functional's results bit for bit, and an
+invalid argmax must come back as an error code with nothing written outside dx. A small C
+extension built against an altered copy of cconv.h checks that import_cconv() refuses a
+cconv of another major version, or of an older minor one, with a clear message.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import cconv
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE = os.path.join(os.path.dirname(HERE), "examples", "downstream")
+PACKAGE = os.path.dirname(cconv.__file__)
+
+
+def build_ext(src):
+    """``python setup.py build_ext --inplace`` in ``src``; the output on failure."""
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "--parallel",
+                           "2"], cwd=src, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"building {src} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    """The example package, built in a temporary copy against the cconv under test."""
+    assert os.path.isdir(EXAMPLE), f"the example package is missing: {EXAMPLE}"
+    dst = tmp_path_factory.mktemp("downstream") / "downstream"
+    shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("build", "*.so", "*.c"))
+    shutil.copy(os.path.join(EXAMPLE, "src", "cconv_downstream", "_capi.c"),
+                dst / "src" / "cconv_downstream")
+    build_ext(dst)
+    return dst
+
+
+def test_headers_and_declarations_are_installed():
+    include = cconv.get_include()
+    assert include == os.path.join(PACKAGE, "include")
+    for name in ("cconv.h", "geometry.h"):
+        assert os.path.isfile(os.path.join(include, "cconv", name)), name
+    # One .pxd per concept, and the private ones they cimport.
+    for name in ("geometry", "conv", "im2col", "pool", "activation", "_conv", "_im2col",
+                 "_pool", "_activation"):
+        assert os.path.isfile(os.path.join(PACKAGE, name + ".pxd")), name
+    assert cconv._core.C_API_VERSION == (1, 0)
+    with open(os.path.join(include, "cconv", "cconv.h")) as f:
+        text = f.read()
+    assert "#define CCONV_API_VERSION_MAJOR 1\n" in text
+    assert "#define CCONV_API_VERSION_MINOR 0\n" in text
+
+
+def test_example_package_equals_functional_bit_for_bit(example):
+    """The example's own test file: its results are cconv.functional's, bit for bit."""
+    env = dict(os.environ, PYTHONPATH=str(example / "src"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(example / "tests")], cwd=example, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+    assert re.search(r"\b\d+ passed\b", proc.stdout) and " failed" not in proc.stdout
+
+
+def test_readme_cython_example_builds_and_runs(tmp_path):
+    """The Cython example of the README compiles against cconv and computes, from its own
+    prange, what cconv.functional computes."""
+    import numpy as np
+
+    from cconv import functional as F
+
+    readme = os.path.join(os.path.dirname(HERE), "README.md")
+    if not os.path.exists(readme):
+        pytest.skip("README.md is not beside the tests")
+    with open(readme, encoding="utf-8") as f:
+        blocks = re.findall(r"```cython\n(.*?)```", f.read(), re.S)
+    assert len(blocks) == 1
+    (tmp_path / "readme_example.pyx").write_text(blocks[0])
+    (tmp_path / "setup.py").write_text(textwrap.dedent("""
+        import sys
+        import cconv
+        from Cython.Build import cythonize
+        from setuptools import Extension, setup
+        flags = [] if sys.platform == "win32" else ["-fopenmp"]
+        setup(ext_modules=cythonize([Extension(
+            "readme_example", ["readme_example.pyx"], include_dirs=[cconv.get_include()],
+            extra_compile_args=flags, extra_link_args=flags)], language_level=3))
+    """))
+    build_ext(tmp_path)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import readme_example
+    finally:
+        sys.path.remove(str(tmp_path))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 8, 8, 4), dtype=np.float32)
+    w = rng.standard_normal((3, 3, 4, 8), dtype=np.float32)
+    y = np.full((3, 8, 8, 8), np.nan, np.float32)
+    readme_example.conv_each(x, w, y)
+    for n in range(3):
+        assert np.array_equal(y[n:n + 1], F.conv2d(x[n:n + 1], w, padding=1))
+
+
+_VERSION_PROBE = textwrap.dedent("""
+    #define PY_SSIZE_T_CLEAN
+    #include <Python.h>
+    #include <cconv/cconv.h>
+
+    static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "probe", NULL, -1, NULL};
+
+    PyMODINIT_FUNC PyInit_probe(void) {
+        if (import_cconv() < 0)
+            return NULL;
+        return PyModule_Create(&module);
+    }
+""")
+
+
+@pytest.mark.parametrize("major, minor, words", [
+    (1, 0, None),                                             # this cconv's own version
+    (2, 0, ["compiled against cconv C API version 2.0", "provides C API version 1.0",
+            "rebuild the module"]),
+    (0, 7, ["compiled against cconv C API version 0.7", "provides C API version 1.0",
+            "rebuild the module"]),
+    (1, 3, ["compiled against cconv C API version 1.3", "provides only C API version 1.0",
+            "upgrade cconv"]),
+])
+def test_import_cconv_checks_the_api_version(major, minor, words, tmp_path):
+    """A module built against a header of another major version (or a newer minor one)
+    is refused at import with an ImportError that names both versions."""
+    include = tmp_path / "include" / "cconv"
+    shutil.copytree(os.path.join(cconv.get_include(), "cconv"), include)
+    header = include / "cconv.h"
+    text = header.read_text()
+    text = text.replace("#define CCONV_API_VERSION_MAJOR 1\n",
+                        f"#define CCONV_API_VERSION_MAJOR {major}\n")
+    text = text.replace("#define CCONV_API_VERSION_MINOR 0\n",
+                        f"#define CCONV_API_VERSION_MINOR {minor}\n")
+    header.write_text(text)
+    (tmp_path / "probe.c").write_text(_VERSION_PROBE)
+    (tmp_path / "setup.py").write_text(textwrap.dedent(f"""
+        from setuptools import Extension, setup
+        setup(ext_modules=[Extension("probe", ["probe.c"], include_dirs=[{str(tmp_path / 'include')!r}])])
+    """))
+    build_ext(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", "import probe"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    if words is None:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: "), proc.stderr
+    for w in words:
+        assert w in last, last
