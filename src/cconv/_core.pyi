@@ -14,6 +14,11 @@ from numpy.typing import NDArray
 _F = TypeVar("_F", np.float32, np.float64)
 
 def load_blas() -> None: ...
+def out_problem(
+    out: object, shape: tuple[int, ...], dtype: np.dtype, inputs: tuple[np.ndarray | None, ...]
+) -> int: ...
+
+C_API_VERSION: tuple[int, int]
 def matmul(
     trans_a: bool,
     trans_b: bool,
@@ -69,7 +74,7 @@ def conv2d_forward(
     wmat: NDArray[_F],
     bias: NDArray[_F] | None,
     y: NDArray[_F],  # OUT
-    work: NDArray[_F],  # scratch
+    work: NDArray[_F] | None,  # scratch
     KH: int,
     KW: int,
     sh: int,

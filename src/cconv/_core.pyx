@@ -130,6 +130,44 @@ cdef cconv_geom geometry(object x, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, 
     return g
 
 
+cdef bint overlap(cnp.ndarray x, cnp.ndarray y):
+    """Whether x and y may share memory: their address ranges overlap (exact for
+    C-contiguous arrays; numpy's may_share_memory for others)."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and cnp.PyArray_IS_C_CONTIGUOUS(y)):
+        import numpy
+        return numpy.may_share_memory(x, y)
+    cdef uintptr_t x0 = <uintptr_t> cnp.PyArray_DATA(x), y0 = <uintptr_t> cnp.PyArray_DATA(y)
+    return (x0 < y0 + <uintptr_t> cnp.PyArray_NBYTES(y)
+            and y0 < x0 + <uintptr_t> cnp.PyArray_NBYTES(x))
+
+
+def out_problem(out, tuple shape, cnp.dtype dtype, tuple inputs):
+    """What stops ``out`` from receiving a result of ``shape`` and ``dtype`` computed from the
+    ndarrays ``inputs`` (None entries skipped): 0 nothing, 1 not an ndarray, 2 its dtype,
+    3 its shape, 4 not C-contiguous, 5 read-only, 6 + i shares memory with inputs[i]. (The
+    checks of cconv.functional's out= arguments, in one call; the messages are its own.)"""
+    if not cnp.PyArray_Check(out):
+        return 1
+    cdef cnp.ndarray o = <cnp.ndarray> out
+    have = out.dtype
+    if have is not dtype and have != dtype:
+        return 2
+    cdef int i, n = cnp.PyArray_NDIM(o)
+    if n != len(shape):
+        return 3
+    for i in range(n):
+        if cnp.PyArray_DIM(o, i) != shape[i]:
+            return 3
+    if not cnp.PyArray_IS_C_CONTIGUOUS(o):
+        return 4
+    if not cnp.PyArray_ISWRITEABLE(o):
+        return 5
+    for i in range(len(inputs)):
+        if inputs[i] is not None and overlap(o, <cnp.ndarray?> inputs[i]):
+            return 6 + i
+    return 0
+
+
 # ---------------------------------------------------------------------------------
 # BLAS
 # ---------------------------------------------------------------------------------
@@ -385,21 +423,29 @@ def conv2d_forward(x, wmat, bias, y, work,             # y: OUT (N, OH, OW, Cout
                    Py_ssize_t dh, Py_ssize_t dw, int groups, Py_ssize_t tile_rows,
                    int num_threads):
     """y = conv(x, w) + b by im2col + GEMM, tiles of ``tile_rows`` output pixels in
-    parallel; wmat (KH*KW*C/groups, Cout), bias (Cout,) or None, work (threads, scratch)."""
+    parallel; wmat (KH*KW*C/groups, Cout), bias (Cout,) or None, work (threads, scratch), or
+    None: num_threads tiles of scratch allocated for the call (for small ones: a large one
+    belongs in cconv's buffer cache, which functional uses)."""
     cdef str where = "conv2d_forward"
     cdef int t = dtype_of(x, where, "x")
     cdef char *xp = data(x, t, 4, False, where, "x")
     cdef char *wp = data(wmat, t, 2, False, where, "wmat")
     cdef char *bp = bias_data(bias, t, where)
     cdef char *yp = data(y, t, 4, True, where, "y")
-    cdef char *kp = data(work, t, 2, True, where, "work")
+    cdef char *kp = NULL if work is None else data(work, t, 2, True, where, "work")
     cdef cconv_geom g = geometry(x, KH, KW, dim(y, 1), dim(y, 2), dim(y, 3), sh, sw, pt, pl, dh,
                                  dw, groups)
     expect(y, where, "y", g.N, g.OH, g.OW, g.Cout)
     expect(wmat, where, "wmat", KH * KW * (g.C // max(1, groups)), g.Cout)
     if bias is not None:
         expect(bias, where, "bias", g.Cout)
-    cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
+    cdef Py_ssize_t rows = max(1, num_threads), stride = max(1, tile_rows) * dim(wmat, 0)
+    if work is None:
+        kp = <char *> malloc(rows * stride * (4 if t == F32 else 8))
+        if kp == NULL:
+            raise MemoryError(f"cconv: {where}: out of memory")
+    else:
+        rows, stride = dim(work, 0), dim(work, 1)
     cdef int err
     with nogil:
         if t == F32:
@@ -409,6 +455,8 @@ def conv2d_forward(x, wmat, bias, y, work,             # y: OUT (N, OH, OW, Cout
             err = _conv.gemm_forward(&g, <double *> xp, <double *> wp, <double *> bp,
                                      <double *> yp, <double *> kp, rows, stride, tile_rows,
                                      num_threads)
+    if work is None:
+        free(kp)
     check(err, where)
 
 

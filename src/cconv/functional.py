@@ -285,22 +285,22 @@ def _output(out, name, shape, dtype, inputs=()):
     written: TypeError for a wrong type or dtype, ValueError otherwise."""
     if out is None:
         return _alloc(shape, dtype)
-    if not isinstance(out, np.ndarray):
+    problem = _core.out_problem(out, shape, np.dtype(dtype), inputs)
+    if problem == 0:
+        return out
+    if problem == 1:
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
-    if out.dtype != dtype:
+    if problem == 2:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {out.dtype}")
-    if out.shape != shape:
+    if problem == 3:
         raise ValueError(f"{name} must have shape {shape}, got {out.shape}")
-    if not out.flags.c_contiguous:
+    if problem == 4:
         raise ValueError(f"{name} must be C-contiguous (shape {out.shape}, strides "
                          f"{out.strides})")
-    if not out.flags.writeable:
+    if problem == 5:
         raise ValueError(f"{name} is read-only")
-    for a in inputs:
-        if a is not None and np.may_share_memory(out, a):
-            raise ValueError(f"{name} shares memory with an input of shape {a.shape}; the "
-                             f"kernels read their inputs while they write {name}")
-    return out
+    raise ValueError(f"{name} shares memory with an input of shape {inputs[problem - 6].shape}; "
+                     f"the kernels read their inputs while they write {name}")
 
 
 def _outputs(out, names, count):
@@ -365,10 +365,11 @@ class Workspace:
     Two calls must not use one workspace at the same time: give each Python thread its own.
     """
 
-    __slots__ = ("_bytes",)
+    __slots__ = ("_bytes", "_views")
 
     def __init__(self) -> None:
         self._bytes: NDArray[np.uint8] | None = None
+        self._views: dict = {}          # (dtype, shapes) -> the arrays of the last such call
 
     @property
     def nbytes(self) -> int:
@@ -381,18 +382,24 @@ class Workspace:
     def _arrays(self, dtype, *shapes):
         """Arrays of ``dtype`` and the given shapes, carved out of the workspace (each on a
         64-byte boundary), growing it first when it is too small."""
+        key = (dtype, shapes)
+        views = self._views.get(key)
+        if views is not None:
+            return views
         dtype = np.dtype(dtype)
         offsets, total = [], 0
         for shape in shapes:
             offsets.append(total)
-            n = dtype.itemsize
-            for s in shape:
-                n *= s
-            total += -(-n // 64) * 64
+            total += -(-math.prod(shape) * dtype.itemsize // 64) * 64
         if self._bytes is None or self._bytes.nbytes < total:
-            self._bytes = None                      # the old block goes back first
+            self._views.clear()                     # views of the old block go with it
+            self._bytes = None
             self._bytes = _alloc((total,), np.uint8)
-        return [np.ndarray(shape, dtype, self._bytes, off) for shape, off in zip(shapes, offsets)]
+        views = [np.ndarray(shape, dtype, self._bytes, off) for shape, off in zip(shapes, offsets)]
+        if len(self._views) >= 16:
+            self._views.clear()
+        self._views[key] = views
+        return views
 
 
 def _check_workspace(workspace):
@@ -823,7 +830,9 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
         _run(nt, tile * C * cout, _core.winograd_forward, x, _winograd_filter(w, U), b, y,
              work, pads[0][0], pads[1][0], tile)
     else:
-        work, = _scratch(workspace, x.dtype, (nt, scratch))
+        # Scratch below the buffer cache's threshold is allocated by the kernel's wrapper.
+        small = workspace is None and nt * scratch * x.itemsize < _CACHED_MIN_BYTES
+        work = None if small else _scratch(workspace, x.dtype, (nt, scratch))[0]
         _run(nt, tile * K * (cout // groups), _core.conv2d_forward, x, w.reshape(K, cout), b, y,
              work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, tile)
     return y
@@ -865,7 +874,8 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     """
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
     dy = _float_array(dy, "dy", 4)
-    _same_dtype(x=x, dy=dy)
+    if dy.dtype != x.dtype:
+        _same_dtype(x=x, dy=dy)
     N, _, _, C = x.shape
     cout = w.shape[3]
     if dy.shape != (N, OH, OW, cout):
