@@ -71,7 +71,7 @@ def col2im(
 ) -> None: ...
 def conv2d_forward(
     x: NDArray[_F],
-    wmat: NDArray[_F],
+    w: NDArray[_F],
     bias: NDArray[_F] | None,
     y: NDArray[_F],  # OUT
     work: NDArray[_F] | None,  # scratch
@@ -110,7 +110,7 @@ def conv_plan(
 def conv2d_backward(
     dy: NDArray[_F],
     x: NDArray[_F],
-    wmat: NDArray[_F],
+    w: NDArray[_F],
     dx: NDArray[_F] | None,  # OUT
     dw_work: NDArray[_F],  # OUT
     db_work: NDArray[_F],  # OUT

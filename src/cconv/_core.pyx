@@ -417,29 +417,29 @@ cdef inline char *bias_data(object bias, int t, str where) except? NULL:
     return NULL if bias is None else data(bias, t, 1, False, where, "bias")
 
 
-def conv2d_forward(x, wmat, bias, y, work,             # y: OUT (N, OH, OW, Cout); work: scratch
+def conv2d_forward(x, w, bias, y, work,                # y: OUT (N, OH, OW, Cout); work: scratch
                    Py_ssize_t KH, Py_ssize_t KW,
                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                    Py_ssize_t dh, Py_ssize_t dw, int groups, Py_ssize_t tile_rows,
                    int num_threads):
     """y = conv(x, w) + b by im2col + GEMM, tiles of ``tile_rows`` output pixels in
-    parallel; wmat (KH*KW*C/groups, Cout), bias (Cout,) or None, work (threads, scratch), or
+    parallel; w (KH, KW, C/groups, Cout), bias (Cout,) or None, work (threads, scratch), or
     None: num_threads tiles of scratch allocated for the call (for small ones: a large one
     belongs in cconv's buffer cache, which functional uses)."""
     cdef str where = "conv2d_forward"
     cdef int t = dtype_of(x, where, "x")
     cdef char *xp = data(x, t, 4, False, where, "x")
-    cdef char *wp = data(wmat, t, 2, False, where, "wmat")
+    cdef char *wp = data(w, t, 4, False, where, "w")
     cdef char *bp = bias_data(bias, t, where)
     cdef char *yp = data(y, t, 4, True, where, "y")
     cdef char *kp = NULL if work is None else data(work, t, 2, True, where, "work")
     cdef cconv_geom g = geometry(x, KH, KW, dim(y, 1), dim(y, 2), dim(y, 3), sh, sw, pt, pl, dh,
                                  dw, groups)
     expect(y, where, "y", g.N, g.OH, g.OW, g.Cout)
-    expect(wmat, where, "wmat", KH * KW * (g.C // max(1, groups)), g.Cout)
+    expect(w, where, "w", KH, KW, g.C // max(1, groups), g.Cout)
     if bias is not None:
         expect(bias, where, "bias", g.Cout)
-    cdef Py_ssize_t rows = max(1, num_threads), stride = max(1, tile_rows) * dim(wmat, 0)
+    cdef Py_ssize_t rows = max(1, num_threads), stride = max(1, tile_rows) * KH * KW * dim(w, 2)
     if work is None:
         kp = <char *> malloc(rows * stride * (4 if t == F32 else 8))
         if kp == NULL:
@@ -460,7 +460,7 @@ def conv2d_forward(x, wmat, bias, y, work,             # y: OUT (N, OH, OW, Cout
     check(err, where)
 
 
-def conv2d_backward(dy, x, wmat, dx, dw_work, db_work, work,
+def conv2d_backward(dy, x, w, dx, dw_work, db_work, work,
                     Py_ssize_t KH, Py_ssize_t KW,
                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                     Py_ssize_t dh, Py_ssize_t dw, int groups, Py_ssize_t tile_rows,
@@ -472,7 +472,7 @@ def conv2d_backward(dy, x, wmat, dx, dw_work, db_work, work,
     cdef int t = dtype_of(x, where, "x")
     cdef char *dyp = data(dy, t, 4, False, where, "dy")
     cdef char *xp = data(x, t, 4, False, where, "x")
-    cdef char *wp = data(wmat, t, 2, False, where, "wmat")
+    cdef char *wp = data(w, t, 4, False, where, "w")
     cdef char *dxp = NULL if dx is None else data(dx, t, 4, True, where, "dx")
     cdef char *dwp = data(dw_work, t, 3, True, where, "dw_work")
     cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
@@ -481,7 +481,7 @@ def conv2d_backward(dy, x, wmat, dx, dw_work, db_work, work,
                                  dh, dw, groups)
     cdef Py_ssize_t Kg = KH * KW * (g.C // max(1, groups))
     expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
-    expect(wmat, where, "wmat", Kg, g.Cout)
+    expect(w, where, "w", KH, KW, g.C // max(1, groups), g.Cout)
     expect(dw_work, where, "dw_work", max(num_threads, 1), Kg, g.Cout)
     expect(db_work, where, "db_work", max(num_threads, 1), g.Cout)
     if dx is not None:

@@ -590,19 +590,33 @@ def _tuning(winograd_min_channels, direct_max_k):
             SLOTS_PER_THREAD, MIN_WORK_PER_THREAD)
 
 
+_PLANS: dict = {}
+
+
 def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
           winograd_min_channels=None, direct_max_k=None, default=True):
     """(route, threads, filter_threads, tile, slots, scratch, K, Kpad) of a convolution, from
-    the compiled plan with this module's knobs (``default``) or the given thresholds. The
-    thread budget is asked for only when the work could use more than one thread."""
+    the compiled plan with this module's knobs (``default``) or the given thresholds.
+
+    A plan made as if every thread were free and that takes one thread anyway does not
+    depend on the thread budget: it is remembered (with the knobs and the instruction-set
+    level it was made for). Otherwise the budget is asked for and the plan made again."""
     if default:
         winograd_min_channels, direct_max_k = WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K
+    tuning = _tuning(winograd_min_channels, direct_max_k)
+    key = (shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx, tuning,
+           _core.simd_level())
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
     args = (shape, k[0], k[1], cout, s[0], s[1], pads[0][0], pads[0][1], pads[1][0], pads[1][1],
             d[0], d[1], groups, itemsize, backward, need_dx)
-    tuning = _tuning(winograd_min_channels, direct_max_k)
     plan = _core.conv_plan(*args, _ALL_THREADS, tuning)
     if plan[1] > 1:
-        plan = _core.conv_plan(*args, get_num_threads(), tuning)
+        return _core.conv_plan(*args, get_num_threads(), tuning)
+    if len(_PLANS) >= _GEOMETRIES_MAX:
+        _PLANS.clear()
+    _PLANS[key] = plan
     return plan
 
 
@@ -833,8 +847,8 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
         # Scratch below the buffer cache's threshold is allocated by the kernel's wrapper.
         small = workspace is None and nt * scratch * x.itemsize < _CACHED_MIN_BYTES
         work = None if small else _scratch(workspace, x.dtype, (nt, scratch))[0]
-        _run(nt, tile * K * (cout // groups), _core.conv2d_forward, x, w.reshape(K, cout), b, y,
-             work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, tile)
+        _run(nt, tile * K * (cout // groups), _core.conv2d_forward, x, w, b, y, work, k[0],
+             k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, tile)
     return y
 
 
@@ -910,9 +924,9 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     else:
         work, dw_work, db_work = _scratch(workspace, x.dtype, (nt, scratch), (slots, K, cout),
                                           (slots, cout))
-        _run(nt, tile * K * (cout // groups), _core.conv2d_backward, dy, x, w.reshape(K, cout),
-             dx, dw_work, db_work, work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0],
-             d[1], groups, tile)
+        _run(nt, tile * K * (cout // groups), _core.conv2d_backward, dy, x, w, dx, dw_work,
+             db_work, work, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups,
+             tile)
         _sum_threads(dw_work, dw.reshape(K, cout))
     _sum_threads(db_work, db)
     return dx, dw, db
