@@ -56,7 +56,7 @@ def im2col(
 ) -> None: ...
 def col2im(
     cols: NDArray[_F],
-    x: NDArray[_F],  # OUT
+    x: NDArray[_F],  # IN/OUT
     KH: int,
     KW: int,
     OH: int,
@@ -68,6 +68,7 @@ def col2im(
     dh: int,
     dw: int,
     num_threads: int,
+    zero: bool = ...,
 ) -> None: ...
 def conv2d_forward(
     x: NDArray[_F],

@@ -368,10 +368,12 @@ def im2col(x, cols,                                    # cols: OUT (N*OH*OW, KH*
     check(err, "im2col")
 
 
-def col2im(cols, x,                                    # x: OUT (N, H, W, C)
+def col2im(cols, x,                                    # x: IN/OUT (N, H, W, C)
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t OH, Py_ssize_t OW,
            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-           Py_ssize_t dh, Py_ssize_t dw, int num_threads):
+           Py_ssize_t dh, Py_ssize_t dw, int num_threads, bint zero=False):
+    """Add the rows of cols onto the patches of x they came from (the adjoint of im2col);
+    ``zero`` zeroes x first (image by image, on the kernel's threads)."""
     cdef int t = dtype_of(x, "col2im", "x")
     cdef char *cp = data(cols, t, 2, False, "col2im", "cols")
     cdef char *xp = data(x, t, 4, True, "col2im", "x")
@@ -381,9 +383,9 @@ def col2im(cols, x,                                    # x: OUT (N, H, W, C)
     cdef int err
     with nogil:
         if t == F32:
-            err = _im2col.col2im_ex(&g, <float *> cp, <float *> xp, num_threads)
+            err = _im2col.col2im_ex(&g, <float *> cp, <float *> xp, zero, num_threads)
         else:
-            err = _im2col.col2im_ex(&g, <double *> cp, <double *> xp, num_threads)
+            err = _im2col.col2im_ex(&g, <double *> cp, <double *> xp, zero, num_threads)
     check(err, "col2im")
 
 

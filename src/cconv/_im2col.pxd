@@ -21,8 +21,9 @@ cdef int im2col(const cconv_geom *g, const floating *x, floating *cols,
                 int num_threads) noexcept nogil
 cdef int col2im(const cconv_geom *g, const floating *cols, floating *x,
                 int num_threads) noexcept nogil
-# The same on exactly num_threads threads (cconv.functional sizes its calls itself).
+# The same on exactly num_threads threads (cconv.functional sizes its calls itself); col2im_ex
+# zeroes x first only when asked (zero), else adds onto what x holds (IN/OUT).
 cdef int im2col_ex(const cconv_geom *g, const floating *x, floating *cols,
                    int num_threads) noexcept nogil
-cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x,
+cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x, bint zero,
                    int num_threads) noexcept nogil

@@ -113,8 +113,8 @@ cdef int im2col_ex(const cconv_geom *g, const floating *x, floating *cols,
     return 0
 
 
-cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x,
-                int num_threads) noexcept nogil:
+cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x, bint zero,
+                   int num_threads) noexcept nogil:
     cdef int err = cconv_conv_geom_check(g)
     if err:
         return err
@@ -128,7 +128,8 @@ cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x,
         return 0
     if num_threads == 1:          # on the calling thread (see _pool.pyx)
         old = cconv_ftz_on()
-        memset(x, 0, g.N * image * sizeof(floating))
+        if zero:
+            memset(x, 0, g.N * image * sizeof(floating))
         col2im_rows(cols, x, 0, g.N * P, 0, g.C, g)
         cconv_ftz_restore(old)
         return 0
@@ -136,7 +137,8 @@ cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x,
     with parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for n in prange(g.N, schedule="static"):
-            memset(x + n * image, 0, image * sizeof(floating))
+            if zero:
+                memset(x + n * image, 0, image * sizeof(floating))
             col2im_rows(cols + n * P * K, x, n * P, (n + 1) * P, 0, g.C, g)
         cconv_ftz_restore(old)
     return 0
@@ -159,4 +161,4 @@ cdef int im2col(const cconv_geom *g, const floating *x, floating *cols,
 cdef int col2im(const cconv_geom *g, const floating *cols, floating *x,
                 int num_threads) noexcept nogil:
     cdef int err = cconv_conv_geom_check(g)
-    return err if err else col2im_ex(g, cols, x, threads(g, num_threads))
+    return err if err else col2im_ex(g, cols, x, True, threads(g, num_threads))

@@ -791,7 +791,7 @@ def col2im(cols: ArrayLike, input_shape: Sequence[int], kernel_size: _IntOrPair,
                          f"{shape} and kernel_size {k}, got {cols.shape}")
     x = _output(out, "out", shape, cols.dtype, (cols,))    # zeroed by the kernel
     _core.col2im(cols, x, k[0], k[1], OH, OW, s[0], s[1], pads[0][0], pads[1][0], d[0], d[1],
-                 _threads(N, cols.size))
+                 _threads(N, cols.size), zero=True)
     return x
 
 
