@@ -14,6 +14,30 @@ from numpy.typing import NDArray
 _F = TypeVar("_F", np.float32, np.float64)
 
 def load_blas() -> None: ...
+def plain_args(args: tuple[object, ...]) -> bool: ...
+def max_pool2d_fast(
+    x: object,
+    args: tuple[object, ...],
+    out: object,
+    memo: dict[object, object],
+    make: object,
+    min_work: int,
+    cache_min: int,
+    stream_min: int,
+) -> tuple[NDArray[_F], NDArray[np.int32] | NDArray[np.int64]] | None: ...
+def conv2d_fast(
+    x: object,
+    w: object,
+    b: object,
+    args: tuple[object, ...],
+    out: object,
+    workspace: object,
+    workspace_type: type,
+    memo: dict[object, object],
+    make: object,
+    tuning: tuple[int, int, int, int, int, int],
+    cache_min: int,
+) -> NDArray[_F] | None: ...
 def out_problem(
     out: object, shape: tuple[int, ...], dtype: np.dtype, inputs: tuple[np.ndarray | None, ...]
 ) -> int: ...

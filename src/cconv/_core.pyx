@@ -19,9 +19,13 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
 from cpython.pycapsule cimport PyCapsule_New
+from cpython.long cimport PyLong_CheckExact
+from cpython.unicode cimport PyUnicode_CheckExact
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 cimport numpy as cnp
 
-from cconv.geometry cimport (cconv_geom, cconv_output_size, CCONV_ERR_VALUE, CCONV_ERR_GEOMETRY,
+from cconv.geometry cimport (cconv_geom, cconv_output_size, cconv_conv_geom, cconv_pool_geom,
+                             CCONV_SIZE_MAX, CCONV_ERR_VALUE, CCONV_ERR_GEOMETRY,
                              CCONV_ERR_CHANNELS, CCONV_ERR_TOO_LARGE, CCONV_ERR_WORKSPACE,
                              CCONV_ERR_ARGMAX, CCONV_ERR_NOMEM, CCONV_ERR_BLAS)
 from cconv._platform cimport CCONV_OPENMP, CCONV_HAVE_FTZ, cconv_omp_max_threads
@@ -146,6 +150,10 @@ def out_problem(out, tuple shape, cnp.dtype dtype, tuple inputs):
     ndarrays ``inputs`` (None entries skipped): 0 nothing, 1 not an ndarray, 2 its dtype,
     3 its shape, 4 not C-contiguous, 5 read-only, 6 + i shares memory with inputs[i]. (The
     checks of cconv.functional's out= arguments, in one call; the messages are its own.)"""
+    return out_check(out, shape, dtype, inputs)
+
+
+cdef int out_check(object out, tuple shape, cnp.dtype dtype, tuple inputs) except -1:
     if not cnp.PyArray_Check(out):
         return 1
     cdef cnp.ndarray o = <cnp.ndarray> out
@@ -824,6 +832,194 @@ def relu_backward(dy, y, out, int num_threads):       # out: OUT
             err = _activation.relu_backward_ex(<double *> dyp, <double *> yp, <double *> op, n,
                                             num_threads)
     check(err, where)
+
+
+# ---------------------------------------------------------------------------------
+# Fast paths of the forward ops of inference, for cconv.functional. A call on a batch of
+# one small image takes a few microseconds in the kernels, and as long again in Python
+# (array and argument checks, dispatch, allocation): these functions do that part in C for
+# the common case: C-contiguous float arrays, plain arguments whose geometry the general
+# path has already validated and remembered (functional._memo), work for one thread, small
+# outputs (functional's buffer cache serves the large ones) and no problem with out=. In
+# every other case they return None, and functional takes its general path, which checks
+# everything and gives the errors their messages.
+# ---------------------------------------------------------------------------------
+cdef inline bint int_pair(object v):
+    return (PyTuple_CheckExact(v) and PyTuple_GET_SIZE(v) == 2
+            and PyLong_CheckExact(<object> PyTuple_GET_ITEM(v, 0))
+            and PyLong_CheckExact(<object> PyTuple_GET_ITEM(v, 1)))
+
+
+cdef inline bint plain(object v):
+    """An int, None, a str, a pair of ints or a pair of pairs of ints, of exactly those
+    types (see plain_args)."""
+    if PyLong_CheckExact(v) or v is None or PyUnicode_CheckExact(v) or int_pair(v):
+        return True
+    return (PyTuple_CheckExact(v) and PyTuple_GET_SIZE(v) == 2
+            and int_pair(<object> PyTuple_GET_ITEM(v, 0))
+            and int_pair(<object> PyTuple_GET_ITEM(v, 1)))
+
+
+def plain_args(tuple args):
+    """Whether every argument is plain: an int, None, a str, a pair of ints or a pair of
+    pairs of ints, of exactly those types. Geometry computed for plain arguments may be remembered and reused for
+    equal ones (an equal argument of another type, 2.0 for 2, is not plain)."""
+    cdef object v
+    for v in args:
+        if not plain(v):
+            return False
+    return True
+
+
+cdef inline int float_array(object a, int ndim) noexcept:
+    """F32 or F64 when `a` is a C-contiguous float ndarray of `ndim` dimensions, else 0."""
+    if not cnp.PyArray_CheckExact(a):
+        return 0
+    cdef cnp.ndarray arr = <cnp.ndarray> a
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if (t != F32 and t != F64) or cnp.PyArray_NDIM(arr) != ndim or not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+        return 0
+    return t
+
+
+cdef inline object geometry_of(dict memo, object make, tuple shapes, tuple args):
+    """What functional._memo remembered for make(*shapes, *args), or None."""
+    if not plain_args(args):
+        return None
+    return memo.get((make, shapes, args))
+
+
+cdef object result(object out, tuple shape, int typenum, Py_ssize_t cache_min, tuple inputs):
+    """out when it can receive the result, a new array when out is None and the result is
+    small, else None (the general path then allocates from the cache or raises)."""
+    cdef cnp.npy_intp dims[4]
+    cdef int i
+    if out is None:
+        for i in range(4):
+            dims[i] = shape[i]
+        if dims[0] * dims[1] * dims[2] * dims[3] * (4 if typenum in (F32, I32) else 8) >= cache_min:
+            return None
+        return cnp.PyArray_EMPTY(4, dims, typenum, 0)
+    if out_check(out, shape, cnp.PyArray_DescrFromType(typenum), inputs):
+        return None
+    return out
+
+
+def max_pool2d_fast(x, tuple args, out, dict memo, make, Py_ssize_t min_work,
+                    Py_ssize_t cache_min, Py_ssize_t stream_min):
+    """(y, argmax) of functional.max_pool2d(x, *args, out=out), or None (see above)."""
+    cdef int t = float_array(x, 4)
+    if t == 0 or (out is not None and not (PyTuple_CheckExact(out) and len(out) == 2)):
+        return None
+    cdef tuple xshape = x.shape
+    geo = geometry_of(memo, make, (xshape,), args)
+    if geo is None:
+        return None
+    (KH, KW), (sh, sw), ((pt, pb), (pl, pr)), (OH, OW) = geo
+    cdef cconv_geom g
+    if cconv_pool_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, sh, sw, pt, pb,
+                       pl, pr):
+        return None
+    # One thread: less than two threads' worth of work (functional._threads), or one row.
+    if g.N * g.OH > 1 and g.N * g.H * g.W * g.C // max(1, min_work) > 1:
+        return None
+    cdef tuple shape = (g.N, g.OH, g.OW, g.C)
+    y = result(None if out is None else out[0], shape, t, cache_min, (x,))
+    cdef int it = I32
+    if out is not None and cnp.PyArray_Check(out[1]) and cnp.PyArray_TYPE(<cnp.ndarray> out[1]) == I64:
+        it = I64
+    if g.H * g.W > CCONV_SIZE_MAX:
+        it = I64
+        if out is not None and not (cnp.PyArray_Check(out[1]) and
+                                    cnp.PyArray_TYPE(<cnp.ndarray> out[1]) == I64):
+            return None
+    argmax = result(None if out is None else out[1], shape, it, cache_min, (x,))
+    if y is None or argmax is None:
+        return None
+    cdef char *xp = <char *> cnp.PyArray_DATA(<cnp.ndarray> x)
+    cdef char *yp = <char *> cnp.PyArray_DATA(<cnp.ndarray> y)
+    cdef char *ap = <char *> cnp.PyArray_DATA(<cnp.ndarray> argmax)
+    cdef bint stream = g.N * g.OH * g.OW * g.C * ((4 if t == F32 else 8) + (4 if it == I32 else 8)) >= stream_min
+    cdef int err
+    with nogil:
+        if t == F32 and it == I32:
+            err = _pool.max_pool2d_forward_ex(&g, <float *> xp, <float *> yp, <int *> ap, stream, 1)
+        elif t == F32:
+            err = _pool.max_pool2d_forward_ex(&g, <float *> xp, <float *> yp, <long long *> ap,
+                                              stream, 1)
+        elif it == I32:
+            err = _pool.max_pool2d_forward_ex(&g, <double *> xp, <double *> yp, <int *> ap,
+                                              stream, 1)
+        else:
+            err = _pool.max_pool2d_forward_ex(&g, <double *> xp, <double *> yp, <long long *> ap,
+                                              stream, 1)
+    check(err, "max_pool2d_forward")
+    return y, argmax
+
+
+def conv2d_fast(x, w, b, tuple args, out, workspace, type workspace_type, dict memo, make,
+                tuple tuning, Py_ssize_t cache_min):
+    """y of functional.conv2d(x, w, b, *args, out=out, workspace=workspace), or None (see
+    above; the im2col + GEMM route only: the plan's other routes take the general path)."""
+    cdef int t = float_array(x, 4)
+    if t == 0 or float_array(w, 4) != t or (b is not None and float_array(b, 1) != t):
+        return None
+    cdef tuple xshape = x.shape, wshape = w.shape
+    geo = geometry_of(memo, make, (xshape, wshape), args)
+    if geo is None:
+        return None
+    groups, (KH, KW), (sh, sw), ((pt, pb), (pl, pr)), (dh, dw), _ = geo
+    cdef cconv_geom g
+    if cconv_conv_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, wshape[3], sh, sw,
+                       pt, pb, pl, pr, dh, dw, groups):
+        return None
+    if b is not None and dim(b, 0) != g.Cout:
+        return None
+    cdef _conv.conv_tuning tu
+    cdef _conv.conv_plan p
+    (tu.tile_bytes, tu.winograd_min_channels, tu.winograd_block_bytes, tu.direct_max_k,
+     tu.slots_per_thread, tu.min_work_per_thread) = tuning
+    cdef int itemsize = 4 if t == F32 else 8
+    if (g.N == 0 or _conv.make_plan(&g, itemsize, False, False, 1 << 30, &tu, &p)
+            or p.route != _conv.ROUTE_GEMM or p.threads != 1):
+        return None
+    # Scratch: the workspace's block when it is large enough, else (no workspace, small
+    # scratch) memory allocated here; otherwise the general path (which grows the workspace).
+    cdef Py_ssize_t need = p.scratch * itemsize
+    cdef char *kp = NULL
+    if workspace is not None:
+        if type(workspace) is not workspace_type:
+            return None
+        block = workspace._bytes
+        if not (cnp.PyArray_CheckExact(block) and cnp.PyArray_NBYTES(<cnp.ndarray> block) >= need):
+            return None
+        kp = <char *> cnp.PyArray_DATA(<cnp.ndarray> block)
+    elif need >= cache_min:
+        return None
+    y = result(out, (g.N, g.OH, g.OW, g.Cout), t, cache_min, (x, w, b))
+    if y is None:
+        return None
+    cdef bint owned = kp == NULL
+    if owned:
+        kp = <char *> malloc(max(1, need))
+        if kp == NULL:
+            raise MemoryError("cconv: conv2d_forward: out of memory")
+    cdef char *xp = <char *> cnp.PyArray_DATA(<cnp.ndarray> x)
+    cdef char *wp = <char *> cnp.PyArray_DATA(<cnp.ndarray> w)
+    cdef char *bp = NULL if b is None else <char *> cnp.PyArray_DATA(<cnp.ndarray> b)
+    cdef char *yp = <char *> cnp.PyArray_DATA(<cnp.ndarray> y)
+    cdef int err
+    with nogil:
+        if t == F32:
+            err = _conv.gemm_forward(&g, <float *> xp, <float *> wp, <float *> bp, <float *> yp,
+                                     <float *> kp, 1, p.scratch, p.tile, 1)
+        else:
+            err = _conv.gemm_forward(&g, <double *> xp, <double *> wp, <double *> bp,
+                                     <double *> yp, <double *> kp, 1, p.scratch, p.tile, 1)
+    if owned:
+        free(kp)
+    check(err, "conv2d_forward")
+    return y
 
 
 # ---------------------------------------------------------------------------------

@@ -424,15 +424,12 @@ _GEOMETRIES_MAX = 1024
 
 def _memo(make, shapes, *args):
     """``make(*shapes, *args)``, remembered when every argument is plain (an int, None, a
-    str or a pair of ints, of exactly those types; ``shapes`` are tuples of ints): a loop
-    that calls an op with the same shapes and arguments validates and normalises them once.
-    An equal argument of another type (2.0 for 2) is never served from the memory."""
-    for v in args:
-        t = type(v)
-        if not (t is int or v is None or t is str or (t is tuple and len(v) == 2
-                                                       and type(v[0]) is int
-                                                       and type(v[1]) is int)):
-            return make(*shapes, *args)
+    str, a pair of ints or a pair of such pairs, of exactly those types: _core.plain_args;
+    ``shapes`` are tuples of ints): a loop that calls an op with the same shapes and arguments validates and
+    normalises them once (and the compiled fast paths of conv2d and max_pool2d find the
+    result here). An equal argument of another type (2.0 for 2) is never served from it."""
+    if not _core.plain_args(args):
+        return make(*shapes, *args)
     key = (make, shapes, args)
     try:
         return _GEOMETRIES[key]
@@ -826,6 +823,11 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     docstring) ``threads * WINOGRAD_BLOCK_BYTES`` plus the transformed weights,
     independent of the batch size.
     """
+    y = _core.conv2d_fast(x, w, b, (stride, padding, dilation, groups), out, workspace,
+                          Workspace, _GEOMETRIES, _conv_geometry,
+                          _tuning(WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K), _CACHED_MIN_BYTES)
+    if y is not None:                # the common case, done in C (see _core.conv2d_fast)
+        return y
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
     _check_workspace(workspace)
     N, _, _, C = x.shape
@@ -1253,16 +1255,23 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
         Ties go to the first element of the window in row-major order; a NaN in the
         window wins (NaN propagates, as in PyTorch).
     """
+    r = _core.max_pool2d_fast(x, (pool_size, stride, padding), out, _GEOMETRIES, _pool_geometry,
+                              MIN_WORK_PER_THREAD, _CACHED_MIN_BYTES, _STREAM_MIN_BYTES)
+    if r is not None:                # the common case, done in C (see _core.max_pool2d_fast)
+        return r
     x = _float_array(x, "x", 4)
     k, s, pads, (OH, OW) = _memo(_pool_geometry, (x.shape,), pool_size, stride, padding)
-    N, _, _, C = x.shape
+    N, H, W, C = x.shape
     shape = (N, OH, OW, C)
-    out_y, out_arg = _outputs(out, ("y", "argmax"), 2)
-    y = _output(out_y, "out[0]", shape, x.dtype, (x,))
-    index = _argmax_dtype(x.shape)
-    if out_arg is not None and index is _INT32 and getattr(out_arg, "dtype", None) == _INT64:
-        index = _INT64                    # int64 indices asked for: the kernel writes those too
-    argmax = _output(out_arg, "out[1]", shape, index, (x,))
+    index = _INT32 if H * W <= _INT32_MAX else _INT64
+    if out is None:
+        y, argmax = _alloc(shape, x.dtype), _alloc(shape, index)
+    else:
+        out_y, out_arg = _outputs(out, ("y", "argmax"), 2)
+        if index is _INT32 and getattr(out_arg, "dtype", None) == _INT64:
+            index = _INT64                # int64 indices asked for: the kernel writes those too
+        y = _output(out_y, "out[0]", shape, x.dtype, (x,))
+        argmax = _output(out_arg, "out[1]", shape, index, (x,))
     _core.max_pool2d_forward(x, y, argmax, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0],
                              _threads(N * OH, x.size),
                              y.nbytes + argmax.nbytes >= _STREAM_MIN_BYTES)
