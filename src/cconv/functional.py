@@ -20,6 +20,12 @@ Conventions
   in the arithmetic and comparisons, and denormal results are flushed to 0.
 * Inputs are never modified. Non-contiguous and read-only arrays are accepted (copied to
   a contiguous buffer when needed) and give the same results as contiguous ones.
+* ``out=`` (every op; a tuple for the ops with several results): the arrays to write the
+  results into, returned as the results. Each must be a writable, C-contiguous ndarray of
+  exactly the result's shape and dtype that shares no memory with the inputs; anything else
+  is refused with a ``TypeError`` (type, dtype) or ``ValueError`` naming it before anything
+  is written. ``workspace=`` (the convolutions): a :class:`Workspace`, scratch memory reused
+  from call to call. With both, a loop allocates nothing.
 
 How it computes
 ---------------
@@ -53,6 +59,17 @@ col2im; its backward pass is a forward convolution (``dx``) and a convolution's 
 gradient (``dw``).
 
 Outputs of 1 MiB or more come from cconv's buffer cache (:func:`cconv.set_cache_limit`).
+
+The route, threads and tiles of a convolution come from one compiled plan (``_conv.pxd``),
+which this module tunes with its knobs (``TILE_BYTES``, ``WINOGRAD_MIN_CHANNELS``,
+``WINOGRAD_BLOCK_BYTES``, ``DIRECT_MAX_K``, ``SLOTS_PER_THREAD``, ``MIN_WORK_PER_THREAD``);
+other packages call the same kernels and plan through cconv's Cython and C API
+(``cconv/conv.pxd``, ``cconv/cconv.h``) and get the same results bit for bit.
+
+Calling overhead: an op checks its arguments and normalises them once per distinct set of
+shapes and plain arguments (ints, strings, pairs) and remembers the result; later calls of
+conv2d and max_pool2d on C-contiguous float arrays, with one thread's work and small
+outputs, then run from C altogether (``_core.conv2d_fast``, ``max_pool2d_fast``).
 """
 from __future__ import annotations
 
