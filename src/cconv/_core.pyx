@@ -13,7 +13,10 @@ Layout: activations NHWC, im2col rows ordered (n, oh, ow), columns (kh, kw, c);
 convolution weights HWIO, which seen as a matrix of shape (KH*KW*C_in/groups, C_out)
 are exactly the right operand of the im2col GEMM.
 
-Also here: the cache of large output buffers (``Block``) and what the build supports.
+Also here: the compiled fast paths of conv2d and max_pool2d for cconv.functional, the cache
+of large output buffers (``Block``), what the build supports, and the table of the C API
+(``_C_API``, see ``cconv/cconv.h``): the kernels of the public .pxd files (conv, im2col,
+pool, activation), which other packages cimport directly.
 """
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uintptr_t
