@@ -161,3 +161,22 @@ def test_import_cconv_checks_the_api_version(major, minor, words, tmp_path):
     assert last.startswith("ImportError: "), proc.stderr
     for w in words:
         assert w in last, last
+
+
+def test_example_has_cases_that_run_two_threads(restore_threads):
+    """The example's large convolutions and pool (its last cases) are planned on two
+    threads when two are allowed: its 2-thread comparisons reach the multi-threaded paths
+    (per-thread and per-slot sums) and not only the one-thread ones."""
+    from cconv import functional as F
+
+    cconv.set_num_threads(2)
+    for (xs, ws), routes in [(((4, 32, 32, 8), (3, 3, 8, 16)), (0, 0)),
+                             (((4, 32, 32, 16), (3, 3, 16, 16)), (1, 1)),
+                             (((4, 32, 32, 3), (3, 3, 3, 32)), (2, 2))]:
+        for backward, route in zip((False, True), routes):
+            plan = F._plan(xs, ws[:2], ws[3], (1, 1), ((1, 1), (1, 1)), (1, 1), 1, 4, backward,
+                           False)
+            if route == 2 and F._core.simd_level() < 2:
+                route = 0                                  # no AVX-512: im2col + GEMM
+            assert plan[0] == route and plan[1] == 2, (xs, backward, plan)
+    assert F._threads(4 * 32, 4 * 64 * 64 * 16) == 2              # the (4, 64, 64, 16) pool
