@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _images
+
 __all__ = ["LFW_DEFAULT_CROP", "LFW_MAX_FILE_BYTES", "LFW_MAX_OUTPUT_PIXELS", "LFW_MAX_ARCHIVE_EXPANSION",
            "load_lfw", "load_digits", "train_test_split"]
 
@@ -38,24 +40,12 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg")
 #: Largest image file read from an archive, in bytes (an LFW JPEG is about 15 KB).
 LFW_MAX_FILE_BYTES = 64 << 20
 #: Largest output image, in pixels (``size`` height times width).
-LFW_MAX_OUTPUT_PIXELS = 4096 * 4096
+LFW_MAX_OUTPUT_PIXELS = _images.MAX_OUTPUT_PIXELS
 #: A compressed archive may expand to at most this many times its size on disk, plus
 #: ``_ARCHIVE_SLACK`` bytes: JPEGs do not compress, so a real LFW ``.tgz`` expands by
 #: about 1.06x, while a crafted one of 1 MB can declare gigabytes of zeros.
 LFW_MAX_ARCHIVE_EXPANSION = 4
 _ARCHIVE_SLACK = 16 << 20
-_DATA_EXTRA = 'pip install "cconv[data]"'
-
-
-def _import_pillow():
-    try:
-        from PIL import Image
-    except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in tests
-        raise ImportError(
-            "cconv.datasets.load_lfw needs Pillow to decode JPEG images; "
-            f"install it with: {_DATA_EXTRA}"
-        ) from exc
-    return Image
 
 
 # ---------------------------------------------------------------------------
@@ -113,76 +103,6 @@ def _list_folder(root):
                     if sub.is_file() and _is_image_name(sub.name):
                         relpaths.append(f"{person_dir.name}/{entry.name}/{sub.name}")
     return relpaths
-
-
-def _normalize_size(size):
-    if size is None:
-        return None
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        size = (int(size), int(size))
-    try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be None, a positive int or a pair (height, width), got {size!r}")
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {size!r}")
-    if h * w > LFW_MAX_OUTPUT_PIXELS:
-        raise ValueError(f"size={size!r} asks for {h * w:,} pixels per image; at most "
-                         f"LFW_MAX_OUTPUT_PIXELS={LFW_MAX_OUTPUT_PIXELS:,} (4096x4096) are allowed")
-    return h, w
-
-
-def _normalize_crop(crop):
-    if crop is None:
-        return None
-    try:
-        box = tuple(float(v) for v in crop)
-    except (TypeError, ValueError):
-        box = ()
-    if len(box) != 4:
-        raise ValueError(f"crop must be None or a box (left, upper, right, lower), got {crop!r}")
-    left, upper, right, lower = box
-    if not (0 <= left < right and 0 <= upper < lower):
-        raise ValueError(
-            f"crop must satisfy 0 <= left < right and 0 <= upper < lower, got {crop!r}"
-        )
-    return box
-
-
-def _decode(Image, data, name, size, crop, color):
-    """Decode one JPEG (bytes or path) into a uint8 (H, W, C) array."""
-    box_outside = None
-    try:
-        with Image.open(data) as im:
-            # Pillow only warns below twice its limit: refuse at the limit, before decoding.
-            if im.width * im.height > (Image.MAX_IMAGE_PIXELS or math.inf):
-                raise ValueError(f"it declares {im.width}x{im.height} pixels, more than "
-                                 f"PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS:,}")
-            im = im.convert("RGB" if color else "L")
-            box = None
-            if crop is not None:
-                # The box is defined on the 250x250 LFW frame: scale it to this image.
-                sx = im.width / _LFW_REFERENCE_SIZE
-                sy = im.height / _LFW_REFERENCE_SIZE
-                left, upper, right, lower = crop
-                box = (left * sx, upper * sy, right * sx, lower * sy)
-                if box[2] > im.width + 1e-6 or box[3] > im.height + 1e-6:
-                    box_outside = (im.width, im.height)
-            if box_outside is None:
-                if size is not None:
-                    im = im.resize((size[1], size[0]), Image.Resampling.LANCZOS, box=box)
-                elif box is not None:
-                    im = im.crop(tuple(int(round(v)) for v in box))
-                arr = np.asarray(im, dtype=np.uint8)
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, DecompressionBombError, ...
-        raise ValueError(f"cannot decode image {name}: {str(exc) or type(exc).__name__}") from exc
-    if box_outside is not None:
-        raise ValueError(
-            f"crop box {crop} lies outside the {box_outside[0]}x{box_outside[1]} image {name}"
-        )
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return arr
 
 
 class _CappedStream:
@@ -360,11 +280,11 @@ def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
             isinstance(max_faces_per_person, bool)
             or not isinstance(max_faces_per_person, (int, np.integer)) or max_faces_per_person < 1):
         raise ValueError(f"max_faces_per_person must be None or a positive int, got {max_faces_per_person!r}")
-    size = _normalize_size(size)
-    crop = _normalize_crop(crop)
+    size = _images.normalize_size(size)
+    crop = _images.normalize_crop(crop)
     if not path.exists():
         raise FileNotFoundError(f"LFW path {str(path)!r} does not exist")
-    Image = _import_pillow()
+    Image = _images.import_pillow("cconv.datasets.load_lfw")
 
     archive = None
     if path.is_dir():
@@ -415,7 +335,8 @@ def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
                 except _ARCHIVE_ERRORS as exc:
                     raise ValueError(f"cannot read {name}: the archive is truncated or damaged "
                                      f"({str(exc) or type(exc).__name__})") from None
-            image = _decode(Image, source, name, size, crop, color)
+            image = _images.decode(Image, source, name, size, crop, color,
+                                   crop_frame=_LFW_REFERENCE_SIZE)
             if x is None:
                 x = _output_array(len(files), image.shape, path)
             first = first or (name, image.shape)
@@ -463,7 +384,7 @@ def load_digits():
     except ImportError as exc:
         raise ImportError(
             "cconv.datasets.load_digits needs scikit-learn (it ships the digits); "
-            f"install it with: {_DATA_EXTRA}"
+            f"install it with: {_images.DATA_EXTRA}"
         ) from exc
     bunch = _sk_load_digits()
     x = (np.asarray(bunch.images, dtype=np.float32) / np.float32(16.0))[..., None]
