@@ -357,7 +357,7 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="unknown optimizer 'adamm'"):
         m.compile("adamm", "categorical_crossentropy")
     with pytest.raises(ValueError, match="unknown metric"):
-        m.compile("adam", "mse", metrics=["f1"])
+        m.compile("adam", "mse", metrics=["f2"])
     with pytest.raises(TypeError, match="optimizer"):
         m.compile(42, "mse")
     with pytest.raises(ValueError, match="unknown activation"):

@@ -33,8 +33,8 @@ class ProgressBar:
 
     Parameters
     ----------
-    steps : int
-        Number of batches in the epoch.
+    steps : int or None
+        Number of batches in the epoch (None: unknown, no bar).
     epoch, epochs : int
         1-based epoch number and total, shown as ``Epoch 3/10``.
     file : file object, default sys.stdout
@@ -47,7 +47,7 @@ class ProgressBar:
     """
 
     def __init__(self, steps, epoch, epochs, file=None, width=30, interactive=None, min_interval=0.1):
-        self.steps = max(int(steps), 0)
+        self.steps = None if steps is None else max(int(steps), 0)
         self.epoch = epoch
         self.epochs = epochs
         self.file = sys.stdout if file is None else file
@@ -73,7 +73,7 @@ class ProgressBar:
         if not self.interactive:
             return
         now = time.perf_counter()
-        if done < self.steps and now - self._last_draw < self.min_interval:
+        if (self.steps is None or done < self.steps) and now - self._last_draw < self.min_interval:
             return
         self._last_draw = now
         self._draw(self._line(final=False), end="")
@@ -86,6 +86,10 @@ class ProgressBar:
 
     def _line(self, final):
         elapsed = time.perf_counter() - self.start
+        if self.steps is None:
+            parts = [f"Epoch {self.epoch}/{self.epochs}  {self.done} batches "
+                     f"{format_duration(elapsed)}"]
+            return self._with_values(parts, elapsed)
         n = len(str(self.steps))
         head = f"Epoch {self.epoch}/{self.epochs}  {self.done:>{n}}/{self.steps}"
         frac = self.done / self.steps if self.steps else 1.0
@@ -101,7 +105,9 @@ class ProgressBar:
             timing = "ETA " + format_duration(elapsed / self.done * (self.steps - self.done))
         else:
             timing = "ETA ?"
-        parts = [f"{head} [{bar}] {timing}"]
+        return self._with_values([f"{head} [{bar}] {timing}"], elapsed)
+
+    def _with_values(self, parts, elapsed):
         parts += [f"{k} {_fmt_value(v)}" for k, v in self.values.items()]
         if elapsed > 0 and self.samples:
             parts.append(f"{self.samples / elapsed:.0f} samples/s")

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from . import _validate as V
+from .metrics import higher_is_better
 
 __all__ = [
     "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "CSVLogger",
@@ -91,11 +92,16 @@ def _resolve_mode(mode, monitor):
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode == "auto":
-        mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+        mode = "max" if higher_is_better(monitor) else "min"
     return mode
 
 
-def _monitored(logs, monitor, who):
+def _monitored(logs, monitor, who, params=None):
+    """The monitored value, or None for a ``val_`` key in an epoch that ``validation_freq``
+    left without validation."""
+    if logs is not None and monitor not in logs and monitor.startswith("val_") \
+            and (params or {}).get("do_validation"):
+        return None
     if logs is None or monitor not in logs:
         have = sorted(logs) if logs else []
         hint = " (pass validation_data= or validation_split= to fit)" if monitor.startswith("val_") else ""
@@ -152,7 +158,9 @@ class EarlyStopping(Callback):
         self._resumed = False
 
     def on_epoch_end(self, epoch, logs=None):
-        value = _monitored(logs, self.monitor, "EarlyStopping")
+        value = _monitored(logs, self.monitor, "EarlyStopping", self.params)
+        if value is None:
+            return
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             if self.restore_best_weights:
@@ -230,7 +238,9 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         if self.save_best_only:
-            value = _monitored(logs, self.monitor, "ModelCheckpoint")
+            value = _monitored(logs, self.monitor, "ModelCheckpoint", self.params)
+            if value is None:
+                return
             better = value < self.best if self.mode == "min" else value > self.best
             if not better:
                 return

@@ -335,7 +335,7 @@ def load_lfw(path, min_faces_per_person=30, size=(64, 64), color=True,
                 except _ARCHIVE_ERRORS as exc:
                     raise ValueError(f"cannot read {name}: the archive is truncated or damaged "
                                      f"({str(exc) or type(exc).__name__})") from None
-            image = _images.decode(Image, source, name, size, crop, color,
+            image = _images.decode(Image, source, name, size, crop, "RGB" if color else "L",
                                    crop_frame=_LFW_REFERENCE_SIZE)
             if x is None:
                 x = _output_array(len(files), image.shape, path)

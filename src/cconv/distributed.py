@@ -717,21 +717,30 @@ class DataParallel:
         """The backward pass's per-layer hook (None when there is nothing to overlap)."""
         return None if self._reducer is None else self._reducer.grads_ready
 
-    def end_step(self, logs, finite):
-        """After this rank's backward pass: the global batch's gradients in the layers'
-        grads, and its logs and finiteness (the same on every rank)."""
+    def end_step(self, logs, finite, n_local):
+        """After this rank's backward pass on its ``n_local`` samples: the global batch's
+        gradients in the layers' grads, and its logs, finiteness and number of samples
+        (the same on every rank)."""
         red = self._reducer
         if red is None:
-            return logs, finite
+            return logs, finite, n_local
         red.flush()
         # The logs go first: waiting for the slowest rank happens here (sync_s), so that
         # reduce_s is the transport that the backward pass did not hide.
         t = time.perf_counter()
         parts = self.world.comm.allgather((self._n_local, logs, bool(finite)))
         self.stats["sync_s"] += time.perf_counter() - t
-        red.reduce(sum(n for n, _, _ in parts))
+        total = sum(n for n, _, _ in parts)
+        red.reduce(total)
         self.stats.update(red.stats)
-        return _weighted_means([(n, l) for n, l, _ in parts]), all(f for _, _, f in parts)
+        return _weighted_means([(n, l) for n, l, _ in parts]), all(f for _, _, f in parts), total
+
+    def metric_values(self, plan):
+        """The values of ``plan``'s metrics over the samples every rank gave them since
+        their reset (their states gathered and merged in rank order)."""
+        if self.world.size == 1:
+            return plan.metric_values()
+        return plan.metric_values(self.world.comm.allgather(plan.metric_objects))
 
     def end_epoch(self, model):
         """Before validation: every non-trainable state array (batch-norm statistics)

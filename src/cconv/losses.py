@@ -22,6 +22,14 @@ before that last activation together with :meth:`Loss.with_logits`, whose fused 
 softmax applied twice); compiling a model that ends with a softmax with a
 ``from_logits=True`` cross-entropy is refused too.
 
+Sample weights
+--------------
+Every loss takes ``loss(pred, y, sample_weight=w)`` with one non-negative weight per sample:
+the value is then ``sum_i w_i L_i / N`` (Keras's "sum over batch size" reduction: a weight
+of 2 counts a sample twice, zeros remove samples without changing the divisor) and
+``backward()`` scales each sample's gradient by its weight. ``fit(sample_weight=...,
+class_weight=...)`` uses this.
+
 What a model asks a loss
 ------------------------
 ``check_target(y, output_shape)`` validates and converts the targets for an output
@@ -44,7 +52,7 @@ from . import _registry
 from . import _validate as V
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "MeanSquaredError", "BinaryCrossEntropy",
-           "accuracy", "get", "serialize", "deserialize"]
+           "accuracy", "check_sample_weight", "get", "serialize", "deserialize"]
 
 _PROB_EPS = 1e-7     # clipping of probabilities when a loss is given probabilities (Keras's)
 _SUM_TOL = 1e-3      # how far a row of probabilities (targets or predictions) may sum from 1
@@ -121,6 +129,23 @@ def _check_distributions(t):
                          f"{sums[bad[0]]:.6g} ({bad.size} of {len(t)} rows do not)")
 
 
+def check_sample_weight(sample_weight, n, name="sample_weight"):
+    """``sample_weight`` as a float64 vector of ``n`` finite non-negative weights
+    (``(n,)`` or ``(n, 1)``)."""
+    w = np.asarray(sample_weight)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {w.dtype}")
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have one weight per sample, shape ({n},), got {w.shape}")
+    w = w.astype(np.float64)
+    if n and not (np.all(np.isfinite(w)) and w.min() >= 0):
+        bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+        raise ValueError(f"{name} must be finite and >= 0; sample {bad[0]} has {w[bad[0]]!r}")
+    return w
+
+
 def _shape_str(shape):
     return "(" + ", ".join(["None"] + [str(s) for s in shape]) + ")"
 
@@ -142,16 +167,31 @@ class Loss:
 
     def __init__(self):
         self._grad_args = None
+        self._weights = None
 
-    def __call__(self, pred, y) -> float:
+    def __call__(self, pred, y, sample_weight=None) -> float:
         raise NotImplementedError
 
     def backward(self) -> np.ndarray:
-        """Gradient of the last call's value with respect to ``pred`` (divided by batch size)."""
+        """Gradient of the last call's value with respect to ``pred`` (divided by batch size,
+        each sample's row scaled by its weight when the call had ``sample_weight``)."""
         if self._grad_args is None:
             raise RuntimeError(f"{type(self).__name__}.backward() needs a preceding call "
                                f"loss(pred, y)")
-        return self._backward(*self._grad_args)
+        g = self._backward(*self._grad_args)
+        if self._weights is not None:
+            g = g * self._weights.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype)
+        return g
+
+    def _reduce(self, per_sample, sample_weight):
+        """The batch value from the per-sample losses: their mean, or ``sum(w * L) / N``;
+        remembers the weights for :meth:`backward`."""
+        self._weights = None
+        if sample_weight is None:
+            return float(np.mean(per_sample, dtype=np.float64))
+        w = check_sample_weight(sample_weight, per_sample.shape[0])
+        self._weights = w
+        return float(np.dot(per_sample.astype(np.float64, copy=False), w) / per_sample.shape[0])
 
     def with_logits(self) -> "Loss":
         """The same loss taking the values before the final activation (``from_logits=True``)."""
@@ -173,6 +213,9 @@ class Loss:
             return y
         if y.ndim == 1 and out_shape == (1,):
             return y.reshape(-1, 1)
+        if y.ndim == 2 and y.shape[1] == 1 and np.issubdtype(y.dtype, np.integer) \
+                and len(out_shape) == 1 and out_shape[0] > 1:
+            y = y[:, 0]                                   # labels of shape (N, 1)
         if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and len(out_shape) == 1:
             k = out_shape[0]
             if y.size and (y.min() < 0 or y.max() >= k):
@@ -250,6 +293,8 @@ class SoftmaxCrossEntropy(Loss):
     def check_target(self, y, output_shape, name="y"):
         out_shape = tuple(output_shape)
         k = out_shape[-1]
+        if y.ndim == 2 and y.shape[1] == 1 and k > 1:
+            y = y[:, 0]                                   # labels of shape (N, 1)
         if y.ndim == 1:
             if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
                     or y.dtype == np.bool_):
@@ -267,7 +312,7 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"one-hot {name} must have shape (N, {k}), got {y.shape}")
         return y
 
-    def __call__(self, pred, y) -> float:
+    def __call__(self, pred, y, sample_weight=None) -> float:
         z = _pred_array(pred, ndim=2)
         n, k = z.shape
         labels, t = _class_labels(y, n, k)
@@ -292,7 +337,7 @@ class SoftmaxCrossEntropy(Loss):
                 tt = t * (1.0 - ls) + ls / k if ls else t
                 loss = -np.sum(tt * logp, axis=1)
             self._grad_args = (z, p, labels, t)
-            return float(np.mean(loss, dtype=np.float64))
+            return self._reduce(loss, sample_weight)
         if k > 1 and np.min(z) >= 0.0 and np.max(z) <= 1.0 and np.all(
                 np.abs(np.sum(z, axis=1, dtype=np.float64) - 1.0) < _SUM_TOL):
             raise ValueError("SoftmaxCrossEntropy(from_logits=True) was given rows of "
@@ -314,7 +359,7 @@ class SoftmaxCrossEntropy(Loss):
             tt = t * (1.0 - ls) + ls / k if ls else t
             loss = lse * np.sum(tt, axis=1) - np.einsum("ij,ij->i", tt, z)
         self._grad_args = (z, e, labels, t)
-        return float(np.mean(loss, dtype=np.float64))
+        return self._reduce(loss, sample_weight)
 
     def _backward(self, z, p, labels, t):
         n, k = z.shape
@@ -357,7 +402,7 @@ class MeanSquaredError(Loss):
 
     name = "mean_squared_error"
 
-    def __call__(self, pred, y) -> float:
+    def __call__(self, pred, y, sample_weight=None) -> float:
         p = _pred_array(pred)
         t = np.asarray(y)
         if t.dtype.kind not in "biuf":
@@ -377,6 +422,10 @@ class MeanSquaredError(Loss):
             raise ValueError(f"pred is an empty batch (shape {p.shape})")
         diff = np.subtract(p, t, dtype=p.dtype)
         self._grad_args = (diff, n)
+        if sample_weight is not None:
+            d64 = diff.astype(np.float64, copy=False).reshape(n, -1)
+            return self._reduce(0.5 * np.einsum("ij,ij->i", d64, d64), sample_weight)
+        self._weights = None
         d64 = diff.astype(np.float64, copy=False).ravel()
         return float(0.5 * np.dot(d64, d64) / n)
 
@@ -414,7 +463,7 @@ class BinaryCrossEntropy(Loss):
     def get_config(self):
         return {"from_logits": self.from_logits}
 
-    def __call__(self, pred, y) -> float:
+    def __call__(self, pred, y, sample_weight=None) -> float:
         z = _pred_array(pred)
         t = np.asarray(y)
         if t.dtype.kind not in "biuf":
@@ -438,6 +487,10 @@ class BinaryCrossEntropy(Loss):
             p = np.clip(z, _PROB_EPS, 1.0 - _PROB_EPS)
             loss = -(t * np.log(p) + (1 - t) * np.log1p(-p))
         self._grad_args = (z, t)
+        if sample_weight is not None:
+            return self._reduce(np.mean(loss.reshape(len(loss), -1), axis=1, dtype=np.float64),
+                                sample_weight)
+        self._weights = None
         return float(np.mean(loss, dtype=np.float64))
 
     def _backward(self, z, t):

@@ -548,9 +548,10 @@ class Model:
             ``"categorical_crossentropy"``, ``"mse"``, ``"binary_crossentropy"`` or an
             instance from :mod:`cconv.losses`. One loss is used for every output; otherwise
             one per output.
-        metrics : sequence of str, default ("accuracy",)
-            Only ``"accuracy"`` (alias ``"acc"``), computed for each output whose loss
-            defines it.
+        metrics : sequence of str or cconv.metrics.Metric, default ("accuracy",)
+            ``"accuracy"``, ``"top_k_accuracy"``, ``"precision"``, ``"recall"``, ``"f1"``
+            (macro averages) or :mod:`cconv.metrics` objects, computed for each output they
+            apply to.
         loss_weights : list or dict of float, optional
             With several outputs, the training loss is ``sum(w_i * loss_i)`` (default all 1).
 
@@ -565,35 +566,46 @@ class Model:
         _training.compile(self, optimizer, loss, metrics, loss_weights)
         return self
 
-    def fit(self, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
-            callbacks=None, verbose=1, checkpoint=None, resume=None, distributed=False):
+    def fit(self, x, y=None, epochs=1, batch_size=None, validation_split=0.0, validation_data=None,
+            shuffle=True, callbacks=None, verbose=1, checkpoint=None, resume=None, sample_weight=None,
+            class_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_freq=1, distributed=False):
         """Train the model; see :func:`cconv.training.fit` for every parameter.
 
-        ``x`` is an array, or a list / dict (by input name) of arrays with several inputs;
-        ``y`` likewise for several outputs. ``distributed=True`` trains data-parallel over
-        the processes of ``mpirun`` (:mod:`cconv.distributed`). Returns a :class:`History`.
+        ``x`` is an array (a list / dict by input name of arrays with several inputs) with
+        ``y`` beside it, or a :class:`cconv.data.Dataset`, a sequence or an iterable of
+        ``(x, y)`` / ``(x, y, sample_weight)`` batches. ``distributed=True`` trains
+        data-parallel over the processes of ``mpirun`` (:mod:`cconv.distributed`). Returns a
+        :class:`History`.
         """
         return _training.fit(self, x, y, epochs=epochs, batch_size=batch_size,
                             validation_split=validation_split, validation_data=validation_data,
                             shuffle=shuffle, callbacks=callbacks, verbose=verbose,
-                            checkpoint=checkpoint, resume=resume, distributed=distributed)
+                            checkpoint=checkpoint, resume=resume, sample_weight=sample_weight,
+                            class_weight=class_weight, initial_epoch=initial_epoch,
+                            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                            validation_freq=validation_freq, distributed=distributed)
 
-    def evaluate(self, x, y, batch_size=32, verbose=0):
-        """Loss and metrics on ``(x, y)`` in inference mode: ``{"loss": ..., "accuracy": ...}``."""
-        return _training.evaluate(self, x, y, batch_size=batch_size, verbose=verbose)
+    def evaluate(self, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None):
+        """Loss and metrics on ``(x, y)`` (or a dataset / iterable of batches) in inference
+        mode: ``{"loss": ..., "accuracy": ...}``."""
+        return _training.evaluate(self, x, y, batch_size=batch_size, verbose=verbose,
+                                  sample_weight=sample_weight, steps=steps)
 
-    def predict(self, x, batch_size=32):
+    def predict(self, x, batch_size=None, steps=None):
         """Outputs of the whole network in inference mode, batch by batch (probabilities if
-        it ends with a softmax); a list with several outputs."""
-        return _training.predict(self, x, batch_size=batch_size)
+        it ends with a softmax); a list with several outputs. ``x`` may be a dataset or an
+        iterable of batches."""
+        return _training.predict(self, x, batch_size=batch_size, steps=steps)
 
-    def train_on_batch(self, x, y):
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None):
         """One optimisation step on a batch; returns ``{"loss": ..., "accuracy": ...}``.
 
         Raises :class:`NonFiniteLossError` (the weights are not updated) for a NaN or
         infinite loss.
         """
-        return _training.train_on_batch(self, x, y)
+        return _training.train_on_batch(self, x, y, sample_weight=sample_weight,
+                                        class_weight=class_weight)
 
     def activations(self, x):
         """Every layer call's output for ``x`` in inference mode: a dict from the layer name

@@ -16,6 +16,24 @@ logits to ``loss.with_logits()``, whose fused gradient ``(softmax(z) - onehot) /
 exact and stable; a final sigmoid with :class:`cconv.losses.BinaryCrossEntropy` likewise.
 ``predict`` and ``forward`` always apply the whole network, so they return probabilities.
 
+Data
+----
+``x`` is an array (a list or dict of arrays for several inputs) with ``y`` beside it, or a
+source of batches: a :class:`cconv.data.Dataset` (or any object with a ``batches(epoch)``
+method returning the batches of that epoch), an object with ``__len__`` and
+``__getitem__`` returning batches (a list of batches, Keras's ``PyDataset``), or any
+iterable or generator of batches. A batch is ``(x, y)`` or ``(x, y, sample_weight)`` (``x``
+alone for ``predict``). Each batch is checked against the model as arrays are; an error
+names the batch and the epoch, and an exception raised by the data is raised again with
+that position.
+
+Sample and class weights
+------------------------
+``sample_weight`` (one non-negative weight per sample) multiplies each sample's loss; the
+batch loss is ``sum(w_i L_i) / N`` (Keras's convention: zeros remove samples, the divisor
+stays the batch size). ``class_weight={class: weight}`` sets each sample's weight from its
+label (classes not listed weigh 1). Metrics are not weighted.
+
 Several outputs
 ---------------
 One loss per output (a single loss is used for all); the training loss is the sum of the
@@ -24,6 +42,7 @@ and per output ``"<name>_loss"`` and ``"<name>_accuracy"``, named after the laye
 makes the output.
 """
 import contextlib
+import copy
 import math
 import os
 
@@ -33,6 +52,7 @@ from . import _validate as V
 from . import callbacks as _callbacks
 from . import checkpoint as _checkpoint
 from . import losses as _losses
+from . import metrics as _metrics
 from . import optim as _optim
 from ._progress import ProgressBar
 
@@ -62,11 +82,13 @@ class History(_callbacks.Callback):
     ----------
     history : dict of str to list of float
         ``loss``, the metrics (``accuracy``), and with validation data ``val_loss`` and
-        ``val_accuracy``.
+        ``val_accuracy``. With ``validation_freq`` the ``val_*`` lists hold only the
+        epochs that were validated (as Keras).
     epoch : list of int
         0-based epoch indices that were run.
     params : dict
-        ``epochs``, ``steps``, ``batch_size``, ``samples``, ``verbose``, ``initial_epoch``.
+        ``epochs``, ``steps`` (None when unknown), ``batch_size``, ``samples``, ``verbose``,
+        ``initial_epoch``.
     """
 
     def __init__(self):
@@ -137,19 +159,33 @@ def compile(model, optimizer="adam", loss="categorical_crossentropy", metrics=("
             raise TypeError(f"loss_weights must be a list or a dict by output name, got {loss_weights!r}")
         loss_weights = _per_output(model, loss_weights, "loss_weights",
                                    lambda w: V.number(w, "loss_weights", low=0.0))
-    if isinstance(metrics, str):
+    if isinstance(metrics, (str, _metrics.Metric)):
         metrics = (metrics,)
-    ms = []
+    ms, names = [], set()
     for m in metrics or ():
-        if not isinstance(m, str) or m.lower() not in ("accuracy", "acc"):
-            raise ValueError(f"unknown metric {m!r}; available: 'accuracy'")
-        if "accuracy" not in ms:
-            ms.append("accuracy")
+        spec = _metrics.serialize(m)
+        name = _metrics.get(spec).name
+        if name not in names:
+            ms.append(spec)
+            names.add(name)
     model.optimizer, model.loss, model.loss_weights, model.metrics = opt_obj, loss_obj, loss_weights, tuple(ms)
     model.compiled = True
     if model.built:
         LossPlan(model)                       # refuses a double softmax now rather than in fit
         model.optimizer.attach(model.parameters())
+
+
+class _AccuracyOf:
+    """A loss object that is not a :class:`cconv.losses.Loss`, with the accuracy a Loss
+    would compute for it."""
+
+    def __init__(self, loss):
+        self.loss = loss
+        self.from_logits = getattr(loss, "from_logits", False)
+
+    def accuracy(self, pred, y):
+        fn = getattr(self.loss, "accuracy", None)
+        return fn(pred, y) if fn is not None else _losses.Loss.accuracy(self.loss, pred, y)
 
 
 def _require_compiled(model, what):
@@ -160,8 +196,8 @@ def _require_compiled(model, what):
 class LossPlan:
     """What training computes for each output: the loss object it calls (the compiled one,
     or its ``with_logits()`` form when the output's final activation is fused with it),
-    whether the model returns that output before its final activation, the weight, and
-    the log names."""
+    whether the model returns that output before its final activation, the weight, the
+    metrics (accumulated until :meth:`reset_metrics`) and the log names."""
 
     def __init__(self, model, loss=None, loss_weights=None):
         n = len(model.outputs)
@@ -189,27 +225,50 @@ class LossPlan:
             else:
                 self.losses.append(lo)
                 self.pre_activation.append(False)
-        self.accuracy = "accuracy" in getattr(model, "metrics", ())
+        specs = getattr(model, "metrics", ())
+        self.metric_objects = [[_metrics.get(m) for m in specs] for _ in range(n)]
         self.names = ([""] if n == 1 else [f"{name}_" for name in model.output_names])
+        self.loss_keys = ["loss"] + [f"{name}loss" for name in self.names if name]
 
-    def values(self, outs, ys):
+    def values(self, outs, ys, sample_weight=None):
         """Call every loss: (weighted total, logs with the per-output losses)."""
         total, logs = 0.0, {}
         for lo, w, name, out, y in zip(self.losses, self.weights, self.names, outs, ys):
-            v = float(lo(out, y))
+            v = float(lo(out, y) if sample_weight is None else lo(out, y, sample_weight=sample_weight))
             total += v if w == 1.0 else w * v
             if name:
                 logs[f"{name}loss"] = v
         return total, dict({"loss": total}, **logs)
 
+    def reset_metrics(self):
+        for ms in self.metric_objects:
+            for m in ms:
+                m.reset()
+
     def metrics(self, outs, ys):
+        """Add a batch to the metrics; return their values over everything since
+        :meth:`reset_metrics`."""
+        for lo, out, y, ms in zip(self.losses, outs, ys, self.metric_objects):
+            if not isinstance(lo, _losses.Loss):
+                lo = _AccuracyOf(lo)
+            for m in ms:
+                m.update(out, y, loss=lo)
+        return self.metric_values()
+
+    def metric_values(self, parts=None):
+        """The metrics' values: over the samples given to this plan since
+        :meth:`reset_metrics`, or over those of ``parts``, a list of plans'
+        ``metric_objects`` (e.g. every process's), merged in order."""
         vals = {}
-        if self.accuracy:
-            for lo, name, out, y in zip(self.losses, self.names, outs, ys):
-                fn = getattr(lo, "accuracy", None)
-                acc = fn(out, y) if fn is not None else _losses.Loss.accuracy(lo, out, y)
-                if acc is not None:
-                    vals[f"{name}accuracy"] = float(acc)
+        objects = self.metric_objects
+        if parts is not None:
+            objects = [[_metrics.merged([p[i][j] for p in parts]) for j in range(len(ms))]
+                       for i, ms in enumerate(objects)]
+        for name, ms in zip(self.names, objects):
+            for m in ms:
+                r = m.result()
+                if r is not None:
+                    vals[f"{name}{m.name}"] = float(r)
         return vals
 
     def gradients(self):
@@ -278,6 +337,9 @@ def target_arrays(model, y, n, name="y", plan_losses=None):
     ``n`` samples and the output's shape. ``y`` is an array for a single output, or a list /
     dict (by output name) of them."""
     n_out = len(model.outputs)
+    if y is None:
+        raise ValueError(f"{name} is missing: training and evaluation need targets (pass y, or "
+                         f"batches of (x, y))")
     if isinstance(y, dict):
         names = model.output_names
         items = list(zip(_by_name(y, names, name), [f"{name}[{k!r}]" for k in names]))
@@ -306,6 +368,36 @@ def target_arrays(model, y, n, name="y", plan_losses=None):
     return out
 
 
+def class_weights(class_weight, ys, name="class_weight"):
+    """Per-sample weights from ``{class: weight}`` and the (checked) targets of a
+    single-output model: integer labels, or the argmax of one-hot rows (classes not in the
+    dict weigh 1)."""
+    if len(ys) != 1:
+        raise ValueError(f"{name} needs a model with one output; with several outputs pass "
+                         f"sample_weight")
+    y = np.asarray(ys[0])
+    if y.ndim == 2 and y.shape[1] > 1:
+        labels = np.argmax(y, axis=1)
+    else:
+        labels = np.rint(y.reshape(len(y))).astype(np.int64)
+    w = np.ones(len(labels))
+    for c, v in class_weight.items():
+        w[labels == c] = v
+    return w
+
+
+def _check_class_weight(class_weight):
+    if class_weight is None:
+        return None
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
+    out = {}
+    for k, v in class_weight.items():
+        k = V.non_negative_int(k, "class_weight key")
+        out[k] = V.number(v, f"class_weight[{k}]", low=0.0)
+    return out
+
+
 def _batch(model, arrays, index):
     return [np.ascontiguousarray(a[index], dtype=model.dtype) for a in arrays]
 
@@ -314,20 +406,264 @@ def _take(arrays, index):
     return [a[index] for a in arrays]
 
 
+def _is_arrays(x):
+    """Whether ``x`` holds arrays (an array, a list / tuple / dict of arrays) rather than batches."""
+    if isinstance(x, np.ndarray):
+        return True
+    if isinstance(x, dict):
+        return True
+    if isinstance(x, (list, tuple)):
+        return bool(x) and all(isinstance(a, np.ndarray) for a in x)
+    return False
+
+
+class _Arrays:
+    """Samples held in arrays, cut into batches here (shuffled with the model's generator)."""
+
+    def __init__(self, xs, ys, sw, batch_size, shuffle):
+        self.xs, self.ys, self.sw = xs, ys, sw
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.samples = xs[0].shape[0]
+        self.steps = -(-self.samples // batch_size)
+
+    def split(self, fraction):
+        """``(training, validation)``: the last ``fraction`` of the samples held out."""
+        n = self.samples
+        n_val = int(n * fraction)
+        if n_val == 0 or n_val == n:
+            raise ValueError(f"validation_split={fraction} of {n} samples leaves "
+                             f"{n_val} for validation and {n - n_val} for training")
+        tr, va = slice(None, -n_val), slice(-n_val, None)
+        sw = (None, None) if self.sw is None else (self.sw[tr], self.sw[va])
+        return (_Arrays(_take(self.xs, tr), _take(self.ys, tr), sw[0], self.batch_size, self.shuffle),
+                _Arrays(_take(self.xs, va), _take(self.ys, va), sw[1], self.batch_size, False))
+
+    def batches(self, model, epoch, what="training", par=None):
+        """The batches of ``epoch``; with ``par``, this process's part of each."""
+        n, size = self.samples, self.batch_size
+        order = model.shuffle_rng.permutation(n) if self.shuffle else None
+        for lo in range(0, n, size):
+            a, z = (0, min(size, n - lo)) if par is None else par.shard(min(size, n - lo))
+            index = slice(lo + a, lo + z) if order is None else order[lo + a:lo + z]
+            sw = None if self.sw is None else self.sw[index]
+            yield _batch(model, self.xs, index), _take(self.ys, index), sw
+
+    def signature(self):
+        return _checkpoint.data_signature(self.xs, self.ys, self.batch_size, self.shuffle)
+
+
+class _Stream:
+    """Batches from a data source: an object with ``batches(epoch)`` (cconv.data.Dataset),
+    a sequence of batches (``__len__`` and ``__getitem__``), or an iterable / iterator."""
+
+    def __init__(self, data, steps, name):
+        self.data, self.name = data, name
+        self.steps_limit = steps
+        self.one_shot = False
+        if isinstance(data, (str, bytes)):
+            self.kind = None
+        elif callable(getattr(data, "batches", None)):
+            self.kind = "dataset"
+        elif hasattr(data, "__len__") and hasattr(data, "__getitem__"):
+            self.kind = "sequence"
+        elif hasattr(data, "__iter__"):
+            self.kind = "iterable"
+            self.one_shot = iter(data) is data
+            self._iterator = data if self.one_shot else None
+        else:
+            self.kind = None
+        if self.kind is None:
+            raise TypeError(f"{name} must be a numpy array, a cconv.data.Dataset, or an iterable "
+                            f"of (x, y) batches, got {type(data).__name__}")
+        length = None
+        if self.kind in ("dataset", "sequence"):
+            try:
+                length = len(data)
+            except TypeError:
+                length = None
+        if steps is not None:
+            self.steps = steps if length is None else min(steps, length)
+        else:
+            self.steps = length
+        self.samples = None
+        self.batch_size = getattr(data, "batch_size", None) if self.kind == "dataset" else None
+
+    def _epoch_iterator(self, epoch):
+        if self.kind == "dataset":
+            return self.data.batches(epoch)
+        if self.kind == "sequence":
+            return (self.data[i] for i in range(len(self.data)))
+        if self.one_shot:
+            return self._iterator
+        return iter(self.data)
+
+    def raw_batches(self, epoch, what):
+        """The raw batches of ``epoch`` (at most ``steps``), with the data's errors raised
+        again with their position; a one-shot iterator that runs out raises."""
+        it = self._epoch_iterator(epoch)
+        b = 0
+        try:
+            while self.steps_limit is None or b < self.steps_limit:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    raise _data_error(exc, f"the {what} data failed while producing batch {b + 1} of "
+                                           f"epoch {epoch + 1}") from exc
+                yield batch, f"batch {b + 1} of epoch {epoch + 1} of the {what} data"
+                b += 1
+        finally:
+            if not self.one_shot:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+        if b == 0 or (self.steps_limit is not None and b < self.steps_limit and
+                      (self.one_shot or self.kind == "iterable")):
+            hint = (f"; pass a generator that yields at least steps_per_epoch x epochs batches "
+                    f"(or loops forever), or a re-iterable such as a list or a cconv.data.Dataset"
+                    if self.one_shot else "")
+            raise ValueError(f"the {what} data ran out: {b} batch{'es' if b != 1 else ''} in epoch "
+                             f"{epoch + 1}" + (f", steps_per_epoch={self.steps_limit}"
+                                               if self.steps_limit is not None else "") + hint)
+        if self.kind == "sequence" and hasattr(self.data, "on_epoch_end"):
+            self.data.on_epoch_end()
+
+    def batches(self, model, epoch, what, plan, class_weight=None):
+        for raw, where in self.raw_batches(epoch, what):
+            yield _checked_batch(model, raw, where, plan, class_weight)
+
+    def signature(self):
+        sig = {"source": self.kind, "steps_per_epoch": self.steps_limit}
+        if self.kind == "dataset" and callable(getattr(self.data, "signature", None)):
+            sig["dataset"] = self.data.signature()
+        elif self.steps is not None:
+            sig["steps"] = self.steps
+        return sig
+
+
+def _data_error(exc, where):
+    """The exception to raise for ``exc`` raised by the data, naming ``where``."""
+    if isinstance(exc, (ValueError, TypeError)):
+        try:
+            return type(exc)(f"{where}: {exc}")
+        except Exception:  # pragma: no cover - a subclass with another constructor
+            pass
+    return RuntimeError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def _unpack(batch, where, need_y=True):
+    """``(x, y, sample_weight)`` of a batch: a tuple or list of 1 to 3 parts (as Keras, so
+    the inputs of a several-input model go in a tuple: ``([x1, x2], y)``), or for
+    ``predict`` an array or dict alone."""
+    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3:
+        if need_y and len(batch) == 1:
+            raise ValueError(f"{where} has no targets: fit and evaluate need (x, y) or (x, y, "
+                             f"sample_weight) batches")
+        return tuple(batch) + (None,) * (3 - len(batch))
+    if not need_y and isinstance(batch, (np.ndarray, dict)):
+        return batch, None, None
+    raise TypeError(f"{where} is a {type(batch).__name__}: batches must be tuples (x, y) or (x, y, "
+                    f"sample_weight){' (or x alone to predict)' if not need_y else ''}")
+
+
+def _checked_batch(model, batch, where, plan, class_weight):
+    """A raw batch as (x arrays in the model's dtype, checked targets, weights or None)."""
+    x, y, sw = _unpack(batch, where)
+    try:
+        xs = input_arrays(model, x, "x")
+        n = xs[0].shape[0]
+        if n == 0:
+            raise ValueError("the batch is empty")
+        ys = target_arrays(model, y, n, "y", plan.losses)
+        if sw is not None:
+            if class_weight is not None:
+                raise ValueError("the batch has sample weights and fit has class_weight: use one")
+            sw = _losses.check_sample_weight(sw, n)
+        elif class_weight is not None:
+            sw = class_weights(class_weight, ys)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+    return [np.ascontiguousarray(a, dtype=model.dtype) for a in xs], ys, sw
+
+
+def _array_data(model, x, y, sample_weight, class_weight, batch_size, shuffle, plan, names=("x", "y")):
+    xs = input_arrays(model, x, names[0])
+    ys = target_arrays(model, y, xs[0].shape[0], names[1], plan.losses)
+    sw = None
+    if sample_weight is not None:
+        if class_weight is not None:
+            raise ValueError("pass sample_weight or class_weight, not both (as Keras)")
+        sw = _losses.check_sample_weight(sample_weight, xs[0].shape[0])
+    elif class_weight is not None:
+        sw = class_weights(class_weight, ys)
+    return _Arrays(xs, ys, sw, batch_size, shuffle)
+
+
+def _source(model, x, y, sample_weight, class_weight, batch_size, shuffle, steps, plan, what):
+    """fit/evaluate's data as an _Arrays or a _Stream, after checking what goes with what."""
+    if _is_arrays(x):
+        if steps is not None:
+            raise ValueError(f"{'steps_per_epoch' if what == 'training' else 'steps'} is for "
+                             f"datasets and generators; with arrays every sample is used "
+                             f"(ceil(N / batch_size) batches)")
+        return _array_data(model, x, y, sample_weight, class_weight,
+                           32 if batch_size is None else batch_size, shuffle, plan)
+    if x is None:
+        raise ValueError("x is missing")
+    for arg, value in (("y", y), ("sample_weight", sample_weight), ("batch_size", batch_size)):
+        if value is not None:
+            raise ValueError(f"{arg} must not be given with a dataset or generator: its batches "
+                             f"are (x, y) or (x, y, sample_weight) tuples and have their own size")
+    return _Stream(x, steps, "x")
+
+
+def _build(model, x):
+    """Build a Sequential that is not built yet from the shape of ``x`` (arrays, or the
+    first batch of a dataset or sequence of batches)."""
+    if model.built:
+        return
+    if _is_arrays(x):
+        input_arrays(model, x)
+        return
+    source = _Stream(x, None, "x")
+    if source.one_shot:
+        raise ValueError("fit with a generator needs a built model: give the Sequential "
+                         "input_shape= or call model.build(input_shape) first")
+    raw = source.raw_batches(0, "training")
+    try:
+        batch, where = next(raw)
+    finally:
+        _close(raw)
+    bx, _, _ = _unpack(batch, where)
+    try:
+        input_arrays(model, bx, "x")
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc
+
+
+def _close(iterator):
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 # --------------------------------------------------------------------------------------
 # one step
 # --------------------------------------------------------------------------------------
-def loss_and_gradients(model, xs, ys, plan, training=False, input_grad=False, grads_ready=None):
+def loss_and_gradients(model, xs, ys, plan, training=False, input_grad=False, sample_weight=None,
+                       grads_ready=None):
     """Forward, losses and backward on one batch, without an update.
 
-    ``xs`` are in the model's dtype, ``ys`` checked targets. Returns ``(logs, finite, dx)``:
-    the losses and metrics, whether the loss is finite (no backward otherwise), and the
-    input gradients (a list; None unless ``input_grad``). The layers' ``grads`` hold the
-    gradients of the weights. ``grads_ready(layer)`` is called as each layer's gradients
-    become final (see :meth:`cconv.Model.run_backward`).
+    ``xs`` are in the model's dtype, ``ys`` checked targets, ``sample_weight`` None or one
+    weight per sample. Returns ``(logs, finite, dx)``: the losses and metrics, whether the
+    loss is finite (no backward otherwise), and the input gradients (a list; None unless
+    ``input_grad``). The layers' ``grads`` hold the gradients of the weights.
+    ``grads_ready(layer)`` is called as each layer's gradients become final (see
+    :meth:`cconv.Model.run_backward`).
     """
     outs = model.run(xs, training, cache=True, pre_activation=plan.pre_activation)
-    total, logs = plan.values(outs, ys)
+    total, logs = plan.values(outs, ys, sample_weight)
     if not math.isfinite(total):
         return logs, False, None
     logs.update(plan.metrics(outs, ys))
@@ -362,9 +698,15 @@ class _OneProcess:
     def begin_step(self, n_local):
         """Before the forward pass on this process's ``n_local`` samples of a batch."""
 
-    def end_step(self, logs, finite):
-        """Between backward and the optimizer step: the global batch's gradients and logs."""
-        return logs, finite
+    def end_step(self, logs, finite, n_local):
+        """Between backward and the optimizer step: the global batch's gradients, and its
+        logs, finiteness and number of samples."""
+        return logs, finite, n_local
+
+    def metric_values(self, plan):
+        """The values of ``plan``'s metrics over every sample they were given since their
+        reset (MPI: by every process)."""
+        return plan.metric_values()
 
     def end_epoch(self, model):
         """Before validation (MPI: the processes agree on the layers' state)."""
@@ -377,21 +719,29 @@ class _OneProcess:
 _ONE_PROCESS = _OneProcess()
 
 
-def _train_step(model, xs, ys, plan, par=_ONE_PROCESS):
+def _train_step(model, xs, ys, plan, sample_weight=None, par=_ONE_PROCESS):
+    """One step on this process's part of a batch: ``(logs, finite, samples)`` of the
+    global batch."""
     n = xs[0].shape[0]
     par.begin_step(n)
+    # A batch whose loss is not finite adds nothing to the metrics; with several processes
+    # that is known only after this process has added its part.
+    kept = None if par is _ONE_PROCESS else copy.deepcopy(plan.metric_objects)
     if n or par is _ONE_PROCESS:
-        logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True, grads_ready=par.grads_ready)
+        logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True,
+                                             sample_weight=sample_weight, grads_ready=par.grads_ready)
     else:                   # an empty part of a global batch smaller than the number of ranks
         model.zero_grad()
         logs, finite = {}, True
-    logs, finite = par.end_step(logs, finite)
+    logs, finite, n = par.end_step(logs, finite, n)
     if finite:
         model.optimizer.step()
-    return logs, finite
+    elif kept is not None:
+        plan.metric_objects = kept
+    return logs, finite, n
 
 
-def train_on_batch(model, x, y):
+def train_on_batch(model, x, y, sample_weight=None, class_weight=None):
     """One optimisation step on a batch; returns ``{"loss": ..., "accuracy": ...}``.
 
     Raises
@@ -400,10 +750,10 @@ def train_on_batch(model, x, y):
         The loss is NaN or infinite (the weights are not updated).
     """
     _require_compiled(model, "train_on_batch()")
-    xs = input_arrays(model, x)
     plan = LossPlan(model)
-    ys = target_arrays(model, y, xs[0].shape[0], plan_losses=plan.losses)
-    logs, finite = _train_step(model, [np.ascontiguousarray(a, dtype=model.dtype) for a in xs], ys, plan)
+    data = _array_data(model, x, y, sample_weight, _check_class_weight(class_weight), 1, False, plan)
+    logs, finite, _ = _train_step(model, [np.ascontiguousarray(a, dtype=model.dtype) for a in data.xs],
+                                  data.ys, plan, data.sw)
     if not finite:
         raise NonFiniteLossError(f"non-finite loss ({logs['loss']}) in train_on_batch; the weights were not updated",
                                  loss=logs["loss"])
@@ -413,23 +763,33 @@ def train_on_batch(model, x, y):
 # --------------------------------------------------------------------------------------
 # evaluate / predict
 # --------------------------------------------------------------------------------------
-def _evaluate_arrays(model, xs, ys, batch_size, plan):
-    n = xs[0].shape[0]
-    sums = {}
-    for lo in range(0, n, batch_size):
-        sl = slice(lo, lo + batch_size)
-        xb, yb = _batch(model, xs, sl), _take(ys, sl)
-        outs = model.run(xb, False, cache=False, pre_activation=plan.pre_activation)
+def _evaluate_batches(model, batches, plan, par=_ONE_PROCESS):
+    """Loss (the mean over samples of the batch values) and metrics (over all samples) of
+    ``(xs, ys, sw)`` batches in inference mode; with ``par``, of every process's batches."""
+    plan.reset_metrics()
+    sums, n = {}, 0
+    for xb, yb, swb in batches:
         m = xb[0].shape[0]
-        _, logs = plan.values(outs, yb)
-        logs.update(plan.metrics(outs, yb))
+        if not m:               # an empty part of a batch smaller than the number of processes
+            continue
+        outs = model.run(xb, False, cache=False, pre_activation=plan.pre_activation)
+        _, logs = plan.values(outs, yb, swb)
+        plan.metrics(outs, yb)
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + v * m
-    return {k: v / n for k, v in sums.items()} if n else {}
+        n += m
+    res = par.reduce_means({k: v / n for k, v in sums.items()} if n else {}, n)
+    if not res:
+        return {}
+    res.update(par.metric_values(plan))
+    return res
 
 
-def evaluate(model, x, y, batch_size=32, verbose=0):
+def evaluate(model, x, y=None, batch_size=None, verbose=0, sample_weight=None, steps=None):
     """Loss and metrics on ``(x, y)`` in inference mode.
+
+    ``x`` may also be a dataset or an iterable of ``(x, y)`` / ``(x, y, sample_weight)``
+    batches (see :func:`fit`; ``steps`` caps the number of batches).
 
     Returns
     -------
@@ -437,60 +797,145 @@ def evaluate(model, x, y, batch_size=32, verbose=0):
         ``{"loss": float, "accuracy": float}`` (with several outputs, also per output).
     """
     _require_compiled(model, "evaluate()")
-    batch_size = V.positive_int(batch_size, "batch_size")
-    xs = input_arrays(model, x)
+    if batch_size is not None:
+        batch_size = V.positive_int(batch_size, "batch_size")
+    if steps is not None:
+        steps = V.positive_int(steps, "steps")
     plan = LossPlan(model)
-    ys = target_arrays(model, y, xs[0].shape[0], plan_losses=plan.losses)
-    if xs[0].shape[0] == 0:
-        raise ValueError("x is empty: evaluate needs at least one sample")
-    res = _evaluate_arrays(model, xs, ys, batch_size, plan)
+    source = _source(model, x, y, sample_weight, None, batch_size, False, steps, plan, "evaluation")
+    if isinstance(source, _Arrays):
+        if source.samples == 0:
+            raise ValueError("x is empty: evaluate needs at least one sample")
+        res = _evaluate_batches(model, source.batches(model, 0), plan)
+    else:
+        batches = source.batches(model, 0, "evaluation", plan)
+        try:
+            res = _evaluate_batches(model, batches, plan)
+        finally:
+            _close(batches)
     if verbose:
         print("  ".join(f"{k} {v:.4f}" for k, v in res.items()))
     return res
 
 
-def predict(model, x, batch_size=32):
+def predict(model, x, batch_size=None, steps=None):
     """Outputs of the whole network in inference mode (probabilities if it ends with a
     softmax), computed ``batch_size`` samples at a time.
+
+    ``x`` may also be a dataset or an iterable of batches (``x``, or ``(x, y)`` whose ``y``
+    is ignored); ``steps`` caps the number of batches.
 
     Returns
     -------
     ndarray of shape (N, *output_shape), or a list of them with several outputs
     """
-    batch_size = V.positive_int(batch_size, "batch_size")
-    xs = input_arrays(model, x)
-    n = xs[0].shape[0]
-    outs = [np.empty((n,) + tuple(t.shape[1:]), dtype=model.dtype) for t in model.outputs]
-    for lo in range(0, n, batch_size):
-        sl = slice(lo, lo + batch_size)
-        for o, r in zip(outs, model.run(_batch(model, xs, sl), False, cache=False)):
-            o[sl] = r
+    if batch_size is not None:
+        batch_size = V.positive_int(batch_size, "batch_size")
+    if _is_arrays(x):
+        if steps is not None:
+            raise ValueError("steps is for datasets and generators; with arrays every sample is predicted")
+        xs = input_arrays(model, x)
+        n = xs[0].shape[0]
+        size = 32 if batch_size is None else batch_size
+        outs = [np.empty((n,) + tuple(t.shape[1:]), dtype=model.dtype) for t in model.outputs]
+        for lo in range(0, n, size):
+            sl = slice(lo, lo + size)
+            for o, r in zip(outs, model.run(_batch(model, xs, sl), False, cache=False)):
+                o[sl] = r
+    else:
+        if batch_size is not None:
+            raise ValueError("batch_size must not be given with a dataset or generator")
+        source = _Stream(x, None if steps is None else V.positive_int(steps, "steps"), "x")
+        parts = [[] for _ in model.outputs] if model.built else None
+        raw = source.raw_batches(0, "prediction")
+        try:
+            for batch, where in raw:
+                bx, _, _ = _unpack(batch, where, need_y=False)
+                try:
+                    xs = input_arrays(model, bx, "x")
+                except (ValueError, TypeError) as exc:
+                    raise type(exc)(f"{where}: {exc}") from exc
+                if parts is None:
+                    parts = [[] for _ in model.outputs]
+                for p, r in zip(parts, model.run(_batch(model, xs, slice(None)), False, cache=False)):
+                    p.append(r)
+        finally:
+            _close(raw)
+        outs = [np.concatenate(p) for p in parts]
     return outs[0] if len(outs) == 1 and not isinstance(model.output_shape, list) else outs
 
 
 # --------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------
-def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None, shuffle=True,
-        callbacks=None, verbose=1, checkpoint=None, resume=None, distributed=False):
+def _validation_source(model, validation_data, validation_split, train, batch_size, steps, plan):
+    """(training source, validation source or None)."""
+    if validation_data is not None:
+        vd = validation_data
+        if isinstance(vd, (tuple, list)) and 2 <= len(vd) <= 3 and _is_arrays(vd[0]):
+            sw = vd[2] if len(vd) == 3 else None
+            size = train.batch_size if isinstance(train, _Arrays) else (batch_size or 32)
+            val = _array_data(model, vd[0], vd[1], sw, None, size, False, plan,
+                              ("validation_data[0]", "validation_data[1]"))
+            if val.samples == 0:
+                raise ValueError("validation_data is empty")
+            return train, val
+        if isinstance(vd, (tuple, list)) and len(vd) in (2, 3) and not _is_arrays(vd[0]) \
+                and not isinstance(vd[0], (tuple, list)):
+            raise ValueError("validation_data must be (x_val, y_val[, sample_weight]) arrays, a "
+                             "dataset, or an iterable of (x, y) batches")
+        return train, _Stream(vd, steps, "validation_data")
+    if validation_split:
+        split = V.number(validation_split, "validation_split", low=0.0, high=1.0, high_open=True)
+        if not isinstance(train, _Arrays):
+            raise ValueError("validation_split needs arrays; with a dataset or generator pass "
+                             "validation_data")
+        return train.split(split)
+    return train, None
+
+
+def _validation_epochs(validation_freq):
+    if isinstance(validation_freq, (bool, np.bool_)):
+        raise TypeError(f"validation_freq must be a positive int or a collection of epochs, got {validation_freq!r}")
+    if isinstance(validation_freq, (int, np.integer)):
+        f = V.positive_int(validation_freq, "validation_freq")
+        return lambda epoch: (epoch + 1) % f == 0
+    try:
+        epochs = {V.positive_int(e, "validation_freq entries") for e in validation_freq}
+    except TypeError:
+        raise TypeError(f"validation_freq must be a positive int or a collection of 1-based "
+                        f"epochs, got {validation_freq!r}") from None
+    return lambda epoch: epoch + 1 in epochs
+
+
+def fit(model, x, y=None, epochs=1, batch_size=None, validation_split=0.0, validation_data=None,
+        shuffle=True, callbacks=None, verbose=1, checkpoint=None, resume=None, sample_weight=None,
+        class_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+        validation_freq=1, distributed=False):
     """Train ``model``.
 
     Parameters
     ----------
-    x : ndarray of shape (N, *input_shape), or a list / dict (by input name) of them
+    x : ndarray of shape (N, *input_shape), a list / dict (by input name) of them, or a source of batches
+        Arrays, or a :class:`cconv.data.Dataset`, a sequence of batches (``__len__`` and
+        ``__getitem__``, e.g. a list or Keras's ``PyDataset``), or any iterable or generator
+        of ``(x, y)`` / ``(x, y, sample_weight)`` batches (see the module docstring).
     y : ndarray, or a list / dict (by output name) of them
-        Integer labels ``(N,)`` or one-hot ``(N, K)`` for the cross-entropy; targets of
-        the output's shape for the other losses.
+        Integer labels ``(N,)`` or ``(N, 1)``, or one-hot ``(N, K)`` for the cross-entropy;
+        targets of the output's shape for the other losses. Only with arrays.
     epochs : int, default 1
-        Total number of epochs (including those done before a ``resume``).
+        Index of the last epoch + 1: training runs epochs ``initial_epoch .. epochs - 1``
+        (including those done before a ``resume``).
     batch_size : int, default 32
+        Only with arrays (a dataset has its own).
     validation_split : float in [0, 1), default 0.0
-        Fraction of the samples, taken from the end of ``x`` before shuffling, held out
-        for validation.
-    validation_data : tuple (x_val, y_val), optional
+        Fraction of the samples, taken from the end of the arrays before shuffling, held out
+        for validation (arrays only).
+    validation_data : tuple (x_val, y_val) or (x_val, y_val, sample_weight), or a source of batches
         Overrides ``validation_split``.
     shuffle : bool, default True
-        Reshuffle the training samples every epoch (from the model's seed).
+        Reshuffle array samples every epoch (from the model's seed). A dataset orders itself
+        (``Dataset.shuffle``).
     callbacks : list of Callback, optional
     verbose : {0, 1, 2}, default 1
         0 silent, 1 progress bar, 2 one line per epoch.
@@ -500,8 +945,25 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     resume : str, os.PathLike or True, optional
         Continue from a checkpoint written by ``fit(checkpoint=...)``; the final weights
         are the same as those of an uninterrupted run (same seed, data and thread
-        count). ``True`` means: resume from ``checkpoint`` if that file exists, else
-        start from the beginning.
+        count; a dataset's epochs depend only on its seeds, but a one-shot generator starts
+        again from wherever it is). ``True`` means: resume from ``checkpoint`` if that file
+        exists, else start from the beginning.
+    sample_weight : ndarray of shape (N,), optional
+        Weight of each sample's loss (arrays only; a dataset's batches may carry them).
+    class_weight : dict {class index: weight}, optional
+        Weight of each sample's loss by its label (single-output models; not together with
+        sample weights).
+    initial_epoch : int, default 0
+        The epoch to start at (its index, as Keras): epoch-based schedules and the logs
+        count from there. Not with ``resume``, which restores it.
+    steps_per_epoch : int, optional
+        Batches per epoch from a dataset or generator (default: all of a dataset or a
+        sequence; until an iterable is exhausted). A generator keeps its position from one
+        epoch to the next.
+    validation_steps : int, optional
+        Batches of validation data from a dataset or generator (default: all).
+    validation_freq : int or collection of int, default 1
+        Validate every ``validation_freq`` epochs, or after the listed (1-based) epochs.
     distributed : bool or cconv.distributed.DataParallel, default False
         Train data-parallel over the processes of an MPI job (``mpirun -n 4 python
         train.py``): ``batch_size`` is the global batch, each process computes the
@@ -518,10 +980,14 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
     ValueError
         Model not compiled; x/y shapes or lengths that do not fit the model; a wrong number
         of arrays for the inputs or outputs; labels out of range; a resume file for a
-        different model.
+        different model; a batch that does not fit the model (the message names the batch
+        and the epoch); data that ran out.
     NonFiniteLossError
         The loss became NaN or infinite (the message names the epoch and the batch);
         pass ``callbacks=[cconv.callbacks.SkipNonFinite()]`` to skip such batches.
+    RuntimeError
+        The data raised an exception that is not a ValueError or TypeError (chained, the
+        message names the batch and the epoch).
     ImportError
         ``distributed`` without mpi4py or an MPI library.
     """
@@ -539,38 +1005,35 @@ def fit(model, x, y, epochs=1, batch_size=32, validation_split=0.0, validation_d
                             f"got {distributed!r}")
     with par.guard(agreed=(NonFiniteLossError,)):
         return _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data, shuffle,
-                    callbacks, verbose, checkpoint, resume)
+                    callbacks, verbose, checkpoint, resume, sample_weight, class_weight, initial_epoch,
+                    steps_per_epoch, validation_steps, validation_freq)
 
 
 def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data, shuffle, callbacks,
-         verbose, checkpoint, resume):
+         verbose, checkpoint, resume, sample_weight, class_weight, initial_epoch, steps_per_epoch,
+         validation_steps, validation_freq):
     epochs = V.non_negative_int(epochs, "epochs")
-    batch_size = V.positive_int(batch_size, "batch_size")
+    initial_epoch = V.non_negative_int(initial_epoch, "initial_epoch")
+    if batch_size is not None:
+        batch_size = V.positive_int(batch_size, "batch_size")
+    if steps_per_epoch is not None:
+        steps_per_epoch = V.positive_int(steps_per_epoch, "steps_per_epoch")
+    if validation_steps is not None:
+        validation_steps = V.positive_int(validation_steps, "validation_steps")
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-    xs = input_arrays(model, x)
+    validate_now = _validation_epochs(validation_freq)
+    class_weight = _check_class_weight(class_weight)
+    _build(model, x)
     plan = LossPlan(model)
-    ys = target_arrays(model, y, xs[0].shape[0], plan_losses=plan.losses)
-    n = xs[0].shape[0]
-    if n == 0:
+    train = _source(model, x, y, sample_weight, class_weight, batch_size, shuffle, steps_per_epoch,
+                    plan, "training")
+    if isinstance(train, _Arrays) and train.samples == 0:
         raise ValueError("x is empty: fit needs at least one sample")
-
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data must be a tuple (x_val, y_val)")
-        xv = input_arrays(model, validation_data[0], "validation_data[0]")
-        yv = target_arrays(model, validation_data[1], xv[0].shape[0], "validation_data[1]", plan.losses)
-    elif validation_split:
-        split = V.number(validation_split, "validation_split", low=0.0, high=1.0, high_open=True)
-        n_val = int(n * split)
-        if n_val == 0 or n_val == n:
-            raise ValueError(f"validation_split={validation_split} of {n} samples leaves "
-                             f"{n_val} for validation and {n - n_val} for training")
-        xs, xv = _take(xs, slice(None, -n_val)), _take(xs, slice(-n_val, None))
-        ys, yv = _take(ys, slice(None, -n_val)), _take(ys, slice(-n_val, None))
-        n = xs[0].shape[0]
-    else:
-        xv = yv = None
+    train, val = _validation_source(model, validation_data, validation_split, train, batch_size,
+                                    validation_steps, plan)
+    if par is not _ONE_PROCESS and not all(isinstance(s, _Arrays) for s in (train, val) if s is not None):
+        raise ValueError("fit(distributed=True) shards arrays; datasets and generators are not sharded yet")
 
     cbs = list(callbacks or [])
     for cb in cbs:
@@ -588,30 +1051,36 @@ def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data
         if checkpoint is None:
             raise ValueError("resume=True needs checkpoint= (the file to resume from)")
         resume = checkpoint if os.path.exists(os.fspath(checkpoint)) else None
-    signature = _checkpoint.data_signature(xs, ys, batch_size, shuffle)
+    signature = train.signature()
     model.stop_training = False
-    start_epoch = 0
+    start_epoch = initial_epoch
+    if resume is not None and initial_epoch:
+        raise ValueError("initial_epoch and resume do not go together: resume restores the epoch "
+                         "from the checkpoint")
     if resume is not None and par.is_root:
         start_epoch = _checkpoint.restore(model, resume, signature, history, cbs)
-    settings = dict(signature, epochs=epochs, validation=None if xv is None else [list(a.shape) for a in xv])
+    settings = dict(signature, epochs=epochs, initial_epoch=initial_epoch,
+                    validation=None if val is None else val.signature())
     start_epoch = par.start(model, settings, start_epoch, resume is not None, history, cbs)
     if not par.is_root:
         verbose = 0
         cbs = [cb for cb in cbs if not cb.rank_zero_only]
 
-    steps = (n + batch_size - 1) // batch_size
-    params = {"epochs": epochs, "steps": steps, "batch_size": batch_size, "samples": n, "verbose": verbose,
-              "initial_epoch": start_epoch}
+    params = {"epochs": epochs, "steps": train.steps, "batch_size": train.batch_size,
+              "samples": train.samples, "verbose": verbose, "initial_epoch": start_epoch,
+              "do_validation": val is not None}
     for cb in cbs:
         cb.set_model(model)
         cb.set_params(params)
     model.history = history
+    val_plan = LossPlan(model) if val is not None else None
     for cb in cbs:
         cb.on_train_begin()
     try:
         epoch = start_epoch
         while epoch < epochs and not model.stop_training:
-            _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, verbose, xv, yv, par)
+            validation = (val, val_plan) if val is not None and validate_now(epoch) else None
+            _run_epoch(model, plan, train, epoch, epochs, cbs, verbose, validation, class_weight, par)
             epoch += 1
             if checkpoint is not None and par.is_root:
                 _checkpoint.save(model, checkpoint, epoch, epochs, signature, history, cbs)
@@ -621,22 +1090,35 @@ def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data
     return history
 
 
-def _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, verbose, xv, yv, par=_ONE_PROCESS):
-    n = xs[0].shape[0]
-    steps = (n + batch_size - 1) // batch_size
+def _batches(model, source, epoch, what, plan, class_weight, par=_ONE_PROCESS):
+    if isinstance(source, _Arrays):
+        return source.batches(model, epoch, what, par)
+    return source.batches(model, epoch, what, plan, class_weight)
+
+
+def _run_epoch(model, plan, train, epoch, epochs, cbs, verbose, validation, class_weight, par=_ONE_PROCESS):
+    batches = _batches(model, train, epoch, "training", plan, class_weight, par)
+    try:
+        return _run_batches(model, plan, train, batches, epoch, epochs, cbs, verbose, validation, par)
+    finally:
+        _close(batches)
+
+
+def _run_batches(model, plan, train, batches, epoch, epochs, cbs, verbose, validation, par):
+    first = next(batches)          # the data's first error (or running out) comes before any hook
+    steps = train.steps
     for cb in cbs:
         cb.on_epoch_begin(epoch)
-    order = model.shuffle_rng.permutation(n) if shuffle else None
+    plan.reset_metrics()
     bar = ProgressBar(steps, epoch + 1, epochs, interactive=None if verbose == 1 else False) if verbose else None
     sums = {}
     seen = 0
-    for b in range(steps):
-        lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-        a, z = par.shard(hi - lo)             # this process's part of the batch
-        index = slice(lo + a, lo + z) if order is None else order[lo + a:lo + z]
+    logs = {}
+    b = -1
+    for b, (xb, yb, swb) in enumerate(_chain(first, batches)):
         for cb in cbs:
             cb.on_batch_begin(b)
-        logs, finite = _train_step(model, _batch(model, xs, index), _take(ys, index), plan, par)
+        logs, finite, m = _train_step(model, xb, yb, plan, swb, par)
         if not finite:
             skip = False
             for cb in cbs:
@@ -644,30 +1126,41 @@ def _run_epoch(model, plan, xs, ys, epoch, epochs, batch_size, shuffle, cbs, ver
             if not skip:
                 if bar is not None:
                     bar.finish()
+                where = f"batch {b + 1}/{steps}" if steps is not None else f"batch {b + 1}"
                 raise NonFiniteLossError(
-                    f"the loss is {logs['loss']} at epoch {epoch + 1}/{epochs}, batch {b + 1}/{steps}; training "
+                    f"the loss is {logs['loss']} at epoch {epoch + 1}/{epochs}, {where}; training "
                     "stopped before updating the weights with it. Try a lower learning rate, check the inputs "
                     "for NaN/inf, or pass callbacks=[cconv.callbacks.SkipNonFinite()] to skip such batches",
                     epoch=epoch + 1, batch=b + 1, loss=logs["loss"])
         else:
-            m = hi - lo
             seen += m
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v * m
+            for k in plan.loss_keys:
+                sums[k] = sums.get(k, 0.0) + logs[k] * m
         running = {k: v / seen for k, v in sums.items()} if seen else {}
+        running.update(par.metric_values(plan))
         for cb in cbs:
-            cb.on_batch_end(b, dict(running, size=hi - lo))
+            cb.on_batch_end(b, dict(running, size=m))
         if bar is not None:
-            bar.update(b + 1, hi, running)
+            bar.update(b + 1, seen, running)
     epoch_logs = {k: v / seen for k, v in sums.items()} if seen else {"loss": float("nan")}
+    if seen:
+        epoch_logs.update(par.metric_values(plan))
     par.end_epoch(model)
-    if xv is not None:
-        a, z = par.shard(xv[0].shape[0])
-        val = par.reduce_means(_evaluate_arrays(model, _take(xv, slice(a, z)), _take(yv, slice(a, z)),
-                                                batch_size, plan), z - a)
-        epoch_logs.update({f"val_{k}": v for k, v in val.items()})
+    if validation is not None:
+        val, val_plan = validation
+        vb = _batches(model, val, 0, "validation", val_plan, None, par)
+        try:
+            res = _evaluate_batches(model, vb, val_plan, par)
+        finally:
+            _close(vb)
+        epoch_logs.update({f"val_{k}": v for k, v in res.items()})
     for cb in cbs:
         cb.on_epoch_end(epoch, epoch_logs)
     if bar is not None:
         bar.finish(epoch_logs)
     return epoch_logs
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
