@@ -6,8 +6,10 @@ batches are counted from 0 (as in Keras). ``logs`` at the end of an epoch holds 
 metrics (``accuracy``) and, with validation data, ``val_loss`` / ``val_accuracy``. A callback
 stops training by setting ``self.model.stop_training = True``.
 
-Included: :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LearningRateScheduler`,
-:class:`CSVLogger`, :class:`SkipNonFinite`, :class:`LambdaCallback`.
+Included: :class:`EarlyStopping`, :class:`ModelCheckpoint`, :class:`LearningRateScheduler`
+(per epoch, or per batch for one-cycle and warm-up schedules), :class:`ReduceLROnPlateau`,
+:class:`LinearWarmup`, :class:`CSVLogger`, :class:`TensorBoard`, :class:`SkipNonFinite`,
+:class:`LambdaCallback`.
 """
 import csv
 import inspect
@@ -20,8 +22,8 @@ from . import _validate as V
 from .metrics import higher_is_better
 
 __all__ = [
-    "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "CSVLogger",
-    "SkipNonFinite", "LambdaCallback",
+    "Callback", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler", "ReduceLROnPlateau",
+    "LinearWarmup", "CSVLogger", "TensorBoard", "SkipNonFinite", "LambdaCallback",
 ]
 
 
@@ -33,7 +35,9 @@ class Callback:
     model : Model or None
         Set by ``fit`` before ``on_train_begin``.
     params : dict
-        ``{"epochs", "steps", "batch_size", "samples", "verbose"}``, set by ``fit``.
+        ``{"epochs", "steps", "batch_size", "samples", "verbose", "initial_epoch",
+        "do_validation"}``, set by ``fit`` (``steps``, ``samples``, ``batch_size`` are None
+        when a dataset or generator does not know them).
     rank_zero_only : bool (class attribute)
         In ``fit(..., distributed=True)``, run on rank 0 only (callbacks that write files);
         the others run on every rank, with the same logs.
@@ -267,24 +271,32 @@ class ModelCheckpoint(Callback):
 
 
 class LearningRateScheduler(Callback):
-    """Set the optimizer's learning rate at the beginning of every epoch.
+    """Set the optimizer's learning rate at the beginning of every epoch, or of every batch.
 
     Parameters
     ----------
     schedule : callable or schedule object from :mod:`cconv.optim`
-        ``schedule(epoch) -> lr`` or ``schedule(epoch, lr) -> lr`` (epoch counted from 0,
-        ``lr`` the current rate), or an ``optim`` schedule (``StepLR``,
-        ``ExponentialLR``, ``CosineAnnealingLR``), which is evaluated from the rate the
-        optimizer had when training began.
+        ``schedule(step) -> lr`` or ``schedule(step, lr) -> lr`` (step counted from 0,
+        ``lr`` the current rate), or an ``optim`` schedule (``StepLR``, ``ExponentialLR``,
+        ``CosineAnnealingLR``, ``LinearLR``, ``OneCycleLR``, ``WarmupCosineLR``), which is
+        evaluated from the rate the optimizer had when training began.
     verbose : int, default 0
+    unit : {"epoch", "batch"}, default "epoch"
+        "epoch": the step is the epoch index, the rate is set when an epoch begins (Keras's
+        LearningRateScheduler). "batch": the step is the number of updates the optimizer
+        has made (``optimizer.iterations``, restored by a resume; Keras's schedules count
+        the same way), the rate is set before every batch.
     """
 
-    def __init__(self, schedule, verbose=0):
+    def __init__(self, schedule, verbose=0, unit="epoch"):
         super().__init__()
         if not callable(schedule) and not hasattr(schedule, "get_lr"):
             raise TypeError(f"schedule must be callable or an optim schedule, got {type(schedule).__name__}")
+        if unit not in ("epoch", "batch"):
+            raise ValueError(f"unit must be 'epoch' or 'batch', got {unit!r}")
         self.schedule = schedule
         self.verbose = verbose
+        self.unit = unit
         self.base_lr = None
         self._nargs = None
         if callable(schedule):
@@ -295,25 +307,36 @@ class LearningRateScheduler(Callback):
             opt = self.model.optimizer
             self.base_lr = float(getattr(opt, "initial_lr", opt.lr))
 
-    def _lr_for(self, epoch):
+    def _lr_for(self, step):
         s = self.schedule
         if _is_optim_schedule(s):
-            return _call_optim_schedule(s, epoch, self.base_lr)
+            return _call_optim_schedule(s, step, self.base_lr)
         if self._nargs is not None and self._nargs >= 2:
-            return s(epoch, float(self.model.optimizer.lr))
-        return s(epoch)
+            return s(step, float(self.model.optimizer.lr))
+        return s(step)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        lr = self._lr_for(epoch)
+    def _set(self, step, what):
+        lr = self._lr_for(step)
         try:
             lr = float(lr)
         except (TypeError, ValueError):
-            raise TypeError(f"the learning-rate schedule returned {lr!r} for epoch {epoch}, not a number") from None
+            raise TypeError(f"the learning-rate schedule returned {lr!r} for {what} {step}, not a number") from None
         if not np.isfinite(lr) or lr < 0:
-            raise ValueError(f"the learning-rate schedule returned {lr!r} for epoch {epoch}; it must be finite and >= 0")
+            raise ValueError(f"the learning-rate schedule returned {lr!r} for {what} {step}; it must be "
+                             f"finite and >= 0")
         self.model.optimizer.lr = lr
+        return lr
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.unit != "epoch":
+            return
+        lr = self._set(epoch, "epoch")
         if self.verbose:
             print(f"Epoch {epoch + 1}: learning rate {lr:.6g}")
+
+    def on_batch_begin(self, batch, logs=None):
+        if self.unit == "batch":
+            self._set(int(self.model.optimizer.iterations), "step")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -326,7 +349,142 @@ class LearningRateScheduler(Callback):
         self.base_lr = state.get("base_lr")
 
     def __repr__(self):
-        return f"LearningRateScheduler({self.schedule!r})"
+        unit = "" if self.unit == "epoch" else f", unit={self.unit!r}"
+        return f"LearningRateScheduler({self.schedule!r}{unit})"
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when a monitored value stops improving
+    (Keras's ReduceLROnPlateau).
+
+    After every epoch: during a cooldown the counter of bad epochs stays at 0; a value
+    better than the best by more than ``min_delta`` becomes the best and resets the
+    counter; otherwise (outside a cooldown) the counter grows, and when it reaches
+    ``patience`` the rate becomes ``max(lr * factor, min_lr)`` (if it is above
+    ``min_lr``), the counter returns to 0 and a cooldown of ``cooldown`` epochs begins.
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+    factor : float in (0, 1), default 0.1
+    patience : int, default 10
+    mode : {"auto", "min", "max"}, default "auto"
+        "auto" maximises accuracies, precision, recall and F1, minimises the rest.
+    min_delta : float, default 1e-4
+    cooldown : int, default 0
+    min_lr : float, default 0.0
+    verbose : int, default 0
+
+    Notes
+    -----
+    The epoch logs get ``"lr"``, the rate the epoch trained with.
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0, verbose=0):
+        super().__init__()
+        self.monitor = monitor
+        self.factor = V.number(factor, "factor", low=0.0, high=1.0, low_open=True, high_open=True)
+        self.patience = V.non_negative_int(patience, "patience")
+        self.mode = _resolve_mode(mode, monitor)
+        self.min_delta = V.number(min_delta, "min_delta", low=0.0)
+        self.cooldown = V.non_negative_int(cooldown, "cooldown")
+        self.min_lr = V.number(min_lr, "min_lr", low=0.0)
+        self.verbose = verbose
+        self._reset()
+
+    def _reset(self):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+        self.cooldown_counter = 0
+        self._resumed = False
+
+    def on_train_begin(self, logs=None):
+        if not self._resumed:
+            self._reset()
+        self._resumed = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = self.model.optimizer
+        if logs is not None:
+            logs["lr"] = float(opt.lr)
+        value = _monitored(logs, self.monitor, "ReduceLROnPlateau", self.params)
+        if value is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        better = (value < self.best - self.min_delta if self.mode == "min"
+                  else value > self.best + self.min_delta)
+        if better:
+            self.best, self.wait = value, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and opt.lr > self.min_lr:
+                new = max(opt.lr * self.factor, self.min_lr)
+                opt.lr = new
+                self.cooldown_counter, self.wait = self.cooldown, 0
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing the learning rate to {new:.6g}")
+
+    def state_dict(self):
+        return {"best": self.best, "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state):
+        self.best = float(state["best"])
+        self.wait = int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])
+        self._resumed = True
+
+    def __repr__(self):
+        return (f"ReduceLROnPlateau(monitor={self.monitor!r}, factor={self.factor}, "
+                f"patience={self.patience}, cooldown={self.cooldown}, min_lr={self.min_lr})")
+
+
+class LinearWarmup(Callback):
+    """Raise the learning rate linearly over the first ``warmup_steps`` updates.
+
+    Before update ``t`` (``optimizer.iterations``, counted from 0) with ``t <
+    warmup_steps`` the rate is ``target * (start_factor + (1 - start_factor) * t /
+    warmup_steps)`` (PyTorch's ``LinearLR`` warm-up); at ``t = warmup_steps`` it is set to
+    ``target`` and left alone from then on, so epoch schedules and
+    :class:`ReduceLROnPlateau` take over. ``target`` is the optimizer's rate when training
+    begins (unless given). For a warm-up followed by a per-batch decay use
+    ``LearningRateScheduler(optim.WarmupCosineLR(...), unit="batch")``.
+
+    Parameters
+    ----------
+    warmup_steps : int
+    start_factor : float in [0, 1], default 0.0
+    target : float, optional
+    """
+
+    def __init__(self, warmup_steps, start_factor=0.0, target=None):
+        super().__init__()
+        self.warmup_steps = V.positive_int(warmup_steps, "warmup_steps")
+        self.start_factor = V.number(start_factor, "start_factor", low=0.0, high=1.0)
+        self.target = None if target is None else V.number(target, "target", low=0.0, low_open=True)
+
+    def on_train_begin(self, logs=None):
+        if self.target is None:
+            self.target = float(self.model.optimizer.lr)
+
+    def on_batch_begin(self, batch, logs=None):
+        t = int(self.model.optimizer.iterations)
+        if t < self.warmup_steps:
+            f = self.start_factor + (1.0 - self.start_factor) * t / self.warmup_steps
+            self.model.optimizer.lr = self.target * f
+        elif t == self.warmup_steps:
+            self.model.optimizer.lr = self.target
+
+    def state_dict(self):
+        return {"target": self.target}
+
+    def load_state_dict(self, state):
+        self.target = state.get("target")
+
+    def __repr__(self):
+        return f"LinearWarmup({self.warmup_steps}, start_factor={self.start_factor})"
 
 
 def _positional_arity(fn):
@@ -444,6 +602,112 @@ def _fmt(v):
     if isinstance(v, (float, np.floating)):
         return repr(float(v))
     return v
+
+
+class TensorBoard(Callback):
+    """Write the training curves, weight histograms and kernel images for TensorBoard.
+
+    Event files go to ``log_dir/train`` and ``log_dir/validation`` (Keras's layout): after
+    every epoch the scalars ``epoch_<key>`` for each key of the epoch logs (``val_``
+    keys in ``validation`` without the prefix, the learning rate as
+    ``epoch_learning_rate``); with ``update_freq`` the running ``batch_<key>`` values;
+    every ``histogram_freq`` epochs a histogram of every weight (tag ``<layer>/<weight>``)
+    and, with ``write_images``, the kernels of each ``Conv2D`` as an image (one tile per
+    filter: RGB for 3 input channels, their mean otherwise). Steps are epoch indices (and
+    the optimizer's update count for batch values). Files are flushed after every epoch;
+    a failed epoch writes no epoch values.
+
+    The writer is cconv's own (no TensorFlow or TensorBoard needed); view the files with
+    ``pip install "cconv[tensorboard]"`` and ``tensorboard --logdir <log_dir>``.
+
+    Parameters
+    ----------
+    log_dir : str or os.PathLike, default "logs"
+    histogram_freq : int, default 0
+        Every this many epochs (0: never).
+    write_images : bool, default False
+        With the histograms, images of the convolution kernels.
+    update_freq : "epoch", "batch" or int, default "epoch"
+        Also write the batch values every batch, or every ``update_freq`` batches.
+
+    In a distributed fit only rank 0 writes (the logs are the global batches' on every rank).
+    """
+
+    rank_zero_only = True
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_images=False, update_freq="epoch"):
+        super().__init__()
+        from ._tfevents import EventWriter
+        self.log_dir = os.fspath(log_dir)
+        self.histogram_freq = V.non_negative_int(histogram_freq, "histogram_freq")
+        self.write_images = bool(write_images)
+        if update_freq == "epoch":
+            self.update_freq = 0
+        elif update_freq == "batch":
+            self.update_freq = 1
+        else:
+            self.update_freq = V.positive_int(update_freq, "update_freq")
+        self._writers = {"train": EventWriter(os.path.join(self.log_dir, "train")),
+                         "validation": EventWriter(os.path.join(self.log_dir, "validation"))}
+
+    def on_batch_end(self, batch, logs=None):
+        if not self.update_freq or not logs:
+            return
+        step = int(self.model.optimizer.iterations)
+        if step % self.update_freq:
+            return
+        for k, v in logs.items():
+            if k != "size" and isinstance(v, (int, float, np.floating)):
+                self._writers["train"].scalar(f"batch_{k}", float(v), step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        logs.setdefault("lr", float(self.model.optimizer.lr))
+        for k, v in logs.items():
+            if not isinstance(v, (int, float, np.floating)):
+                continue
+            which, key = ("validation", k[4:]) if k.startswith("val_") else ("train", k)
+            key = "learning_rate" if key == "lr" else key
+            self._writers[which].scalar(f"epoch_{key}", float(v), epoch)
+        if self.histogram_freq and (epoch + 1) % self.histogram_freq == 0:
+            self._weights(epoch)
+        for w in self._writers.values():
+            w.flush()
+
+    def _weights(self, epoch):
+        train = self._writers["train"]
+        for layer in self.model.layers:
+            for role, key, a in layer.weights():
+                train.histogram(f"{layer.name}/{key}", a, epoch)
+            if self.write_images and type(layer).__name__ == "Conv2D":
+                train.image(f"{layer.name}/kernel", _kernel_image(layer.params["kernel"]), epoch)
+
+    def on_train_end(self, logs=None):
+        for w in self._writers.values():
+            w.close()
+
+    def __repr__(self):
+        return f"TensorBoard({self.log_dir!r}, histogram_freq={self.histogram_freq})"
+
+
+def _kernel_image(kernel, scale=4):
+    """A uint8 grid of a convolution kernel's filters ``(KH, KW, C_in, C_out)``, each
+    scaled to [0, 255] and enlarged ``scale`` times."""
+    k = np.asarray(kernel, dtype=np.float64)
+    kh, kw, cin, cout = k.shape
+    tiles = k if cin == 3 else k.mean(axis=2, keepdims=True)
+    lo = tiles.min(axis=(0, 1, 2), keepdims=True)
+    span = np.maximum(tiles.max(axis=(0, 1, 2), keepdims=True) - lo, 1e-12)
+    tiles = np.rint((tiles - lo) / span * 255).astype(np.uint8)
+    tiles = tiles.repeat(scale, axis=0).repeat(scale, axis=1)
+    cols = int(math.ceil(math.sqrt(cout)))
+    rows = -(-cout // cols)
+    th, tw, c = tiles.shape[0], tiles.shape[1], tiles.shape[2]
+    grid = np.zeros((rows * (th + 1) + 1, cols * (tw + 1) + 1, c), np.uint8)
+    for i in range(cout):
+        r, q = divmod(i, cols)
+        grid[1 + r * (th + 1):1 + r * (th + 1) + th, 1 + q * (tw + 1):1 + q * (tw + 1) + tw] = tiles[..., i]
+    return grid
 
 
 class SkipNonFinite(Callback):

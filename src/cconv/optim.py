@@ -31,7 +31,7 @@ from ._interrupts import deferred_signals
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "sgd_update", "adam_update",
            "rmsprop_update", "clip_grad_norm", "LRSchedule", "StepLR", "ExponentialLR",
-           "CosineAnnealingLR",
+           "CosineAnnealingLR", "LinearLR", "OneCycleLR", "WarmupCosineLR",
            "get", "serialize", "deserialize"]
 
 
@@ -582,12 +582,16 @@ def get(name_or_obj) -> Optimizer:
 
 
 # ---------------------------------------------------------------------------------
-# Learning-rate schedules: schedule(epoch, base_lr) -> lr, epochs counted from 0
+# Learning-rate schedules: schedule(step, base_lr) -> lr, steps counted from 0
 # ---------------------------------------------------------------------------------
 class LRSchedule:
-    """Base of the schedules: ``schedule(epoch, base_lr) -> lr`` (epochs counted from 0).
+    """Base of the schedules: ``schedule(step, base_lr) -> lr``, steps counted from 0.
 
-    ``get_lr(epoch, base_lr)`` is the same call under a name.
+    A step is an epoch or a batch, as the schedule is used:
+    ``callbacks.LearningRateScheduler(schedule)`` evaluates it at every epoch,
+    ``LearningRateScheduler(schedule, unit="batch")`` before every batch (the step is then
+    the optimizer's update count, ``optimizer.iterations``). Each schedule is the closed
+    form of its PyTorch namesake. ``get_lr(step, base_lr)`` is the same call under a name.
     """
 
     def __call__(self, epoch, base_lr) -> float:
@@ -644,3 +648,111 @@ class CosineAnnealingLR(LRSchedule):
     def _lr(self, epoch, base_lr):
         cos = math.cos(math.pi * epoch / self.T_max)
         return self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
+
+
+class LinearLR(LRSchedule):
+    """``lr = base_lr * (start_factor + (end_factor - start_factor) * min(step, total_iters) /
+    total_iters)`` (PyTorch's ``LinearLR``): a linear warm-up from ``start_factor * base_lr``
+    to ``end_factor * base_lr`` over ``total_iters`` steps, constant after."""
+
+    def __init__(self, start_factor=1.0 / 3, end_factor=1.0, total_iters=5):
+        self.start_factor = V.number(start_factor, "start_factor", low=0.0, high=1.0)
+        self.end_factor = V.number(end_factor, "end_factor", low=0.0, high=1.0)
+        self.total_iters = V.positive_int(total_iters, "total_iters")
+
+    def _lr(self, step, base_lr):
+        frac = min(step, self.total_iters) / self.total_iters
+        return base_lr * (self.start_factor + (self.end_factor - self.start_factor) * frac)
+
+
+class OneCycleLR(LRSchedule):
+    """The one-cycle policy (Smith & Topin), PyTorch's ``OneCycleLR`` with
+    ``cycle_momentum=False``, meant to step every batch.
+
+    From ``max_lr / div_factor`` the rate rises to ``max_lr`` over the first ``pct_start *
+    total_steps`` steps, then anneals to ``max_lr / (div_factor * final_div_factor)`` at step
+    ``total_steps - 1`` (``three_phase``: back down to the initial rate first, then to the
+    minimum). Phase ends and annealing as PyTorch's: phase 1 ends at step ``pct_start *
+    total_steps - 1``; ``"cos"`` annealing is ``end + (start - end) * (1 + cos(pi * pct)) /
+    2``, ``"linear"`` ``start + (end - start) * pct``.
+
+    Parameters
+    ----------
+    total_steps : int
+        Number of steps in the cycle (epochs x batches per epoch when stepped per batch).
+        A step beyond it raises ValueError (as PyTorch).
+    max_lr : float or None
+        None: the optimizer's learning rate (``base_lr``). PyTorch requires it.
+    pct_start, anneal_strategy, div_factor, final_div_factor, three_phase
+        As PyTorch's.
+    """
+
+    def __init__(self, total_steps, max_lr=None, pct_start=0.3, anneal_strategy="cos",
+                 div_factor=25.0, final_div_factor=1e4, three_phase=False):
+        self.total_steps = V.positive_int(total_steps, "total_steps")
+        self.max_lr = None if max_lr is None else V.number(max_lr, "max_lr", low=0.0, low_open=True)
+        self.pct_start = V.number(pct_start, "pct_start", low=0.0, high=1.0, low_open=True,
+                                  high_open=True)
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.anneal_strategy = anneal_strategy
+        self.div_factor = V.number(div_factor, "div_factor", low=0.0, low_open=True)
+        self.final_div_factor = V.number(final_div_factor, "final_div_factor", low=0.0, low_open=True)
+        self.three_phase = bool(three_phase)
+
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def _lr(self, step, base_lr):
+        if step >= self.total_steps:
+            raise ValueError(f"OneCycleLR was asked for step {step}, beyond its total_steps="
+                             f"{self.total_steps} (steps count from 0)")
+        top = base_lr if self.max_lr is None else self.max_lr
+        initial = top / self.div_factor
+        low = initial / self.final_div_factor
+        up = float(self.pct_start * self.total_steps) - 1
+        if self.three_phase:
+            phases = [(up, initial, top),
+                      (float(2 * self.pct_start * self.total_steps) - 2, top, initial),
+                      (self.total_steps - 1, initial, low)]
+        else:
+            phases = [(up, initial, top), (self.total_steps - 1, top, low)]
+        start_step = 0.0
+        for i, (end_step, start_lr, end_lr) in enumerate(phases):
+            if step <= end_step or i == len(phases) - 1:
+                return self._anneal(start_lr, end_lr, (step - start_step) / (end_step - start_step))
+            start_step = end_step
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class WarmupCosineLR(LRSchedule):
+    """A linear warm-up, then cosine annealing: PyTorch's ``SequentialLR`` of
+    ``LinearLR(start_factor, 1.0, warmup_steps)`` and ``CosineAnnealingLR(total_steps -
+    warmup_steps, eta_min)`` in closed form::
+
+        step < warmup_steps:  lr = base_lr * (start_factor + (1 - start_factor) * step / warmup_steps)
+        otherwise:            lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T)) / 2,
+                              t = min(step - warmup_steps, T), T = total_steps - warmup_steps
+
+    so the rate is ``base_lr`` at the end of the warm-up and ``eta_min`` from step
+    ``total_steps`` on (Keras's ``CosineDecay`` with ``warmup_steps`` has the same shape).
+    """
+
+    def __init__(self, warmup_steps, total_steps, start_factor=0.0, eta_min=0.0):
+        self.warmup_steps = V.non_negative_int(warmup_steps, "warmup_steps")
+        self.total_steps = V.positive_int(total_steps, "total_steps")
+        if self.total_steps <= self.warmup_steps:
+            raise ValueError(f"total_steps ({total_steps}) must be larger than warmup_steps "
+                             f"({warmup_steps})")
+        self.start_factor = V.number(start_factor, "start_factor", low=0.0, high=1.0)
+        self.eta_min = V.number(eta_min, "eta_min", low=0.0)
+
+    def _lr(self, step, base_lr):
+        w = self.warmup_steps
+        if step < w:
+            return base_lr * (self.start_factor + (1.0 - self.start_factor) * step / w)
+        T = self.total_steps - w
+        t = min(step - w, T)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * t / T)) / 2
