@@ -313,3 +313,25 @@ def test_activation_maximization_batch_matches_single(digits_model):
     for img, ch in zip(batch, channels):
         single = viz.activation_maximization(model, "conv2", ch, steps=30, jitter=1, blur_every=0, seed=7)
         np.testing.assert_allclose(img, single, atol=1e-3)
+
+
+def test_plot_confusion_matrix(backend, tmp_path):
+    from cconv import metrics
+    y = np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0, 2])
+    cm = metrics.confusion_matrix(y, pred)
+    path = viz.plot_confusion_matrix(cm, tmp_path / "cm.png", class_names=["cat", "dog", "a very long name"],
+                                     title="confusion")
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB"))
+    assert a.shape[0] > 3 * 30 and a.shape[1] > 3 * 30
+    # the cells are the heat map: the brightest cell (2 samples) is the colour map's top
+    assert (a.reshape(-1, 3) == [253, 231, 37]).all(axis=1).any()
+    p2 = viz.plot_confusion_matrix(cm, tmp_path / "n.png", normalize="true")
+    assert p2.exists()
+    with pytest.raises(ValueError, match="square"):
+        viz.plot_confusion_matrix(np.zeros((2, 3)), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="class_names"):
+        viz.plot_confusion_matrix(cm, tmp_path / "x.png", class_names=["a"])
+    with pytest.raises(ValueError, match="normalize"):
+        viz.plot_confusion_matrix(cm, tmp_path / "x.png", normalize="rows")

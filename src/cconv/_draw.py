@@ -145,24 +145,25 @@ def _grid_cols(n):
     return max(1, math.ceil(root))
 
 
-def _text_width(text, size):
+def text_width(text, size):
     return int(math.ceil(0.62 * size * len(text)))
 
 
 # ---------------------------------------------------------------------------------
 # A tiny canvas: images placed at pixel positions plus text, drawn by either backend
 # ---------------------------------------------------------------------------------
-class _Canvas:
+class Canvas:
     def __init__(self, width, height):
         self.width, self.height = int(width), int(height)
         self.images = []     # (uint8 RGB array, x, y) with (x, y) the top-left corner
-        self.texts = []      # (text, x, y, size, align) with y the top of the text
+        self.texts = []      # (text, x, y, size, align, color) with y the top of the text
 
     def image(self, rgb, x, y):
         self.images.append((np.ascontiguousarray(rgb, dtype=np.uint8), int(x), int(y)))
 
-    def text(self, text, x, y, size=12, align="left"):
-        self.texts.append((str(text), int(x), int(y), int(size), align))
+    def text(self, text, x, y, size=12, align="left", color=(0, 0, 0)):
+        """``align``: "left", "center" or "right" (of the point ``x``)."""
+        self.texts.append((str(text), int(x), int(y), int(size), align, tuple(color)))
 
     def save(self, path):
         path = _prepare_path(path)
@@ -179,9 +180,9 @@ class _Canvas:
         FigureCanvasAgg(fig)
         for rgb, x, y in self.images:
             fig.figimage(rgb, xo=x, yo=self.height - y - rgb.shape[0], origin="upper")
-        for text, x, y, size, align in self.texts:
+        for text, x, y, size, align, color in self.texts:
             fig.text(x / self.width, 1 - y / self.height, text, fontsize=size * 72 / _DPI,
-                     ha=align, va="top", color="black")
+                     ha=align, va="top", color=tuple(c / 255 for c in color))
         fig.savefig(path, dpi=_DPI, facecolor="white")
 
     def _save_pillow(self, path):
@@ -190,9 +191,9 @@ class _Canvas:
         for rgb, x, y in self.images:
             img.paste(Image.fromarray(rgb), (x, y))
         draw = ImageDraw.Draw(img)
-        for text, x, y, size, align in self.texts:
-            draw.text((x, y), text, fill="black", font=_pil_font(size),
-                      anchor="ma" if align == "center" else "la")
+        for text, x, y, size, align, color in self.texts:
+            draw.text((x, y), text, fill=color, font=_pil_font(size),
+                      anchor={"center": "ma", "right": "ra"}.get(align, "la"))
         img.save(path)
 
 
@@ -229,8 +230,8 @@ def section(tiles, title, captions=None, ncols=None, min_tile=64, cmap="viridis"
     cap_h = _CAPTION_H if captions else 0
     width = ncols * tw + (ncols - 1) * _GAP
     if captions:
-        width = max(width, max(_text_width(c, _CAPTION_SIZE) for c in captions))
-    width = max(width, _text_width(title, _TITLE_SIZE) if title else 0)
+        width = max(width, max(text_width(c, _CAPTION_SIZE) for c in captions))
+    width = max(width, text_width(title, _TITLE_SIZE) if title else 0)
     height = (_TITLE_H if title else 0) + nrows * (th + cap_h) + (nrows - 1) * _GAP
     return {"tiles": rgb, "title": title, "captions": captions, "ncols": ncols,
             "tile_hw": (th, tw), "width": width, "height": height}
@@ -239,7 +240,7 @@ def section(tiles, title, captions=None, ncols=None, min_tile=64, cmap="viridis"
 def draw_sections(sections, path):
     width = max(s["width"] for s in sections) + 2 * _MARGIN
     height = sum(s["height"] for s in sections) + (len(sections) - 1) * _SECTION_GAP + 2 * _MARGIN
-    canvas = _Canvas(width, height)
+    canvas = Canvas(width, height)
     y = _MARGIN
     for s in sections:
         if s["title"]:
@@ -403,7 +404,7 @@ def _line_figure_pillow(panels, path, size, title):
                 ly = bottom - 8 - 16 * (len(panel["series"]) - i)
             else:
                 ly = top + 8 + 16 * i
-            lx = right - 10 - max(_text_width(s[0], 11) for s in panel["series"]) - 28
+            lx = right - 10 - max(text_width(s[0], 11) for s in panel["series"]) - 28
             draw.line([(lx, ly + 6), (lx + 20, ly + 6)], fill=color, width=2)
             draw.text((lx + 25, ly), label, fill="black", font=tick_font)
     img.save(path)

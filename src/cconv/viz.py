@@ -18,14 +18,14 @@ import numpy as np
 
 from . import _validate as V
 from . import gradients
-from ._draw import (colormap, draw_sections, get_backend, line_figure, normalize, save_tiles, section,
-                    set_backend)
+from ._draw import (Canvas, colormap, draw_sections, get_backend, line_figure, normalize, save_tiles,
+                    section, set_backend, text_width)
 
 __all__ = [
     "set_backend", "get_backend",
     "plot_history", "plot_feature_maps", "plot_filters",
     "activation_maximization", "activation_maximization_grid",
-    "saliency_map", "plot_saliency",
+    "saliency_map", "plot_saliency", "plot_confusion_matrix",
 ]
 
 
@@ -532,3 +532,75 @@ def plot_saliency(model, image, path, class_index=None, class_names=None, min_ti
     return save_tiles([img, np.repeat(sal[:, :, None], 3, axis=2), overlay], path, title,
                        captions=["input", "|d score / d input|", "overlay"], ncols=3,
                        min_tile=min_tile)
+
+
+# ---------------------------------------------------------------------------------
+# Confusion matrix
+# ---------------------------------------------------------------------------------
+def plot_confusion_matrix(cm, path, class_names=None, normalize=None, title=None, max_label=14):
+    """Draw a confusion matrix (rows: true class, columns: predicted class) as a heat map
+    with the value in every cell.
+
+    Parameters
+    ----------
+    cm : ndarray of shape (K, K)
+        Counts, e.g. from :func:`cconv.metrics.confusion_matrix`.
+    path : str or os.PathLike
+        Output PNG.
+    class_names : list of str, optional
+        Labels of the rows and columns (cut to ``max_label`` characters).
+    normalize : {None, "true", "pred", "all"}
+        Show fractions of each row, each column or the whole (scikit-learn's meaning).
+    title : str, optional
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
+        raise ValueError(f"cm must be a square (K, K) matrix, got shape {cm.shape}")
+    if not np.issubdtype(cm.dtype, np.number) or (cm.size and (not np.all(np.isfinite(cm)) or cm.min() < 0)):
+        raise ValueError("cm must hold finite non-negative counts")
+    k = cm.shape[0]
+    names = [str(i) for i in range(k)] if class_names is None else [str(c) for c in class_names]
+    if len(names) != k:
+        raise ValueError(f"class_names has {len(names)} names for a {k}x{k} matrix")
+    names = [n if len(n) <= max_label else n[:max_label - 1] + "~" for n in names]
+    values = cm.astype(np.float64)
+    if normalize is not None:
+        axis = {"true": 1, "pred": 0, "all": None}.get(normalize, -1)
+        if axis == -1:
+            raise ValueError(f"normalize must be None, 'true', 'pred' or 'all', got {normalize!r}")
+        total = values.sum(axis=axis, keepdims=axis is not None)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(total > 0, values / np.where(total > 0, total, 1), 0.0)
+        cells = [f"{v:.2f}" for v in values.ravel()]
+    else:
+        cells = [f"{int(v)}" if float(v).is_integer() else f"{v:.3g}" for v in values.ravel()]
+    size = 11
+    rows = [f"{n} ({i})" for i, n in enumerate(names)]
+    caption = "rows: true class; columns: predicted class (by number)"
+    cell = max(30, max(text_width(c, size) for c in cells) + 10)
+    left = 10 + max(text_width(r, size) for r in rows) + 8
+    top = 8 + (22 if title else 0) + 18 + 20
+    width = max(left + k * cell + 20, text_width(caption, size) + 20,
+                text_width(title or "", 16) + 20)
+    scaled = values / values.max() if values.max() > 0 else values
+    heat = np.repeat(np.repeat(colormap(scaled), cell, axis=0), cell, axis=1)
+    canvas = Canvas(width, top + k * cell + 20)
+    y = 8
+    if title:
+        canvas.text(title, width // 2, y, 16, "center")
+        y += 22
+    canvas.text(caption, width // 2, y, size, "center")
+    canvas.image(heat, left, top)
+    for j in range(k):
+        canvas.text(str(j), left + j * cell + cell // 2, top - 16, size, "center")
+    for i, r in enumerate(rows):
+        canvas.text(r, left - 6, top + i * cell + cell // 2 - size // 2, size, "right")
+        for j in range(k):
+            light = scaled[i, j] < 0.6                     # white text on the dark cells
+            canvas.text(cells[i * k + j], left + j * cell + cell // 2, top + i * cell + cell // 2 - size // 2,
+                        size, "center", (255, 255, 255) if light else (0, 0, 0))
+    return canvas.save(path)
