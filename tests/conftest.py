@@ -39,3 +39,18 @@ def spy_calls(monkeypatch, module, names):
 
         monkeypatch.setattr(module, name, spy)
     return counts
+
+
+def assert_resume_is_exact(run, tmp_path, epochs=4, stop=2):
+    """``run(epochs, **fit_kwargs)`` trains a fresh model and returns it: an uninterrupted
+    run and one stopped after ``stop`` epochs then resumed from its checkpoint end with the
+    same weights, bit for bit."""
+    import numpy as np
+
+    full = run(epochs)
+    ckpt = tmp_path / "resume.npz"
+    run(stop, checkpoint=ckpt)
+    resumed = run(epochs, checkpoint=ckpt, resume=ckpt)
+    for a, b in zip(full.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    return ckpt

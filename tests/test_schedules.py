@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cconv
+from conftest import assert_resume_is_exact
 from cconv import callbacks, optim
 from cconv.layers import Conv2D, Dense, Flatten
 
@@ -171,12 +172,7 @@ def test_per_batch_schedule_resumes_exactly(tmp_path, restore_threads):
         m.fit(x, y, batch_size=6, epochs=epochs, verbose=0, callbacks=cbs, **kw)
         return m
 
-    full = run(5)
-    ckpt = tmp_path / "c.npz"
-    run(2, checkpoint=ckpt)
-    resumed = run(5, checkpoint=ckpt, resume=ckpt)
-    for a, b in zip(full.get_weights(), resumed.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    assert_resume_is_exact(run, tmp_path, epochs=5)
 
 
 # --------------------------------------------------------------------------- TensorBoard

@@ -1,5 +1,9 @@
 """Layers: the building blocks of cconv models, and how to write your own.
 
+The preprocessing and augmentation layers (``Rescaling``, ``Normalization``,
+``RandomFlip``, ``RandomCrop``, ``RandomTranslation``, ``RandomRotation``, ``RandomZoom``,
+``RandomContrast``) are defined in :mod:`cconv.preprocessing` and importable from here.
+
 Activations are NHWC ``(N, H, W, C)``; convolution kernels HWIO
 ``(KH, KW, C_in // groups, C_out)`` (:class:`Conv2DTranspose`: the HWIO kernel of the
 convolution it transposes, ``(KH, KW, C_out // groups, C_in)``; :class:`DepthwiseConv2D`:
@@ -1897,9 +1901,10 @@ def deserialize(d: dict, custom_objects: dict | None = None) -> Layer:
         raise ValueError(f"a serialized layer must be a dict with 'class_name' and 'config', "
                          f"got {d!r}")
     name = d["class_name"]
-    cls = (custom_objects or {}).get(name) or _LAYERS.get(name) or _ALIASES.get(name)
+    known = _known_layers()
+    cls = (custom_objects or {}).get(name) or known.get(name) or _ALIASES.get(name)
     if cls is None:
-        raise ValueError(f"unknown layer class {name!r}; known: {sorted(_LAYERS)} "
+        raise ValueError(f"unknown layer class {name!r}; known: {sorted(known)} "
                          f"(pass custom_objects for your own layers)")
     config = d.get("config") or {}
     if not isinstance(config, dict):
@@ -1913,3 +1918,21 @@ def deserialize(d: dict, custom_objects: dict | None = None) -> Layer:
 #: Keras's names for layers that cconv names differently (same classes).
 GlobalMaxPooling2D = GlobalMaxPool2D
 Swish = SiLU
+
+#: The preprocessing and augmentation layers live in cconv.preprocessing (which imports
+#: this module); they are cconv.layers names too, resolved on first use.
+_PREPROCESSING = ("RandomFlip", "RandomCrop", "RandomTranslation", "RandomRotation", "RandomZoom",
+                  "RandomContrast", "Rescaling", "Normalization")
+__all__ += list(_PREPROCESSING)
+
+
+def _known_layers():
+    from . import preprocessing
+    return {**_LAYERS, **preprocessing.LAYERS}
+
+
+def __getattr__(name):
+    if name in _PREPROCESSING:
+        from . import preprocessing
+        return getattr(preprocessing, name)
+    raise AttributeError(f"module 'cconv.layers' has no attribute {name!r}")
