@@ -6,6 +6,7 @@ import pytest
 
 import cconv
 from cconv import layers as L
+from cconv import preprocessing
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -74,6 +75,7 @@ def _sequential(case, seed=0, dtype="float32"):
 def test_every_layer_class_has_a_case():
     covered = {type(l).__name__ for layers, _ in LAYER_CASES for l in layers}
     covered |= {"Add", "Subtract", "Multiply", "Concatenate"}           # _merge_models
+    covered |= set(preprocessing.LAYERS)                                # test_onnx_preprocessing
     assert set(cconv.onnx.exportable_layers()) == covered
     # every class cconv.layers has (its aliases aside) is exportable
     public = {n for n in L.__all__ if isinstance(getattr(L, n), type)

@@ -786,11 +786,17 @@ class Normalization(Layer):
             self._pending = (mean, var, count)
         return self
 
-    def _params(self, dtype):
+    def statistics(self):
+        """``(mean, std)`` per feature in float64: what the layer subtracts and divides by
+        (``std`` floored at 1e-7). Raises a RuntimeError before :meth:`adapt`."""
         if float(self.state["count"][0]) == 0:
             raise RuntimeError(f"{self._label()}: call adapt(data) first, or pass mean= and variance=")
         std = np.maximum(np.sqrt(self.state["variance"].astype(np.float64)), self._EPSILON)
-        return self.state["mean"].astype(dtype, copy=False), std.astype(dtype)
+        return self.state["mean"].astype(np.float64), std
+
+    def _params(self, dtype):
+        mean, std = self.statistics()
+        return mean.astype(dtype), std.astype(dtype)
 
     def _broadcast(self, a, ndim):
         if self.axis is None:

@@ -34,7 +34,11 @@ def export(model, path, opset_version=17, dtype=None):
       kernels are converted once (HWIO -> OIHW) rather than activations transposed around
       every convolution.
     - Inference mode: Dropout is left out, BatchNorm2D is BatchNormalization with the
-      running statistics.
+      running statistics. The random augmentations (RandomFlip, RandomTranslation,
+      RandomRotation, RandomZoom, RandomContrast) are left out, RandomCrop is a Slice of
+      its central window, Rescaling is Mul (and Add), Normalization is Sub and Div by its
+      adapted mean and standard deviation (Mul and Add when inverted). The importer does
+      not turn these back into layers.
     - GELU is the ``Gelu`` op from opset 20, before that ``0.5 x (1 + erf(x / sqrt 2))`` (or
       its tanh form); SiLU is ``x * Sigmoid(x)``; AvgPool2D counts padded zeros
       (``count_include_pad=1``); UpSampling2D is Resize (nearest: ``asymmetric``/``floor``,

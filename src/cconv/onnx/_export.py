@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import layers as L
+from .. import preprocessing as P
 from .._version import __version__
 from ._common import (EXPORT_OPSETS, TO_NCHW, TO_NHWC, nhwc_axis_to_nchw, require_onnx,
                       unique_name)
@@ -229,6 +230,39 @@ def _identity(g, layer, xs, node, base):
     return xs[0]
 
 
+def _augmentation(g, layer, xs, node, base):
+    """A random augmentation at inference: the identity, or RandomCrop's central window."""
+    if layer.inference_identity:
+        return xs[0]
+    t, l, h, w = layer.inference_box(node.inputs[0].shape[1:])
+    i64 = np.int64
+    return g.op("Slice", [xs[0], g.const(f"{base}/starts", [t, l], dtype=i64),
+                          g.const(f"{base}/ends", [t + h, l + w], dtype=i64),
+                          g.const(f"{base}/axes", [2, 3], dtype=i64)], base)
+
+
+def _rescaling(g, layer, xs, node, base):
+    y = g.op("Mul", [xs[0], g.scalar(f"{base}/scale", layer.scale)],
+             base if not layer.offset else f"{base}/scaled")
+    if layer.offset:
+        y = g.op("Add", [y, g.scalar(f"{base}/offset", layer.offset)], base)
+    return y
+
+
+def _normalization(g, layer, xs, node, base):
+    """``(x - mean) / std`` (``x * std + mean`` inverted) with the adapted statistics,
+    shaped to broadcast along the feature axis of the graph's (NCHW) layout."""
+    mean, std = layer.statistics()
+    rank = len(node.inputs[0].shape)
+    shape = [1] * rank
+    if layer.axis is not None:
+        shape[nhwc_axis_to_nchw(layer.axis, rank)] = mean.shape[0]
+    mean, std = g.const(f"{base}/mean", mean.reshape(shape)), g.const(f"{base}/std", std.reshape(shape))
+    if layer.invert:
+        return g.op("Add", [g.op("Mul", [xs[0], std], f"{base}/scaled"), mean], base)
+    return g.op("Div", [g.op("Sub", [xs[0], mean], f"{base}/centred"), std], base)
+
+
 def _batch_norm(g, layer, xs, node, base):
     p, st = layer.params, layer.state
     rank = len(node.inputs[0].shape)
@@ -278,6 +312,11 @@ _CONVERTERS = {
 }
 for _cls in (L.ReLU, L.LeakyReLU, L.ELU, L.Sigmoid, L.Tanh, L.Softmax, L.SiLU, L.GELU):
     _CONVERTERS[_cls] = _activation_layer
+for _cls in (P.RandomFlip, P.RandomCrop, P.RandomTranslation, P.RandomRotation, P.RandomZoom,
+             P.RandomContrast):
+    _CONVERTERS[_cls] = _augmentation
+_CONVERTERS[P.Rescaling] = _rescaling
+_CONVERTERS[P.Normalization] = _normalization
 
 
 def exportable_layers():
@@ -391,4 +430,5 @@ def build(model, opset_version=17, dtype=None):
 DOC = ("Exported by cconv. Inputs and outputs are NHWC (N, H, W, C) like cconv's, with a "
        "dynamic batch dimension 'N'; image tensors inside the graph are NCHW (a Transpose "
        "after each image input and before each image output or flatten). Inference mode: "
-       "dropout removed, batch normalisation with its running statistics.")
+       "dropout removed, batch normalisation with its running statistics, random "
+       "augmentations the identity (RandomCrop its central window).")
