@@ -65,6 +65,17 @@ Several inputs. A layer with ``multiple_inputs = True`` is called on a list of t
 are fine), ``build`` and ``compute_output_shape`` get a list of shapes. :class:`Add`,
 :class:`Subtract`, :class:`Multiply` and :class:`Concatenate` are such layers.
 
+Argument names
+--------------
+The layers take Keras's arguments under cconv's names, and Keras's spellings as aliases:
+``strides`` for ``stride``, ``dilation_rate`` for ``dilation``, ``epsilon`` for ``eps``,
+``negative_slope`` for ``alpha``, ``depthwise_initializer`` for ``kernel_initializer``.
+PyTorch's spellings raise a TypeError naming cconv's (``out_channels`` -> ``filters``,
+``kernel_size`` of a pool -> ``pool_size``, ``bias`` -> ``use_bias``, ``p`` -> ``rate``;
+``in_channels`` is not needed: a layer takes its input channels from its input), and
+``Conv2D(3, 16, 3)`` (PyTorch's ``Conv2d(in, out, kernel)`` order, which cconv reads as 3
+filters of 16x16 with stride 3) warns.
+
 Using layers
 ------------
 In a model, layers are called on symbolic tensors (``y = Dense(10)(x)``, see
@@ -87,10 +98,12 @@ import inspect
 import math
 import numbers
 import threading
+import warnings
 
 import numpy as np
 from scipy.special import expit, ndtr
 
+from . import _keywords
 from . import _validate as V
 from . import functional as F
 from . import initializers
@@ -275,6 +288,9 @@ class Layer:
             cls.build = _wrap_build(vars(cls)["build"])
         if "backward" in vars(cls):
             cls.backward = _wrap_backward(vars(cls)["backward"])
+        if "__init__" in vars(cls):
+            # Keras's spellings as aliases, PyTorch's with an error naming cconv's
+            _keywords.wrap_init(cls, vars(cls).get("_positional_check"))
 
     def __init__(self, name=None, trainable=True):
         if name is not None and not isinstance(name, str):
@@ -604,6 +620,7 @@ class Layer:
 
 Layer.build = _wrap_build(Layer.build)
 Layer.backward = _wrap_backward(Layer.backward)
+_keywords.wrap_init(Layer)
 
 
 # ---------------------------------------------------------------------------------
@@ -1031,6 +1048,23 @@ class _Conv(_WithActivation):
                              f"must be divisible by groups ({groups})")
 
 
+def _conv_positional_check(name, args, kwargs):
+    """PyTorch's ``Conv2d(in_channels, out_channels, kernel_size)`` order read as cconv's
+    ``(filters, kernel_size, stride)``: an error when it cannot be right, a warning when it
+    looks likely."""
+    if len(args) >= 2 and "kernel_size" in kwargs:
+        raise TypeError(f"{name}() got kernel_size twice: cconv's order is {name}(filters, kernel_size, "
+                        f"stride, ...); PyTorch's Conv2d(in_channels, out_channels, kernel_size) maps to "
+                        f"{name}(out_channels, kernel_size) (the input channels come from the input)")
+    ints = [a for a in args[:2] if isinstance(a, numbers.Integral) and not isinstance(a, bool)]
+    if len(args) >= 3 and len(ints) == 2 and args[1] >= 8 and args[1] > args[0]:
+        warnings.warn(
+            f"{name}({', '.join(map(repr, args[:3]))}) makes {args[0]} filters of {args[1]}x{args[1]} "
+            f"with stride {args[2]!r}: cconv's order is {name}(filters, kernel_size, stride). For "
+            f"PyTorch's Conv2d({args[0]}, {args[1]}, {args[2]!r}) write {name}({args[1]}, {args[2]!r}) "
+            f"(the input channels come from the input)", UserWarning, stacklevel=3)
+
+
 class Conv2D(_Conv):
     """2-D convolution (cross-correlation) over NHWC inputs, HWIO kernel.
 
@@ -1054,6 +1088,8 @@ class Conv2D(_Conv):
     ----------
     params : {"kernel": (KH, KW, C_in // groups, filters), "bias": (filters,)}
     """
+
+    _positional_check = staticmethod(_conv_positional_check)
 
     def __init__(self, filters, kernel_size, stride=1, padding="valid", dilation=1, groups=1,
                  use_bias=True, activation=None, kernel_initializer="he_uniform",
@@ -1126,6 +1162,8 @@ class Conv2DTranspose(_Conv):
     im2col route), otherwise as ``x W^T`` + col2im; backward as a forward convolution
     (``dx``) and a convolution weight gradient (``dw``).
     """
+
+    _positional_check = staticmethod(_conv_positional_check)
 
     def __init__(self, filters, kernel_size, stride=1, padding="valid", output_padding=None,
                  dilation=1, groups=1, use_bias=True, activation=None,

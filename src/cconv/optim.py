@@ -15,6 +15,10 @@ whose docstring states the algorithm, and the classes only keep the state. Per-p
 state (momentum buffers, moment estimates) and one scratch buffer per parameter are
 created on the first step; after that a step allocates no array.
 
+Arguments use PyTorch's names (``lr``, ``weight_decay``); Keras's ``learning_rate``,
+``beta_1``, ``beta_2`` and ``epsilon`` are accepted as aliases, and PyTorch's ``betas=`` and
+``Adam(model.parameters(), lr=...)`` raise a TypeError that says what to write.
+
 ``clipnorm`` clips by the global norm over all gradients before the update (as
 ``torch.nn.utils.clip_grad_norm_``): when ``||g|| > clipnorm`` every gradient is scaled by
 ``clipnorm / (||g|| + 1e-6)``, in place.
@@ -22,9 +26,11 @@ created on the first step; after that a step allocates no array.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
+from . import _keywords
 from . import _registry
 from . import _validate as V
 from ._interrupts import deferred_signals
@@ -200,6 +206,15 @@ def clip_grad_norm(grads, max_norm) -> float:
 # ---------------------------------------------------------------------------------
 # Optimizer classes
 # ---------------------------------------------------------------------------------
+def _check_not_params(name, args, kwargs):
+    """``Adam(model.parameters(), lr=...)`` (PyTorch's form) gets an error that says how."""
+    if args and not isinstance(args[0], numbers.Real) and hasattr(args[0], "__iter__"):
+        raise TypeError(f"{name}() takes the learning rate first, got {type(args[0]).__name__}: "
+                        f"cconv's optimizers are not given the parameters (model.compile(optimizer) "
+                        f"attaches them; in your own loop, optimizer.attach(model.parameters())). "
+                        f"Write {name}(lr=...)")
+
+
 class Optimizer:
     """Base class: parameter bookkeeping, lazily created state, clipping, (de)serialisation.
 
@@ -217,6 +232,11 @@ class Optimizer:
 
     #: The name accepted by :func:`get`.
     name = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            _keywords.wrap_init(cls, _check_not_params)
 
     def __init__(self, lr, clipnorm=None):
         self._lr = V.number(lr, "lr", low=0.0, low_open=True)
