@@ -120,3 +120,38 @@ def test_lfw_smoke(tmp_path):
     loss = run["history"]["loss"]
     assert loss[-1] < 0.7 * loss[0]                        # it learns
     assert run["test_accuracy"] >= 0.4                     # chance is 0.2
+
+
+def test_paper_with_augmentation_records_it(tmp_path):
+    data = _synthetic_lfw(tmp_path / "lfw", per_person=6)
+    out = tmp_path / "out"
+    status = cli.main(["paper", "--data-dir", str(data), "--epochs", "3", "--batch-size", "6",
+                       "--seeds", "2", "--out", str(out), "--min-faces-per-person", "5", "--crop", "none",
+                       "--size", "32", "--am-steps", "0", "--augment", "--augment-zoom", "0.15", "--quiet"])
+    assert status == 0
+    doc = json.loads((out / "results.json").read_text())
+    aug = doc["protocol"]["augmentation"]
+    assert [a["class_name"] for a in aug] == ["RandomFlip", "RandomTranslation", "RandomZoom"]
+    assert aug[0]["config"]["mode"] == "horizontal"
+    assert aug[1]["config"]["height_factor"] == aug[1]["config"]["width_factor"] == 0.1
+    assert aug[2]["config"]["height_factor"] == 0.15
+    assert doc["protocol"]["crop"] is None
+    run = doc["runs"][0]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(run["history"])
+    assert all(len(v) == 3 for v in run["history"].values())
+    # the saved model holds the augmentation layers, which are the identity at inference
+    model = cconv.load_model(out / "model_seed2.npz")
+    assert [type(l).__name__ for l in model.layers[:3]] == ["RandomFlip", "RandomTranslation", "RandomZoom"]
+    x, y, _ = cconv.datasets.load_lfw(data, min_faces_per_person=5, crop=None, size=(32, 32))
+    _, x_te, _, y_te = cconv.datasets.train_test_split(x, y, seed=2)
+    assert model.evaluate(x_te, y_te)["accuracy"] == pytest.approx(run["test_accuracy"])
+    # the same seed again: the same result, augmentation included
+    again = tmp_path / "again"
+    cli.main(["paper", "--data-dir", str(data), "--epochs", "3", "--batch-size", "6", "--seeds", "2",
+              "--out", str(again), "--min-faces-per-person", "5", "--crop", "none", "--size", "32",
+              "--am-steps", "0", "--augment", "--augment-zoom", "0.15", "--quiet"])
+    assert json.loads((again / "results.json").read_text())["runs"][0]["history"] == run["history"]
+    plain = cli.build_parser().parse_args(["paper", "--data-dir", "d"])
+    assert plain.augment is False
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["paper", "--data-dir", "d", "--augment-shift", "2"])

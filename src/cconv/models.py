@@ -1,18 +1,20 @@
 """Ready-made networks.
 
 - :func:`paper_lfw`: the network of the LFW face-recognition paper that cconv reproduces.
+- :func:`standard_augmentation`: flips, shifts and zooms to put in front of a network.
 - :func:`digits_cnn`: a small CNN for scikit-learn's 8x8 digits (the ``cconv demo`` data).
 
 Both return a built (weights initialised) but uncompiled :class:`cconv.Sequential`.
 """
 from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
 from .model import Sequential
+from .preprocessing import RandomFlip, RandomTranslation, RandomZoom
 
-__all__ = ["paper_lfw", "digits_cnn"]
+__all__ = ["paper_lfw", "standard_augmentation", "digits_cnn"]
 
 
 def paper_lfw(num_classes=34, input_shape=(64, 64, 3), seed=None,
-              kernel_initializer="glorot_uniform"):
+              kernel_initializer="glorot_uniform", augmentation=None):
     """The paper's CNN for LFW face identification.
 
     Three blocks of [3x3 convolution ("valid" padding, ReLU) + 2x2 max-pool] with 32,
@@ -46,6 +48,9 @@ def paper_lfw(num_classes=34, input_shape=(64, 64, 3), seed=None,
         Of every layer. The paper's framework (Keras) initialises convolution and dense
         kernels with Glorot uniform, so that is the default here (cconv's own Conv2D
         default is He uniform).
+    augmentation : list of Layer, optional
+        Layers put in front of the network (e.g. :func:`standard_augmentation`): random
+        in training, the identity at inference, seeded from ``seed``.
 
     Returns
     -------
@@ -69,7 +74,21 @@ def paper_lfw(num_classes=34, input_shape=(64, 64, 3), seed=None,
         Dropout(0.5, name="dropout"),
         Dense(num_classes, activation="softmax", kernel_initializer=init, name="output"),
     ]
-    return Sequential(layers, input_shape=tuple(input_shape), seed=seed)
+    return Sequential(list(augmentation or []) + layers, input_shape=tuple(input_shape), seed=seed)
+
+
+def standard_augmentation(shift=0.1, zoom=0.1, flip="horizontal"):
+    """The usual light augmentation for photos: ``RandomFlip(flip)`` (None: no flip),
+    ``RandomTranslation(shift, shift)`` and ``RandomZoom(zoom)`` (0 leaves one out), with
+    Keras's defaults (reflected borders, bilinear)."""
+    out = []
+    if flip:
+        out.append(RandomFlip(flip, name="flip"))
+    if shift:
+        out.append(RandomTranslation(shift, shift, name="shift"))
+    if zoom:
+        out.append(RandomZoom(zoom, name="zoom"))
+    return out
 
 
 def digits_cnn(num_classes=10, input_shape=(8, 8, 1), seed=None):

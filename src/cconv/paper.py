@@ -6,16 +6,22 @@ the network of :func:`cconv.models.paper_lfw`, Adam with learning rate 0.001,
 categorical cross-entropy, batch 128, 100 epochs. The paper reports 83.47% test
 accuracy.
 
-For each seed in ``--seeds`` the split, the initial weights, the dropout masks and
-the shuffling all follow that seed. The test split is never used to choose anything:
-it is passed to ``fit`` only so that the validation curves of the figure can be drawn
-(no early stopping, no checkpoint selection); the reported accuracy is the one after
-the last epoch.
+``--augment`` adds the standard augmentation in front of the network
+(:func:`cconv.models.standard_augmentation`: horizontal flips, shifts of up to
+``--augment-shift`` and zooms of up to ``--augment-zoom``, 10% by default), active in
+training only; everything else stays the paper's recipe.
+
+For each seed in ``--seeds`` the split, the initial weights, the dropout masks, the
+augmentations and the shuffling all follow that seed. The test split is never used to
+choose anything: it is passed to ``fit`` only so that the validation curves of the
+figure can be drawn (no early stopping, no checkpoint selection); the reported accuracy
+is the one after the last epoch.
 
 Outputs in ``--out`` (default ``./cconv-paper/``):
 
-- ``results.json``: the protocol, the accuracy of every seed, mean, standard deviation
-  (ddof=1), min, max, median, the per-epoch histories and the wall times;
+- ``results.json``: the protocol (with the augmentation layers' settings), the accuracy
+  of every seed, mean, standard deviation (ddof=1), min, max, median, the per-epoch
+  histories and the wall times;
 - ``model_seed<S>.npz``: each trained model (:func:`cconv.load_model`);
 - ``history_seed<S>.png``: accuracy and loss per epoch, train and test;
 - for the first seed: ``feature_maps/`` (one test face and every channel of the six
@@ -32,7 +38,7 @@ import statistics
 import sys
 import time
 
-from ._cli_args import non_negative_int, output_folder, positive_float, positive_int
+from ._cli_args import checked, non_negative_int, output_folder, positive_float, positive_int
 
 __all__ = ["add_parser", "run", "PAPER_ACCURACY"]
 
@@ -69,6 +75,9 @@ def _crop(text):
     return box
 
 
+_fraction = checked(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
 def add_parser(subparsers):
     """Register ``cconv paper`` on an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
@@ -103,6 +112,12 @@ def add_parser(subparsers):
                         "0 skips those figures)")
     p.add_argument("--am-channels", type=positive_int, default=16,
                    help="channels per conv layer in the activation-maximization grids (default 16)")
+    p.add_argument("--augment", action="store_true",
+                   help="random horizontal flips, shifts and zooms in training (identity at test time)")
+    p.add_argument("--augment-shift", type=_fraction, default=0.1,
+                   help="with --augment: largest shift, as a fraction of the image size (default 0.1)")
+    p.add_argument("--augment-zoom", type=_fraction, default=0.1,
+                   help="with --augment: largest zoom in or out, as a fraction (default 0.1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="train data-parallel over the processes of an MPI job: mpirun -n 4 cconv paper "
@@ -201,6 +216,7 @@ def _run(args, world):
     import numpy as np
 
     from . import datasets, get_num_threads, models, optim, set_num_threads
+    from .layers import serialize
     from ._version import __version__
 
     t_start = time.perf_counter()
@@ -234,6 +250,14 @@ def _run(args, world):
         log(f"(at most {args.limit_per_class} images per person: not the paper's data set)")
     log("the test split is only monitored (val_* columns), never used for training or model selection")
 
+    def augmentation():
+        if not args.augment:
+            return None
+        return models.standard_augmentation(shift=args.augment_shift, zoom=args.augment_zoom)
+
+    if args.augment:
+        log("augmentation in training: " + ", ".join(repr(layer) for layer in augmentation()))
+
     runs = []
     document = {
         "argv": sys.argv[1:],
@@ -250,6 +274,7 @@ def _run(args, world):
             "crop": None if args.crop is None else list(args.crop),
             "split": "random 75/25, not stratified, seeded", "test_size": 0.25,
             "model": "paper_lfw", "optimizer": "Adam", "lr": args.lr, "loss": "categorical_crossentropy",
+            "augmentation": None if not args.augment else [serialize(layer) for layer in augmentation()],
             "epochs": args.epochs, "batch_size": args.batch_size, "seeds": seeds,
             "selection": "none: accuracy after the last epoch; test split monitored only",
         },
@@ -261,7 +286,8 @@ def _run(args, world):
     results_path = os.path.join(out_dir, "results.json")
     for k, seed in enumerate(seeds):
         x_tr, x_te, y_tr, y_te = datasets.train_test_split(x, y, test_size=0.25, seed=seed)
-        model = models.paper_lfw(num_classes=len(names), input_shape=x.shape[1:], seed=seed)
+        model = models.paper_lfw(num_classes=len(names), input_shape=x.shape[1:], seed=seed,
+                                 augmentation=augmentation())
         model.compile(optim.Adam(lr=args.lr), "categorical_crossentropy")
         if k == 0:
             model.summary(print_fn=log)
