@@ -400,3 +400,28 @@ def test_resume_with_a_dataset_equals_an_uninterrupted_run(tmp_path, restore_thr
     other = data.Dataset.from_arrays(x.astype(np.float32) / 255, y).shuffle(5).batch(6)
     with pytest.raises(ValueError, match="fit was called differently"):
         small_model().fit(other, epochs=4, verbose=0, resume=ckpt)
+
+
+@pytest.mark.parametrize("in_file", [False, True])
+def test_cache_decodes_each_file_once_and_changes_nothing(tmp_path, monkeypatch, in_file):
+    x, y = images(n=20)
+    write_folder(tmp_path / "imgs", x, y, ext="jpg")
+    decoded = []
+    real = data._images.decode
+    monkeypatch.setattr(data._images, "decode", lambda *a, **k: decoded.append(a[1]) or real(*a, **k))
+    plain = data.Dataset.from_folder(tmp_path / "imgs", image_size=(6, 6)).shuffle(2).batch(6)
+    cached = data.Dataset.from_folder(tmp_path / "imgs", image_size=(6, 6)).cache(
+        tmp_path / "cache.npy" if in_file else None).shuffle(2).batch(6).prefetch(2)
+    for epoch in (0, 1, 2):
+        for (a, b), (c, d) in zip(plain.batches(epoch), cached.batches(epoch)):
+            np.testing.assert_array_equal(a, c)
+            np.testing.assert_array_equal(b, d)
+    assert len(decoded) == 3 * 20 + 20                    # plain: every epoch; cached: once
+    assert sorted(set(decoded[-20:])) == sorted(set(decoded))
+    if in_file:
+        assert isinstance(cached._source.store[0], np.memmap)
+        assert (tmp_path / "cache.npy").stat().st_size >= 20 * 6 * 6 * 3 * 4
+    with pytest.raises(ValueError, match="right after"):
+        data.Dataset.from_folder(tmp_path / "imgs").shuffle(0).cache()
+    arrays = data.Dataset.from_arrays(np.zeros((3, 2)))
+    assert arrays.cache() is arrays

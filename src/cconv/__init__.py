@@ -23,7 +23,8 @@ from .functional import Workspace as Workspace
 _SUBMODULES = {
     "layers", "losses", "optim", "initializers", "callbacks", "model", "models",
     "training", "checkpoint", "gradients", "saving", "symbolic", "distributed",
-    "datasets", "data", "metrics", "viz", "adversarial", "kernels", "io", "cli", "safetensors", "onnx",
+    "datasets", "data", "metrics", "preprocessing", "viz", "adversarial", "kernels", "io", "cli",
+    "safetensors", "onnx",
 }
 _NAMES = {
     "Model": "model",

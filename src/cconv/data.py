@@ -3,9 +3,9 @@
 
 A :class:`Dataset` is built from arrays (:meth:`Dataset.from_arrays`) or from a folder of
 images with one sub-folder per class (:meth:`Dataset.from_folder`, and Keras's
-:func:`image_dataset_from_directory`), and transformed with ``shuffle(seed)``,
-``shard(num_shards, index)``, ``take(n)``, ``skip(n)``, ``map(fn)``, ``batch(n)`` and
-``prefetch(n)``; each method returns a new dataset::
+:func:`image_dataset_from_directory`), and transformed with ``cache()``,
+``shuffle(seed)``, ``shard(num_shards, index)``, ``take(n)``, ``skip(n)``, ``map(fn)``,
+``batch(n)`` and ``prefetch(n)``; each method returns a new dataset::
 
     from cconv import data
 
@@ -16,6 +16,9 @@ images with one sub-folder per class (:meth:`Dataset.from_folder`, and Keras's
 Memory stays bounded: a folder dataset holds the list of its files and decodes a batch when
 it is needed (JPEG and PNG with Pillow, resized, optionally cropped), so a folder larger
 than the memory streams; with ``prefetch(n)`` at most ``n + 2`` batches exist at once.
+``cache()`` keeps the decoded images after the first epoch (in memory, or with
+``cache(path)`` in a file read through ``numpy.memmap``), so that later epochs skip the
+decoding.
 
 Order, epochs and shards
 ------------------------
@@ -226,6 +229,55 @@ class _FolderSource:
                 "label_mode": self.label_mode}
 
 
+class _CachedSource:
+    """Another source's samples, kept (in memory or in a file) once they have been loaded."""
+
+    def __init__(self, source, path):
+        self.source, self.path = source, None if path is None else os.fspath(path)
+        self.single = source.single
+        self.filled = np.zeros(len(source), bool)
+        self.store = None
+        self.lock = threading.Lock()
+
+    def __len__(self):
+        return len(self.source)
+
+    def _allocate(self, batch):
+        parts = (batch,) if self.single else batch
+        n = len(self.source)
+        store = []
+        for k, a in enumerate(parts):
+            shape = (n,) + a.shape[1:]
+            if self.path is None:
+                store.append(np.empty(shape, a.dtype))
+            else:
+                name = self.path if k == 0 else f"{self.path}.{k}"
+                store.append(np.lib.format.open_memmap(name, mode="w+", dtype=a.dtype, shape=shape))
+        self.store = store
+
+    def load(self, index):
+        index = np.asarray(index)
+        with self.lock:
+            missing = index[~self.filled[index]]
+            if missing.size:
+                missing = np.unique(missing)
+                batch = self.source.load(missing)
+                if self.store is None:
+                    self._allocate(batch)
+                for dst, a in zip(self.store, (batch,) if self.single else batch):
+                    if a.shape[1:] != dst.shape[1:]:
+                        raise ValueError(f"cache(): samples of shape {a.shape[1:]} after samples of "
+                                         f"shape {dst.shape[1:]}; the samples of a cached dataset "
+                                         f"must have one shape (pass image_size=)")
+                    dst[missing] = a
+                self.filled[missing] = True
+            out = tuple(np.asarray(s[index]) for s in self.store)
+        return out[0] if self.single else out
+
+    def describe(self):
+        return self.source.describe()
+
+
 # --------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------
@@ -245,7 +297,7 @@ class Dataset:
 
     def __init__(self, _source, _index_ops=(), _sample_maps=(), _batch=None, _batch_maps=(),
                  _prefetch=0, class_names=None):
-        if not isinstance(_source, (_ArraySource, _FolderSource)):
+        if not isinstance(_source, (_ArraySource, _FolderSource, _CachedSource)):
             raise TypeError("make a Dataset with Dataset.from_arrays, Dataset.from_folder or "
                             "cconv.data.image_dataset_from_directory")
         self._source = _source
@@ -361,6 +413,26 @@ class Dataset:
         if self._batch is not None:
             raise ValueError(f"{what} reorders samples: call it before batch() (cconv shuffles and "
                              f"shards samples, not batches)")
+
+    def cache(self, path=None):
+        """Keep the samples once loaded (decoded): later epochs read them instead of the files.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            None: in memory (the decoded dataset must fit). A file name: in ``.npy`` files
+            there (``path``, ``path.1`` for the labels), read through ``numpy.memmap``, so the
+            memory stays bounded; they are rewritten by every new cached dataset.
+
+        Call it right after :meth:`from_folder` (it caches what the source yields, before
+        shuffles, maps and batching). A dataset of arrays is returned unchanged.
+        """
+        if self._index_ops or self._sample_maps or self._batch is not None:
+            raise ValueError("call cache() right after Dataset.from_folder(...), before shuffle, shard, "
+                             "take, skip, map and batch")
+        if isinstance(self._source, (_ArraySource, _CachedSource)):
+            return self
+        return self._replace(_source=_CachedSource(self._source, path))
 
     def shuffle(self, seed=None):
         """A new permutation of the samples every epoch: :func:`epoch_order` ``(n, seed,
