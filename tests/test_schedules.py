@@ -230,3 +230,22 @@ def test_tensorboard_writes_nothing_for_a_failed_epoch(tmp_path):
     with pytest.raises(RuntimeError, match="batch 3 of epoch 2"):
         model().fit(batches(), steps_per_epoch=3, epochs=3, verbose=0, callbacks=[tb])
     assert [e.step for e in _accumulator(tmp_path / "logs" / "train").Scalars("epoch_loss")] == [0]
+
+
+def test_keras_batch_hook_names():
+    x, y = data(n=12)
+    seen = []
+
+    class KerasStyle(callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(("begin", batch))
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(("end", batch, round(logs["size"])))
+
+    old_style = LrRecorder()
+    model().fit(x, y, batch_size=5, verbose=0, callbacks=[KerasStyle(), old_style,
+                callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(("lambda", b)))])
+    assert seen == [("begin", 0), ("end", 0, 5), ("lambda", 0), ("begin", 1), ("end", 1, 5), ("lambda", 1),
+                    ("begin", 2), ("end", 2, 2), ("lambda", 2)]
+    assert len(old_style.lrs) == 3

@@ -2,7 +2,8 @@
 
 A callback receives ``on_train_begin``, ``on_epoch_begin(epoch)``, ``on_batch_begin(batch)``,
 ``on_batch_end(batch, logs)``, ``on_epoch_end(epoch, logs)`` and ``on_train_end``; epochs and
-batches are counted from 0 (as in Keras). ``logs`` at the end of an epoch holds ``loss``, the
+batches are counted from 0 (as in Keras). Keras 3's ``on_train_batch_begin`` and
+``on_train_batch_end`` are the same hooks under their Keras names (override either). ``logs`` at the end of an epoch holds ``loss``, the
 metrics (``accuracy``) and, with validation data, ``val_loss`` / ``val_accuracy``. A callback
 stops training by setting ``self.model.stop_training = True``.
 
@@ -72,6 +73,16 @@ class Callback:
 
     def on_batch_end(self, batch, logs=None):
         pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        """Keras 3's name of the hook ``fit`` calls before every batch; by default it calls
+        :meth:`on_batch_begin`, so either may be overridden."""
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Keras 3's name of the hook ``fit`` calls after every batch (default:
+        :meth:`on_batch_end`)."""
+        self.on_batch_end(batch, logs)
 
     def on_nonfinite_loss(self, epoch, batch, loss):
         """Called when a batch's loss is NaN or infinite, before any weight is touched.
@@ -756,7 +767,7 @@ class LambdaCallback(Callback):
     """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
 
     _HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
-              "on_batch_begin", "on_batch_end")
+              "on_batch_begin", "on_batch_end", "on_train_batch_begin", "on_train_batch_end")
 
     def __init__(self, **hooks):
         super().__init__()

@@ -1117,7 +1117,7 @@ def _run_batches(model, plan, train, batches, epoch, epochs, cbs, verbose, valid
     b = -1
     for b, (xb, yb, swb) in enumerate(_chain(first, batches)):
         for cb in cbs:
-            cb.on_batch_begin(b)
+            cb.on_train_batch_begin(b)
         logs, finite, m = _train_step(model, xb, yb, plan, swb, par)
         if not finite:
             skip = False
@@ -1139,7 +1139,7 @@ def _run_batches(model, plan, train, batches, epoch, epochs, cbs, verbose, valid
         running = {k: v / seen for k, v in sums.items()} if seen else {}
         running.update(par.metric_values(plan))
         for cb in cbs:
-            cb.on_batch_end(b, dict(running, size=m))
+            cb.on_train_batch_end(b, dict(running, size=m))
         if bar is not None:
             bar.update(b + 1, seen, running)
     epoch_logs = {k: v / seen for k, v in sums.items()} if seen else {"loss": float("nan")}
