@@ -112,6 +112,13 @@ def test_take_skip_map_and_structures():
 
 
 # --------------------------------------------------------------------------- prefetch
+def _wait_for(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return condition()
+
+
 def test_prefetch_runs_ahead_but_stays_bounded():
     produced = []
 
@@ -122,8 +129,9 @@ def test_prefetch_runs_ahead_but_stays_bounded():
     ds = data.Dataset.from_arrays(np.arange(40)).batch(2).map(record).prefetch(3)
     it = ds.epoch(0)
     next(it)
-    time.sleep(0.3)                     # the thread fills the queue and waits
-    assert 3 <= len(produced) <= 3 + 2, produced
+    assert _wait_for(lambda: len(produced) >= 4)      # the one taken and 3 ahead
+    time.sleep(0.2)                                   # the thread waits for room in the queue
+    assert len(produced) <= 1 + 3 + 1, produced       # at most the queue and one in hand
     rest = list(it)
     assert len(rest) == 19 and len(produced) == 20
 
@@ -153,20 +161,22 @@ def test_prefetch_thread_stops_when_abandoned_or_failed():
 
 
 def test_prefetch_overlaps_loading_with_the_consumer():
-    def slow(v):
-        time.sleep(0.02)
+    """While the consumer holds element i, the thread produces element i + 1 (without
+    prefetching it would not, and the wait below would time out)."""
+    ready = [threading.Event() for _ in range(6)]
+
+    def mark(v):
+        ready[int(v[0])].set()
         return v
 
-    ds = data.Dataset.from_arrays(np.arange(20)).batch(1).map(slow)
-
-    def run(d):
-        t0 = time.perf_counter()
-        for _ in d.epoch(0):
-            time.sleep(0.02)            # the "training step" (sleep releases the GIL, as the kernels do)
-        return time.perf_counter() - t0
-
-    serial, overlapped = run(ds), run(ds.prefetch(2))
-    assert overlapped < 0.8 * serial, (serial, overlapped)
+    ds = data.Dataset.from_arrays(np.arange(6)).batch(1).map(mark)
+    for v in ds.prefetch(1).epoch(0):
+        i = int(v[0])
+        if i + 1 < 6:
+            assert ready[i + 1].wait(10), f"element {i + 1} was not produced while {i} was in use"
+    ready = [threading.Event() for _ in range(6)]
+    for v in ds.epoch(0):                             # no prefetch: nothing runs ahead
+        assert not ready[int(v[0]) + 1].is_set() if int(v[0]) + 1 < 6 else True
 
 
 # --------------------------------------------------------------------------- folders
