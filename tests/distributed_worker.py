@@ -93,6 +93,65 @@ def save(out, name, rank, model, history=None):
             json.dump(history.history, f)
 
 
+#: The dataset scenario: 41 samples in batches of 10 (the last batch of 1 leaves rank 0 of 2
+#: and ranks 0, 1 of 3 without samples), validation batches of 4 from 11 samples.
+DATASET_SAMPLES, DATASET_BATCH = 41, 10
+DATASET_KINDS = ("arrays", "folder", "list")
+
+
+def dataset_fit(model, kind, distributed, out=None, rank=0):
+    """Fit ``model`` on a shuffled cconv.data dataset (``kind`` "arrays", "folder": PNGs
+    written under ``out``, or "list": a list of the batches of epoch 0) with validation, three metrics, and TensorBoard and CSV
+    callbacks writing under ``out`` (rank 0 only)."""
+    from cconv import data as cdata
+    x, y = data(DATASET_SAMPLES, seed=4)
+    if kind == "folder":
+        folder = os.path.join(out, "images")
+        if rank == 0:
+            write_pngs(folder, x, y)
+        if distributed:
+            from cconv import distributed as D
+            D.init().comm.Barrier()
+        ds = cdata.Dataset.from_folder(folder, image_size=(8, 8), color_mode="grayscale")
+    else:
+        ds = cdata.Dataset.from_arrays(x, y)
+    ds = ds.shuffle(seed=7).batch(DATASET_BATCH)
+    if kind == "list":          # a plain sequence of batches: loaded whole, then cut
+        ds = list(ds.batches(0))
+    loaded = []
+    if kind == "arrays":        # count the samples this rank loads
+        ds = ds.map(lambda bx, by: (loaded.append(len(bx)), (bx, by))[1])
+    xv, yv = data(11, seed=1)
+    val = cdata.Dataset.from_arrays(xv, yv).batch(4)
+    logs = os.path.join(out, f"logs_{kind}_rank{rank}") if out is not None else None
+    cbs = [] if logs is None else [cconv.callbacks.TensorBoard(os.path.join(logs, "tb")),
+                                   cconv.callbacks.CSVLogger(os.path.join(logs, "log.csv"))]
+    if logs is not None:
+        os.makedirs(logs, exist_ok=True)
+    history = model.fit(ds, validation_data=val, epochs=3, verbose=0, distributed=distributed, callbacks=cbs)
+    if loaded and out is not None:
+        with open(os.path.join(out, f"loaded_rank{rank}.json"), "w") as f:
+            json.dump(loaded, f)
+    return history
+
+
+def write_pngs(folder, x, y):
+    """The samples as 8-bit grayscale PNGs in one sub-folder per class (the pixel values
+    x * 255 rounded: the folder dataset reads exactly those)."""
+    from PIL import Image
+    for i, (img, label) in enumerate(zip(x, y)):
+        os.makedirs(os.path.join(folder, f"class{label}"), exist_ok=True)
+        Image.fromarray(np.rint(img[:, :, 0] * 255).astype(np.uint8)).save(
+            os.path.join(folder, f"class{label}", f"{i:03d}.png"))
+
+
+def dataset_model(seed):
+    model = graph_model(seed, "float64")
+    model.compile(cconv.optim.SGD(0.1, momentum=0.9), "categorical_crossentropy",
+                  metrics=["accuracy", "f1", "top_k_accuracy"])
+    return model
+
+
 def main(scenario, out):
     from cconv import distributed as D
     world = D.init()
@@ -137,6 +196,11 @@ def main(scenario, out):
                             distributed=True, checkpoint=ckpt, resume=True if scenario == "resume_rest" else None,
                             callbacks=[csv])
         save(out, scenario, r, model, history)
+    elif scenario == "dataset":
+        for kind in DATASET_KINDS:
+            model = dataset_model(seed=100 + r)
+            history = dataset_fit(model, kind, True, out, r)
+            save(out, f"dataset_{kind}", r, model, history)
     elif scenario == "batchnorm":
         model = graph_model(seed=3 + r, dtype="float64", batchnorm=True)
         model.compile(cconv.optim.SGD(0.05), "categorical_crossentropy")

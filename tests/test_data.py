@@ -89,6 +89,31 @@ def test_batches_keep_every_sample_once_and_the_last_partial_batch():
     assert [len(b) for b in dropped.epoch(0)] == [5, 5, 5, 5] and len(dropped) == 4
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_batch_parts_for_data_parallel_fit(prefetch):
+    """batches(epoch, part=) loads the contiguous part of each batch that part(m) names, in
+    the epoch's order; None for an empty part; the parts of all processes are the batch."""
+    x = np.arange(23, dtype=np.float64).reshape(23, 1)
+    ds = data.Dataset.from_arrays(x, x[:, 0].astype(np.int64)).shuffle(seed=3).batch(10).prefetch(prefetch)
+    whole = [bx[:, 0].tolist() for bx, _ in ds.batches(2)]
+    assert [len(b) for b in whole] == [10, 10, 3]
+    for p in (2, 4):
+        parts = [list(ds.batches(2, part=lambda m, r=r: (r * m // p, (r + 1) * m // p))) for r in range(p)]
+        for b, batch in enumerate(whole):
+            got = []
+            for r in range(p):
+                element = parts[r][b]
+                lo, hi = r * len(batch) // p, (r + 1) * len(batch) // p
+                if hi == lo:
+                    assert element is None
+                else:
+                    assert element[0][:, 0].tolist() == batch[lo:hi]
+                    got += element[0][:, 0].tolist()
+            assert got == batch
+    with pytest.raises(ValueError, match="batch"):
+        data.Dataset.from_arrays(x).epoch(0, part=lambda m: (0, m))
+
+
 def test_take_skip_map_and_structures():
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = np.arange(6)

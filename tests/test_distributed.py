@@ -169,6 +169,40 @@ def test_same_weights_as_one_process(tmp_path, ranks):
 
 
 @needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_dataset_is_sharded_like_one_process_on_the_same_global_batches(tmp_path, ranks):
+    """A cconv.data dataset (from arrays, and a folder of PNGs each rank decodes its part
+    of), shuffled with a seed, and a list of batches (each rank cuts its part), 3 epochs: 2 and 3 ranks end with the weights and history
+    (loss, accuracy, F1, top-k, validation) of one process on the same global batches,
+    although the last batch of 1 sample leaves some ranks with nothing; only rank 0 wrote
+    TensorBoard and CSV logs."""
+    pytest.importorskip("PIL")
+    worker(ranks, "dataset", tmp_path)
+    for kind in W.DATASET_KINDS:
+        got = _assert_ranks_identical(tmp_path, f"dataset_{kind}", ranks)
+        ref_model = W.dataset_model(seed=100)
+        ref = W.dataset_fit(ref_model, kind, False, tmp_path / "ref")
+        for i, (a, b) in enumerate(zip(got, ref_model.get_weights())):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"{kind}: weight {i}")
+        hist = json.loads((tmp_path / f"dataset_{kind}_history.json").read_text())
+        assert set(hist) == set(ref.history) >= {"loss", "accuracy", "f1", "top_k_accuracy",
+                                                 "val_loss", "val_accuracy", "val_f1"}
+        for key, values in ref.history.items():
+            np.testing.assert_allclose(hist[key], values, rtol=1e-9, err_msg=f"{kind}: history {key}")
+        logs0 = tmp_path / f"logs_{kind}_rank0"
+        assert len((logs0 / "log.csv").read_text().splitlines()) == 4          # header + 3 epochs
+        assert list((logs0 / "tb" / "train").iterdir())
+        for r in range(1, ranks):
+            assert not list((tmp_path / f"logs_{kind}_rank{r}").iterdir()), f"rank {r} wrote logs"
+    # each rank loaded its part of every global batch, nothing more (arrays kind)
+    sizes = [W.DATASET_BATCH] * (W.DATASET_SAMPLES // W.DATASET_BATCH) + [W.DATASET_SAMPLES % W.DATASET_BATCH]
+    for r in range(ranks):
+        loaded = json.loads((tmp_path / f"loaded_rank{r}.json").read_text())
+        parts = [D.shard(m, r, ranks) for m in sizes]
+        assert loaded == [z - a for a, z in parts if z > a] * 3, (r, loaded)
+
+
+@needs_mpi
 def test_a_nonfinite_loss_is_raised_on_every_rank(tmp_path):
     """A NaN sample in one rank's part stops every rank with NonFiniteLossError (which
     the script can catch: no rank waits for another), naming the global batch."""

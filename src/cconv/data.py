@@ -30,7 +30,9 @@ e)``, a different permutation every epoch, identical in every process and after 
 index)`` then keeps the elements ``index, index + num_shards, ...`` of that order (as
 ``tf.data``'s ``shard``), so processes that share the seed train on disjoint parts of the
 same global order: data-parallel training runs ``ds.shuffle(seed).shard(size,
-rank).batch(b)`` on each rank. Shards differ in length by at most one element;
+rank).batch(b)`` on each rank (``fit(..., distributed=True)`` instead takes the same
+unsharded dataset on every rank and loads each rank's contiguous part of every global batch,
+``batches(epoch, part=...)``). Shards differ in length by at most one element;
 ``shard(..., drop_remainder=True)`` drops the last ``n % num_shards`` elements of each
 epoch's order so that every shard has ``n // num_shards``. ``shuffle``, ``shard``, ``take``
 and ``skip`` reorder samples, so they come before ``batch``.
@@ -551,12 +553,15 @@ class Dataset:
                 idx = idx[op[1]:]
         return idx
 
-    def epoch(self, epoch=0):
-        """An iterator over the elements of epoch ``epoch`` (prefetched if asked)."""
+    def epoch(self, epoch=0, part=None):
+        """An iterator over the elements of epoch ``epoch`` (prefetched if asked); ``part``
+        as in :meth:`batches`."""
         order = self.order(epoch)
+        if part is not None and self._batch is None:
+            raise ValueError("part= picks samples of each batch: call .batch(batch_size) first")
         if self._prefetch:
-            return _prefetched(lambda: self._produce(order), self._prefetch)
-        return self._produce(order)
+            return _prefetched(lambda: self._produce(order, part), self._prefetch)
+        return self._produce(order, part)
 
     def __iter__(self):
         """Epoch 0 on the first loop over the dataset, epoch 1 on the second, ..."""
@@ -564,13 +569,22 @@ class Dataset:
         self._iterations += 1
         return self.epoch(e)
 
-    def batches(self, epoch):
+    def batches(self, epoch, part=None):
         """The batches of epoch ``epoch``: what ``fit`` iterates (see
-        :func:`cconv.training.fit`)."""
+        :func:`cconv.training.fit`).
+
+        Parameters
+        ----------
+        epoch : int
+        part : callable, optional
+            ``part(m) -> (lo, hi)``: load only samples ``lo .. hi - 1`` of each batch of
+            ``m`` (data-parallel ``fit`` passes each process's part of the global batch), and
+            yield None for a batch whose part is empty. Batch maps then see that part.
+        """
         if self._batch is None:
             raise ValueError("the dataset yields single samples: call .batch(batch_size) before "
                              "passing it to fit, evaluate or predict")
-        return self.epoch(epoch)
+        return self.epoch(epoch, part)
 
     def signature(self):
         """What a ``fit`` checkpoint records to refuse resuming with other data."""
@@ -578,7 +592,7 @@ class Dataset:
                 "order": [list(op) for op in self._index_ops],
                 "batch": None if self._batch is None else list(self._batch)}
 
-    def _produce(self, order):
+    def _produce(self, order, part=None):
         source = self._source
         if self._batch is None:
             for i in order:
@@ -588,6 +602,12 @@ class Dataset:
         stop = len(order) - len(order) % size if drop else len(order)
         for lo in range(0, stop, size):
             index = order[lo:lo + size]
+            if part is not None:
+                a, z = part(len(index))
+                if a >= z:
+                    yield None
+                    continue
+                index, lo = index[a:z], lo + a
             if self._sample_maps:
                 element = _stack(self._load_samples(index), f"batch of samples {lo}-{lo + len(index) - 1}")
             else:

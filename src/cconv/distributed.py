@@ -80,8 +80,21 @@ What ``fit(..., distributed=True)`` does
 ``evaluate``, ``predict`` and ``train_on_batch`` are not distributed: after a distributed
 fit every rank holds the same model, and each runs them on the data it is given.
 
-Datasets of :mod:`cconv.data` are not sharded by ``fit(distributed=True)`` yet: it shards
-arrays.
+Datasets and generators
+-----------------------
+``fit(dataset, distributed=True)`` takes the same :class:`cconv.data.Dataset` on every rank
+(not one ``shard``-ed per rank): its batches are the global batches, and each rank loads
+and decodes only its contiguous part ``[r*m//p, (r+1)*m//p)`` of each
+(``Dataset.batches(epoch, part=...)``), validation datasets too. A shuffled dataset's
+epoch order is :func:`cconv.data.epoch_order` of its seed and the epoch, a pure function,
+so every rank sees the same global batches in every epoch, after a resume too; give
+``shuffle`` a seed (with ``seed=None`` each rank would draw its own, and ``fit`` refuses
+datasets whose settings differ between ranks). A rank whose part of a short last batch is
+empty still takes part in the step's collective calls (with a zero gradient and no
+samples). Other sources of batches (generators, sequences) are loaded whole on every rank
+and cut the same way, so they must yield the same batches on every rank. Metrics are
+merged over the ranks (accuracy from the summed counts, precision/recall/F1 from the summed
+confusion matrices), and only rank 0 writes TensorBoard and CSV logs.
 
 A custom training loop uses the same pieces: :func:`init`, :func:`shard`,
 :func:`broadcast_model`, :class:`GradientReducer` and :func:`reduce_means`.

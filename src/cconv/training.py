@@ -43,6 +43,7 @@ makes the output.
 """
 import contextlib
 import copy
+import inspect
 import math
 import os
 
@@ -488,19 +489,30 @@ class _Stream:
         self.samples = None
         self.batch_size = getattr(data, "batch_size", None) if self.kind == "dataset" else None
 
-    def _epoch_iterator(self, epoch):
+    def takes_parts(self):
+        """Whether the data loads a part of each batch itself (``batches(epoch, part=)``,
+        as :class:`cconv.data.Dataset`); other data is cut after loading."""
+        if self.kind != "dataset":
+            return False
+        try:
+            return "part" in inspect.signature(self.data.batches).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def _epoch_iterator(self, epoch, part):
         if self.kind == "dataset":
-            return self.data.batches(epoch)
+            return self.data.batches(epoch) if part is None else self.data.batches(epoch, part=part)
         if self.kind == "sequence":
             return (self.data[i] for i in range(len(self.data)))
         if self.one_shot:
             return self._iterator
         return iter(self.data)
 
-    def raw_batches(self, epoch, what):
+    def raw_batches(self, epoch, what, part=None):
         """The raw batches of ``epoch`` (at most ``steps``), with the data's errors raised
-        again with their position; a one-shot iterator that runs out raises."""
-        it = self._epoch_iterator(epoch)
+        again with their position; a one-shot iterator that runs out raises. ``part``:
+        see :meth:`takes_parts`."""
+        it = self._epoch_iterator(epoch, part)
         b = 0
         try:
             while self.steps_limit is None or b < self.steps_limit:
@@ -529,9 +541,20 @@ class _Stream:
         if self.kind == "sequence" and hasattr(self.data, "on_epoch_end"):
             self.data.on_epoch_end()
 
-    def batches(self, model, epoch, what, plan, class_weight=None):
-        for raw, where in self.raw_batches(epoch, what):
-            yield _checked_batch(model, raw, where, plan, class_weight)
+    def batches(self, model, epoch, what, plan, class_weight=None, par=None):
+        """Checked batches; with ``par``, this process's part of each (possibly empty:
+        every process takes part in every step)."""
+        loads_part = par is not None and self.takes_parts()
+        for raw, where in self.raw_batches(epoch, what, par.shard if loads_part else None):
+            if raw is None:                         # an empty part
+                yield ([np.empty((0,) + tuple(t.shape[1:]), model.dtype) for t in model.inputs],
+                       [np.empty(0) for _ in model.outputs], None)
+                continue
+            xs, ys, sw = _checked_batch(model, raw, where, plan, class_weight)
+            if par is not None and not loads_part:  # loaded whole: keep this process's part
+                a, z = par.shard(xs[0].shape[0])
+                xs, ys, sw = _take(xs, slice(a, z)), _take(ys, slice(a, z)), None if sw is None else sw[a:z]
+            yield xs, ys, sw
 
     def signature(self):
         sig = {"source": self.kind, "steps_per_epoch": self.steps_limit}
@@ -1032,8 +1055,6 @@ def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data
         raise ValueError("x is empty: fit needs at least one sample")
     train, val = _validation_source(model, validation_data, validation_split, train, batch_size,
                                     validation_steps, plan)
-    if par is not _ONE_PROCESS and not all(isinstance(s, _Arrays) for s in (train, val) if s is not None):
-        raise ValueError("fit(distributed=True) shards arrays; datasets and generators are not sharded yet")
 
     cbs = list(callbacks or [])
     for cb in cbs:
@@ -1091,9 +1112,10 @@ def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data
 
 
 def _batches(model, source, epoch, what, plan, class_weight, par=_ONE_PROCESS):
+    part = None if par is _ONE_PROCESS else par
     if isinstance(source, _Arrays):
-        return source.batches(model, epoch, what, par)
-    return source.batches(model, epoch, what, plan, class_weight)
+        return source.batches(model, epoch, what, part)
+    return source.batches(model, epoch, what, plan, class_weight, part)
 
 
 def _run_epoch(model, plan, train, epoch, epochs, cbs, verbose, validation, class_weight, par=_ONE_PROCESS):
