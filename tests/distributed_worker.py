@@ -185,16 +185,24 @@ def main(scenario, out):
         if r == world.size - 1:
             raise KeyError(f"boom outside fit on rank {r}")
         world.comm.barrier()              # the other ranks would wait here forever
-    elif scenario in ("resume_full", "resume_part", "resume_rest"):
-        epochs = {"resume_full": 3, "resume_part": 1, "resume_rest": 3}[scenario]
-        ckpt = os.path.join(out, "full.npz" if scenario == "resume_full" else "part.npz")
+    elif scenario.removesuffix("_ds") in ("resume_full", "resume_part", "resume_rest"):
+        # "_ds": the same samples from a shuffled cconv.data dataset instead of arrays
+        base, ds = scenario.removesuffix("_ds"), scenario.endswith("_ds")
+        epochs = {"resume_full": 3, "resume_part": 1, "resume_rest": 3}[base]
+        suffix = "_ds" if ds else ""
+        ckpt = os.path.join(out, ("full" if base == "resume_full" else "part") + suffix + ".npz")
         model = graph_model(seed=7 + r, dtype="float64", dropout=True)
         model.compile(cconv.optim.Adam(0.01), "categorical_crossentropy")
         x, y = data(41)
         csv = cconv.callbacks.CSVLogger(ckpt[:-4] + ".csv")
-        history = model.fit(x, y, epochs=epochs, batch_size=8, validation_split=0.2, verbose=0,
-                            distributed=True, checkpoint=ckpt, resume=True if scenario == "resume_rest" else None,
-                            callbacks=[csv])
+        if ds:
+            from cconv import data as cdata
+            fit_data = dict(x=cdata.Dataset.from_arrays(x[:33], y[:33]).shuffle(seed=5).batch(8),
+                            validation_data=(x[33:], y[33:]))
+        else:
+            fit_data = dict(x=x, y=y, batch_size=8, validation_split=0.2)
+        history = model.fit(**fit_data, epochs=epochs, verbose=0, distributed=True, checkpoint=ckpt,
+                            resume=True if base == "resume_rest" else None, callbacks=[csv])
         save(out, scenario, r, model, history)
     elif scenario == "dataset":
         for kind in DATASET_KINDS:

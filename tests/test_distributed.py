@@ -281,24 +281,27 @@ def test_a_failing_rank_ends_the_job_with_its_message(tmp_path, scenario, messag
 
 
 @needs_mpi
-def test_distributed_checkpoint_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("suffix", ["", "_ds"], ids=["arrays", "dataset"])
+def test_distributed_checkpoint_resumes_to_the_same_weights(tmp_path, suffix):
     """A model with dropout (every rank its own masks, kept in the checkpoint) and Adam:
-    1 epoch, then a new job resuming to 3, ends bit for bit where 3 epochs in one go end."""
-    worker(2, "resume_full", tmp_path)
-    worker(2, "resume_part", tmp_path)
-    worker(2, "resume_rest", tmp_path)
-    full = _assert_ranks_identical(tmp_path, "resume_full", 2)
-    rest = _assert_ranks_identical(tmp_path, "resume_rest", 2)
+    1 epoch, then a new job resuming to 3, ends bit for bit where 3 epochs in one go end;
+    with arrays, and with a shuffled dataset (whose epoch order is a function of its seed
+    and the epoch, so the resumed job draws the same global batches)."""
+    worker(2, "resume_full" + suffix, tmp_path)
+    worker(2, "resume_part" + suffix, tmp_path)
+    worker(2, "resume_rest" + suffix, tmp_path)
+    full = _assert_ranks_identical(tmp_path, "resume_full" + suffix, 2)
+    rest = _assert_ranks_identical(tmp_path, "resume_rest" + suffix, 2)
     for a, b in zip(full, rest):
         assert np.array_equal(a, b)
-    h_full = json.loads((tmp_path / "resume_full_history.json").read_text())
-    h_rest = json.loads((tmp_path / "resume_rest_history.json").read_text())
+    h_full = json.loads((tmp_path / f"resume_full{suffix}_history.json").read_text())
+    h_rest = json.loads((tmp_path / f"resume_rest{suffix}_history.json").read_text())
     assert h_full == h_rest and len(h_full["loss"]) == 3
     # only rank 0 wrote the CSV log: a header and one row per epoch, continued on resume
-    assert len((tmp_path / "full.csv").read_text().splitlines()) == 4
-    assert len((tmp_path / "part.csv").read_text().splitlines()) == 4
+    assert len((tmp_path / f"full{suffix}.csv").read_text().splitlines()) == 4
+    assert len((tmp_path / f"part{suffix}.csv").read_text().splitlines()) == 4
     # the checkpoint holds both ranks' dropout generators, and they differ
-    _, _, state = cconv.checkpoint.load_training_state(tmp_path / "full.npz")
+    _, _, state = cconv.checkpoint.load_training_state(tmp_path / f"full{suffix}.npz")
     ranks = [cb["state"] for cb in state["callbacks"] if cb["class_name"] == "_RankState"][0]
     assert ranks["ranks"] == 2 and ranks["layer_rngs"][0] != ranks["layer_rngs"][1]
 
