@@ -209,6 +209,11 @@ def main(scenario, out):
             model = dataset_model(seed=100 + r)
             history = dataset_fit(model, kind, True, out, r)
             save(out, f"dataset_{kind}", r, model, history)
+    elif scenario == "dataset_unseeded":       # each rank draws its own shuffle seed
+        from cconv import data as cdata
+        x, y = data(DATASET_SAMPLES)
+        dataset_model(seed=100).fit(cdata.Dataset.from_arrays(x, y).shuffle().batch(DATASET_BATCH),
+                                    epochs=1, verbose=0, distributed=True)
     elif scenario == "batchnorm":
         model = graph_model(seed=3 + r, dtype="float64", batchnorm=True)
         model.compile(cconv.optim.SGD(0.05), "categorical_crossentropy")

@@ -203,6 +203,16 @@ def test_dataset_is_sharded_like_one_process_on_the_same_global_batches(tmp_path
 
 
 @needs_mpi
+def test_a_dataset_shuffled_differently_on_the_ranks_is_refused(tmp_path):
+    """shuffle() without a seed draws one per rank: the ranks would train on different global
+    batches, so fit stops before training, naming the difference."""
+    res = worker(2, "dataset_unseeded", tmp_path, timeout=120, expect_ok=False)
+    assert res.returncode != 0
+    assert "needs the same model, data and settings on every rank" in res.stderr, res.stderr
+    assert "shuffle" in res.stderr
+
+
+@needs_mpi
 def test_a_nonfinite_loss_is_raised_on_every_rank(tmp_path):
     """A NaN sample in one rank's part stops every rank with NonFiniteLossError (which
     the script can catch: no rank waits for another), naming the global batch."""
