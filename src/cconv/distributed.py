@@ -751,7 +751,7 @@ class DataParallel:
     def metric_values(self, plan):
         """The values of ``plan``'s metrics over the samples every rank gave them since
         their reset (their states gathered and merged in rank order)."""
-        if self.world.size == 1:
+        if self.world.size == 1 or not any(plan.metric_objects):     # (no metrics: no message)
             return plan.metric_values()
         return plan.metric_values(self.world.comm.allgather(plan.metric_objects))
 
