@@ -277,3 +277,75 @@ def test_fortran_order_member_is_read_in_its_order(tmp_path):
     _, arrays = cio.read_file(path)
     np.testing.assert_array_equal(arrays["p/0"], a)
     assert arrays["p/0"].flags.c_contiguous
+
+
+# --------------------------------------------------------------------------- declared sizes
+def _with_config(path, model, edit):
+    """Save ``model`` to ``path``, then rewrite its config with ``edit(config)``: a file with
+    a valid checksum whose architecture declares what ``edit`` makes it declare."""
+    model.save(path)
+    document, arrays = cio.read_file(path)
+    edit(document["model"]["config"])
+    cio.write_file(path, document, arrays)
+
+
+def _set_units(cfg):
+    cfg["layers"][-1]["config"]["units"] = 25_000_000
+
+
+def _set_input(cfg):
+    cfg["input_shape"] = [30000, 30000, 1]
+
+
+def _set_functional_input(cfg):
+    cfg["inputs"][0]["shape"] = [30000, 30000, 1]
+
+
+def _functional():
+    inp = cconv.Input((4, 4, 1))
+    return cconv.Model(inp, Dense(2)(cconv.layers.Flatten()(inp)), seed=0)
+
+
+@pytest.mark.parametrize("make, edit", [
+    (lambda: cconv.Sequential([Dense(2)], input_shape=(10,), seed=0), _set_units),
+    (lambda: cconv.Sequential([cconv.layers.Flatten(), Dense(2)], input_shape=(4, 4, 1), seed=0), _set_input),
+    (_functional, _set_functional_input),
+], ids=["units", "sequential-input", "functional-input"])
+def test_small_file_declaring_huge_layers_is_refused_before_building(tmp_path, make, edit):
+    """A 2 KB file with a valid checksum whose config declares Dense(25,000,000), or an input
+    of 30000 x 30000 before Flatten and Dense, is refused from the weights' shapes before the
+    architecture is allocated. Before: 8.6 s and 2.1 GB RSS (units), 61 s and 14.1 GB (input)
+    for the same error; under the 768 MiB limit, a MemoryError."""
+    path = tmp_path / "declares.npz"
+    _with_config(path, make(), edit)
+    assert os.path.getsize(path) < 4096
+    code = f"""
+        import time
+        import cconv
+        t = time.perf_counter()
+        try:
+            cconv.load_model({str(path)!r})
+        except ValueError as exc:
+            print("ValueError", " ".join(str(exc).split()))
+        print("seconds", time.perf_counter() - t)
+        _report()
+        """
+    rc, out, err, seconds, rss = run_limited(code, address_space=LIMIT, timeout=120)
+    assert rc == 0, err
+    assert "ValueError" in out and "do not match the model architecture" in out, out
+    assert "the architecture expects" in out, out
+    assert seconds < 30 and rss < 200 << 20, (seconds, rss)
+
+
+def test_a_large_declared_input_with_small_weights_still_loads(tmp_path):
+    """Shapes, not declared sizes, decide: convolutions on 30000 x 30000 images have the same
+    weights as on 8 x 8 ones, and such a file loads with its weights."""
+    model = cconv.Sequential([cconv.layers.Conv2D(3, 3), cconv.layers.GlobalAvgPool2D(), Dense(2)],
+                             input_shape=(8, 8, 1), seed=0)
+    path = tmp_path / "big_input.npz"
+    _with_config(path, model, _set_input)
+    back = cconv.load_model(path)
+    assert back.input_shape == (30000, 30000, 1)
+    for (_, a, _), (_, b, _) in zip(model.parameters(), back.parameters()):
+        np.testing.assert_array_equal(a, b)
+        assert b.flags.c_contiguous and b.flags.writeable and b.strides == a.strides   # real arrays

@@ -87,6 +87,7 @@ import threading
 import numpy as np
 from scipy.special import expit, ndtr
 
+from . import _shapes_only
 from . import _validate as V
 from . import functional as F
 from . import initializers
@@ -340,12 +341,16 @@ class Layer:
             raise ValueError(f"weight name must be a non-empty str without '/', got {name!r}")
         if name in self.params or name in self.state:
             raise ValueError(f"{self._label()} already has a weight named {name!r}")
-        value = initializers.get(initializer)(tuple(int(s) for s in shape), self._weight_rng,
-                                              self.dtype)
-        value = np.ascontiguousarray(value, dtype=self.dtype)
+        shape = tuple(int(s) for s in shape)
+        stand_in = _shapes_only.active()    # a model file's architecture, checked before it is built
+        if stand_in:
+            value = _shapes_only.stand_in(shape, self.dtype)
+        else:
+            value = initializers.get(initializer)(shape, self._weight_rng, self.dtype)
+            value = np.ascontiguousarray(value, dtype=self.dtype)
         if trainable:
             self.params[name] = value
-            self.grads[name] = np.zeros_like(value)
+            self.grads[name] = _shapes_only.stand_in(shape, self.dtype) if stand_in else np.zeros_like(value)
         else:
             self.state[name] = value
         return value
