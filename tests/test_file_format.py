@@ -349,3 +349,38 @@ def test_a_large_declared_input_with_small_weights_still_loads(tmp_path):
     for (_, a, _), (_, b, _) in zip(model.parameters(), back.parameters()):
         np.testing.assert_array_equal(a, b)
         assert b.flags.c_contiguous and b.flags.writeable and b.strides == a.strides   # real arrays
+
+
+_BAD_SHAPES = [(float("inf"), 3), (float("nan"), 3), (2.5, 3), (10**30, 3), (2**31, 1),
+               (2**30, 2**30, 2**30)]
+
+
+@pytest.mark.parametrize("shape", _BAD_SHAPES, ids=str)
+@pytest.mark.parametrize("how", ["Input", "Sequential", "build", "from_config"])
+def test_unusable_input_shapes_are_value_errors_naming_the_field(shape, how):
+    """Before: Infinity gave an OverflowError (cannot convert float infinity to integer),
+    2.5 was taken as 2, 10**30 reached numpy's allocator."""
+    field = "shape" if how == "Input" else "input_shape"
+    with pytest.raises(ValueError, match=field):
+        if how == "Input":
+            cconv.Input(shape=shape)
+        elif how == "Sequential":
+            cconv.Sequential([Dense(2)], input_shape=shape)
+        elif how == "build":
+            Dense(2).build(shape)
+        else:
+            cconv.Sequential.from_config({"layers": [{"class_name": "Dense", "config": {"units": 2}}],
+                                          "input_shape": list(shape)})
+
+
+@pytest.mark.parametrize("edit", [lambda c: c.update(input_shape=[float("inf"), 4, 1]),
+                                  lambda c: c.update(input_shape=[1e300, 4, 1])], ids=["Infinity", "1e300"])
+def test_input_shape_infinity_in_a_model_file(tmp_path, edit):
+    path = tmp_path / "inf.npz"
+    _with_config(path, cconv.Sequential([cconv.layers.Flatten(), Dense(2)], input_shape=(4, 4, 1)), edit)
+    with pytest.raises(ValueError, match="input_shape"):
+        cconv.load_model(path)
+
+
+def test_integral_shapes_of_other_types_are_still_taken():
+    assert cconv.Input(shape=(np.int64(4), 4.0, 1)).shape == (None, 4, 4, 1)
