@@ -34,6 +34,7 @@ from . import callbacks as _callbacks
 from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import optim as _optim
+from ._interrupts import deferred_signals
 from ._progress import ProgressBar
 
 __all__ = ["History", "NonFiniteLossError", "compile", "fit", "evaluate", "predict",
@@ -378,16 +379,19 @@ _ONE_PROCESS = _OneProcess()
 
 
 def _train_step(model, xs, ys, plan, par=_ONE_PROCESS):
-    n = xs[0].shape[0]
-    par.begin_step(n)
-    if n or par is _ONE_PROCESS:
-        logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True, grads_ready=par.grads_ready)
-    else:                   # an empty part of a global batch smaller than the number of ranks
-        model.zero_grad()
-        logs, finite = {}, True
-    logs, finite = par.end_step(logs, finite)
-    if finite:
-        model.optimizer.step()
+    # All or nothing: the forward pass advances batch-norm statistics and dropout generators,
+    # the step the weights; a Ctrl-C is delivered after the whole step.
+    with deferred_signals():
+        n = xs[0].shape[0]
+        par.begin_step(n)
+        if n or par is _ONE_PROCESS:
+            logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True, grads_ready=par.grads_ready)
+        else:                   # an empty part of a global batch smaller than the number of ranks
+            model.zero_grad()
+            logs, finite = {}, True
+        logs, finite = par.end_step(logs, finite)
+        if finite:
+            model.optimizer.step()
     return logs, finite
 
 
