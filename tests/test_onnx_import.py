@@ -13,7 +13,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from hostile import run_limited  # noqa: E402
+from hostile import load_limited  # noqa: E402
 from onnx_util import assert_close, ort_run, sample  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -466,13 +466,7 @@ def test_external_data_that_is_not_a_regular_file_is_refused(tmp_path, kind):
         os.mkfifo(path.parent / "w.bin")
     else:
         (path.parent / "w.bin").mkdir()
-    rc, out, err, seconds, _ = run_limited(f"""
-        import cconv
-        try:
-            cconv.load_model({str(path)!r})
-        except ValueError as exc:
-            print("ValueError", exc)
-        """, timeout=60)
+    rc, out, err, seconds, _ = load_limited(path, timeout=60)
     assert rc == 0, err
     assert "not a regular file" in out, out
 
@@ -501,14 +495,7 @@ def test_folded_constants_cannot_grow_beyond_the_file(tmp_path, name):
     }
     path = _folding(tmp_path, name, *cases[name])
     assert os.path.getsize(path) < 1 << 20
-    rc, out, err, seconds, rss = run_limited(f"""
-        import cconv
-        try:
-            cconv.load_model({str(path)!r})
-        except ValueError as exc:
-            print("ValueError", exc)
-        _report()
-        """, address_space=1 << 30, timeout=120)
+    rc, out, err, seconds, rss = load_limited(path, address_space=1 << 30)
     assert rc == 0, err
     assert "ValueError" in out and "folding it would make a constant" in out, out
     assert seconds < 30 and rss < 400 << 20, (seconds, rss)
@@ -537,15 +524,7 @@ def test_long_chains_of_elementwise_nodes_are_refused_quickly(tmp_path):
         cconv.onnx.load(_chain(3001))
     path = tmp_path / "chain.onnx"
     onnx.save(_chain(4000, every_output=True), str(path))
-    rc, out, err, seconds, _ = run_limited(f"""
-        import time, cconv
-        t = time.perf_counter()
-        try:
-            cconv.load_model({str(path)!r})
-        except ValueError as exc:
-            print("ValueError", exc)
-        print("seconds", time.perf_counter() - t)
-        """, timeout=90)
+    rc, out, err, seconds, _ = load_limited(path, timeout=90)
     assert rc == 0, err
     assert "ValueError" in out and "is not one cconv has" in out, out
     assert float(out.split("seconds")[1]) < 20, out
