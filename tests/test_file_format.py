@@ -373,3 +373,30 @@ def test_input_shape_infinity_in_a_model_file(tmp_path, edit):
 
 def test_integral_shapes_of_other_types_are_still_taken():
     assert cconv.Input(shape=(np.int64(4), 4.0, 1)).shape == (None, 4, 4, 1)
+
+
+@pytest.mark.parametrize("epoch", [10**12, 3 * 10**8, -1, True, "1", 2.0])
+def test_checkpoint_epoch_count_is_checked_against_its_history(tmp_path, epoch):
+    """A checkpoint (valid checksum) claiming 10**12 epochs done: before, resuming built
+    history.epoch = list(range(10**12)) (a MemoryError; for 3 * 10**8 a list of that many
+    ints, about 11 GB by arithmetic, not run); -1, True, "1" and 2.0 were taken or raised
+    TypeError. Now a ValueError naming the file, before any weight of the model is touched."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 2, 16)
+
+    def model():
+        m = cconv.Sequential([Dense(2, activation="softmax")], input_shape=(4,), seed=1)
+        m.compile("sgd", "categorical_crossentropy")
+        return m
+
+    path = tmp_path / "ckpt.npz"
+    trained = model()
+    trained.fit(x, y, epochs=1, verbose=0, checkpoint=path)
+    document, arrays = cio.read_file(path)
+    document["training_state"]["epoch"] = epoch
+    cio.write_file(path, document, arrays)
+    fresh = model()
+    before = [p.copy() for _, p, _ in fresh.parameters()]
+    with pytest.raises(ValueError, match="corrupted.*epochs were done"):
+        fresh.fit(x, y, epochs=3, verbose=0, resume=path)
+    assert all(np.array_equal(a, p) for a, (_, p, _) in zip(before, fresh.parameters()))
