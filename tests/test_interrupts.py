@@ -131,6 +131,7 @@ class Record(Callback):
     def on_batch_end(self, batch, logs=None):
         self.snaps[self.model.optimizer.iterations] = snapshot(self.model)
 
+signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's background job ignores it
 rng = np.random.default_rng(1)
 x = rng.standard_normal((512, 8, 8, 1)).astype(np.float32)
 y = rng.integers(0, 10, 512)
