@@ -378,25 +378,30 @@ class _OneProcess:
 _ONE_PROCESS = _OneProcess()
 
 
-def _train_step(model, xs, ys, plan, par=_ONE_PROCESS):
-    # All or nothing: the forward pass advances batch-norm statistics and dropout generators,
-    # the step the weights; a Ctrl-C is delivered after the whole step, and a batch whose loss
-    # is not finite changes no weight and no layer state.
+def _train_step(model, *args, **kwargs):
+    """:func:`_step`, all or nothing: the forward pass advances batch-norm statistics and
+    dropout generators, the step the weights, so a Ctrl-C is delivered after the whole step;
+    a batch whose loss is not finite leaves the layers' state as it was."""
     with deferred_signals():
-        n = xs[0].shape[0]
         state = [(a, a.copy()) for layer in model.layers for role, _, a in layer.weights() if role == "state"]
-        par.begin_step(n)
-        if n or par is _ONE_PROCESS:
-            logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True, grads_ready=par.grads_ready)
-        else:                   # an empty part of a global batch smaller than the number of ranks
-            model.zero_grad()
-            logs, finite = {}, True
-        logs, finite = par.end_step(logs, finite)
-        if finite:
-            model.optimizer.step()
-        else:               # a skipped batch leaves no trace: batch-norm statistics are restored
+        result = _step(model, *args, **kwargs)
+        if not result[1]:
             for a, before in state:
                 np.copyto(a, before)
+    return result
+
+
+def _step(model, xs, ys, plan, par=_ONE_PROCESS):
+    n = xs[0].shape[0]
+    par.begin_step(n)
+    if n or par is _ONE_PROCESS:
+        logs, finite, _ = loss_and_gradients(model, xs, ys, plan, training=True, grads_ready=par.grads_ready)
+    else:                   # an empty part of a global batch smaller than the number of ranks
+        model.zero_grad()
+        logs, finite = {}, True
+    logs, finite = par.end_step(logs, finite)
+    if finite:
+        model.optimizer.step()
     return logs, finite
 
 
