@@ -90,3 +90,12 @@ def test_figures_draw_names_as_text(tmp_path, backend):
         assert viz.plot_history({"loss": [1.0, 0.5]}, tmp_path / "h.png", title="$\\foo$" + HOSTILE).exists()
     finally:
         viz.set_backend(None)
+
+
+def test_layer_error_messages_escape_names():
+    layer = Dense(2, name="d" + HOSTILE)
+    layer.build((3,))
+    with pytest.raises(ValueError) as info:
+        layer.forward(np.zeros((2, 5), np.float32))
+    _clean(str(info.value))
+    assert "d" + "x\\x1b[2J" in str(info.value)

@@ -91,6 +91,7 @@ from . import _shapes_only
 from . import _validate as V
 from . import functional as F
 from . import initializers
+from ._printable import printable
 from .symbolic import Node, SymbolicTensor
 
 __all__ = [
@@ -585,7 +586,8 @@ class Layer:
         return tuple(self.compute_output_shape(input_shape))
 
     def _label(self) -> str:
-        return self.name if self.name else type(self).__name__
+        """The layer's name for messages (control characters escaped), else its class."""
+        return printable(self.name) if self.name else type(self).__name__
 
     def __repr__(self) -> str:
         cfg = self.get_config()
