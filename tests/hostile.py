@@ -134,3 +134,20 @@ def run_limited(code, address_space=None, timeout=120, env=None):
         if line.startswith("VMHWM "):
             rss = int(line.split()[1])
     return proc.returncode, proc.stdout, proc.stderr, seconds, rss
+
+
+def load_limited(path, address_space=None, timeout=120):
+    """``cconv.load_model(path)`` in a fresh interpreter (see :func:`run_limited`): stdout
+    holds ``ValueError <message>`` if it was refused, then ``seconds <load time>``."""
+    code = f"""
+        import time
+        import cconv
+        t = time.perf_counter()
+        try:
+            cconv.load_model({str(path)!r})
+        except ValueError as exc:
+            print("ValueError", " ".join(str(exc).split()))
+        print("seconds", time.perf_counter() - t)
+        _report()
+        """
+    return run_limited(code, address_space=address_space, timeout=timeout)

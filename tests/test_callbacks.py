@@ -217,3 +217,28 @@ def test_callback_state_survives_resume(tmp_path):
     es2 = callbacks.EarlyStopping(monitor="score", patience=2)      # a fresh one would stop at epoch 5
     h = m2.fit(x, y, epochs=6, checkpoint=ckpt, resume=ckpt, callbacks=[Inject(), es2], verbose=0)
     assert h.epoch == [0, 1, 2, 3] and es2.stopped_epoch == 3
+
+
+def test_a_skipped_non_finite_batch_leaves_batch_norm_statistics_alone():
+    """A NaN sample in one batch, skipped by SkipNonFinite: before, the batch-norm running
+    statistics had already taken the NaN in the forward pass (every later prediction NaN);
+    now a skipped batch changes nothing, as train_on_batch's NonFiniteLossError promises."""
+    import cconv
+    from cconv.layers import BatchNorm2D, Dense
+    from cconv.training import NonFiniteLossError
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 64)
+    x[5, 0] = np.nan
+    model = cconv.Sequential([Dense(8), BatchNorm2D(), Dense(2, activation="softmax")], input_shape=(4,), seed=0)
+    model.compile("sgd", "categorical_crossentropy")
+    bn = model.layers[1]
+    before = {k: v.copy() for k, v in bn.state.items()}
+    with pytest.raises(NonFiniteLossError):
+        model.train_on_batch(x[:16], y[:16])
+    for k, v in bn.state.items():
+        np.testing.assert_array_equal(v, before[k])
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False,
+              callbacks=[callbacks.SkipNonFinite(verbose=0)])
+    assert all(np.all(np.isfinite(v)) for v in bn.state.values())
+    assert np.all(np.isfinite(model.predict(x[16:])))

@@ -16,7 +16,7 @@ import cconv
 from cconv import io as cio
 from cconv.layers import Dense
 
-from hostile import deflate_with_zeros, npy_header, run_limited, stored, write_zip
+from hostile import deflate_with_zeros, load_limited, npy_header, run_limited, stored, write_zip
 
 GiB = 1 << 30
 #: Address-space limit of the bomb-loading subprocesses: the interpreter with numpy and
@@ -277,3 +277,126 @@ def test_fortran_order_member_is_read_in_its_order(tmp_path):
     _, arrays = cio.read_file(path)
     np.testing.assert_array_equal(arrays["p/0"], a)
     assert arrays["p/0"].flags.c_contiguous
+
+
+# --------------------------------------------------------------------------- declared sizes
+def _with_config(path, model, edit):
+    """Save ``model`` to ``path``, then rewrite its config with ``edit(config)``: a file with
+    a valid checksum whose architecture declares what ``edit`` makes it declare."""
+    model.save(path)
+    document, arrays = cio.read_file(path)
+    edit(document["model"]["config"])
+    cio.write_file(path, document, arrays)
+
+
+def _set_units(cfg):
+    cfg["layers"][-1]["config"]["units"] = 25_000_000
+
+
+def _set_input(cfg):
+    cfg["input_shape"] = [30000, 30000, 1]
+
+
+def _set_functional_input(cfg):
+    cfg["inputs"][0]["shape"] = [30000, 30000, 1]
+
+
+def _functional():
+    inp = cconv.Input((4, 4, 1))
+    return cconv.Model(inp, Dense(2)(cconv.layers.Flatten()(inp)), seed=0)
+
+
+@pytest.mark.parametrize("make, edit", [
+    (lambda: cconv.Sequential([Dense(2)], input_shape=(10,), seed=0), _set_units),
+    (lambda: cconv.Sequential([cconv.layers.Flatten(), Dense(2)], input_shape=(4, 4, 1), seed=0), _set_input),
+    (_functional, _set_functional_input),
+], ids=["units", "sequential-input", "functional-input"])
+def test_small_file_declaring_huge_layers_is_refused_before_building(tmp_path, make, edit):
+    """A 2 KB file with a valid checksum whose config declares Dense(25,000,000), or an input
+    of 30000 x 30000 before Flatten and Dense, is refused from the weights' shapes before the
+    architecture is allocated. Before: 8.6 s and 2.1 GB RSS (units), 61 s and 14.1 GB (input)
+    for the same error; under the 768 MiB limit, a MemoryError."""
+    path = tmp_path / "declares.npz"
+    _with_config(path, make(), edit)
+    assert os.path.getsize(path) < 4096
+    rc, out, err, seconds, rss = load_limited(path, address_space=LIMIT)
+    assert rc == 0, err
+    assert "ValueError" in out and "do not match the model architecture" in out, out
+    assert "the architecture expects" in out, out
+    assert seconds < 30 and rss < 200 << 20, (seconds, rss)
+
+
+def test_a_large_declared_input_with_small_weights_still_loads(tmp_path):
+    """Shapes, not declared sizes, decide: convolutions on 30000 x 30000 images have the same
+    weights as on 8 x 8 ones, and such a file loads with its weights."""
+    model = cconv.Sequential([cconv.layers.Conv2D(3, 3), cconv.layers.GlobalAvgPool2D(), Dense(2)],
+                             input_shape=(8, 8, 1), seed=0)
+    path = tmp_path / "big_input.npz"
+    _with_config(path, model, _set_input)
+    back = cconv.load_model(path)
+    assert back.input_shape == (30000, 30000, 1)
+    for (_, a, _), (_, b, _) in zip(model.parameters(), back.parameters()):
+        np.testing.assert_array_equal(a, b)
+        assert b.flags.c_contiguous and b.flags.writeable and b.strides == a.strides   # real arrays
+
+
+_BAD_SHAPES = [(float("inf"), 3), (float("nan"), 3), (2.5, 3), (10**30, 3), (2**31, 1),
+               (2**30, 2**30, 2**30)]
+
+
+@pytest.mark.parametrize("shape", _BAD_SHAPES, ids=str)
+@pytest.mark.parametrize("how", ["Input", "Sequential", "build", "from_config"])
+def test_unusable_input_shapes_are_value_errors_naming_the_field(shape, how):
+    """Before: Infinity gave an OverflowError (cannot convert float infinity to integer),
+    2.5 was taken as 2, 10**30 reached numpy's allocator."""
+    field = "shape" if how == "Input" else "input_shape"
+    with pytest.raises(ValueError, match=field):
+        if how == "Input":
+            cconv.Input(shape=shape)
+        elif how == "Sequential":
+            cconv.Sequential([Dense(2)], input_shape=shape)
+        elif how == "build":
+            Dense(2).build(shape)
+        else:
+            cconv.Sequential.from_config({"layers": [{"class_name": "Dense", "config": {"units": 2}}],
+                                          "input_shape": list(shape)})
+
+
+@pytest.mark.parametrize("edit", [lambda c: c.update(input_shape=[float("inf"), 4, 1]),
+                                  lambda c: c.update(input_shape=[1e300, 4, 1])], ids=["Infinity", "1e300"])
+def test_input_shape_infinity_in_a_model_file(tmp_path, edit):
+    path = tmp_path / "inf.npz"
+    _with_config(path, cconv.Sequential([cconv.layers.Flatten(), Dense(2)], input_shape=(4, 4, 1)), edit)
+    with pytest.raises(ValueError, match="input_shape"):
+        cconv.load_model(path)
+
+
+def test_integral_shapes_of_other_types_are_still_taken():
+    assert cconv.Input(shape=(np.int64(4), 4.0, 1)).shape == (None, 4, 4, 1)
+
+
+@pytest.mark.parametrize("epoch", [10**12, 3 * 10**8, -1, True, "1", 2.0])
+def test_checkpoint_epoch_count_is_checked_against_its_history(tmp_path, epoch):
+    """A checkpoint (valid checksum) claiming 10**12 epochs done: before, resuming built
+    history.epoch = list(range(10**12)) (a MemoryError; for 3 * 10**8 a list of that many
+    ints, about 11 GB by arithmetic, not run); -1, True, "1" and 2.0 were taken or raised
+    TypeError. Now a ValueError naming the file, before any weight of the model is touched."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 2, 16)
+
+    def model():
+        m = cconv.Sequential([Dense(2, activation="softmax")], input_shape=(4,), seed=1)
+        m.compile("sgd", "categorical_crossentropy")
+        return m
+
+    path = tmp_path / "ckpt.npz"
+    trained = model()
+    trained.fit(x, y, epochs=1, verbose=0, checkpoint=path)
+    document, arrays = cio.read_file(path)
+    document["training_state"]["epoch"] = epoch
+    cio.write_file(path, document, arrays)
+    fresh = model()
+    before = [p.copy() for _, p, _ in fresh.parameters()]
+    with pytest.raises(ValueError, match="corrupted.*epochs were done"):
+        fresh.fit(x, y, epochs=3, verbose=0, resume=path)
+    assert all(np.array_equal(a, p) for a, (_, p, _) in zip(before, fresh.parameters()))

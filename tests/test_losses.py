@@ -291,3 +291,35 @@ def test_cross_entropy_accepts_soft_targets_that_sum_to_one():
     assert loss(rng.standard_normal((6, 5)).astype(np.float32), soft) > 0
     smoothed = np.eye(5)[[0, 1, 2, 3, 4, 0]] * 0.9 + 0.1 / 5
     assert loss(rng.standard_normal((6, 5)), smoothed) > 0
+
+
+@pytest.mark.parametrize("classes, activation, loss", [
+    (1, "softmax", "categorical_crossentropy"), (3, "softmax", "categorical_crossentropy"),
+    (1, "sigmoid", "binary_crossentropy"), (1, "softmax", "binary_crossentropy")])
+def test_evaluate_accuracy_agrees_with_predict(classes, activation, loss):
+    """The accuracy evaluate and fit report is what predict's outputs give. Before: a one-output
+    softmax with categorical cross-entropy (all labels 0) predicted 1.0 everywhere, yet its
+    accuracy was 0.375 or 0.625 (the metric thresholded the logits as a binary output);
+    Keras's categorical accuracy (argmax) gives 1.0."""
+    import cconv
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = rng.integers(0, classes, 64) if classes > 1 else np.zeros(64, int)
+    model = cconv.Sequential([cconv.layers.Dense(classes, activation=activation)], input_shape=(4,), seed=0)
+    model.compile("sgd", loss)
+    pred = model.predict(x)
+    if loss == "categorical_crossentropy":
+        expected = np.mean(np.argmax(pred, axis=1) == y)
+    else:
+        expected = np.mean((pred[:, 0] > 0.5) == (y > 0.5))
+    assert model.evaluate(x, y)["accuracy"] == pytest.approx(expected)
+    assert model.fit(x, y, epochs=1, verbose=0, shuffle=False).history["accuracy"][0] == pytest.approx(expected)
+    if (classes, activation) == (1, "softmax") and loss == "categorical_crossentropy":
+        assert expected == 1.0
+
+
+def test_softmax_cross_entropy_accuracy_is_categorical_for_one_column():
+    loss = losses.SoftmaxCrossEntropy(from_logits=True)
+    z = np.array([[-3.0], [2.0], [0.5]])
+    assert loss.accuracy(z, np.zeros(3, int)) == 1.0
+    assert losses.accuracy(z, np.zeros(3, int), threshold=0.0) == pytest.approx(1 / 3)   # a binary logit

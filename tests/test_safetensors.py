@@ -148,6 +148,9 @@ _GOOD = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
     (_raw({"__metadata__": {"a": 1}}), "__metadata__"),
     (b"\x08\x00\x00\x00\x00\x00\x00\x00" + b"\xff" * 8, "unreadable header"),
     (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"[" * 16, "unreadable header|not a JSON object"),
+    # empty tensors whose other dimensions numpy cannot hold: before, numpy's message alone
+    (_raw({"a": {"dtype": "F32", "shape": [0, 2 ** 62], "data_offsets": [0, 0]}}), "'a' has shape"),
+    (_raw({"a": {"dtype": "F32", "shape": [0, 2 ** 70], "data_offsets": [0, 0]}}), "'a' has shape"),
 ])
 def test_hostile_files_are_refused_before_allocating(tmp_path, blob, message):
     path = tmp_path / "h.safetensors"

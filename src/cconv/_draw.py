@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._printable import printable
+
 _VIZ_EXTRA = 'pip install "cconv[viz]"'
 _BACKENDS = ("matplotlib", "pillow")
 _forced_backend = None
@@ -163,7 +165,7 @@ class Canvas:
 
     def text(self, text, x, y, size=12, align="left", color=(0, 0, 0)):
         """``align``: "left", "center" or "right" (of the point ``x``)."""
-        self.texts.append((str(text), int(x), int(y), int(size), align, tuple(color)))
+        self.texts.append((printable(text), int(x), int(y), int(size), align, tuple(color)))
 
     def save(self, path):
         path = _prepare_path(path)
@@ -183,6 +185,7 @@ class Canvas:
         for text, x, y, size, align, color in self.texts:
             fig.text(x / self.width, 1 - y / self.height, text, fontsize=size * 72 / _DPI,
                      ha=align, va="top", color=tuple(c / 255 for c in color))
+        _literal_text(fig)
         fig.savefig(path, dpi=_DPI, facecolor="white")
 
     def _save_pillow(self, path):
@@ -195,6 +198,14 @@ class Canvas:
             draw.text((x, y), text, fill=color, font=_pil_font(size),
                       anchor={"center": "ma", "right": "ra"}.get(align, "la"))
         img.save(path)
+
+
+def _literal_text(fig):
+    """Draw every text of ``fig`` as given: a ``$`` in a layer's name does not start
+    matplotlib's math mode (``$\\foo$`` made savefig raise ParseFatalException)."""
+    from matplotlib.text import Text
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
 
 
 def _pil_font(size):
@@ -317,6 +328,7 @@ def line_figure(panels, path, size, title=None):
     ``(label, xs, ys)``) and optionally "ylim".
     """
     path = _prepare_path(path)
+    title = printable(title) if title else title
     if get_backend() == "matplotlib":
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -340,6 +352,7 @@ def line_figure(panels, path, size, title=None):
             ax.legend(loc=panel.get("legend", "best"))
         if title:
             fig.suptitle(title)
+        _literal_text(fig)
         fig.tight_layout()
         fig.savefig(path, dpi=_DPI, facecolor="white")
         return path

@@ -9,6 +9,8 @@ epoch, when it ends. Example::
 import sys
 import time
 
+from ._printable import printable
+
 __all__ = ["ProgressBar", "format_duration"]
 
 
@@ -108,7 +110,7 @@ class ProgressBar:
         return self._with_values([f"{head} [{bar}] {timing}"], elapsed)
 
     def _with_values(self, parts, elapsed):
-        parts += [f"{k} {_fmt_value(v)}" for k, v in self.values.items()]
+        parts += [f"{printable(k)} {_fmt_value(v)}" for k, v in self.values.items()]   # keys hold output names
         if elapsed > 0 and self.samples:
             parts.append(f"{self.samples / elapsed:.0f} samples/s")
         return "  ".join(parts)

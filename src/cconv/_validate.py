@@ -74,15 +74,49 @@ def float_dtype(dtype, name="dtype"):
     return dt
 
 
-def shape(value, name="input_shape"):
-    """A non-empty tuple of positive ints: the shape of one sample, without the batch axis."""
+#: The largest entry of a sample shape: the kernels take sizes up to 2**31 - 1.
+MAX_DIM = 2**31 - 1
+#: The most elements one sample may have: a batch of one float64 sample must be addressable.
+MAX_SAMPLE_SIZE = 2**60
+
+
+def _dim(s, name, value):
+    """One entry of a shape as an int (integral floats too); TypeError or ValueError naming
+    ``name`` otherwise."""
+    if isinstance(s, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a tuple of ints (without the batch dimension), got {value!r}")
+    if isinstance(s, numbers.Integral):
+        return int(s)
+    if isinstance(s, numbers.Real):
+        f = float(s)
+        if math.isfinite(f) and f == int(f):
+            return int(f)
+        raise ValueError(f"{name} must hold finite whole numbers (without the batch dimension), "
+                         f"got {value!r}")
     try:
-        out = tuple(int(s) for s in value)
+        return int(s)           # e.g. a numeric string from a command line
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a tuple of ints (without the batch dimension), "
                         f"got {value!r}") from None
+
+
+def shape(value, name="input_shape"):
+    """A non-empty tuple of positive ints: the shape of one sample, without the batch axis.
+
+    Entries are at most :data:`MAX_DIM` and a sample at most :data:`MAX_SAMPLE_SIZE`
+    elements, so that a shape from a file or a config (``Infinity``, ``1e30``) is a
+    ValueError naming ``name`` rather than an OverflowError or a huge allocation later.
+    """
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of ints (without the batch dimension), "
+                        f"got {value!r}") from None
+    out = tuple(_dim(s, name, value) for s in items)
     if not out or min(out) < 1:
         raise ValueError(f"{name} must be a non-empty tuple of positive ints (without the "
                          f"batch dimension), got {value!r}")
+    if max(out) > MAX_DIM or math.prod(out) > MAX_SAMPLE_SIZE:
+        raise ValueError(f"{name} must have entries of at most {MAX_DIM:,} and at most "
+                         f"{MAX_SAMPLE_SIZE:,} elements per sample, got {value!r}")
     return out
-

@@ -81,6 +81,7 @@ def restore(model, path, signature, history, callbacks):
     if saved_opt is not None and saved_opt != type(model.optimizer).__name__:
         raise ValueError(f"cannot resume from {path!r}: it was trained with {saved_opt}, this model is "
                          f"compiled with {type(model.optimizer).__name__}")
+    epoch = _epochs_done(state, path)
     saving.assign_weights(model, saving.layer_arrays(document, arrays, path), path)
     if document.get("optimizer_state") is not None:
         model.optimizer.load_state_dict(_io.join_tree(document["optimizer_state"], arrays))
@@ -88,10 +89,23 @@ def restore(model, path, signature, history, callbacks):
                          "layer_rngs": state.get("layer_rngs", {})})
     for k, v in state.get("history", {}).items():
         history.history[k] = list(v)
-    history.epoch = list(range(int(state["epoch"])))
+    history.epoch = list(range(epoch))
     mine = [cb for cb in callbacks if cb is not history]
     for cb, saved in zip(mine, state.get("callbacks", [])):
         if type(cb).__name__ == saved.get("class_name"):
             cb.load_state_dict(saved.get("state", {}))
     model.stop_training = bool(state.get("stop_training", False))
-    return int(state["epoch"])
+    return epoch
+
+
+def _epochs_done(state, path):
+    """The checkpoint's epoch count, checked against its history (one row per epoch), so a
+    crafted count costs nothing (``history.epoch`` is a list of that length)."""
+    epoch, hist = state.get("epoch"), state.get("history", {})
+    if not isinstance(hist, dict) or not all(isinstance(v, list) for v in hist.values()):
+        raise ValueError(f"{path!r} is corrupted: malformed history in its training state")
+    rows = max((len(v) for v in hist.values()), default=0)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= rows:
+        raise ValueError(f"{path!r} is corrupted: its training state says {epoch!r} epochs were "
+                         f"done, its history holds {rows}")
+    return epoch

@@ -25,6 +25,7 @@ import sys
 import time
 
 from ._cli_args import Parser, non_negative_int, output_folder, positive_float, positive_int
+from ._printable import printable
 
 __all__ = ["main", "build_parser", "run_demo"]
 
@@ -108,7 +109,7 @@ _EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError)
 
 
 def _one_line(exc):
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = "; ".join(printable(line.strip()) for line in str(exc).splitlines() if line.strip())
     if not isinstance(exc, _EXPECTED_ERRORS) or not text:
         text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         text += " (run with --debug for the traceback)"

@@ -113,6 +113,7 @@ import numpy as np
 from . import _config
 from . import callbacks as _callbacks
 from . import saving
+from ._printable import printable
 
 __all__ = ["init", "World", "rank", "size", "shard", "broadcast_model", "reduce_means",
            "GradientReducer", "DataParallel", "DEFAULT_BUCKET_BYTES"]
@@ -198,7 +199,7 @@ class World:
             sys.stdout.flush()
         except (OSError, ValueError):
             pass
-        sys.stderr.write("".join(prefix + line + "\n" for line in lines))
+        sys.stderr.write("".join(prefix + printable(line) + "\n" for line in lines))
         sys.stderr.flush()
         self.comm.Abort(code)
 

@@ -104,9 +104,11 @@ import numpy as np
 from scipy.special import expit, ndtr
 
 from . import _keywords
+from . import _shapes_only
 from . import _validate as V
 from . import functional as F
 from . import initializers
+from ._printable import printable
 from .symbolic import Node, SymbolicTensor
 
 __all__ = [
@@ -360,12 +362,16 @@ class Layer:
             raise ValueError(f"weight name must be a non-empty str without '/', got {name!r}")
         if name in self.params or name in self.state:
             raise ValueError(f"{self._label()} already has a weight named {name!r}")
-        value = initializers.get(initializer)(tuple(int(s) for s in shape), self._weight_rng,
-                                              self.dtype)
-        value = np.ascontiguousarray(value, dtype=self.dtype)
+        shape = tuple(int(s) for s in shape)
+        stand_in = _shapes_only.active()    # a model file's architecture, checked before it is built
+        if stand_in:
+            value = _shapes_only.stand_in(shape, self.dtype)
+        else:
+            value = initializers.get(initializer)(shape, self._weight_rng, self.dtype)
+            value = np.ascontiguousarray(value, dtype=self.dtype)
         if trainable:
             self.params[name] = value
-            self.grads[name] = np.zeros_like(value)
+            self.grads[name] = _shapes_only.stand_in(shape, self.dtype) if stand_in else np.zeros_like(value)
         else:
             self.state[name] = value
         return value
@@ -600,7 +606,8 @@ class Layer:
         return tuple(self.compute_output_shape(input_shape))
 
     def _label(self) -> str:
-        return self.name if self.name else type(self).__name__
+        """The layer's name for messages (control characters escaped), else its class."""
+        return printable(self.name) if self.name else type(self).__name__
 
     def __repr__(self) -> str:
         cfg = self.get_config()

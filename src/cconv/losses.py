@@ -361,6 +361,16 @@ class SoftmaxCrossEntropy(Loss):
         self._grad_args = (z, e, labels, t)
         return self._reduce(loss, sample_weight)
 
+    def accuracy(self, pred, y):
+        """Categorical accuracy, as Keras's for this loss: the argmax of the scores against the
+        labels, whatever the number of classes. A softmax over one output is 1 for every
+        sample: its one class (label 0) is always predicted, as ``predict`` shows (a
+        threshold on the logits would call them two classes)."""
+        pred = np.asarray(pred)
+        if pred.ndim != 2 or pred.shape[0] == 0:
+            return super().accuracy(pred, y)
+        return _categorical_accuracy(pred, y)
+
     def _backward(self, z, p, labels, t):
         n, k = z.shape
         ls = self.label_smoothing
@@ -533,8 +543,12 @@ def accuracy(pred, y, threshold=0.5) -> float:
         return float(np.mean(p == t))
     if pred.ndim != 2:
         raise ValueError(f"pred must be (N, K) scores, got shape {pred.shape}")
-    k = pred.shape[1]
-    labels, t = _class_labels(y, n, k)
+    return _categorical_accuracy(pred, y)
+
+
+def _categorical_accuracy(pred, y):
+    """The argmax of ``(N, K)`` scores against labels or one-hot rows, for any ``K``."""
+    labels, t = _class_labels(y, pred.shape[0], pred.shape[1])
     if labels is None:
         labels = np.argmax(t, axis=1)
     return float(np.mean(np.argmax(pred, axis=1) == labels))

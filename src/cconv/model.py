@@ -37,6 +37,7 @@ import re
 import numpy as np
 
 from . import _validate as V
+from ._printable import printable
 from . import gradients as _gradients
 from . import training as _training
 from .layers import Layer, deserialize, serialize
@@ -789,6 +790,7 @@ def _tensor_label(t, nodes):
 
 def _table(model, rows, heads, print_fn):
     """The summary table of ``rows`` under ``heads``: "Param #" right-aligned, the others left."""
+    rows = [tuple(printable(cell) for cell in r) for r in rows]     # names may hold escapes
     widths = [max([len(h)] + [len(r[c]) for r in rows]) for c, h in enumerate(heads)]
 
     def line(cells):
@@ -796,7 +798,7 @@ def _table(model, rows, heads, print_fn):
                          for cell, w, h in zip(cells, widths, heads)).rstrip()
 
     width = sum(widths) + 2 * (len(heads) - 1)
-    lines = [f'Model: "{model.name}"', "_" * width, line(heads), "=" * width]
+    lines = [f'Model: "{printable(model.name)}"', "_" * width, line(heads), "=" * width]
     if model.built:
         shapes = [t.shape[1:] for t in model.inputs]
         lines.insert(1, "Input shape: " + ", ".join(_shape_str(s) for s in shapes) +

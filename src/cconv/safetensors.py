@@ -202,7 +202,11 @@ def load_file(path):
         entries = _entries(header, path, size - start)
         out = {}
         for name, dt, shape, begin, end in entries:
-            a = np.empty(shape, dt)
+            try:
+                a = np.empty(shape, dt)
+            except (ValueError, OverflowError):   # an empty tensor with a dimension beyond numpy's
+                raise ValueError(f"{path!r}: tensor {name!r} has shape {shape}, which numpy cannot "
+                                 f"make") from None
             view = memoryview(a.reshape(-1)).cast("B") if a.size else b""
             f.seek(start + begin)
             done, nbytes = 0, end - begin

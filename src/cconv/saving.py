@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from . import _shapes_only
 from . import io as _io
 from ._version import __version__
 
@@ -137,13 +138,9 @@ def layer_arrays(document, arrays, path):
     return out
 
 
-def assign_weights(model, arrays_by_layer, path="<arrays>"):
-    """Copy weights and layer state into a built ``model`` after validating every shape.
-
-    Arrays are copied into the existing buffers (so an attached optimizer keeps pointing at
-    them). Raises ValueError listing every missing, unexpected or mis-shaped array if
-    anything does not match the architecture; nothing is modified in that case.
-    """
+def _match(model, arrays_by_layer):
+    """``(problems, plan)``: every missing, unexpected or mis-shaped array as a sentence, and
+    the ``(target, source)`` pairs to copy when there is none."""
     problems = []
     plan = []
     names = {layer.name for layer in model.layers}
@@ -175,8 +172,23 @@ def assign_weights(model, arrays_by_layer, path="<arrays>"):
             for key in got[role]:
                 if key not in expected[role]:
                     problems.append(f"the file has {what} {key!r} for layer {layer.name!r}, which the layer does not have")
+    return problems, plan
+
+
+def _refuse(problems, path):
+    raise ValueError(f"weights in {path!r} do not match the model architecture:\n  - " + "\n  - ".join(problems))
+
+
+def assign_weights(model, arrays_by_layer, path="<arrays>"):
+    """Copy weights and layer state into a built ``model`` after validating every shape.
+
+    Arrays are copied into the existing buffers (so an attached optimizer keeps pointing at
+    them). Raises ValueError listing every missing, unexpected or mis-shaped array if
+    anything does not match the architecture; nothing is modified in that case.
+    """
+    problems, plan = _match(model, arrays_by_layer)
     if problems:
-        raise ValueError(f"weights in {path!r} do not match the model architecture:\n  - " + "\n  - ".join(problems))
+        _refuse(problems, path)
     for target, src in plan:
         np.copyto(target, src, casting="unsafe")
 
@@ -299,10 +311,20 @@ def load_model(path, compile=True, custom_objects=None):
     kind, config = model_config(document)
     if kind not in ("Sequential", "Model"):
         raise ValueError(f"{path!r} holds a model of class {kind!r}; cconv rebuilds Sequential and Model")
-    model = (Sequential if kind == "Sequential" else Model).from_config(config, custom_objects=custom_objects)
-    if not model.built:
+    cls = Sequential if kind == "Sequential" else Model
+    by_layer = layer_arrays(document, arrays, path)
+    # The architecture's weights are compared with the file's before any is allocated: a
+    # small file declaring a huge layer (or input) costs what the file holds, not what it
+    # declares.
+    with _shapes_only.shapes_only():
+        skeleton = cls.from_config(config, custom_objects=custom_objects)
+    if not skeleton.built:
         raise ValueError(f"{path!r} has no input shape in its architecture; cannot rebuild the weights")
-    assign_weights(model, layer_arrays(document, arrays, path), path)
+    problems, _ = _match(skeleton, by_layer)
+    if problems:
+        _refuse(problems, path)
+    model = cls.from_config(config, custom_objects=custom_objects)
+    assign_weights(model, by_layer, path)
     if compile and document.get("compile"):
         _compile_from_config(model, document["compile"], int(document.get("format_version", 1)))
         if document.get("optimizer_state") is not None:

@@ -55,6 +55,7 @@ from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optim as _optim
+from ._interrupts import deferred_signals
 from ._progress import ProgressBar
 
 __all__ = ["History", "NonFiniteLossError", "compile", "fit", "evaluate", "predict",
@@ -742,7 +743,20 @@ class _OneProcess:
 _ONE_PROCESS = _OneProcess()
 
 
-def _train_step(model, xs, ys, plan, sample_weight=None, par=_ONE_PROCESS):
+def _train_step(model, *args, **kwargs):
+    """:func:`_step`, all or nothing: the forward pass advances batch-norm statistics and
+    dropout generators, the step the weights, so a Ctrl-C is delivered after the whole step;
+    a batch whose loss is not finite leaves the layers' state as it was."""
+    with deferred_signals():
+        state = [(a, a.copy()) for layer in model.layers for role, _, a in layer.weights() if role == "state"]
+        result = _step(model, *args, **kwargs)
+        if not result[1]:
+            for a, before in state:
+                np.copyto(a, before)
+    return result
+
+
+def _step(model, xs, ys, plan, sample_weight=None, par=_ONE_PROCESS):
     """One step on this process's part of a batch: ``(logs, finite, samples)`` of the
     global batch."""
     n = xs[0].shape[0]

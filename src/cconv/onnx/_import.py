@@ -103,6 +103,10 @@ def _nchw_order(c, h, w):
     return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
 
 
+#: The most nodes an elementwise group may have (GELU's tanh form has 9).
+_MAX_GROUP = 64
+
+
 class _NodeError(ValueError):
     pass
 
@@ -320,6 +324,7 @@ class _Converter:
         self.regions, self.escapes_of = {}, {}
         outputs = self.outputs
         by_id = {id(n): n for n in nodes}
+        order = {id(n): k for k, n in enumerate(nodes)}
         for n in nodes:
             if id(n) not in members:
                 continue
@@ -327,44 +332,52 @@ class _Converter:
             readers = self.consumers.get(out, [])
             if out not in outputs and all(id(r) in members for r in readers):
                 continue
-            # the group of `out`: its member ancestors with the same source
+            # the group of `out`: its member ancestors with the same source (at most
+            # _MAX_GROUP: cconv's activations take a few nodes, and a bound keeps a graph of
+            # thousands of chained nodes, each read outside, from costing their square)
             group, stack = set(), [n]
-            while stack:
+            while stack and len(group) <= _MAX_GROUP:
                 m = stack.pop()
                 if id(m) in group:
                     continue
                 group.add(id(m))
                 stack.extend(producer[i] for i in m.input
                              if i in producer and id(producer[i]) in members)
-            cls, kwargs = self.classify(out, source[out], group, by_id, producer)
+            if len(group) > _MAX_GROUP:
+                cls, kwargs = "unknown", {"ops": sorted({by_id[i].op_type for i in group})}
+            else:
+                cls, kwargs = self.classify(out, source[out], group, by_id, order)
             self.regions[out] = (cls, kwargs, group)
             self.escapes_of.setdefault(source[out], []).append(out)
         self.members = members
         self.source = source
 
-    def classify(self, out, src, group, by_id, producer):
+    def classify(self, out, src, group, by_id, order):
+        """Evaluate the group's function on sample points, its nodes in graph order (a loop,
+        not a recursion: a chain of thousands of nodes is a valid graph)."""
         from scipy.special import erf
         x = np.concatenate([np.linspace(-8.0, 8.0, 321), [-30.0, -0.1, 0.0, 0.1, 30.0]])
         memo = {src: x}
-
-        def value(name):
-            if name in memo:
-                return memo[name]
-            if name in self.initial_consts:
-                return float(np.asarray(self.initial_consts[name], np.float64).reshape(()))
-            n = producer[name]
+        ops = sorted({by_id[i].op_type for i in group})
+        for k in sorted(group, key=order.__getitem__):
+            n = by_id[k]
+            args = []
+            for name in n.input:
+                if name in memo:
+                    args.append(memo[name])
+                elif name in self.initial_consts:
+                    args.append(float(np.asarray(self.initial_consts[name], np.float64).reshape(())))
+                else:                   # computed by a later node: not a sorted graph
+                    return "unknown", {"ops": ops}
             fn = erf if n.op_type == "Erf" else _MATH[n.op_type]
             with np.errstate(all="ignore"):
-                memo[name] = fn(*[value(i) for i in n.input])
-            return memo[name]
-
-        y = value(out)
+                memo[n.output[0]] = fn(*args)
+        y = memo[out]
         for cls, kwargs, f in _CANDIDATES:
             with np.errstate(all="ignore"):
                 ref = f(x)
             if np.all(np.abs(y - ref) <= 1e-5 * (1 + np.abs(ref))):
                 return cls, kwargs
-        ops = sorted({by_id[i].op_type for i in group})
         return "unknown", {"ops": ops}
 
     def convert(self):
@@ -516,9 +529,27 @@ def _shape(c, n, a):
     c.const[n.output[0]] = full[int(a.get("start", 0)):a.get("end", None)]
 
 
+#: A folded constant holds at most as many elements as the constants it is computed from
+#: together (each counted once), or this many (shape arithmetic): folding costs what the file
+#: holds, not what broadcasting two of its vectors against each other, gathering with a long
+#: index or concatenating one constant a thousand times would.
+_FOLD_MIN = 1 << 16
+
+
+def _check_fold_size(c, n, count):
+    bound = max(_FOLD_MIN, sum(int(np.size(c.const[i])) for i in set(n.input) if i))
+    if count > bound:
+        c.fail(f"folding it would make a constant of {count:,} elements from constants of "
+               f"{bound:,}; cconv folds constants that do not grow")
+
+
 def _fold_gather(c, n):
     data = np.asarray(c.const[n.input[0]])
     index = _numeric(c, n.input[1], "the index")
+    axis = int(c.attrs(n).get("axis", 0))
+    if data.ndim == 0 or not -data.ndim <= axis < data.ndim:
+        c.fail(f"axis {axis} is out of range for a constant of shape {data.shape}")
+    _check_fold_size(c, n, data.size // max(data.shape[axis], 1) * index.size)
     c.const[n.output[0]] = np.asarray(np.take(data, index.astype(np.int64),
                                               axis=int(c.attrs(n).get("axis", 0))), data.dtype)
 
@@ -543,6 +574,7 @@ def _fold_squeeze(c, n):
 
 
 def _fold_concat(c, n):
+    _check_fold_size(c, n, sum(max(int(np.size(c.const[i])), 1) for i in n.input))
     parts = [np.atleast_1d(c.const[i]) for i in n.input]
     if any(p.dtype == object for p in parts):            # shapes with the batch size in them
         parts = [p.astype(object) for p in parts]
@@ -617,6 +649,11 @@ def _fold_math(c, n):
     args = [c.const[i] for i in n.input]
     if any(np.asarray(a).dtype == object for a in args):
         c.fail("arithmetic on the batch size is not supported")
+    try:
+        shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+    except ValueError:
+        c.fail(f"constants of shapes {[np.shape(a) for a in args]} do not broadcast")
+    _check_fold_size(c, n, math.prod(shape))
     fn = _MATH[n.op_type]
     if fn is None:
         from scipy.special import erf as fn

@@ -8,6 +8,7 @@ fields, or its range of an external file) before an array is made, and ranges of
 files may not overlap, so a model costs at most the size of its files in memory.
 """
 import os
+import stat
 
 import numpy as np
 
@@ -131,8 +132,16 @@ class TensorReader:
             raise ValueError(f"{what} declares {nbytes} bytes but its external data entry says "
                              f"offset {offset}, length {length}")
         try:
-            with open(full, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
+            # Non-blocking open, then a regular file only: a FIFO named like the data file
+            # (an archive can hold one) would block open() or read() forever.
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise ValueError(f"{what} refers to external data {location!r}, which is not a "
+                                 f"regular file")
+            with os.fdopen(fd, "rb") as f:
+                size = st.st_size
                 if offset + nbytes > size:
                     raise ValueError(f"{what} declares {nbytes} bytes at offset {offset} of "
                                      f"{location!r}, which holds {size}: truncated or corrupt")
