@@ -10,8 +10,8 @@ correlate2d/convolve2d against scipy.signal, and thread-count independence.
 import numpy as np
 import pytest
 
-import cconv
 from cconv import functional as F
+from cconv._testing import Run, forced, kernels_run
 
 import reference as R
 from reference import numerical_grad
@@ -601,29 +601,43 @@ def test_correlate_convolve_kernel_larger_than_image(mode):
 # ---------------------------------------------------------------------------- threads
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_results_do_not_depend_on_thread_count(dtype, restore_threads):
+def test_results_do_not_depend_on_thread_count(dtype):
+    # forced(threads=n) also drops the per-thread work floor: every kernel below really
+    # runs on n threads (checked), not on one as the inputs' size alone would decide.
     rng = np.random.default_rng(17)
     x = rand(rng, (9, 21, 19, 6), dtype)        # odd batch, several tiles
     w = rand(rng, (3, 3, 3, 8), dtype)
     b = rand(rng, (8,), dtype)
     conv = dict(stride=(1, 2), padding="same", dilation=1, groups=2)
     results = []
-    for n in (1, 2):
-        cconv.set_num_threads(n)
-        assert cconv.get_num_threads() == n
-        y = F.conv2d(x, w, b, **conv)
-        dy = np.ones_like(y) * 0.5 + rand(np.random.default_rng(18), y.shape, dtype)
-        grads = F.conv2d_backward(dy, x, w, **conv)
-        grads1 = F.conv2d_backward(dy, x, w, need_dx=False, **conv)
-        p, arg = F.max_pool2d(x, 3, 2, 1)
-        pb = F.max_pool2d_backward(p, arg, x.shape)
-        a = F.avg_pool2d(x, 2, 1, "same")
-        ab = F.avg_pool2d_backward(a, x.shape, 2, 1, "same")
-        cols = F.im2col(x, 3, 2, 1)
-        back = F.col2im(cols, x.shape, 3, 2, 1)
-        results.append(dict(y=y, dx=grads[0], dw=grads[1], db=grads[2], dw1=grads1[1],
-                            p=p, arg=arg, pb=pb, a=a, ab=ab, cols=cols, back=back))
-    one, two = results
+    for n in (1, 2, 3):
+        with forced(threads=n):
+            results.append(_thread_count_run(x, w, b, conv, dtype))
+            ran = kernels_run()
+        assert {k: v.team for k, v in ran.items()} == dict.fromkeys(
+            ["conv2d_forward", "conv2d_backward", "conv2d_backward_weights", "max_pool2d_forward",
+             "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "im2col",
+             "col2im"], n), ran
+    for other in results[1:]:
+        _assert_same_up_to_rounding(results[0], other, dtype)
+
+
+def _thread_count_run(x, w, b, conv, dtype):
+    y = F.conv2d(x, w, b, **conv)
+    dy = np.ones_like(y) * 0.5 + rand(np.random.default_rng(18), y.shape, dtype)
+    grads = F.conv2d_backward(dy, x, w, **conv)
+    grads1 = F.conv2d_backward(dy, x, w, need_dx=False, **conv)
+    p, arg = F.max_pool2d(x, 3, 2, 1)
+    pb = F.max_pool2d_backward(p, arg, x.shape)
+    a = F.avg_pool2d(x, 2, 1, "same")
+    ab = F.avg_pool2d_backward(a, x.shape, 2, 1, "same")
+    cols = F.im2col(x, 3, 2, 1)
+    back = F.col2im(cols, x.shape, 3, 2, 1)
+    return dict(y=y, dx=grads[0], dw=grads[1], db=grads[2], dw1=grads1[1],
+                p=p, arg=arg, pb=pb, a=a, ab=ab, cols=cols, back=back)
+
+
+def _assert_same_up_to_rounding(one, two, dtype):
     # Pools, im2col and col2im do the same arithmetic in the same order: bit-identical.
     for k in ("p", "arg", "pb", "a", "ab", "cols", "back"):
         np.testing.assert_array_equal(one[k], two[k], err_msg=k)
@@ -701,23 +715,25 @@ def test_relu_backward_finite_differences(case):
 
 # ---------------------------------------------------------------------------- dense GEMM
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_matmul_matches_numpy(dtype, trans_a, trans_b, threads, restore_threads):
-    """The dense layers' GEMM: every transpose combination, rows split over threads."""
-    cconv.set_num_threads(threads)
+def test_dense_matmul_matches_numpy(dtype, trans_a, trans_b, threads):
+    """The dense layers' GEMM: every transpose combination, rows split over threads
+    (really: each thread of the team takes its block of rows)."""
     rng = np.random.default_rng(19)
     m, k, n = 301, 67, 45                    # odd sizes: uneven row blocks
     a = rand(rng, (k, m) if trans_a else (m, k), dtype)
     b = rand(rng, (n, k) if trans_b else (k, n), dtype)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
-    got = F.matmul(a, b, trans_a, trans_b)
+    with forced(threads=threads):
+        got = F.matmul(a, b, trans_a, trans_b)
+        assert kernels_run() == {"matmul": Run(threads, threads)}
+        out = rand(rng, (m, n), dtype)
+        before = out.copy()
+        assert F.matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
     assert_close(got, expected, dtype)
-    out = rand(rng, (m, n), dtype)
-    before = out.copy()
-    assert F.matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
     assert_close(out, expected + before, dtype)
 
 
