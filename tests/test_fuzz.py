@@ -508,28 +508,39 @@ def fuzz(seconds, seed, trace=False, calls=None):
                 print(desc, file=sys.stderr, flush=True)
             before = _snapshot(args)
             per_function[name] += 1
-            try:
+
+            def call(name=name, args=args, kwargs=kwargs, settings=settings):
                 with _testing.forced(**settings):
                     try:
-                        result = getattr(F, name)(*args, **kwargs)
+                        return getattr(F, name)(*args, **kwargs)
                     finally:
                         for path, run in _testing.kernels_run().items():
                             reached[path].add(run.team)
-            except ALLOWED as exc:
-                counts[type(exc).__name__] += 1
-                if not str(exc):
-                    problems.append((desc, f"{type(exc).__name__} with an empty message"))
-                continue
-            except Exception as exc:  # any other exception is a bug
-                counts["other exception"] += 1
-                problems.append((desc, f"{type(exc).__name__}: {exc}"))
-                continue
-            counts["result"] += 1
-            err = check_result(name, args, kwargs, result, before)
-            if err:
-                counts["wrong result"] += 1
-                problems.append((desc, err))
+
+            _judge(call, lambda result, name=name, args=args, kwargs=kwargs, before=before:
+                   check_result(name, args, kwargs, result, before), desc, counts, problems)
     return counts, per_function, problems, reached
+
+
+def _judge(call, check, desc, counts, problems):
+    """Run call(): count its outcome, and record a problem (with desc) for an exception
+    other than ALLOWED, an allowed one with an empty message, or a result check() refuses."""
+    try:
+        result = call()
+    except ALLOWED as exc:
+        counts[type(exc).__name__] += 1
+        if not str(exc):
+            problems.append((desc, f"{type(exc).__name__} with an empty message"))
+        return
+    except Exception as exc:  # any other exception is a bug
+        counts["other exception"] += 1
+        problems.append((desc, f"{type(exc).__name__}: {exc}"))
+        return
+    counts["result"] += 1
+    err = check(result)
+    if err:
+        counts["wrong result"] += 1
+        problems.append((desc, err))
 
 
 def helper_call(rng):
@@ -604,21 +615,9 @@ def fuzz_helpers(seed, calls):
             args = args + [3]
         desc = f"{name}({', '.join(map(describe, args))})"
         per_function[name] += 1
-        try:
-            with np.errstate(all="ignore"):
-                result = getattr(F, name)(*args)
-        except ALLOWED as exc:
-            counts[type(exc).__name__] += 1
-            continue
-        except Exception as exc:  # any other exception is a bug
-            counts["other exception"] += 1
-            problems.append((desc, f"{type(exc).__name__}: {exc}"))
-            continue
-        counts["result"] += 1
-        err = check_helper(name, args, result)
-        if err:
-            counts["wrong result"] += 1
-            problems.append((desc, err))
+        with np.errstate(all="ignore"):
+            _judge(lambda: getattr(F, name)(*args),
+                   lambda result: check_helper(name, args, result), desc, counts, problems)
     return counts, per_function, problems
 
 
