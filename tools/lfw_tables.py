@@ -24,6 +24,8 @@ import re
 import subprocess
 import sys
 
+from readme_sections import update_or_check
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = ["docs/lfw/results_nocrop.json", "docs/lfw/results_crop.json"]
 #: load_lfw's default crop box (cconv.datasets.LFW_DEFAULT_CROP), written out so that this
@@ -115,16 +117,6 @@ def blocks(paths):
     return {"lfw-results": results_table(docs, paths), "lfw-fgsm": fgsm_table(docs)}
 
 
-def replace_blocks(text, new):
-    for name, body in new.items():
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        i, j = text.find(begin), text.find(end)
-        if i < 0 or j < i:
-            raise SystemExit(f"README.md has no {begin} ... {end} section")
-        text = text[:i + len(begin)] + "\n" + body + "\n" + text[j:]
-    return text
-
-
 def stale_figures(text, new):
     """Accuracies (NN.NN%) that the README's LFW section quotes outside the tables but the
     tables do not hold (the paper's own 83.47% aside): prose left behind by a new run."""
@@ -150,23 +142,15 @@ def main(argv=None):
     if not (a.update or a.check):
         print("\n\n".join(new.values()))
         return 0
-    with open(a.readme, encoding="utf-8") as f:
-        text = f.read()
-    updated = replace_blocks(text, new)
-    if a.check:
-        if updated != text:
-            print("README.md's LFW tables differ from the results files: "
-                  "run python tools/lfw_tables.py --update", file=sys.stderr)
-            return 1
-        stale = stale_figures(text, new)
+    status = update_or_check(a.readme, new, a.check, "python tools/lfw_tables.py --update")
+    if a.check and not status:
+        with open(a.readme, encoding="utf-8") as f:
+            stale = stale_figures(f.read(), new)
         if stale:
             print(f"README.md's LFW section quotes {', '.join(stale)}, which the results files "
                   "do not hold: update the prose", file=sys.stderr)
             return 1
-        return 0
-    with open(a.readme, "w", encoding="utf-8") as f:
-        f.write(updated)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
