@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Inject plausible bugs into cconv's kernels, one at a time, and see which tests catch them.
+
+For every fast route and every threaded path, a mutant: a small edit of the kind that real
+bugs take (a sign, kh and kw transposed, an off-by-one, a lost accumulator slot, the last row
+lost on 2+ threads, an argmax one pixel off on odd widths). Each mutant is applied to a
+fresh copy of the committed tree (``git archive HEAD``), the extension is rebuilt, and the
+whole test suite runs against it; the failures are counted per test file. A mutant that no
+test outside its route's own file catches is a gap in the general suites.
+
+    python tools/mutants.py                      # every mutant (about 3 minutes each)
+    python tools/mutants.py --only matmul-last-row wino-lost-slot
+    python tools/mutants.py --list
+
+Writes a JSON record and a Markdown table (``--out``, default ./mutants/). Runs the tests
+with ``--python`` (default: this interpreter), which must have the test dependencies and
+not have cconv installed (the copy is put first on PYTHONPATH; an editable install of
+another tree would shadow it).
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (id, path, description, route's own test files, old text, new text)
+MUTANTS = [
+    ("matmul-last-row", "src/cconv/_core.pyx",
+     "dense GEMM (matmul row split): the last output row is not computed on 2+ threads", [],
+     """            r1 = (ch + 1) * m // num_threads
+            if r1 > r0:""",
+     """            r1 = (ch + 1) * m // num_threads - (1 if (num_threads > 1 and ch == num_threads - 1) else 0)
+            if r1 > r0:"""),
+    ("im2col-fwd-last-row", "src/cconv/_core.pyx",
+     "im2col + GEMM forward: the last output row of the batch is lost on 2+ threads", [],
+     """            m = r1 - r0
+            yrow = yp + r0 * Cout""",
+     """            m = r1 - r0 - (1 if (num_threads > 1 and r1 == M) else 0)
+            yrow = yp + r0 * Cout"""),
+    ("im2col-bwd-last-row", "src/cconv/_core.pyx",
+     "im2col + GEMM backward (with dx): the last chunk's last output row is lost on 2+ threads",
+     [],
+     """                rend = ((ch + 1) * g.N // nchunks) * P""",
+     """                rend = ((ch + 1) * g.N // nchunks) * P - (1 if (nchunks > 1 and ch == nchunks - 1) else 0)"""),
+    ("im2col-dilation-transposed", "src/cconv/_core.pyx",
+     "im2col: the vertical taps use the horizontal dilation (dh and dw transposed)", [],
+     """        for kh in range(g.KH):
+            ih = ih0 + kh * g.dh
+            if ih < 0 or ih >= g.H:
+                memset(dst, 0, g.KW * cg * sizeof(floating))""",
+     """        for kh in range(g.KH):
+            ih = ih0 + kh * g.dw
+            if ih < 0 or ih >= g.H:
+                memset(dst, 0, g.KW * cg * sizeof(floating))"""),
+    ("col2im-last-column", "src/cconv/_core.pyx",
+     "col2im: off by one, nothing is added to the last image column (partial kernel rows)", [],
+     """                if iw >= 0 and iw < g.W:
+                    vadd(dst + iw * g.C, src, cg)""",
+     """                if iw >= 0 and iw < g.W - 1:
+                    vadd(dst + iw * g.C, src, cg)"""),
+    ("slot-sum-lost", "src/cconv/functional.py",
+     "the per-thread/per-slot accumulator sum drops the last slot (im2col dW/db, direct, "
+     "Winograd db)", [],
+     """    return work[0] if len(work) == 1 else work.sum(axis=0)""",
+     """    return work[0] if len(work) == 1 else work[:-1].sum(axis=0)"""),
+    ("direct-khkw-swapped", "src/cconv/_conv_direct.h",
+     "direct convolution: kh and kw swapped in the tap offsets", ["test_conv_direct.py"],
+     """                off[t] = (kh * g->dh * g->W + kw * g->dw) * g->C + c;""",
+     """                off[t] = (kw * g->dh * g->W + kh * g->dw) * g->C + c;"""),
+    ("direct-dw-last-row", "src/cconv/_core.pyx",
+     "direct dW: the last slot's last row is lost on 2+ slots", ["test_conv_direct.py"],
+     """            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):""",
+     """            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots - (1 if (yp == NULL and nslots > 1 and slot == nslots - 1) else 0)):"""),
+    ("wino-fwd-last-tile", "src/cconv/_core.pyx",
+     "Winograd forward: the last tile is lost when there are 2+ blocks", ["test_winograd.py"],
+     """            t0 = blk * TB
+            t1 = min(t0 + TB, ntiles)""",
+     """            t0 = blk * TB
+            t1 = min(t0 + TB, ntiles - (1 if nblocks > 1 else 0))"""),
+    ("wino-du-overwrites", "src/cconv/_core.pyx",
+     "Winograd dU: each block overwrites its slot's accumulator (beta 0) instead of adding",
+     ["test_winograd.py"],
+     """                         V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
+                         <floating> 1, duacc + k * C * Cout, <int> Cout)""",
+     """                         V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
+                         <floating> 0, duacc + k * C * Cout, <int> Cout)"""),
+    ("wino-dx-sign", "src/cconv/_winograd.h",
+     "Winograd dx: a sign error in the input-gradient transform", ["test_winograd.py"],
+     """t[2][j] = v1 + v2 - v0; t[3][j] = -v3;""",
+     """t[2][j] = v1 + v2 - v0; t[3][j] = v3;"""),
+    ("wino-filter-transposed", "src/cconv/_winograd.h",
+     "Winograd filter transform: kh and kw transposed", ["test_winograd.py"],
+     """            T g0 = w[b * P + p], g1 = w[(3 + b) * P + p], g2 = w[(6 + b) * P + p];""",
+     """            T g0 = w[3 * b * P + p], g1 = w[(3 * b + 1) * P + p], g2 = w[(3 * b + 2) * P + p];"""),
+    ("wino-lost-slot", "src/cconv/_winograd.h",
+     "Winograd backward: the filter-gradient adjoint drops its last accumulator slot",
+     ["test_winograd.py"],
+     """        for (ptrdiff_t q = 1; q < ns; q++)""",
+     """        for (ptrdiff_t q = 1; q < ns - 1; q++)"""),
+    ("pool-avx512-argmax-odd", "src/cconv/_pool_simd.h",
+     "AVX-512 max pool: the last column's argmax one pixel off on odd widths",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    arg = _mm512_mask_mov_epi32(
+                        arg, take, _mm512_set1_epi32((int)((oh * KH + kh) * W + ow * KW + kw)));""",
+     """                    arg = _mm512_mask_mov_epi32(
+                        arg, take, _mm512_set1_epi32((int)((oh * KH + kh) * W + ow * KW + kw
+                                                           + (ow == OW - 1 && (W & 1)))));"""),
+    ("pool-avx2-argmax-odd", "src/cconv/_pool_simd.h",
+     "AVX2 max pool: the last column's argmax one pixel off on odd widths",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(
+                        (int)((oh * KH + kh) * W + ow * KW + kw))), take);""",
+     """                    arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(
+                        (int)((oh * KH + kh) * W + ow * KW + kw + (ow == OW - 1 && (W & 1))))), take);"""),
+    ("pool-avx512-bwd-sign", "src/cconv/_pool_simd.h",
+     "AVX-512 max-pool backward: the gradient's sign flipped",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    __m512 v = _mm512_maskz_mov_ps(m, _mm512_loadu_ps(g + c));""",
+     """                    __m512 v = _mm512_maskz_mov_ps(m, _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(g + c)));"""),
+    ("pool-avx2-bwd-mask", "src/cconv/_pool_simd.h",
+     "AVX2 max-pool backward: the mask inverted (the gradient goes to the losers)",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    __m256 v = _mm256_and_ps(m, _mm256_loadu_ps(g + c));""",
+     """                    __m256 v = _mm256_andnot_ps(m, _mm256_loadu_ps(g + c));"""),
+    ("pool-tiled-bwd-right-columns", "src/cconv/_core.pyx",
+     "tiled max-pool backward: off by one, a single column right of the last window is "
+     "not zeroed (odd widths)", ["test_pool_simd.py", "test_pool_paths.py"],
+     """                if OW * KW < W:   # columns right of the last window""",
+     """                if OW * KW < W - 1:   # columns right of the last window"""),
+    ("pool-generic-ties", "src/cconv/_core.pyx",
+     "generic max pool: ties go to the last element of the window (>= instead of >)",
+     ["test_pool_paths.py"],
+     """                        int take = (v > b) | (v != v);                                   \\""",
+     """                        int take = (v >= b) | (v != v);                                  \\"""),
+    ("avgpool-bwd-last-image", "src/cconv/_core.pyx",
+     "average-pool backward: the last image is skipped on 2+ threads", [],
+     """        for n in prange(g.N, schedule="static"):
+            cconv_probe(CCONV_P_AVGPOOL_BWD)""",
+     """        for n in prange(g.N - (1 if num_threads > 1 else 0), schedule="static"):
+            cconv_probe(CCONV_P_AVGPOOL_BWD)"""),
+]
+
+
+def run(cmd, cwd, env=None, timeout=None):
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def build(tree, python):
+    proc = run([python, "setup.py", "build_ext", "--inplace", "-q"], tree)
+    if proc.returncode:
+        raise RuntimeError(f"build failed in {tree}:\n{proc.stderr[-3000:]}")
+
+
+def test(tree, python, timeout, pytest_args):
+    env = {**os.environ, "PYTHONPATH": os.path.join(tree, "src")}
+    t0 = time.perf_counter()
+    try:
+        proc = run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=no", "-rfE",
+                    *pytest_args], tree, env, timeout)
+        out, code = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        out, code = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
+    failed = collections.Counter()
+    names = []
+    for line in out.splitlines():
+        m = re.match(r"(FAILED|ERROR) (tests/[^:\s]+)(::\S+)?", line)
+        if m:
+            failed[os.path.basename(m.group(2))] += 1
+            names.append(m.group(2) + (m.group(3) or ""))
+    summary = next((ln for ln in reversed(out.splitlines()) if " passed" in ln or " failed" in ln),
+                   out.strip().splitlines()[-1] if out.strip() else "")
+    return {"exit": code, "failed": dict(failed), "tests": names, "summary": summary,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="*", help="mutant ids")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--out", default="mutants")
+    p.add_argument("--timeout", type=float, default=1800, help="per test run, seconds")
+    p.add_argument("--pytest-args", default="", help="extra pytest arguments")
+    a = p.parse_args(argv)
+    if a.list:
+        for mid, path, desc, own, _, _ in MUTANTS:
+            print(f"{mid:<30} {path:<28} {desc}")
+        return 0
+    chosen = [m for m in MUTANTS if not a.only or m[0] in a.only]
+    os.makedirs(a.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="cconv-mutants-")
+    base = os.path.join(work, "base")
+    os.makedirs(base)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", "HEAD"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    for mid, path, _, _, old, _ in chosen:        # every edit applies to this tree, once
+        with open(os.path.join(base, path)) as f:
+            n = f.read().count(old)
+        if n != 1:
+            raise SystemExit(f"mutant {mid}: its text occurs {n} times in {path}")
+    print(f"building the unmutated tree ({commit[:10]}) in {base}", flush=True)
+    build(base, a.python)
+    extra = a.pytest_args.split()
+    print("baseline test run ...", flush=True)
+    baseline = test(base, a.python, a.timeout, extra)
+    print(f"  baseline: {baseline['summary']} ({baseline['seconds']} s)", flush=True)
+    known = set(baseline["tests"])
+    results = []
+    for mid, path, desc, own, old, new in chosen:
+        tree = os.path.join(work, mid)
+        shutil.copytree(base, tree, symlinks=True)
+        target = os.path.join(tree, path)
+        with open(target) as f:
+            text = f.read()
+        with open(target, "w") as f:
+            f.write(text.replace(old, new))
+        if path.endswith((".pyx", ".h", ".pxd")):
+            build(tree, a.python)
+        r = test(tree, a.python, a.timeout, extra)
+        r["tests"] = [t for t in r["tests"] if t not in known]
+        failed = collections.Counter(os.path.basename(t.split("::")[0]) for t in r["tests"])
+        r.update(id=mid, path=path, description=desc, own=own, failed=dict(failed),
+                 general={f: n for f, n in failed.items() if f not in own})
+        results.append(r)
+        print(f"  {mid}: {r['summary']} ({r['seconds']} s); general files failing: "
+              f"{r['general'] or 'NONE'}", flush=True)
+        shutil.rmtree(tree, ignore_errors=True)
+        with open(os.path.join(a.out, "mutants.json"), "w") as f:
+            json.dump({"commit": commit, "baseline": baseline, "mutants": results}, f, indent=1)
+    with open(os.path.join(a.out, "mutants.md"), "w") as f:
+        f.write(table(results, commit))
+    print(table(results, commit))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def table(results, commit):
+    lines = [f"Injected bugs at {commit[:10]}: failing tests per file (the route's own files "
+             "in brackets).", "",
+             "| bug | failing tests outside the route's own files | in its own files |",
+             "|---|---|---|"]
+    for r in results:
+        general = ", ".join(f"{f} {n}" for f, n in sorted(r["general"].items(),
+                                                          key=lambda kv: -kv[1])) or "**none**"
+        own = ", ".join(f"{f} {n}" for f, n in r["failed"].items() if f in r["own"]) or "-"
+        if r["exit"] not in (0, 1):
+            general += f" (test run ended: {r['exit']})"
+        lines.append(f"| {r['description']} | {general} | {own} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
