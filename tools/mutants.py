@@ -224,8 +224,15 @@ def main(argv=None):
             text = f.read()
         with open(target, "w") as f:
             f.write(text.replace(old, new))
-        if path.endswith((".pyx", ".h", ".pxd")):
-            build(tree, a.python)
+        try:
+            if path.endswith((".pyx", ".h", ".pxd")):
+                build(tree, a.python)
+        except RuntimeError as exc:
+            print(f"  {mid}: {exc}", flush=True)
+            results.append({"id": mid, "path": path, "description": desc, "own": own,
+                            "failed": {}, "general": {}, "exit": "build failed", "tests": [],
+                            "summary": str(exc)[-500:], "seconds": 0})
+            continue
         r = test(tree, a.python, a.timeout, extra)
         r["tests"] = [t for t in r["tests"] if t not in known]
         failed = collections.Counter(os.path.basename(t.split("::")[0]) for t in r["tests"])
