@@ -471,6 +471,8 @@ _STREAM_MIN_BYTES = 8 << 20
 
 
 #: Below this many elements of work per thread, extra threads cost more than they save.
+#: (The tests lower it to 1, with cconv._testing.forced, so that small inputs are split over
+#: every thread as large ones are; forced also sets the route knobs below.)
 MIN_WORK_PER_THREAD = 1 << 15
 
 
