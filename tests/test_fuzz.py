@@ -12,7 +12,8 @@ slow reference of tests/reference.py. Anything else (another exception, a wrong 
 the test with the call that caused it.
 
 Every call runs on a random thread count (1-3, below the per-thread work floor, so the
-work is really split) and a random kernel route (``cconv._testing.forced``: im2col,
+work is really split; a third of them with the smallest im2col tiles and Winograd blocks,
+so that small inputs take many of each per thread) and a random kernel route (``cconv._testing.forced``: im2col,
 Winograd, direct convolution; generic, AVX2, AVX-512 max pool), and a third of the valid
 calls are shaped for the fast routes (3x3 stride-1 convolutions with channel counts that
 are multiples of 8 and 16, float32 first layers with C_out a multiple of 16, tiled float32
@@ -478,7 +479,8 @@ def _settings(rng):
     pools = ["auto", "generic", "avx2", "avx512"][:2 + top]
     if conv == "direct":
         pools = [p for p in pools if p in ("auto", "avx512")]
-    return dict(threads=int(rng.integers(1, 4)), conv=conv, pool=str(rng.choice(pools)))
+    return dict(threads=int(rng.integers(1, 4)), conv=conv, pool=str(rng.choice(pools)),
+                block_bytes=1 if rng.random() < 0.3 else None)
 
 
 def fuzz(seconds, seed, trace=False, calls=None):

@@ -46,6 +46,12 @@ POOL_ROUTES = ["auto", "generic", pytest.param("avx2", marks=_needs(1)),
                pytest.param("avx512", marks=_needs(2))]
 
 
+def _blocks(cfg):
+    """forced()'s block_bytes: the smallest im2col tiles and Winograd blocks when the example
+    asks for them (many tiles and blocks per thread on small inputs), else the defaults."""
+    return 1 if cfg.get("small_blocks") else None
+
+
 def assert_route(route, which):
     """The route's kernel `which` (0 forward, 1 backward) ran, when a route was forced."""
     if route in ROUTE_KERNELS:
@@ -132,7 +138,7 @@ def conv_configs(draw, route="auto"):
     seed = draw(st.integers(0, 2**32 - 1))
     return dict(shape=(n, h, w, groups * cg), wshape=(k[0], k[1], cg, cout), dtype=dtype,
                 kw=dict(stride=stride, padding=padding, dilation=dilation, groups=groups),
-                seed=seed, threads=draw(THREADS), route=route)
+                seed=seed, threads=draw(THREADS), route=route, small_blocks=draw(st.booleans()))
 
 
 @st.composite
@@ -217,7 +223,7 @@ def _check_conv_forward(route, cfg):
     x = data(cfg["seed"], cfg["shape"], cfg["dtype"])
     w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"])
     b = data(cfg["seed"] + 2, cfg["wshape"][3:], cfg["dtype"])
-    with forced(threads=cfg.get("threads", 1), conv=route):
+    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)):
         y = F.conv2d(x, w, b, **cfg["kw"])
         if cfg.get("route") == route:
             assert_route(route, 0)
@@ -235,7 +241,7 @@ def _check_conv_backward(route, cfg):
     w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"])
     y = R.conv2d(x, w, **cfg["kw"])
     dy = data(cfg["seed"] + 3, y.shape, cfg["dtype"])
-    with forced(threads=cfg.get("threads", 1), conv=route):
+    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)):
         dx, dw, db = F.conv2d_backward(dy, x, w, **cfg["kw"])
         none, dw1, db1 = F.conv2d_backward(dy, x, w, need_dx=False, **cfg["kw"])
         if cfg.get("route") == route:

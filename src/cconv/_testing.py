@@ -2,7 +2,8 @@
 
 For cconv's own tests and benchmarks, not a public API. ``forced`` sets the documented knobs
 of :mod:`cconv.functional` (``MIN_WORK_PER_THREAD``, ``WINOGRAD_MIN_CHANNELS``,
-``DIRECT_MAX_K``, ``SLOTS_PER_THREAD``), the instruction-set cap of the vectorised kernels
+``DIRECT_MAX_K``, ``SLOTS_PER_THREAD``, ``TILE_BYTES``, ``WINOGRAD_BLOCK_BYTES``), the
+instruction-set cap of the vectorised kernels
 (``_core.simd_level``) and the thread count, and puts them back afterwards.
 ``kernels_run`` reads the compiled core's record (``_probe.h``) of which kernel paths ran
 and how many threads each one used::
@@ -81,7 +82,7 @@ def kernels_run() -> dict[str, Run]:
 @contextmanager
 def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
            min_work: int | None = None, slots_per_thread: int | None = None,
-           ) -> Iterator[None]:
+           block_bytes: int | None = None) -> Iterator[None]:
     """Run the block with a fixed thread count and kernel routes.
 
     Parameters
@@ -96,6 +97,11 @@ def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
         ``functional.MIN_WORK_PER_THREAD`` inside the block.
     slots_per_thread : int or None
         ``functional.SLOTS_PER_THREAD`` inside the block.
+    block_bytes : int or None
+        ``functional.TILE_BYTES`` and ``WINOGRAD_BLOCK_BYTES`` inside the block: 1 gives the
+        smallest im2col tiles (one output row) and Winograd blocks (8 tiles), so that small
+        inputs take the paths of many tiles and blocks per thread (accumulation across them,
+        partial last ones).
 
     Raises RouteUnavailable (before changing anything) when the CPU lacks the route's
     instruction set, ValueError for an unknown route or a contradictory pair (the direct
@@ -118,6 +124,8 @@ def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
         knobs["MIN_WORK_PER_THREAD"] = min_work
     if slots_per_thread is not None:
         knobs["SLOTS_PER_THREAD"] = slots_per_thread
+    if block_bytes is not None:
+        knobs["TILE_BYTES"] = knobs["WINOGRAD_BLOCK_BYTES"] = block_bytes
     if conv != "auto":
         knobs["WINOGRAD_MIN_CHANNELS"] = 1 if conv == "winograd" else None
         knobs["DIRECT_MAX_K"] = 2**31 - 1 if conv == "direct" else None
