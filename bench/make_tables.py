@@ -34,6 +34,8 @@ def newest_logs(directory, min_runs):
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
         with open(path, encoding="utf-8") as f:
             log = json.load(f)
+        if "target" not in log or "rows" not in log:     # not a bench/harness.py log
+            continue
         if len(log.get("runs", [])) < min_runs:
             continue
         key = (log["target"], log["settings"].get("isa", "native"))
