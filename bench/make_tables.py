@@ -89,8 +89,9 @@ def table(path, log):
 def render(logs):
     if not logs:
         return ("No benchmark logs with enough runs under `bench/results/` yet: run "
-                "`python bench/bench_core.py` and `python bench/bench_train.py` (5 runs each) "
-                "on a quiet machine, then `python bench/make_tables.py --update`.")
+                "`python bench/bench_core.py`, `python bench/bench_train.py` and "
+                "`python bench/bench_layers.py` (5 runs each) on a quiet machine, then "
+                "`python bench/make_tables.py --update`.")
     return "\n\n".join(table(path, log) for path, log in logs)
 
 
