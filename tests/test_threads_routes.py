@@ -201,8 +201,8 @@ def _other_cases():
 
                 def run(a=a, bm=bm, ta=ta, tb=tb, out0=out0):
                     out = out0.copy()
-                    F._matmul(a, bm, ta, tb, out=out, beta=1.0)
-                    return F._matmul(a, bm, ta, tb), out
+                    F.matmul(a, bm, ta, tb, out=out, beta=1.0)
+                    return F.matmul(a, bm, ta, tb), out
 
                 cases.append(Case(f"matmul-{'T' if ta else 'N'}{'T' if tb else 'N'}-{tag}", run,
                                   lambda want=want, out0=out0: (want, want + out0),
