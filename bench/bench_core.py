@@ -80,13 +80,12 @@ def worker_cconv(settings):
     from threadpoolctl import threadpool_limits
 
     import cconv
-    from cconv import _core, _testing
+    from cconv import _testing
     from cconv import functional as F
 
     threads, batch = settings["threads"], settings["batch"]
     cconv.set_num_threads(threads)
-    if settings["isa"] == "avx2":
-        _core.simd_level(1)
+    harness.cap_cconv_isa(settings)
     out, info, fns = {}, {"routes": {}, "checksum": {}}, {}
     with threadpool_limits(limits=threads, user_api="blas"):
         for idx, (name, _, _) in enumerate(LAYERS):

@@ -48,6 +48,7 @@ def worker_cconv(args):
     import cconv
     from cconv import layers as L
     cconv.set_num_threads(args["threads"])
+    harness.cap_cconv_isa(args)
     rng = np.random.default_rng(0)
     specs = {
         "tconv_s2": (L.Conv2DTranspose(32, 3, stride=2, padding="same"), (16, 16, 64)),

@@ -43,13 +43,12 @@ def worker_cconv(settings):
     from threadpoolctl import threadpool_limits
 
     import cconv
-    from cconv import _core, optim
+    from cconv import optim
     from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
     threads = settings["threads"]
     cconv.set_num_threads(threads)
-    if settings["isa"] == "avx2":
-        _core.simd_level(1)
+    harness.cap_cconv_isa(settings)
     # numpy's BLAS (the Dense layers' fallback) capped too: every framework on `threads`.
     with threadpool_limits(limits=threads, user_api="blas"):
         x, y = _data(settings["images"])

@@ -145,6 +145,14 @@ def time_call(fn, repeats, burst=BURST):
     return statistics.median(times), times
 
 
+def cap_cconv_isa(settings):
+    """In a cconv worker: apply the run's instruction-set cap (--isa avx2) to cconv's kernels
+    (the other libraries get it from the environment, see isa_env)."""
+    if settings.get("isa") == "avx2":
+        from cconv import _core
+        _core.simd_level(1)
+
+
 def _process_info(name):
     info = {"library": name, "python": platform.python_version(), "executable": sys.executable,
             "env": {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}}
