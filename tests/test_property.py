@@ -91,11 +91,11 @@ def _pads_strategy(max_pad):
     )
 
 
-def _size_for(draw, extent, pads, degenerate):
+def _size_for(draw, extent, pads, degenerate, slack=5):
     """An input size >= 1 on which a window of this extent fits after padding; hypothesis
     shrinks the slack towards 0, i.e. towards a window exactly as large as the padded input."""
     lo = max(1, extent - pads[0] - pads[1])
-    return lo if degenerate else lo + draw(st.integers(0, 5))
+    return lo if degenerate else lo + draw(st.integers(0, slack))
 
 
 @st.composite
@@ -128,13 +128,15 @@ def conv_configs(draw, route="auto"):
     d = R.pair(dilation)
     n = draw(st.integers(1, 5 if route == "winograd" else 3))
     degenerate = draw(st.booleans())
+    # Winograd: images of up to 64 2x2 tiles, so that an image spans several 8-tile blocks
+    slack = 12 if route == "winograd" else 5
     if draw(st.integers(0, 4)) == 0:
         padding = "same"
-        h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+        h, w = draw(st.integers(1, 3 + slack)), draw(st.integers(1, 3 + slack))
     else:
         padding, ((pt, pb), (pl, pr)) = draw(_pads_strategy(3))
-        h = _size_for(draw, d[0] * (k[0] - 1) + 1, (pt, pb), degenerate)
-        w = _size_for(draw, d[1] * (k[1] - 1) + 1, (pl, pr), degenerate)
+        h = _size_for(draw, d[0] * (k[0] - 1) + 1, (pt, pb), degenerate, slack)
+        w = _size_for(draw, d[1] * (k[1] - 1) + 1, (pl, pr), degenerate, slack)
     seed = draw(st.integers(0, 2**32 - 1))
     return dict(shape=(n, h, w, groups * cg), wshape=(k[0], k[1], cg, cout), dtype=dtype,
                 kw=dict(stride=stride, padding=padding, dilation=dilation, groups=groups),
