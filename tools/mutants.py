@@ -4,15 +4,18 @@
 For every fast route and every threaded path, a mutant: a small edit of the kind that real
 bugs take (a sign, kh and kw transposed, an off-by-one, a lost accumulator slot, the last row
 lost on 2+ threads, an argmax one pixel off on odd widths). Each mutant is applied to a
-fresh copy of the committed tree (``git archive HEAD``), the extension is rebuilt, and the
-whole test suite runs against it; the failures are counted per test file. A mutant that no
-test outside its route's own file catches is a gap in the general suites.
+fresh copy of the committed tree (``git archive HEAD``), the extensions are rebuilt, and the
+test suite (or the files given with ``--tests``) runs against it; the failures are counted
+per test file. A mutant that no test outside its route's own file catches is a gap in the
+general suites.
 
-    python tools/mutants.py                      # every mutant (about 3 minutes each)
+    python tools/mutants.py                      # every mutant, whole suite (~4 min each)
+    python tools/mutants.py --tests tests/test_property.py tests/test_fuzz.py ...
     python tools/mutants.py --only matmul-last-row wino-lost-slot
     python tools/mutants.py --list
 
-Writes a JSON record and a Markdown table (``--out``, default ./mutants/). Runs the tests
+Writes a JSON record and a Markdown table (``--out``, default ./mutants/; file names carry
+the date and time of the run, so logs kept under bench/results/ accumulate). Runs the tests
 with ``--python`` (default: this interpreter), which must have the test dependencies and
 not have cconv installed (the copy is put first on PYTHONPATH; an editable install of
 another tree would shadow it).
@@ -38,18 +41,16 @@ MUTANTS = [
             if r1 > r0:""",
      """            r1 = (ch + 1) * m // num_threads - (1 if (num_threads > 1 and ch == num_threads - 1) else 0)
             if r1 > r0:"""),
-    ("im2col-fwd-last-row", "src/cconv/_core.pyx",
+    ("im2col-fwd-last-row", "src/cconv/_conv.pyx",
      "im2col + GEMM forward: the last output row of the batch is lost on 2+ threads", [],
-     """            m = r1 - r0
-            yrow = yp + r0 * Cout""",
-     """            m = r1 - r0 - (1 if (num_threads > 1 and r1 == M) else 0)
-            yrow = yp + r0 * Cout"""),
-    ("im2col-bwd-last-row", "src/cconv/_core.pyx",
+     """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)""",
+     """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M - (1 if t == ntiles - 1 else 0)), direct)"""),
+    ("im2col-bwd-last-row", "src/cconv/_conv.pyx",
      "im2col + GEMM backward (with dx): the last chunk's last output row is lost on 2+ threads",
      [],
-     """                rend = ((ch + 1) * g.N // nchunks) * P""",
-     """                rend = ((ch + 1) * g.N // nchunks) * P - (1 if (nchunks > 1 and ch == nchunks - 1) else 0)"""),
-    ("im2col-dilation-transposed", "src/cconv/_core.pyx",
+     """    cdef Py_ssize_t P = g.OH * g.OW, r0 = n0 * P, r1, rend = n1 * P""",
+     """    cdef Py_ssize_t P = g.OH * g.OW, r0 = n0 * P, r1, rend = n1 * P - (1 if (n0 > 0 and n1 == g.N) else 0)"""),
+    ("im2col-dilation-transposed", "src/cconv/_im2col.pyx",
      "im2col: the vertical taps use the horizontal dilation (dh and dw transposed)", [],
      """        for kh in range(g.KH):
             ih = ih0 + kh * g.dh
@@ -59,7 +60,7 @@ MUTANTS = [
             ih = ih0 + kh * g.dw
             if ih < 0 or ih >= g.H:
                 memset(dst, 0, g.KW * cg * sizeof(floating))"""),
-    ("col2im-last-column", "src/cconv/_core.pyx",
+    ("col2im-last-column", "src/cconv/_im2col.pyx",
      "col2im: off by one, nothing is added to the last image column (partial kernel rows)", [],
      """                if iw >= 0 and iw < g.W:
                     vadd(dst + iw * g.C, src, cg)""",
@@ -74,17 +75,17 @@ MUTANTS = [
      "direct convolution: kh and kw swapped in the tap offsets", ["test_conv_direct.py"],
      """                off[t] = (kh * g->dh * g->W + kw * g->dw) * g->C + c;""",
      """                off[t] = (kw * g->dh * g->W + kh * g->dw) * g->C + c;"""),
-    ("direct-dw-last-row", "src/cconv/_core.pyx",
+    ("direct-dw-last-row", "src/cconv/_conv.pyx",
      "direct dW: the last slot's last row is lost on 2+ slots", ["test_conv_direct.py"],
      """            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):""",
      """            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots - (1 if (yp == NULL and nslots > 1 and slot == nslots - 1) else 0)):"""),
-    ("wino-fwd-last-tile", "src/cconv/_core.pyx",
+    ("wino-fwd-last-tile", "src/cconv/_conv.pyx",
      "Winograd forward: the last tile is lost when there are 2+ blocks", ["test_winograd.py"],
      """            t0 = blk * TB
             t1 = min(t0 + TB, ntiles)""",
      """            t0 = blk * TB
             t1 = min(t0 + TB, ntiles - (1 if nblocks > 1 else 0))"""),
-    ("wino-du-overwrites", "src/cconv/_core.pyx",
+    ("wino-du-overwrites", "src/cconv/_conv.pyx",
      "Winograd dU: each block overwrites its slot's accumulator (beta 0) instead of adding",
      ["test_winograd.py"],
      """                         V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
@@ -129,22 +130,39 @@ MUTANTS = [
      ["test_pool_simd.py", "test_pool_paths.py"],
      """                    __m256 v = _mm256_and_ps(m, _mm256_loadu_ps(g + c));""",
      """                    __m256 v = _mm256_andnot_ps(m, _mm256_loadu_ps(g + c));"""),
-    ("pool-tiled-bwd-right-columns", "src/cconv/_core.pyx",
+    ("pool-tiled-bwd-right-columns", "src/cconv/_pool.pyx",
      "tiled max-pool backward: off by one, a single column right of the last window is "
      "not zeroed (odd widths)", ["test_pool_simd.py", "test_pool_paths.py"],
-     """                if OW * KW < W:   # columns right of the last window""",
-     """                if OW * KW < W - 1:   # columns right of the last window"""),
-    ("pool-generic-ties", "src/cconv/_core.pyx",
+     """        if OW * KW < W:   # columns right of the last window""",
+     """        if OW * KW < W - 1:   # columns right of the last window"""),
+    ("pool-generic-ties", "src/cconv/_pool_rows.h",
      "generic max pool: ties go to the last element of the window (>= instead of >)",
      ["test_pool_paths.py"],
-     """                        int take = (v > b) | (v != v);                                   \\""",
-     """                        int take = (v >= b) | (v != v);                                  \\"""),
-    ("avgpool-bwd-last-image", "src/cconv/_core.pyx",
+     """                    int take = (v > b) | (v != v);""",
+     """                    int take = (v >= b) | (v != v);"""),
+    ("avgpool-bwd-last-image", "src/cconv/_pool.pyx",
      "average-pool backward: the last image is skipped on 2+ threads", [],
      """        for n in prange(g.N, schedule="static"):
-            cconv_probe(CCONV_P_AVGPOOL_BWD)""",
-     """        for n in prange(g.N - (1 if num_threads > 1 else 0), schedule="static"):
-            cconv_probe(CCONV_P_AVGPOOL_BWD)"""),
+            avgpool_backward_image(g, dy, dx, n)""",
+     """        for n in prange(g.N - 1, schedule="static"):
+            avgpool_backward_image(g, dy, dx, n)"""),
+    # The compiled plan and the compiled fast paths of functional (since the core split)
+    ("plan-gemm-team-over-budget", "src/cconv/_conv.pyx",
+     "the plan gives the im2col + GEMM route one thread more than the budget", [],
+     """        p.threads = cconv_threads(budget, N if need_dx else M, work, mw)""",
+     """        p.threads = cconv_threads(budget + 1, N if need_dx else M, work, mw)"""),
+    ("conv-fast-strides-swapped", "src/cconv/_core.pyx",
+     "the compiled fast path of conv2d: vertical and horizontal strides swapped",
+     ["test_fast_paths.py"],
+     """    if cconv_conv_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, wshape[3], sh, sw,""",
+     """    if cconv_conv_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, wshape[3], sw, sh,"""),
+    ("pool-fast-pads-swapped", "src/cconv/_core.pyx",
+     "the compiled fast path of max_pool2d: left and right paddings swapped",
+     ["test_fast_paths.py"],
+     """    if cconv_pool_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, sh, sw, pt, pb,
+                       pl, pr):""",
+     """    if cconv_pool_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, sh, sw, pt, pb,
+                       pr, pl):"""),
 ]
 
 
@@ -188,6 +206,7 @@ def main(argv=None):
     p.add_argument("--out", default="mutants")
     p.add_argument("--timeout", type=float, default=1800, help="per test run, seconds")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments")
+    p.add_argument("--tests", nargs="*", default=[], help="test files to run (default: all)")
     a = p.parse_args(argv)
     if a.list:
         for mid, path, desc, own, _, _ in MUTANTS:
@@ -210,7 +229,14 @@ def main(argv=None):
             raise SystemExit(f"mutant {mid}: its text occurs {n} times in {path}")
     print(f"building the unmutated tree ({commit[:10]}) in {base}", flush=True)
     build(base, a.python)
-    extra = a.pytest_args.split()
+    extra = a.pytest_args.split() + a.tests
+    env = {**os.environ, "PYTHONPATH": os.path.join(base, "src")}
+    where = run([a.python, "-c", "import cconv._core as c; print(c.__file__)"], base, env)
+    if not where.stdout.startswith(os.path.join(base, "src")):
+        raise SystemExit(f"{a.python} imports cconv from {where.stdout.strip() or where.stderr}, "
+                         "not from the copy: use an interpreter without cconv installed")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = os.path.join(a.out, f"mutants-{stamp}")
     print("baseline test run ...", flush=True)
     baseline = test(base, a.python, a.timeout, extra)
     print(f"  baseline: {baseline['summary']} ({baseline['seconds']} s)", flush=True)
@@ -242,18 +268,20 @@ def main(argv=None):
         print(f"  {mid}: {r['summary']} ({r['seconds']} s); general files failing: "
               f"{r['general'] or 'NONE'}", flush=True)
         shutil.rmtree(tree, ignore_errors=True)
-        with open(os.path.join(a.out, "mutants.json"), "w") as f:
-            json.dump({"commit": commit, "baseline": baseline, "mutants": results}, f, indent=1)
-    with open(os.path.join(a.out, "mutants.md"), "w") as f:
-        f.write(table(results, commit))
+        with open(record + ".json", "w") as f:
+            json.dump({"commit": commit, "python": a.python, "tests": a.tests or ["(all)"],
+                       "pytest_args": a.pytest_args, "baseline": baseline,
+                       "mutants": results}, f, indent=1)
+    with open(record + ".md", "w") as f:
+        f.write(table(results, commit, a.tests))
     print(table(results, commit))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def table(results, commit):
-    lines = [f"Injected bugs at {commit[:10]}: failing tests per file (the route's own files "
-             "in brackets).", "",
+def table(results, commit, tests=()):
+    ran = ", ".join(os.path.basename(t) for t in tests) if tests else "the whole suite"
+    lines = [f"Injected bugs at {commit[:10]}: failing tests per file ({ran}).", "",
              "| bug | failing tests outside the route's own files | in its own files |",
              "|---|---|---|"]
     for r in results:
