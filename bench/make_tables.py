@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from harness import fmt  # noqa: E402
 from readme_sections import update_or_check  # noqa: E402
 
+TIME_UNITS = ("s", "ms", "us")
+
 
 def newest_logs(directory, min_runs):
     """The newest log of each (benchmark, instruction-set cap) with enough runs."""
@@ -51,10 +53,14 @@ def table(path, log):
     units, stats, ratios = log["units"], log["stats"], log["ratios"]
     isa = log["settings"].get("isa", "native")
     title = f"`{log['argv'][0]}`" + (" with every library capped at AVX2" if isa == "avx2" else "")
+    # Times are not shown: on the shared machine they drift from run to run; the ratios of
+    # two processes of the same run hold. Other units (MB, x, %) are shown per library.
+    shown = [lib for lib in libs if any(units.get(m, "") not in TIME_UNITS and lib in
+                                        stats.get(m, {}) for _, m in log["rows"])]
     lines = [f"**{title}**: {log['description']}", "",
              f"| benchmark | {main} / fastest other: median [range] | "
-             + " | ".join(f"{lib} (median)" for lib in libs) + " |",
-             "|---|---|" + "---|" * len(libs)]
+             + "".join(f"{lib} (median) | " for lib in shown),
+             "|---|---|" + "---|" * len(shown)]
     for label, metric in log["rows"]:
         unit = units.get(metric, "")
         r = ratios.get(metric, {}).get(main)
@@ -64,9 +70,9 @@ def table(path, log):
             s = stats.get(metric, {}).get(main)    # a metric of cconv alone: its own range
             ratio = f"**{fmt(s['median'], unit)}** [{fmt(s['min'], unit)}-{fmt(s['max'], unit)}]" \
                 if s else "-"
-        cells = [fmt(stats[metric][lib]["median"], unit) if lib in stats.get(metric, {}) else "-"
-                 for lib in libs]
-        lines.append(f"| {label} | {ratio} | " + " | ".join(cells) + " |")
+        cells = ["-" if unit in TIME_UNITS or lib not in stats.get(metric, {})
+                 else fmt(stats[metric][lib]["median"], unit) for lib in shown]
+        lines.append(f"| {label} | {ratio} | " + "".join(c + " | " for c in cells))
     if log.get("checks"):
         lines += ["", "| target | bound | median | verdict |", "|---|---|---|---|"]
         for c in log["checks"]:
@@ -76,13 +82,19 @@ def table(path, log):
             value = "-" if c["median"] is None else f"{c['median']:.2f}"
             lines.append(f"| {c['label']} | {c['direction']} {c['bound']} | {value} | {verdict} |")
     m, s = log["machine"], log["settings"]
+    loads = [r["load_before"] for run in log["runs"] for r in run.values()
+             if r.get("load_before") is not None]
+    noise = (f" The machine is shared and noisy: its load average before the workers was "
+             f"{min(loads):.1f}-{max(loads):.1f} on {m.get('cpus_allowed', m.get('cpu_count'))} "
+             f"CPUs." if loads else " The machine is shared and noisy.")
     shown = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("env", "isa"))
     lines += ["", f"{len(log['runs'])} runs, each library in its own process, in a rotating "
               f"order; ratios are per run (library / the fastest other library in the same "
               f"run). Log `{os.path.relpath(path, ROOT)}`: commit "
               f"{(log['commit'] or 'unknown')[:10]}{' with uncommitted changes' if log['dirty'] else ''}, "
               f"{log['time'][:10]}, {shown}, {m.get('cpu', '?')} "
-              f"({', '.join(m.get('isa', []))}), {m.get('cpus_allowed', m.get('cpu_count'))} CPUs."]
+              f"({', '.join(m.get('isa', []))}), {m.get('cpus_allowed', m.get('cpu_count'))} CPUs."
+              + noise]
     return "\n".join(lines)
 
 
