@@ -22,6 +22,7 @@ another tree would shadow it).
 """
 import argparse
 import collections
+import glob
 import json
 import os
 import re
@@ -170,7 +171,22 @@ def run(cmd, cwd, env=None, timeout=None):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def build(tree, python):
+def build(tree, python, header=None):
+    """Build the extensions in place. After an edit of `header`, only the modules whose .pyx
+    names it are rebuilt (setup.py makes every module depend on every header): the others'
+    built files are marked newer than the edit."""
+    if header is not None:
+        src = os.path.join(tree, "src", "cconv")
+        name = os.path.basename(header)
+        others = [f for f in os.listdir(src) if f.endswith(".h") and f != name
+                  and name in open(os.path.join(src, f)).read()]
+        if not others:                   # no other header includes it
+            later = time.time() + 3600
+            for pyx in glob.glob(os.path.join(src, "*.pyx")):
+                if name in open(pyx).read():
+                    continue
+                for so in glob.glob(pyx[:-4] + ".*.so") + glob.glob(pyx[:-4] + ".*.pyd"):
+                    os.utime(so, (later, later))
     proc = run([python, "setup.py", "build_ext", "--inplace", "-q"], tree)
     if proc.returncode:
         raise RuntimeError(f"build failed in {tree}:\n{proc.stderr[-3000:]}")
@@ -207,6 +223,8 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=1800, help="per test run, seconds")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments")
     p.add_argument("--tests", nargs="*", default=[], help="test files to run (default: all)")
+    p.add_argument("--base", help="an unmutated copy built by an earlier run (its directory "
+                                  "'base'), to skip building it again")
     a = p.parse_args(argv)
     if a.list:
         for mid, path, desc, own, _, _ in MUTANTS:
@@ -216,19 +234,27 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="cconv-mutants-")
     base = os.path.join(work, "base")
-    os.makedirs(base)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", "HEAD"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
-                            text=True, check=True).stdout.strip()
+    if a.base:
+        shutil.copytree(a.base, base, symlinks=True)
+        with open(os.path.join(base, ".mutants-commit")) as f:
+            commit = f.read().strip()
+    else:
+        os.makedirs(base)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", "HEAD"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        with open(os.path.join(base, ".mutants-commit"), "w") as f:
+            f.write(commit + "\n")
     for mid, path, _, _, old, _ in chosen:        # every edit applies to this tree, once
         with open(os.path.join(base, path)) as f:
             n = f.read().count(old)
         if n != 1:
             raise SystemExit(f"mutant {mid}: its text occurs {n} times in {path}")
-    print(f"building the unmutated tree ({commit[:10]}) in {base}", flush=True)
-    build(base, a.python)
+    if not a.base:
+        print(f"building the unmutated tree ({commit[:10]}) in {base}", flush=True)
+        build(base, a.python)
     extra = a.pytest_args.split() + a.tests
     env = {**os.environ, "PYTHONPATH": os.path.join(base, "src")}
     where = run([a.python, "-c", "import cconv._core as c; print(c.__file__)"], base, env)
@@ -252,7 +278,7 @@ def main(argv=None):
             f.write(text.replace(old, new))
         try:
             if path.endswith((".pyx", ".h", ".pxd")):
-                build(tree, a.python)
+                build(tree, a.python, path if path.endswith(".h") else None)
         except RuntimeError as exc:
             print(f"  {mid}: {exc}", flush=True)
             results.append({"id": mid, "path": path, "description": desc, "own": own,
