@@ -70,8 +70,8 @@ MUTANTS = [
     ("slot-sum-lost", "src/cconv/functional.py",
      "the per-thread/per-slot accumulator sum drops the last slot (im2col dW/db, direct, "
      "Winograd db)", [],
-     """    return work[0] if len(work) == 1 else work.sum(axis=0)""",
-     """    return work[0] if len(work) == 1 else work[:-1].sum(axis=0)"""),
+     """        np.add.reduce(work, axis=0, out=out)""",
+     """        np.add.reduce(work[:-1], axis=0, out=out)"""),
     ("direct-khkw-swapped", "src/cconv/_conv_direct.h",
      "direct convolution: kh and kw swapped in the tap offsets", ["test_conv_direct.py"],
      """                off[t] = (kh * g->dh * g->W + kw * g->dw) * g->C + c;""",
