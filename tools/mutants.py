@@ -228,6 +228,9 @@ def main(argv=None):
                         "(-x): says which files catch a mutant, faster, without counts")
     p.add_argument("--skip-baseline", action="store_true",
                    help="trust that the unmutated tree passes the chosen tests")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="merge the records of earlier runs (later files win for a mutant run "
+                        "twice) into one record and table under --out, in MUTANTS order")
     p.add_argument("--base", help="an unmutated copy built by an earlier run (its directory "
                                   "'base'), to skip building it again")
     a = p.parse_args(argv)
@@ -235,6 +238,8 @@ def main(argv=None):
         for mid, path, desc, own, _, _ in MUTANTS:
             print(f"{mid:<30} {path:<28} {desc}")
         return 0
+    if a.merge:
+        return merge(a.merge, a.out)
     chosen = [m for m in MUTANTS if not a.only or m[0] in a.only]
     os.makedirs(a.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="cconv-mutants-")
@@ -329,20 +334,54 @@ def main(argv=None):
     return 0
 
 
+def merge(paths, out):
+    """One record and table from several runs' records (each mutant's latest result)."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append((path, json.load(f)))
+    latest = {}
+    for path, rec in runs:
+        for r in rec["mutants"]:
+            latest[r["id"]] = {**r, "commit": rec["commit"], "record": os.path.basename(path)}
+    order = [m[0] for m in MUTANTS]
+    results = sorted(latest.values(), key=lambda r: order.index(r["id"]) if r["id"] in order
+                     else len(order))
+    tests = sorted({t for _, rec in runs for t in rec.get("tests", [])})
+    per_file = all(rec.get("per_file") for _, rec in runs)
+    commits = sorted({r["commit"][:10] for r in results})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = os.path.join(out, f"mutants-merged-{stamp}")
+    with open(record + ".json", "w") as f:
+        json.dump({"merged_from": [os.path.basename(p) for p, _ in runs], "tests": tests,
+                   "per_file": per_file, "mutants": results}, f, indent=1)
+    text = table(results, ", ".join(commits), tests, per_file)
+    text += "\nRecords: " + ", ".join(f"`{os.path.basename(p)}`" for p, _ in runs) + "\n"
+    with open(record + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
 def table(results, commit, tests=(), per_file=False):
     ran = ", ".join(os.path.basename(t) for t in tests) if tests else "the whole suite"
-    what = ("the files that caught it (each file run alone, stopped at its first failure)"
+    what = ("the test files that caught it (each file run alone, stopped at its first failure)"
             if per_file else "failing tests per file")
-    lines = [f"Injected bugs at {commit[:10]}: {what}; tests run: {ran}.", "",
-             "| bug | failing tests outside the route's own files | in its own files |",
-             "|---|---|---|"]
+    lines = [f"Injected bugs at {commit if ',' in commit else commit[:10]}: {what}; "
+             f"tests run: {ran}.", "",
+             "| mutant | bug | caught by files other than the route's own | by its own files |",
+             "|---|---|---|---|"]
+
+    def files(d):
+        items = sorted(d.items(), key=lambda kv: -kv[1])
+        return ", ".join(f if per_file else f"{f} {n}" for f, n in items)
+
     for r in results:
-        general = ", ".join(f"{f} {n}" for f, n in sorted(r["general"].items(),
-                                                          key=lambda kv: -kv[1])) or "**none**"
-        own = ", ".join(f"{f} {n}" for f, n in r["failed"].items() if f in r["own"]) or "-"
+        general = files(r["general"]) or "**none**"
+        own = files({f: n for f, n in r["failed"].items() if f in r["own"]}) or "-"
         if r["exit"] not in (0, 1):
             general += f" (test run ended: {r['exit']})"
-        lines.append(f"| {r['description']} | {general} | {own} |")
+        lines.append(f"| {r['id']} | {r['description']} | {general} | {own} |")
     return "\n".join(lines) + "\n"
 
 
