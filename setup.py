@@ -137,11 +137,11 @@ directives = {
     "embedsignature": True,
 }
 
-# One extension per concept (each .pyx with its .pxd): cconv._cpu and cconv._blas at the
-# bottom, the kernels of cconv._im2col, _conv, _pool and _activation, and cconv._core, the
+# One extension per concept (each .pyx with its .pxd): cconv._cpu, cconv._probe (the
+# tests' record of which kernel paths ran) and cconv._blas at the bottom, the kernels of cconv._im2col, _conv, _pool and _activation, and cconv._core, the
 # Python face of them all. The public C headers live in src/cconv/include (see
 # cconv.get_include()); the private ones beside the .pyx files.
-MODULES = ["_cpu", "_blas", "_im2col", "_conv", "_pool", "_activation", "_core"]
+MODULES = ["_cpu", "_probe", "_blas", "_im2col", "_conv", "_pool", "_activation", "_core"]
 extensions = [
     Extension(f"cconv.{name}", [f"src/cconv/{name}.pyx"],
               include_dirs=["src/cconv/include"] + ([numpy.get_include()] if name == "_core" else []),

@@ -9,25 +9,23 @@ Layers (batch 32, float32), each as a decoder or a mobile network would use it:
 * ``upsample_bilinear``: UpSampling2D(2, "bilinear"), 32 channels, 32x32 -> 64x64;
 * ``depthwise``: DepthwiseConv2D 3x3, "same", 64 channels at 32x32 (cconv: groups = 64).
 
-Each library runs in its own subprocess at the same thread count; a run times every layer
-(the median of ``--calls`` forward+backward calls after warm-up calls) in both libraries, and
-``--runs`` runs alternate the two libraries. The parent reports per layer the median and the
-range over the runs of the ratio cconv / PyTorch, and writes everything to
-``bench/results/bench_layers-<time>.json``.
+Each library runs in its own process at the same thread count (bench/harness.py: runs in a
+rotating order, the median and range over the runs, per-run ratios, a JSON log under
+bench/results/ that bench/make_tables.py turns into the README's table); a run times every
+layer as the median of ``--calls`` forward+backward calls after warm-up calls.
 
 Usage::
 
     python bench/bench_layers.py --runs 5 --threads 2
 """
-import argparse
-import json
 import os
-import platform
-import subprocess
+import statistics
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Library, Target  # noqa: E402
 
 LAYERS = ["tconv_s2", "tconv_s1", "upsample_bilinear", "depthwise"]
 BATCH = 32
@@ -41,13 +39,16 @@ def _median_time(fn, calls, warmup=3):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return statistics.median(times)
 
 
 def worker_cconv(args):
+    import numpy as np
+
     import cconv
     from cconv import layers as L
-    cconv.set_num_threads(args.threads)
+    cconv.set_num_threads(args["threads"])
+    harness.cap_cconv_isa(args)
     rng = np.random.default_rng(0)
     specs = {
         "tconv_s2": (L.Conv2DTranspose(32, 3, stride=2, padding="same"), (16, 16, 64)),
@@ -66,13 +67,14 @@ def worker_cconv(args):
             layer.forward(x, training=True)
             layer.backward(dy)
 
-        out[name] = _median_time(step, args.calls)
-    return {"times": out, "threads": cconv.get_num_threads()}
+        out[name] = _median_time(step, args["calls"])
+    out["info"] = {"threads": cconv.get_num_threads()}
+    return out
 
 
 def worker_torch(args):
     import torch
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args["threads"])
     nn = torch.nn
     specs = {
         "tconv_s2": (nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),
@@ -93,57 +95,31 @@ def worker_torch(args):
             layer.zero_grad(set_to_none=True)
             layer(x).backward(dy)
 
-        out[name] = _median_time(step, args.calls)
-    return {"times": out, "threads": torch.get_num_threads(), "torch": torch.__version__}
+        out[name] = _median_time(step, args["calls"])
+    out["info"] = {"threads": torch.get_num_threads()}
+    return out
 
 
 WORKERS = {"cconv": worker_cconv, "torch": worker_torch}
 
+TARGET = Target(
+    name="bench_layers",
+    description="forward+backward of the newer layers, batch 32, float32: cconv vs PyTorch, "
+                "each in its own process",
+    libraries=[Library("cconv"), Library("torch", "PyTorch")],
+    rows=[("Conv2DTranspose 3x3, stride 2, 64 -> 32 channels, 16x16 -> 32x32", "tconv_s2"),
+          ("Conv2DTranspose 3x3, stride 1, 32 -> 32 channels, 32x32", "tconv_s1"),
+          ("UpSampling2D(2, bilinear), 32 channels, 32x32 -> 64x64", "upsample_bilinear"),
+          ("DepthwiseConv2D 3x3, same, 64 channels, 32x32", "depthwise")],
+    units=dict.fromkeys(LAYERS, "s"),
+)
 
-def run_worker(name, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads",
-           str(args.threads), "--calls", str(args.calls)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} worker failed: {proc.stderr.strip()[-500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=5)
+def options(p):
     p.add_argument("--calls", type=int, default=20, help="timed calls per layer and run")
-    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args)))
-        return 0
-    runs = []
-    for i in range(args.runs):
-        order = ["cconv", "torch"] if i % 2 == 0 else ["torch", "cconv"]
-        runs.append({name: run_worker(name, args) for name in order})
-    print(f"forward+backward, batch {BATCH}, float32, {args.threads} thread(s), {args.runs} runs "
-          f"of the median of {args.calls} calls; {platform.machine()} {platform.python_version()}")
-    summary = {}
-    for name in LAYERS:
-        ratios = [r["cconv"]["times"][name] / r["torch"]["times"][name] for r in runs]
-        c = np.median([r["cconv"]["times"][name] for r in runs]) * 1e3
-        t = np.median([r["torch"]["times"][name] for r in runs]) * 1e3
-        summary[name] = {"ratio_median": float(np.median(ratios)), "ratio_min": min(ratios),
-                         "ratio_max": max(ratios), "cconv_ms": c, "torch_ms": t}
-        print(f"  {name:<18} cconv {c:7.2f} ms  torch {t:7.2f} ms  cconv/torch "
-              f"{np.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})")
-    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        f"bench_layers-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(path, "w") as f:
-        json.dump({"args": vars(args), "summary": summary, "runs": runs,
-                   "machine": platform.machine(), "python": platform.python_version()}, f,
-                  indent=1)
-    print(f"log: {path}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--worker" in sys.argv:
+        sys.exit(harness.worker_main(WORKERS, sys.argv[1:]))
+    harness.main(TARGET, os.path.abspath(__file__), settings_parser=options)

@@ -1,119 +1,89 @@
-"""Benchmark: one training epoch of the paper network, cconv vs PyTorch (CPU), in one run.
+#!/usr/bin/env python
+"""Benchmark: one training epoch of the paper network, cconv vs PyTorch (CPU).
 
 The network of the LFW paper (64x64x3 input; conv 3x3 32 -> ReLU -> maxpool 2; conv 3x3 64
 -> ReLU -> maxpool 2; conv 3x3 128 -> ReLU -> maxpool 2; flatten; Dense 128 ReLU; Dense 256
-ReLU; Dropout 0.5; Dense 34; softmax cross-entropy; Adam 1e-3; batch 128) is trained for one
+ReLU; Dropout 0.5; Dense 34; softmax cross-entropy; Adam 1e-3; batch 128) trained for one
 epoch over 1,777 random images by
 
 * cconv (NHWC),
 * PyTorch with NCHW tensors,
 * PyTorch with ``channels_last`` tensors,
 
-each in its own subprocess (so every framework's peak RSS, ``ru_maxrss``, is its own) and at
-the same thread count. Every worker first runs one warm-up batch, then times ``--repeat``
-epochs and reports the fastest. The parent prints the times, the ratios to PyTorch's faster
-layout and the memory figures.
+each in its own process, at the same thread count, in interleaved runs (bench/harness.py:
+a rotating order, the median and range over the runs, a JSON log under bench/results/).
+Each process builds the model, runs one warm-up batch, then times ``--epochs`` epochs (the
+run's figure is their median) and measures memory: the growth during training (peak
+resident memory minus the baseline after imports, data and model: what training itself
+needs) and the whole process's peak (which includes the cost of importing the library).
 
-Usage::
-
-    python bench/bench_train.py                 # all cores
-    python bench/bench_train.py --threads 1 --repeat 3
+    python bench/bench_train.py                  # 5 runs, 2 threads: the README's figures
+    python bench/bench_train.py --runs 1 --images 256 --no-log     # a quick check
 """
-import argparse
-import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Library, Memory, Target  # noqa: E402
 
 N_CLASSES = 34
 
 
-def _rss_mb():
-    """Current resident set size in MB (Linux /proc; falls back to ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return _peak_mb()
-
-
-def _peak_mb():
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024   # bytes on macOS, KB on Linux
-
-
 def _data(n, seed=0):
+    import numpy as np
     rng = np.random.default_rng(seed)
-    x = rng.random((n, 64, 64, 3), dtype=np.float32)
-    y = rng.integers(0, N_CLASSES, n)
-    return x, y
+    return rng.random((n, 64, 64, 3), dtype=np.float32), rng.integers(0, N_CLASSES, n)
 
 
-def _blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    return [f"{d.get('internal_api')}:{d.get('num_threads')}" for d in threadpool_info()]
+def worker_cconv(settings):
+    import statistics
 
+    from threadpoolctl import threadpool_limits
 
-# --------------------------------------------------------------------------------------
-# workers
-# --------------------------------------------------------------------------------------
-def worker_cconv(args):
     import cconv
     from cconv import optim
     from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
-    cconv.set_num_threads(args.threads)
-    # cconv.set_num_threads budgets the compiled kernels; numpy's BLAS (the Dense layers)
-    # is capped here too so that both frameworks use the same number of threads
-    # everywhere, as torch.set_num_threads does for PyTorch.
-    try:
-        from threadpoolctl import threadpool_limits
-        limiter = threadpool_limits(limits=args.threads, user_api="blas")
-    except ImportError:
-        limiter = None
-    x, y = _data(args.images)
-    model = cconv.Sequential([
-        Conv2D(32, 3, activation="relu"), MaxPool2D(2),
-        Conv2D(64, 3, activation="relu"), MaxPool2D(2),
-        Conv2D(128, 3, activation="relu"), MaxPool2D(2),
-        Flatten(),
-        Dense(128, activation="relu"), Dense(256, activation="relu"), Dropout(0.5),
-        Dense(N_CLASSES, activation="softmax"),
-    ], input_shape=(64, 64, 3), seed=0)
-    model.compile(optim.Adam(lr=1e-3), "categorical_crossentropy")
-    base = _rss_mb()
-    model.train_on_batch(x[:args.batch], y[:args.batch])            # warm-up
-    times, losses = [], []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        h = model.fit(x, y, epochs=1, batch_size=args.batch, verbose=0)
-        times.append(time.perf_counter() - t0)
-        losses.append(h.history["loss"][-1])
-    pools = _blas_info()
-    if limiter is not None:
-        limiter.restore_original_limits()
-    return {"time": min(times), "times": times, "loss": losses[-1], "base_mb": base,
-            "threads": cconv.get_num_threads(), "pools": pools}
+    threads = settings["threads"]
+    cconv.set_num_threads(threads)
+    harness.cap_cconv_isa(settings)
+    # numpy's BLAS (the Dense layers' fallback) capped too: every framework on `threads`.
+    with threadpool_limits(limits=threads, user_api="blas"):
+        x, y = _data(settings["images"])
+        model = cconv.Sequential([
+            Conv2D(32, 3, activation="relu"), MaxPool2D(2),
+            Conv2D(64, 3, activation="relu"), MaxPool2D(2),
+            Conv2D(128, 3, activation="relu"), MaxPool2D(2),
+            Flatten(),
+            Dense(128, activation="relu"), Dense(256, activation="relu"), Dropout(0.5),
+            Dense(N_CLASSES, activation="softmax"),
+        ], input_shape=(64, 64, 3), seed=0)
+        model.compile(optim.Adam(lr=1e-3), "categorical_crossentropy")
+        times = []
+        with Memory() as mem:
+            model.train_on_batch(x[:settings["batch"]], y[:settings["batch"]])     # warm-up
+            for _ in range(settings["epochs"]):
+                t0 = time.perf_counter()
+                h = model.fit(x, y, epochs=1, batch_size=settings["batch"], verbose=0)
+                times.append(time.perf_counter() - t0)
+    return {"epoch_s": statistics.median(times), "growth_mb": mem.growth_mb,
+            "peak_mb": mem.peak_mb, "base_mb": mem.base_mb,
+            "info": {"epoch_times": times, "loss": h.history["loss"][-1],
+                     "threads": cconv.get_num_threads(), "peak_reset": mem.reset}}
 
 
-def worker_torch(args, channels_last):
+def worker_torch(settings, channels_last):
+    import statistics
+
+    import numpy as np
     import torch
     from torch import nn
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(settings["threads"])
     torch.manual_seed(0)
-    x_np, y_np = _data(args.images)
+    x_np, y_np = _data(settings["images"])
     x = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2)))    # NCHW
     del x_np
     y = torch.from_numpy(y_np)
@@ -130,7 +100,7 @@ def worker_torch(args, channels_last):
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
-    n = x.shape[0]
+    n, batch = x.shape[0], settings["batch"]
 
     def step(xb, yb):
         opt.zero_grad(set_to_none=True)
@@ -143,89 +113,53 @@ def worker_torch(args, channels_last):
         model.train()
         perm = torch.randperm(n)
         total = 0.0
-        for lo in range(0, n, args.batch):
-            idx = perm[lo:lo + args.batch]
+        for lo in range(0, n, batch):
+            idx = perm[lo:lo + batch]
             xb = x[idx]
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             total += float(step(xb, y[idx])) * len(idx)
         return total / n
 
-    base = _rss_mb()
-    step(x[:args.batch], y[:args.batch])                              # warm-up
-    times, losses = [], []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        losses.append(epoch())
-        times.append(time.perf_counter() - t0)
-    return {"time": min(times), "times": times, "loss": losses[-1], "base_mb": base,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "pools": _blas_info()}
+    times = []
+    with Memory() as mem:
+        step(x[:batch], y[:batch])                                      # warm-up
+        for _ in range(settings["epochs"]):
+            t0 = time.perf_counter()
+            loss = epoch()
+            times.append(time.perf_counter() - t0)
+    return {"epoch_s": statistics.median(times), "growth_mb": mem.growth_mb,
+            "peak_mb": mem.peak_mb, "base_mb": mem.base_mb,
+            "info": {"epoch_times": times, "loss": loss, "threads": torch.get_num_threads(),
+                     "peak_reset": mem.reset, "parallel_info": torch.__config__.parallel_info()}}
 
 
-WORKERS = {
-    "cconv": worker_cconv,
-    "torch-nchw": lambda a: worker_torch(a, channels_last=False),
-    "torch-channels-last": lambda a: worker_torch(a, channels_last=True),
-}
+WORKERS = {"cconv": worker_cconv,
+           "torch-nchw": lambda s: worker_torch(s, channels_last=False),
+           "torch-channels-last": lambda s: worker_torch(s, channels_last=True)}
+
+TARGET = Target(
+    name="bench_train",
+    description="one training epoch of the paper network on random 64x64x3 images: cconv vs "
+                "PyTorch, each in its own process",
+    libraries=[Library("cconv"), Library("torch-nchw", "PyTorch NCHW"),
+               Library("torch-channels-last", "PyTorch channels_last")],
+    rows=[("one training epoch", "epoch_s"),
+          ("memory growth during training (peak minus after imports and data)", "growth_mb"),
+          ("whole-process peak RSS", "peak_mb")],
+    units={"epoch_s": "s", "growth_mb": "MB", "peak_mb": "MB", "base_mb": "MB"},
+    checks=[("training epoch vs the fastest other library", "epoch_s", "cconv", 1.0)],
+)
 
 
-# --------------------------------------------------------------------------------------
-# parent
-# --------------------------------------------------------------------------------------
-def run_worker(name, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--threads", str(args.threads),
-           "--images", str(args.images), "--batch", str(args.batch), "--repeat", str(args.repeat)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=None, help="threads for every framework (default: all cores)")
+def options(p):
     p.add_argument("--images", type=int, default=1777)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=1, help="epochs timed per framework (the fastest counts)")
-    p.add_argument("--only", choices=sorted(WORKERS), action="append", help="run only these frameworks")
-    p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.threads is None:
-        try:
-            args.threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            args.threads = os.cpu_count() or 1
-
-    if args.worker:
-        result = WORKERS[args.worker](args)
-        result["peak_mb"] = _peak_mb()
-        print(json.dumps(result))
-        return 0
-
-    names = args.only or list(WORKERS)
-    print(f"paper network, one epoch of {args.images} random 64x64x3 images, batch {args.batch}, "
-          f"{args.threads} thread(s), best of {args.repeat}; {platform.machine()} {platform.python_version()}")
-    results = {}
-    for name in names:
-        results[name] = r = run_worker(name, args)
-        if "error" in r:
-            print(f"  {name:<20} failed: {r['error']}")
-        else:
-            print(f"  {name:<20} {r['time']:7.2f} s  {r['threads']} thr  peak RSS {r['peak_mb']:7.0f} MB "
-                  f"(after imports+data {r['base_mb']:6.0f} MB, training adds {r['peak_mb'] - r['base_mb']:6.0f} MB)"
-                  f"  loss {r['loss']:.3f}  pools {' '.join(r.get('pools', []))}")
-    torch_ok = [n for n in ("torch-nchw", "torch-channels-last") if n in results and "error" not in results[n]]
-    if "cconv" in results and "error" not in results["cconv"] and torch_ok:
-        best = min(torch_ok, key=lambda n: results[n]["time"])
-        c, t = results["cconv"], results[best]
-        print(f"time ratio cconv / {best} (PyTorch's faster layout): {c['time'] / t['time']:.2f}x  (target <= 1.0)")
-        for n in torch_ok:
-            print(f"  cconv / {n}: {c['time'] / results[n]['time']:.2f}x time, "
-                  f"{c['peak_mb'] / results[n]['peak_mb']:.2f}x peak RSS, "
-                  f"{(c['peak_mb'] - c['base_mb']) / max(results[n]['peak_mb'] - results[n]['base_mb'], 1):.2f}x "
-                  "training memory")
-    return 0
+    p.add_argument("--epochs", type=int, default=1,
+                   help="epochs timed in each process (their median is the run's)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--worker" in sys.argv:
+        sys.exit(harness.worker_main(WORKERS, sys.argv[1:]))
+    harness.main(TARGET, os.path.abspath(__file__), settings_parser=options)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import cconv
-from cconv import _core
+from cconv import _core, _testing
 from cconv import functional as F
 
 import reference as R
@@ -84,14 +84,18 @@ def test_route_is_taken_only_where_it_applies(calls):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_paper_first_layer_matches_im2col(threads, monkeypatch, restore_threads):
     """64x64 RGB -> 32 filters (batch 6): the direct route against the im2col route, and
-    reproducible from one call to the next (one accumulator per run of rows)."""
+    reproducible from one call to the next (one accumulator per run of rows). Large enough
+    for the default per-thread work floor to run it on every thread (checked)."""
     cconv.set_num_threads(threads)
     rng = np.random.default_rng(8)
     x, w, b = rand(rng, (6, 64, 64, 3), np.float32), rand(rng, (3, 3, 3, 32), np.float32), \
         rand(rng, (32,), np.float32)
+    _testing.reset()
     ys = [F.conv2d(x, w, b) for _ in range(2)]
     dy = rand(rng, ys[0].shape, np.float32)
     gs = [F.conv2d_backward(dy, x, w, need_dx=False) for _ in range(2)]
+    ran = _testing.kernels_run()
+    assert ran["direct_forward"].team == threads == ran["direct_backward_weights"].team
     monkeypatch.setattr(F, "DIRECT_MAX_K", None)
     assert_close(ys[0], F.conv2d(x, w, b), np.float32)
     _, rw, rb = F.conv2d_backward(dy, x, w, need_dx=False)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import cconv
@@ -180,3 +181,38 @@ def test_example_has_cases_that_run_two_threads(restore_threads):
                 route = 0                                  # no AVX-512: im2col + GEMM
             assert plan[0] == route and plan[1] == 2, (xs, backward, plan)
     assert F._threads(4 * 32, 4 * 64 * 64 * 16) == 2              # the (4, 64, 64, 16) pool
+
+
+def test_example_large_cases_run_two_threads_through_both_apis(example):
+    """The example's large cases do run on two threads, through the Cython API and the C
+    API alike: the probe's record of the route kernel's team (the plan saying so is not
+    enough: a kernel may still fall back to one thread)."""
+    from cconv._testing import kernels_run, reset, simd_max
+
+    sys.path.insert(0, str(example / "src"))
+    try:
+        import cconv_downstream as ds
+    finally:
+        sys.path.remove(str(example / "src"))
+    rng = np.random.default_rng(5)
+    one = ((1, 1), (1, 1))
+    for xs, ws, path in [((4, 32, 32, 8), (3, 3, 8, 16), "conv2d_forward"),
+                         ((4, 32, 32, 16), (3, 3, 16, 16), "winograd_forward"),
+                         ((4, 32, 32, 3), (3, 3, 3, 32),
+                          "direct_forward" if simd_max() >= 2 else "conv2d_forward")]:
+        x = rng.standard_normal(xs).astype(np.float32)
+        w = rng.standard_normal(ws).astype(np.float32)
+        b = np.zeros(ws[3], np.float32)
+        y = np.empty(xs[:3] + ws[3:], np.float32)
+        reset()
+        assert ds.conv2d(x, w, b, y, (1, 1), one, (1, 1), 1, 2) == ds.OK
+        assert kernels_run()[path].team == 2, (xs, kernels_run())
+        reset()
+        assert ds.capi_conv2d_forward(x, w, b, y, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2) == ds.OK
+        assert kernels_run()[path].team == 2, (xs, kernels_run())
+    x = rng.standard_normal((4, 64, 64, 16)).astype(np.float32)
+    y, a = np.empty((4, 32, 32, 16), np.float32), np.empty((4, 32, 32, 16), np.int32)
+    reset()
+    assert ds.max_pool2d(x, y, a, (2, 2), (2, 2), ((0, 0), (0, 0)), 2) == ds.OK
+    run = kernels_run()
+    assert [r.team for name, r in run.items() if name.startswith("max_pool2d_forward")] == [2], run

@@ -12,6 +12,8 @@ import pytest
 import cconv
 from cconv import functional as F
 
+import reference as R
+
 DTYPES = [np.float32, np.float64]
 
 CONVS = [  # x shape, w shape, kwargs
@@ -128,3 +130,57 @@ def test_bad_out_still_gets_its_message_after_the_geometry_is_known():
                                 np.empty((1, 4, 4, 4), np.float32)))
     with pytest.raises(TypeError, match="workspace"):
         F.conv2d(x, w, padding=1, workspace=np.empty(10 ** 6, np.uint8))
+
+
+def test_forced_routes_and_threads_reach_calls_the_fast_paths_would_serve():
+    """cconv._testing.forced reaches every call: a small plain call that the fast paths serve
+    by default (one thread, im2col + GEMM, generic or vectorised pool) runs on the forced
+    route with a team of the forced size. The fast paths take the forced knobs (the tuning
+    and work floor that functional passes them) and decline what they would not run so,
+    leaving it to the general path and the compiled plan; what they do serve under forcing
+    (one thread, im2col, the forced pool instruction set) they serve as forced."""
+    from cconv._testing import forced, kernels_run, simd_max
+
+    rng = np.random.default_rng(4)
+    x, w = rand(rng, (2, 8, 8, 16), np.float32), rand(rng, (3, 3, 16, 16), np.float32)
+    xs = rand(rng, (1, 8, 8, 16), np.float32)
+    kw = dict(padding=1)
+    want = F.conv2d(x, w, **kw)
+    F._GEOMETRIES.clear()
+    with forced(conv="im2col"):                      # the fast path's own route
+        F.conv2d(x, w, **kw)
+        F.max_pool2d(xs, 2)
+        assert fast_conv(x, w, None, kw) is not None
+        assert fast_pool(xs, dict(pool_size=2)) is not None
+        assert kernels_run()["conv2d_forward"].team == 1
+
+    with forced(threads=2, conv="im2col"):           # two threads: the plan, not the fast path
+        assert fast_conv(x, w, None, kw) is None
+        assert same_bits(F.conv2d(x, w, **kw), F.conv2d(x, w, **kw))
+        assert kernels_run()["conv2d_forward"] == (2, 2)
+        np.testing.assert_allclose(F.conv2d(x, w, **kw), want, rtol=1e-5, atol=1e-5)
+
+    with forced(threads=1, conv="winograd"):         # another route: the plan's
+        assert fast_conv(x, w, None, kw) is None
+        np.testing.assert_allclose(F.conv2d(x, w, **kw), want, rtol=1e-4, atol=1e-4)
+        assert set(kernels_run()) == {"winograd_filter", "winograd_forward"}
+
+    for threads in (1, 2):                           # max pool: instruction set and team
+        for pool in ("generic", "avx2", "avx512"):
+            if pool != "generic" and simd_max() < ("avx2", "avx512").index(pool) + 1:
+                continue
+            with forced(threads=threads, pool=pool):
+                y, a = F.max_pool2d(x, 2)
+                run = kernels_run()
+            name = "max_pool2d_forward" + ("" if pool == "generic" else "_" + pool)
+            assert set(run) == {name}, (threads, pool, run)
+            assert run[name].team == threads, (threads, pool, run)
+            ry, ra = R.max_pool2d(x, 2)
+            np.testing.assert_array_equal(y, ry)
+            np.testing.assert_array_equal(a, ra)
+    with forced(pool="generic"):                     # served by the fast path, as forced
+        F.max_pool2d(xs, 2)
+        assert fast_pool(xs, dict(pool_size=2)) is not None
+        assert set(kernels_run()) == {"max_pool2d_forward"}
+    with forced(threads=2, pool="generic"):          # two threads: the general path
+        assert fast_pool(xs, dict(pool_size=2)) is None

@@ -7,11 +7,14 @@ float64, im2col/col2im adjointness, the pooling conventions, need_dx=False, non-
 read-only inputs, inputs never modified, dtypes, NaN/inf, the worked examples of the theory,
 correlate2d/convolve2d against scipy.signal, and thread-count independence.
 """
+import contextlib
+
 import numpy as np
 import pytest
 
-import cconv
+from cconv import _testing
 from cconv import functional as F
+from cconv._testing import Run, forced, kernels_run
 
 import reference as R
 from reference import numerical_grad
@@ -369,30 +372,71 @@ def test_pool_stride_defaults_to_pool_size():
 
 # ---------------------------------------------------------------------------- layouts, flags, dtypes
 
-def _all_calls(dtype, seed=13):
-    """(name, fn, args) for every public function, with small valid arguments."""
+#: The routes the layout, flag and NaN checks run on: (forced() arguments, x shape, w shape,
+#: conv keywords, need_dx, max-pool (size, stride, padding), instruction-set level needed,
+#: dtypes). Each shape is one the route takes, and the tests check that it did.
+ROUTES = {
+    "im2col": (dict(conv="im2col"), (3, 7, 6, 4), (3, 2, 2, 6),
+               dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=2), True,
+               (3, 2, 1), 0, DTYPES),
+    "winograd": (dict(conv="winograd"), (3, 7, 6, 4), (3, 3, 4, 6), dict(padding=(1, 0)), True,
+                 (3, 2, 1), 0, DTYPES),
+    "direct": (dict(conv="direct"), (3, 7, 6, 3), (3, 3, 3, 16),
+               dict(stride=(1, 2), padding=((1, 0), (0, 1))), False, (3, 2, 1), 2, [np.float32]),
+    "generic": (dict(pool="generic"), (3, 7, 9, 8), (2, 2, 8, 4), {}, True, (2, None, 0), 0,
+                DTYPES),
+    "avx2": (dict(pool="avx2"), (3, 7, 9, 8), (2, 2, 8, 4), {}, True, (2, None, 0), 1,
+             [np.float32]),
+    "avx512": (dict(pool="avx512"), (3, 7, 9, 16), (2, 2, 16, 4), {}, True, (2, None, 0), 2,
+               [np.float32]),
+}
+
+
+def route_params(dtypes=DTYPES):
+    """(route, dtype) pairs for pytest: every route with each dtype it applies to."""
+    return [pytest.param(route, dtype, id=f"{route}-{np.dtype(dtype).name}",
+                         marks=pytest.mark.skipif(_testing.simd_max() < spec[6],
+                                                  reason="not on this CPU"))
+            for route, spec in ROUTES.items() for dtype in dtypes if dtype in spec[7]]
+
+
+@contextlib.contextmanager
+def on_route(route):
+    """Run the block on 2 threads and `route`; afterwards check that the route ran."""
+    with forced(threads=2, **ROUTES[route][0]):
+        yield
+        ran = kernels_run()
+    for kernel in _testing.ROUTE_KERNELS[route]:
+        assert kernel in ran, (route, kernel, sorted(ran))
+
+
+def _all_calls(dtype, seed=13, route="im2col"):
+    """(name, fn, args) for every public function, with small valid arguments (the shapes of
+    the route's entry in ROUTES)."""
+    _, xshape, wshape, conv, need_dx, pool, _, _ = ROUTES[route]
     rng = np.random.default_rng(seed)
-    x = rand(rng, (3, 7, 6, 4), dtype)
-    w = rand(rng, (3, 2, 2, 6), dtype)
-    b = rand(rng, (6,), dtype)
-    conv = dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=2)
+    x = rand(rng, xshape, dtype)
+    w = rand(rng, wshape, dtype)
+    b = rand(rng, wshape[3:], dtype)
     y = F.conv2d(x, w, b, **conv)
     dy = rand(rng, y.shape, dtype)
     geo = dict(kernel_size=(2, 3), stride=1, padding=1, dilation=(2, 1))
     cols = rand(rng, F.im2col(x, **geo).shape, dtype)
-    py, arg = F.max_pool2d(x, 3, 2, 1)
+    py, arg = F.max_pool2d(x, *pool)
     pdy = rand(rng, py.shape, dtype)
     img = rand(rng, (6, 5), dtype)
     ker = rand(rng, (3, 2), dtype)
     return [
         ("conv2d", F.conv2d, (x, w, b), conv),
-        ("conv2d_backward", F.conv2d_backward, (dy, x, w), conv),
+        ("conv2d_backward", F.conv2d_backward, (dy, x, w), dict(conv, need_dx=need_dx)),
+        ("conv2d_backward", F.conv2d_backward, (dy, x, w), dict(conv, need_dx=not need_dx)),
         ("im2col", F.im2col, (x,), geo),
         ("col2im", F.col2im, (cols, x.shape), geo),
-        ("max_pool2d", F.max_pool2d, (x, 3, 2, 1), {}),
+        ("max_pool2d", F.max_pool2d, (x, *pool), {}),
         ("max_pool2d_backward", F.max_pool2d_backward, (pdy, arg, x.shape), {}),
         ("avg_pool2d", F.avg_pool2d, (x, 3, 2, 1), {}),
-        ("avg_pool2d_backward", F.avg_pool2d_backward, (pdy, x.shape, 3, 2, 1), {}),
+        ("avg_pool2d_backward", F.avg_pool2d_backward, (rand(rng, F.avg_pool2d(x, 3, 2, 1).shape, dtype),
+                                                        x.shape, 3, 2, 1), {}),
         ("correlate2d", F.correlate2d, (img, ker, "same"), {}),
         ("convolve2d", F.convolve2d, (img, ker, "full"), {}),
     ]
@@ -425,9 +469,14 @@ def _noncontiguous(a, how):
 
 
 @pytest.mark.parametrize("how", ["fortran", "strided", "reversed", "transposed", "readonly"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_noncontiguous_and_readonly_inputs_give_identical_results(how, dtype):
-    for name, fn, args, kwargs in _all_calls(dtype):
+@pytest.mark.parametrize("route, dtype", route_params())
+def test_noncontiguous_and_readonly_inputs_give_identical_results(how, route, dtype):
+    with on_route(route):
+        _check_layouts(how, dtype, route)
+
+
+def _check_layouts(how, dtype, route):
+    for name, fn, args, kwargs in _all_calls(dtype, route=route):
         expected = _flat(fn(*args, **kwargs))
         if how == "readonly":
             new_args = []
@@ -446,26 +495,26 @@ def test_noncontiguous_and_readonly_inputs_give_identical_results(how, dtype):
             np.testing.assert_array_equal(g, e, err_msg=f"{name} with {how} inputs")
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_inputs_are_never_modified(dtype):
-    for name, fn, args, kwargs in _all_calls(dtype):
-        before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-        fn(*args, **kwargs)
-        fn(*args, **kwargs)
-        for a, b in zip(args, before):
-            if isinstance(a, np.ndarray):
-                np.testing.assert_array_equal(a, b, err_msg=name)
-    # need_dx=False as well
-    _, fn, args, kwargs = _all_calls(dtype)[1]
-    before = [a.copy() for a in args]
-    fn(*args, need_dx=False, **kwargs)
-    for a, b in zip(args, before):
-        np.testing.assert_array_equal(a, b)
+@pytest.mark.parametrize("route, dtype", route_params())
+def test_inputs_are_never_modified(route, dtype):
+    with on_route(route):
+        for name, fn, args, kwargs in _all_calls(dtype, route=route):
+            before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            fn(*args, **kwargs)
+            fn(*args, **kwargs)
+            for a, b in zip(args, before):
+                if isinstance(a, np.ndarray):
+                    np.testing.assert_array_equal(a, b, err_msg=name)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_output_dtype_is_input_dtype(dtype):
-    for name, fn, args, kwargs in _all_calls(dtype):
+@pytest.mark.parametrize("route, dtype", route_params())
+def test_output_dtype_is_input_dtype(route, dtype):
+    with on_route(route):
+        _check_output_dtypes(dtype, route)
+
+
+def _check_output_dtypes(dtype, route):
+    for name, fn, args, kwargs in _all_calls(dtype, route=route):
         result = fn(*args, **kwargs)
         outs = _flat(result)
         if name == "max_pool2d":
@@ -476,29 +525,55 @@ def test_output_dtype_is_input_dtype(dtype):
         assert all(o.flags.c_contiguous for o in outs), name
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_nan_and_inf_pass_through(dtype):
-    rng = np.random.default_rng(14)
-    x = rand(rng, (2, 6, 6, 3), dtype)
-    x[0, 1, 2, 0] = np.nan
-    x[1, 4, 4, 2] = np.inf
-    w = rand(rng, (3, 3, 3, 2), dtype)
-    b = rand(rng, (2,), dtype)
-    y = F.conv2d(x, w, b, padding=1)
-    ry = R.conv2d(x, w, b, padding=1)
-    np.testing.assert_array_equal(np.isnan(y), np.isnan(ry))
-    np.testing.assert_array_equal(np.isinf(y), np.isinf(ry))
-    assert np.isnan(y[0, 0:3, 1:4]).all() and np.isfinite(y[0, 4:, :]).all()
-    assert np.isinf(y[1, 3:6, 3:6]).all() or np.isnan(y[1, 3:6, 3:6]).any()
-    assert_close(y, ry, dtype)
-    dy = rand(rng, y.shape, dtype)
-    for got, ref in zip(F.conv2d_backward(dy, x, w, padding=1),
-                        R.conv2d_backward(dy, x, w, padding=1)):
+@pytest.mark.parametrize("route, dtype", route_params())
+def test_nan_and_inf_pass_through(route, dtype):
+    with on_route(route):
+        _check_nan_and_inf(dtype, route)
+
+
+def _with_route(fn, *args, **kwargs):
+    """fn(...) and whether the Winograd route has run (in this forced() block)."""
+    out = fn(*args, **kwargs)
+    return out, any(k in ("winograd_forward", "winograd_backward") for k in kernels_run())
+
+
+def _assert_close_nonfinite(got, ref, dtype, winograd):
+    """Close to the reference, with NaN and inf where it has them. On the Winograd route an
+    infinite input gives NaN instead of +-inf in the outputs that see it (its transforms
+    subtract, and inf - inf is NaN): there the finite entries and the NaNs must agree."""
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
+    assert np.isnan(got[np.isnan(ref)]).all()
+    if winograd:
+        finite = np.isfinite(ref)
+        assert_close(got[finite], ref[finite], dtype)
+    else:
         np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
         assert_close(got, ref, dtype)
-    dw = F.conv2d_backward(dy, x, w, padding=1)[1]
-    assert np.isnan(dw[:, :, 0, :]).all()                   # every tap saw the NaN of channel 0
-    assert not np.isnan(dw[:, :, 1, :]).any()
+
+
+def _check_nan_and_inf(dtype, route):
+    rng = np.random.default_rng(14)
+    c, cout = ROUTES[route][1][3], ROUTES[route][2][3]
+    x = rand(rng, (2, 6, 6, c), dtype)
+    x[0, 1, 2, 0] = np.nan
+    x[1, 4, 4, 2] = np.inf
+    w = rand(rng, (3, 3, c, cout), dtype)
+    b = rand(rng, (cout,), dtype)
+    y, wino = _with_route(F.conv2d, x, w, b, padding=1)
+    ry = R.conv2d(x, w, b, padding=1)
+    _assert_close_nonfinite(y, ry, dtype, wino)
+    assert np.isnan(y[0, 0:3, 1:4]).all() and np.isfinite(y[0, 4:, :]).all()
+    assert np.isinf(y[1, 3:6, 3:6]).all() or np.isnan(y[1, 3:6, 3:6]).any()
+    dy = rand(rng, y.shape, dtype)
+    for need_dx in (True, False):
+        got_all, wino = _with_route(F.conv2d_backward, dy, x, w, padding=1, need_dx=need_dx)
+        for got, ref in zip(got_all, R.conv2d_backward(dy, x, w, padding=1)):
+            if got is None:
+                continue
+            _assert_close_nonfinite(got, ref, dtype, wino)
+        dw = got_all[1]
+        assert np.isnan(dw[:, :, 0, :]).all()               # every tap saw the NaN of channel 0
+        assert not np.isnan(dw[:, :, 1, :]).any()
 
     p, arg = F.max_pool2d(x, 2)
     assert np.isnan(p[0, 0, 1, 0]) and arg[0, 0, 1, 0] == 1 * 6 + 2   # the NaN wins
@@ -601,29 +676,43 @@ def test_correlate_convolve_kernel_larger_than_image(mode):
 # ---------------------------------------------------------------------------- threads
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_results_do_not_depend_on_thread_count(dtype, restore_threads):
+def test_results_do_not_depend_on_thread_count(dtype):
+    # forced(threads=n) also drops the per-thread work floor: every kernel below really
+    # runs on n threads (checked), not on one as the inputs' size alone would decide.
     rng = np.random.default_rng(17)
     x = rand(rng, (9, 21, 19, 6), dtype)        # odd batch, several tiles
     w = rand(rng, (3, 3, 3, 8), dtype)
     b = rand(rng, (8,), dtype)
     conv = dict(stride=(1, 2), padding="same", dilation=1, groups=2)
     results = []
-    for n in (1, 2):
-        cconv.set_num_threads(n)
-        assert cconv.get_num_threads() == n
-        y = F.conv2d(x, w, b, **conv)
-        dy = np.ones_like(y) * 0.5 + rand(np.random.default_rng(18), y.shape, dtype)
-        grads = F.conv2d_backward(dy, x, w, **conv)
-        grads1 = F.conv2d_backward(dy, x, w, need_dx=False, **conv)
-        p, arg = F.max_pool2d(x, 3, 2, 1)
-        pb = F.max_pool2d_backward(p, arg, x.shape)
-        a = F.avg_pool2d(x, 2, 1, "same")
-        ab = F.avg_pool2d_backward(a, x.shape, 2, 1, "same")
-        cols = F.im2col(x, 3, 2, 1)
-        back = F.col2im(cols, x.shape, 3, 2, 1)
-        results.append(dict(y=y, dx=grads[0], dw=grads[1], db=grads[2], dw1=grads1[1],
-                            p=p, arg=arg, pb=pb, a=a, ab=ab, cols=cols, back=back))
-    one, two = results
+    for n in (1, 2, 3):
+        with forced(threads=n):
+            results.append(_thread_count_run(x, w, b, conv, dtype))
+            ran = kernels_run()
+        assert {k: v.team for k, v in ran.items()} == dict.fromkeys(
+            ["conv2d_forward", "conv2d_backward", "conv2d_backward_weights", "max_pool2d_forward",
+             "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "im2col",
+             "col2im"], n), ran
+    for other in results[1:]:
+        _assert_same_up_to_rounding(results[0], other, dtype)
+
+
+def _thread_count_run(x, w, b, conv, dtype):
+    y = F.conv2d(x, w, b, **conv)
+    dy = np.ones_like(y) * 0.5 + rand(np.random.default_rng(18), y.shape, dtype)
+    grads = F.conv2d_backward(dy, x, w, **conv)
+    grads1 = F.conv2d_backward(dy, x, w, need_dx=False, **conv)
+    p, arg = F.max_pool2d(x, 3, 2, 1)
+    pb = F.max_pool2d_backward(p, arg, x.shape)
+    a = F.avg_pool2d(x, 2, 1, "same")
+    ab = F.avg_pool2d_backward(a, x.shape, 2, 1, "same")
+    cols = F.im2col(x, 3, 2, 1)
+    back = F.col2im(cols, x.shape, 3, 2, 1)
+    return dict(y=y, dx=grads[0], dw=grads[1], db=grads[2], dw1=grads1[1],
+                p=p, arg=arg, pb=pb, a=a, ab=ab, cols=cols, back=back)
+
+
+def _assert_same_up_to_rounding(one, two, dtype):
     # Pools, im2col and col2im do the same arithmetic in the same order: bit-identical.
     for k in ("p", "arg", "pb", "a", "ab", "cols", "back"):
         np.testing.assert_array_equal(one[k], two[k], err_msg=k)
@@ -701,23 +790,25 @@ def test_relu_backward_finite_differences(case):
 
 # ---------------------------------------------------------------------------- dense GEMM
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_matmul_matches_numpy(dtype, trans_a, trans_b, threads, restore_threads):
-    """The dense layers' GEMM: every transpose combination, rows split over threads."""
-    cconv.set_num_threads(threads)
+def test_dense_matmul_matches_numpy(dtype, trans_a, trans_b, threads):
+    """The dense layers' GEMM: every transpose combination, rows split over threads
+    (really: each thread of the team takes its block of rows)."""
     rng = np.random.default_rng(19)
     m, k, n = 301, 67, 45                    # odd sizes: uneven row blocks
     a = rand(rng, (k, m) if trans_a else (m, k), dtype)
     b = rand(rng, (n, k) if trans_b else (k, n), dtype)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
-    got = F.matmul(a, b, trans_a, trans_b)
+    with forced(threads=threads):
+        got = F.matmul(a, b, trans_a, trans_b)
+        assert kernels_run() == {"matmul": Run(threads, threads)}
+        out = rand(rng, (m, n), dtype)
+        before = out.copy()
+        assert F.matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
     assert_close(got, expected, dtype)
-    out = rand(rng, (m, n), dtype)
-    before = out.copy()
-    assert F.matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
     assert_close(out, expected + before, dtype)
 
 

@@ -11,11 +11,23 @@ float32/float64 output in the input's dtype, and, when the arguments are small, 
 slow reference of tests/reference.py. Anything else (another exception, a wrong result) fails
 the test with the call that caused it.
 
-Run time: ``CCONV_FUZZ_SECONDS`` (default 10) split between an in-process loop and a loop
-in a subprocess, which catches hard crashes (a segfault shows as a negative exit code). A
-random seed is used unless ``CCONV_FUZZ_SEED`` is set; it is printed for reproduction.
+Every call runs on a random thread count (1-3, below the per-thread work floor, so the
+work is really split; a third of them with the smallest im2col tiles and Winograd blocks,
+so that small inputs take many of each per thread) and a random kernel route (``cconv._testing.forced``: im2col,
+Winograd, direct convolution; generic, AVX2, AVX-512 max pool), and a third of the valid
+calls are shaped for the fast routes (3x3 stride-1 convolutions with channel counts that
+are multiples of 8 and 16, float32 first layers with C_out a multiple of 16, tiled float32
+max pools with C a multiple of 8 or 16, odd sizes). The test checks that every route's
+kernels and every thread count were reached.
 
-    CCONV_FUZZ_SECONDS=600 python -m pytest tests/test_fuzz.py -s
+Runs: by default (CI) a fixed seed and a fixed number of calls, split between an in-process
+loop and a loop in a subprocess, which catches hard crashes (a segfault shows as a negative
+exit code): the same calls every time. ``CCONV_FUZZ_SEED`` sets another seed ("random"
+draws one); ``CCONV_FUZZ_SECONDS`` runs for that long instead, with a newly drawn seed
+unless one is set. The seed is printed for reproduction.
+
+    python -m pytest tests/test_fuzz.py                         # CI: seed 2024, fixed calls
+    CCONV_FUZZ_SECONDS=600 python -m pytest tests/test_fuzz.py -s   # long run, new seeds
     python tests/test_fuzz.py --seconds 60 --seed 1 --trace      # standalone, one process
 
 Memory: the loop runs under an address-space limit (current usage + 3 GiB) so that a size
@@ -38,10 +50,15 @@ try:
 except ImportError:  # not POSIX
     resource = None
 
+from cconv import _testing
 from cconv import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import reference as R  # noqa: E402
+
+#: The seed of CI runs, and their number of calls (in-process, subprocess).
+FIXED_SEED = 2024
+CALLS = (6000, 2500)
 
 ALLOWED = (ValueError, TypeError, MemoryError)
 FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
@@ -179,16 +196,28 @@ def padding_value(rng):
 # ----------------------------------------------------------------------------- calls
 
 def valid_call(rng, name):
-    """A small valid call of ``name``: (args, kwargs)."""
-    dtype = np.float32 if rng.random() < 0.5 else np.float64
-    n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
-    groups = int(rng.choice([1, 1, 2, 3]))
-    c = groups * int(rng.integers(1, 3))
-    cout = groups * int(rng.integers(1, 3))
+    """A small valid call of ``name``: (args, kwargs). A third are shaped for the fast
+    routes: Winograd (3x3, stride 1, groups 1), direct (float32, C_out a multiple of 16,
+    few input channels), vectorised max pool (float32, C a multiple of 8, tiled windows)."""
+    fast = rng.choice(["", "", "", "winograd", "direct", "pool"])
+    dtype = np.float32 if fast or rng.random() < 0.5 else np.float64
+    big = 15 if fast == "winograd" else 9     # Winograd: several 8-tile blocks per image
+    n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, big)), int(rng.integers(1, big))
+    groups = 1 if fast else int(rng.choice([1, 1, 2, 3]))
+    if fast == "direct":
+        c, cout = int(rng.integers(1, 4)), int(rng.choice([16, 32]))
+    elif fast:
+        c, cout = (int(rng.choice([1, 2, 3, 5, 8, 16, 17, 24, 32])) for _ in range(2))
+    else:
+        c, cout = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
     k = (int(rng.integers(1, min(h, 4) + 1)), int(rng.integers(1, min(w, 4) + 1)))
-    geo = dict(stride=(int(rng.integers(1, 4)), int(rng.integers(1, 4))),
-               padding=[0, 1, "same", "valid", ((1, 0), (0, 1))][rng.integers(0, 5)],
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+    geo = dict(stride=stride, padding=[0, 1, "same", "valid", ((1, 0), (0, 1))][rng.integers(0, 5)],
                dilation=1)
+    if fast == "winograd":
+        k, geo["stride"] = (3, 3), 1
+        if min(h, w) < 3:
+            geo["padding"] = 1
     x = values(rng, (n, h, w, c), dtype)
     if name in ("conv2d_transpose", "conv2d_transpose_backward"):
         wt = values(rng, (k[0], k[1], cout // groups, c), dtype)
@@ -213,7 +242,7 @@ def valid_call(rng, name):
         if name == "conv2d":
             return [x, wt, values(rng, (cout,), dtype)], kw
         y_shape = F.conv2d(x, wt, **kw).shape
-        return [values(rng, y_shape, dtype), x, wt], dict(kw, need_dx=bool(rng.random() < 0.7))
+        return [values(rng, y_shape, dtype), x, wt], dict(kw, need_dx=bool(rng.random() < (0.4 if fast == "direct" else 0.7)))
     if name == "im2col":
         return [x, k], geo
     if name == "col2im":
@@ -221,6 +250,8 @@ def valid_call(rng, name):
         return [values(rng, rows, dtype), x.shape, k], geo
     pool = dict(stride=[None, 1, 2, (1, 2)][rng.integers(0, 4)],
                 padding=[0, "same", "valid", (min(k) - 1, 0)][rng.integers(0, 4)])
+    if fast:        # windows that tile the input: the vectorised kernels
+        pool = dict(stride=None, padding=0)
     if name in ("max_pool2d", "avg_pool2d"):
         return [x, k], pool
     if name == "max_pool2d_backward":
@@ -386,7 +417,7 @@ def check_result(name, args, kwargs, result, before):
         if not isinstance(o, np.ndarray) or o.dtype != dtype or o.dtype.kind != "f":
             return f"result {describe(o)} not an array of the input dtype {dtype}"
     floats = [a for a in args if isinstance(a, np.ndarray) and a.dtype.kind == "f"]
-    if sum(a.size for a in floats) + sum(o.size for o in outs) > 6000:
+    if sum(a.size for a in floats) + sum(o.size for o in outs) > 30000:
         return None
     for a in floats:
         # Compare only ordinary numbers: with inf/NaN/overflow the summation order decides
@@ -442,52 +473,77 @@ def address_space_limit(extra=3 << 30):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def fuzz(seconds, seed, trace=False):
-    """Call random functions for ``seconds``; return (counts, problems)."""
-    import cconv
+def _settings(rng):
+    """forced() arguments for one call: a thread count and routes this CPU has."""
+    top = _testing.simd_max()
+    conv = str(rng.choice(["auto", "im2col", "winograd", "direct"][:4 if top >= 2 else 3]))
+    pools = ["auto", "generic", "avx2", "avx512"][:2 + top]
+    if conv == "direct":
+        pools = [p for p in pools if p in ("auto", "avx512")]
+    return dict(threads=int(rng.integers(1, 4)), conv=conv, pool=str(rng.choice(pools)),
+                block_bytes=1 if rng.random() < 0.3 else None)
+
+
+def fuzz(seconds, seed, trace=False, calls=None):
+    """Call random functions for ``seconds`` (or ``calls`` calls); return (counts,
+    calls per function, problems, kernel paths reached with the team sizes seen)."""
     rng = np.random.default_rng(seed)
     counts = collections.Counter()
     per_function = collections.Counter()
+    reached = collections.defaultdict(set)
     problems = []
-    threads = cconv.get_num_threads()
-    deadline = time.perf_counter() + seconds
+    deadline = time.perf_counter() + (seconds if seconds is not None else float("inf"))
+    attempts = 0
+    with address_space_limit(), np.errstate(all="ignore"):
+        while time.perf_counter() < deadline and (calls is None or attempts < calls):
+            attempts += 1
+            settings = _settings(rng)
+            try:
+                name, args, kwargs = make_call(rng)
+            except ALLOWED + (OverflowError,):  # building the call hit its own garbage
+                continue
+            if too_much_work(name, args, kwargs):
+                counts["skipped (too much work)"] += 1
+                continue
+            desc = f"{name}({', '.join(map(describe, args))}" + "".join(
+                f", {k}={describe(v)}" for k, v in kwargs.items()) + f") with {settings}"
+            if trace:
+                print(desc, file=sys.stderr, flush=True)
+            before = _snapshot(args)
+            per_function[name] += 1
+
+            def call(name=name, args=args, kwargs=kwargs, settings=settings):
+                with _testing.forced(**settings):
+                    try:
+                        return getattr(F, name)(*args, **kwargs)
+                    finally:
+                        for path, run in _testing.kernels_run().items():
+                            reached[path].add(run.team)
+
+            _judge(call, lambda result, name=name, args=args, kwargs=kwargs, before=before:
+                   check_result(name, args, kwargs, result, before), desc, counts, problems)
+    return counts, per_function, problems, reached
+
+
+def _judge(call, check, desc, counts, problems):
+    """Run call(): count its outcome, and record a problem (with desc) for an exception
+    other than ALLOWED, an allowed one with an empty message, or a result check() refuses."""
     try:
-        with address_space_limit(), np.errstate(all="ignore"):
-            while time.perf_counter() < deadline:
-                if rng.random() < 0.02:
-                    cconv.set_num_threads(int(rng.integers(1, 3)))
-                try:
-                    name, args, kwargs = make_call(rng)
-                except ALLOWED + (OverflowError,):  # building the call hit its own garbage
-                    continue
-                if too_much_work(name, args, kwargs):
-                    counts["skipped (too much work)"] += 1
-                    continue
-                desc = f"{name}({', '.join(map(describe, args))}" + "".join(
-                    f", {k}={describe(v)}" for k, v in kwargs.items()) + ")"
-                if trace:
-                    print(desc, file=sys.stderr, flush=True)
-                before = _snapshot(args)
-                per_function[name] += 1
-                try:
-                    result = getattr(F, name)(*args, **kwargs)
-                except ALLOWED as exc:
-                    counts[type(exc).__name__] += 1
-                    if not str(exc):
-                        problems.append((desc, f"{type(exc).__name__} with an empty message"))
-                    continue
-                except Exception as exc:  # any other exception is a bug
-                    counts["other exception"] += 1
-                    problems.append((desc, f"{type(exc).__name__}: {exc}"))
-                    continue
-                counts["result"] += 1
-                err = check_result(name, args, kwargs, result, before)
-                if err:
-                    counts["wrong result"] += 1
-                    problems.append((desc, err))
-    finally:
-        cconv.set_num_threads(threads)
-    return counts, per_function, problems
+        result = call()
+    except ALLOWED as exc:
+        counts[type(exc).__name__] += 1
+        if not str(exc):
+            problems.append((desc, f"{type(exc).__name__} with an empty message"))
+        return
+    except Exception as exc:  # any other exception is a bug
+        counts["other exception"] += 1
+        problems.append((desc, f"{type(exc).__name__}: {exc}"))
+        return
+    counts["result"] += 1
+    err = check(result)
+    if err:
+        counts["wrong result"] += 1
+        problems.append((desc, err))
 
 
 def helper_call(rng):
@@ -553,31 +609,18 @@ def check_helper(name, args, result):
     return None if ok else f"returned {describe(result)}"
 
 
-def fuzz_helpers(seconds, seed):
+def fuzz_helpers(seed, calls):
     rng = np.random.default_rng(seed)
     counts, per_function, problems = collections.Counter(), collections.Counter(), []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    for _ in range(calls):
         name, args = helper_call(rng)
         if name == "conv_output_size" and len(args) < 2:
             args = args + [3]
         desc = f"{name}({', '.join(map(describe, args))})"
         per_function[name] += 1
-        try:
-            with np.errstate(all="ignore"):
-                result = getattr(F, name)(*args)
-        except ALLOWED as exc:
-            counts[type(exc).__name__] += 1
-            continue
-        except Exception as exc:  # any other exception is a bug
-            counts["other exception"] += 1
-            problems.append((desc, f"{type(exc).__name__}: {exc}"))
-            continue
-        counts["result"] += 1
-        err = check_helper(name, args, result)
-        if err:
-            counts["wrong result"] += 1
-            problems.append((desc, err))
+        with np.errstate(all="ignore"):
+            _judge(lambda: getattr(F, name)(*args),
+                   lambda result: check_helper(name, args, result), desc, counts, problems)
     return counts, per_function, problems
 
 
@@ -592,27 +635,53 @@ def _report(counts, per_function, problems, seed, where):
 
 
 def _budget():
-    total = float(os.environ.get("CCONV_FUZZ_SECONDS", "10"))
-    return 0.7 * total, 0.3 * total
+    """((seconds, calls) in-process, (seconds, calls) in the subprocess): CI's fixed call
+    counts, or CCONV_FUZZ_SECONDS split 70/30."""
+    total = os.environ.get("CCONV_FUZZ_SECONDS")
+    if total:
+        return (0.7 * float(total), None), (0.3 * float(total), None)
+    return (None, CALLS[0]), (None, CALLS[1])
 
 
 def _seed():
-    s = os.environ.get("CCONV_FUZZ_SEED")
-    return int(s) if s else int.from_bytes(os.urandom(4), "little")
+    """CCONV_FUZZ_SEED (an int, or "random"); unset: FIXED_SEED, unless CCONV_FUZZ_SECONDS
+    asks for a long run, which draws a new seed."""
+    s = os.environ.get("CCONV_FUZZ_SEED", "")
+    if s.strip().lower() == "random" or (not s and os.environ.get("CCONV_FUZZ_SECONDS")):
+        return int.from_bytes(os.urandom(4), "little")
+    return int(s) if s else FIXED_SEED
+
+
+#: Kernel paths every run must reach (with the vectorised ones this CPU has).
+ROUTE_PATHS = ["conv2d_forward", "conv2d_backward", "conv2d_backward_weights", "winograd_forward",
+               "winograd_backward", "max_pool2d_forward", "max_pool2d_backward_tiled",
+               "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "im2col",
+               "col2im", "relu_backward"]
+SIMD_PATHS = {1: ["max_pool2d_forward_avx2", "max_pool2d_backward_tiled_avx2"],
+              2: ["max_pool2d_forward_avx512", "max_pool2d_backward_tiled_avx512",
+                  "direct_forward", "direct_backward_weights"]}
 
 
 # ----------------------------------------------------------------------------- tests
 
 def test_fuzz_in_process():
-    seconds, _ = _budget()
+    (seconds, calls), _ = _budget()
     seed = _seed()
-    counts, per_function, problems = fuzz(seconds, seed)
+    counts, per_function, problems, reached = fuzz(seconds, seed, calls=calls)
     _report(counts, per_function, problems, seed, "in-process")
+    print("[in-process] kernel paths reached (team sizes): "
+          + ", ".join(f"{k} {sorted(v)}" for k, v in sorted(reached.items())))
     assert sum(per_function.values()) > 100
     assert set(per_function) == set(FUNCTIONS)
     assert counts["result"] > 0 and counts["ValueError"] > 0 and counts["TypeError"] > 0
     assert not problems, (f"seed {seed}: {len(problems)} problems, first: "
                           f"{problems[0][1]} in {problems[0][0]}")
+    if sum(per_function.values()) >= 2000:     # a run long enough to reach everything
+        want = ROUTE_PATHS + [p for lv in (1, 2) if _testing.simd_max() >= lv
+                              for p in SIMD_PATHS[lv]]
+        missing = [p for p in want if p not in reached]
+        assert not missing, f"seed {seed}: the fuzzer never reached {missing}"
+        assert {1, 2, 3} <= set().union(*reached.values()), reached
 
 
 def test_every_public_function_is_fuzzed():
@@ -622,7 +691,7 @@ def test_every_public_function_is_fuzzed():
 
 def test_fuzz_argument_helpers():
     seed = _seed()
-    counts, per_function, problems = fuzz_helpers(1.0, seed)
+    counts, per_function, problems = fuzz_helpers(seed, calls=3000)
     _report(counts, per_function, problems, seed, "helpers")
     assert set(per_function) == set(HELPERS)
     assert not problems, (f"seed {seed}: {len(problems)} problems, e.g.:\n"
@@ -630,12 +699,12 @@ def test_fuzz_argument_helpers():
 
 
 def test_fuzz_in_subprocess_never_crashes():
-    _, seconds = _budget()
-    seed = _seed()
+    _, (seconds, calls) = _budget()
+    seed = _seed() + 1
+    budget = ["--seconds", str(seconds)] if seconds is not None else ["--calls", str(calls)]
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--seconds", str(seconds),
-         "--seed", str(seed), "--trace"],
-        capture_output=True, text=True, timeout=seconds + 120)
+        [sys.executable, os.path.abspath(__file__), *budget, "--seed", str(seed), "--trace"],
+        capture_output=True, text=True, timeout=(seconds or 60) + 240)
     lines = proc.stdout.strip().splitlines()
     print("\n" + "\n".join(lines[-4:]))
     last_calls = "\n".join(proc.stderr.strip().splitlines()[-3:])
@@ -646,12 +715,14 @@ def test_fuzz_in_subprocess_never_crashes():
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seconds", type=float, default=None, help="run for this long")
+    p.add_argument("--calls", type=int, default=None, help="make this many calls")
+    p.add_argument("--seed", type=int, default=None, help="default: a new random seed")
     p.add_argument("--trace", action="store_true", help="print every call to stderr first")
     a = p.parse_args(argv)
-    seed = a.seed if a.seed is not None else _seed()
-    counts, per_function, problems = fuzz(a.seconds, seed, trace=a.trace)
+    seed = a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little")
+    seconds = a.seconds if a.seconds is not None or a.calls is not None else 10.0
+    counts, per_function, problems, _ = fuzz(seconds, seed, trace=a.trace, calls=a.calls)
     _report(counts, per_function, problems, seed, "subprocess")
     return 1 if problems else 0
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import cconv
-from cconv import callbacks, losses, optim
+from cconv import _testing, callbacks, losses, optim
 from cconv.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax)
 from cconv.model import NonFiniteLossError
 
@@ -114,6 +114,7 @@ def test_reproducible_with_threads(threads):
     y = rng.integers(0, 4, 256)
     saved = cconv.get_num_threads()
     cconv.set_num_threads(threads)
+    _testing.reset()
     try:
         runs = []
         for _ in range(2):
@@ -126,6 +127,10 @@ def test_reproducible_with_threads(threads):
     finally:
         cconv.set_num_threads(saved)
     assert_same_weights(runs[0], runs[1])
+    ran = _testing.kernels_run()             # the convolutions really ran on that many threads
+    for kernel in ("conv2d_forward", "conv2d_backward_weights", "winograd_forward",
+                   "winograd_backward"):
+        assert ran[kernel].team == threads, (kernel, ran[kernel])
 
 
 def test_shuffle_changes_batches_and_seed_none_is_recorded():

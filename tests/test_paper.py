@@ -1,6 +1,7 @@
 """``cconv paper``: the whole protocol on a tiny synthetic LFW, and a short smoke run
 on the real data when it is present."""
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def test_paper_command_on_a_synthetic_lfw(tmp_path, capsys):
     assert (s["min"], s["max"]) == (min(accs), max(accs))
     assert s["median"] == pytest.approx(statistics.median(accs))
     assert doc["wall_time_s"] > 0 and doc["paper_accuracy"] == 0.8347
+    assert doc["cconv_version"] == cconv.__version__
+    src = os.path.dirname(os.path.abspath(cconv.__file__))
+    if os.path.isdir(os.path.join(src, "..", "..", ".git")) or os.path.isfile(
+            os.path.join(src, "..", "..", ".git")):          # a checkout (a worktree: a file)
+        assert len(doc["git_commit"]) == 40 and isinstance(doc["git_dirty"], bool)
+    else:                                                    # an installed wheel
+        assert doc["git_commit"] is None and doc["git_dirty"] is None
 
     # the saved model reproduces the reported test accuracy on the same split
     model = cconv.load_model(out / "model_seed1.npz")

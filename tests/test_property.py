@@ -4,6 +4,14 @@ Random shapes, strides, paddings (every form), dilations, groups, pool sizes and
 including the degenerate but legal corners: 1x1 images, a kernel as large as the padded
 input, a batch of one, a single channel.
 
+Every kernel route is reached: the convolution and max-pool tests run once per route
+(``cconv._testing.forced``) with shapes drawn for it (Winograd: 3x3 stride 1 with channel
+counts that include multiples of 8 and 16; direct: float32 first-layer shapes, K = KH*KW*C
+<= 32 and C_out a multiple of 16; tiled max pools on float32 with C a multiple of 8 or 16
+for AVX2 and AVX-512, odd heights and widths), and each example checks that the route's
+kernels ran. Every example also draws a thread count (1-3) and runs below the per-thread
+work floor, so the work is really split.
+
 Example counts come from the hypothesis profiles of tests/conftest.py: "ci" (30 examples
 per test, the default) and "long" (1000):
 
@@ -13,14 +21,42 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from cconv import _testing
 from cconv import functional as F
+from cconv._testing import ROUTE_KERNELS, forced, kernels_run
 
 import reference as R
 
 DTYPES = st.sampled_from([np.float32, np.float64])
+THREADS = st.integers(1, 3)
+#: Channel counts: few (the generic loops, im2col) and multiples of 8 and 16 (the
+#: vectorised and Winograd kernels), with an odd one past them.
+CHANNELS = st.sampled_from([1, 2, 3, 5, 8, 16, 17, 24, 32])
+
+
+def _needs(level):
+    return pytest.mark.skipif(_testing.simd_max() < level, reason="not on this CPU")
+
+
+CONV_ROUTES = ["auto", "im2col", "winograd", pytest.param("direct", marks=_needs(2))]
+POOL_ROUTES = ["auto", "generic", pytest.param("avx2", marks=_needs(1)),
+               pytest.param("avx512", marks=_needs(2))]
+
+
+def _blocks(cfg):
+    """forced()'s block_bytes: the smallest im2col tiles and Winograd blocks when the example
+    asks for them (many tiles and blocks per thread on small inputs), else the defaults."""
+    return 1 if cfg.get("small_blocks") else None
+
+
+def assert_route(route, which):
+    """The route's kernel `which` (0 forward, 1 backward) ran, when a route was forced."""
+    if route in ROUTE_KERNELS:
+        ran = kernels_run()
+        assert ROUTE_KERNELS[route][which] in ran, (route, sorted(ran))
 
 
 def assert_close(actual, expected, dtype):
@@ -55,48 +91,80 @@ def _pads_strategy(max_pad):
     )
 
 
-def _size_for(draw, extent, pads, degenerate):
+def _size_for(draw, extent, pads, degenerate, slack=5):
     """An input size >= 1 on which a window of this extent fits after padding; hypothesis
     shrinks the slack towards 0, i.e. towards a window exactly as large as the padded input."""
     lo = max(1, extent - pads[0] - pads[1])
-    return lo if degenerate else lo + draw(st.integers(0, 5))
+    return lo if degenerate else lo + draw(st.integers(0, slack))
 
 
 @st.composite
-def conv_configs(draw):
-    dtype = draw(DTYPES)
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
+def conv_configs(draw, route="auto"):
+    """A convolution for `route`: "auto" and "im2col" draw any geometry (groups, depthwise,
+    strides, dilations, channel counts up to 32); "winograd" a 3x3 stride-1 ungrouped one;
+    "direct" a float32 first layer (K = KH*KW*C <= 32, C_out a multiple of 16)."""
+    pair = st.tuples(st.integers(1, 3), st.integers(1, 3))
+    dtype = np.float32 if route == "direct" else draw(DTYPES)
+    groups = 1 if route in ("winograd", "direct") else draw(st.sampled_from([1, 1, 2, 3]))
     depthwise = groups > 1 and draw(st.booleans())
-    cg = 1 if depthwise else draw(st.integers(1, 3))
-    cout = groups * draw(st.integers(1, 3))
-    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    if route == "direct":
+        cg = draw(st.integers(1, 3))
+        k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+        if k[0] * k[1] * cg > 32:
+            k = (k[0], max(1, 32 // (k[0] * cg)))
+        cout = draw(st.sampled_from([16, 32, 48]))
+    elif route == "winograd":
+        cg, cout, k = draw(CHANNELS), draw(CHANNELS), (3, 3)
+    else:
+        cg = 1 if depthwise else draw(st.one_of(st.integers(1, 3), CHANNELS))
+        cout = groups * draw(st.one_of(st.integers(1, 3), st.sampled_from([8, 16])))
+        k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     # an int or a pair for stride and dilation
-    stride = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    dilation = draw(st.one_of(st.integers(1, 3),
-                              st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    if route == "winograd":
+        stride = dilation = 1
+    else:
+        stride = draw(st.one_of(st.integers(1, 3), pair))
+        dilation = draw(st.one_of(st.integers(1, 3), pair))
     d = R.pair(dilation)
-    n = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 5 if route == "winograd" else 3))
     degenerate = draw(st.booleans())
+    # Winograd: images of up to 64 2x2 tiles, so that an image spans several 8-tile blocks
+    slack = 12 if route == "winograd" else 5
     if draw(st.integers(0, 4)) == 0:
         padding = "same"
-        h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+        h, w = draw(st.integers(1, 3 + slack)), draw(st.integers(1, 3 + slack))
     else:
         padding, ((pt, pb), (pl, pr)) = draw(_pads_strategy(3))
-        h = _size_for(draw, d[0] * (k[0] - 1) + 1, (pt, pb), degenerate)
-        w = _size_for(draw, d[1] * (k[1] - 1) + 1, (pl, pr), degenerate)
+        h = _size_for(draw, d[0] * (k[0] - 1) + 1, (pt, pb), degenerate, slack)
+        w = _size_for(draw, d[1] * (k[1] - 1) + 1, (pl, pr), degenerate, slack)
     seed = draw(st.integers(0, 2**32 - 1))
     return dict(shape=(n, h, w, groups * cg), wshape=(k[0], k[1], cg, cout), dtype=dtype,
                 kw=dict(stride=stride, padding=padding, dilation=dilation, groups=groups),
-                seed=seed)
+                seed=seed, threads=draw(THREADS), route=route, small_blocks=draw(st.booleans()))
 
 
 @st.composite
-def pool_configs(draw):
+def pool_configs(draw, route="auto"):
+    """A pooling for `route`: "auto" any geometry; "generic", "avx2", "avx512" windows that
+    tile the input (stride = pool size, no padding; odd sizes leave rows and columns outside
+    every window), float32 for the vectorised kernels with C a multiple of 8 or 16."""
+    if route != "auto":
+        dtype = np.float32 if route != "generic" else draw(DTYPES)
+        k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        step = {"avx512": 16, "avx2": 8}.get(route, 1)
+        c = step * draw(st.integers(1, 3)) if step > 1 else draw(CHANNELS)
+        oh, ow = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        h, w = oh * k[0] + draw(st.integers(0, k[0] - 1)), ow * k[1] + draw(st.integers(0, k[1] - 1))
+        pool = (k if draw(st.booleans()) or k[0] != k[1] else k[0],
+                draw(st.sampled_from([None, k])), draw(st.sampled_from([0, "valid"])))
+        return dict(shape=(draw(st.integers(1, 4)), h, w, c), dtype=dtype, pool=pool,
+                    seed=draw(st.integers(0, 2**32 - 1)), ties=draw(st.booleans()),
+                    threads=draw(THREADS), route=route)
     dtype = draw(DTYPES)
     k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     stride = draw(st.one_of(st.none(), st.integers(1, 3),
                             st.tuples(st.integers(1, 3), st.integers(1, 3))))
-    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n, c = draw(st.integers(1, 3)), draw(st.one_of(st.integers(1, 3), CHANNELS))
     degenerate = draw(st.booleans())
     if draw(st.integers(0, 4)) == 0:
         padding = "same"
@@ -111,7 +179,8 @@ def pool_configs(draw):
         w = _size_for(draw, k[1], (pl, pr), degenerate)
     pool_size = k if draw(st.booleans()) or k[0] != k[1] else k[0]
     return dict(shape=(n, h, w, c), dtype=dtype, pool=(pool_size, stride, padding),
-                seed=draw(st.integers(0, 2**32 - 1)), ties=draw(st.booleans()))
+                seed=draw(st.integers(0, 2**32 - 1)), ties=draw(st.booleans()),
+                threads=draw(THREADS))
 
 
 # ----------------------------------------------------------------------------- convolution
@@ -130,36 +199,62 @@ DEGENERATE_CONV = [
 ]
 
 
-@given(conv_configs())
-@example(DEGENERATE_CONV[0])
-@example(DEGENERATE_CONV[1])
-@example(DEGENERATE_CONV[2])
-@example(DEGENERATE_CONV[3])
-@example(DEGENERATE_CONV[4])
-def test_conv2d_matches_reference(cfg):
+#: Shapes that the automatic choice sends to the fast routes (Winograd: 16 input channels;
+#: direct: float32 RGB, 32 filters), with odd sizes and 2 or 3 threads.
+AUTO_ROUTE_CONV = [
+    dict(shape=(3, 7, 9, 16), wshape=(3, 3, 16, 8), dtype=np.float32,
+         kw=dict(stride=1, padding=1, dilation=1, groups=1), seed=5, threads=3),
+    dict(shape=(2, 9, 7, 3), wshape=(3, 3, 3, 32), dtype=np.float32,
+         kw=dict(stride=1, padding=0, dilation=1, groups=1), seed=6, threads=2),
+]
+
+
+@pytest.mark.parametrize("route", CONV_ROUTES)
+@given(data_=st.data())
+def test_conv2d_matches_reference(route, data_):
+    _check_conv_forward(route, data_.draw(conv_configs(route)))
+
+
+@pytest.mark.parametrize("cfg", DEGENERATE_CONV + AUTO_ROUTE_CONV)
+def test_conv2d_examples_match_reference(cfg):
+    _check_conv_forward("auto", cfg)
+    _check_conv_backward("auto", cfg)
+
+
+def _check_conv_forward(route, cfg):
     x = data(cfg["seed"], cfg["shape"], cfg["dtype"])
     w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"])
     b = data(cfg["seed"] + 2, cfg["wshape"][3:], cfg["dtype"])
-    assert_close(F.conv2d(x, w, b, **cfg["kw"]), R.conv2d(x, w, b, **cfg["kw"]), cfg["dtype"])
+    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)):
+        y = F.conv2d(x, w, b, **cfg["kw"])
+        if cfg.get("route") == route:
+            assert_route(route, 0)
+    want = R.conv2d(x, w, b, **cfg["kw"])
+    assert_close(y, want, cfg["dtype"])
+    for _ in range(2):     # cconv's own settings: the repeat may take the compiled fast path
+        assert_close(F.conv2d(x, w, b, **cfg["kw"]), want, cfg["dtype"])
 
 
-@given(conv_configs())
-@example(DEGENERATE_CONV[0])
-@example(DEGENERATE_CONV[1])
-@example(DEGENERATE_CONV[2])
-@example(DEGENERATE_CONV[3])
-@example(DEGENERATE_CONV[4])
-def test_conv2d_backward_matches_reference(cfg):
+@pytest.mark.parametrize("route", CONV_ROUTES)
+@given(data_=st.data())
+def test_conv2d_backward_matches_reference(route, data_):
+    _check_conv_backward(route, data_.draw(conv_configs(route)))
+
+
+def _check_conv_backward(route, cfg):
     x = data(cfg["seed"], cfg["shape"], cfg["dtype"])
     w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"])
-    y = F.conv2d(x, w, **cfg["kw"])
+    y = R.conv2d(x, w, **cfg["kw"])
     dy = data(cfg["seed"] + 3, y.shape, cfg["dtype"])
-    dx, dw, db = F.conv2d_backward(dy, x, w, **cfg["kw"])
+    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)):
+        dx, dw, db = F.conv2d_backward(dy, x, w, **cfg["kw"])
+        none, dw1, db1 = F.conv2d_backward(dy, x, w, need_dx=False, **cfg["kw"])
+        if cfg.get("route") == route:
+            assert_route(route, 1)
     rx, rw, rb = R.conv2d_backward(dy, x, w, **cfg["kw"])
     assert_close(dx, rx, cfg["dtype"])
     assert_close(dw, rw, cfg["dtype"])
     assert_close(db, rb, cfg["dtype"])
-    none, dw1, db1 = F.conv2d_backward(dy, x, w, need_dx=False, **cfg["kw"])
     assert none is None
     assert_close(dw1, rw, cfg["dtype"])
     assert_close(db1, rb, cfg["dtype"])
@@ -172,11 +267,12 @@ def test_im2col_col2im_match_reference_and_are_adjoint(cfg):
     del kw["groups"]
     kw["kernel_size"] = cfg["wshape"][:2]
     x = data(cfg["seed"], cfg["shape"], cfg["dtype"])
-    cols = F.im2col(x, **kw)
+    c = data(cfg["seed"] + 1, R.im2col(x, **kw).shape, cfg["dtype"])
+    with forced(threads=cfg.get("threads", 1)):
+        cols = F.im2col(x, **kw)
+        back = F.col2im(c, x.shape, **kw)
     np.testing.assert_array_equal(cols, R.im2col(x, **kw))
     assert cols.dtype == np.dtype(cfg["dtype"])
-    c = data(cfg["seed"] + 1, cols.shape, cfg["dtype"])
-    back = F.col2im(c, x.shape, **kw)
     assert_close(back, R.col2im(c, x.shape, **kw), cfg["dtype"])
     x64, c64 = x.astype(np.float64), c.astype(np.float64)
     lhs = np.vdot(F.im2col(x64, **kw), c64)
@@ -194,21 +290,35 @@ DEGENERATE_POOL = [
 ]
 
 
-@given(pool_configs())
-@example(DEGENERATE_POOL[0])
-@example(DEGENERATE_POOL[1])
-@example(DEGENERATE_POOL[2])
-@example(DEGENERATE_POOL[3])
-def test_max_pool_matches_reference(cfg):
+@pytest.mark.parametrize("route", POOL_ROUTES)
+@given(data_=st.data())
+def test_max_pool_matches_reference(route, data_):
+    _check_max_pool(route, data_.draw(pool_configs(route)))
+
+
+@pytest.mark.parametrize("cfg", DEGENERATE_POOL)
+def test_max_pool_examples_match_reference(cfg):
+    _check_max_pool("auto", cfg)
+
+
+def _check_max_pool(route, cfg):
     x = data(cfg["seed"], cfg["shape"], cfg["dtype"], ties=cfg["ties"])
-    y, arg = F.max_pool2d(x, *cfg["pool"])
     ry, rarg = R.max_pool2d(x, *cfg["pool"])
+    dy = data(cfg["seed"] + 1, ry.shape, cfg["dtype"])
+    with forced(threads=cfg.get("threads", 1), pool=route):
+        y, arg = F.max_pool2d(x, *cfg["pool"])
+        dx = F.max_pool2d_backward(dy, arg, x.shape)
+        if cfg.get("route") == route:
+            assert_route(route, 0)
+            assert_route(route, 1)
     np.testing.assert_array_equal(y, ry)
     np.testing.assert_array_equal(arg, rarg)     # includes the first-wins tie rule
+    for _ in range(2):     # cconv's own settings: the repeat may take the compiled fast path
+        y2, arg2 = F.max_pool2d(x, *cfg["pool"])
+        np.testing.assert_array_equal(y2, ry)
+        np.testing.assert_array_equal(arg2, rarg)
     assert y.dtype == np.dtype(cfg["dtype"]) and arg.dtype == np.int32
-    dy = data(cfg["seed"] + 1, y.shape, cfg["dtype"])
-    assert_close(F.max_pool2d_backward(dy, arg, x.shape),
-                 R.max_pool2d_backward_from_x(dy, x, *cfg["pool"]), cfg["dtype"])
+    assert_close(dx, R.max_pool2d_backward_from_x(dy, x, *cfg["pool"]), cfg["dtype"])
 
 
 @given(pool_configs())
@@ -217,11 +327,13 @@ def test_max_pool_matches_reference(cfg):
 @example(DEGENERATE_POOL[2])
 def test_avg_pool_matches_reference(cfg):
     x = data(cfg["seed"], cfg["shape"], cfg["dtype"], ties=cfg["ties"])
-    y = F.avg_pool2d(x, *cfg["pool"])
-    assert_close(y, R.avg_pool2d(x, *cfg["pool"]), cfg["dtype"])
-    dy = data(cfg["seed"] + 1, y.shape, cfg["dtype"])
-    assert_close(F.avg_pool2d_backward(dy, x.shape, *cfg["pool"]),
-                 R.avg_pool2d_backward(dy, x.shape, *cfg["pool"]), cfg["dtype"])
+    ry = R.avg_pool2d(x, *cfg["pool"])
+    dy = data(cfg["seed"] + 1, ry.shape, cfg["dtype"])
+    with forced(threads=cfg.get("threads", 1)):
+        y = F.avg_pool2d(x, *cfg["pool"])
+        dx = F.avg_pool2d_backward(dy, x.shape, *cfg["pool"])
+    assert_close(y, ry, cfg["dtype"])
+    assert_close(dx, R.avg_pool2d_backward(dy, x.shape, *cfg["pool"]), cfg["dtype"])
 
 
 # ----------------------------------------------------------------------------- 2-D signals

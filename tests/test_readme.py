@@ -50,3 +50,18 @@ def test_readme_python_examples_run(tmp_path):
         assert (a == b).all()
     assert set(ns["history"].history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert ns["p"].shape == (8, 8, 8, 16) and ns["dy"].shape == ns["y"].shape
+
+
+LFW_TABLES = README.parent / "tools" / "lfw_tables.py"
+
+
+@pytest.mark.skipif(not LFW_TABLES.exists() or not (README.parent / ".git").exists(),
+                    reason="needs the repository's tools/, docs/ and git history")
+def test_readme_lfw_tables_come_from_the_results_files():
+    """The LFW tables are tools/lfw_tables.py's output from docs/lfw/*.json, and the prose
+    around them quotes no accuracy that those files do not hold."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, str(LFW_TABLES), "--check"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr

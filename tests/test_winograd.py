@@ -7,11 +7,11 @@ reference, finite differences and the im2col route, and that it is taken when it
 import numpy as np
 import pytest
 
-import cconv
 from cconv import functional as F
 
 import reference as R
 from reference import numerical_grad
+from cconv._testing import forced, kernels_run
 from conftest import spy_calls
 from test_functional import DTYPES, assert_close, rand
 
@@ -86,19 +86,21 @@ def test_backward_finite_differences(case, winograd):
     np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_many_blocks_and_threads_match_im2col(dtype, threads, monkeypatch, calls,
-                                              restore_threads):
-    """Blocks of a few tiles, a partial last block, several per thread, odd batch."""
-    cconv.set_num_threads(threads)
+def test_many_blocks_and_threads_match_im2col(dtype, threads, monkeypatch, calls):
+    """Blocks of a few tiles, a partial last block, several per thread, odd batch; the
+    threads really split the work (forced below the per-thread floor, team checked)."""
     rng = np.random.default_rng(5)
     x, w, b = rand(rng, (7, 13, 15, 16), dtype), rand(rng, (3, 3, 16, 24), dtype), rand(rng, (24,), dtype)
-    y0 = F.conv2d(x, w, b, padding=1)
-    dy = rand(rng, y0.shape, dtype)
-    monkeypatch.setattr(F, "WINOGRAD_BLOCK_BYTES", 1)      # the smallest blocks (8 tiles)
-    ys = [F.conv2d(x, w, b, padding=1) for _ in range(2)]
-    gs = [F.conv2d_backward(dy, x, w, padding=1) for _ in range(2)]
+    with forced(threads=threads):
+        y0 = F.conv2d(x, w, b, padding=1)
+        dy = rand(rng, y0.shape, dtype)
+        monkeypatch.setattr(F, "WINOGRAD_BLOCK_BYTES", 1)      # the smallest blocks (8 tiles)
+        ys = [F.conv2d(x, w, b, padding=1) for _ in range(2)]
+        gs = [F.conv2d_backward(dy, x, w, padding=1) for _ in range(2)]
+        ran = kernels_run()
+    assert ran["winograd_forward"].team == threads and ran["winograd_backward"].team == threads
     assert calls == {"winograd_forward": 3, "winograd_backward": 2}
     monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", None)  # the im2col + GEMM route
     ref_y = F.conv2d(x, w, b, padding=1)
@@ -132,19 +134,17 @@ def test_route_is_taken_only_where_it_applies(calls):
 
 
 @pytest.mark.parametrize("slots_per_thread", [1, 3])
-def test_backward_slots_are_reproducible_and_agree(slots_per_thread, monkeypatch, calls,
-                                                   restore_threads):
+def test_backward_slots_are_reproducible_and_agree(slots_per_thread, monkeypatch, calls):
     """On 2 threads the batch is cut into 2 * SLOTS_PER_THREAD runs of images, handed out
     dynamically, each with its own dU/db accumulator: every call gives the same bits, and
     every slot count the same gradients up to rounding."""
-    monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(F, "WINOGRAD_BLOCK_BYTES", 1)
-    monkeypatch.setattr(F, "SLOTS_PER_THREAD", slots_per_thread)
-    cconv.set_num_threads(2)
     rng = np.random.default_rng(11)
     x, w = rand(rng, (7, 9, 10, 8), np.float64), rand(rng, (3, 3, 8, 12), np.float64)
     dy = rand(rng, (7, 9, 10, 12), np.float64)
-    gs = [F.conv2d_backward(dy, x, w, padding=1) for _ in range(5)]
+    with forced(threads=2, conv="winograd", slots_per_thread=slots_per_thread):
+        gs = [F.conv2d_backward(dy, x, w, padding=1) for _ in range(5)]
+        assert kernels_run()["winograd_backward"].team == 2
     assert calls == {"winograd_forward": 0, "winograd_backward": 5}
     for g in gs[1:]:
         for a, b in zip(gs[0], g):

@@ -4,6 +4,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from cconv.geometry cimport CCONV_ERR_VALUE
+from cconv._probe cimport probe, P_RELU_BWD
 from cconv._platform cimport cconv_threads, CCONV_MIN_WORK_PER_THREAD
 
 cdef extern from "_elementwise.h":
@@ -21,6 +22,7 @@ cdef int relu_backward_ex(const floating *dy, const floating *y, floating *out, 
     if n == 0:
         return 0
     if num_threads == 1:          # on the calling thread (see _pool.pyx)
+        probe(P_RELU_BWD)
         if floating is float:
             cconv_relu_bwd_f(out, dy, y, n)
         else:
@@ -28,6 +30,7 @@ cdef int relu_backward_ex(const floating *dy, const floating *y, floating *out, 
         return 0
     cdef Py_ssize_t nblocks = (n + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK, blk, lo, m
     for blk in prange(nblocks, schedule="static", num_threads=num_threads):
+        probe(P_RELU_BWD)
         lo = blk * ELEMENTWISE_BLOCK
         m = n - lo
         if m > ELEMENTWISE_BLOCK:

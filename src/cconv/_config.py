@@ -31,6 +31,14 @@ _blas_controllers = None          # threadpoolctl LibControllers of the BLAS lib
 #: it at once, while a sleeping one must be woken: about 0.1 ms per parallel region on
 #: our virtual machine, several times the cost of a small kernel. Spinning much longer
 #: would take a core from other work between training steps.
+#:
+#: Whose threads the setting reaches is decided by the runtime files the process maps, not
+#: by the environment: the runtime reads it once, as it initialises. The wheel vendors a
+#: renamed libgomp, so cconv's runtime and its setting are its own. A source install links
+#: libgomp.so.1, which every library linking the same soname shares (PyTorch's CPU wheel
+#: ships one): imported after cconv, such a library's threads spin as briefly as cconv's;
+#: imported before, it has initialised the runtime and cconv's setting is not applied
+#: (tests/test_threads_memory.py measures both orders).
 OMP_SPIN_ENV = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
 
 
@@ -43,8 +51,9 @@ def _core():
         env = {k: v for k, v in OMP_SPIN_ENV.items() if k not in os.environ}
     # The OpenMP runtime reads them when it initialises (libgomp as the extension loads
     # it, LLVM's at its first call: omp_max_threads below); they are removed again right
-    # after, so that they reach neither other libraries' runtimes loaded later (e.g.
-    # PyTorch's) nor child processes.
+    # after, so that child processes and runtimes that other libraries load later from
+    # other files do not see them (a runtime that is already loaded, or that another
+    # library shares by soname, is another matter: see OMP_SPIN_ENV).
     os.environ.update(env)
     try:
         # import_module, not `from . import _core`: when the file is missing, the latter

@@ -18,6 +18,9 @@ from cconv.geometry cimport (cconv_geom, cconv_conv_geom_check, CCONV_ERR_VALUE,
 from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
                               CCONV_MIN_WORK_PER_THREAD)
 from cconv._cpu cimport simd_level
+from cconv._probe cimport (probe, P_CONV_FWD, P_CONV_BWD, P_CONV_BWD_DW, P_DIRECT_FWD,
+                           P_DIRECT_DW, P_WINO_FILTER, P_WINO_FILTER_GRAD, P_WINO_FWD,
+                           P_WINO_BWD)
 from cconv._blas cimport ensure_blas, gemm
 from cconv._im2col cimport im2col_rows, col2im_rows
 
@@ -230,6 +233,7 @@ cdef int gemm_forward(const cconv_geom *g, const floating *x, const floating *w,
     cdef unsigned long old
     if num_threads == 1:          # on the calling thread (see _pool.pyx)
         old = cconv_ftz_on()
+        probe(P_CONV_FWD)
         for t in range(ntiles):
             gemm_forward_tile(g, x, w, b, y, work, t * T, min(t * T + T, M), direct)
         cconv_ftz_restore(old)
@@ -238,6 +242,7 @@ cdef int gemm_forward(const cconv_geom *g, const floating *x, const floating *w,
         buf = work + threadid() * work_stride
         old = cconv_ftz_on()
         for t in prange(ntiles, schedule="static"):
+            probe(P_CONV_FWD)
             gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)
         cconv_ftz_restore(old)
     return 0
@@ -335,8 +340,10 @@ cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *
     if num_threads == 1:          # on the calling thread (see _pool.pyx)
         old = cconv_ftz_on()
         if dx != NULL:
+            probe(P_CONV_BWD)
             gemm_backward_chunk(g, dy, x, w, dx, work, dw_work, db_work, 0, g.N, T, direct)
         else:
+            probe(P_CONV_BWD_DW)
             for t in range(ntiles):
                 gemm_backward_tile(x, dy, w, NULL, work, dw_work, db_work, t * T,
                                    min(t * T + T, M), direct, g)
@@ -350,10 +357,12 @@ cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *
         old = cconv_ftz_on()
         if dx != NULL:
             for ch in prange(nchunks, schedule="static"):
+                probe(P_CONV_BWD)
                 gemm_backward_chunk(g, dy, x, w, dx, buf, dwacc, dbacc, ch * g.N // nchunks,
                                     (ch + 1) * g.N // nchunks, T, direct)
         else:
             for t in prange(ntiles, schedule="static"):
+                probe(P_CONV_BWD_DW)
                 gemm_backward_tile(x, dy, w, NULL, buf, dwacc, dbacc, t * T, min(t * T + T, M),
                                    direct, g)
         cconv_ftz_restore(old)
@@ -439,6 +448,7 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
         po = <const Py_ssize_t **> (mine + g.OW * sizeof(void *))
         old = cconv_ftz_on()
         for slot in prange(nslots, schedule="dynamic"):
+            probe(P_DIRECT_FWD if yp != NULL else P_DIRECT_DW)
             if yp == NULL:
                 memset(dwp + slot * g.Kpad * g.cout, 0, g.Kpad * g.cout * sizeof(float))
                 memset(dbp + slot * g.cout, 0, g.cout * sizeof(float))
@@ -617,6 +627,7 @@ cdef void wino_filter_run(const floating *src, Py_ssize_t ns, floating *dst, Py_
     cdef Py_ssize_t ch, p0, p1
     for ch in prange((P + WINO_FILTER_CHUNK - 1) // WINO_FILTER_CHUNK, schedule="static",
                      num_threads=num_threads):
+        probe(P_WINO_FILTER if ns == 0 else P_WINO_FILTER_GRAD)
         p0 = ch * WINO_FILTER_CHUNK
         p1 = min(p0 + WINO_FILTER_CHUNK, P)
         if floating is float:
@@ -705,6 +716,7 @@ cdef int winograd_forward(const cconv_geom *geom, const floating *x, const float
         memset(zero, 0, Z * sizeof(floating))
         old = cconv_ftz_on()
         for blk in prange(nblocks, schedule="dynamic"):
+            probe(P_WINO_FWD)
             t0 = blk * TB
             t1 = min(t0 + TB, ntiles)
             wino_input_block(x, V, t0, t1, zero, &g)
@@ -765,6 +777,7 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
         memset(zero, 0, Z * sizeof(floating))
         old = cconv_ftz_on()
         for ch in prange(nchunks, schedule="dynamic"):
+            probe(P_WINO_BWD)
             duacc = dU_work + ch * dustride
             dbacc = db_work + ch * Cout
             n0 = ch * g.N // nchunks

@@ -14,7 +14,9 @@ convolution weights HWIO, which seen as a matrix of shape (KH*KW*C_in/groups, C_
 are exactly the right operand of the im2col GEMM.
 
 Also here: the compiled fast paths of conv2d and max_pool2d for cconv.functional, the cache
-of large output buffers (``Block``), what the build supports, and the table of the C API
+of large output buffers (``Block``), what the build supports, the tests' record of which
+kernel paths ran on how many threads (``probe_reset``, ``probe_record``: cconv._probe, read
+through cconv._testing), and the table of the C API
 (``_C_API``, see ``cconv/cconv.h``): the kernels of the public .pxd files (conv, im2col,
 pool, activation), which other packages cimport directly.
 """
@@ -32,8 +34,10 @@ from cconv.geometry cimport (cconv_geom, cconv_output_size, cconv_conv_geom, cco
                              CCONV_ERR_CHANNELS, CCONV_ERR_TOO_LARGE, CCONV_ERR_WORKSPACE,
                              CCONV_ERR_ARGMAX, CCONV_ERR_NOMEM, CCONV_ERR_BLAS)
 from cconv._platform cimport CCONV_OPENMP, CCONV_HAVE_FTZ, cconv_omp_max_threads
+from cconv._probe cimport probe, P_MATMUL
 from cconv cimport _blas, _cpu, _im2col, _conv, _pool, _activation
 from cconv._blas import load_blas
+from cconv._probe import probe_reset, probe_record
 
 ctypedef long long longlong
 
@@ -205,6 +209,7 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
             r0 = ch * m // num_threads
             r1 = (ch + 1) * m // num_threads
             if r1 > r0:
+                probe(P_MATMUL)
                 if t == F32:
                     _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <float> 1,
                                <float *> ap + (r0 if trans_a else r0 * lda), lda, <float *> bp,

@@ -5,6 +5,7 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy, memset
 
 from cconv.geometry cimport cconv_geom, cconv_conv_geom_check, CCONV_ERR_VALUE
+from cconv._probe cimport probe, P_IM2COL, P_COL2IM
 from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
                               CCONV_MIN_WORK_PER_THREAD)
 
@@ -102,12 +103,14 @@ cdef int im2col_ex(const cconv_geom *g, const floating *x, floating *cols,
         return 0
     if num_threads == 1:          # on the calling thread (see _pool.pyx)
         old = cconv_ftz_on()
+        probe(P_IM2COL)
         im2col_rows(x, cols, 0, g.N * P, 0, g.C, g)
         cconv_ftz_restore(old)
         return 0
     with parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for n in prange(g.N, schedule="static"):
+            probe(P_IM2COL)
             im2col_rows(x, cols + n * P * K, n * P, (n + 1) * P, 0, g.C, g)
         cconv_ftz_restore(old)
     return 0
@@ -130,6 +133,7 @@ cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x, bint 
         old = cconv_ftz_on()
         if zero:
             memset(x, 0, g.N * image * sizeof(floating))
+        probe(P_COL2IM)
         col2im_rows(cols, x, 0, g.N * P, 0, g.C, g)
         cconv_ftz_restore(old)
         return 0
@@ -137,6 +141,7 @@ cdef int col2im_ex(const cconv_geom *g, const floating *cols, floating *x, bint 
     with parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for n in prange(g.N, schedule="static"):
+            probe(P_COL2IM)
             if zero:
                 memset(x + n * image, 0, image * sizeof(floating))
             col2im_rows(cols + n * P * K, x, n * P, (n + 1) * P, 0, g.C, g)

@@ -15,6 +15,8 @@ from cconv.geometry cimport (cconv_geom, cconv_pool_geom_check, cconv_sizes_chec
 from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
                               CCONV_MIN_WORK_PER_THREAD)
 from cconv._cpu cimport simd_level
+from cconv._probe cimport (probe, P_MAXPOOL_FWD, P_MAXPOOL_BWD_TILED, P_MAXPOOL_BWD,
+                           P_AVGPOOL_FWD, P_AVGPOOL_BWD)
 
 cdef extern from "_pool_rows.h":
     void cconv_maxpool_row_fi(const float *x, float *y, int *a, Py_ssize_t n, Py_ssize_t H,
@@ -43,6 +45,7 @@ cdef extern from "_pool_rows.h":
                                        Py_ssize_t W, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil
 
 cdef extern from "_pool_simd.h":
+    int cconv_pool_simd_path(int level, Py_ssize_t C) noexcept nogil
     int cconv_pool_fwd_simd(int level, const float *x, float *y, int *a, Py_ssize_t n,
                             Py_ssize_t oh, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
                             Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW, int stream) noexcept nogil
@@ -76,6 +79,10 @@ cdef void maxpool_rows(const cconv_geom *g, const floating *x, floating *y, inde
     cdef Py_ssize_t H = g.H, W = g.W, C = g.C, OH = g.OH, OW = g.OW
     cdef Py_ssize_t KH = g.KH, KW = g.KW, sh = g.sh, sw = g.sw, pt = g.pt, pl = g.pl
     cdef Py_ssize_t row, n, oh, h0, h1
+    if floating is float and index_t is int:
+        probe(P_MAXPOOL_FWD + cconv_pool_simd_path(level, C))
+    else:
+        probe(P_MAXPOOL_FWD)
     for row in range(r0, r1):
         n = row // OH
         oh = row - n * OH
@@ -136,6 +143,10 @@ cdef long long tiled_image(const cconv_geom *g, const floating *dy, const index_
     cdef Py_ssize_t H = g.H, W = g.W, C = g.C, OH = g.OH, OW = g.OW
     cdef Py_ssize_t oh, ih
     cdef long long matched = 0, got
+    if floating is float and index_t is int:
+        probe(P_MAXPOOL_BWD_TILED + cconv_pool_simd_path(level, C))
+    else:
+        probe(P_MAXPOOL_BWD_TILED)
     for oh in range(OH):
         if floating is float and index_t is int:
             got = cconv_pool_bwd_simd(level, dx, dy, argmax, n, oh, OH, OW, H, W, C, KH, KW,
@@ -202,6 +213,7 @@ cdef Py_ssize_t scatter_image(const cconv_geom *g, const floating *dy, const ind
     cdef const floating *dyo
     cdef const index_t *ao
     cdef floating *dxn = dx + n * HW * C
+    probe(P_MAXPOOL_BWD)
     memset(dxn, 0, HW * C * sizeof(floating))
     for q in range(Q):
         dyo = dy + (n * Q + q) * C
@@ -274,6 +286,7 @@ cdef void avgpool_rows(const cconv_geom *g, const floating *x, floating *y, Py_s
     cdef Py_ssize_t row, n, oh, ow, h0, w0, h1, w1, ih, iw, c
     cdef floating *yo
     cdef const floating *xi
+    probe(P_AVGPOOL_FWD)
     for row in range(r0, r1):
         n = row // g.OH
         oh = row - n * g.OH
@@ -327,6 +340,7 @@ cdef void avgpool_backward_image(const cconv_geom *g, const floating *dy, floati
     cdef Py_ssize_t oh, ow, h0, w0, h1, w1, ih, iw, c
     cdef const floating *dyo
     cdef floating *dxi
+    probe(P_AVGPOOL_BWD)
     memset(dx + n * image, 0, image * sizeof(floating))
     for oh in range(g.OH):
         h0 = clip_lo(oh * sh - pt)

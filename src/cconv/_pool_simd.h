@@ -149,17 +149,29 @@ CCONV_AVX2 static long long cconv_pool_bwd_avx2(
 }
 #endif  /* CCONV_X86 */
 
+/* The kernel that serves C channels at `level`: 2 = AVX-512, 1 = AVX2, 0 = none (the
+   generic loop). The one statement of that choice (the probe record names the path by it). */
+static inline int cconv_pool_simd_path(int level, ptrdiff_t C) {
+#if CCONV_X86
+    if (level >= 2 && C % 16 == 0) return 2;
+    if (level >= 1 && C % 8 == 0) return 1;
+#endif
+    (void)level; (void)C;
+    return 0;
+}
+
 /* One output row (n, oh) of a tiled max pool. Returns 1 if done, 0 if the caller must
    use the generic loop. `level` is simd_level() (cconv._cpu), read once per call. */
 static int cconv_pool_fwd_simd(int level, const float *x, float *y, int *a, ptrdiff_t n,
                                ptrdiff_t oh, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,
                                ptrdiff_t OW, ptrdiff_t KH, ptrdiff_t KW, int stream) {
 #if CCONV_X86
-    if (level >= 2 && C % 16 == 0) {
+    int path = cconv_pool_simd_path(level, C);
+    if (path == 2) {
         cconv_pool_fwd_avx512(x, y, a, n, oh, H, W, C, OW, KH, KW, stream);
         return 1;
     }
-    if (level >= 1 && C % 8 == 0) {
+    if (path == 1) {
         cconv_pool_fwd_avx2(x, y, a, n, oh, H, W, C, OW, KH, KW);
         return 1;
     }
@@ -178,9 +190,10 @@ static long long cconv_pool_bwd_simd(int level, float *dx, const float *dy, cons
                                      ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
                                      ptrdiff_t KW, int stream) {
 #if CCONV_X86
-    if (level >= 2 && C % 16 == 0)
+    int path = cconv_pool_simd_path(level, C);
+    if (path == 2)
         return cconv_pool_bwd_avx512(dx, dy, a, n, oh, OH, OW, H, W, C, KH, KW, stream);
-    if (level >= 1 && C % 8 == 0)
+    if (path == 1)
         return cconv_pool_bwd_avx2(dx, dy, a, n, oh, OH, OW, H, W, C, KH, KW, stream);
 #endif
     (void)level; (void)dx; (void)dy; (void)a; (void)n; (void)oh; (void)OH; (void)OW;

@@ -39,6 +39,8 @@ so the extra memory of one call is bounded by
 A 3x3, stride-1, undilated, ungrouped convolution with at least ``WINOGRAD_MIN_CHANNELS``
 input channels uses Winograd F(2x2, 3x3) instead (see ``_winograd.h``): 16 GEMMs over the
 channels per block of 2x2-output tiles, 2.25x fewer multiplications than im2col + GEMM.
+Its transforms subtract inputs from each other, so an infinite input gives NaN rather than
++-inf in the outputs (and gradients) that see it; finite values and NaN are as elsewhere.
 Its extra memory is ``threads * WINOGRAD_BLOCK_BYTES`` (the transformed inputs and
 outputs of one block of tiles; more only when one tile alone is larger), plus
 ``16 * C_in * C_out`` elements for the transformed weights and, in the backward pass,
@@ -469,6 +471,8 @@ _STREAM_MIN_BYTES = 8 << 20
 
 
 #: Below this many elements of work per thread, extra threads cost more than they save.
+#: (The tests lower it to 1, with cconv._testing.forced, so that small inputs are split over
+#: every thread as large ones are; forced also sets the route knobs below.)
 MIN_WORK_PER_THREAD = 1 << 15
 
 

@@ -20,8 +20,10 @@ is the one after the last epoch.
 Outputs in ``--out`` (default ``./cconv-paper/``):
 
 - ``results.json``: the protocol (with the augmentation layers' settings), the accuracy
-  of every seed, mean, standard deviation (ddof=1), min, max, median, the per-epoch
-  histories and the wall times;
+  of every seed, mean, standard deviation (ddof=1), min, max, median, the per-epoch histories and the wall times, and what produced
+  them: the cconv version and, when cconv runs from a git checkout, its commit (and whether
+  the checkout had uncommitted changes); ``tools/lfw_tables.py`` makes the README's tables
+  from these files;
 - ``model_seed<S>.npz``: each trained model (:func:`cconv.load_model`);
 - ``history_seed<S>.png``: accuracy and loss per epoch, train and test;
 - for the first seed: ``feature_maps/`` (one test face and every channel of the six
@@ -35,6 +37,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -138,6 +141,23 @@ def _summary(values):
         "max": max(values),
         "median": statistics.median(values),
     }
+
+
+def _source_commit():
+    """(commit, dirty) of the git checkout this cconv is imported from, or (None, None) when
+    it is not (an installed wheel): the checkout must hold this very file at src/cconv/."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if os.path.realpath(os.path.join(top, "src", "cconv")) != os.path.realpath(here):
+            return None, None
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, None
 
 
 def _write_json(path, document):
@@ -259,9 +279,12 @@ def _run(args, world):
         log("augmentation in training: " + ", ".join(repr(layer) for layer in augmentation()))
 
     runs = []
+    commit, dirty = _source_commit()
     document = {
         "argv": sys.argv[1:],
         "cconv_version": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "threads": get_num_threads(),

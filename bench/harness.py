@@ -1,0 +1,450 @@
+"""The shared harness of cconv's benchmarks: each library in its own process, runs interleaved.
+
+A benchmark script (``bench_core.py``, ``bench_train.py``, ...) defines
+
+* one worker function per library, ``fn(settings) -> {metric: value}``, which imports its
+  library itself, sets its threads, warms up and measures (the helpers below time calls and
+  measure memory growth);
+* a :class:`Target`: its name, its libraries (each may run under another interpreter, e.g.
+  Keras on TensorFlow from /work/venv-tf), the metrics' units, the rows of the README table
+  and the targets to check;
+
+and calls :func:`main`. The parent process then, for ``--runs`` runs (at least 5 for
+figures that go into the README), starts one fresh process per library in an order that
+rotates from run to run (run 1: A B C, run 2: B C A, ...; printed), so that every library
+is measured under the same machine load and goes first equally often. It prints the median
+and the range of every metric and the ratio of each library to the fastest other library
+(the median of the per-run ratios, and their range: a ratio compares two measurements
+made seconds apart, so a slow spell of the shared machine that spans both cancels out),
+and writes everything to a JSON log under ``bench/results/``: commit, machine, settings,
+the run order, every worker's raw measurements, thread pools (threadpoolctl), versions and
+environment. ``bench/make_tables.py`` makes the README's tables from those logs.
+
+The worker side runs under any Python with only the standard library (plus what the
+library itself needs): nothing here imports numpy or cconv at module level.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+MARK = "@@bench-result "
+#: Environment variables recorded with every worker (thread pools, instruction sets).
+ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "ATEN_", "ONEDNN_", "DNNL_",
+                "TF_", "CCONV_", "KERAS_")
+#: Pause between two worker processes (the previous one's threads and memory are gone).
+SETTLE = 0.5
+
+
+@dataclass
+class Library:
+    """A contender: its worker's name in the script, the interpreter that runs it, and
+    extra environment variables for its process."""
+    name: str
+    label: str = ""
+    python: str = sys.executable
+    env: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.label = self.label or self.name
+
+
+@dataclass
+class Target:
+    """A benchmark: its libraries and how to report it.
+
+    rows: (label, metric) pairs for the README table, in order.
+    units: metric -> unit ("s", "ms", "MB", "x", "%"); times are shown in it.
+    higher_is_better: metrics where more is better (speed-ups, shares); ratios are still
+    library / fastest other, so the best other is then the largest.
+    checks: (label, metric, library, bound) -> PASS when the library's median ratio to the
+    fastest other library (for a metric only it has: its median) is <= bound, or >= bound
+    for a higher_is_better metric.
+    """
+    name: str
+    description: str
+    libraries: list
+    rows: list
+    units: dict
+    higher_is_better: tuple = ()
+    checks: list = field(default_factory=list)
+    main: str = "cconv"            # the library whose ratios the README shows
+
+
+# ----------------------------------------------------------------------------- worker side
+
+def rss_mb():
+    """Current resident set size (MB), from /proc (Linux)."""
+    return _status("VmRSS")
+
+
+def _status(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+class Memory:
+    """Memory of a block: ``with Memory() as m: train()`` gives m.base_mb (resident after
+    imports and data, when the block starts), m.growth_mb (the block's peak minus that
+    baseline: what the training itself needs) and m.peak_mb (the whole process's peak, the
+    imports included). The peak is reset at the start (Linux /proc/self/clear_refs);
+    without that, growth is measured from the process's peak so far."""
+
+    def __enter__(self):
+        self.before_peak = _status("VmHWM")
+        self.base_mb = rss_mb()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.reset = True
+        except OSError:
+            self.reset = False
+        return self
+
+    def __exit__(self, *exc):
+        during = _status("VmHWM")
+        self.peak_mb = max(self.before_peak, during)
+        self.growth_mb = during - self.base_mb
+        return False
+
+
+#: Untimed calls (for at least this long) before each timed call of time_call().
+BURST = 0.1
+
+
+def time_call(fn, repeats, burst=BURST):
+    """(median, list) of `repeats` timed calls of fn, each right after `burst` seconds of
+    untimed calls: the steady state of a loop, where the previous call has just ended."""
+    times = []
+    for _ in range(repeats):
+        t1 = time.perf_counter()
+        while time.perf_counter() - t1 < burst:
+            fn()
+        t2 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t2)
+    return statistics.median(times), times
+
+
+def cap_cconv_isa(settings):
+    """In a cconv worker: apply the run's instruction-set cap (--isa avx2) to cconv's kernels
+    (the other libraries get it from the environment, see isa_env)."""
+    if settings.get("isa") == "avx2":
+        from cconv import _core
+        _core.simd_level(1)
+
+
+def _process_info(name):
+    info = {"library": name, "python": platform.python_version(), "executable": sys.executable,
+            "env": {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}}
+    try:
+        from threadpoolctl import threadpool_info
+        info["threadpools"] = [{k: d.get(k) for k in ("user_api", "internal_api", "num_threads",
+                                                       "version", "filepath")}
+                               for d in threadpool_info()]
+    except ImportError:
+        info["threadpools"] = None
+    for mod in ("cconv", "torch", "numpy", "scipy", "tensorflow", "keras"):
+        if mod in sys.modules:
+            info.setdefault("versions", {})[mod] = getattr(sys.modules[mod], "__version__", None)
+    return info
+
+
+def worker_main(workers, argv):
+    """Run the worker named by --worker with the --settings JSON; print its result line."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", required=True)
+    p.add_argument("--settings", required=True)
+    a, _ = p.parse_known_args(argv)
+    settings = json.loads(a.settings)
+    t0 = time.perf_counter()
+    metrics = workers[a.worker](settings)
+    info = metrics.pop("info", {})
+    result = {"metrics": metrics, "info": {**_process_info(a.worker), **info},
+              "wall_s": time.perf_counter() - t0, "peak_mb": _status("VmHWM")}
+    print(MARK + json.dumps(result), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parent side
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info():
+    info = {"platform": platform.platform(), "machine": platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        info["cpus_allowed"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                      if ln.startswith("flags")), [])
+        info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512bw", "avx512vl") if f in flags]
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            info["cgroup_cpu_max"] = f.read().strip()
+    except OSError:
+        pass
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return info
+
+
+def isa_env(isa):
+    """Environment that caps every library's vectorised code at `isa` ("avx2"), or {}.
+
+    PyTorch's ATen kernels (ATEN_CPU_CAPABILITY), oneDNN under PyTorch and TensorFlow
+    (ONEDNN_MAX_CPU_ISA), OpenBLAS under numpy and scipy (OPENBLAS_CORETYPE=Haswell: its
+    AVX2 kernels); cconv reads the setting in its worker (_core.simd_level)."""
+    if isa in (None, "", "native"):
+        return {}
+    if isa != "avx2":
+        raise ValueError(f"isa must be 'native' or 'avx2', got {isa!r}")
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "DNNL_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+
+
+def run_orders(names, runs):
+    """The rotating order: run i starts with library i mod n."""
+    return [names[i % len(names):] + names[:i % len(names)] for i in range(runs)]
+
+
+def _run_worker(script, lib, settings, timeout):
+    env = {**os.environ, **settings.get("env", {}), **lib.env}
+    if lib.python != sys.executable:      # another interpreter: none of this one's paths
+        env.pop("PYTHONPATH", None)
+    cmd = [lib.python, script, "--worker", lib.name, "--settings", json.dumps(settings)]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        return {"error": f"exit {proc.returncode}", "stderr_tail": tail, "load_before": load}
+    result = json.loads(lines[-1][len(MARK):])
+    result["load_before"] = load
+    return result
+
+
+def summarize(target, runs):
+    """{metric: {library: {median, min, max, n, values}}} and the ratios to the fastest
+    other library: {metric: {library: {other, median, min, max, values}}}."""
+    libs = [lib.label for lib in target.libraries]
+    stats, ratios = {}, {}
+    metrics = sorted({m for run in runs for r in run.values() if "metrics" in r
+                      for m in r["metrics"]})
+    for m in metrics:
+        per = {}
+        for lib in libs:
+            vals = [run[lib]["metrics"][m] for run in runs
+                    if lib in run and m in run[lib].get("metrics", {})
+                    and run[lib]["metrics"][m] is not None]
+            if vals:
+                per[lib] = {"median": statistics.median(vals), "min": min(vals),
+                            "max": max(vals), "n": len(vals), "values": vals}
+        stats[m] = per
+        better = max if m in target.higher_is_better else min
+        ratios[m] = {}
+        for lib in per:
+            others = [o for o in per if o != lib]
+            if not others:
+                continue
+            other = better(others, key=lambda o: per[o]["median"])
+            pairs = [(run[lib]["metrics"][m], run[other]["metrics"][m]) for run in runs
+                     if m in run.get(lib, {}).get("metrics", {})
+                     and m in run.get(other, {}).get("metrics", {})]
+            vals = [a / b for a, b in pairs if b]
+            if vals:
+                ratios[m][lib] = {"other": other, "median": statistics.median(vals),
+                                  "min": min(vals), "max": max(vals), "values": vals}
+    return stats, ratios
+
+
+def checksum_agreement(runs):
+    """Largest relative difference between the libraries' info["checksum"] entries (sums of
+    the same outputs, computed in each process), or None when no worker reports one."""
+    worst = None
+    for run in runs:
+        sums = [r["info"]["checksum"] for r in run.values() if "checksum" in r.get("info", {})]
+        for key in set().union(*sums) if len(sums) > 1 else ():
+            vals = [s[key] for s in sums if key in s]
+            scale = max(abs(v) for v in vals) or 1.0
+            diff = (max(vals) - min(vals)) / scale
+            worst = diff if worst is None else max(worst, diff)
+    return worst
+
+
+def _label(target, name):
+    """The label of the library called `name` (a name or already a label)."""
+    return next((lib.label for lib in target.libraries if name in (lib.name, lib.label)), name)
+
+
+def check_targets(target, stats, ratios):
+    out = []
+    for label, metric, lib, bound in target.checks:
+        lib = _label(target, lib)
+        r = ratios.get(metric, {}).get(lib)
+        s = stats.get(metric, {}).get(lib)
+        value = r["median"] if r else (s["median"] if s else None)
+        rng = (r["min"], r["max"]) if r else ((s["min"], s["max"]) if s else None)
+        hib = metric in target.higher_is_better
+        ok = None if value is None else (value >= bound if hib else value <= bound)
+        every = None if rng is None else (rng[0] >= bound if hib else rng[1] <= bound)
+        out.append({"label": label, "metric": metric, "library": lib,
+                    "against": r["other"] if r else None, "bound": bound,
+                    "direction": ">=" if hib else "<=", "median": value, "range": rng,
+                    "pass": ok, "pass_every_run": every})
+    return out
+
+
+def fmt(value, unit):
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value:.3g} s" if value >= 1 else f"{value * 1e3:.3g} ms"
+    if unit == "%":
+        return f"{100 * value:.0f}%"
+    if unit == "x":
+        return f"{value:.2f}x"
+    return f"{value:.4g} {unit}".strip()
+
+
+def main(target, script, argv=None, settings_parser=None, default_runs=5):
+    """Parse the parent's options, run the interleaved runs, print and log the results.
+
+    settings_parser(parser) may add the target's own options; every option becomes part of
+    the settings that the workers receive (and that the log records)."""
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=target.description)
+    p.add_argument("--runs", type=int, default=default_runs,
+                   help=f"runs, each library once per run (default {default_runs}; "
+                        "at least 5 for the README)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every library")
+    p.add_argument("--isa", default="native", choices=["native", "avx2"],
+                   help="cap every library's vectorised code (avx2: no AVX-512 anywhere)")
+    p.add_argument("--only", action="append", help="run only these libraries")
+    p.add_argument("--out", default=RESULTS, help="directory of the JSON log")
+    p.add_argument("--no-log", action="store_true", help="write no JSON log")
+    p.add_argument("--timeout", type=float, default=3600, help="per worker process, seconds")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    if settings_parser:
+        settings_parser(p)
+    a = p.parse_args(argv)
+    libs = [lib for lib in target.libraries if not a.only or lib.name in a.only]
+    if not libs:
+        p.error(f"no library left; choose from {[lib.name for lib in target.libraries]}")
+    parent_only = {"runs", "only", "out", "no_log", "timeout", "worker", "settings"}
+    settings = {k: v for k, v in vars(a).items() if k not in parent_only}
+    settings["env"] = isa_env(a.isa)
+    orders = run_orders([lib.label for lib in libs], a.runs)
+    by_label = {lib.label: lib for lib in libs}
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain",
+                                                          "--untracked-files=no"))
+    print(f"{target.name}: {target.description}")
+    print(f"commit {commit[:10] if commit else 'unknown'}{' (uncommitted changes)' if dirty else ''}; "
+          f"settings {json.dumps({k: v for k, v in settings.items() if k != 'env'})}"
+          f"{'; env ' + json.dumps(settings['env']) if settings['env'] else ''}")
+    print("run order (rotating):")
+    for i, order in enumerate(orders):
+        print(f"  run {i + 1}: {', '.join(order)}")
+    runs = []
+    for i, order in enumerate(orders):
+        run = {}
+        for label in order:
+            t0 = time.perf_counter()
+            r = _run_worker(script, by_label[label], settings, a.timeout)
+            run[label] = r
+            shown = {metric for _, metric in target.rows}
+            status = r.get("error") or ", ".join(
+                f"{m} {fmt(v, target.units.get(m, ''))}" for m, v in r["metrics"].items()
+                if m in shown)
+            print(f"  run {i + 1} {label:<22} {time.perf_counter() - t0:6.1f} s  {status}",
+                  flush=True)
+            if "error" in r:
+                print("    " + "\n    ".join(r["stderr_tail"]))
+            time.sleep(SETTLE)
+        runs.append(run)
+    stats, ratios = summarize(target, runs)
+    checks = check_targets(target, stats, ratios)
+    report(target, stats, ratios, checks, len(runs))
+    agreement = checksum_agreement(runs)
+    if agreement is not None:
+        print(f"\noutputs: the libraries' checksums differ by at most {agreement:.1e} (relative)")
+    log = {"target": target.name, "description": target.description,
+           "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "argv": [os.path.relpath(script, ROOT)] + list(argv), "commit": commit,
+           "dirty": dirty, "machine": machine_info(), "settings": settings,
+           "libraries": [{"name": lib.name, "label": lib.label, "python": lib.python,
+                          "env": lib.env} for lib in libs],
+           "order": orders, "runs": runs, "stats": stats, "ratios": ratios, "checks": checks,
+           "checksum_agreement": agreement,
+           "rows": target.rows, "units": target.units, "main": _label(target, target.main),
+           "higher_is_better": list(target.higher_is_better)}
+    if not a.no_log:
+        os.makedirs(a.out, exist_ok=True)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        suffix = f"-{a.isa}" if a.isa != "native" else ""
+        path = os.path.join(a.out, f"{target.name}{suffix}_{stamp}_{(commit or 'nogit')[:8]}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(log, f, indent=1)
+            f.write("\n")
+        print(f"log: {os.path.relpath(path)}")
+    return log
+
+
+def report(target, stats, ratios, checks, nruns):
+    print(f"\n== {target.name}: median [min-max] over {nruns} runs; ratio = library / fastest "
+          "other library, median [min-max] of the per-run ratios")
+    for label, metric in target.rows:
+        unit = target.units.get(metric, "")
+        print(f"  {label}")
+        for lib, s in stats.get(metric, {}).items():
+            r = ratios.get(metric, {}).get(lib)
+            rtext = (f"   {r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}] of {r['other']}"
+                     if r else "")
+            print(f"    {lib:<22} {fmt(s['median'], unit):>10} [{fmt(s['min'], unit)} - "
+                  f"{fmt(s['max'], unit)}]{rtext}")
+    if checks:
+        print("\n== targets (on the median; 'every run' on the whole range)")
+        for c in checks:
+            verdict = {True: "PASS", False: "FAIL", None: "n/a"}[c["pass"]]
+            every = {True: "every run", False: "not every run", None: ""}[c["pass_every_run"]]
+            value = "-" if c["median"] is None else f"{c['median']:.3g}"
+            print(f"  {c['label']:<60} {c['direction']} {c['bound']:<6} median {value:<8} "
+                  f"{verdict} ({every})")

@@ -1,0 +1,389 @@
+#!/usr/bin/env python
+"""Inject plausible bugs into cconv's kernels, one at a time, and see which tests catch them.
+
+For every fast route and every threaded path, a mutant: a small edit of the kind that real
+bugs take (a sign, kh and kw transposed, an off-by-one, a lost accumulator slot, the last row
+lost on 2+ threads, an argmax one pixel off on odd widths). Each mutant is applied to a
+fresh copy of the committed tree (``git archive HEAD``), the extensions are rebuilt, and the
+test suite (or the files given with ``--tests``) runs against it; the failures are counted
+per test file. A mutant that no test outside its route's own file catches is a gap in the
+general suites.
+
+    python tools/mutants.py                      # every mutant, whole suite (~4 min each)
+    python tools/mutants.py --tests tests/test_property.py tests/test_fuzz.py ...
+    python tools/mutants.py --only matmul-last-row wino-lost-slot
+    python tools/mutants.py --list
+
+Writes a JSON record and a Markdown table (``--out``, default ./mutants/; file names carry
+the date and time of the run, so logs kept under bench/results/ accumulate). Runs the tests
+with ``--python`` (default: this interpreter), which must have the test dependencies and
+not have cconv installed (the copy is put first on PYTHONPATH; an editable install of
+another tree would shadow it).
+"""
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (id, path, description, route's own test files, old text, new text)
+MUTANTS = [
+    ("matmul-last-row", "src/cconv/_core.pyx",
+     "dense GEMM (matmul row split): the last output row is not computed on 2+ threads", [],
+     """            r1 = (ch + 1) * m // num_threads
+            if r1 > r0:""",
+     """            r1 = (ch + 1) * m // num_threads - (1 if (num_threads > 1 and ch == num_threads - 1) else 0)
+            if r1 > r0:"""),
+    ("im2col-fwd-last-row", "src/cconv/_conv.pyx",
+     "im2col + GEMM forward: the last output row of the batch is lost on 2+ threads", [],
+     """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)""",
+     """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M - (1 if t == ntiles - 1 else 0)), direct)"""),
+    ("im2col-bwd-last-row", "src/cconv/_conv.pyx",
+     "im2col + GEMM backward (with dx): the last chunk's last output row is lost on 2+ threads",
+     [],
+     """    cdef Py_ssize_t P = g.OH * g.OW, r0 = n0 * P, r1, rend = n1 * P""",
+     """    cdef Py_ssize_t P = g.OH * g.OW, r0 = n0 * P, r1, rend = n1 * P - (1 if (n0 > 0 and n1 == g.N) else 0)"""),
+    ("im2col-dilation-transposed", "src/cconv/_im2col.pyx",
+     "im2col: the vertical taps use the horizontal dilation (dh and dw transposed)", [],
+     """        for kh in range(g.KH):
+            ih = ih0 + kh * g.dh
+            if ih < 0 or ih >= g.H:
+                memset(dst, 0, g.KW * cg * sizeof(floating))""",
+     """        for kh in range(g.KH):
+            ih = ih0 + kh * g.dw
+            if ih < 0 or ih >= g.H:
+                memset(dst, 0, g.KW * cg * sizeof(floating))"""),
+    ("col2im-last-column", "src/cconv/_im2col.pyx",
+     "col2im: off by one, nothing is added to the last image column (partial kernel rows)", [],
+     """                if iw >= 0 and iw < g.W:
+                    vadd(dst + iw * g.C, src, cg)""",
+     """                if iw >= 0 and iw < g.W - 1:
+                    vadd(dst + iw * g.C, src, cg)"""),
+    ("slot-sum-lost", "src/cconv/functional.py",
+     "the per-thread/per-slot accumulator sum drops the last slot (im2col dW/db, direct, "
+     "Winograd db)", [],
+     """        np.add.reduce(work, axis=0, out=out)""",
+     """        np.add.reduce(work[:-1], axis=0, out=out)"""),
+    ("direct-khkw-swapped", "src/cconv/_conv_direct.h",
+     "direct convolution: kh and kw swapped in the tap offsets", ["test_conv_direct.py"],
+     """                off[t] = (kh * g->dh * g->W + kw * g->dw) * g->C + c;""",
+     """                off[t] = (kw * g->dh * g->W + kh * g->dw) * g->C + c;"""),
+    ("direct-dw-last-row", "src/cconv/_conv.pyx",
+     "direct dW: the last slot's last row is lost on 2+ slots", ["test_conv_direct.py"],
+     """            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):""",
+     """            for row in range(slot * rows // nslots, (slot + 1) * rows // nslots - (1 if (yp == NULL and nslots > 1 and slot == nslots - 1) else 0)):"""),
+    ("wino-fwd-last-tile", "src/cconv/_conv.pyx",
+     "Winograd forward: the last tile is lost when there are 2+ blocks", ["test_winograd.py"],
+     """            t0 = blk * TB
+            t1 = min(t0 + TB, ntiles)""",
+     """            t0 = blk * TB
+            t1 = min(t0 + TB, ntiles - (1 if nblocks > 1 else 0))"""),
+    ("wino-du-overwrites", "src/cconv/_conv.pyx",
+     "Winograd dU: each block overwrites its slot's accumulator (beta 0) instead of adding",
+     ["test_winograd.py"],
+     """                         V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
+                         <floating> 1, duacc + k * C * Cout, <int> Cout)""",
+     """                         V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
+                         <floating> 0, duacc + k * C * Cout, <int> Cout)"""),
+    ("wino-dx-sign", "src/cconv/_winograd.h",
+     "Winograd dx: a sign error in the input-gradient transform", ["test_winograd.py"],
+     """t[2][j] = v1 + v2 - v0; t[3][j] = -v3;""",
+     """t[2][j] = v1 + v2 - v0; t[3][j] = v3;"""),
+    ("wino-filter-transposed", "src/cconv/_winograd.h",
+     "Winograd filter transform: kh and kw transposed", ["test_winograd.py"],
+     """            T g0 = w[b * P + p], g1 = w[(3 + b) * P + p], g2 = w[(6 + b) * P + p];""",
+     """            T g0 = w[3 * b * P + p], g1 = w[(3 * b + 1) * P + p], g2 = w[(3 * b + 2) * P + p];"""),
+    ("wino-lost-slot", "src/cconv/_winograd.h",
+     "Winograd backward: the filter-gradient adjoint drops its last accumulator slot",
+     ["test_winograd.py"],
+     """        for (ptrdiff_t q = 1; q < ns; q++)""",
+     """        for (ptrdiff_t q = 1; q < ns - 1; q++)"""),
+    ("pool-avx512-argmax-odd", "src/cconv/_pool_simd.h",
+     "AVX-512 max pool: the last column's argmax one pixel off on odd widths",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    arg = _mm512_mask_mov_epi32(
+                        arg, take, _mm512_set1_epi32((int)((oh * KH + kh) * W + ow * KW + kw)));""",
+     """                    arg = _mm512_mask_mov_epi32(
+                        arg, take, _mm512_set1_epi32((int)((oh * KH + kh) * W + ow * KW + kw
+                                                           + (ow == OW - 1 && (W & 1)))));"""),
+    ("pool-avx2-argmax-odd", "src/cconv/_pool_simd.h",
+     "AVX2 max pool: the last column's argmax one pixel off on odd widths",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(
+                        (int)((oh * KH + kh) * W + ow * KW + kw))), take);""",
+     """                    arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(
+                        (int)((oh * KH + kh) * W + ow * KW + kw + (ow == OW - 1 && (W & 1))))), take);"""),
+    ("pool-avx512-bwd-sign", "src/cconv/_pool_simd.h",
+     "AVX-512 max-pool backward: the gradient's sign flipped",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    __m512 v = _mm512_maskz_mov_ps(m, _mm512_loadu_ps(g + c));""",
+     """                    __m512 v = _mm512_maskz_mov_ps(m, _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(g + c)));"""),
+    ("pool-avx2-bwd-mask", "src/cconv/_pool_simd.h",
+     "AVX2 max-pool backward: the mask inverted (the gradient goes to the losers)",
+     ["test_pool_simd.py", "test_pool_paths.py"],
+     """                    __m256 v = _mm256_and_ps(m, _mm256_loadu_ps(g + c));""",
+     """                    __m256 v = _mm256_andnot_ps(m, _mm256_loadu_ps(g + c));"""),
+    ("pool-tiled-bwd-right-columns", "src/cconv/_pool.pyx",
+     "tiled max-pool backward: off by one, a single column right of the last window is "
+     "not zeroed (odd widths)", ["test_pool_simd.py", "test_pool_paths.py"],
+     """        if OW * KW < W:   # columns right of the last window""",
+     """        if OW * KW < W - 1:   # columns right of the last window"""),
+    ("pool-generic-ties", "src/cconv/_pool_rows.h",
+     "generic max pool: ties go to the last element of the window (>= instead of >)",
+     ["test_pool_paths.py"],
+     """                    int take = (v > b) | (v != v);""",
+     """                    int take = (v >= b) | (v != v);"""),
+    ("avgpool-bwd-last-image", "src/cconv/_pool.pyx",
+     "average-pool backward: the last image is skipped on 2+ threads", [],
+     """        for n in prange(g.N, schedule="static"):
+            avgpool_backward_image(g, dy, dx, n)""",
+     """        for n in prange(g.N - 1, schedule="static"):
+            avgpool_backward_image(g, dy, dx, n)"""),
+    # The compiled plan and the compiled fast paths of functional (since the core split)
+    ("plan-gemm-team-over-budget", "src/cconv/_conv.pyx",
+     "the plan gives the im2col + GEMM route one thread more than the budget", [],
+     """        p.threads = cconv_threads(budget, N if need_dx else M, work, mw)""",
+     """        p.threads = cconv_threads(budget + 1, N if need_dx else M, work, mw)"""),
+    ("conv-fast-strides-swapped", "src/cconv/_core.pyx",
+     "the compiled fast path of conv2d: vertical and horizontal strides swapped",
+     ["test_fast_paths.py"],
+     """    if cconv_conv_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, wshape[3], sh, sw,""",
+     """    if cconv_conv_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, wshape[3], sw, sh,"""),
+    ("pool-fast-pads-swapped", "src/cconv/_core.pyx",
+     "the compiled fast path of max_pool2d: left and right paddings swapped",
+     ["test_fast_paths.py"],
+     """    if cconv_pool_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, sh, sw, pt, pb,
+                       pl, pr):""",
+     """    if cconv_pool_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, sh, sw, pt, pb,
+                       pr, pl):"""),
+]
+
+
+def run(cmd, cwd, env=None, timeout=None):
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def build(tree, python, header=None):
+    """Build the extensions in place. After an edit of `header`, only the modules whose .pyx
+    names it are rebuilt (setup.py makes every module depend on every header): the others'
+    built files are marked newer than the edit."""
+    if header is not None:
+        src = os.path.join(tree, "src", "cconv")
+        name = os.path.basename(header)
+        others = [f for f in os.listdir(src) if f.endswith(".h") and f != name
+                  and name in open(os.path.join(src, f)).read()]
+        if not others:                   # no other header includes it
+            later = time.time() + 3600
+            for pyx in glob.glob(os.path.join(src, "*.pyx")):
+                if name in open(pyx).read():
+                    continue
+                for so in glob.glob(pyx[:-4] + ".*.so") + glob.glob(pyx[:-4] + ".*.pyd"):
+                    os.utime(so, (later, later))
+    proc = run([python, "setup.py", "build_ext", "--inplace", "-q"], tree)
+    if proc.returncode:
+        raise RuntimeError(f"build failed in {tree}:\n{proc.stderr[-3000:]}")
+
+
+def test(tree, python, timeout, pytest_args):
+    env = {**os.environ, "PYTHONPATH": os.path.join(tree, "src")}
+    t0 = time.perf_counter()
+    try:
+        proc = run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--tb=no", "-rfE",
+                    *pytest_args], tree, env, timeout)
+        out, code = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        out, code = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
+    failed = collections.Counter()
+    names = []
+    for line in out.splitlines():
+        m = re.match(r"(FAILED|ERROR) (tests/[^:\s]+)(::\S+)?", line)
+        if m:
+            failed[os.path.basename(m.group(2))] += 1
+            names.append(m.group(2) + (m.group(3) or ""))
+    summary = next((ln for ln in reversed(out.splitlines()) if " passed" in ln or " failed" in ln),
+                   out.strip().splitlines()[-1] if out.strip() else "")
+    return {"exit": code, "failed": dict(failed), "tests": names, "summary": summary,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="*", help="mutant ids")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--out", default="mutants")
+    p.add_argument("--timeout", type=float, default=1800, help="per test run, seconds")
+    p.add_argument("--pytest-args", default="", help="extra pytest arguments")
+    p.add_argument("--tests", nargs="*", default=[], help="test files to run (default: all)")
+    p.add_argument("--per-file", action="store_true",
+                   help="run each test file on its own and stop it at its first failure "
+                        "(-x): says which files catch a mutant, faster, without counts")
+    p.add_argument("--skip-baseline", action="store_true",
+                   help="trust that the unmutated tree passes the chosen tests")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="merge the records of earlier runs (later files win for a mutant run "
+                        "twice) into one record and table under --out, in MUTANTS order")
+    p.add_argument("--base", help="an unmutated copy built by an earlier run (its directory "
+                                  "'base'), to skip building it again")
+    a = p.parse_args(argv)
+    if a.list:
+        for mid, path, desc, own, _, _ in MUTANTS:
+            print(f"{mid:<30} {path:<28} {desc}")
+        return 0
+    if a.merge:
+        return merge(a.merge, a.out)
+    chosen = [m for m in MUTANTS if not a.only or m[0] in a.only]
+    os.makedirs(a.out, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="cconv-mutants-")
+    base = os.path.join(work, "base")
+    if a.base:
+        shutil.copytree(a.base, base, symlinks=True)
+        with open(os.path.join(base, ".mutants-commit")) as f:
+            commit = f.read().strip()
+    else:
+        os.makedirs(base)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", "HEAD"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", base], input=archive, check=True)
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        with open(os.path.join(base, ".mutants-commit"), "w") as f:
+            f.write(commit + "\n")
+    for mid, path, _, _, old, _ in chosen:        # every edit applies to this tree, once
+        with open(os.path.join(base, path)) as f:
+            n = f.read().count(old)
+        if n != 1:
+            raise SystemExit(f"mutant {mid}: its text occurs {n} times in {path}")
+    if not a.base:
+        print(f"building the unmutated tree ({commit[:10]}) in {base}", flush=True)
+        build(base, a.python)
+    extra = a.pytest_args.split() + a.tests
+    env = {**os.environ, "PYTHONPATH": os.path.join(base, "src")}
+    where = run([a.python, "-c", "import cconv._core as c; print(c.__file__)"], base, env)
+    if not where.stdout.startswith(os.path.join(base, "src")):
+        raise SystemExit(f"{a.python} imports cconv from {where.stdout.strip() or where.stderr}, "
+                         "not from the copy: use an interpreter without cconv installed")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = os.path.join(a.out, f"mutants-{stamp}")
+    if a.per_file and not a.tests:
+        raise SystemExit("--per-file needs --tests")
+
+    def run_tests(tree):
+        if not a.per_file:
+            return test(tree, a.python, a.timeout, extra)
+        parts = [test(tree, a.python, a.timeout, a.pytest_args.split() + ["-x", t])
+                 for t in a.tests]
+        return {"exit": max((p["exit"] for p in parts), key=str),
+                "failed": {k: v for p in parts for k, v in p["failed"].items()},
+                "tests": [t for p in parts for t in p["tests"]],
+                "summary": "; ".join(f"{os.path.basename(t)}: {p['summary']}"
+                                     for t, p in zip(a.tests, parts) if p["tests"]) or "all passed",
+                "seconds": round(sum(p["seconds"] for p in parts), 1)}
+
+    if a.skip_baseline:
+        baseline = {"skipped": True, "tests": [], "summary": "skipped (--skip-baseline)"}
+    else:
+        print("baseline test run ...", flush=True)
+        baseline = run_tests(base)
+        print(f"  baseline: {baseline['summary']} ({baseline['seconds']} s)", flush=True)
+    known = set(baseline["tests"])
+    results = []
+    for mid, path, desc, own, old, new in chosen:
+        tree = os.path.join(work, mid)
+        shutil.copytree(base, tree, symlinks=True)
+        target = os.path.join(tree, path)
+        with open(target) as f:
+            text = f.read()
+        with open(target, "w") as f:
+            f.write(text.replace(old, new))
+        try:
+            if path.endswith((".pyx", ".h", ".pxd")):
+                build(tree, a.python, path if path.endswith(".h") else None)
+        except RuntimeError as exc:
+            print(f"  {mid}: {exc}", flush=True)
+            results.append({"id": mid, "path": path, "description": desc, "own": own,
+                            "failed": {}, "general": {}, "exit": "build failed", "tests": [],
+                            "summary": str(exc)[-500:], "seconds": 0})
+            continue
+        r = run_tests(tree)
+        r["tests"] = [t for t in r["tests"] if t not in known]
+        failed = collections.Counter(os.path.basename(t.split("::")[0]) for t in r["tests"])
+        r.update(id=mid, path=path, description=desc, own=own, failed=dict(failed),
+                 general={f: n for f, n in failed.items() if f not in own})
+        results.append(r)
+        print(f"  {mid}: {r['summary']} ({r['seconds']} s); general files failing: "
+              f"{r['general'] or 'NONE'}", flush=True)
+        shutil.rmtree(tree, ignore_errors=True)
+        with open(record + ".json", "w") as f:
+            json.dump({"commit": commit, "python": a.python, "tests": a.tests or ["(all)"],
+                       "per_file": a.per_file,
+                       "pytest_args": a.pytest_args, "baseline": baseline,
+                       "mutants": results}, f, indent=1)
+    with open(record + ".md", "w") as f:
+        f.write(table(results, commit, a.tests, a.per_file))
+    print(table(results, commit, a.tests, a.per_file))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def merge(paths, out):
+    """One record and table from several runs' records (each mutant's latest result)."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append((path, json.load(f)))
+    latest = {}
+    for path, rec in runs:
+        for r in rec["mutants"]:
+            latest[r["id"]] = {**r, "commit": rec["commit"], "record": os.path.basename(path)}
+    order = [m[0] for m in MUTANTS]
+    results = sorted(latest.values(), key=lambda r: order.index(r["id"]) if r["id"] in order
+                     else len(order))
+    tests = sorted({t for _, rec in runs for t in rec.get("tests", [])})
+    per_file = all(rec.get("per_file") for _, rec in runs)
+    commits = sorted({r["commit"][:10] for r in results})
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    record = os.path.join(out, f"mutants-merged-{stamp}")
+    with open(record + ".json", "w") as f:
+        json.dump({"merged_from": [os.path.basename(p) for p, _ in runs], "tests": tests,
+                   "per_file": per_file, "mutants": results}, f, indent=1)
+    text = table(results, ", ".join(commits), tests, per_file)
+    text += "\nRecords: " + ", ".join(f"`{os.path.basename(p)}`" for p, _ in runs) + "\n"
+    with open(record + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+def table(results, commit, tests=(), per_file=False):
+    ran = ", ".join(os.path.basename(t) for t in tests) if tests else "the whole suite"
+    what = ("the test files that caught it (each file run alone, stopped at its first failure)"
+            if per_file else "failing tests per file")
+    lines = [f"Injected bugs at {commit if ',' in commit else commit[:10]}: {what}; "
+             f"tests run: {ran}.", "",
+             "| mutant | bug | caught by files other than the route's own | by its own files |",
+             "|---|---|---|---|"]
+
+    def files(d):
+        items = sorted(d.items(), key=lambda kv: -kv[1])
+        return ", ".join(f if per_file else f"{f} {n}" for f, n in items)
+
+    for r in results:
+        general = files(r["general"]) or "**none**"
+        own = files({f: n for f, n in r["failed"].items() if f in r["own"]}) or "-"
+        if r["exit"] not in (0, 1):
+            general += f" (test run ended: {r['exit']})"
+        lines.append(f"| {r['id']} | {r['description']} | {general} | {own} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
