@@ -46,9 +46,10 @@ outputs of one block of tiles; more only when one tile alone is larger), plus
 the batch size.
 
 A float32 convolution with few input channels (``KH*KW*C_in <= DIRECT_MAX_K``, the first
-layer of a network on RGB or grey images), C_out a multiple of 16 and groups 1 is computed
-directly on an AVX-512 CPU (see ``_conv_direct.h``): each output from the input in place, no
-im2col buffer and no GEMM with a tiny inner dimension. Extra memory:
+layer of a network on RGB or grey images) and groups 1 is computed directly on a CPU with
+AVX-512, AVX2 + FMA or NEON (see ``_conv_direct.h``; any C_out, the last partial vector of
+outputs through lane masks): each output from the input in place, no im2col buffer and no
+GEMM with a tiny inner dimension. Extra memory:
 ``threads * OW * (K floats + 2 pointers)`` and, for the weight gradient (taken when
 ``need_dx=False``), ``threads * Kpad * C_out`` floats of accumulators.
 
@@ -582,8 +583,8 @@ TILE_BYTES = 1 << 21
 #: F(2x2, 3x3) (2.25x fewer multiplications than im2col + GEMM); set to None to disable.
 WINOGRAD_MIN_CHANNELS: int | None = 16
 
-#: Convolutions with KH*KW*C_in up to this (and float32, groups 1, C_out a multiple of 16,
-#: an AVX-512 CPU; for the backward pass, need_dx=False) take the direct route. None: never.
+#: Convolutions with KH*KW*C_in up to this (and float32, groups 1, an AVX-512, AVX2 or NEON
+#: CPU; for the backward pass, need_dx=False) take the direct route. None: never.
 DIRECT_MAX_K: int | None = 32
 #: Upper bound on one thread's Winograd block (transformed inputs and outputs), in bytes.
 WINOGRAD_BLOCK_BYTES = 1 << 20
