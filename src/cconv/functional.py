@@ -489,15 +489,16 @@ def _threads(work_items, work_size=None):
 _BLAS_SERIAL_MNK = 1 << 18
 
 
-def _run(nt, gemm_mnk, fn, *args):
-    """Call a kernel on nt OpenMP threads with BLAS limited to the rest of the budget.
+def _run(nt, gemm_mnk, fn, *args, blas=None):
+    """Call a kernel on nt OpenMP threads with BLAS limited to the rest of the budget (or
+    to ``blas`` threads).
 
     ``gemm_mnk`` bounds the size (m * n * k) of each GEMM the kernel makes: when BLAS would
     run them on one thread anyway, its thread setting is left alone (setting and restoring
     it costs more than a small convolution)."""
     if gemm_mnk <= _BLAS_SERIAL_MNK:
         return fn(*args, nt)
-    with _config.blas_threads(max(1, get_num_threads() // nt)):
+    with _config.blas_threads(blas or max(1, get_num_threads() // nt)):
         return fn(*args, nt)
 
 
@@ -568,8 +569,13 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
     if out is None:
         out, beta = _alloc((m, n), a.dtype), 0.0
     nt = _threads(m, m * n * k // 16)
+    # BLAS on one thread also when the rows do not split (m = 1: one image): OpenBLAS would
+    # thread a (1, k) x (k, n) product itself and leave its pool spinning against the next
+    # kernel's threads (with its Haswell kernels, the paper network's predict() on one
+    # image took 5-120 ms instead of 1.2 ms; its AVX-512 kernels run such a product on one
+    # thread anyway).
     _run(nt, -(-m // nt) * n * k, _core.matmul, bool(trans_a), bool(trans_b),
-         np.ascontiguousarray(a), np.ascontiguousarray(b), beta, out)
+         np.ascontiguousarray(a), np.ascontiguousarray(b), beta, out, blas=1)
     return out
 
 
