@@ -11,14 +11,10 @@
  * column is read or written past C_out.
  */
 
-#define CCONV_CAT_(a, b) a##b
-#define CCONV_CAT(a, b) CCONV_CAT_(a, b)
-#define VEC_(n, op) CCONV_V##n##_##op
-#define VEC__(n, op) VEC_(n, op)
-#define VEC(op) VEC__(VLANES, op)                      /* VEC(load) is CCONV_V16_load, ... */
-#define VTYPE CCONV_CAT(CCONV_CAT(cconv_v, VLANES), _t)
-#define VMASK CCONV_CAT(CCONV_CAT(cconv_m, VLANES), _t)
-#define KNAME(f) CCONV_CAT(f, KSFX)
+#define VEC(op) CCONV_VEC(op)
+#define VTYPE CCONV_VTYPE
+#define VMASK CCONV_VMASK
+#define KNAME(f) CCONV_KNAME(f)
 #define CCONV_D8(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
 /* Forward of up to 8 pixels (bs/ps: where their taps are) for the VLANES outputs at w, b
@@ -155,10 +151,6 @@ KATTR static void KNAME(cconv_direct_dw_row)(const cconv_dgeom *g, const float *
 }
 
 #undef CCONV_D8
-#undef CCONV_CAT_
-#undef CCONV_CAT
-#undef VEC_
-#undef VEC__
 #undef VEC
 #undef VTYPE
 #undef VMASK

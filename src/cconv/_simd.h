@@ -56,9 +56,21 @@ static inline int cconv_simd_detect(void) {
      CCONV_V<lanes>_load(p) / _store(p, v)     unaligned load / store of all lanes
      _loadm(p, m) / _storem(p, m, v)           the first lanes only, m = _mask(n), 0 < n < lanes
                                                (masked loads read nothing past them and give 0)
-     _set1(x), _zero(), _add(a, b), _fma(a, b, c) = a * b + c
+     _set1(x), _zero(), _add(a, b), _mul(a, b), _fma(a, b, c) = a * b + c
 
-   A port to another vector ISA (SVE, RISC-V V, AVX10) is one more such set. */
+   A port to another vector ISA (SVE, RISC-V V, AVX10) is one more such set.
+
+   A kernel template (a header included once per set) defines VLANES (16, 8 or 4) and KSFX
+   (the name suffix) before each inclusion and uses CCONV_VEC(load)(p), which is then
+   CCONV_V16_load(p) etc., CCONV_VTYPE, CCONV_VMASK and CCONV_KNAME(f) (f with the suffix). */
+#define CCONV_CAT_(a, b) a##b
+#define CCONV_CAT(a, b) CCONV_CAT_(a, b)
+#define CCONV_VEC_(n, op) CCONV_V##n##_##op
+#define CCONV_VEC__(n, op) CCONV_VEC_(n, op)
+#define CCONV_VEC(op) CCONV_VEC__(VLANES, op)
+#define CCONV_VTYPE CCONV_CAT(CCONV_CAT(cconv_v, VLANES), _t)
+#define CCONV_VMASK CCONV_CAT(CCONV_CAT(cconv_m, VLANES), _t)
+#define CCONV_KNAME(f) CCONV_CAT(f, KSFX)
 #if CCONV_X86
 typedef __m512 cconv_v16_t;                                    /* AVX-512F: 16 lanes */
 typedef __mmask16 cconv_m16_t;
@@ -70,6 +82,7 @@ typedef __mmask16 cconv_m16_t;
 #define CCONV_V16_set1(x) _mm512_set1_ps(x)
 #define CCONV_V16_zero() _mm512_setzero_ps()
 #define CCONV_V16_add(a, b) _mm512_add_ps((a), (b))
+#define CCONV_V16_mul(a, b) _mm512_mul_ps((a), (b))
 #define CCONV_V16_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 
 typedef __m256 cconv_v8_t;                                     /* AVX2 + FMA: 8 lanes */
@@ -83,6 +96,7 @@ __attribute__((unused)) static const int cconv_m8_table[16] = {-1, -1, -1, -1, -
 #define CCONV_V8_set1(x) _mm256_set1_ps(x)
 #define CCONV_V8_zero() _mm256_setzero_ps()
 #define CCONV_V8_add(a, b) _mm256_add_ps((a), (b))
+#define CCONV_V8_mul(a, b) _mm256_mul_ps((a), (b))
 #define CCONV_V8_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #endif
 
@@ -107,6 +121,7 @@ static inline void cconv_v4_storem(float *p, int n, float32x4_t v) {
 #define CCONV_V4_set1(x) vdupq_n_f32(x)
 #define CCONV_V4_zero() vdupq_n_f32(0.0f)
 #define CCONV_V4_add(a, b) vaddq_f32((a), (b))
+#define CCONV_V4_mul(a, b) vmulq_f32((a), (b))
 #define CCONV_V4_fma(a, b, c) vfmaq_f32((c), (a), (b))
 #endif
 
