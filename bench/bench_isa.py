@@ -191,7 +191,7 @@ def main(argv=None):
         contenders.append(("before", args.baseline_python, "cconv"))
     contenders += [("torch-nchw", sys.executable, "torch-nchw"),
                    ("torch-channels-last", sys.executable, "torch-channels-last")]
-    rounds = []
+    rounds, loads = [], [os.getloadavg()[0]]
     for r in range(args.rounds):
         k = r % len(contenders)
         res = {}
@@ -200,14 +200,17 @@ def main(argv=None):
             print(f"round {r + 1}: {name:<20} epoch {res[name]['epoch']:6.2f} s   "
                   f"batch-1 {res[name]['b1']:6.2f} ms", flush=True)
         rounds.append(res)
+        loads.append(os.getloadavg()[0])
 
     report = {"isa": args.isa, "threads": args.threads, "rounds": rounds,
+              "load_1min": loads,       # the machine's load average before/after each round
               "machine": platform.machine(), "python": platform.python_version(),
               "contenders": {n: p for n, p, _ in contenders}, "figures": {}, "ratios": {}}
     for name, _, _ in contenders:
         for fig in ("epoch", "b1"):
             report["figures"][f"{name} {fig}"] = summary([r[name][fig] for r in rounds])
-    print(f"\n{args.rounds} rounds, {args.threads} threads, isa {args.isa}: median [min, max]")
+    print(f"\n{args.rounds} rounds, {args.threads} threads, isa {args.isa}, load average "
+          f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} CPUs: median [min, max]")
     for name, _, _ in contenders:
         if name.startswith("torch"):
             continue
