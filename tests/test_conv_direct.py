@@ -1,7 +1,10 @@
 """The direct route of float32 convolutions with few input channels (_conv_direct.h): the
 forward pass and the weight/bias gradients against the reference written from the
-definition, on every padding form, strides, dilations and tails; that it is taken exactly
-where it applies; and that it matches the im2col + GEMM route on the paper's first layer."""
+definition, with the kernel of every instruction set this CPU has (AVX-512 at simd_level 2,
+AVX2 + FMA at 1, also on an AVX-512 CPU), on every padding form, strides, dilations, pixel
+tails and C_out that is no multiple of the vector width (masked lanes), on 1 and 2 threads;
+that it is taken exactly where it applies; and that it matches the im2col + GEMM route on
+the paper's first layer."""
 import numpy as np
 import pytest
 
@@ -13,7 +16,17 @@ import reference as R
 from conftest import spy_calls
 from test_functional import assert_close, rand
 
-pytestmark = pytest.mark.skipif(_core.simd_level() < 2, reason="needs AVX-512F")
+TOP = _core.simd_level(2)          # what this CPU (and CCONV_SIMD_LEVEL) allows
+pytestmark = pytest.mark.skipif(TOP < 1, reason="needs AVX2 + FMA, AVX-512F or NEON")
+LEVELS = [pytest.param(lv, id=f"level{lv}") for lv in (1, 2) if lv <= TOP]
+
+
+@pytest.fixture(params=LEVELS)
+def level(request):
+    """Run the test with the direct kernels of instruction-set level 1 (AVX2) or 2."""
+    assert _core.simd_level(request.param) == request.param
+    yield request.param
+    _core.simd_level(2)
 
 
 @pytest.fixture
@@ -32,6 +45,11 @@ CASES = [
     (2, 6, 17, 1, 32, (1, 3), (1, 2), 0, (1, 3)),  # non-square everything
     (1, 4, 4, 2, 16, 4, 1, 0, 1),               # K = 32 (the limit), kernel == input
     (5, 3, 3, 3, 64, 1, 1, 1, 1),               # 1x1 kernel on a padded input
+    (2, 7, 13, 3, 20, 3, 1, 1, 1),              # C_out = 20: 16 + 4 / 8 + 8 + 4 lanes
+    (3, 9, 9, 3, 5, 3, 2, 0, 1),                # C_out = 5: one partial vector only
+    (2, 6, 15, 1, 33, 3, 1, "same", 1),         # C_out = 33: 32 + 1 lane, OW = 15
+    (1, 5, 9, 2, 1, 2, 1, 0, 2),                # C_out = 1
+    (2, 8, 10, 3, 13, (3, 2), 1, ((1, 0), (2, 1)), 1),  # 13 lanes, non-square kernel
 ]
 
 
@@ -40,7 +58,7 @@ def case_id(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_matches_reference(case, calls):
+def test_matches_reference(case, level, calls):
     n, h, w, c, co, k, s, p, d = case
     rng = np.random.default_rng(sum(case[:5]))
     kh, kw = (k, k) if isinstance(k, int) else k
@@ -58,31 +76,58 @@ def test_matches_reference(case, calls):
     assert calls == {"direct_forward": 2, "direct_backward_weights": 1}
 
 
-def test_route_is_taken_only_where_it_applies(calls):
+def test_route_is_taken_only_where_it_applies(level, calls):
     rng = np.random.default_rng(7)
     x = rand(rng, (2, 8, 8, 3), np.float32)
     w = rand(rng, (3, 3, 3, 32), np.float32)
     dy = rand(rng, (2, 6, 6, 32), np.float32)
     F.conv2d(x, w)
     F.conv2d_backward(dy, x, w, need_dx=False)
-    assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
+    F.conv2d(x, w[..., :24])                                     # any C_out
+    assert calls == {"direct_forward": 2, "direct_backward_weights": 1}
     F.conv2d_backward(dy, x, w)                                  # dx wanted: im2col route
     F.conv2d(x.astype(np.float64), w.astype(np.float64))        # float64
-    F.conv2d(x, w[..., :24])                                     # C_out not a multiple of 16
     F.conv2d(rand(rng, (2, 8, 8, 4), np.float32), rand(rng, (3, 3, 4, 16), np.float32))  # K = 36
     F.conv2d(rand(rng, (2, 8, 8, 4), np.float32), rand(rng, (3, 3, 2, 32), np.float32),
              groups=2)                                           # grouped
-    assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
-    try:
-        _core.simd_level(1)                                 # no AVX-512: im2col route
-        F.conv2d(x, w)
-    finally:
-        _core.simd_level(2)
-    assert calls == {"direct_forward": 1, "direct_backward_weights": 1}
+    assert calls == {"direct_forward": 2, "direct_backward_weights": 1}
+    _core.simd_level(0)                                     # no vector kernels: im2col route
+    F.conv2d(x, w)
+    assert calls == {"direct_forward": 2, "direct_backward_weights": 1}
+
+
+@pytest.mark.parametrize("case", [(4, 9, 21, 3, 20, 3, 1, 1, 1), (3, 12, 11, 1, 8, 5, 2, 2, 1)],
+                         ids=case_id)
+def test_two_threads_split_the_rows_and_match(case, level, monkeypatch, restore_threads):
+    """With the per-thread work floor at 1, the plan puts the direct kernels on 2 threads
+    (the forward hands out runs of rows, the weight gradient one accumulator per run); the
+    results match the reference and the 1-thread results (the forward bit for bit)."""
+    n, h, w, c, co, k, s, p, d = case
+    rng = np.random.default_rng(11)
+    x, wt, b = rand(rng, (n, h, w, c), np.float32), rand(rng, (k, k, c, co), np.float32), \
+        rand(rng, (co,), np.float32)
+    ref = R.conv2d(x, wt, b, s, p, d)
+    dy = rand(rng, ref.shape, np.float32)
+    _, rw, rb = R.conv2d_backward(dy, x, wt, s, p, d)
+    monkeypatch.setattr(F, "MIN_WORK_PER_THREAD", 1)
+    out = {}
+    for threads in (1, 2):
+        cconv.set_num_threads(threads)
+        for backward in (False, True):
+            plan = _core.conv_plan(x.shape, k, k, co, s, s, p, p, p, p, d, d, 1, 4, backward,
+                                   False, threads, F._tuning(F.WINOGRAD_MIN_CHANNELS, F.DIRECT_MAX_K))
+            assert plan[:2] == (2, threads), plan
+        y = F.conv2d(x, wt, b, s, p, d)
+        _, dw, db = F.conv2d_backward(dy, x, wt, s, p, d, need_dx=False)
+        assert_close(y, ref, np.float32)
+        assert_close(dw, rw, np.float32)
+        assert_close(db, rb, np.float32)
+        out[threads] = y
+    assert np.array_equal(out[1], out[2])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_paper_first_layer_matches_im2col(threads, monkeypatch, restore_threads):
+def test_paper_first_layer_matches_im2col(threads, level, monkeypatch, restore_threads):
     """64x64 RGB -> 32 filters (batch 6): the direct route against the im2col route, and
     reproducible from one call to the next (one accumulator per run of rows). Large enough
     for the default per-thread work floor to run it on every thread (checked)."""
@@ -124,7 +169,7 @@ def test_kernels_refuse_buffers_of_the_wrong_shape():
                                       np.zeros((1, 16), np.float32), 3, 3, 1, 1, 0, 0, 1, 1, 2)
 
 
-def test_backward_weights_overwrite_their_slots_whatever_they_held():
+def test_backward_weights_overwrite_their_slots_whatever_they_held(level):
     """The kernel zeroes each slot's dW/db accumulator itself (the caller does not)."""
     rng = np.random.default_rng(10)
     x, w = rand(rng, (3, 7, 8, 3), np.float32), rand(rng, (3, 3, 3, 16), np.float32)

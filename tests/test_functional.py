@@ -262,6 +262,9 @@ POOL_CASES = [
     (2, 6, 6, 3, 2, 3, "valid"),
     (2, 5, 7, 2, 3, 3, 2),                          # pad = pool - 1
     (1, 9, 8, 3, 3, (3, 1), (0, 1)),
+    (2, 7, 9, 8, 2, None, 0),                       # tiled, odd H/W: the AVX2 kernel (8 lanes)
+    (1, 6, 11, 48, 2, None, 0),                     # AVX-512: 3 vectors (AVX2: 6)
+    (3, 9, 7, 24, (3, 2), None, 0),                 # AVX2: 3 vectors
 ]
 
 

@@ -122,3 +122,33 @@ def test_level_cap_never_exceeds_the_cpu():
         assert _core.simd_level(5) == top
     finally:
         _core.simd_level(2)
+
+
+# Average pooling (_pool_avg.h): float32 rows through the AVX-512 / AVX2 kernels, any
+# channel count (the last partial vector masked), any window, stride and padding.
+AVG_CASES = [((7, 9), 2, None, 0, 8), ((6, 11), 3, 2, 1, 13), ((9, 7), (2, 3), 1, "same", 20),
+             ((5, 5), 2, 1, 0, 3), ((8, 10), 3, None, "same", 33), ((1, 1), 1, None, 0, 16)]
+
+
+@pytest.mark.parametrize("level", LEVELS, indirect=True)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("hw,k,s,p,c", AVG_CASES, ids=str)
+def test_avg_pool_matches_definition_and_the_generic_bits(level, threads, hw, k, s, p, c,
+                                                          monkeypatch, restore_threads):
+    """Against the reference, and bit for bit against the generic loops (level 0): the
+    kernels add in the same order, with no fused multiply-add. With the per-thread work
+    floor at 1 the two-thread calls split rows (forward) and images (backward)."""
+    import cconv
+    monkeypatch.setattr(F, "MIN_WORK_PER_THREAD", 1)
+    cconv.set_num_threads(threads)
+    rng = np.random.default_rng(sum(hw) + c)
+    x = rng.standard_normal((3, *hw, c)).astype(np.float32)
+    y = F.avg_pool2d(x, k, s, p)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = F.avg_pool2d_backward(dy, x.shape, k, s, p)
+    np.testing.assert_allclose(y, R.avg_pool2d(x, k, s, p), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, R.avg_pool2d_backward(dy, x.shape, k, s, p), rtol=1e-5,
+                               atol=1e-6)
+    _core.simd_level(0)
+    assert np.array_equal(y, F.avg_pool2d(x, k, s, p))
+    assert np.array_equal(dx, F.avg_pool2d_backward(dy, x.shape, k, s, p))

@@ -24,8 +24,10 @@ def calls(monkeypatch):
 
 @pytest.fixture
 def winograd(monkeypatch, calls):
-    """Winograd for every eligible convolution, however few its channels."""
+    """Winograd for every eligible convolution, however few its channels (and never the
+    direct route, which float32 layers of few channels would take first)."""
     monkeypatch.setattr(F, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(F, "DIRECT_MAX_K", None)
     return calls
 
 

@@ -2,8 +2,8 @@
 # a route, the three routes, and the checked kernels of cconv.conv that run a plan.
 #
 # Routes: im2col + GEMM in tiles of output rows (any geometry); Winograd F(2x2, 3x3) for
-# 3x3 stride-1 undilated ungrouped layers with many input channels; the direct AVX-512
-# kernel for float32 layers with few input channels (K = KH*KW*C small, Cout % 16 == 0).
+# 3x3 stride-1 undilated ungrouped layers with many input channels; the direct kernels
+# (AVX-512, AVX2 + FMA, NEON) for float32 layers with few input channels (K = KH*KW*C small).
 # Each route kernel checks its geometry, its preconditions and its scratch sizes; it runs
 # on exactly num_threads threads (its scratch has a row per thread), as its plan says.
 
@@ -57,7 +57,7 @@ cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *
                        floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
                        Py_ssize_t tile_rows, int num_threads) noexcept nogil
 
-# --- direct, float32 (weights as the (K, Cout) matrix; needs simd_level() >= 2) ----------
+# --- direct, float32 (weights as the (K, Cout) matrix; needs simd_level() >= 1) ----------
 # scratch: direct_scratch_bytes(g, num_threads) bytes, or NULL (allocated here).
 cdef Py_ssize_t direct_scratch_bytes(const cconv_geom *g, int num_threads) noexcept nogil
 cdef int direct_forward(const cconv_geom *g, const float *x, const float *w, const float *b,

@@ -92,7 +92,7 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
     p.K = Kg
     p.Kpad = Kg
     if (t.direct_max_k >= 0 and not need_dx and itemsize == 4 and g.groups == 1
-            and K <= t.direct_max_k and Cout % 16 == 0 and simd_level(-1) >= 2):
+            and K <= t.direct_max_k and cconv_direct_available(simd_level(-1))):
         p.route = ROUTE_DIRECT
         p.Kpad = (K + 7) // 8 * 8
         p.threads = cconv_threads(budget, N * OH, smul(smul(M, K), Cout) // 16, mw)
@@ -379,11 +379,13 @@ cdef extern from "_conv_direct.h":
     void cconv_direct_row(const cconv_dgeom *g, const float *x, Py_ssize_t n, Py_ssize_t oh,
                           const Py_ssize_t *off, const Py_ssize_t *ident, float *patch,
                           const float **base, const Py_ssize_t **po) noexcept nogil
-    void cconv_direct_fwd_row(const cconv_dgeom *g, const float **base, const Py_ssize_t **po,
-                              const float *w, const float *b, float *y) noexcept nogil
-    void cconv_direct_dw_row(const cconv_dgeom *g, const float **base, const Py_ssize_t **po,
-                             const Py_ssize_t *off, const float *dy, float *dw,
-                             float *db) noexcept nogil
+    int cconv_direct_available(int level) noexcept nogil
+    void cconv_direct_fwd_row(int level, const cconv_dgeom *g, const float **base,
+                              const Py_ssize_t **po, const float *w, const float *b,
+                              float *y) noexcept nogil
+    void cconv_direct_dw_row(int level, const cconv_dgeom *g, const float **base,
+                             const Py_ssize_t **po, const Py_ssize_t *off, const float *dy,
+                             float *dw, float *db) noexcept nogil
 
 
 cdef cconv_dgeom direct_geom(const cconv_geom *g) noexcept nogil:
@@ -410,7 +412,7 @@ cdef int direct_check(const cconv_geom *g, int num_threads) noexcept nogil:
     cdef int err = cconv_conv_geom_check(g)
     if err:
         return err
-    if num_threads < 1 or g.groups != 1 or g.Cout % 16 or simd_level(-1) < 2:
+    if num_threads < 1 or g.groups != 1 or not cconv_direct_available(simd_level(-1)):
         return CCONV_ERR_VALUE
     return 0
 
@@ -435,6 +437,7 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
     cdef Py_ssize_t *off = <Py_ssize_t *> scratch
     cdef char *threads_scratch = scratch + aligned(2 * g.Kpad * sizeof(Py_ssize_t))
     cdef Py_ssize_t per_thread = direct_thread_bytes(geom)
+    cdef int level = simd_level(-1)
     cconv_direct_offsets(g, off, off + g.Kpad)
     cdef Py_ssize_t rows = geom.N * g.OH
     cdef Py_ssize_t slot, row, n
@@ -457,9 +460,9 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
                 cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
                                  <float *> (mine + 2 * g.OW * sizeof(void *)), base, po)
                 if yp != NULL:
-                    cconv_direct_fwd_row(g, base, po, wp, bp, yp + row * g.OW * g.cout)
+                    cconv_direct_fwd_row(level, g, base, po, wp, bp, yp + row * g.OW * g.cout)
                 else:
-                    cconv_direct_dw_row(g, base, po, off, dyp + row * g.OW * g.cout,
+                    cconv_direct_dw_row(level, g, base, po, off, dyp + row * g.OW * g.cout,
                                         dwp + slot * g.Kpad * g.cout, dbp + slot * g.cout)
         cconv_ftz_restore(old)
     free(owned)

@@ -356,9 +356,10 @@ def ftz_available():
 
 def simd_level(int cap=-1):
     """Instruction set of the vectorised kernels (tiled float32 max pool, direct
-    convolution): 2 = AVX-512F, 1 = AVX2, 0 = generic loops and the GEMM routes. ``cap`` >= 0
-    lowers (or restores) the level used, never above what the CPU supports (the tests run
-    every path this way)."""
+    convolution): 2 = AVX-512F, 1 = AVX2 + FMA (on aarch64: NEON), 0 = generic loops and the
+    GEMM routes. ``cap`` >= 0 lowers (or restores) the level used, never above what the CPU
+    supports nor above the environment variable ``CCONV_SIMD_LEVEL`` read at import (the
+    tests run every path this way; ``CCONV_SIMD_LEVEL=1`` simulates a CPU without AVX-512)."""
     return _cpu.simd_level(cap)
 
 
@@ -518,11 +519,12 @@ def conv2d_backward(dy, x, w, dx, dw_work, db_work, work,
     check(err, where)
 
 
-def direct_forward(x, w, bias, y,                     # y: OUT (N, OH, OW, Cout), Cout % 16 == 0
+def direct_forward(x, w, bias, y,                     # y: OUT (N, OH, OW, Cout)
                    Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int num_threads):
-    """y = conv(x, w) + b computed directly from x (no im2col buffer), row by row, on an
-    AVX-512 CPU (see _conv_direct.h); float32, w (KH*KW*C, Cout), bias (Cout,) or None."""
+    """y = conv(x, w) + b computed directly from x (no im2col buffer), row by row, with the
+    AVX-512, AVX2 or NEON kernel of simd_level() >= 1 (see _conv_direct.h); float32, w
+    (KH*KW*C, Cout), bias (Cout,) or None."""
     cdef str where = "direct_forward"
     cdef char *xp = data(x, F32, 4, False, where, "x")
     cdef char *wp = data(w, F32, 2, False, where, "w")

@@ -1,7 +1,8 @@
 # The instruction-set level of cconv's vectorised kernels, kept in one place for every
-# kernel module: 2 = AVX-512F, 1 = AVX2, 0 = generic loops only.
+# kernel module: 2 = AVX-512F, 1 = AVX2 + FMA (aarch64: NEON), 0 = generic loops only.
 
-# The level in use: what the CPU supports, capped by the last cap >= 0 given (a negative
+# The level in use: what the CPU supports (and the environment's CCONV_SIMD_LEVEL allows),
+# capped by the last cap >= 0 given (a negative
 # cap leaves it as it is). The tests lower the cap to run every path on one machine; it
 # is set with the GIL held, never while a kernel runs.
 cdef int simd_level(int cap) noexcept nogil

@@ -55,6 +55,13 @@ cdef extern from "_pool_simd.h":
                                   Py_ssize_t KW, int stream) noexcept nogil
 
 
+cdef extern from "_pool_avg.h":
+    int cconv_avgpool_row_simd(int level, int bwd, const float *src, float *dst, Py_ssize_t n,
+                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t OW,
+                               Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t KW, Py_ssize_t sw,
+                               Py_ssize_t pl, float inv) noexcept nogil
+
+
 cdef inline Py_ssize_t clip_lo(Py_ssize_t start) noexcept nogil:
     """First in-bounds index of a window starting at `start` (0 if it starts in the padding)."""
     return start if start > 0 else 0
@@ -277,9 +284,10 @@ cdef int max_pool2d_backward_ex(const cconv_geom *g, const floating *dy, const i
     return 0
 
 
-cdef void avgpool_rows(const cconv_geom *g, const floating *x, floating *y, Py_ssize_t r0,
-                       Py_ssize_t r1) noexcept nogil:
-    """Forward of output rows r0..r1 (flat (n, oh))."""
+cdef void avgpool_rows(const cconv_geom *g, const floating *x, floating *y, int level,
+                       Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Forward of output rows r0..r1 (flat (n, oh)); float32 rows go through the vector
+    kernels of _pool_avg.h when `level` (simd_level()) has them."""
     cdef Py_ssize_t C = g.C
     cdef Py_ssize_t KH = g.KH, KW = g.KW, sh = g.sh, sw = g.sw, pt = g.pt, pl = g.pl
     cdef floating inv = <floating> 1 / <floating> (KH * KW)
@@ -292,6 +300,10 @@ cdef void avgpool_rows(const cconv_geom *g, const floating *x, floating *y, Py_s
         oh = row - n * g.OH
         h0 = clip_lo(oh * sh - pt)
         h1 = clip_hi(oh * sh - pt, KH, g.H)
+        if floating is float:
+            if cconv_avgpool_row_simd(level, 0, x, y + row * g.OW * C, n, g.H, g.W, C, g.OW,
+                                      h0, h1, KW, sw, pl, inv):
+                continue
         for ow in range(g.OW):
             w0 = clip_lo(ow * sw - pl)
             w1 = clip_hi(ow * sw - pl, KW, g.W)
@@ -316,24 +328,26 @@ cdef int avg_pool2d_forward_ex(const cconv_geom *g, const floating *x, floating 
         return CCONV_ERR_VALUE
     cdef Py_ssize_t rows = g.N * g.OH, row
     cdef unsigned long old
+    cdef int level = simd_level(-1)
     if rows == 0:
         return 0
     if num_threads == 1:
         old = cconv_ftz_on()
-        avgpool_rows(g, x, y, 0, rows)
+        avgpool_rows(g, x, y, level, 0, rows)
         cconv_ftz_restore(old)
         return 0
     with parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for row in prange(rows, schedule="static"):
-            avgpool_rows(g, x, y, row, row + 1)
+            avgpool_rows(g, x, y, level, row, row + 1)
         cconv_ftz_restore(old)
     return 0
 
 
 cdef void avgpool_backward_image(const cconv_geom *g, const floating *dy, floating *dx,
-                                 Py_ssize_t n) noexcept nogil:
-    """Zero dx[n], then spread each gradient of image n evenly over its window."""
+                                 int level, Py_ssize_t n) noexcept nogil:
+    """Zero dx[n], then spread each gradient of image n evenly over its window (float32
+    rows through _pool_avg.h when `level` has a kernel)."""
     cdef Py_ssize_t C = g.C, image = g.H * g.W * g.C
     cdef Py_ssize_t KH = g.KH, KW = g.KW, sh = g.sh, sw = g.sw, pt = g.pt, pl = g.pl
     cdef floating inv = <floating> 1 / <floating> (KH * KW)
@@ -345,6 +359,10 @@ cdef void avgpool_backward_image(const cconv_geom *g, const floating *dy, floati
     for oh in range(g.OH):
         h0 = clip_lo(oh * sh - pt)
         h1 = clip_hi(oh * sh - pt, KH, g.H)
+        if floating is float:
+            if cconv_avgpool_row_simd(level, 1, dy + (n * g.OH + oh) * g.OW * C, dx, n, g.H,
+                                      g.W, C, g.OW, h0, h1, KW, sw, pl, inv):
+                continue
         for ow in range(g.OW):
             w0 = clip_lo(ow * sw - pl)
             w1 = clip_hi(ow * sw - pl, KW, g.W)
@@ -365,16 +383,17 @@ cdef int avg_pool2d_backward_ex(const cconv_geom *g, const floating *dy, floatin
         return CCONV_ERR_VALUE
     cdef Py_ssize_t n
     cdef unsigned long old
+    cdef int level = simd_level(-1)
     if num_threads == 1:
         old = cconv_ftz_on()
         for n in range(g.N):
-            avgpool_backward_image(g, dy, dx, n)
+            avgpool_backward_image(g, dy, dx, level, n)
         cconv_ftz_restore(old)
         return 0
     with parallel(num_threads=num_threads):
         old = cconv_ftz_on()
         for n in prange(g.N, schedule="static"):
-            avgpool_backward_image(g, dy, dx, n)
+            avgpool_backward_image(g, dy, dx, level, n)
         cconv_ftz_restore(old)
     return 0
 

@@ -1,6 +1,7 @@
-/* Instruction sets: the multiversioning macro of cconv's plain C loops, and the level of
- * its explicitly vectorised kernels (_pool_simd.h, _conv_direct.h): 2 = AVX-512F,
- * 1 = AVX2, 0 = generic loops only.
+/* Instruction sets: the multiversioning macro of cconv's plain C loops, the level of its
+ * explicitly vectorised kernels (_pool_simd.h, _conv_direct.h): 2 = AVX-512F, 1 = AVX2 with
+ * FMA (on aarch64: NEON), 0 = generic loops only, and the vector helpers those kernels are
+ * written with.
  *
  * The kernels are compiled for their instruction set with target attributes, whatever the
  * build's baseline, and chosen at run time from cconv._cpu's simd_level().
@@ -22,20 +23,106 @@
 #include <immintrin.h>
 #define CCONV_AVX512 __attribute__((target("avx512f")))
 #define CCONV_AVX2 __attribute__((target("avx2")))
+#define CCONV_AVX2FMA __attribute__((target("avx2,fma")))
 #else
 #define CCONV_X86 0
 #endif
 
-/* What the CPU and the build support: 2 (AVX-512F), 1 (AVX2) or 0. The level in use, which
-   the tests lower to reach every path, is kept by cconv._cpu (simd_level). */
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define CCONV_NEON 1
+#include <arm_neon.h>
+#else
+#define CCONV_NEON 0
+#endif
+
+/* What the CPU and the build support: 2 (AVX-512F), 1 (AVX2 and FMA; NEON, which every
+   aarch64 CPU has) or 0. The level in use, which the tests lower to reach every path, is
+   kept by cconv._cpu (simd_level). */
 static inline int cconv_simd_detect(void) {
     int level = 0;
 #if CCONV_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) level = 1;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) level = 1;
     if (__builtin_cpu_supports("avx512f")) level = 2;
+#elif CCONV_NEON
+    level = 1;
 #endif
     return level;
 }
+
+/* Vector helpers over float32 lanes, one set per instruction set, so that a kernel is
+   written once, in terms of VEC(op), and compiled for each set (see _conv_direct.h):
+
+     CCONV_V<lanes>_load(p) / _store(p, v)     unaligned load / store of all lanes
+     _loadm(p, m) / _storem(p, m, v)           the first lanes only, m = _mask(n), 0 < n < lanes
+                                               (masked loads read nothing past them and give 0)
+     _set1(x), _zero(), _add(a, b), _mul(a, b), _fma(a, b, c) = a * b + c
+
+   A port to another vector ISA (SVE, RISC-V V, AVX10) is one more such set.
+
+   A kernel template (a header included once per set) defines VLANES (16, 8 or 4) and KSFX
+   (the name suffix) before each inclusion and uses CCONV_VEC(load)(p), which is then
+   CCONV_V16_load(p) etc., CCONV_VTYPE, CCONV_VMASK and CCONV_KNAME(f) (f with the suffix). */
+#define CCONV_CAT_(a, b) a##b
+#define CCONV_CAT(a, b) CCONV_CAT_(a, b)
+#define CCONV_VEC_(n, op) CCONV_V##n##_##op
+#define CCONV_VEC__(n, op) CCONV_VEC_(n, op)
+#define CCONV_VEC(op) CCONV_VEC__(VLANES, op)
+#define CCONV_VTYPE CCONV_CAT(CCONV_CAT(cconv_v, VLANES), _t)
+#define CCONV_VMASK CCONV_CAT(CCONV_CAT(cconv_m, VLANES), _t)
+#define CCONV_KNAME(f) CCONV_CAT(f, KSFX)
+#if CCONV_X86
+typedef __m512 cconv_v16_t;                                    /* AVX-512F: 16 lanes */
+typedef __mmask16 cconv_m16_t;
+#define CCONV_V16_load(p) _mm512_loadu_ps(p)
+#define CCONV_V16_store(p, v) _mm512_storeu_ps((p), (v))
+#define CCONV_V16_mask(n) ((__mmask16)((1u << (n)) - 1u))
+#define CCONV_V16_loadm(p, m) _mm512_maskz_loadu_ps((m), (p))
+#define CCONV_V16_storem(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
+#define CCONV_V16_set1(x) _mm512_set1_ps(x)
+#define CCONV_V16_zero() _mm512_setzero_ps()
+#define CCONV_V16_add(a, b) _mm512_add_ps((a), (b))
+#define CCONV_V16_mul(a, b) _mm512_mul_ps((a), (b))
+#define CCONV_V16_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+
+typedef __m256 cconv_v8_t;                                     /* AVX2 + FMA: 8 lanes */
+typedef __m256i cconv_m8_t;
+__attribute__((unused)) static const int cconv_m8_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+#define CCONV_V8_load(p) _mm256_loadu_ps(p)
+#define CCONV_V8_store(p, v) _mm256_storeu_ps((p), (v))
+#define CCONV_V8_mask(n) _mm256_loadu_si256((const __m256i *)(cconv_m8_table + 8 - (n)))
+#define CCONV_V8_loadm(p, m) _mm256_maskload_ps((p), (m))
+#define CCONV_V8_storem(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#define CCONV_V8_set1(x) _mm256_set1_ps(x)
+#define CCONV_V8_zero() _mm256_setzero_ps()
+#define CCONV_V8_add(a, b) _mm256_add_ps((a), (b))
+#define CCONV_V8_mul(a, b) _mm256_mul_ps((a), (b))
+#define CCONV_V8_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#endif
+
+#if CCONV_NEON
+typedef float32x4_t cconv_v4_t;                                /* NEON: 4 lanes */
+typedef int cconv_m4_t;                                        /* the lane count */
+static inline float32x4_t cconv_v4_loadm(const float *p, int n) {
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < n; i++) t[i] = p[i];
+    return vld1q_f32(t);
+}
+static inline void cconv_v4_storem(float *p, int n, float32x4_t v) {
+    float t[4];
+    vst1q_f32(t, v);
+    for (int i = 0; i < n; i++) p[i] = t[i];
+}
+#define CCONV_V4_load(p) vld1q_f32(p)
+#define CCONV_V4_store(p, v) vst1q_f32((p), (v))
+#define CCONV_V4_mask(n) (n)
+#define CCONV_V4_loadm(p, m) cconv_v4_loadm((p), (m))
+#define CCONV_V4_storem(p, m, v) cconv_v4_storem((p), (m), (v))
+#define CCONV_V4_set1(x) vdupq_n_f32(x)
+#define CCONV_V4_zero() vdupq_n_f32(0.0f)
+#define CCONV_V4_add(a, b) vaddq_f32((a), (b))
+#define CCONV_V4_mul(a, b) vmulq_f32((a), (b))
+#define CCONV_V4_fma(a, b, c) vfmaq_f32((c), (a), (b))
+#endif
 
 #endif  /* CCONV_SIMD_H */

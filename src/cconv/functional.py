@@ -48,9 +48,10 @@ outputs of one block of tiles; more only when one tile alone is larger), plus
 the batch size.
 
 A float32 convolution with few input channels (``KH*KW*C_in <= DIRECT_MAX_K``, the first
-layer of a network on RGB or grey images), C_out a multiple of 16 and groups 1 is computed
-directly on an AVX-512 CPU (see ``_conv_direct.h``): each output from the input in place, no
-im2col buffer and no GEMM with a tiny inner dimension. Extra memory:
+layer of a network on RGB or grey images) and groups 1 is computed directly on a CPU with
+AVX-512, AVX2 + FMA or NEON (see ``_conv_direct.h``; any C_out, the last partial vector of
+outputs through lane masks): each output from the input in place, no im2col buffer and no
+GEMM with a tiny inner dimension. Extra memory:
 ``threads * OW * (K floats + 2 pointers)`` and, for the weight gradient (taken when
 ``need_dx=False``), ``threads * Kpad * C_out`` floats of accumulators.
 
@@ -492,15 +493,16 @@ def _threads(work_items, work_size=None):
 _BLAS_SERIAL_MNK = 1 << 18
 
 
-def _run(nt, gemm_mnk, fn, *args):
-    """Call a kernel on nt OpenMP threads with BLAS limited to the rest of the budget.
+def _run(nt, gemm_mnk, fn, *args, blas=None):
+    """Call a kernel on nt OpenMP threads with BLAS limited to the rest of the budget (or
+    to ``blas`` threads).
 
     ``gemm_mnk`` bounds the size (m * n * k) of each GEMM the kernel makes: when BLAS would
     run them on one thread anyway, its thread setting is left alone (setting and restoring
     it costs more than a small convolution)."""
     if gemm_mnk <= _BLAS_SERIAL_MNK:
         return fn(*args, nt)
-    with _config.blas_threads(max(1, get_num_threads() // nt)):
+    with _config.blas_threads(blas or max(1, get_num_threads() // nt)):
         return fn(*args, nt)
 
 
@@ -571,8 +573,13 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
     if out is None:
         out, beta = _alloc((m, n), a.dtype), 0.0
     nt = _threads(m, m * n * k // 16)
+    # BLAS on one thread also when the rows do not split (m = 1: one image): OpenBLAS would
+    # thread a (1, k) x (k, n) product itself and leave its pool spinning against the next
+    # kernel's threads (with its Haswell kernels, the paper network's predict() on one
+    # image took 5-120 ms instead of 1.2 ms; its AVX-512 kernels run such a product on one
+    # thread anyway).
     _run(nt, -(-m // nt) * n * k, _core.matmul, bool(trans_a), bool(trans_b),
-         np.ascontiguousarray(a), np.ascontiguousarray(b), beta, out)
+         np.ascontiguousarray(a), np.ascontiguousarray(b), beta, out, blas=1)
     return out
 
 
@@ -586,8 +593,8 @@ TILE_BYTES = 1 << 21
 #: F(2x2, 3x3) (2.25x fewer multiplications than im2col + GEMM); set to None to disable.
 WINOGRAD_MIN_CHANNELS: int | None = 16
 
-#: Convolutions with KH*KW*C_in up to this (and float32, groups 1, C_out a multiple of 16,
-#: an AVX-512 CPU; for the backward pass, need_dx=False) take the direct route. None: never.
+#: Convolutions with KH*KW*C_in up to this (and float32, groups 1, an AVX-512, AVX2 or NEON
+#: CPU; for the backward pass, need_dx=False) take the direct route. None: never.
 DIRECT_MAX_K: int | None = 32
 #: Upper bound on one thread's Winograd block (transformed inputs and outputs), in bytes.
 WINOGRAD_BLOCK_BYTES = 1 << 20

@@ -19,7 +19,7 @@ THREADS = [1, 2]
 
 #: (x shape, w shape, stride, padding ((top, bottom), (left, right)), dilation, groups):
 #: the im2col + GEMM route (also grouped, strided, dilated, 1x1), Winograd (3x3, 16
-#: channels) and the direct route (float32, 3 channels, C_out 32, on an AVX-512 CPU); the
+#: channels) and the direct route (float32, 3 channels, C_out 32, on an AVX2 or AVX-512 CPU); the
 #: last three are large enough for two threads (cconv gives small work one thread).
 CONVS = [
     ((2, 9, 10, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),

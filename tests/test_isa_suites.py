@@ -1,0 +1,64 @@
+"""The general suites once more on a simulated CPU without AVX-512.
+
+On an AVX-512 CPU cconv never picks its AVX2 kernels (direct convolution, max pool) by
+itself, so the suites that check every route against the references would not see them.
+Here they run again in a child process whose instruction-set level is capped at AVX2 + FMA
+(``CCONV_SIMD_LEVEL=1``, read when cconv is imported): the functional suite against the
+definitions, the property tests, the PyTorch parity suite and the kernels' own files.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cconv import _core
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUITES = ["test_functional.py", "test_property.py", "test_functional_torch.py",
+          "test_layers_torch.py", "test_pool_simd.py", "test_conv_direct.py"]
+
+
+@pytest.mark.skipif(_core.simd_level(2) < 2 or "CCONV_SIMD_LEVEL" in os.environ,
+                    reason="the suites already run at this CPU's (or the environment's) level")
+def test_general_suites_pass_with_the_level_capped_at_avx2():
+    env = dict(os.environ, CCONV_SIMD_LEVEL="1")
+    code = "from cconv import _core; print(_core.simd_level(2))"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip() == "1"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           *SUITES], cwd=HERE, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+SRC = os.path.join(HERE, "c", "direct_check.c")
+INCLUDE = os.path.join(os.path.dirname(HERE), "src", "cconv")
+
+
+def _build_and_run(cc, run_prefix, tmp_path):
+    exe = str(tmp_path / "direct_check")
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-I", INCLUDE, SRC, "-o", exe, "-lm"],
+                   check=True, capture_output=True, text=True)
+    proc = subprocess.run([*run_prefix, exe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("cc") is None,
+                    reason="needs the source tree and a C compiler")
+def test_direct_kernels_of_every_level_in_plain_c(tmp_path):
+    """The kernels straight from the header on this CPU (every level it has), also those
+    cconv.functional would not pick for the shapes drawn here."""
+    assert "0 of" in _build_and_run("cc", [], tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None
+                    or not os.path.isdir("/usr/aarch64-linux-gnu"),
+                    reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 (user mode)")
+def test_neon_direct_kernels_under_qemu(tmp_path):
+    """The NEON kernels, cross-compiled for aarch64 and run under qemu's user-mode
+    emulation (an emulator, not an ARM CPU: correctness only, no speed)."""
+    out = _build_and_run("aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
+                         tmp_path)
+    assert "0 of 33 cases wrong (levels 1..1)" in out
