@@ -71,7 +71,7 @@ def _blas_info():
 def worker_cconv(args):
     import cconv
     from cconv import optim
-    from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+    from bench_speed import cconv_model as paper_model     # the same network in both
 
     cconv.set_num_threads(args.threads)
     # cconv.set_num_threads budgets the compiled kernels; numpy's BLAS (the Dense layers)
@@ -83,14 +83,7 @@ def worker_cconv(args):
     except ImportError:
         limiter = None
     x, y = _data(args.images)
-    model = cconv.Sequential([
-        Conv2D(32, 3, activation="relu"), MaxPool2D(2),
-        Conv2D(64, 3, activation="relu"), MaxPool2D(2),
-        Conv2D(128, 3, activation="relu"), MaxPool2D(2),
-        Flatten(),
-        Dense(128, activation="relu"), Dense(256, activation="relu"), Dropout(0.5),
-        Dense(N_CLASSES, activation="softmax"),
-    ], input_shape=(64, 64, 3), seed=0)
+    model = paper_model()
     model.compile(optim.Adam(lr=1e-3), "categorical_crossentropy")
     base = _rss_mb()
     model.train_on_batch(x[:args.batch], y[:args.batch])            # warm-up
