@@ -99,9 +99,10 @@ __all__ = [
     "conv_output_size", "normalize_pair", "normalize_padding", "relu_backward",
     "conv2d_transpose", "conv2d_transpose_backward", "conv_transpose_output_size",
     "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
-    "normalize_pads", "matmul", "adam_update", "relu",
+    "normalize_pads", "matmul", "relu",
 ]
-# Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions.
+# Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions;
+# adam_update, the compiled kernel of cconv.optim's Adam (an optimizer step, not an op).
 
 _INT_MAX = 2**31 - 1       # BLAS dimensions and leading dimensions are 32-bit ints
 _GEOM_MAX = 2**31 - 1      # stride/padding/dilation/kernel sizes beyond this are rejected
@@ -1563,8 +1564,18 @@ def adam_update(params: Sequence[NDArray[Any]], grads: Sequence[NDArray[Any]],
     Every array C-contiguous and of one float dtype; a parameter and its gradient and
     moments of one size, not sharing memory (else ``TypeError`` / ``ValueError``).
     """
-    params, grads, ms, vs = list(params), list(grads), list(ms), list(vs)
-    total = sum(p.size for p in params) if params else 0
+    lists = []
+    for name, seq in (("params", params), ("grads", grads), ("ms", ms), ("vs", vs)):
+        if isinstance(seq, np.ndarray) or not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple of arrays, got {type(seq).__name__}")
+        lists.append(list(seq))
+    params, grads, ms, vs = lists
+    step = _as_int(step, "step", "an int >= 1")
+    if step < 1:
+        raise ValueError(f"step must be an int >= 1, got {step}")
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}")
+    total = sum(p.size for p in params if isinstance(p, np.ndarray))
     mode = 0 if not weight_decay else (1 if decoupled else 2)
     bc1 = 1.0 - beta1 ** step
     bc2 = 1.0 - beta2 ** step
