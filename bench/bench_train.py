@@ -44,7 +44,7 @@ def worker_cconv(settings):
 
     import cconv
     from cconv import optim
-    from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+    from bench_speed import cconv_model as paper_model     # the same network in both
 
     threads = settings["threads"]
     cconv.set_num_threads(threads)
@@ -52,14 +52,7 @@ def worker_cconv(settings):
     # numpy's BLAS (the Dense layers' fallback) capped too: every framework on `threads`.
     with threadpool_limits(limits=threads, user_api="blas"):
         x, y = _data(settings["images"])
-        model = cconv.Sequential([
-            Conv2D(32, 3, activation="relu"), MaxPool2D(2),
-            Conv2D(64, 3, activation="relu"), MaxPool2D(2),
-            Conv2D(128, 3, activation="relu"), MaxPool2D(2),
-            Flatten(),
-            Dense(128, activation="relu"), Dense(256, activation="relu"), Dropout(0.5),
-            Dense(N_CLASSES, activation="softmax"),
-        ], input_shape=(64, 64, 3), seed=0)
+        model = paper_model()
         model.compile(optim.Adam(lr=1e-3), "categorical_crossentropy")
         times = []
         with Memory() as mem:

@@ -64,7 +64,7 @@ ALLOWED = (ValueError, TypeError, MemoryError)
 FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
              "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "correlate2d",
              "convolve2d", "relu_backward", "conv2d_transpose", "conv2d_transpose_backward",
-             "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d", "matmul"]
+             "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d", "matmul", "relu"]
 HELPERS = ["conv_output_size", "normalize_pair", "normalize_padding",
            "conv_transpose_output_size", "normalize_transpose_padding", "normalize_pads"]
 BACKWARDS = ("conv2d_backward", "conv2d_transpose_backward")   # with need_dx
@@ -265,6 +265,8 @@ def valid_call(rng, name):
         a = values(rng, (w, h) if ta else (h, w), dtype)
         b = values(rng, (c, w) if tb else (w, c), dtype)
         return [a, b, ta, tb], {}
+    if name == "relu":
+        return [values(rng, (n, h, w, c)[:int(rng.integers(1, 5))], dtype)], {}
     if name == "relu_backward":
         shape = (n, h, w, c)[:int(rng.integers(1, 5))]
         return [values(rng, shape, dtype), np.maximum(values(rng, shape, dtype), 0)], {}

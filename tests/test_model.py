@@ -12,6 +12,7 @@ import pytest
 
 import cconv
 from cconv import _testing, callbacks, losses, optim
+from cconv import functional as F
 from cconv.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax)
 from cconv.model import NonFiniteLossError
 
@@ -300,12 +301,21 @@ def test_config_round_trip_and_lazy_build():
     assert lazy.built and lazy.input_shape == (2, 3) and lazy.output_shape == (4,)
 
 
-def test_activations_and_predict_batching():
-    m = tiny(seed=1)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bn", [True, False])
+def test_activations_and_predict_batching(bn, threads, restore_threads, monkeypatch):
+    """predict (the inference path: without bn, conv + ReLU + pool fused) gives the bits of
+    the layers' calls; at 2 threads with the work floor lowered, so that the elementwise
+    kernels split the small arrays."""
+    cconv.set_num_threads(threads)
+    monkeypatch.setattr(F, "MIN_WORK_PER_THREAD", 64)
+    monkeypatch.setattr(cconv.model, "INFERENCE_SERIAL_MAX", 0)
+    m = tiny(seed=1, bn=bn)
     x, _ = blobs(n=10)
     acts = m.activations(x)
     assert list(acts) == [l.name for l in m.layers]
     assert acts["conv2d"].shape == (10, 6, 6, 4) and acts["flatten"].shape == (10, 36)
+    assert (acts["conv2d"] >= 0).all()
     np.testing.assert_array_equal(acts[m.layers[-1].name], m.predict(x, batch_size=10))
     np.testing.assert_allclose(m.predict(x, batch_size=3), m.predict(x), rtol=1e-5, atol=1e-7)
     assert m.predict(x).dtype == np.float32

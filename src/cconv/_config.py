@@ -270,10 +270,30 @@ def get_num_threads() -> int:
             # omp_get_max_threads() honours OMP_NUM_THREADS and threadpoolctl's OpenMP limits.
             n = max(1, min(_core().omp_max_threads(), _cpus(), _default_threads or _cpus()))
         n = _capped(n, "the environment (OMP_NUM_THREADS)")
+    limit = getattr(_thread_limit, "n", None)
+    if limit is not None and limit < n:
+        n = limit
     if n > _threads_started:
         _start_threads(n)
     _parallel_used = _parallel_used or n > 1
     return n
+
+
+_thread_limit = threading.local()     # .n: a cap for the calling Python thread (thread_limit)
+
+
+@contextmanager
+def thread_limit(n: int):
+    """Cap :func:`get_num_threads` at ``n`` for the calling Python thread while inside (the
+    model's inference of a small batch runs its kernels on the calling thread: splitting
+    work of a few hundred microseconds does not pay, and on a busy machine every fork/join
+    waits for a descheduled sibling)."""
+    old = getattr(_thread_limit, "n", None)
+    _thread_limit.n = n if old is None else min(old, n)
+    try:
+        yield
+    finally:
+        _thread_limit.n = old
 
 
 # ---------------------------------------------------------------------------------------

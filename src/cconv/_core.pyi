@@ -43,6 +43,22 @@ def out_problem(
 ) -> int: ...
 
 C_API_VERSION: tuple[int, int]
+def same_bytes(a: NDArray[np.generic], b: NDArray[np.generic]) -> bool: ...
+def adam_update(
+    params: list[NDArray[_F]],
+    grads: list[NDArray[_F]],
+    ms: list[NDArray[_F]],
+    vs: list[NDArray[_F]],
+    decay_mode: int,
+    decay: float,
+    wd: float,
+    b1: float,
+    b2: float,
+    sbc2: float,
+    eps: float,
+    step: float,
+    num_threads: int,
+) -> None: ...  # params, ms, vs: IN/OUT
 def matmul(
     trans_a: bool,
     trans_b: bool,
@@ -265,6 +281,7 @@ def avg_pool2d_backward(
     pl: int,
     num_threads: int,
 ) -> None: ...
+def relu_forward(x: NDArray[_F], out: NDArray[_F], num_threads: int) -> None: ...  # out: OUT
 def relu_backward(
     dy: NDArray[_F],
     y: NDArray[_F],

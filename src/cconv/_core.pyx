@@ -23,6 +23,7 @@ pool, activation), which other packages cimport directly.
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.long cimport PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact
@@ -186,6 +187,21 @@ cdef int out_check(object out, tuple shape, cnp.dtype dtype, tuple inputs) excep
 # ---------------------------------------------------------------------------------
 # BLAS
 # ---------------------------------------------------------------------------------
+def same_bytes(cnp.ndarray a, cnp.ndarray b):
+    """Whether two C-contiguous arrays hold the same bytes (memcmp; a cache's validity test)."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
+        raise ValueError("same_bytes: the arrays must be C-contiguous")
+    cdef size_t n = <size_t> cnp.PyArray_NBYTES(a)
+    if n != <size_t> cnp.PyArray_NBYTES(b):
+        return False
+    cdef const void *ap = cnp.PyArray_DATA(a)
+    cdef const void *bp = cnp.PyArray_DATA(b)
+    cdef int r
+    with nogil:
+        r = memcmp(ap, bp, n)
+    return r == 0
+
+
 def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  # c: IN/OUT
     """c = op(a) @ op(b) + beta * c, the rows of c cut into one block per thread.
 
@@ -823,6 +839,23 @@ def avg_pool2d_backward(dy, dx,                       # dx: OUT, every element w
 # ---------------------------------------------------------------------------------
 # Elementwise
 # ---------------------------------------------------------------------------------
+def relu_forward(x, out, int num_threads):             # out: OUT (may be x)
+    """out = max(x, 0) over 1-D arrays (blocks of 64K elements in parallel)."""
+    cdef str where = "relu_forward"
+    cdef int t = dtype_of(x, where, "x")
+    cdef char *xp = data(x, t, 1, False, where, "x")
+    cdef char *op = data(out, t, 1, True, where, "out")
+    expect(out, where, "out", dim(x, 0))
+    cdef Py_ssize_t n = dim(x, 0)
+    cdef int err
+    with nogil:
+        if t == F32:
+            err = _activation.relu_forward_ex(<float *> xp, <float *> op, n, num_threads)
+        else:
+            err = _activation.relu_forward_ex(<double *> xp, <double *> op, n, num_threads)
+    check(err, where)
+
+
 def relu_backward(dy, y, out, int num_threads):       # out: OUT
     """out = dy where y > 0, else 0, over 1-D arrays (blocks of 64K elements in parallel)."""
     cdef str where = "relu_backward"
@@ -842,6 +875,96 @@ def relu_backward(dy, y, out, int num_threads):       # out: OUT
             err = _activation.relu_backward_ex(<double *> dyp, <double *> yp, <double *> op, n,
                                             num_threads)
     check(err, where)
+
+
+cdef extern from "_elementwise.h":
+    void cconv_adam_f(float *p, const float *g, float *m, float *v, Py_ssize_t n,
+                      int decay_mode, float decay, float wd, float b1, float c1, float b2,
+                      float c2, float sbc2, float eps, float step) noexcept nogil
+    void cconv_adam_d(double *p, const double *g, double *m, double *v, Py_ssize_t n,
+                      int decay_mode, double decay, double wd, double b1, double c1, double b2,
+                      double c2, double sbc2, double eps, double step) noexcept nogil
+
+cdef enum:
+    ADAM_BLOCK = 32768            # elements per parallel block of adam_update
+
+
+def adam_update(list params, list grads, list ms, list vs, int decay_mode, double decay,
+                double wd, double b1, double b2, double sbc2, double eps, double step,
+                int num_threads):
+    """One Adam step over every parameter (params, ms, vs: IN/OUT; grads: IN), in blocks of
+    32K elements on up to num_threads threads (see cconv_adam_f in _elementwise.h for the
+    arithmetic and the constants). Every array C-contiguous, of one float dtype; each
+    parameter's four arrays of one size and disjoint."""
+    cdef str where = "adam_update"
+    cdef Py_ssize_t n = len(params), k, j, nblocks = 0, blk, lo, cnt, size
+    if not (len(grads) == len(ms) == len(vs) == n):
+        raise ValueError(f"{where}: {n} params, {len(grads)} grads, {len(ms)} ms, {len(vs)} vs")
+    if n == 0:
+        return
+    cdef int t = dtype_of(params[0], where, "params[0]")
+    cdef cnp.ndarray a
+    for k in range(n):
+        size = -1
+        for j, (name, arr) in enumerate((("params", params[k]), ("grads", grads[k]),
+                                         ("ms", ms[k]), ("vs", vs[k]))):
+            if not cnp.PyArray_Check(arr) or cnp.PyArray_TYPE(<cnp.ndarray> arr) != t:
+                raise TypeError(f"{where}: {name}[{k}] must be an ndarray of params[0]'s dtype")
+            a = <cnp.ndarray> arr
+            if not cnp.PyArray_IS_C_CONTIGUOUS(a) or (j != 1 and not cnp.PyArray_ISWRITEABLE(a)):
+                raise ValueError(f"{where}: {name}[{k}] must be C-contiguous"
+                                 f"{'' if j == 1 else ' and writeable'}")
+            if size >= 0 and cnp.PyArray_SIZE(a) != size:
+                raise ValueError(f"{where}: the arrays of parameter {k} differ in size")
+            size = cnp.PyArray_SIZE(a)
+        if (overlap(params[k], grads[k]) or overlap(params[k], ms[k]) or overlap(params[k], vs[k])
+                or overlap(ms[k], vs[k]) or overlap(ms[k], grads[k]) or overlap(vs[k], grads[k])):
+            raise ValueError(f"{where}: the arrays of parameter {k} overlap")
+        nblocks += (size + ADAM_BLOCK - 1) // ADAM_BLOCK
+    cdef Py_ssize_t item = 4 if t == F32 else 8
+    cdef char **P = <char **> malloc(max(1, 4 * n) * sizeof(char *))
+    cdef Py_ssize_t *B = <Py_ssize_t *> malloc(max(1, 3 * nblocks) * sizeof(Py_ssize_t))
+    if P == NULL or B == NULL:
+        free(P)
+        free(B)
+        raise MemoryError(f"cconv: {where}: out of memory")
+    blk = 0
+    for k in range(n):
+        P[4 * k] = <char *> cnp.PyArray_DATA(<cnp.ndarray> params[k])
+        P[4 * k + 1] = <char *> cnp.PyArray_DATA(<cnp.ndarray> grads[k])
+        P[4 * k + 2] = <char *> cnp.PyArray_DATA(<cnp.ndarray> ms[k])
+        P[4 * k + 3] = <char *> cnp.PyArray_DATA(<cnp.ndarray> vs[k])
+        size = cnp.PyArray_SIZE(<cnp.ndarray> params[k])
+        lo = 0
+        while lo < size:
+            B[3 * blk], B[3 * blk + 1], B[3 * blk + 2] = k, lo * item, min(ADAM_BLOCK, size - lo)
+            blk += 1
+            lo += ADAM_BLOCK
+    cdef int nt = <int> max(1, min(<Py_ssize_t> num_threads, nblocks))
+    with nogil:
+        if nt == 1:                     # on the calling thread
+            for blk in range(nblocks):
+                adam_block(t, P, B, blk, decay_mode, decay, wd, b1, b2, sbc2, eps, step)
+        else:
+            for blk in prange(nblocks, schedule="static", num_threads=nt):
+                adam_block(t, P, B, blk, decay_mode, decay, wd, b1, b2, sbc2, eps, step)
+    free(P)
+    free(B)
+
+
+cdef inline void adam_block(int t, char **P, Py_ssize_t *B, Py_ssize_t blk, int mode,
+                            double decay, double wd, double b1, double b2, double sbc2,
+                            double eps, double step) noexcept nogil:
+    cdef Py_ssize_t k = B[3 * blk], off = B[3 * blk + 1], cnt = B[3 * blk + 2]
+    if t == F32:
+        cconv_adam_f(<float *> (P[4 * k] + off), <const float *> (P[4 * k + 1] + off),
+                     <float *> (P[4 * k + 2] + off), <float *> (P[4 * k + 3] + off), cnt, mode,
+                     <float> decay, <float> wd, <float> b1, <float> (1.0 - b1), <float> b2,
+                     <float> (1.0 - b2), <float> sbc2, <float> eps, <float> step)
+    else:
+        cconv_adam_d(<double *> (P[4 * k] + off), <const double *> (P[4 * k + 1] + off),
+                     <double *> (P[4 * k + 2] + off), <double *> (P[4 * k + 3] + off), cnt, mode,
+                     decay, wd, b1, 1.0 - b1, b2, 1.0 - b2, sbc2, eps, step)
 
 
 # ---------------------------------------------------------------------------------

@@ -102,9 +102,10 @@ __all__ = [
     "conv_output_size", "normalize_pair", "normalize_padding", "relu_backward",
     "conv2d_transpose", "conv2d_transpose_backward", "conv_transpose_output_size",
     "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
-    "normalize_pads", "matmul",
+    "normalize_pads", "matmul", "relu",
 ]
-# Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions.
+# Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions;
+# adam_update, the compiled kernel of cconv.optim's Adam (an optimizer step, not an op).
 
 _INT_MAX = 2**31 - 1       # BLAS dimensions and leading dimensions are 32-bit ints
 _GEOM_MAX = 2**31 - 1      # stride/padding/dilation/kernel sizes beyond this are rejected
@@ -663,6 +664,30 @@ def _winograd_filter(w, out=None):
     return U
 
 
+#: Winograd-transformed filters of recent small convolutions: (id(w), shape, dtype) ->
+#: (a copy of w, U). A hit needs w's bytes to equal the copy's (one memcmp): weights
+#: changed in place (an optimizer step) are transformed afresh into a new entry.
+_FILTERS: dict = {}
+_FILTERS_MAX = 16
+#: Calls of at most this many 2x2 output tiles use _FILTERS: the transform of the filter
+#: is then a large share of the call (batch-1 inference).
+FILTER_CACHE_MAX_TILES = 1024
+
+
+def _winograd_filter_cached(w):
+    """:func:`_winograd_filter` of w, from _FILTERS when w is unchanged since the last call.
+    Entries are replaced, never written into: a thread holding an old U keeps a whole one."""
+    key = (id(w), w.shape, w.dtype)
+    entry = _FILTERS.get(key)
+    if entry is not None and _core.same_bytes(w, entry[0]):
+        return entry[1]
+    U = _winograd_filter(w, np.empty((16, w.shape[2], w.shape[3]), w.dtype))
+    if len(_FILTERS) >= _FILTERS_MAX:
+        _FILTERS.clear()
+    _FILTERS[key] = (w.copy(), U)
+    return U
+
+
 def _winograd_filter_grad(du_work, out=None):
     """dW (3, 3, C, C_out) = G^T dU G with dU the sum of the per-slot accumulators
     du_work (slots, 16, C, C_out): the adjoint of :func:`_winograd_filter` (compiled)."""
@@ -870,8 +895,12 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
         _run(nt, 0, _core.direct_forward, x, w.reshape(K, cout), b, y, k[0], k[1], s[0], s[1],
              pads[0][0], pads[1][0], d[0], d[1])
     elif route == _WINOGRAD:
-        U, work = _scratch(workspace, x.dtype, (16, C, cout), (nt, scratch))
-        _run(nt, tile * C * cout, _core.winograd_forward, x, _winograd_filter(w, U), b, y,
+        if N * ((OH + 1) // 2) * ((OW + 1) // 2) <= FILTER_CACHE_MAX_TILES:
+            U, work = _winograd_filter_cached(w), _scratch(workspace, x.dtype, (nt, scratch))[0]
+        else:
+            U, work = _scratch(workspace, x.dtype, (16, C, cout), (nt, scratch))
+            U = _winograd_filter(w, U)
+        _run(nt, tile * C * cout, _core.winograd_forward, x, U, b, y,
              work, pads[0][0], pads[1][0], tile)
     else:
         # Scratch below the buffer cache's threshold is allocated by the kernel's wrapper.
@@ -1482,6 +1511,25 @@ def convolve2d(image: ArrayLike, kernel: ArrayLike, mode: str = "valid") -> _Flo
 # ---------------------------------------------------------------------------------
 # Elementwise helpers used by the layers
 # ---------------------------------------------------------------------------------
+def relu(x: ArrayLike, *, out: NDArray[Any] | None = None) -> _FloatArray:
+    """ReLU, ``max(x, 0)`` exactly as ``numpy.maximum(x, 0)`` (``+0`` for ``x <= 0``, a NaN
+    kept), in one compiled pass on cconv's threads.
+
+    Parameters
+    ----------
+    x : ndarray, dtype float32 or float64
+    out : ndarray of x's shape or None
+        Where to write the result (see the module docstring); ``x`` itself (in place) too.
+    """
+    x = _float_array(x, "x")
+    if out is x:
+        result = x
+    else:
+        result = _output(out, "out", x.shape, x.dtype, (x,))
+    _core.relu_forward(x.reshape(-1), result.reshape(-1), _threads(x.size, x.size))
+    return result
+
+
 def relu_backward(dy: ArrayLike, y: ArrayLike, *, out: NDArray[Any] | None = None) -> _FloatArray:
     """Gradient of ReLU from its output: ``dy`` where ``y > 0``, else 0, in one pass.
 
@@ -1503,6 +1551,48 @@ def relu_backward(dy: ArrayLike, y: ArrayLike, *, out: NDArray[Any] | None = Non
     _core.relu_backward(dy.reshape(-1), y.reshape(-1), result.reshape(-1),
                         _threads(dy.size, dy.size))
     return result
+
+
+def adam_update(params: Sequence[NDArray[Any]], grads: Sequence[NDArray[Any]],
+                ms: Sequence[NDArray[Any]], vs: Sequence[NDArray[Any]], step: int, lr: float,
+                beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                weight_decay: float = 0.0, decoupled: bool = False) -> None:
+    """One Adam / AdamW step of many parameters in one compiled pass, in place: the
+    arithmetic of :func:`cconv.optim.adam_update` (PyTorch's ``torch.optim.Adam`` /
+    ``AdamW``), each element read and written once, blocks of the parameters on cconv's
+    threads.
+
+    Parameters
+    ----------
+    params, ms, vs : sequences of ndarray  # IN/OUT
+        The parameters and their first and second moment estimates.
+    grads : sequence of ndarray  # IN (not modified)
+    step : int
+        ``t``, counted from 1.
+    lr, beta1, beta2, eps, weight_decay, decoupled
+        As :func:`cconv.optim.adam_update`.
+
+    Every array C-contiguous and of one float dtype; a parameter and its gradient and
+    moments of one size, not sharing memory (else ``TypeError`` / ``ValueError``).
+    """
+    lists = []
+    for name, seq in (("params", params), ("grads", grads), ("ms", ms), ("vs", vs)):
+        if isinstance(seq, np.ndarray) or not isinstance(seq, (list, tuple)):
+            raise TypeError(f"{name} must be a list or tuple of arrays, got {type(seq).__name__}")
+        lists.append(list(seq))
+    params, grads, ms, vs = lists
+    step = _as_int(step, "step", "an int >= 1")
+    if step < 1:
+        raise ValueError(f"step must be an int >= 1, got {step}")
+    if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+        raise ValueError(f"beta1 and beta2 must be in [0, 1), got {beta1} and {beta2}")
+    total = sum(p.size for p in params if isinstance(p, np.ndarray))
+    mode = 0 if not weight_decay else (1 if decoupled else 2)
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    _core.adam_update(params, grads, ms, vs, mode, 1.0 - lr * weight_decay, weight_decay,
+                      beta1, beta2, math.sqrt(bc2), eps, lr / bc1,
+                      _threads(-(-total // MIN_WORK_PER_THREAD), total))
 
 
 # ---------------------------------------------------------------------------------

@@ -328,6 +328,18 @@ class Layer:
         """Add the weights' gradients into ``grads`` and return ``dL/dx``."""
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dy, saved)")
 
+    def infer(self, x):
+        """Inference-mode forward without what ``backward`` would need: the ``y`` of
+        ``call(x, training=False)``. The model's ``predict``/``forward`` without a cache use
+        it; layers override it to skip their training bookkeeping."""
+        return self.call(x, False)[0]
+
+    def inference_fusion(self, following):
+        """A function ``f(x)`` equal to ``following.infer(self.infer(x))`` that computes it
+        faster, or None (the default). The model's inference uses it for two consecutive
+        steps when the second alone consumes the first's output."""
+        return None
+
     def compute_output_shape(self, input_shape) -> tuple:
         """The output shape (without the batch dimension) for ``input_shape``."""
         return tuple(input_shape)
@@ -665,6 +677,10 @@ class ReLU(Activation):
     activation_name = "relu"
 
     def _apply(self, x, out):
+        if (type(x) is np.ndarray and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
+                and (out is x or (type(out) is np.ndarray and out.dtype == x.dtype
+                                  and out.shape == x.shape and out.flags.c_contiguous))):
+            return F.relu(x, out=out)          # compiled, on cconv's threads
         return np.maximum(x, 0, out=out)
 
     def _grad(self, dy, y):
@@ -990,6 +1006,10 @@ class _WithActivation(Layer):
         """dL/dz from dL/dy and what :meth:`_activate` kept."""
         return dy if saved is None else self.activation._grad(dy, saved)
 
+    def _activate_in_place(self, z):
+        """The activation of ``z`` (a fresh array of the layer's own) for inference, in place."""
+        return z if self.activation is None else self.activation._apply(z, z)
+
 
 # ---------------------------------------------------------------------------------
 # Convolution and dense
@@ -1010,6 +1030,7 @@ class _Conv(_WithActivation):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
+        self._infer_workspace = None
 
     def _conv_config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
@@ -1036,10 +1057,30 @@ class _Conv(_WithActivation):
             raise ValueError(f"filters ({self.filters}) must be divisible by groups "
                              f"({self.groups})")
 
-    # Subclasses supply _conv(x) -> z and _conv_backward(dz, x) -> (dx or None, dw, db).
+    # Subclasses supply _conv(x, workspace=None) -> z and _conv_backward(dz, x) -> (dx or None, dw, db).
     def call(self, x, training=False, apply_activation=True):
         y, act_saved = self._activate(self._conv(x), apply_activation)
         return y, (x, act_saved)
+
+    def infer(self, x, apply_activation=True):
+        """The convolution (and activation) in inference mode: nothing kept for backward, the
+        scratch of the convolution reused from call to call (a :class:`cconv.Workspace` of
+        the layer's own, created by the first inference call)."""
+        if self._infer_workspace is None:
+            self._infer_workspace = F.Workspace()
+        z = self._conv(x, workspace=self._infer_workspace)
+        return self._activate_in_place(z) if apply_activation else z
+
+    def inference_fusion(self, following):
+        """Convolution, ReLU, max pooling: the pool runs on the convolution's output and
+        the ReLU on the (smaller) pooled one: max and ReLU commute exactly (ReLU never
+        decreases, and a NaN wins both), so the result is the same."""
+        if type(following) is MaxPool2D and type(self.activation) is ReLU:
+            def conv_pool_relu(x):
+                y = following.infer(self.infer(x, apply_activation=False))
+                return self.activation._apply(y, y)
+            return conv_pool_relu
+        return None
 
     def backward(self, dy, saved):
         x, act_saved = saved
@@ -1122,9 +1163,9 @@ class Conv2D(_Conv):
         KH, KW = self.kernel_size
         self._add_weights((KH, KW, input_shape[-1] // self.groups, self.filters), self.filters)
 
-    def _conv(self, x):
+    def _conv(self, x, workspace=None):
         return F.conv2d(x, self.params["kernel"], self.params.get("bias"), self.stride,
-                        self.padding, self.dilation, self.groups)
+                        self.padding, self.dilation, self.groups, workspace=workspace)
 
     def _conv_backward(self, dz, x):
         return F.conv2d_backward(dz, x, self.params["kernel"], self.stride, self.padding,
@@ -1210,7 +1251,7 @@ class Conv2DTranspose(_Conv):
     def _geometry(self):
         return (self.stride, self.padding, self.output_padding, self.dilation, self.groups)
 
-    def _conv(self, x):
+    def _conv(self, x, workspace=None):        # (no workspace= in conv2d_transpose)
         return F.conv2d_transpose(x, self.params["kernel"], self.params.get("bias"),
                                   *self._geometry())
 
@@ -1273,9 +1314,9 @@ class DepthwiseConv2D(_Conv):
         KH, KW, C, m = self.params["kernel"].shape
         return self.params["kernel"].reshape(KH, KW, 1, C * m)
 
-    def _conv(self, x):
+    def _conv(self, x, workspace=None):
         return F.conv2d(x, self._grouped_kernel(), self.params.get("bias"), self.stride,
-                        self.padding, self.dilation, groups=x.shape[3])
+                        self.padding, self.dilation, groups=x.shape[3], workspace=workspace)
 
     def _conv_backward(self, dz, x):
         return F.conv2d_backward(dz, x, self._grouped_kernel(), self.stride, self.padding,
@@ -1326,16 +1367,21 @@ class Dense(_WithActivation):
         if self.use_bias:
             self.add_weight("bias", (self.units,), self.bias_initializer)
 
-    def call(self, x, training=False, apply_activation=True):
+    def _linear(self, x):
         kernel = self.params["kernel"]
-        if self.use_bias:
-            z = np.empty((x.shape[0], kernel.shape[1]), np.result_type(x, kernel))
-            z[...] = self.params["bias"]
-            F.matmul(x, kernel, out=z, beta=1.0)
-        else:
-            z = F.matmul(x, kernel)
+        if not self.use_bias:
+            return F.matmul(x, kernel)
+        z = np.empty((x.shape[0], kernel.shape[1]), np.result_type(x, kernel))
+        z[...] = self.params["bias"]
+        return F.matmul(x, kernel, out=z, beta=1.0)
+
+    def call(self, x, training=False, apply_activation=True):
+        z = self._linear(x)
         y, y_act = self._activate(z, apply_activation)
         return y, (x, y_act)
+
+    def infer(self, x):
+        return self._activate_in_place(self._linear(x))
 
     def backward(self, dy, saved):
         x, y_act = saved

@@ -36,6 +36,7 @@ import re
 
 import numpy as np
 
+from . import _config
 from . import _validate as V
 from ._printable import printable
 from . import gradients as _gradients
@@ -43,6 +44,10 @@ from . import training as _training
 from .layers import Layer, deserialize, serialize
 from .symbolic import Input, InputLayer, SymbolicTensor
 from .training import History, NonFiniteLossError
+
+#: Inference on inputs of at most this many elements in all (a 64x64x3 image is 12,288) runs
+#: its kernels on the calling thread (see _config.thread_limit).
+INFERENCE_SERIAL_MAX = 1 << 16
 
 __all__ = ["Model", "Sequential", "Input", "History", "load_model", "NonFiniteLossError"]
 
@@ -417,6 +422,12 @@ class Model:
         dtype (one per input); returns the list of outputs. The training engine's entry."""
         cache = bool(training) if cache is None else bool(cache)
         training = bool(training)
+        if not cache and not training and sum(a.size for a in xs) <= INFERENCE_SERIAL_MAX:
+            with _config.thread_limit(1):
+                return self._run(xs, False, False, pre_activation)
+        return self._run(xs, training, cache, pre_activation)
+
+    def _run(self, xs, training, cache, pre_activation):
         pre = pre_activation if isinstance(pre_activation, (list, tuple)) else \
             [bool(pre_activation)] * len(self.outputs)
         if len(pre) != len(self.outputs):
@@ -434,8 +445,10 @@ class Model:
         remaining = list(self._consumers) if not cache else None
         saved = [None] * len(self._steps) if cache else None
         dt = self.dtype
+        infer = not cache and not training
+        fused_away = -1
         for k, st in enumerate(self._steps):
-            if st.output in skip:
+            if st.output in skip or k == fused_away:
                 continue
             if st.multiple:
                 x = [_conform(values[s], dt) for s in st.inputs]
@@ -443,18 +456,44 @@ class Model:
                 x = _conform(values[st.inputs[0]], dt)
             if st.output in unfused:
                 y, s = st.layer.call(x, training, apply_activation=False)
+            elif infer:
+                fused = self._fusion(k, out_slots, skip)
+                if fused is None:
+                    y = st.layer.infer(x)
+                else:       # this step and the next in one: the next one's output
+                    y = fused(x)
+                    fused_away = k + 1
+                    self._release(st.inputs, values, remaining)
+                    st = self._steps[k + 1]
             else:
                 y, s = st.layer.call(x, training)
             values[st.output] = y
             if cache:
                 saved[k] = s
             else:
-                for s in st.inputs:
-                    remaining[s] -= 1
-                    if remaining[s] == 0:
-                        values[s] = None
+                self._release(st.inputs, values, remaining)
         self._tape = (saved, skip, out_slots, xs) if cache else None
         return [values[s] for s in out_slots]
+
+    @staticmethod
+    def _release(slots, values, remaining):
+        """Drop the values of ``slots`` whose last consumer has run."""
+        for s in slots:
+            remaining[s] -= 1
+            if remaining[s] == 0:
+                values[s] = None
+
+    def _fusion(self, k, out_slots, skip):
+        """The layers' inference fusion of step ``k`` with step ``k + 1``
+        (:meth:`cconv.layers.Layer.inference_fusion`) when step ``k + 1`` alone consumes
+        step ``k``'s output, which is no output of the model; else None."""
+        if k + 1 >= len(self._steps):
+            return None
+        st, nxt = self._steps[k], self._steps[k + 1]
+        if (st.multiple or nxt.multiple or nxt.inputs[0] != st.output or nxt.output in skip
+                or self._consumers[st.output] != 1 or st.output in out_slots):
+            return None
+        return st.layer.inference_fusion(nxt.layer)
 
     def backward(self, dy, input_grad=False):
         """Backpropagate ``dy`` (the gradient of a loss with respect to what the last

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import _keywords
 from . import _registry
+from . import functional as F
 from . import _validate as V
 from ._interrupts import deferred_signals
 
@@ -338,15 +339,29 @@ class Optimizer:
                 if name not in self._state:
                     self._state[name] = {s: np.zeros_like(p) for s in self._slots()}
                     fresh.add(name)
-                if name not in self._scratch:
-                    sc = self._scratch[name] = {"s": np.empty_like(p)}
-                    if self._needs_grad_scratch():
-                        sc["g"] = np.empty_like(p)
+            fused = self._fused()
+            if not fused:
+                for name, p, _ in self._params:
+                    if name not in self._scratch:
+                        sc = self._scratch[name] = {"s": np.empty_like(p)}
+                        if self._needs_grad_scratch():
+                            sc["g"] = np.empty_like(p)
             if self.clipnorm is not None:
                 clip_grad_norm([g for _, _, g in self._params], self.clipnorm)
             self.iterations += 1
+            if fused:
+                self._update_fused()
+                return
             for name, p, g in self._params:
                 self._update(p, g, self._state[name], self._scratch[name], name in fresh)
+
+    def _fused(self) -> bool:
+        """Whether this step takes :meth:`_update_fused` (one compiled pass over every
+        parameter, no scratch) rather than :meth:`_update` parameter by parameter."""
+        return False
+
+    def _update_fused(self) -> None:
+        raise NotImplementedError
 
     def _needs_grad_scratch(self) -> bool:
         return False
@@ -495,6 +510,20 @@ class Adam(Optimizer):
         adam_update(p, g, st["m"], st["v"], self.iterations, self._lr, self.beta1, self.beta2,
                     self.eps, self.weight_decay, self._decoupled, scratch=sc["s"],
                     grad_scratch=sc.get("g"))
+
+    def _fused(self):
+        # functional.adam_update: the same arithmetic in one pass on cconv's threads, for
+        # parameters of one float dtype whose arrays are all C-contiguous (layers' are)
+        dt = self._params[0][1].dtype
+        return dt in (np.float32, np.float64) and all(
+            a.dtype == dt and a.flags.c_contiguous and a.size == p.size
+            for _, p, g in self._params for a in (p, g))
+
+    def _update_fused(self):
+        st = [self._state[name] for name, _, _ in self._params]
+        F.adam_update([p for _, p, _ in self._params], [g for _, _, g in self._params],
+                      [s["m"] for s in st], [s["v"] for s in st], self.iterations, self._lr,
+                      self.beta1, self.beta2, self.eps, self.weight_decay, self._decoupled)
 
     def get_config(self):
         return {"lr": self.initial_lr, "beta1": self.beta1, "beta2": self.beta2,
