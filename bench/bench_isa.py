@@ -94,32 +94,9 @@ def worker_cconv(args):
 
 def worker_torch(args, channels_last):
     import torch
-    from torch import nn
+    from bench_speed import torch_trainer  # the same network and step in every benchmark
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(6 * 6 * 128, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(256, N_CLASSES),
-    )
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def tensor(xb):           # NHWC numpy -> NCHW tensor in the chosen memory format
-        return torch.from_numpy(xb).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
-
-    def step(xb, yb):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+    model, fmt, tensor, step = torch_trainer(args.threads, channels_last)
 
     x, y = _data(args.images)
     xt, yt = tensor(x), torch.from_numpy(y)

@@ -126,6 +126,19 @@ def cconv_model():
     ], input_shape=(64, 64, 3), seed=0)
 
 
+def torch_model():
+    """The paper network in PyTorch, NCHW (bench_train.py and bench_isa.py build it here too)."""
+    from torch import nn
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 6 * 128, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(256, N_CLASSES),
+    )
+
+
 def worker_cconv(task, args):
     import cconv
     from cconv import optim
@@ -142,31 +155,22 @@ def worker_cconv(task, args):
     return figs, {"cconv": cconv.__version__, "file": cconv.__file__, "threads": cconv.get_num_threads()}
 
 
-def worker_torch(task, args, channels_last):
+def torch_trainer(threads, channels_last):
+    """The PyTorch paper network on ``threads`` threads in the chosen memory format, Adam 1e-3:
+    ``(model, fmt, tensor, step)``; ``tensor`` turns an NHWC array into an NCHW tensor in that
+    format, ``step(xb, yb)`` trains one batch and returns its loss."""
     import torch
     from torch import nn
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(6 * 6 * 128, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(256, N_CLASSES),
-    )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    model = torch_model().to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
 
     def tensor(xb):           # NHWC numpy -> NCHW tensor in the chosen memory format
         return torch.from_numpy(xb).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
-
-    def predict(xb):
-        with torch.inference_mode():
-            return torch.softmax(model(tensor(xb)), 1).numpy()
 
     def step(xb, yb):
         opt.zero_grad(set_to_none=True)
@@ -174,6 +178,18 @@ def worker_torch(task, args, channels_last):
         loss.backward()
         opt.step()
         return loss.detach()
+
+    return model, fmt, tensor, step
+
+
+def worker_torch(task, args, channels_last):
+    import torch
+
+    model, fmt, tensor, step = torch_trainer(args.threads, channels_last)
+
+    def predict(xb):
+        with torch.inference_mode():
+            return torch.softmax(model(tensor(xb)), 1).numpy()
 
     def epoch(x, y):
         model.train()

@@ -80,14 +80,8 @@ def worker_torch(settings, channels_last):
     x = torch.from_numpy(np.ascontiguousarray(x_np.transpose(0, 3, 1, 2)))    # NCHW
     del x_np
     y = torch.from_numpy(y_np)
-    model = nn.Sequential(
-        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(6 * 6 * 128, 128), nn.ReLU(), nn.Linear(128, 256), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(256, N_CLASSES),
-    )
+    from bench_speed import torch_model     # the same network in every benchmark
+    model = torch_model()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
