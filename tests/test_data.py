@@ -225,6 +225,22 @@ def test_folder_dataset_reads_classes_in_order(tmp_path):
     np.testing.assert_array_equal(next(crop.epoch(0))[0], x[order][:, 1:4, 2:6].astype(np.float32))
 
 
+def test_folder_listing_skips_link_loops_and_non_regular_files(tmp_path):
+    # Two links that point at each other's folders made the walk with follow_links endless,
+    # and a FIFO named *.png was listed and then blocked its reader forever.
+    x, y = images(n=6)
+    write_folder(tmp_path / "imgs", x, y)
+    os.symlink(tmp_path / "imgs" / "class1", tmp_path / "imgs" / "class0" / "loop")
+    os.symlink(tmp_path / "imgs" / "class0", tmp_path / "imgs" / "class1" / "loop")
+    os.mkfifo(tmp_path / "imgs" / "class2" / "pipe.png")
+    t0 = time.perf_counter()
+    ds = data.Dataset.from_folder(tmp_path / "imgs", image_size=None, follow_links=True)
+    assert time.perf_counter() - t0 < 10
+    assert len(ds) == 10          # each class's own 2 images, and through a link the other's 2
+    xb, _ = next(ds.batch(len(ds)).epoch(0))
+    assert xb.shape[0] == len(ds)
+
+
 def test_folder_dataset_trains_like_the_same_images_as_arrays(tmp_path, restore_threads):
     cconv.set_num_threads(1)
     x, y = images(n=30)

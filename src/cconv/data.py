@@ -701,13 +701,22 @@ def _prefetched(make_iterator, depth):
 # Folders of images
 # --------------------------------------------------------------------------------------
 def _image_files(folder, follow_links):
-    """Sorted image files under ``folder`` (recursively; hidden entries skipped)."""
-    found = []
+    """Sorted image files under ``folder`` (recursively; hidden entries skipped). Only regular
+    files are listed (a FIFO or device named ``*.jpg`` would block its reader), and with
+    ``follow_links`` a directory already visited (a link loop) is not entered again."""
+    found, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=follow_links):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in names:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.join(root, name))
+            path = os.path.join(root, name)
+            if (not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+                    and os.path.isfile(path)):
+                found.append(path)
     return sorted(found)
 
 
