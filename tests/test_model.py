@@ -502,6 +502,8 @@ def test_resume_true_and_mismatches(tmp_path):
     assert ckpt.exists()
     h = m.fit(x, y, epochs=1, checkpoint=ckpt, resume=True, verbose=0)  # already done: no epoch
     assert h.epoch == [0] and len(h.history["loss"]) == 1
+    h = m.fit(x, y, epochs=1, checkpoint=ckpt, resume=False, verbose=0)  # False: train anew
+    assert h.epoch == [0] and len(h.history["loss"]) == 1
     with pytest.raises(ValueError, match="batch_size"):
         m.fit(x, y, epochs=2, batch_size=8, resume=ckpt, verbose=0)
     with pytest.raises(ValueError, match="x_shape"):

@@ -18,16 +18,19 @@ After a new run (both recipes, 5 seeds; the commands are in the README)::
     python tools/lfw_tables.py --update
 """
 import argparse
+import glob
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
 from readme_sections import update_or_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = ["docs/lfw/results_nocrop.json", "docs/lfw/results_crop.json"]
+RESULTS = ["docs/lfw/results_nocrop.json", "docs/lfw/results_crop.json",
+           "docs/lfw/results_augment_seed*.json"]
 #: load_lfw's default crop box (cconv.datasets.LFW_DEFAULT_CROP), written out so that this
 #: script needs no cconv.
 DEFAULT_CROP = [61, 66, 189, 194]
@@ -36,6 +39,9 @@ DEFAULT_CROP = [61, 66, 189, 194]
 def recipe(doc):
     """The row label of a results file's recipe."""
     crop, size = doc["protocol"]["crop"], doc["protocol"]["image_size"][0]
+    if crop is None and doc["protocol"].get("augmentation"):
+        return ("the paper's recipe (whole image) plus augmentation in training: flips, 10% "
+                "shifts and zooms (`--crop none --augment`)")
     if crop is None:
         return f"the paper's recipe: the whole 250x250 image scaled to {size}x{size} (`--crop none`)"
     label = (f"the same network and training on a {crop[2] - crop[0]}x{crop[3] - crop[1]} face "
@@ -44,6 +50,8 @@ def recipe(doc):
 
 
 def short_recipe(doc):
+    if doc["protocol"].get("augmentation"):
+        return "paper's recipe + augmentation"
     return "paper's recipe" if doc["protocol"]["crop"] is None else "face crop"
 
 
@@ -109,11 +117,31 @@ def fgsm_table(docs):
     return "\n".join(lines)
 
 
+def merged(docs):
+    """One results document from the runs of one recipe written one seed per file (in the
+    order of their seeds): runs and seeds joined, the summary recomputed."""
+    docs = sorted(docs, key=lambda d: d["protocol"]["seeds"][0])
+    out = dict(docs[0], protocol=dict(docs[0]["protocol"]))
+    out["runs"] = [r for d in docs for r in d["runs"]]
+    out["protocol"]["seeds"] = [s for d in docs for s in d["protocol"]["seeds"]]
+    acc = [r["test_accuracy"] for r in out["runs"]]
+    out["summary"] = {"median": statistics.median(acc), "mean": statistics.mean(acc),
+                      "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                      "min": min(acc), "max": max(acc)}
+    return out
+
+
 def blocks(paths):
     docs = []
     for p in paths:
-        with open(os.path.join(ROOT, p), encoding="utf-8") as f:
-            docs.append(json.load(f))
+        files = sorted(glob.glob(os.path.join(ROOT, p)))
+        if not files:
+            raise FileNotFoundError(f"no results file matches {p!r}")
+        parts = []
+        for name in files:
+            with open(name, encoding="utf-8") as f:
+                parts.append(json.load(f))
+        docs.append(parts[0] if len(parts) == 1 else merged(parts))
     return {"lfw-results": results_table(docs, paths), "lfw-fgsm": fgsm_table(docs)}
 
 

@@ -105,21 +105,23 @@ def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
 
     Raises RouteUnavailable (before changing anything) when the CPU lacks the route's
     instruction set, ValueError for an unknown route or a contradictory pair (the direct
-    convolution needs AVX-512, so it cannot run with pool="generic" or "avx2").
+    convolution needs AVX2 at least, so it cannot run with pool="generic"). Inside the block
+    small Winograd convolutions transform their filter on every call
+    (``functional.FILTER_CACHE_MAX_TILES`` is 0), so that the route's every kernel runs.
     """
     if conv not in CONV_ROUTES:
         raise ValueError(f"conv must be one of {CONV_ROUTES}, got {conv!r}")
     if pool not in POOL_ROUTES:
         raise ValueError(f"pool must be one of {POOL_ROUTES}, got {pool!r}")
-    if conv == "direct" and pool in ("generic", "avx2"):
-        raise ValueError(f"conv='direct' needs AVX-512, which pool={pool!r} switches off")
-    need = 2 if conv == "direct" else _POOL_LEVEL.get(pool, 0)
+    if conv == "direct" and pool == "generic":
+        raise ValueError(f"conv='direct' needs AVX2 at least, which pool={pool!r} switches off")
+    need = max(1 if conv == "direct" else 0, _POOL_LEVEL.get(pool, 0))
     if simd_max() < need:
         raise RouteUnavailable(f"conv={conv!r}, pool={pool!r} need instruction-set level "
                                f"{need}; this CPU and build have {simd_max()}")
     if min_work is None and threads is not None:
         min_work = 1
-    knobs = {}
+    knobs = {"FILTER_CACHE_MAX_TILES": 0}
     if min_work is not None:
         knobs["MIN_WORK_PER_THREAD"] = min_work
     if slots_per_thread is not None:

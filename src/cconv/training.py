@@ -979,12 +979,12 @@ def fit(model, x, y=None, epochs=1, batch_size=None, validation_split=0.0, valid
     checkpoint : str or os.PathLike, optional
         After every epoch, atomically save the model, the optimizer, the RNG states,
         the epoch and the history there (see :mod:`cconv.checkpoint`).
-    resume : str, os.PathLike or True, optional
+    resume : str, os.PathLike, True or False, optional
         Continue from a checkpoint written by ``fit(checkpoint=...)``; the final weights
         are the same as those of an uninterrupted run (same seed, data and thread
         count; a dataset's epochs depend only on its seeds, but a one-shot generator starts
         again from wherever it is). ``True`` means: resume from ``checkpoint`` if that file
-        exists, else start from the beginning.
+        exists, else start from the beginning; ``False`` (like ``None``) means: do not resume.
     sample_weight : ndarray of shape (N,), optional
         Weight of each sample's loss (arrays only; a dataset's batches may carry them).
     class_weight : dict {class index: weight}, optional
@@ -1082,6 +1082,8 @@ def _fit(model, par, x, y, epochs, batch_size, validation_split, validation_data
         ckpt_dir = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
         if not os.path.isdir(ckpt_dir):
             raise FileNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
+    if resume is False:
+        resume = None
     if resume is True:
         if checkpoint is None:
             raise ValueError("resume=True needs checkpoint= (the file to resume from)")
