@@ -278,6 +278,7 @@ def summary(values):
 
 def one_run(r, libs, whats, args):
     order = libs[r % len(libs):] + libs[:r % len(libs)]
+    load_before = os.getloadavg()[0]          # the shared machine's 1-minute load average
     figs = {lib: {} for lib in libs}
     info = {}
     for lib in order:
@@ -302,7 +303,8 @@ def one_run(r, libs, whats, args):
         for k in figs[lib]:
             if k in LOWER_IS_BETTER and others and all(k in figs[o] for o in others):
                 ratios.setdefault(lib, {})[k] = figs[lib][k] / min(figs[o][k] for o in others)
-    return {"order": order, "figures": figs, "ratios": ratios, "info": info}
+    return {"order": order, "figures": figs, "ratios": ratios, "info": info,
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
 UNITS = {"latency": "ms", "throughput": "ms/batch", "epoch": "s", "epoch_1t": "s", "memory": "MB",

@@ -53,9 +53,10 @@ def test_direct_kernels_of_every_level_in_plain_c(tmp_path):
     assert "0 of" in _build_and_run("cc", [], tmp_path)
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None or shutil.which("qemu-aarch64") is None
+@pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("aarch64-linux-gnu-gcc") is None
+                    or shutil.which("qemu-aarch64") is None
                     or not os.path.isdir("/usr/aarch64-linux-gnu"),
-                    reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 (user mode)")
+                    reason="needs the source tree, aarch64-linux-gnu-gcc and qemu-aarch64 (user mode)")
 def test_neon_direct_kernels_under_qemu(tmp_path):
     """The NEON kernels, cross-compiled for aarch64 and run under qemu's user-mode
     emulation (an emulator, not an ARM CPU: correctness only, no speed)."""
