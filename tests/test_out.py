@@ -38,6 +38,16 @@ def cases(dtype):
     dp = rand(rng, p.shape, dtype)
     cols = F.im2col(x, 3, stride=2)
     r = np.maximum(y, 0)
+    wt = rand(rng, (3, 3, 4, 5), dtype)                # transposed: (KH, KW, C_out, C_in)
+    bt = rand(rng, 4, dtype)
+    wg = rand(rng, (3, 3, 3, 4), dtype)                # transposed, groups 2: C_in 4, C_out 6
+    xg = x[..., :4].copy()
+    t2 = dict(stride=2, padding=1, output_padding=1)   # stride 2; output padding past the taps
+    t_op = dict(stride=2, padding=0, output_padding=1)
+    dyt = rand(rng, F.conv2d_transpose(x, wt, stride=2, padding=0, output_padding=1).shape,
+               dtype)
+    img, ker = rand(rng, (9, 7), dtype), rand(rng, (4, 3), dtype)
+    up = rand(rng, (2, 12, 24, 5), dtype)              # an upsampling of x[:, :4] by (3, 3)
     return {
         "conv2d": ((x, w, b), lambda out: F.conv2d(x, w, b, padding=1, out=out)),
         "conv2d_winograd": ((xw, ww), lambda out: F.conv2d(xw, ww, padding=1, out=out)),
@@ -54,6 +64,29 @@ def cases(dtype):
         "avg_pool2d_backward": ((dp,), lambda out: F.avg_pool2d_backward(dp, x.shape, 3, 2, 1,
                                                                           out=out)),
         "relu_backward": ((dy, r), lambda out: F.relu_backward(dy, r, out=out)),
+        "conv2d_transpose": ((x, wt, bt), lambda out: F.conv2d_transpose(x, wt, bt, **t2,
+                                                                         out=out)),
+        "conv2d_transpose_unreached_rows": ((x, wt, bt), lambda out: F.conv2d_transpose(
+            x, wt, bt, **t_op, out=out)),
+        "conv2d_transpose_stride1": ((x, wt), lambda out: F.conv2d_transpose(
+            x, wt, padding=1, out=out)),
+        "conv2d_transpose_groups": ((xg, wg), lambda out: F.conv2d_transpose(
+            xg, wg, stride=2, groups=2, out=out)),
+        "conv2d_transpose_backward": ((dyt, x, wt), lambda out: F.conv2d_transpose_backward(
+            dyt, x, wt, **t_op, out=out)),
+        "conv2d_transpose_backward_no_dx": ((dyt, x, wt), lambda out:
+                                            F.conv2d_transpose_backward(
+                                                dyt, x, wt, **t_op, need_dx=False, out=out)),
+        "correlate2d": ((img, ker), lambda out: F.correlate2d(img, ker, "same", out=out)),
+        "convolve2d": ((img, ker), lambda out: F.convolve2d(img, ker, "full", out=out)),
+        "zero_pad2d": ((x,), lambda out: F.zero_pad2d(x, ((1, 2), (0, 3)), out=out)),
+        "crop2d": ((x,), lambda out: F.crop2d(x, ((1, 2), (0, 3)), out=out)),
+        "upsample2d": ((x,), lambda out: F.upsample2d(x, (2, 3), out=out)),
+        "upsample2d_bilinear": ((x,), lambda out: F.upsample2d(x, (2, 3), "bilinear",
+                                                                out=out)),
+        "upsample2d_backward": ((up,), lambda out: F.upsample2d_backward(up, 3, out=out)),
+        "upsample2d_backward_bilinear": ((up,), lambda out: F.upsample2d_backward(
+            up, 3, "bilinear", out=out)),
     }
 
 
@@ -119,8 +152,12 @@ def test_bad_out_is_refused_before_anything_is_written(name, dtype):
             outs[slot] = bad
             before = [None if o is None else np.array(o, copy=True) for o in outs]
             label = "out" if n == 1 else f"out[{slot}]"
-            with pytest.raises(exc, match=rf"\b{label}(\b|\[)" if n == 1 else rf"out\[{slot}\]"):
+            with pytest.raises(exc, match=rf"\b{label}(\b|\[)" if n == 1 else
+                               rf"out\[{slot}\]") as err:
                 call(pack(tuple(outs), expected))
+            if what == "the wrong shape":          # the message names both shapes
+                assert str(bad.shape) in str(err.value)
+                assert str(as_tuple(expected)[slot].shape) in str(err.value)
             for o, b in zip(outs, before):      # nothing written, into any of them
                 if isinstance(o, np.ndarray):
                     assert np.array_equal(o, b, equal_nan=True), f"{what}: an out was written"
@@ -229,3 +266,30 @@ def test_a_loop_with_out_and_workspace_allocates_nothing(monkeypatch):
         tracemalloc.stop()
     assert calls == {"_alloc": 0}
     assert peak - base < 20_000, f"a step allocated {peak - base} bytes"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_transposed_convolution_reuses_the_workspace_and_allocates_no_result(stride,
+                                                                            monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rand(rng, (4, 16, 16, 8), np.float32)
+    w = rand(rng, (3, 3, 8, 8), np.float32)
+    args = dict(stride=stride, padding=1, output_padding=stride - 1)
+    y0 = F.conv2d_transpose(x, w, **args)
+    g0 = F.conv2d_transpose_backward(y0, x, w, **args)
+    y, g = np.empty_like(y0), tuple(np.empty_like(a) for a in g0)
+    ws = cconv.Workspace()
+
+    def step():
+        F.conv2d_transpose(x, w, **args, out=y, workspace=ws)
+        F.conv2d_transpose_backward(y0, x, w, **args, out=g, workspace=ws)
+
+    step()                                            # the workspace grows here
+    size = ws.nbytes
+    calls = spy_calls(monkeypatch, F, ["_alloc"])
+    step()
+    assert ws.nbytes == size
+    assert calls["_alloc"] <= 1                       # conv2d_backward's unused db (C_in,)
+    assert np.array_equal(y, y0)
+    for a, b in zip(g, g0):
+        assert np.array_equal(a, b)
