@@ -709,11 +709,9 @@ def _winograd_filter_grad(du_work, out=None):
     return dw
 
 
-def _sum_threads(work, out=None):
-    """Sum of the per-thread (or per-slot) accumulators work[0], work[1], ... in that order
-    (into ``out`` when given)."""
-    if out is None:
-        return work[0] if len(work) == 1 else work.sum(axis=0)
+def _sum_threads(work, out):
+    """Sum of the per-thread (or per-slot) accumulators work[0], work[1], ... in that order,
+    into ``out``."""
     if len(work) == 1:
         np.copyto(out, work[0])
     else:
