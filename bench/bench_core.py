@@ -298,6 +298,4 @@ def options(p):
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
-        sys.exit(harness.worker_main(WORKERS, sys.argv[1:]))
-    harness.main(TARGET, os.path.abspath(__file__), settings_parser=options)
+    sys.exit(harness.run(TARGET, WORKERS, __file__, options))

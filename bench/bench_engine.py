@@ -31,6 +31,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import harness  # noqa: E402
 
 
 STEP_WORKER = """
@@ -39,7 +41,7 @@ import numpy as np
 import cconv
 from threadpoolctl import threadpool_limits
 sys.path.insert(0, {here!r})
-from bench_train import _data
+from paper_net import data as _data
 from cconv import optim
 from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
 cconv.set_num_threads(1)
@@ -71,19 +73,22 @@ def run(python, args):
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         return {"median": statistics.median(result["times"]), "times": result["times"], "cpu_s": 1.0,
                 "loss": result["loss"], "threads": 1, "cconv": _where(python)}
-    cmd = [python, os.path.join(HERE, "bench_train.py"), "--worker", "cconv", "--threads", str(args.threads),
-           "--repeat", str(args.repeat), "--images", str(args.images), "--batch", str(args.batch)]
+    settings = {"threads": args.threads, "epochs": args.repeat, "images": args.images,
+                "batch": args.batch, "isa": "native"}
+    cmd = [python, os.path.join(HERE, "bench_train.py"), "--worker", "cconv", "--settings",
+           json.dumps(settings)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{python}: {proc.stderr.strip()[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    version = _where(python)
-    return {"median": statistics.median(result["times"]), "times": result["times"], "cpu_s": cpu,
-            "loss": result["loss"],
-            "threads": result["threads"], "peak_mb": result.get("peak_mb"), "cconv": version}
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith(harness.MARK)][-1]
+    result = json.loads(line[len(harness.MARK):])       # bench/harness.py's worker record
+    times, version = result["info"]["epoch_times"], _where(python)
+    return {"median": statistics.median(times), "times": times, "cpu_s": cpu,
+            "loss": result["info"]["loss"], "threads": result["info"]["threads"],
+            "peak_mb": result["metrics"]["peak_mb"], "cconv": version}
 
 
 def _where(python):

@@ -19,9 +19,7 @@ Usage::
     python bench/bench_layers.py --runs 5 --threads 2
 """
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -31,15 +29,9 @@ LAYERS = ["tconv_s2", "tconv_s1", "upsample_bilinear", "depthwise"]
 BATCH = 32
 
 
-def _median_time(fn, calls, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _median_time(fn, calls):
+    """The median of `calls` back-to-back timed calls, after 3 untimed ones."""
+    return harness.time_call(fn, calls, burst=0, warmup=3)[0]
 
 
 def worker_cconv(args):
@@ -120,6 +112,4 @@ def options(p):
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
-        sys.exit(harness.worker_main(WORKERS, sys.argv[1:]))
-    harness.main(TARGET, os.path.abspath(__file__), settings_parser=options)
+    sys.exit(harness.run(TARGET, WORKERS, __file__, options))

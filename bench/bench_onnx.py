@@ -29,20 +29,17 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402  (its time_call)
+
 
 def _batch(n):
     return np.random.default_rng(0).random((n, 64, 64, 3), dtype=np.float32)
 
 
 def _time(fn, iters):
-    fn()
-    fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """The median of `iters` back-to-back timed calls, after 2 untimed ones."""
+    return harness.time_call(fn, iters, burst=0, warmup=2)[0]
 
 
 def worker(args):

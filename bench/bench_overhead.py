@@ -16,7 +16,7 @@ kernel. Measured:
 
 Each library runs in its own process (bench/harness.py: runs in a rotating order, the
 median and range over the runs, per-run ratios, a JSON log under bench/results/ that
-bench/make_tables.py turns into the README's table). In a process: 2,000 warm-up calls,
+bench/make_tables.py turns into the README's table). In a process: 0.2 s of warm-up calls,
 then ``--repeats`` batches of ``--calls`` calls, and the time per call of the fastest batch
 (the one the rest of the shared machine disturbed least: a call's own cost).
 
@@ -26,7 +26,6 @@ Usage::
 """
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -36,17 +35,9 @@ SHAPE = (1, 8, 8, 4)            # N, H, W, C
 COUT = 8
 
 
-def _per_call(fn, calls, repeats):
-    """Seconds per call: the fastest of `repeats` batches of `calls` calls, after a warm-up."""
-    for _ in range(2000):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return best
+def _per_call(fn, args):
+    """Seconds per call: the fastest of --repeats batches of --calls calls, after a warm-up."""
+    return harness.per_call(fn, args["repeats"], calls=args["calls"])
 
 
 def worker_cconv(args):
@@ -70,7 +61,7 @@ def worker_cconv(args):
         "pool": lambda: F.max_pool2d(x, 2),
         "pool_out": lambda: F.max_pool2d(x, 2, out=(p, a)),
     }
-    out = {k: _per_call(f, args["calls"], args["repeats"]) for k, f in calls.items()}
+    out = {k: _per_call(f, args) for k, f in calls.items()}
     out["info"] = {"threads": cconv.get_num_threads()}
     return out
 
@@ -85,9 +76,8 @@ def worker_torch(args):
     w = torch.randn(COUT, SHAPE[3], 3, 3, generator=gen)
     b = torch.randn(COUT, generator=gen)
     with torch.no_grad():
-        conv = _per_call(lambda: TF.conv2d(x, w, b, padding=1), args["calls"], args["repeats"])
-        pool = _per_call(lambda: TF.max_pool2d(x, 2, return_indices=True), args["calls"],
-                         args["repeats"])
+        conv = _per_call(lambda: TF.conv2d(x, w, b, padding=1), args)
+        pool = _per_call(lambda: TF.max_pool2d(x, 2, return_indices=True), args)
     # PyTorch has no out= for these calls: cconv's out= figures are compared with its plain ones.
     return {"conv": conv, "conv_out": conv, "pool": pool, "pool_out": pool,
             "info": {"threads": torch.get_num_threads()}}
@@ -115,6 +105,4 @@ def options(p):
 
 
 if __name__ == "__main__":
-    if "--worker" in sys.argv:
-        sys.exit(harness.worker_main(WORKERS, sys.argv[1:]))
-    harness.main(TARGET, os.path.abspath(__file__), settings_parser=options)
+    sys.exit(harness.run(TARGET, WORKERS, __file__, options))

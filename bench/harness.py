@@ -7,18 +7,25 @@ A benchmark script (``bench_core.py``, ``bench_train.py``, ...) defines
   measure memory growth);
 * a :class:`Target`: its name, its libraries (each may run under another interpreter, e.g.
   Keras on TensorFlow from /work/venv-tf), the metrics' units, the rows of the README table
-  and the targets to check;
+  and the targets to check; if a library's figures need several processes (e.g. training at
+  2 threads and at 1), its :class:`Job` s, and metrics derived from theirs (the 2-thread /
+  1-thread speed-up);
 
-and calls :func:`main`. The parent process then, for ``--runs`` runs (at least 5 for
-figures that go into the README), starts one fresh process per library in an order that
-rotates from run to run (run 1: A B C, run 2: B C A, ...; printed), so that every library
+and ends with ``sys.exit(harness.run(TARGET, WORKERS, __file__, options))``. The parent
+process then, for ``--runs`` runs (at least 5 for figures that go into the README), starts
+fresh processes (one per library, or one per library and job) in an order that rotates
+from run to run (run 1: A B C, run 2: B C A, ...; printed), so that every library
 is measured under the same machine load and goes first equally often. It prints the median
 and the range of every metric and the ratio of each library to the fastest other library
 (the median of the per-run ratios, and their range: a ratio compares two measurements
 made seconds apart, so a slow spell of the shared machine that spans both cancels out),
 and writes everything to a JSON log under ``bench/results/``: commit, machine, settings,
 the run order, every worker's raw measurements, thread pools (threadpoolctl), versions and
-environment. ``bench/make_tables.py`` makes the README's tables from those logs.
+environment. ``bench/make_tables.py`` makes the README's tables from those logs. Options
+every script has: ``--runs``, ``--threads``, ``--isa avx2`` (cap every library's vectorised
+code), ``--only``, ``--baseline PYTHON`` (the main library's worker under another
+interpreter, beside the others but not a contender), ``--python NAME=PATH``, ``--job``,
+``--out`` (the log's directory), ``--no-log``.
 
 The worker side runs under any Python with only the standard library (plus what the
 library itself needs): nothing here imports numpy or cconv at module level.
@@ -26,10 +33,12 @@ library itself needs): nothing here imports numpy or cconv at module level.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -50,14 +59,39 @@ SETTLE = 0.5
 @dataclass
 class Library:
     """A contender: its worker's name in the script, the interpreter that runs it, and
-    extra environment variables for its process."""
+    extra environment variables for its process. A library that is not a contender (e.g.
+    ``--baseline``: the same cconv under another interpreter) gets its ratios like the
+    others but is never the "fastest other library" of anybody's ratio."""
     name: str
     label: str = ""
     python: str = sys.executable
     env: dict = field(default_factory=dict)
+    contender: bool = True
 
     def __post_init__(self):
         self.label = self.label or self.name
+
+
+@dataclass
+class Job:
+    """One process of each library in a run: its settings override the run's (e.g.
+    ``{"threads": 1}``), and its metrics get `suffix` appended (``epoch`` -> ``epoch_1t``)."""
+    name: str
+    settings: dict = field(default_factory=dict)
+    suffix: str = ""
+
+
+@dataclass
+class Check:
+    """A target: `library`'s `metric` against `bound`. against=None: the library's median
+    ratio to the fastest other library; a tuple of library names: its ratio to the best of
+    those (e.g. PyTorch's two layouts); "value": the library's own median (a speed-up).
+    Target.checks may also hold plain (label, metric, library, bound) tuples."""
+    label: str
+    metric: str
+    library: str
+    bound: float
+    against: object = None
 
 
 @dataclass
@@ -68,9 +102,12 @@ class Target:
     units: metric -> unit ("s", "ms", "MB", "x", "%"); times are shown in it.
     higher_is_better: metrics where more is better (speed-ups, shares); ratios are still
     library / fastest other, so the best other is then the largest.
-    checks: (label, metric, library, bound) -> PASS when the library's median ratio to the
-    fastest other library (for a metric only it has: its median) is <= bound, or >= bound
-    for a higher_is_better metric.
+    checks: :class:`Check` s (or (label, metric, library, bound) tuples) -> PASS when the
+    library's median ratio to the fastest other library (for a metric only it has: its
+    median) is <= bound, or >= bound for a higher_is_better metric.
+    jobs: the processes each library runs per run (default: one, with the run's settings).
+    derived: metric -> fn(metrics of one library in one run) -> value, computed in the parent
+    after the library's jobs (skipped when an input is missing).
     """
     name: str
     description: str
@@ -80,6 +117,8 @@ class Target:
     higher_is_better: tuple = ()
     checks: list = field(default_factory=list)
     main: str = "cconv"            # the library whose ratios the README shows
+    jobs: list = field(default_factory=lambda: [Job("")])
+    derived: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -131,9 +170,12 @@ class Memory:
 BURST = 0.1
 
 
-def time_call(fn, repeats, burst=BURST):
+def time_call(fn, repeats, burst=BURST, warmup=0):
     """(median, list) of `repeats` timed calls of fn, each right after `burst` seconds of
-    untimed calls: the steady state of a loop, where the previous call has just ended."""
+    untimed calls: the steady state of a loop, where the previous call has just ended
+    (burst=0: back to back, after `warmup` untimed calls)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t1 = time.perf_counter()
@@ -143,6 +185,27 @@ def time_call(fn, repeats, burst=BURST):
         fn()
         times.append(time.perf_counter() - t2)
     return statistics.median(times), times
+
+
+def per_call(fn, repeats, calls=None, seconds=1.0, warmup=0.2):
+    """Seconds per call of fn: the fastest of `repeats` batches of calls (the batch the rest
+    of the shared machine disturbed least: the call's own cost), after `warmup` seconds (and
+    at least 3 calls) of untimed calls. A batch has `calls` calls, or (calls=None) as many as
+    take about seconds / repeats."""
+    t0 = time.perf_counter()
+    n = 0
+    while n < 3 or time.perf_counter() - t0 < warmup:
+        fn()
+        n += 1
+    if calls is None:
+        calls = max(1, int(seconds / repeats / ((time.perf_counter() - t0) / n)))
+    best = float("inf")
+    for _ in range(repeats):
+        t1 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - t1) / calls)
+    return best
 
 
 def cap_cconv_isa(settings):
@@ -261,10 +324,64 @@ def _run_worker(script, lib, settings, timeout):
     return result
 
 
+def _run_library(script, lib, settings, target, jobs, timeout):
+    """A library's record of one run: its jobs, one process each (see merge_jobs)."""
+    records = {}
+    for i, job in enumerate(jobs):
+        if i:
+            time.sleep(SETTLE)
+        records[job.name] = _run_worker(script, lib, {**settings, **job.settings}, timeout)
+    return merge_jobs(target, jobs, records)
+
+
+def merge_jobs(target, jobs, records):
+    """One library's record of a run from its jobs' records ({job name: worker record}):
+    with one job, that job's record; with several, their metrics merged (each with its job's
+    suffix), the first job's info and load, every job's record under "jobs" (and "error" if
+    one failed); then the target's derived metrics."""
+    if len(jobs) == 1 and not jobs[0].suffix:
+        record = records[jobs[0].name]
+    else:
+        ok = [(job, records[job.name]) for job in jobs if "error" not in records[job.name]]
+        first = ok[0][1] if ok else records[jobs[0].name]
+        record = {"metrics": {m + job.suffix: v for job, r in ok for m, v in r["metrics"].items()},
+                  "info": first.get("info", {}), "load_before": first.get("load_before"),
+                  "wall_s": sum(r.get("wall_s", 0.0) for _, r in ok), "jobs": records}
+        failed = [job.name for job in jobs if "error" in records[job.name]]
+        if failed:
+            record["error"] = "; ".join(f"{name}: {records[name]['error']}" for name in failed)
+            record["stderr_tail"] = [ln for name in failed for ln in records[name]["stderr_tail"]]
+    for metric, fn in target.derived.items():
+        try:
+            record["metrics"][metric] = fn(record["metrics"])
+        except (KeyError, ZeroDivisionError, TypeError):
+            pass
+    return record
+
+
+def _ratio(runs, metric, lib, others, per, better):
+    """lib's ratio to the best (by median) of `others`: {other, median, min, max, values} of
+    the per-run ratios, or None."""
+    others = [o for o in others if o in per and o != lib]
+    if not others or lib not in per:
+        return None
+    other = better(others, key=lambda o: per[o]["median"])
+    vals = [run[lib]["metrics"][metric] / run[other]["metrics"][metric] for run in runs
+            if run.get(lib, {}).get("metrics", {}).get(metric) is not None
+            and run.get(other, {}).get("metrics", {}).get(metric)]
+    if not vals:
+        return None
+    return {"other": other, "median": statistics.median(vals), "min": min(vals),
+            "max": max(vals), "values": vals}
+
+
 def summarize(target, runs):
     """{metric: {library: {median, min, max, n, values}}} and the ratios to the fastest
-    other library: {metric: {library: {other, median, min, max, values}}}."""
+    other library (a contender running another worker: the baseline cconv is compared with
+    the others, not with cconv): {metric: {library: {other, median, min, max, values}}}."""
     libs = [lib.label for lib in target.libraries]
+    worker = {lib.label: lib.name for lib in target.libraries}
+    contenders = [lib.label for lib in target.libraries if lib.contender]
     stats, ratios = {}, {}
     metrics = sorted({m for run in runs for r in run.values() if "metrics" in r
                       for m in r["metrics"]})
@@ -281,17 +398,10 @@ def summarize(target, runs):
         better = max if m in target.higher_is_better else min
         ratios[m] = {}
         for lib in per:
-            others = [o for o in per if o != lib]
-            if not others:
-                continue
-            other = better(others, key=lambda o: per[o]["median"])
-            pairs = [(run[lib]["metrics"][m], run[other]["metrics"][m]) for run in runs
-                     if m in run.get(lib, {}).get("metrics", {})
-                     and m in run.get(other, {}).get("metrics", {})]
-            vals = [a / b for a, b in pairs if b]
-            if vals:
-                ratios[m][lib] = {"other": other, "median": statistics.median(vals),
-                                  "min": min(vals), "max": max(vals), "values": vals}
+            r = _ratio(runs, m, lib, [c for c in contenders if worker[c] != worker[lib]],
+                       per, better)
+            if r:
+                ratios[m][lib] = r
     return stats, ratios
 
 
@@ -314,19 +424,28 @@ def _label(target, name):
     return next((lib.label for lib in target.libraries if name in (lib.name, lib.label)), name)
 
 
-def check_targets(target, stats, ratios):
+def check_targets(target, stats, ratios, runs=()):
     out = []
-    for label, metric, lib, bound in target.checks:
-        lib = _label(target, lib)
-        r = ratios.get(metric, {}).get(lib)
-        s = stats.get(metric, {}).get(lib)
+    for c in target.checks:
+        c = c if isinstance(c, Check) else Check(*c)
+        lib = _label(target, c.library)
+        hib = c.metric in target.higher_is_better
+        s = stats.get(c.metric, {}).get(lib)
+        if c.against == "value":
+            r = None
+        elif c.against:
+            r = _ratio(runs, c.metric, lib, [_label(target, o) for o in c.against],
+                       stats.get(c.metric, {}), max if hib else min)
+        else:
+            r = ratios.get(c.metric, {}).get(lib)
+        if not r and c.against and c.against != "value":
+            s = None        # none of the libraries to compare with ran
         value = r["median"] if r else (s["median"] if s else None)
         rng = (r["min"], r["max"]) if r else ((s["min"], s["max"]) if s else None)
-        hib = metric in target.higher_is_better
-        ok = None if value is None else (value >= bound if hib else value <= bound)
-        every = None if rng is None else (rng[0] >= bound if hib else rng[1] <= bound)
-        out.append({"label": label, "metric": metric, "library": lib,
-                    "against": r["other"] if r else None, "bound": bound,
+        ok = None if value is None else (value >= c.bound if hib else value <= c.bound)
+        every = None if rng is None else (rng[0] >= c.bound if hib else rng[1] <= c.bound)
+        out.append({"label": c.label, "metric": c.metric, "library": lib,
+                    "against": r["other"] if r else None, "bound": c.bound,
                     "direction": ">=" if hib else "<=", "median": value, "range": rng,
                     "pass": ok, "pass_every_run": every})
     return out
@@ -358,6 +477,15 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
     p.add_argument("--isa", default="native", choices=["native", "avx2"],
                    help="cap every library's vectorised code (avx2: no AVX-512 anywhere)")
     p.add_argument("--only", action="append", help="run only these libraries")
+    p.add_argument("--baseline", "--baseline-python", metavar="PYTHON",
+                   help=f"also run {target.main}'s worker under this interpreter (e.g. the "
+                        "environment of the code before a change), as a library that is not "
+                        "a contender: before/after figures under the same load")
+    p.add_argument("--python", action="append", default=[], metavar="NAME=PATH",
+                   help="run library NAME's worker under the interpreter PATH")
+    if len(target.jobs) > 1:
+        p.add_argument("--job", action="append", choices=[job.name for job in target.jobs],
+                       help="run only these of each library's processes")
     p.add_argument("--out", default=RESULTS, help="directory of the JSON log")
     p.add_argument("--no-log", action="store_true", help="write no JSON log")
     p.add_argument("--timeout", type=float, default=3600, help="per worker process, seconds")
@@ -366,10 +494,16 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
     if settings_parser:
         settings_parser(p)
     a = p.parse_args(argv)
-    libs = [lib for lib in target.libraries if not a.only or lib.name in a.only]
+    try:
+        libs = libraries(target, a.python, a.baseline, a.only)
+    except ValueError as e:
+        p.error(str(e))
     if not libs:
         p.error(f"no library left; choose from {[lib.name for lib in target.libraries]}")
-    parent_only = {"runs", "only", "out", "no_log", "timeout", "worker", "settings"}
+    jobs = [job for job in target.jobs if not getattr(a, "job", None) or job.name in a.job]
+    target = dataclasses.replace(target, libraries=libs)
+    parent_only = {"runs", "only", "out", "no_log", "timeout", "worker", "settings",
+                   "baseline", "python", "job"}
     settings = {k: v for k, v in vars(a).items() if k not in parent_only}
     settings["env"] = isa_env(a.isa)
     orders = run_orders([lib.label for lib in libs], a.runs)
@@ -388,34 +522,23 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
         run = {}
         for label in order:
             t0 = time.perf_counter()
-            r = _run_worker(script, by_label[label], settings, a.timeout)
+            r = _run_library(script, by_label[label], settings, target, jobs, a.timeout)
             run[label] = r
             shown = {metric for _, metric in target.rows}
-            status = r.get("error") or ", ".join(
-                f"{m} {fmt(v, target.units.get(m, ''))}" for m, v in r["metrics"].items()
-                if m in shown)
+            status = ", ".join(
+                [f"{m} {fmt(v, target.units.get(m, ''))}" for m, v in r.get("metrics", {}).items()
+                 if m in shown] + ([r["error"]] if "error" in r else []))
             print(f"  run {i + 1} {label:<22} {time.perf_counter() - t0:6.1f} s  {status}",
                   flush=True)
             if "error" in r:
                 print("    " + "\n    ".join(r["stderr_tail"]))
             time.sleep(SETTLE)
         runs.append(run)
-    stats, ratios = summarize(target, runs)
-    checks = check_targets(target, stats, ratios)
-    report(target, stats, ratios, checks, len(runs))
-    agreement = checksum_agreement(runs)
-    if agreement is not None:
-        print(f"\noutputs: the libraries' checksums differ by at most {agreement:.1e} (relative)")
-    log = {"target": target.name, "description": target.description,
-           "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "argv": [os.path.relpath(script, ROOT)] + list(argv), "commit": commit,
-           "dirty": dirty, "machine": machine_info(), "settings": settings,
-           "libraries": [{"name": lib.name, "label": lib.label, "python": lib.python,
-                          "env": lib.env} for lib in libs],
-           "order": orders, "runs": runs, "stats": stats, "ratios": ratios, "checks": checks,
-           "checksum_agreement": agreement,
-           "rows": target.rows, "units": target.units, "main": _label(target, target.main),
-           "higher_is_better": list(target.higher_is_better)}
+    log = make_log(target, runs, settings, script, argv, jobs, orders, commit, dirty)
+    report(target, log["stats"], log["ratios"], log["checks"], len(runs))
+    if log["checksum_agreement"] is not None:
+        print(f"\noutputs: the libraries' checksums differ by at most "
+              f"{log['checksum_agreement']:.1e} (relative)")
     if not a.no_log:
         os.makedirs(a.out, exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -426,6 +549,60 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
             f.write("\n")
         print(f"log: {os.path.relpath(path)}")
     return log
+
+
+def make_log(target, runs, settings, script, argv=(), jobs=None, orders=None, commit=None,
+              dirty=False):
+    """The JSON log of the runs (a list of {library label: record}) of `target`, whose
+    libraries are the ones that ran: statistics, ratios and targets included."""
+    stats, ratios = summarize(target, runs)
+    return {"target": target.name, "description": target.description,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "argv": [os.path.relpath(script, ROOT)] + list(argv), "commit": commit,
+            "dirty": dirty, "machine": machine_info(), "settings": settings,
+            "libraries": [{"name": lib.name, "label": lib.label, "python": lib.python,
+                           "env": lib.env, "contender": lib.contender}
+                          for lib in target.libraries],
+            "jobs": [dataclasses.asdict(job) for job in (jobs or target.jobs)],
+            "order": orders or [list(run) for run in runs], "runs": runs, "stats": stats,
+            "ratios": ratios, "checks": check_targets(target, stats, ratios, runs),
+            "checksum_agreement": checksum_agreement(runs),
+            "rows": target.rows, "units": target.units, "main": _label(target, target.main),
+            "higher_is_better": list(target.higher_is_better)}
+
+
+def libraries(target, pythons=(), baseline=None, only=None):
+    """The target's libraries (those named in `only`, if given) with the interpreters of
+    --python NAME=PATH and --baseline; ValueError when an interpreter is not there."""
+    chosen = {}
+    for item in pythons:
+        name, sep, path = item.partition("=")
+        if not sep or name not in {lib.name for lib in target.libraries}:
+            raise ValueError(f"--python takes NAME=PATH with NAME one of "
+                             f"{[lib.name for lib in target.libraries]}, got {item!r}")
+        chosen[name] = path
+    libs = [dataclasses.replace(lib, python=chosen.get(lib.name, lib.python))
+            for lib in target.libraries]
+    if baseline:
+        main = next(lib for lib in libs if target.main in (lib.name, lib.label))
+        libs.insert(libs.index(main) + 1, dataclasses.replace(
+            main, label=f"{main.label} (baseline)", python=baseline, contender=False))
+    libs = [lib for lib in libs if not only or lib.name in only]
+    for lib in libs:
+        if not shutil.which(lib.python):
+            raise ValueError(f"library {lib.name}: no interpreter {lib.python!r}; give "
+                             f"another with --python {lib.name}=PATH or leave it out with --only")
+    return libs
+
+
+def run(target, workers, script, settings_parser=None, argv=None):
+    """A benchmark script's entry point: in a worker process (--worker) run the worker,
+    otherwise the parent (:func:`main`). Returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--worker" in argv:
+        return worker_main(workers, argv)
+    main(target, os.path.abspath(script), argv, settings_parser)
+    return 0
 
 
 def report(target, stats, ratios, checks, nruns):

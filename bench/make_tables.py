@@ -4,7 +4,8 @@
 By default the newest log of each benchmark (and of each instruction-set cap: ``--isa
 avx2`` runs get their own table) under bench/results/. For each: one row per reported
 metric with the ratio of cconv to the fastest other library (the median of the per-run
-ratios and their range) and every library's median, then the targets with PASS/FAIL, and a
+ratios and their range; the same for a library that is not a contender, such as
+``--baseline``'s cconv under another interpreter) and every library's median, then the targets with PASS/FAIL, and a
 line saying where the figures come from (log file, runs, commit, threads, machine, date).
 Only logs of at least ``--min-runs`` runs (default 5) are used.
 
@@ -50,6 +51,8 @@ def table(path, log):
     libs = [lib["label"] for lib in log["libraries"]]
     main = log.get("main", "cconv")
     others = [lib for lib in libs if lib != main]
+    # libraries that are not contenders (a --baseline cconv): their own ratio column
+    extra = [lib["label"] for lib in log["libraries"] if not lib.get("contender", True)]
     units, stats, ratios = log["units"], log["stats"], log["ratios"]
     isa = log["settings"].get("isa", "native")
     title = f"`{log['argv'][0]}`" + (" with every library capped at AVX2" if isa == "avx2" else "")
@@ -59,20 +62,23 @@ def table(path, log):
                                         stats.get(m, {}) for _, m in log["rows"])]
     lines = [f"**{title}**: {log['description']}", "",
              f"| benchmark | {main} / fastest other: median [range] | "
+             + "".join(f"{lib} / fastest other | " for lib in extra)
              + "".join(f"{lib} (median) | " for lib in shown),
-             "|---|---|" + "---|" * len(shown)]
+             "|---|---|" + "---|" * (len(extra) + len(shown))]
     for label, metric in log["rows"]:
         unit = units.get(metric, "")
         r = ratios.get(metric, {}).get(main)
         ratio = (f"**{r['median']:.2f}x** [{r['min']:.2f}-{r['max']:.2f}] of {r['other']}" if r
                  else "-")
+        extra_cells = [f"{x['median']:.2f}x [{x['min']:.2f}-{x['max']:.2f}]" if x else "-"
+                       for x in (ratios.get(metric, {}).get(lib) for lib in extra)]
         if not others or not any(o in stats.get(metric, {}) for o in others):
             s = stats.get(metric, {}).get(main)    # a metric of cconv alone: its own range
             ratio = f"**{fmt(s['median'], unit)}** [{fmt(s['min'], unit)}-{fmt(s['max'], unit)}]" \
                 if s else "-"
         cells = ["-" if unit in TIME_UNITS or lib not in stats.get(metric, {})
                  else fmt(stats[metric][lib]["median"], unit) for lib in shown]
-        lines.append(f"| {label} | {ratio} | " + "".join(c + " | " for c in cells))
+        lines.append(f"| {label} | {ratio} | " + "".join(c + " | " for c in extra_cells + cells))
     if log.get("checks"):
         lines += ["", "| target | bound | median | verdict |", "|---|---|---|---|"]
         for c in log["checks"]:
@@ -82,8 +88,8 @@ def table(path, log):
             value = "-" if c["median"] is None else f"{c['median']:.2f}"
             lines.append(f"| {c['label']} | {c['direction']} {c['bound']} | {value} | {verdict} |")
     m, s = log["machine"], log["settings"]
-    loads = [r["load_before"] for run in log["runs"] for r in run.values()
-             if r.get("load_before") is not None]
+    loads = [j["load_before"] for run in log["runs"] for r in run.values()
+             for j in (r.get("jobs") or {"": r}).values() if j.get("load_before") is not None]
     noise = (f" The machine is shared and noisy: its load average before the workers was "
              f"{min(loads):.1f}-{max(loads):.1f} on {m.get('cpus_allowed', m.get('cpu_count'))} "
              f"CPUs." if loads else " The machine is shared and noisy.")
@@ -94,6 +100,8 @@ def table(path, log):
               f"{(log['commit'] or 'unknown')[:10]}{' with uncommitted changes' if log['dirty'] else ''}, "
               f"{log['time'][:10]}, {shown}, {m.get('cpu', '?')} "
               f"({', '.join(m.get('isa', []))}), {m.get('cpus_allowed', m.get('cpu_count'))} CPUs."
+              + "".join(f" {lib['label']}: {lib['name']} under `{lib['python']}`, not a "
+                        "contender." for lib in log["libraries"] if lib["label"] in extra)
               + noise]
     return "\n".join(lines)
 
@@ -101,8 +109,9 @@ def table(path, log):
 def render(logs):
     if not logs:
         return ("No benchmark logs with enough runs under `bench/results/` yet: run "
-                "`python bench/bench_core.py`, `python bench/bench_train.py` and "
-                "`python bench/bench_layers.py` (5 runs each) on a quiet machine, then "
+                "`python bench/bench_core.py`, `python bench/bench_train.py`, "
+                "`python bench/bench_layers.py`, `python bench/bench_speed.py` and "
+                "`python bench/bench_isa.py` (5 runs each) on a quiet machine, then "
                 "`python bench/make_tables.py --update`.")
     return "\n\n".join(table(path, log) for path, log in logs)
 

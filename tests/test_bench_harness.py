@@ -89,3 +89,86 @@ def test_readme_benchmark_tables_come_from_the_logs():
     proc = subprocess.run([sys.executable, str(BENCH / "make_tables.py"), "--check"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _speed_log(bench_speed, harness, isa="native", error_in=None):
+    """A bench_speed-format log of 5 fake runs (no benchmark runs): the harness merges each
+    library's three jobs and derives the scaling, then logs, ratios and checks them."""
+    import dataclasses
+    libs = harness.libraries(bench_speed.TARGET, [f"keras={sys.executable}"],
+                             baseline=sys.executable)
+    target = dataclasses.replace(bench_speed.TARGET, libraries=libs)
+    #            batch1  batch256 epoch memory epoch_1t
+    fake = {"cconv": (1.0e-3, 0.03, 1.0, 300.0, 1.9),
+            "cconv (baseline)": (3.0e-3, 0.06, 1.5, 310.0, 2.4),
+            "PyTorch NCHW": (4.0e-3, 0.09, 4.0, 280.0, 6.0),
+            "PyTorch channels_last": (1.5e-3, 0.2, 3.0, 320.0, 4.5),
+            "Keras (TensorFlow)": (1.0e-2, 0.08, 5.0, 100.0, 7.0)}
+    runs = []
+    for i, scale in enumerate([1.0, 1.1, 0.9, 1.2, 0.8]):      # the machine's load drifts
+        run = {}
+        for label, (b1, b256, epoch, memory, epoch_1t) in fake.items():
+            def rec(**metrics):
+                return {"metrics": metrics, "info": {"threads": 2}, "load_before": 1.0 + i,
+                        "wall_s": 1.0}
+            records = {"infer": rec(batch1=b1 * scale, batch256=b256 * scale),
+                       "train": rec(epoch=epoch * scale, memory=memory),
+                       "train_1t": rec(epoch=epoch_1t * scale, memory=memory)}
+            if error_in == (i, label):
+                records["train_1t"] = {"error": "exit 1", "stderr_tail": ["boom"],
+                                       "load_before": 1.0}
+            run[label] = harness.merge_jobs(target, target.jobs, records)
+        runs.append(run)
+    settings = {"threads": 2, "isa": isa, "images": 1777, "batch": 128, "env": {}}
+    return harness.make_log(target, runs, settings, str(BENCH / "bench_speed.py"))
+
+
+def test_bench_speed_log_renders_a_table_with_its_targets(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_isa
+        import bench_speed
+        import harness
+    finally:
+        sys.path.remove(str(BENCH))
+    log = _speed_log(bench_speed, harness, error_in=(4, "Keras (TensorFlow)"))
+    run0 = log["runs"][0]["cconv"]
+    assert set(run0["jobs"]) == {"infer", "train", "train_1t"}
+    assert run0["metrics"]["scaling"] == pytest.approx(1.9)            # epoch_1t / epoch
+    assert run0["metrics"]["memory_1t"] == 300.0
+    assert "scaling" not in log["runs"][4]["Keras (TensorFlow)"]["metrics"]   # its job failed
+    assert "train_1t: exit 1" in log["runs"][4]["Keras (TensorFlow)"]["error"]
+    # the baseline is compared with the others, but nobody is compared with it
+    assert log["ratios"]["epoch"]["cconv"]["other"] == "PyTorch channels_last"
+    assert log["ratios"]["epoch"]["cconv (baseline)"]["median"] == pytest.approx(0.5)
+    checks = {c["metric"]: c for c in log["checks"]}
+    assert checks["memory"]["against"] == "PyTorch NCHW"       # not Keras's smaller figure
+    assert checks["memory"]["median"] == pytest.approx(300 / 280)
+    assert checks["scaling"]["against"] is None and checks["scaling"]["median"] == pytest.approx(1.9)
+    (tmp_path / "bench_speed_fake.json").write_text(json.dumps(log))
+
+    isa = _speed_log(bench_speed, harness, isa="avx2")
+    isa.update(target=bench_isa.TARGET.name, argv=["bench/bench_isa.py"], rows=bench_isa.TARGET.rows,
+               checks=harness.check_targets(bench_isa.TARGET, isa["stats"], isa["ratios"],
+                                            isa["runs"]))
+    (tmp_path / "bench_isa_fake.json").write_text(json.dumps(isa))
+
+    tables = subprocess.run([sys.executable, str(BENCH / "make_tables.py"), "--results",
+                             str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert "**`bench/bench_speed.py`**" in tables
+    assert "| cconv / fastest other: median [range] | cconv (baseline) / fastest other |" in tables
+    assert ("| inference on one image (batch 1) | **0.67x** [0.67-0.67] of PyTorch channels_last "
+            "| 2.00x [2.00-2.00] |") in tables
+    assert "| whole epoch: 1-thread time / multi-thread time | **" in tables
+    for row in ("| batch-1 inference vs the fastest other library | <= 0.5 | 0.67 | FAIL |",
+                "| batch-256 inference vs the fastest other library | <= 0.5 | 0.38 | PASS |",
+                "| training epoch vs the fastest other library | <= 0.4 | 0.33 | PASS |",
+                "| memory training adds vs PyTorch's (its smaller layout) | <= 1.0 | 1.07 | FAIL |",
+                "| whole epoch: 2 threads vs 1 (epoch_1t / epoch) | >= 1.8 | 1.90 | PASS |"):
+        assert row in tables
+    assert "cconv (baseline): cconv under" in tables
+    assert "load average before the workers was 1.0-5.0" in tables
+    # the AVX2-capped run: a table of its own, with its own targets
+    assert "**`bench/bench_isa.py` with every library capped at AVX2**" in tables
+    assert "| training epoch vs the faster PyTorch layout | <= 0.6 | 0.33 | PASS |" in tables
+    assert "| batch-1 inference vs the faster PyTorch layout | <= 0.7 | 0.67 | PASS |" in tables
