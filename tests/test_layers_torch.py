@@ -470,3 +470,51 @@ def test_residual_block(kind, dtype):
         np.testing.assert_allclose(beta_grads[i], gt[i][1].grad.numpy(), **tol)
     running = [a for role, _, a in (w for l in model.layers for w in l.weights()) if role == "state"]
     np.testing.assert_allclose(running[0], stats[0][0].numpy(), **tol)        # running mean, BN 1
+
+
+# ---------------------------------------------------------------------------------
+# A whole network: the paper's conv + ReLU + max pool stacks, dense layers, the loss
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_relu_pool_network_gradients_match_torch(dtype):
+    """Every gradient of a small paper-like network (ReLU fused into the convolutions, max
+    pools after them, one padded, one with overlapping windows) and of its input, from a
+    training forward and the cross-entropy's gradient, against PyTorch's autograd."""
+    import cconv
+    model = cconv.Sequential([
+        L.Conv2D(6, 3, activation="relu"), L.MaxPool2D(2),
+        L.Conv2D(8, 3, activation="relu", padding="same"), L.MaxPool2D(3, stride=2, padding=1),
+        L.Flatten(), L.Dense(7, activation="relu"), L.Dense(5),
+    ], input_shape=(14, 14, 3), seed=3, dtype=dtype)
+    x = rand((4, 14, 14, 3), dtype, seed=4)
+    x[0, :4, :4, :] = -2.0                     # pool windows where the ReLU is 0 everywhere
+    y = np.array([0, 3, 1, 4])
+    logits = model.forward(x, training=True)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1               # d(mean cross-entropy) / d(logits)
+    dx = model.backward(p / len(y), input_grad=True)
+    grads = {n: g.copy() for n, _, g in model.parameters()}
+    k1, b1, k2, b2, w3, b3, w4, b4 = [torch.tensor(w) for w in model.get_weights()]
+
+    xt = nchw(x)
+    params = [torch.tensor(k1.numpy().transpose(3, 2, 0, 1).copy(), requires_grad=True),
+              b1.requires_grad_(),
+              torch.tensor(k2.numpy().transpose(3, 2, 0, 1).copy(), requires_grad=True),
+              b2.requires_grad_(), w3.requires_grad_(), b3.requires_grad_(), w4.requires_grad_(),
+              b4.requires_grad_()]
+    h = TF.max_pool2d(TF.relu(TF.conv2d(xt, params[0], params[1])), 2)
+    h = TF.max_pool2d(TF.relu(TF.conv2d(h, params[2], params[3], padding=1)), 3, 2, padding=1)
+    h = h.permute(0, 2, 3, 1).reshape(len(x), -1)          # cconv flattens NHWC
+    h = TF.relu(h @ params[4] + params[5]) @ params[6] + params[7]
+    TF.cross_entropy(h, torch.tensor(y)).backward()
+    tol = TOL[dtype]
+    np.testing.assert_allclose(dx, to_nhwc(xt.grad), **tol)
+    names = ["conv2d/kernel", "conv2d/bias", "conv2d_1/kernel", "conv2d_1/bias", "dense/kernel",
+             "dense/bias", "dense_1/kernel", "dense_1/bias"]
+    for name, p in zip(names, params):
+        g = p.grad.numpy()
+        if g.ndim == 4:
+            g = g.transpose(2, 3, 1, 0)
+        np.testing.assert_allclose(grads[name], g, **tol, err_msg=name)
+    assert np.any(grads["conv2d/kernel"] != 0)

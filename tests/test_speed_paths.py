@@ -1,10 +1,15 @@
 """The paths of issue 19: the inference path of a model (no training bookkeeping, convolution
 + ReLU + max pool reordered, the Winograd filter transform kept between calls while the
-weights are unchanged), the compiled ReLU and the fused Adam step.
+weights are unchanged), the compiled ReLU and the fused Adam step, and what a training step
+keeps: a convolution with a fused ReLU followed by a max pool keeps no output of its own
+(the pool's output is the ReLU's mask: Conv2D.training_fusion), a gradient the model owns
+is overwritten by the ReLU before it (Layer.dy_writable), and what a step's forward kept
+goes once its backward is done.
 
 Each must give the bits of the path it replaces (numpy's maximum, optim.adam_update
-parameter by parameter, the training-mode forward), on one thread and on two (the work
-floor lowered so that two threads really split the work).
+parameter by parameter, the training-mode forward, separate ReLU layers), on one thread and
+on two (the work floor lowered so that two threads really split the work), and leave the
+arrays a user holds alone.
 """
 import numpy as np
 import pytest
@@ -12,7 +17,7 @@ import pytest
 import cconv
 from cconv import functional as F
 from cconv import optim
-from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from cconv.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 
 DTYPES = [np.float32, np.float64]
 
@@ -140,7 +145,7 @@ def test_inference_path_gives_the_training_paths_bits(threads, dtype, n):
     x = rng.standard_normal((n, 22, 22, 3)).astype(dtype)
     x[0, :4, :4, :] = -1.0          # a whole pool window negative after the first conv
     for _ in range(2):              # the second call: kept filters, reused workspaces
-        ref = model.forward(x, cache=True)          # the training path, nothing fused
+        ref = model.forward(x, cache=True)          # the training path (the ReLU before the pool)
         model.backward(np.zeros_like(ref))          # (releases what forward kept)
         assert same_bits(model.predict(x, batch_size=n), ref)
         assert same_bits(model.forward(x), ref)
@@ -222,3 +227,105 @@ def test_small_batches_infer_on_the_calling_thread(restore_threads, monkeypatch)
     monkeypatch.setattr(cconv.model, "INFERENCE_SERIAL_MAX", 0)
     model.predict(small)
     assert seen[-1] == 2
+
+
+# ----------------------------------------------------------------------------- training memory
+def net(dtype, fused=True, seed=0):
+    """Conv + ReLU + max pool three times (a padded pool, overlapping windows), dense
+    layers with ReLU, dropout: with the ReLU fused into the convolutions, or as layers of
+    their own (``fused=False``; nothing then fuses the pool with the ReLU's mask)."""
+    def conv(filters, **kw):
+        if fused:
+            return [Conv2D(filters, 3, activation="relu", **kw)]
+        return [Conv2D(filters, 3, **kw), ReLU()]
+    return cconv.Sequential(
+        conv(6) + [MaxPool2D(2)] + conv(8, padding="same") + [MaxPool2D(3, stride=2, padding=1)]
+        + conv(8) + [MaxPool2D(2, padding=1), Flatten(), Dense(12, activation="relu"), Dropout(0.5),
+                     Dense(5, activation="softmax")],
+        input_shape=(22, 22, 3), seed=seed, dtype=dtype)
+
+
+def batch(dtype, n=4, seed=1, zeros=True):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 22, 22, 3)).astype(dtype)
+    if zeros:                       # whole pool windows at ReLU's 0 (ties: no finite
+        x[0, :6, :6, :] = -3.0      # differences there)
+    return x, rng.integers(0, 5, n)
+
+
+def grads(model):
+    return [g.copy() for _, _, g in model.parameters()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_training_gives_the_gradients_of_separate_relu_layers(threads, dtype):
+    x, y = batch(dtype)
+    a, b = net(dtype), net(dtype, fused=False)
+    for m in (a, b):
+        m.compile("adam", "categorical_crossentropy")
+    for step in range(3):           # gradients, then the weights after Adam steps
+        for m in (a, b):
+            m.train_on_batch(x, y)
+        for u, v in zip(grads(a), grads(b)):
+            assert same_bits(u, v), step
+    dx_a, dx_b = a.input_gradient(x, y), b.input_gradient(x, y)
+    assert same_bits(dx_a, dx_b)
+    assert np.any(dx_a != 0)
+
+
+def test_fused_training_matches_finite_differences():
+    x, y = batch(np.float64, n=3, seed=2, zeros=False)
+    m = net(np.float64)
+    m.compile("sgd", "categorical_crossentropy")
+    report = cconv.gradcheck(m, x, y)
+    assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_backward_leaves_the_users_dy_and_outputs_alone(threads, fused):
+    """dy given to Model.backward, and what forward returned, are the user's: the ReLU of
+    the last layer takes its gradient into a new array."""
+    rng = np.random.default_rng(3)
+    layers = [Conv2D(4, 3, activation="relu"), MaxPool2D(2)] if fused else [Conv2D(4, 3), ReLU()]
+    m = cconv.Sequential(layers + [Conv2D(5, 3, activation="relu")], input_shape=(12, 12, 2), seed=0)
+    x = rng.standard_normal((3, 12, 12, 2)).astype(np.float32)
+    out = m.forward(x, cache=True)
+    out_before = out.copy()
+    dy = rng.standard_normal(out.shape).astype(np.float32)
+    dy_before = dy.copy()
+    m.backward(dy)
+    assert same_bits(dy, dy_before) and same_bits(out, out_before)
+    assert np.any(out == 0)         # the ReLU masked something: dy would have changed
+
+
+def test_fan_out_of_a_relu_output_is_not_fused_and_sums_both_gradients():
+    """A convolution + ReLU whose output goes to a pool and to a dense layer: nothing fused,
+    no gradient overwritten while another reader holds it."""
+    inp = cconv.Input((8, 8, 2))
+    c = Conv2D(3, 3, activation="relu")(inp)
+    p = Flatten()(MaxPool2D(2)(c))
+    d = Flatten()(c)
+    out = Dense(3)(cconv.layers.Concatenate()([p, Dense(4, activation="relu")(d)]))
+    model = cconv.Model(inp, out, seed=1, dtype="float64")
+    x = np.random.default_rng(4).standard_normal((3, 8, 8, 2))
+    assert cconv.gradcheck(model, x).ok
+
+
+def test_a_subclass_does_not_inherit_fresh_input_grad():
+    """A subclass's backward may hand back an array that something else reads: only the
+    classes that say so are trusted."""
+    shared = {}
+
+    class Keep(MaxPool2D):
+        def backward(self, dy, saved):
+            dx = super().backward(dy, saved)
+            shared["dx"] = dx
+            return dx
+
+    m = cconv.Sequential([Conv2D(3, 3, activation="relu"), Keep(2), Flatten(), Dense(2)],
+                         input_shape=(8, 8, 1), seed=0)
+    x = np.random.default_rng(5).standard_normal((2, 8, 8, 1)).astype(np.float32)
+    out = m.forward(x, cache=True)
+    m.backward(np.ones_like(out))
+    kept = shared["dx"]
+    assert np.count_nonzero(kept) == kept.size // 4     # one winner per 2x2 window, unmasked

@@ -17,11 +17,21 @@ CCONV_MULTIVERSION static inline void cconv_add_d(double *__restrict d, const do
     for (ptrdiff_t i = 0; i < n; i++) d[i] += s[i];
 }
 
-/* ReLU backward in one pass: out = dy where y > 0, else 0. */
+/* ReLU backward in one pass: out = dy where y > 0, else 0. out may be dy itself (in place,
+ * as the training engine calls it on a gradient of its own): a loop of its own then, so
+ * that no restrict pointer aliases another. */
 #define CCONV_RELU_BWD(NAME, T)                                                          \
-CCONV_MULTIVERSION static inline void NAME(T *__restrict out, const T *__restrict dy,         \
+CCONV_MULTIVERSION static inline void NAME##_to(T *__restrict out, const T *__restrict dy,    \
                                     const T *__restrict y, ptrdiff_t n) {              \
     for (ptrdiff_t i = 0; i < n; i++) out[i] = y[i] > 0 ? dy[i] : (T)0;                \
+}                                                                                        \
+CCONV_MULTIVERSION static inline void NAME##_in_place(T *__restrict g, const T *__restrict y, \
+                                    ptrdiff_t n) {                                       \
+    for (ptrdiff_t i = 0; i < n; i++) g[i] = y[i] > 0 ? g[i] : (T)0;                    \
+}                                                                                        \
+static inline void NAME(T *out, const T *dy, const T *y, ptrdiff_t n) {                 \
+    if (out == dy) NAME##_in_place(out, y, n);                                           \
+    else NAME##_to(out, dy, y, n);                                                       \
 }
 CCONV_RELU_BWD(cconv_relu_bwd_f, float)
 CCONV_RELU_BWD(cconv_relu_bwd_d, double)

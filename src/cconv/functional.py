@@ -1584,14 +1584,17 @@ def relu_backward(dy: ArrayLike, y: ArrayLike, *, out: NDArray[Any] | None = Non
     y : ndarray of dy's shape and dtype
         The ReLU's output (``max(x, 0)``).
     out : ndarray of dy's shape or None
-        Where to write the result (see the module docstring).
+        Where to write the result (see the module docstring); ``dy`` itself (in place) too.
     """
     dy = _float_array(dy, "dy")
     y = _float_array(y, "y")
     _same_dtype(dy=dy, y=y)
     if dy.shape != y.shape:
         raise ValueError(f"dy and y must have the same shape, got {dy.shape} and {y.shape}")
-    result = _output(out, "out", dy.shape, dy.dtype, (dy, y))
+    if out is dy:                   # elementwise: each element read before it is written
+        result = _output(out, "out", dy.shape, dy.dtype, (y,))
+    else:
+        result = _output(out, "out", dy.shape, dy.dtype, (dy, y))
     _core.relu_backward(dy.reshape(-1), y.reshape(-1), result.reshape(-1),
                         _threads(dy.size, dy.size))
     return result

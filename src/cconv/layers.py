@@ -270,6 +270,15 @@ class Layer:
         Non-trainable saved arrays (:class:`BatchNorm2D`'s running statistics).
     need_input_grad : bool
         Read by ``backward``: when False, ``dL/dx`` may be skipped (None returned).
+    dy_writable : bool
+        Read by ``backward``: when True (set by the model for one call, never otherwise),
+        ``dy`` is a gradient that the model owns and no one else reads, and ``backward`` may
+        overwrite it (cconv's layers take a fused ReLU's gradient in place then). False by
+        default: ``backward`` must not modify ``dy`` (see the module docstring).
+    fresh_input_grad : bool (class attribute)
+        ``backward`` returns ``dL/dx`` as a new array that nothing else references, so the
+        model may pass it on as writable (read from the layer's own class only, not
+        inherited: a subclass's ``backward`` may return something else).
     input_shape : tuple, list of tuple, or None
         The input sample shape(s) the layer was built for.
     dtype : numpy.dtype or None
@@ -283,6 +292,8 @@ class Layer:
     _input_rank: int | None = None
     #: Whether the last input dimension (channels/features) is fixed once built.
     _fixed_channels = False
+    fresh_input_grad = False
+    dy_writable = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -338,6 +349,14 @@ class Layer:
         """A function ``f(x)`` equal to ``following.infer(self.infer(x))`` that computes it
         faster, or None (the default). The model's inference uses it for two consecutive
         steps when the second alone consumes the first's output."""
+        return None
+
+    def training_fusion(self, following):
+        """A function ``f(x, training) -> (y, saved, following_saved)`` equal to
+        ``self.call`` then ``following.call`` on its output (``y`` the second's output,
+        the ``saved`` of each for its own ``backward``) that keeps less for the backward
+        pass, or None (the default). The model's training forward uses it under the same
+        conditions as :meth:`inference_fusion`."""
         return None
 
     def compute_output_shape(self, input_shape) -> tuple:
@@ -668,6 +687,11 @@ class Activation(Layer):
     def backward(self, dy, y):
         if not self.need_input_grad:
             return None
+        return self._grad_over_dy(dy, y) if self.dy_writable else self._grad(dy, y)
+
+    def _grad_over_dy(self, dy, y):
+        """:meth:`_grad`, written over ``dy`` where the activation can (a gradient that the
+        training engine owns and no one else reads: ``Layer.dy_writable``)."""
         return self._grad(dy, y)
 
 
@@ -685,6 +709,9 @@ class ReLU(Activation):
 
     def _grad(self, dy, y):
         return F.relu_backward(dy, y)   # one compiled pass
+
+    def _grad_over_dy(self, dy, y):
+        return F.relu_backward(dy, y, out=dy)
 
 
 class _WithAlpha(Activation):
@@ -1003,8 +1030,13 @@ class _WithActivation(Layer):
         return y, y
 
     def _deactivate(self, dy, saved):
-        """dL/dz from dL/dy and what :meth:`_activate` kept."""
-        return dy if saved is None else self.activation._grad(dy, saved)
+        """dL/dz from dL/dy and what :meth:`_activate` kept (over ``dy`` when the model
+        allows it: ``Layer.dy_writable``)."""
+        if saved is None:
+            return dy
+        if self.dy_writable:
+            return self.activation._grad_over_dy(dy, saved)
+        return self.activation._grad(dy, saved)
 
     def _activate_in_place(self, z):
         """The activation of ``z`` (a fresh array of the layer's own) for inference, in place."""
@@ -1082,6 +1114,21 @@ class _Conv(_WithActivation):
             return conv_pool_relu
         return None
 
+    def training_fusion(self, following):
+        """Convolution + ReLU, then max pooling: the ReLU's gradient at each unit that
+        reaches the pool's output is 1 exactly where the pool's output is > 0 (the window's
+        winner is that output), and the pool routes no gradient elsewhere. So the pool
+        keeps its output as the ReLU's mask, applied to its (4x smaller) gradient, and the
+        convolution's output is not kept at all: the same gradients, the largest
+        activation of a network freed after the pool."""
+        if type(following) is MaxPool2D and type(self.activation) is ReLU:
+            def conv_relu_pool(x, training):
+                y, (x_saved, _) = self.call(x, training)
+                p, (argmax, shape) = following.call(y, training)
+                return p, (x_saved, None), (argmax, shape, p)
+            return conv_relu_pool
+        return None
+
     def backward(self, dy, saved):
         x, act_saved = saved
         dx, dw, db = self._conv_backward(self._deactivate(dy, act_saved), x)
@@ -1138,6 +1185,7 @@ class Conv2D(_Conv):
     """
 
     _positional_check = staticmethod(_conv_positional_check)
+    fresh_input_grad = True        # conv2d_backward's dx
 
     def __init__(self, filters, kernel_size, stride=1, padding="valid", dilation=1, groups=1,
                  use_bias=True, activation=None, kernel_initializer="he_uniform",
@@ -1341,6 +1389,7 @@ class Dense(_WithActivation):
 
     _input_rank = 1
     _fixed_channels = True
+    fresh_input_grad = True        # a new matmul result
 
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", name=None, trainable=True):
@@ -1435,6 +1484,8 @@ class MaxPool2D(_Pool2D):
         Padded positions never win. Ties go to the first element in row-major order.
     """
 
+    fresh_input_grad = True        # max_pool2d_backward's dx
+
     def call(self, x, training=False):
         y, argmax = F.max_pool2d(x, self.pool_size, self.stride, self.padding)
         return y, (argmax, x.shape)
@@ -1442,7 +1493,9 @@ class MaxPool2D(_Pool2D):
     def backward(self, dy, saved):
         if not self.need_input_grad:
             return None
-        argmax, shape = saved
+        argmax, shape, *relu = saved        # relu: the output, the ReLU before us fused in
+        if relu:                            # (Conv2D.training_fusion)
+            dy = F.relu_backward(dy, relu[0], out=dy if self.dy_writable else None)
         return F.max_pool2d_backward(dy, argmax, shape)
 
 

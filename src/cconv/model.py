@@ -466,7 +466,13 @@ class Model:
                     self._release(st.inputs, values, remaining)
                     st = self._steps[k + 1]
             else:
-                y, s = st.layer.call(x, training)
+                fused = self._fusion(k, out_slots, skip, training=True) if cache else None
+                if fused is None:
+                    y, s = st.layer.call(x, training)
+                else:       # this step and the next in one, each with its own saved
+                    y, saved[k], s = fused(x, training)
+                    fused_away = k + 1
+                    k, st = k + 1, self._steps[k + 1]
             values[st.output] = y
             if cache:
                 saved[k] = s
@@ -483,16 +489,19 @@ class Model:
             if remaining[s] == 0:
                 values[s] = None
 
-    def _fusion(self, k, out_slots, skip):
-        """The layers' inference fusion of step ``k`` with step ``k + 1``
-        (:meth:`cconv.layers.Layer.inference_fusion`) when step ``k + 1`` alone consumes
-        step ``k``'s output, which is no output of the model; else None."""
+    def _fusion(self, k, out_slots, skip, training=False):
+        """The layers' inference (or training) fusion of step ``k`` with step ``k + 1``
+        (:meth:`cconv.layers.Layer.inference_fusion`, ``training_fusion``) when step
+        ``k + 1`` alone consumes step ``k``'s output, which is no output of the model; else
+        None."""
         if k + 1 >= len(self._steps):
             return None
         st, nxt = self._steps[k], self._steps[k + 1]
         if (st.multiple or nxt.multiple or nxt.inputs[0] != st.output or nxt.output in skip
                 or self._consumers[st.output] != 1 or st.output in out_slots):
             return None
+        if training:
+            return st.layer.training_fusion(nxt.layer)
         return st.layer.inference_fusion(nxt.layer)
 
     def backward(self, dy, input_grad=False):
@@ -542,6 +551,7 @@ class Model:
                 requires[st.output] = any(requires[s] for s in st.inputs) or _trainable(st.layer)
         for k in range(len(self._steps) - 1, -1, -1):
             self._backward_step(k, grads, owned, requires, saved[k], skip)
+            saved[k] = None         # what step k kept goes as soon as its backward is done
             if grads_ready is not None and self._grads_final[k]:
                 grads_ready(self._steps[k].layer)
         return [grads[i] if grads[i] is not None else np.zeros_like(x) for i, x in enumerate(xs)]
@@ -556,23 +566,28 @@ class Model:
             return
         layer = st.layer
         layer.need_input_grad = any(requires[s] for s in st.inputs)
+        # A gradient the model owns (a sum of its own, or a layer's new array) is the
+        # layer's to overwrite: a fused ReLU's gradient then needs no second buffer.
+        layer.dy_writable = owned[st.output] and g.dtype == self.dtype
         try:
             dx = layer.backward(_conform(g, self.dtype), saved)
         finally:
             layer.need_input_grad = True
+            layer.dy_writable = False
         if not any(requires[s] for s in st.inputs):
             return
         parts = dx if st.multiple else [dx]
         if len(parts) != len(st.inputs):
             raise ValueError(f"layer {layer.name!r} returned {len(parts)} gradients for "
                              f"{len(st.inputs)} inputs")
+        fresh = vars(type(layer)).get("fresh_input_grad", False) and not st.multiple
         for s, part, t in zip(st.inputs, parts, st.node.inputs):
             if part is None or not requires[s]:
                 continue
             if part.shape[1:] != t.shape[1:]:
                 raise ValueError(f"layer {layer.name!r} returned an input gradient of shape "
                                  f"{part.shape} for an input of shape {_shape_str(t.shape[1:])}")
-            _accumulate(grads, owned, s, part)
+            _accumulate(grads, owned, s, part, fresh)
 
     # ------------------------------------------------------------------ training (cconv.training)
     def compile(self, optimizer="adam", loss="categorical_crossentropy", metrics=("accuracy",),
@@ -873,11 +888,13 @@ def _conform(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _accumulate(grads, owned, slot, g):
+def _accumulate(grads, owned, slot, g, fresh=False):
     """Add a gradient contribution to a tensor's (fan-out: contributions are summed). The
-    first one is kept as is (it may be a view of another gradient); a sum is a new array."""
+    first one is kept as is (it may be a view of another gradient, unless ``fresh``: a new
+    array that nothing else references, which the model then owns); a sum is a new array."""
     if grads[slot] is None:
         grads[slot] = g
+        owned[slot] = fresh
     elif owned[slot]:
         grads[slot] += g
     else:
