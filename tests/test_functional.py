@@ -797,22 +797,30 @@ def test_relu_backward_finite_differences(case):
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_matmul_matches_numpy(dtype, trans_a, trans_b, threads):
+@pytest.mark.parametrize("m", [301, 2, 1])
+def test_dense_matmul_matches_numpy(m, dtype, trans_a, trans_b, threads):
     """The dense layers' GEMM: every transpose combination, rows split over threads
-    (really: each thread of the team takes its block of rows)."""
+    (really: each thread of the team takes its block of rows). A block of one row (a batch-1
+    predict; m = 2 on 2 or 3 threads, where op(a)'s row is a strided column of a with
+    trans_a) is a matrix-vector product (BLAS gemv), which must neither read an ``out`` it
+    overwrites (NaN there) nor lose the old values it adds to."""
     rng = np.random.default_rng(19)
-    m, k, n = 301, 67, 45                    # odd sizes: uneven row blocks
+    k, n = 67, 45                            # odd sizes: uneven row blocks
     a = rand(rng, (k, m) if trans_a else (m, k), dtype)
     b = rand(rng, (n, k) if trans_b else (k, n), dtype)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    team = min(threads, m)
     with forced(threads=threads):
         got = F.matmul(a, b, trans_a, trans_b)
-        assert kernels_run() == {"matmul": Run(threads, threads)}
+        assert kernels_run() == {"matmul": Run(team, team)}
         out = rand(rng, (m, n), dtype)
         before = out.copy()
         assert F.matmul(a, b, trans_a, trans_b, out=out, beta=1.0) is out
+        fresh = np.full((m, n), np.nan, dtype)
+        F.matmul(a, b, trans_a, trans_b, out=fresh)
     assert_close(got, expected, dtype)
     assert_close(out, expected + before, dtype)
+    assert_close(fresh, expected, dtype)
 
 
 def test_dense_matmul_falls_back_for_unusual_operands():

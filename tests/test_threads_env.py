@@ -214,6 +214,35 @@ def test_blas_limit_applies_in_a_thread_other_than_the_first(restore_threads):
     assert seen == [[1] * len(before), before]
 
 
+def test_nested_blas_limits_lower_and_the_last_one_out_restores(restore_threads):
+    """A block inside another lowers the limit further when its own is smaller and changes
+    nothing otherwise (a batch-1 predict limits BLAS once around all its kernels); the
+    outermost block puts the setting back, also around a whole predict."""
+    if not _config._blas_libs():
+        pytest.skip("needs threadpoolctl and a BLAS it controls")
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(4, user_api="blas"):
+        _nested_blas_limits()
+
+
+def _nested_blas_limits():
+    before = _blas_counts()
+    assert before == [4] * len(before)
+    with _config.blas_threads(2):
+        assert max(_blas_counts()) == 2
+        with _config.blas_threads(4):
+            assert max(_blas_counts()) == 2
+        with _config.blas_threads(1):
+            assert _blas_counts() == [1] * len(before)
+        assert _blas_counts() == [1] * len(before)
+    assert _blas_counts() == before
+    import cconv
+    from cconv.layers import Dense
+    model = cconv.Sequential([Dense(3)], input_shape=(4,), seed=0)
+    model.predict(np.ones((1, 4), np.float32))
+    assert _blas_counts() == before
+
+
 def test_two_threads_changing_thread_counts_leave_blas_as_it_was():
     """Before: in 4 of 5 runs BLAS stayed at 1 thread afterwards."""
     out = _python("""

@@ -338,14 +338,15 @@ def _start_threads(n):
 
 def _after_fork_in_child():
     """Runs in every child created by fork (``os.register_at_fork``)."""
-    global _forked_child, _blas_lock, _blas_users, _blas_saved, _threads_lock
+    global _forked_child, _blas_lock, _blas_users, _blas_saved, _blas_cap, _threads_lock
     # Locks another thread held at the fork stay locked forever in the child.
     _threads_lock = threading.Lock()
     _blas_lock = threading.Lock()
     if _blas_users:   # a parent thread was inside blas_threads: put the limit back
-        for lib, old in _blas_saved:
-            _set_blas_threads(lib, old)
+        for (_, put), old in zip(_blas_calls, _blas_saved):
+            put(old)
     _blas_users, _blas_saved = 0, []
+    _blas_cap = 1 << 30
     _forked_child = _forked_child or _parallel_used
 
 
@@ -364,7 +365,7 @@ def _cpus() -> int:
 
 
 def _blas_libs():
-    global _blas_controllers
+    global _blas_controllers, _blas_calls
     if _blas_controllers is None:
         _core().load_blas()  # make sure scipy's BLAS is loaded before looking for it
         try:
@@ -375,24 +376,41 @@ def _blas_libs():
             # Every BLAS in the process: scipy's (the kernels' GEMMs) and numpy's (Dense).
             _blas_controllers = list(
                 ThreadpoolController().select(user_api="blas").lib_controllers)
+        _blas_calls = [_thread_count_calls(lib) for lib in _blas_controllers]
     return _blas_controllers
+
+
+_blas_calls: list = []          # (get, set) of each of _blas_libs(), in that order
+
+
+def _thread_count_calls(lib):
+    """``(get(), set(n))`` of a BLAS library's thread count.
+
+    For an OpenBLAS with its own thread pool, its C functions themselves (threadpoolctl
+    looks each symbol up again on every call, which made the four limits of a batch-1
+    predict cost about 0.1 ms); otherwise threadpoolctl's methods. Setting goes around
+    threadpoolctl's rule that only the first Python thread that set an OpenBLAS pool may
+    change it again: it silently ignored the others, so a kernel in another thread ran with
+    BLAS unlimited and a restore made there was lost (BLAS stayed at one thread in 4 of 5
+    runs of two threads). cconv serialises its own changes under ``_blas_lock``.
+    """
+    setter = getattr(lib, "_real_set_num_threads", lib.set_num_threads)
+    symbol = getattr(lib, "_get_symbol", None)
+    if getattr(lib, "internal_api", None) == "openblas" and symbol is not None and \
+            getattr(lib, "threading_layer", None) != "openmp":
+        try:
+            get, put = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
+        except Exception:       # another threadpoolctl: its public methods
+            get = put = None
+        if get is not None and put is not None:
+            return get, put
+    return lib.get_num_threads, setter
 
 
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_saved: list = []
-
-
-def _set_blas_threads(lib, n):
-    """Set ``lib``'s thread count from any Python thread.
-
-    threadpoolctl (3.8) lets only the first Python thread that set a process-wide OpenBLAS
-    pool change it again and silently ignores the others; then a kernel in another
-    thread ran with BLAS unlimited, and a restore made there was lost (BLAS stayed at one
-    thread in 4 of 5 runs of two threads). cconv serialises its own changes under
-    ``_blas_lock``, so it sets the library directly.
-    """
-    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(n)
+_blas_cap = 1 << 30             # the smallest limit of the blocks inside blas_threads
 
 
 @contextmanager
@@ -402,27 +420,34 @@ def blas_threads(n: int):
     Safe with several Python threads running kernels at once: the first one in saves the
     library's setting, every one lowers the limit to its own ``n`` if that is smaller
     (so no kernel's GEMMs ever run on more BLAS threads than it allowed), and the last
-    one out restores the setting.
+    one out restores the setting. A block inside one whose limit is already at most ``n``
+    (a kernel of a batch-1 predict, which limits BLAS to one thread for all of them)
+    changes nothing.
     """
-    global _blas_users, _blas_saved
-    libs = _blas_libs()
+    global _blas_users, _blas_saved, _blas_cap
+    _blas_libs()
+    calls = _blas_calls
     with _blas_lock:
         if _blas_users == 0:
-            _blas_saved = [(lib, lib.get_num_threads()) for lib in libs]
+            _blas_saved = [get() for get, _ in calls]
+            _blas_cap = 1 << 30
         _blas_users += 1
-        for lib in libs:
-            if lib.get_num_threads() > n:
-                _set_blas_threads(lib, n)
+        if n < _blas_cap:
+            for get, put in calls:
+                if get() > n:
+                    put(n)
+            _blas_cap = n
     try:
         yield
     finally:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                for lib, old in _blas_saved:
-                    if lib.get_num_threads() != old:
-                        _set_blas_threads(lib, old)
+                for (get, put), old in zip(calls, _blas_saved):
+                    if get() != old:
+                        put(old)
                 _blas_saved = []
+                _blas_cap = 1 << 30
 
 
 def show_config(file: TextIO | Literal[False] | None = None) -> dict[str, Any]:

@@ -226,14 +226,39 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
             r1 = (ch + 1) * m // num_threads
             if r1 > r0:
                 probe(P_MATMUL)
-                if t == F32:
-                    _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <float> 1,
-                               <float *> ap + (r0 if trans_a else r0 * lda), lda, <float *> bp,
-                               ldb, <float> beta, <float *> cp + r0 * n, n)
-                else:
-                    _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <double> 1,
-                               <double *> ap + (r0 if trans_a else r0 * lda), lda,
-                               <double *> bp, ldb, beta, <double *> cp + r0 * n, n)
+                matmul_rows(t, trans_a, trans_b, r0, r1, n, k, ap, lda, bp, ldb, beta, cp)
+
+
+#: A thread's block of at most this many rows is multiplied row by row (BLAS gemv), a
+#: larger one with one gemm: gemm packs B before multiplying, which costs more than a few
+#: passes over it.
+cdef enum:
+    GEMV_MAX_ROWS = 1
+
+
+cdef void matmul_rows(int t, bint trans_a, bint trans_b, Py_ssize_t r0, Py_ssize_t r1, int n,
+                      int k, char *ap, int lda, char *bp, int ldb, double beta,
+                      char *cp) noexcept nogil:
+    """Rows r0..r1 of matmul's c."""
+    cdef Py_ssize_t r
+    if r1 - r0 <= GEMV_MAX_ROWS:
+        for r in range(r0, r1):
+            if t == F32:
+                _blas.gemm_row(trans_a, trans_b, n, k, <float> 1,
+                               <float *> ap + (r if trans_a else r * lda), lda, <float *> bp,
+                               ldb, <float> beta, <float *> cp + r * n)
+            else:
+                _blas.gemm_row(trans_a, trans_b, n, k, <double> 1,
+                               <double *> ap + (r if trans_a else r * lda), lda,
+                               <double *> bp, ldb, beta, <double *> cp + r * n)
+    elif t == F32:
+        _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <float> 1,
+                   <float *> ap + (r0 if trans_a else r0 * lda), lda, <float *> bp,
+                   ldb, <float> beta, <float *> cp + r0 * n, n)
+    else:
+        _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <double> 1,
+                   <double *> ap + (r0 if trans_a else r0 * lda), lda,
+                   <double *> bp, ldb, beta, <double *> cp + r0 * n, n)
 
 
 # ---------------------------------------------------------------------------------

@@ -423,7 +423,9 @@ class Model:
         cache = bool(training) if cache is None else bool(cache)
         training = bool(training)
         if not cache and not training and sum(a.size for a in xs) <= INFERENCE_SERIAL_MAX:
-            with _config.thread_limit(1):
+            # BLAS limited once for every kernel of the pass (each would otherwise set and
+            # restore the limit around its own GEMMs).
+            with _config.thread_limit(1), _config.blas_threads(1):
                 return self._run(xs, False, False, pre_activation)
         return self._run(xs, training, cache, pre_activation)
 
