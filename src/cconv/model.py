@@ -45,9 +45,13 @@ from .layers import Layer, deserialize, serialize
 from .symbolic import Input, InputLayer, SymbolicTensor
 from .training import History, NonFiniteLossError
 
-#: Inference on inputs of at most this many elements in all (a 64x64x3 image is 12,288) runs
-#: its kernels on the calling thread (see _config.thread_limit).
-INFERENCE_SERIAL_MAX = 1 << 16
+#: Inference on inputs of at most this many elements in all runs its kernels on the calling
+#: thread (see _config.thread_limit): below it, splitting work between threads costs more
+#: than it saves. A 64x64x3 image (12,288) is above it: on a quiet 2-core machine the paper
+#: network's batch-1 predict took 0.38 ms at 2 threads against 0.57 ms on one. On a machine
+#: whose cores are taken by other jobs the threads wait for each other at every kernel and
+#: one thread is faster (7-14 ms against 0.7-1.0 ms here once): cconv.set_num_threads(1).
+INFERENCE_SERIAL_MAX = 1 << 12
 
 __all__ = ["Model", "Sequential", "Input", "History", "load_model", "NonFiniteLossError"]
 
