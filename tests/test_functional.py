@@ -17,6 +17,7 @@ from cconv import functional as F
 from cconv._testing import Run, forced, kernels_run
 
 import reference as R
+from route_spy import depthwise_spy
 from reference import numerical_grad
 
 DTYPES = [np.float32, np.float64]
@@ -72,6 +73,12 @@ CONV_CASES = [
     (2, 7, 7, 3, 3, 3, 3, 1, 1, 1, 3),                     # depthwise
     (1, 8, 9, 4, 3, 3, 8, 2, 1, 2, 4),                     # depthwise, multiplier 2
     (5, 5, 5, 3, 3, 3, 6, 3, "same", 2, 3),
+    # depthwise with 8+ channels (every depthwise case also runs on the depthwise route)
+    (2, 7, 6, 8, 3, 3, 8, 1, 1, 1, 8),
+    (2, 9, 8, 8, 3, 3, 16, 2, 1, 2, 8),                    # multiplier 2, stride 2, dilation 2
+    (3, 6, 7, 9, 2, 3, 27, (2, 1), ((2, 0), (1, 3)), (1, 2), 9),   # multiplier 3
+    (1, 5, 4, 16, 3, 3, 32, 3, "same", 1, 16),
+    (2, 3, 4, 8, 5, 5, 8, 1, 2, 1, 8),                     # kernel wider than the image
     (1, 1, 1, 3, 1, 1, 2, 1, 0, 1, 1),                     # 1x1 image
     (1, 1, 1, 1, 3, 3, 2, 1, 1, 1, 1),                     # 1x1 image, kernel == padded
 ]
@@ -91,12 +98,20 @@ def make_conv(case, dtype, seed=0):
     return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=g)
 
 
+def conv_routes(case):
+    """The routes a case runs on: cconv's choice, and the depthwise route for groups == C_in
+    (which cconv chooses for large depthwise layers only, DEPTHWISE_MIN_OUTPUTS)."""
+    return ["auto", "depthwise"] if case[3] == case[10] else ["auto"]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=conv_id)
 def test_conv2d_forward_matches_reference(case, dtype):
     x, w, b, kw = make_conv(case, dtype)
-    assert_close(F.conv2d(x, w, b, **kw), R.conv2d(x, w, b, **kw), dtype)
-    assert_close(F.conv2d(x, w, None, **kw), R.conv2d(x, w, None, **kw), dtype)
+    for route in conv_routes(case):
+        with forced(conv=route, block_bytes=1 if route == "depthwise" else None):
+            assert_close(F.conv2d(x, w, b, **kw), R.conv2d(x, w, b, **kw), dtype)
+            assert_close(F.conv2d(x, w, None, **kw), R.conv2d(x, w, None, **kw), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -105,11 +120,13 @@ def test_conv2d_backward_matches_reference(case, dtype):
     x, w, b, kw = make_conv(case, dtype)
     y = R.conv2d(x, w, b, **kw)
     dy = rand(np.random.default_rng(1), y.shape, dtype)
-    dx, dw, db = F.conv2d_backward(dy, x, w, **kw)
     rx, rw, rb = R.conv2d_backward(dy, x, w, **kw)
-    assert_close(dx, rx, dtype)
-    assert_close(dw, rw, dtype)
-    assert_close(db, rb, dtype)
+    for route in conv_routes(case):
+        with forced(conv=route, block_bytes=1 if route == "depthwise" else None):
+            dx, dw, db = F.conv2d_backward(dy, x, w, **kw)
+        assert_close(dx, rx, dtype)
+        assert_close(dw, rw, dtype)
+        assert_close(db, rb, dtype)
 
 
 @pytest.mark.parametrize("case", CONV_CASES[::3], ids=conv_id)
@@ -117,11 +134,13 @@ def test_conv2d_need_dx_false(case):
     x, w, _, kw = make_conv(case, np.float64)
     y = F.conv2d(x, w, **kw)
     dy = np.random.default_rng(2).standard_normal(y.shape)
-    dx, dw, db = F.conv2d_backward(dy, x, w, **kw)
-    none, dw2, db2 = F.conv2d_backward(dy, x, w, need_dx=False, **kw)
-    assert dx is not None and none is None
-    np.testing.assert_allclose(dw2, dw, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(db2, db, rtol=1e-13, atol=1e-13)
+    for route in conv_routes(case):
+        with forced(conv=route):
+            dx, dw, db = F.conv2d_backward(dy, x, w, **kw)
+            none, dw2, db2 = F.conv2d_backward(dy, x, w, need_dx=False, **kw)
+        assert dx is not None and none is None
+        np.testing.assert_allclose(dw2, dw, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(db2, db, rtol=1e-13, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------- finite differences
@@ -133,6 +152,7 @@ GRADCHECK_CASES = [
     (1, 5, 5, 4, 3, 3, 4, 2, 1, 1, 2),
     (3, 4, 5, 3, 2, 2, 3, 1, 0, 1, 3),
     (1, 3, 3, 1, 5, 5, 1, 1, 1, 1, 1),
+    (2, 5, 6, 8, 3, 2, 16, (2, 1), ((1, 2), (0, 1)), (1, 2), 8),   # depthwise route
 ]
 
 
@@ -144,10 +164,12 @@ def test_conv2d_backward_finite_differences(case):
     def loss():
         return float(np.sum(F.conv2d(x, w, b, **kw) * g))
 
-    dx, dw, db = F.conv2d_backward(g, x, w, **kw)
-    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-7)
+    for route in conv_routes(case):
+        with forced(conv=route):
+            dx, dw, db = F.conv2d_backward(g, x, w, **kw)
+            np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-7)
 
 
 def distinct_values(rng, shape):
@@ -384,6 +406,9 @@ ROUTES = {
                (3, 2, 1), 0, DTYPES),
     "winograd": (dict(conv="winograd"), (3, 7, 6, 4), (3, 3, 4, 6), dict(padding=(1, 0)), True,
                  (3, 2, 1), 0, DTYPES),
+    "depthwise": (dict(conv="depthwise", block_bytes=1), (3, 7, 6, 4), (3, 2, 1, 8),
+                  dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=4), True,
+                  (3, 2, 1), 0, DTYPES),
     "direct": (dict(conv="direct"), (3, 7, 6, 3), (3, 3, 3, 16),
                dict(stride=(1, 2), padding=((1, 0), (0, 1))), False, (3, 2, 1), 2, [np.float32]),
     "generic": (dict(pool="generic"), (3, 7, 9, 8), (2, 2, 8, 4), {}, True, (2, None, 0), 0,
@@ -395,21 +420,26 @@ ROUTES = {
 }
 
 
-def route_params(dtypes=DTYPES):
-    """(route, dtype) pairs for pytest: every route with each dtype it applies to."""
+def route_params(dtypes=DTYPES, skip=()):
+    """(route, dtype) pairs for pytest: every route (but those in ``skip``) with each dtype
+    it applies to."""
     return [pytest.param(route, dtype, id=f"{route}-{np.dtype(dtype).name}",
                          marks=pytest.mark.skipif(_testing.simd_max() < spec[6],
                                                   reason="not on this CPU"))
-            for route, spec in ROUTES.items() for dtype in dtypes if dtype in spec[7]]
+            for route, spec in ROUTES.items() for dtype in dtypes if dtype in spec[7]
+            if route not in skip]
 
 
 @contextlib.contextmanager
 def on_route(route):
-    """Run the block on 2 threads and `route`; afterwards check that the route ran."""
-    with forced(threads=2, **ROUTES[route][0]):
+    """Run the block on 2 threads and `route`; afterwards check that the route ran (the
+    numpy depthwise route: that its forward and backward functions were called)."""
+    with forced(threads=2, **ROUTES[route][0]), depthwise_spy() as spy:
         yield
         ran = kernels_run()
-    for kernel in _testing.ROUTE_KERNELS[route]:
+    if route == "depthwise":
+        assert spy.called == [True, True], spy.called
+    for kernel in _testing.ROUTE_KERNELS.get(route, ()):
         assert kernel in ran, (route, kernel, sorted(ran))
 
 
@@ -528,7 +558,7 @@ def _check_output_dtypes(dtype, route):
         assert all(o.flags.c_contiguous for o in outs), name
 
 
-@pytest.mark.parametrize("route, dtype", route_params())
+@pytest.mark.parametrize("route, dtype", route_params(skip=("depthwise",)))   # ungrouped
 def test_nan_and_inf_pass_through(route, dtype):
     with on_route(route):
         _check_nan_and_inf(dtype, route)

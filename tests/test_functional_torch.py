@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as TF  # noqa: E402
 
 from cconv import functional as F  # noqa: E402
+from cconv._testing import forced  # noqa: E402
 
 import reference as R  # noqa: E402
 
@@ -59,7 +60,12 @@ CASES = [
     (1, 12, 10, 3, 3, 3, 4, 1, 2, 3, 1),
     (3, 9, 11, 2, 3, 2, 3, (1, 2), "same", (2, 1), 1),
     (2, 7, 7, 4, 3, 3, 6, 1, 1, 1, 2),
-    (3, 8, 9, 6, 3, 3, 6, 2, 1, 2, 6),            # depthwise
+    (3, 8, 9, 6, 3, 3, 6, 2, 1, 2, 6),            # depthwise (few channels: im2col)
+    # depthwise with 8+ channels (every depthwise case also runs on the depthwise route)
+    (2, 9, 8, 8, 3, 3, 16, 2, 1, 2, 8),           # multiplier 2, stride 2, dilation 2
+    (3, 12, 10, 16, 3, 3, 16, 1, "same", 1, 16),
+    (2, 9, 11, 12, 5, 3, 36, (2, 1), ((2, 1), (0, 2)), (1, 2), 12),   # multiplier 3
+    (4, 32, 32, 64, 3, 3, 64, 1, "same", 1, 64),  # the benchmark's layer, batch 4
     (1, 6, 6, 4, 1, 1, 8, 1, 0, 1, 4),            # grouped 1x1
     (2, 6, 5, 3, 1, 1, 7, 1, 0, 1, 1),            # 1x1 (GEMM only)
     (2, 4, 5, 3, 6, 5, 2, 1, ((1, 1), (0, 0)), 1, 1),   # kernel == padded input
@@ -86,15 +92,19 @@ def test_conv_matches_torch(case, dtype):
     y = F.conv2d(x, wt, b, **kw_)
     dy = rng.standard_normal(y.shape).astype(dtype)
     ty, tdx, tdw, tdb = torch_conv(x, wt, b, s, p, d, g, dy)
-    assert_close(y, ty, dtype)
-    dx, dw, db = F.conv2d_backward(dy, x, wt, **kw_)
-    assert_close(dx, tdx, dtype)
-    assert_close(dw, tdw, dtype)
-    assert_close(db, tdb, dtype)
-    none, dw1, db1 = F.conv2d_backward(dy, x, wt, need_dx=False, **kw_)
-    assert none is None
-    assert_close(dw1, tdw, dtype)
-    assert_close(db1, tdb, dtype)
+    # depthwise (groups == C_in): cconv's choice and the depthwise route
+    for route in ["auto", "depthwise"] if g == c else ["auto"]:
+        with forced(conv=route):
+            y = F.conv2d(x, wt, b, **kw_)
+            dx, dw, db = F.conv2d_backward(dy, x, wt, **kw_)
+            none, dw1, db1 = F.conv2d_backward(dy, x, wt, need_dx=False, **kw_)
+        assert_close(y, ty, dtype)
+        assert_close(dx, tdx, dtype)
+        assert_close(dw, tdw, dtype)
+        assert_close(db, tdb, dtype)
+        assert none is None
+        assert_close(dw1, tdw, dtype)
+        assert_close(db1, tdb, dtype)
 
 
 # (N, H, W, C, pool_size, stride, symmetric padding (torch requires pad <= pool/2))

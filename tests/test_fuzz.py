@@ -14,9 +14,10 @@ the test with the call that caused it.
 Every call runs on a random thread count (1-3, below the per-thread work floor, so the
 work is really split; a third of them with the smallest im2col tiles and Winograd blocks,
 so that small inputs take many of each per thread) and a random kernel route (``cconv._testing.forced``: im2col,
-Winograd, direct convolution; generic, AVX2, AVX-512 max pool), and a third of the valid
-calls are shaped for the fast routes (3x3 stride-1 convolutions with channel counts that
-are multiples of 8 and 16, float32 first layers with C_out a multiple of 16, tiled float32
+Winograd, direct, depthwise convolution; generic, AVX2, AVX-512 max pool), and more than a
+third of the valid calls are shaped for the fast routes (3x3 stride-1 convolutions with
+channel counts that are multiples of 8 and 16, float32 first layers with C_out a multiple of
+16, depthwise convolutions with channel multipliers 1-3 and dilation up to 2, tiled float32
 max pools with C a multiple of 8 or 16, odd sizes). The test checks that every route's
 kernels and every thread count were reached.
 
@@ -199,12 +200,15 @@ def valid_call(rng, name):
     """A small valid call of ``name``: (args, kwargs). A third are shaped for the fast
     routes: Winograd (3x3, stride 1, groups 1), direct (float32, C_out a multiple of 16,
     few input channels), vectorised max pool (float32, C a multiple of 8, tiled windows)."""
-    fast = rng.choice(["", "", "", "winograd", "direct", "pool"])
-    dtype = np.float32 if fast or rng.random() < 0.5 else np.float64
+    fast = rng.choice(["", "", "", "winograd", "direct", "pool", "depthwise"])
+    dtype = np.float32 if fast not in ("", "depthwise") or rng.random() < 0.5 else np.float64
     big = 15 if fast == "winograd" else 9     # Winograd: several 8-tile blocks per image
     n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, big)), int(rng.integers(1, big))
     groups = 1 if fast else int(rng.choice([1, 1, 2, 3]))
-    if fast == "direct":
+    if fast == "depthwise":                   # groups == C_in, channel multiplier 1-3
+        groups = c = int(rng.choice([2, 3, 5, 8, 16]))
+        cout = c * int(rng.integers(1, 4))
+    elif fast == "direct":
         c, cout = int(rng.integers(1, 4)), int(rng.choice([16, 32]))
     elif fast:
         c, cout = (int(rng.choice([1, 2, 3, 5, 8, 16, 17, 24, 32])) for _ in range(2))
@@ -218,6 +222,8 @@ def valid_call(rng, name):
         k, geo["stride"] = (3, 3), 1
         if min(h, w) < 3:
             geo["padding"] = 1
+    if fast == "depthwise":                   # dilation 2 where the window still fits
+        geo["dilation"] = tuple(2 if 2 * (k[i] - 1) < (h, w)[i] else 1 for i in range(2))
     x = values(rng, (n, h, w, c), dtype)
     if name in ("conv2d_transpose", "conv2d_transpose_backward"):
         wt = values(rng, (k[0], k[1], cout // groups, c), dtype)
@@ -478,7 +484,8 @@ def address_space_limit(extra=3 << 30):
 def _settings(rng):
     """forced() arguments for one call: a thread count and routes this CPU has."""
     top = _testing.simd_max()
-    conv = str(rng.choice(["auto", "im2col", "winograd", "direct"][:4 if top >= 2 else 3]))
+    conv = str(rng.choice(["auto", "im2col", "winograd", "depthwise"]
+                          + (["direct"] if top >= 2 else [])))
     pools = ["auto", "generic", "avx2", "avx512"][:2 + top]
     if conv == "direct":
         pools = [p for p in pools if p in ("auto", "avx512")]

@@ -9,6 +9,7 @@ TF = torch.nn.functional
 
 import cconv  # noqa: E402
 from cconv import functional as F, layers as L  # noqa: E402
+from cconv._testing import forced  # noqa: E402
 
 from conftest import spy_calls  # noqa: E402
 
@@ -222,15 +223,19 @@ def test_conv2d_transpose_with_fused_activation():
     (3, 2, "same", 2, 1, (2, 7, 8, 4)),
     ((2, 3), (1, 2), ((1, 0), (2, 1)), 3, (2, 1), (1, 7, 6, 2)),
     (1, 1, 0, 2, 1, (2, 3, 3, 5)),
+    (3, 2, ((2, 1), (2, 2)), 2, 2, (2, 9, 8, 8)),
+    (3, 1, "same", 1, 1, (3, 8, 8, 16)),
 ])
-def test_depthwise_conv2d(k, s, p, m, d, shape, dtype):
+@pytest.mark.parametrize("route", ["auto", "depthwise"])
+def test_depthwise_conv2d(k, s, p, m, d, shape, dtype, route):
     C = shape[3]
     layer = L.DepthwiseConv2D(k, stride=s, padding=p, depth_multiplier=m, dilation=d,
                               activation="silu")
     layer.build(shape[1:], np.random.default_rng(0), dtype)
     layer.params["bias"][...] = rand((C * m,), dtype, seed=5)
     x = rand(shape, dtype, seed=1)
-    y, dy, dx = run(layer, x)
+    with forced(conv=route):
+        y, dy, dx = run(layer, x)
     kernel = layer.params["kernel"]
     KH, KW = kernel.shape[:2]
     xt = nchw(x)

@@ -7,7 +7,8 @@ input, a batch of one, a single channel.
 Every kernel route is reached: the convolution and max-pool tests run once per route
 (``cconv._testing.forced``) with shapes drawn for it (Winograd: 3x3 stride 1 with channel
 counts that include multiples of 8 and 16; direct: float32 first-layer shapes, K = KH*KW*C
-<= 32 and C_out a multiple of 16; tiled max pools on float32 with C a multiple of 8 or 16
+<= 32 and C_out a multiple of 16; depthwise: groups == C_in, channel multipliers 1-3, any
+stride, padding and dilation; tiled max pools on float32 with C a multiple of 8 or 16
 for AVX2 and AVX-512, odd heights and widths), and each example checks that the route's
 kernels ran. Every example also draws a thread count (1-3) and runs below the per-thread
 work floor, so the work is really split.
@@ -29,6 +30,7 @@ from cconv import functional as F
 from cconv._testing import ROUTE_KERNELS, forced, kernels_run
 
 import reference as R
+from route_spy import depthwise_spy
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 THREADS = st.integers(1, 3)
@@ -41,7 +43,8 @@ def _needs(level):
     return pytest.mark.skipif(_testing.simd_max() < level, reason="not on this CPU")
 
 
-CONV_ROUTES = ["auto", "im2col", "winograd", pytest.param("direct", marks=_needs(2))]
+CONV_ROUTES = ["auto", "im2col", "winograd", pytest.param("direct", marks=_needs(2)),
+               "depthwise"]
 POOL_ROUTES = ["auto", "generic", pytest.param("avx2", marks=_needs(1)),
                pytest.param("avx512", marks=_needs(2))]
 
@@ -52,11 +55,14 @@ def _blocks(cfg):
     return 1 if cfg.get("small_blocks") else None
 
 
-def assert_route(route, which):
-    """The route's kernel `which` (0 forward, 1 backward) ran, when a route was forced."""
+def assert_route(route, which, spy=None):
+    """The route's kernel `which` (0 forward, 1 backward) ran, when a route was forced (the
+    numpy depthwise route: its function, watched by ``spy``, was called)."""
     if route in ROUTE_KERNELS:
         ran = kernels_run()
         assert ROUTE_KERNELS[route][which] in ran, (route, sorted(ran))
+    elif route == "depthwise":
+        assert spy.called[which], spy.called
 
 
 def assert_close(actual, expected, dtype):
@@ -102,12 +108,19 @@ def _size_for(draw, extent, pads, degenerate, slack=5):
 def conv_configs(draw, route="auto"):
     """A convolution for `route`: "auto" and "im2col" draw any geometry (groups, depthwise,
     strides, dilations, channel counts up to 32); "winograd" a 3x3 stride-1 ungrouped one;
-    "direct" a float32 first layer (K = KH*KW*C <= 32, C_out a multiple of 16)."""
+    "direct" a float32 first layer (K = KH*KW*C <= 32, C_out a multiple of 16); "depthwise"
+    groups == C_in > 1 with channel multipliers 1-3 and any geometry."""
     pair = st.tuples(st.integers(1, 3), st.integers(1, 3))
     dtype = np.float32 if route == "direct" else draw(DTYPES)
-    groups = 1 if route in ("winograd", "direct") else draw(st.sampled_from([1, 1, 2, 3]))
-    depthwise = groups > 1 and draw(st.booleans())
-    if route == "direct":
+    if route == "depthwise":
+        groups = draw(st.sampled_from([2, 3, 5, 8, 16]))
+    else:
+        groups = 1 if route in ("winograd", "direct") else draw(st.sampled_from([1, 1, 2, 3]))
+    depthwise = route == "depthwise" or (groups > 1 and draw(st.booleans()))
+    if route == "depthwise":
+        cg, cout = 1, groups * draw(st.integers(1, 3))
+        k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    elif route == "direct":
         cg = draw(st.integers(1, 3))
         k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
         if k[0] * k[1] * cg > 32:
@@ -225,10 +238,11 @@ def _check_conv_forward(route, cfg):
     x = data(cfg["seed"], cfg["shape"], cfg["dtype"])
     w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"])
     b = data(cfg["seed"] + 2, cfg["wshape"][3:], cfg["dtype"])
-    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)):
+    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)), \
+            depthwise_spy() as spy:
         y = F.conv2d(x, w, b, **cfg["kw"])
         if cfg.get("route") == route:
-            assert_route(route, 0)
+            assert_route(route, 0, spy)
     want = R.conv2d(x, w, b, **cfg["kw"])
     assert_close(y, want, cfg["dtype"])
     for _ in range(2):     # cconv's own settings: the repeat may take the compiled fast path
@@ -246,11 +260,12 @@ def _check_conv_backward(route, cfg):
     w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"])
     y = R.conv2d(x, w, **cfg["kw"])
     dy = data(cfg["seed"] + 3, y.shape, cfg["dtype"])
-    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)):
+    with forced(threads=cfg.get("threads", 1), conv=route, block_bytes=_blocks(cfg)), \
+            depthwise_spy() as spy:
         dx, dw, db = F.conv2d_backward(dy, x, w, **cfg["kw"])
         none, dw1, db1 = F.conv2d_backward(dy, x, w, need_dx=False, **cfg["kw"])
         if cfg.get("route") == route:
-            assert_route(route, 1)
+            assert_route(route, 1, spy)
     rx, rw, rb = R.conv2d_backward(dy, x, w, **cfg["kw"])
     assert_close(dx, rx, cfg["dtype"])
     assert_close(dw, rw, cfg["dtype"])

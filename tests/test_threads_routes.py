@@ -12,6 +12,9 @@ threads in the team and how many of them took work. For each case and thread cou
   arithmetic does not depend on the split (pools, im2col/col2im, relu); the others agree
   to rounding.
 
+The depthwise route is numpy code on Python threads (one block of images after another
+per thread), which kernels_run() does not see: its own test watches the threads that ran.
+
 Kernels that hand work out dynamically (direct and Winograd) may leave a thread idle when
 another one is faster (or when the machine runs something else on the other core): on the
 small inputs here only their team is checked, and a separate test calls them on larger
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -323,17 +327,63 @@ def test_accumulator_slots(route, slots_per_thread):
         assert_close(first[2], rb, np.float32)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("block_bytes", [None, 1])
+def test_depthwise_route_on_1_2_3_threads(block_bytes, dtype, monkeypatch):
+    """The numpy depthwise route splits its blocks of images over Python threads (numpy
+    releases the GIL in its loops): each thread count really runs that many threads, gives
+    the reference results, y and dx the same bits on every thread count (each output is
+    computed by one thread in a fixed order), dw and db the same to rounding."""
+    rng = np.random.default_rng(6)
+    x = rand(rng, (7, 9, 8, 8), dtype)
+    w = rand(rng, (3, 3, 1, 16), dtype)
+    b = rand(rng, (16,), dtype)
+    conv = dict(stride=(2, 1), padding=((1, 2), (2, 0)), dilation=(1, 2), groups=8)
+    dy = rand(rng, R.conv2d(x, w, b, **conv).shape, dtype)
+    expected = (R.conv2d(x, w, b, **conv), *R.conv2d_backward(dy, x, w, **conv))
+    on_threads, idents = F._on_threads, []       # per call: the threads that ran blocks
+
+    def watched(nt, blocks, fn, *args):
+        idents.append(set())
+
+        def run(t, mine, *a):
+            idents[-1].add(threading.current_thread())   # (idents may be reused)
+            return fn(t, mine, *a)
+        return on_threads(nt, blocks, run, *args)
+
+    monkeypatch.setattr(F, "_on_threads", watched)
+    results = {}
+    for threads in THREADS:
+        with forced(threads=threads, conv="depthwise", block_bytes=block_bytes):
+            idents.clear()
+            outs = (F.conv2d(x, w, b, **conv), *F.conv2d_backward(dy, x, w, **conv))
+        assert [len(i) for i in idents] == [threads, threads], (threads, idents)
+        for got, want in zip(outs, expected):
+            assert_close(got, want, dtype)
+        results[threads] = outs
+    for threads in THREADS[1:]:
+        _assert_same(results[1][:2], results[threads][:2], f"1 thread vs {threads}")
+        for a, c in zip(results[1][2:], results[threads][2:]):
+            assert_close(c, a, dtype)
+
+
 def test_forced_restores_every_knob():
     import cconv
     from cconv import _core
     before = (F.MIN_WORK_PER_THREAD, F.WINOGRAD_MIN_CHANNELS, F.DIRECT_MAX_K,
-              F.SLOTS_PER_THREAD, cconv.get_num_threads(), _core.simd_level())
+              F.DEPTHWISE_MIN_CHANNELS, F.SLOTS_PER_THREAD, cconv.get_num_threads(),
+              _core.simd_level())
     with forced(threads=3, conv="winograd", pool="generic", slots_per_thread=2):
         assert cconv.get_num_threads() == 3 and F.MIN_WORK_PER_THREAD == 1
         assert F.WINOGRAD_MIN_CHANNELS == 1 and F.DIRECT_MAX_K is None
+        assert F.DEPTHWISE_MIN_CHANNELS is None
         assert F.SLOTS_PER_THREAD == 2 and _core.simd_level() == 0
+    with forced(conv="depthwise"):
+        assert F.DEPTHWISE_MIN_CHANNELS == 1
+        assert F.WINOGRAD_MIN_CHANNELS is None and F.DIRECT_MAX_K is None
     assert before == (F.MIN_WORK_PER_THREAD, F.WINOGRAD_MIN_CHANNELS, F.DIRECT_MAX_K,
-                      F.SLOTS_PER_THREAD, cconv.get_num_threads(), _core.simd_level())
+                      F.DEPTHWISE_MIN_CHANNELS, F.SLOTS_PER_THREAD, cconv.get_num_threads(),
+                      _core.simd_level())
     with pytest.raises(ValueError, match="conv must be"):
         with forced(conv="fft"):
             pass

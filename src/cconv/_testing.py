@@ -2,8 +2,8 @@
 
 For cconv's own tests and benchmarks, not a public API. ``forced`` sets the documented knobs
 of :mod:`cconv.functional` (``MIN_WORK_PER_THREAD``, ``WINOGRAD_MIN_CHANNELS``,
-``DIRECT_MAX_K``, ``SLOTS_PER_THREAD``, ``TILE_BYTES``, ``WINOGRAD_BLOCK_BYTES``), the
-instruction-set cap of the vectorised kernels
+``DIRECT_MAX_K``, ``DEPTHWISE_MIN_CHANNELS``, ``DEPTHWISE_MIN_OUTPUTS``,
+``SLOTS_PER_THREAD``, ``TILE_BYTES``, ``WINOGRAD_BLOCK_BYTES``), the instruction-set cap of the vectorised kernels
 (``_core.simd_level``) and the thread count, and puts them back afterwards.
 ``kernels_run`` reads the compiled core's record (``_probe.h``) of which kernel paths ran
 and how many threads each one used::
@@ -33,8 +33,10 @@ _core = _config._core()
 #: Convolution routes: "auto" leaves the choice to cconv; the others are taken wherever
 #: their conditions on the call allow (Winograd: 3x3, stride 1, undilated, ungrouped;
 #: direct: float32, groups 1, C_out a multiple of 16, AVX-512, and for the backward pass
-#: need_dx=False), the im2col route everywhere else.
-CONV_ROUTES = ("auto", "im2col", "winograd", "direct")
+#: need_dx=False; depthwise: groups == C_in > 1, any channel multiplier), the im2col route
+#: everywhere else. The depthwise route is numpy code in cconv.functional, not a compiled
+#: kernel: kernels_run() records nothing for it.
+CONV_ROUTES = ("auto", "im2col", "winograd", "direct", "depthwise")
 #: Max-pool kernels for windows that tile the input (float32, int32 argmax, channels a
 #: multiple of 8 or 16): "generic" caps the instruction set at 0 (which also switches the
 #: direct convolution off), "avx2" at AVX2 (likewise), "avx512" at AVX-512.
@@ -99,9 +101,9 @@ def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
         ``functional.SLOTS_PER_THREAD`` inside the block.
     block_bytes : int or None
         ``functional.TILE_BYTES`` and ``WINOGRAD_BLOCK_BYTES`` inside the block: 1 gives the
-        smallest im2col tiles (one output row) and Winograd blocks (8 tiles), so that small
-        inputs take the paths of many tiles and blocks per thread (accumulation across them,
-        partial last ones).
+        smallest im2col tiles (one output row), Winograd blocks (8 tiles) and depthwise blocks
+        (one image), so that small inputs take the paths of many tiles and blocks per thread
+        (accumulation across them, partial last ones).
 
     Raises RouteUnavailable (before changing anything) when the CPU lacks the route's
     instruction set, ValueError for an unknown route or a contradictory pair (the direct
@@ -131,6 +133,8 @@ def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
     if conv != "auto":
         knobs["WINOGRAD_MIN_CHANNELS"] = 1 if conv == "winograd" else None
         knobs["DIRECT_MAX_K"] = 2**31 - 1 if conv == "direct" else None
+        knobs["DEPTHWISE_MIN_CHANNELS"] = 1 if conv == "depthwise" else None
+        knobs["DEPTHWISE_MIN_OUTPUTS"] = 0
     saved = {k: getattr(F, k) for k in knobs}
     saved_threads = _config.get_num_threads()
     saved_level = _core.simd_level()

@@ -55,6 +55,23 @@ GEMM with a tiny inner dimension. Extra memory:
 ``threads * OW * (K floats + 2 pointers)`` and, for the weight gradient (taken when
 ``need_dx=False``), ``threads * Kpad * C_out`` floats of accumulators.
 
+A depthwise convolution (``groups == C_in > 1``, each input channel ``c`` convolved with its own
+``m = C_out / C_in`` filters into output channels ``c*m .. c*m + m - 1``) with at least
+``DEPTHWISE_MIN_CHANNELS`` channels and ``DEPTHWISE_MIN_OUTPUTS`` outputs takes the
+depthwise route, numpy code rather than a
+compiled kernel: the im2col route would make one GEMM per group with a single output
+column, so that per-call overhead dominates. The forward pass adds, for each of the KH*KW
+kernel taps, the shifted (strided, dilated) input view times that tap's per-channel weights
+into the output window the tap reaches; ``dx`` is its adjoint (the taps' ``dy * w``, summed
+over the multiplier, added into the shifted windows of a zeroed ``dx``); ``dw`` sums each
+tap's shifted input times ``dy`` over N, OH and OW. It works on blocks of whole images with
+at most ``TILE_BYTES`` of products (one image when an image needs more), handed out to
+:func:`cconv.get_num_threads` Python threads (numpy releases the GIL in its loops; fewer
+threads below ``MIN_WORK_PER_THREAD`` multiply-adds each): its extra memory is
+``threads * TILE_BYTES`` plus, in the backward pass, ``threads * (KH*KW + 1) * C_out``
+elements of weight-gradient sums, whatever the batch size. ``y`` and ``dx`` are the same
+bits on any thread count, ``dw`` the same up to rounding.
+
 A transposed convolution (:func:`conv2d_transpose`) is the data gradient of a convolution
 and runs on the same kernels: with stride 1 as a forward convolution with the kernel rotated
 by 180 degrees (every route above applies), otherwise as ``x W^T`` (BLAS) followed by
@@ -67,7 +84,9 @@ The route, threads and tiles of a convolution come from one compiled plan (``_co
 which this module tunes with its knobs (``TILE_BYTES``, ``WINOGRAD_MIN_CHANNELS``,
 ``WINOGRAD_BLOCK_BYTES``, ``DIRECT_MAX_K``, ``SLOTS_PER_THREAD``, ``MIN_WORK_PER_THREAD``);
 other packages call the same kernels and plan through cconv's Cython and C API
-(``cconv/conv.pxd``, ``cconv/cconv.h``) and get the same results bit for bit.
+(``cconv/conv.pxd``, ``cconv/cconv.h``) and get the same results bit for bit (except for
+depthwise convolutions, which the compiled plan sends to the im2col route: the same values
+up to rounding).
 
 Calling overhead: an op checks its arguments and normalises them once per distinct set of
 shapes and plain arguments (ints, strings, pairs) and remembers the result; later calls of
@@ -79,6 +98,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -619,7 +639,15 @@ WINOGRAD_BLOCK_BYTES = 1 << 20
 #: the sums depend on the run count only, not on which thread ran what.
 SLOTS_PER_THREAD = 4
 
+#: Depthwise convolutions (``groups == C_in > 1``, any channel multiplier ``C_out / C_in``)
+#: with at least this many input channels and DEPTHWISE_MIN_OUTPUTS outputs (N*OH*OW*C_out) take
+#: the depthwise route; None: never. (Smaller ones cost the im2col route less than the
+#: depthwise route's ~60 numpy calls per forward and backward pass.)
+DEPTHWISE_MIN_CHANNELS: int | None = 8
+DEPTHWISE_MIN_OUTPUTS = 1 << 14
+
 _GEMM, _WINOGRAD, _DIRECT = 0, 1, 2          # the routes, as _conv.pxd numbers them
+_DEPTHWISE = 3                               # chosen here: the compiled plan does not know it
 _ALL_THREADS = 1 << 30
 
 
@@ -642,6 +670,8 @@ def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
     level it was made for). Otherwise the budget is asked for and the plan made again."""
     if default:
         winograd_min_channels, direct_max_k = WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K
+        if _depthwise(shape, k, cout, s, pads, d, groups):
+            return (_DEPTHWISE, 1, 1, 0, 1, 0, k[0] * k[1], k[0] * k[1])
     tuning = _tuning(winograd_min_channels, direct_max_k)
     key = (shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx, tuning,
            _core.simd_level())
@@ -657,6 +687,15 @@ def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
         _PLANS.clear()
     _PLANS[key] = plan
     return plan
+
+
+def _depthwise(shape, k, cout, s, pads, d, groups):
+    """Whether this convolution takes the depthwise route."""
+    if (DEPTHWISE_MIN_CHANNELS is None or groups != shape[3]
+            or groups < max(2, DEPTHWISE_MIN_CHANNELS)):     # groups 1: an ordinary convolution
+        return False
+    oh, ow = ((shape[1 + i] + sum(pads[i]) - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in (0, 1))
+    return shape[0] * oh * ow * cout >= DEPTHWISE_MIN_OUTPUTS
 
 
 def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
@@ -717,6 +756,133 @@ def _sum_threads(work, out):
     else:
         np.add.reduce(work, axis=0, out=out)
     return out
+
+
+# ---------------------------------------------------------------------------------
+# The depthwise route: groups == C_in, output channel c*m + j from input channel c
+# ---------------------------------------------------------------------------------
+def _tap_range(out_size, in_size, stride, pad, offset):
+    """(o0, o1, i0): at this kernel tap (offset = tap * dilation) outputs o0..o1-1 read the
+    inputs i0, i0 + stride, ...; the other outputs read padding."""
+    o0 = max(0, -(-(pad - offset) // stride))
+    o1 = min(out_size, (in_size - 1 + pad - offset) // stride + 1)
+    return o0, o1, o0 * stride - pad + offset
+
+
+def _depthwise_taps(xshape, k, s, pads, d, out_hw):
+    """[(kh, kw, out_slices, in_slices)] of the kernel taps that read some input: the output
+    window (rows, columns) of a tap and the input rows and columns it reads."""
+    taps = []
+    for kh in range(k[0]):
+        r0, r1, i0 = _tap_range(out_hw[0], xshape[1], s[0], pads[0][0], kh * d[0])
+        for kw in range(k[1]):
+            c0, c1, j0 = _tap_range(out_hw[1], xshape[2], s[1], pads[1][0], kw * d[1])
+            if r0 < r1 and c0 < c1:
+                taps.append((kh, kw, (slice(r0, r1), slice(c0, c1)),
+                             (slice(i0, i0 + (r1 - r0 - 1) * s[0] + 1, s[0]),
+                              slice(j0, j0 + (c1 - c0 - 1) * s[1] + 1, s[1]))))
+    return taps
+
+
+def _depthwise_blocks(x, cout, out_hw, work):
+    """(threads, blocks): blocks of whole images, each of at most TILE_BYTES of products (or
+    one image) and at least one per thread, for up to get_num_threads() threads (fewer below
+    MIN_WORK_PER_THREAD multiply-adds, ``work``, per thread)."""
+    N = x.shape[0]
+    per_image = out_hw[0] * out_hw[1] * cout * x.itemsize
+    nt = _threads(N, work)
+    nb = max(1, min(-(-N // nt), TILE_BYTES // max(1, per_image)))
+    blocks = [(n, min(N, n + nb)) for n in range(0, N, nb)]
+    return min(nt, len(blocks)), blocks
+
+
+def _on_threads(nt, blocks, fn, *args):
+    """fn(t, blocks t, t + nt, t + 2*nt, ...) for t in 0..nt-1, on nt threads (the calling one
+    among them: numpy releases the GIL in its loops); the first exception is raised here."""
+    if nt == 1:
+        with np.errstate(all="ignore"):
+            fn(0, blocks, *args)
+        return
+    errors = []
+
+    def run(t):
+        try:
+            with np.errstate(all="ignore"):   # IEEE results, silently (as the compiled routes)
+                fn(t, blocks[t::nt], *args)
+        except BaseException as e:     # re-raised in the calling thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(1, nt)]
+    for th in threads:
+        th.start()
+    run(0)
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+
+
+def _depthwise_forward(x, w, b, y, geo, workspace):
+    """y = conv2d(x, w, b) with groups == C_in, as a sum over the taps of shifted input
+    views times per-channel weights, block by block of images."""
+    C, cout = x.shape[3], w.shape[3]
+    m = cout // C
+    w4 = w.reshape(w.shape[0], w.shape[1], C, m)
+    nt, blocks = _depthwise_blocks(x, cout, y.shape[1:3], y.size * w.shape[0] * w.shape[1])
+    nb = blocks[0][1] - blocks[0][0]
+    prod, = _scratch(workspace, x.dtype, (nt, nb, *y.shape[1:3], C, m))
+    taps = _depthwise_taps(x.shape, *geo)
+
+    def run(t, mine):
+        for n0, n1 in mine:
+            yb = y[n0:n1].reshape(n1 - n0, *y.shape[1:3], C, m)
+            yb[...] = 0 if b is None else b.reshape(C, m)
+            for kh, kw, (ro, co), (ri, ci) in taps:
+                p = prod[t, :n1 - n0, :ro.stop - ro.start, :co.stop - co.start]
+                np.multiply(x[n0:n1, ri, ci, :, None], w4[kh, kw], out=p)
+                ys = yb[:, ro, co]
+                np.add(ys, p, out=ys)
+
+    _on_threads(nt, blocks, run)
+    return y
+
+
+def _depthwise_backward(dy, x, w, dx, dw, db, geo, workspace):
+    """The gradients of _depthwise_forward: dx accumulates the taps' dy * w (summed over the
+    multiplier) into its shifted window, dw[tap] sums x's shifted view * dy over N, OH, OW
+    (per thread, then over the threads in order)."""
+    KH, KW, _, cout = w.shape
+    C = x.shape[3]
+    m = cout // C
+    w4 = w.reshape(KH, KW, C, m)
+    nt, blocks = _depthwise_blocks(x, cout, dy.shape[1:3], dy.size * KH * KW)
+    nb = blocks[0][1] - blocks[0][0]
+    prod, sums, dw_work = _scratch(workspace, x.dtype, (nt, nb, *dy.shape[1:3], C, m),
+                                   (nt, C, m), (nt, KH, KW, C, m))
+    taps = _depthwise_taps(x.shape, *geo)
+    dw_work[...] = 0
+
+    def run(t, mine):
+        for n0, n1 in mine:
+            dyb = dy[n0:n1].reshape(n1 - n0, *dy.shape[1:3], C, m)
+            if dx is not None:
+                dx[n0:n1] = 0
+            for kh, kw, (ro, co), (ri, ci) in taps:
+                p = prod[t, :n1 - n0, :ro.stop - ro.start, :co.stop - co.start]
+                dys = dyb[:, ro, co]
+                np.multiply(x[n0:n1, ri, ci, :, None], dys, out=p)
+                np.add.reduce(p, axis=(0, 1, 2), out=sums[t])
+                np.add(dw_work[t, kh, kw], sums[t], out=dw_work[t, kh, kw])
+                if dx is not None:
+                    dxs = dx[n0:n1, ri, ci]
+                    for j in range(m):
+                        np.multiply(dys[..., j], w4[kh, kw, :, j], out=p[..., 0])
+                        np.add(dxs, p[..., 0], out=dxs)
+
+    _on_threads(nt, blocks, run)
+    _sum_threads(dw_work, dw.reshape(KH, KW, C, m))
+    np.add.reduce(dy.reshape(-1, cout), axis=0, out=db)
+    return dx, dw, db
 
 
 # ---------------------------------------------------------------------------------
@@ -884,14 +1050,16 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     -----
     Extra memory besides ``y``: at most ``threads * TILE_BYTES`` bytes of im2col tiles
     (none for a 1x1, stride-1, unpadded kernel), or for the Winograd route (see the module
-    docstring) ``threads * WINOGRAD_BLOCK_BYTES`` plus the transformed weights,
+    docstring) ``threads * WINOGRAD_BLOCK_BYTES`` plus the transformed weights, or for the
+    depthwise route ``threads * TILE_BYTES`` (one image's products when larger),
     independent of the batch size.
     """
-    y = _core.conv2d_fast(x, w, b, (stride, padding, dilation, groups), out, workspace,
-                          Workspace, _GEOMETRIES, _conv_geometry,
-                          _tuning(WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K), _CACHED_MIN_BYTES)
-    if y is not None:                # the common case, done in C (see _core.conv2d_fast)
-        return y
+    if groups == 1 or DEPTHWISE_MIN_CHANNELS is None:   # the fast path knows no depthwise route
+        y = _core.conv2d_fast(x, w, b, (stride, padding, dilation, groups), out, workspace,
+                              Workspace, _GEOMETRIES, _conv_geometry,
+                              _tuning(WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K), _CACHED_MIN_BYTES)
+        if y is not None:            # the common case, done in C (see _core.conv2d_fast)
+            return y
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
     _check_workspace(workspace)
     N, _, _, C = x.shape
@@ -902,7 +1070,9 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
         return y
     route, nt, _, tile, _, scratch, K, _ = _plan(x.shape, k, cout, s, pads, d, groups,
                                                  x.itemsize, False, False)
-    if route == _DIRECT:
+    if route == _DEPTHWISE:
+        _depthwise_forward(x, w, b, y, (k, s, pads, d, (OH, OW)), workspace)
+    elif route == _DIRECT:
         _run(nt, 0, _core.direct_forward, x, w.reshape(K, cout), b, y, k[0], k[1], s[0], s[1],
              pads[0][0], pads[1][0], d[0], d[1])
     elif route == _WINOGRAD:
@@ -974,6 +1144,8 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         return dx, dw, db
     route, nt, _, tile, slots, scratch, K, Kpad = _plan(x.shape, k, cout, s, pads, d, groups,
                                                        x.itemsize, True, need_dx)
+    if route == _DEPTHWISE:
+        return _depthwise_backward(dy, x, w, dx, dw, db, (k, s, pads, d, (OH, OW)), workspace)
     if route == _DIRECT:
         dw_work, db_work = _scratch(workspace, x.dtype, (slots, Kpad, cout), (slots, cout))
         _run(nt, 0, _core.direct_backward_weights, dy, x, dw_work, db_work, k[0], k[1], s[0],
