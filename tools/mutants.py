@@ -164,6 +164,41 @@ MUTANTS = [
                        pl, pr):""",
      """    if cconv_pool_geom(&g, xshape[0], xshape[1], xshape[2], xshape[3], KH, KW, sh, sw, pt, pb,
                        pr, pl):"""),
+    # The depthwise route (numpy code in functional.py: nothing to rebuild)
+    ("dwise-tap-offset", "src/cconv/functional.py",
+     "depthwise route: the horizontal tap offset one pixel off (kw * dw + 1)",
+     [],
+     """_tap_range(out_hw[1], xshape[2], s[1], pads[1][0], kw * d[1])""",
+     """_tap_range(out_hw[1], xshape[2], s[1], pads[1][0], kw * d[1] + 1)"""),
+    ("dwise-tap-range", "src/cconv/functional.py",
+     "depthwise route: a tap's last output row/column dropped (its range one short)",
+     [],
+     """o1 = min(out_size, (in_size - 1 + pad - offset) // stride + 1)""",
+     """o1 = min(out_size, (in_size - 1 + pad - offset) // stride)"""),
+    ("dwise-dw-axis", "src/cconv/functional.py",
+     "depthwise route: dw summed over the channels too (the wrong axes)",
+     [],
+     """np.add.reduce(p, axis=(0, 1, 2), out=sums[t])""",
+     """np.add.reduce(p, axis=(0, 1, 2, 3), out=sums[t, 0]); sums[t] = sums[t, 0]"""),
+    ("dwise-multiplier-order", "src/cconv/functional.py",
+     "depthwise route, forward: output channel j*C + c instead of c*m + j (multiplier order)",
+     [],
+     """    w4 = w.reshape(w.shape[0], w.shape[1], C, m)
+    nt, blocks""",
+     """    w4 = w.reshape(w.shape[0], w.shape[1], m, C).transpose(0, 1, 3, 2)
+    nt, blocks"""),
+    ("dwise-dx-stride", "src/cconv/functional.py",
+     "depthwise route: dx adds each tap into an unstrided window (stride ignored)",
+     [],
+     """dxs = dx[n0:n1, ri, ci]""",
+     """dxs = dx[n0:n1, ri.start:ri.start + ro.stop - ro.start, ci.start:ci.start + co.stop - co.start]"""),
+    ("dwise-dx-not-zeroed", "src/cconv/functional.py",
+     "depthwise route: dx not zeroed before the taps add into it",
+     [],
+     """            if dx is not None:
+                dx[n0:n1] = 0
+""",
+     """"""),
 ]
 
 
