@@ -1120,11 +1120,18 @@ class _Conv(_WithActivation):
         winner is that output), and the pool routes no gradient elsewhere. So the pool
         keeps its output as the ReLU's mask, applied to its (4x smaller) gradient, and the
         convolution's output is not kept at all: the same gradients, the largest
-        activation of a network freed after the pool."""
+        activation of a network freed after the pool.
+
+        The ReLU runs on the pooled output, as in :meth:`inference_fusion` (max and ReLU
+        commute), a quarter of the elements. Only the argmax of a window whose values are
+        all <= 0 can differ from pooling after the ReLU, and such a window's output is 0, so
+        the mask routes it no gradient either way."""
         if type(following) is MaxPool2D and type(self.activation) is ReLU:
             def conv_relu_pool(x, training):
-                y, (x_saved, _) = self.call(x, training)
+                y, (x_saved, _) = self.call(x, training, apply_activation=False)
                 p, (argmax, shape) = following.call(y, training)
+                del y
+                p = self.activation._apply(p, p)
                 return p, (x_saved, None), (argmax, shape, p)
             return conv_relu_pool
         return None
