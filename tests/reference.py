@@ -213,6 +213,15 @@ def max_pool2d(x, pool_size=2, stride=None, padding=0):
     return y, arg
 
 
+def conv2d_max_pool2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, pool_size=2,
+                      pool_stride=None, pool_padding=0, relu=False):
+    """max_pool2d(relu(conv2d(x, w, b, ...))) (ReLU if asked: max(z, 0), a NaN kept)."""
+    z = conv2d(x, w, b, stride, padding, dilation, groups)
+    if relu:
+        z = np.where(z <= 0, np.zeros((), z.dtype), z)
+    return max_pool2d(z, pool_size, pool_stride, pool_padding)[0]
+
+
 def max_pool2d_backward(dy, argmax, input_shape):
     """dx[n, a // W, a % W, c] += dy[n, i, j, c] with a = argmax[n, i, j, c]."""
     dy = np.asarray(dy)

@@ -328,3 +328,19 @@ def test_relu_backward_bad_input():
     check(TypeError, ["dy"], F.relu_backward, dy.astype(np.int64), np.zeros((2, 3)))
     check(TypeError, ["y"], F.relu_backward, dy, np.zeros((2, 3), complex))
     check(TypeError, ["dy"], F.relu_backward, None, np.zeros((2, 3)))
+
+
+def test_conv2d_max_pool2d_checks_both_halves():
+    """conv2d_max_pool2d refuses what conv2d refuses, names the pool arguments and the
+    convolution's output shape for a pool that does not fit it, and wants a bool relu."""
+    check(ValueError, ["w"], F.conv2d_max_pool2d, X, np.zeros((3, 3, 2, 4)),
+          shapes=[X.shape, (3, 3, 2, 4)])
+    check(ValueError, ["b"], F.conv2d_max_pool2d, X, W, np.zeros(5), shapes=[(5,)])
+    check(TypeError, ["x", "w"], F.conv2d_max_pool2d, X, W.astype(np.float32))
+    check(ValueError, ["pool_size"], F.conv2d_max_pool2d, np.zeros((1, 3, 3, 3)), W,
+          shapes=[(1, 1, 1, 4)])
+    check(ValueError, ["pool_size"], F.conv2d_max_pool2d, X, W, pool_size=0)
+    check(ValueError, ["pool_padding"], F.conv2d_max_pool2d, X, W, pool_padding=2)
+    check(TypeError, ["relu"], F.conv2d_max_pool2d, X, W, relu=1)
+    check(ValueError, ["out"], F.conv2d_max_pool2d, X, W, out=np.zeros((2, 2, 2, 4)),
+          shapes=[(2, 1, 1, 4)])

@@ -65,7 +65,8 @@ ALLOWED = (ValueError, TypeError, MemoryError)
 FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
              "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "correlate2d",
              "convolve2d", "relu_backward", "conv2d_transpose", "conv2d_transpose_backward",
-             "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d", "matmul", "relu"]
+             "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d", "matmul", "relu",
+             "conv2d_max_pool2d"]
 HELPERS = ["conv_output_size", "normalize_pair", "normalize_padding",
            "conv_transpose_output_size", "normalize_transpose_padding", "normalize_pads"]
 BACKWARDS = ("conv2d_backward", "conv2d_transpose_backward")   # with need_dx
@@ -242,10 +243,18 @@ def valid_call(rng, name):
     margins = [1, (0, 2), ((1, 0), (0, 2)), 0][rng.integers(0, 4)]
     if name in ("zero_pad2d", "crop2d"):
         return [x, margins], {}
-    if name in ("conv2d", "conv2d_backward"):
+    if name in ("conv2d", "conv2d_backward", "conv2d_max_pool2d"):
         wt = values(rng, (k[0], k[1], c // groups, cout), dtype)
         kw = dict(geo, groups=groups)
         if name == "conv2d":
+            return [x, wt, values(rng, (cout,), dtype)], kw
+        if name == "conv2d_max_pool2d":      # mostly the fused 2x2 stride-2 pool
+            if rng.random() < 0.3:
+                kw.update(pool_size=[1, 2, 3, (2, 1)][rng.integers(0, 4)],
+                          pool_stride=[None, 1, (2, 1)][rng.integers(0, 3)],
+                          pool_padding=[0, "same", "valid"][rng.integers(0, 3)])
+            if rng.random() < 0.5:
+                kw["relu"] = True
             return [x, wt, values(rng, (cout,), dtype)], kw
         y_shape = F.conv2d(x, wt, **kw).shape
         return [values(rng, y_shape, dtype), x, wt], dict(kw, need_dx=bool(rng.random() < (0.4 if fast == "direct" else 0.7)))
@@ -361,15 +370,15 @@ def too_much_work(name, args, kwargs):
             return work * float(np.prod([float(d) for d in w.shape])) > 1e8
         if name in ("upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d"):
             return float(np.prod([float(d) for d in shapes[0]])) * 16 > 1e8 if shapes else False
-        if name in ("conv2d", "conv2d_backward", "im2col", "col2im"):
+        if name in ("conv2d", "conv2d_backward", "im2col", "col2im", "conv2d_max_pool2d"):
             if name == "conv2d_backward":
                 x, w = args[1], args[2]
-            elif name == "conv2d":
+            elif name in ("conv2d", "conv2d_max_pool2d"):
                 x, w = args[0], args[1]
             else:
                 return float(np.prod([float(d) for d in shapes[0]])) > 1e8 if shapes else False
             geo = dict(kwargs)
-            for key in ("need_dx", "b"):
+            for key in ("need_dx", "b", "pool_size", "pool_stride", "pool_padding", "relu"):
                 geo.pop(key, None)
             *_, (oh, ow) = F._check_conv(x, w, geo.get("stride", 1), geo.get("padding", 0),
                                          geo.get("dilation", 1), geo.get("groups", 1))
@@ -665,10 +674,10 @@ def _seed():
 ROUTE_PATHS = ["conv2d_forward", "conv2d_backward", "conv2d_backward_weights", "winograd_forward",
                "winograd_backward", "max_pool2d_forward", "max_pool2d_backward_tiled",
                "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "im2col",
-               "col2im", "relu_backward"]
+               "col2im", "relu_backward", "winograd_forward_pool"]
 SIMD_PATHS = {1: ["max_pool2d_forward_avx2", "max_pool2d_backward_tiled_avx2"],
               2: ["max_pool2d_forward_avx512", "max_pool2d_backward_tiled_avx512",
-                  "direct_forward", "direct_backward_weights"]}
+                  "direct_forward", "direct_backward_weights", "direct_forward_pool"]}
 
 
 # ----------------------------------------------------------------------------- tests

@@ -518,3 +518,40 @@ def test_conv_relu_pool_network_gradients_match_torch(dtype):
             g = g.transpose(2, 3, 1, 0)
         np.testing.assert_allclose(grads[name], g, **tol, err_msg=name)
     assert np.any(grads["conv2d/kernel"] != 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_pool_network_predict_matches_torch(dtype, threads, monkeypatch):
+    """predict of a conv + (ReLU or linear) + 2x2 max pool stack against PyTorch's forward:
+    the inference fusion takes the fused kernels (the direct one for the float32 RGB layer,
+    the pooled Winograd tiles for the 16- and 20-channel ones), on odd sizes (the last row
+    or column dropped by the pool), batches of 1 and 5, 1 and 2 threads."""
+    import cconv
+    from cconv._testing import forced, kernels_run
+    monkeypatch.setattr(cconv.model, "INFERENCE_SERIAL_MAX", 0)     # batch 1 threaded too
+    model = cconv.Sequential([
+        L.Conv2D(16, 3, activation="relu", padding="same"), L.MaxPool2D(2),
+        L.Conv2D(20, 3), L.MaxPool2D(2),
+        L.Conv2D(12, 3, activation="relu", padding="same"), L.MaxPool2D(2),
+        L.Flatten(), L.Dense(5),
+    ], input_shape=(17, 19, 3), seed=5, dtype=dtype)
+    for b in model.layers:
+        if "bias" in b.params:
+            b.params["bias"][...] = rand(b.params["bias"].shape, dtype, seed=9)
+    k1, b1, k2, b2, k3, b3, w4, b4 = [torch.tensor(w) for w in model.get_weights()]
+    for n in (1, 5):
+        x = rand((n, 17, 19, 3), dtype, seed=n)
+        with forced(threads=threads):
+            got = model.predict(x, batch_size=n)
+            ran = kernels_run()
+        assert "winograd_forward_pool" in ran, sorted(ran)
+        assert ran["winograd_forward_pool"].team == threads
+        if dtype == np.float32 and cconv._testing.simd_max() >= 1:
+            assert "direct_forward_pool" in ran, sorted(ran)
+        with torch.no_grad():
+            h = TF.max_pool2d(TF.relu(TF.conv2d(nchw(x), k1.permute(3, 2, 0, 1), b1, padding=1)), 2)
+            h = TF.max_pool2d(TF.conv2d(h, k2.permute(3, 2, 0, 1), b2), 2)
+            h = TF.max_pool2d(TF.relu(TF.conv2d(h, k3.permute(3, 2, 0, 1), b3, padding=1)), 2)
+            want = h.permute(0, 2, 3, 1).reshape(n, -1) @ w4 + b4
+        np.testing.assert_allclose(got, want.numpy(), **TOL[dtype])

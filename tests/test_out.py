@@ -74,6 +74,12 @@ def cases(dtype):
             F.conv2d_backward, dyd, xd, wd, **dwise, out=out)),
         "conv2d_depthwise_backward_no_dx": ((dyd, xd, wd), lambda out: on_depthwise(
             F.conv2d_backward, dyd, xd, wd, **dwise, need_dx=False, out=out)),
+        "conv2d_max_pool2d": ((x, w, b), lambda out: F.conv2d_max_pool2d(
+            x, w, b, padding=1, relu=True, out=out)),                    # unfused: im2col
+        "conv2d_max_pool2d_winograd": ((xw, ww), lambda out: F.conv2d_max_pool2d(
+            xw, ww, padding=1, out=out)),
+        "conv2d_max_pool2d_overlapping": ((x, w), lambda out: F.conv2d_max_pool2d(
+            x, w, pool_size=3, pool_stride=2, pool_padding=1, out=out)),
         "im2col": ((x,), lambda out: F.im2col(x, 3, stride=2, out=out)),
         "col2im": ((cols,), lambda out: F.col2im(cols, x.shape, 3, stride=2, out=out)),
         "max_pool2d": ((x,), lambda out: F.max_pool2d(x, 3, 2, 1, out=out)),
@@ -259,6 +265,14 @@ def test_workspace_is_reused_and_gives_the_same_bits(route, threads, restore_thr
         assert (a is None and b is None) or np.array_equal(a, b)
     with pytest.raises(TypeError, match="workspace"):
         F.conv2d(x, w, **conv, workspace=np.empty(100, np.uint8))
+    # conv2d_max_pool2d (fused on the Winograd and direct routes) in the same workspace
+    p0 = F.conv2d_max_pool2d(x, w, **conv, relu=True)
+    for _ in range(2):
+        p1 = F.conv2d_max_pool2d(x, w, **conv, relu=True, workspace=ws)
+        assert np.array_equal(p0, p1)
+    assert ws.nbytes == size
+    with pytest.raises(TypeError, match="workspace"):
+        F.conv2d_max_pool2d(x, w, **conv, workspace=np.empty(100, np.uint8))
 
 
 @pytest.mark.parametrize("depthwise", [False, True])

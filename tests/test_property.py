@@ -75,6 +75,19 @@ def assert_close(actual, expected, dtype):
         np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12 * scale)
 
 
+def assert_fused_equal(fused, unfused, ran, oh, ow):
+    """conv2d_max_pool2d against the unfused chain: the same bits (NaN included), except on
+    the Winograd route with an odd-sized convolution output, whose fused call skips the
+    tiles of the last row/column: its BLAS calls then have other sizes, which may round
+    differently (the NaN must be at the same places, the values agree to rounding)."""
+    assert fused.dtype == unfused.dtype and fused.shape == unfused.shape
+    if "winograd_forward_pool" in ran and (oh % 2 or ow % 2):
+        assert_close(fused, unfused, fused.dtype)
+        np.testing.assert_array_equal(np.isnan(fused), np.isnan(unfused))
+    else:
+        np.testing.assert_array_equal(fused.view(np.uint8), unfused.view(np.uint8))
+
+
 def data(seed, shape, dtype, ties=False):
     """Random normal values, or small integers (many ties) when ``ties``."""
     rng = np.random.default_rng(seed)
@@ -273,6 +286,37 @@ def _check_conv_backward(route, cfg):
     assert none is None
     assert_close(dw1, rw, cfg["dtype"])
     assert_close(db1, rb, cfg["dtype"])
+
+
+@pytest.mark.parametrize("route", CONV_ROUTES)
+@given(data_=st.data())
+def test_conv2d_max_pool2d_matches_reference(route, data_):
+    """The fused convolution -> (ReLU) -> max pool: the unfused cconv chain's bits (NaN in a
+    tenth of the examples) and the reference's values; on the Winograd and direct routes with
+    a 2x2 stride-2 pool, the fused kernel ran."""
+    cfg = data_.draw(conv_configs(route))
+    relu, nan = data_.draw(st.booleans()), data_.draw(st.integers(0, 9)) == 0
+    x = data(cfg["seed"], cfg["shape"], cfg["dtype"])
+    w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"])
+    b = data(cfg["seed"] + 2, cfg["wshape"][3:], cfg["dtype"])
+    oh, ow = F.conv2d(x, w, b, **cfg["kw"]).shape[1:3]
+    # the 2x2 stride-2 pool where it fits (the fused kernels), else a 1x1 one (unfused)
+    pool = (dict(pool_size=2) if min(oh, ow) >= 2 and data_.draw(st.integers(0, 4))
+            else dict(pool_size=1, pool_stride=data_.draw(st.sampled_from([None, 1]))))
+    if nan:
+        x.reshape(-1)[data_.draw(st.integers(0, x.size - 1))] = np.nan
+    with forced(threads=cfg["threads"], conv=route, block_bytes=_blocks(cfg)):
+        y = F.conv2d_max_pool2d(x, w, b, **cfg["kw"], **pool, relu=relu)
+        ran = kernels_run()
+        z = F.conv2d(x, w, b, **cfg["kw"])
+        if relu:
+            z = F.relu(z)
+        want = F.max_pool2d(z, pool["pool_size"], pool.get("pool_stride"))[0]
+    if route in ("winograd", "direct") and pool["pool_size"] == 2:
+        assert f"{route}_forward_pool" in ran, sorted(ran)
+    assert_fused_equal(y, want, ran, oh, ow)
+    if not nan:
+        assert_close(y, R.conv2d_max_pool2d(x, w, b, **cfg["kw"], **pool, relu=relu), cfg["dtype"])
 
 
 @given(conv_configs())

@@ -42,7 +42,8 @@ from test_functional import assert_close, rand
 THREADS = (1, 2, 3)
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 #: Kernel paths whose work is handed out dynamically.
-DYNAMIC = {"direct_forward", "direct_backward_weights", "winograd_forward", "winograd_backward"}
+DYNAMIC = {"direct_forward", "direct_backward_weights", "winograd_forward", "winograd_backward",
+           "direct_forward_pool", "winograd_forward_pool"}
 
 
 @dataclass
@@ -140,6 +141,27 @@ def _conv_cases():
                                *R.conv2d_backward(dy20, x, w20, **kw)[1:]),
                       ("direct_forward", "direct_backward_weights"), np.float32, conv="direct",
                       pool="avx2", marks=_avx(1)))
+    # conv2d_max_pool2d: the fused kernels (pooled Winograd tiles, direct row pairs) on odd
+    # sizes (the last row/column dropped), with and without ReLU
+    for dtype in (np.float32, np.float64):
+        tag = np.dtype(dtype).name
+        xq, wq, bq = rand(rng, (7, 11, 13, 16), dtype), rand(rng, (3, 3, 16, 12), dtype), \
+            rand(rng, (12,), dtype)
+        cases.append(Case(f"winograd-pool-{tag}",
+                          lambda x=xq, w=wq, b=bq: (F.conv2d_max_pool2d(x, w, b, padding=1),
+                                                    F.conv2d_max_pool2d(x, w, b, relu=True)),
+                          lambda x=xq, w=wq, b=bq: (R.conv2d_max_pool2d(x, w, b, padding=1),
+                                                    R.conv2d_max_pool2d(x, w, b, relu=True)),
+                          ("winograd_forward_pool",), dtype, conv="winograd"))
+    for pool, cout, level in (("auto", 32, 2), ("avx2", 20, 1)):
+        wp, bp = rand(rng, (3, 3, 3, cout), np.float32), rand(rng, (cout,), np.float32)
+        cases.append(Case(f"direct-pool-float32-{pool}",
+                          lambda wp=wp, bp=bp: (F.conv2d_max_pool2d(x, wp, bp, **kw),
+                                                F.conv2d_max_pool2d(x, wp, bp, relu=True)),
+                          lambda wp=wp, bp=bp: (R.conv2d_max_pool2d(x, wp, bp, **kw),
+                                                R.conv2d_max_pool2d(x, wp, bp, relu=True)),
+                          ("direct_forward_pool",), np.float32, conv="direct", pool=pool,
+                          marks=_avx(level)))
     return cases
 
 
@@ -286,12 +308,13 @@ def test_dynamic_kernels_hand_work_to_every_thread(route, threads):
     want = min(threads, CPUS)
     fwd, bwd = (f"{route}_forward",
                 "direct_backward_weights" if route == "direct" else "winograd_backward")
-    first, seen = None, {fwd: 0, bwd: 0}
+    first, seen = None, {fwd: 0, bwd: 0, f"{fwd}_pool": 0}
     deadline = time.perf_counter() + 20
     while time.perf_counter() < deadline and min(seen.values()) < want:
         with forced(threads=threads, conv=route):
             outs = (F.conv2d(x, w, padding=pad),
-                    *F.conv2d_backward(dy, x, w, padding=pad, need_dx=False)[1:])
+                    *F.conv2d_backward(dy, x, w, padding=pad, need_dx=False)[1:],
+                    F.conv2d_max_pool2d(x, w, padding=pad, relu=True))
             ran = kernels_run()
         for path in seen:
             assert ran[path].team == threads
@@ -406,3 +429,54 @@ def test_probe_counts_the_threads_that_took_work():
         assert kernels_run() == {"max_pool2d_forward": (2, 2)}
     _testing.reset()
     assert kernels_run() == {}
+
+
+# ----------------------------------------------------------------------------- fused pool
+#: (route, instruction-set cap of forced(pool=...), level it needs, dtypes, C_out values)
+FUSED_ROUTES = [
+    pytest.param("winograd", "auto", 0, (np.float32, np.float64), (12, 20), id="winograd"),
+    pytest.param("winograd", "generic", 0, (np.float32,), (12,), id="winograd-generic"),
+    pytest.param("direct", "avx512", 2, (np.float32,), (32, 20, 5), id="direct-avx512",
+                 marks=_avx(2)),
+    pytest.param("direct", "avx2", 1, (np.float32,), (16, 20, 5), id="direct-avx2",
+                 marks=_avx(1)),
+]
+
+
+@pytest.mark.parametrize("route,cap,level,dtypes,couts", FUSED_ROUTES)
+def test_conv2d_max_pool2d_is_the_unfused_chain(route, cap, level, dtypes, couts):
+    """conv2d_max_pool2d's fused kernels against conv2d -> relu -> max_pool2d run by cconv
+    under the same settings: the same bits, NaN included (on the Winograd route with an
+    odd-sized output only to rounding: its BLAS calls have other sizes there), and the
+    reference's values; odd and even sizes, both paddings, batches 1 and 3, 1 and 2
+    threads (the fused kernel's team checked), C_out not a multiple of the vector width,
+    the instruction set capped."""
+    from test_property import assert_fused_equal
+    rng = np.random.default_rng(19)
+    cin = 16 if route == "winograd" else 3
+    for dtype in dtypes:
+        for cout in couts:
+            for (h, wd), padding, n, threads, relu in [
+                    ((9, 11), "same", 3, 2, True), ((8, 10), "same", 1, 1, False),
+                    ((8, 10), "valid", 3, 2, False), ((9, 11), "valid", 1, 2, True),
+                    ((10, 8), "same", 3, 1, True), ((7, 7), "valid", 3, 2, False)]:
+                x = rand(rng, (n, h, wd, cin), dtype)
+                w, b = rand(rng, (3, 3, cin, cout), dtype), rand(rng, (cout,), dtype)
+                nan = x.copy()
+                nan[0, 3, 4, 1] = np.nan          # NaN under several outputs of one window
+                nan[-1, -1, 0, 0] = np.nan
+                for xin in (x, nan):
+                    with forced(threads=threads, conv=route, pool=cap):
+                        y = F.conv2d_max_pool2d(xin, w, b, padding=padding, relu=relu)
+                        ran = kernels_run()
+                        z = F.conv2d(xin, w, b, padding=padding)
+                        want = F.max_pool2d(F.relu(z) if relu else z, 2)[0]
+                    what = f"{route} {np.dtype(dtype).name} C_out {cout} {(n, h, wd)} {padding}"
+                    assert f"{route}_forward_pool" in ran, (what, sorted(ran))
+                    assert ran[f"{route}_forward_pool"].team == threads, (what, ran)
+                    assert_fused_equal(y, want, ran, *z.shape[1:3])
+                    if xin is x:
+                        assert_close(y, R.conv2d_max_pool2d(x, w, b, padding=padding, relu=relu),
+                                     dtype)
+                    else:
+                        assert np.isnan(y).any(), what

@@ -62,6 +62,12 @@ cdef int gemm_backward(const cconv_geom *g, const floating *dy, const floating *
 cdef Py_ssize_t direct_scratch_bytes(const cconv_geom *g, int num_threads) noexcept nogil
 cdef int direct_forward(const cconv_geom *g, const float *x, const float *w, const float *b,
                         float *y, char *scratch, int num_threads) noexcept nogil
+# y (OUT, (N, OH // 2, OW // 2, Cout)) = the 2x2 stride-2 max pool of conv(x, w) + b, then
+# ReLU if relu; the full output is never stored (two rows at a time in a thread's scratch).
+# scratch: NULL (allocated here).
+cdef int direct_forward_pool(const cconv_geom *g, const float *x, const float *w,
+                             const float *b, float *y, bint relu, char *scratch,
+                             int num_threads) noexcept nogil
 # dw_work (OUT, nslots x (Kpad, Cout)), db_work (OUT, nslots x Cout): per-slot sums, zeroed
 # here; rows K..Kpad-1 of each dw slot are scratch.
 cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const float *x,
@@ -80,6 +86,14 @@ cdef Py_ssize_t winograd_scratch(Py_ssize_t C, Py_ssize_t Cout, Py_ssize_t tb) n
 cdef int winograd_forward(const cconv_geom *g, const floating *x, const floating *U,
                           const floating *b, floating *y, floating *work, Py_ssize_t work_rows,
                           Py_ssize_t work_stride, Py_ssize_t tb, int num_threads) noexcept nogil
+# pool 1 (2 with ReLU): y (OUT, (N, OH // 2, OW // 2, Cout)) = the 2x2 stride-2 max pool of
+# winograd_forward's output, then ReLU: one F(2x2, 3x3) tile per pool window, the
+# pooled-away tiles skipped; the same bits as winograd_forward followed by the max pool
+# (and ReLU). pool 0: winograd_forward.
+cdef int winograd_forward_pool(const cconv_geom *g, const floating *x, const floating *U,
+                               const floating *b, floating *y, int pool, floating *work,
+                               Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
+                               int num_threads) noexcept nogil
 # dU_work (OUT, nslots x (16, C, Cout)), db_work (OUT, nslots x Cout): per-slot sums;
 # dx (OUT or NULL); all zeroed here, chunk by chunk of images.
 cdef int winograd_backward(const cconv_geom *g, const floating *dy, const floating *x,

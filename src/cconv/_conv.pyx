@@ -20,7 +20,7 @@ from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
 from cconv._cpu cimport simd_level
 from cconv._probe cimport (probe, P_CONV_FWD, P_CONV_BWD, P_CONV_BWD_DW, P_DIRECT_FWD,
                            P_DIRECT_DW, P_WINO_FILTER, P_WINO_FILTER_GRAD, P_WINO_FWD,
-                           P_WINO_BWD)
+                           P_WINO_BWD, P_DIRECT_FWD_POOL, P_WINO_FWD_POOL)
 from cconv._blas cimport ensure_blas, gemm
 from cconv._im2col cimport im2col_rows, col2im_rows
 
@@ -380,6 +380,8 @@ cdef extern from "_conv_direct.h":
                           const Py_ssize_t *off, const Py_ssize_t *ident, float *patch,
                           const float **base, const Py_ssize_t **po) noexcept nogil
     int cconv_direct_available(int level) noexcept nogil
+    void cconv_direct_pool_rows(const float *r0, const float *r1, float *y, Py_ssize_t PW,
+                                Py_ssize_t cout, int relu) noexcept nogil
     void cconv_direct_fwd_row(int level, const cconv_dgeom *g, const float **base,
                               const Py_ssize_t **po, const float *w, const float *b,
                               float *y) noexcept nogil
@@ -398,14 +400,21 @@ cdef cconv_dgeom direct_geom(const cconv_geom *g) noexcept nogil:
     return d
 
 
-cdef inline Py_ssize_t direct_thread_bytes(const cconv_geom *g) noexcept nogil:
-    """One thread's scratch: OW * (2 pointers + K floats), 64-byte aligned."""
-    return aligned(g.OW * (2 * sizeof(void *) + g.KH * g.KW * g.C * sizeof(float)))
+cdef inline Py_ssize_t direct_thread_bytes(const cconv_geom *g, bint pool) noexcept nogil:
+    """One thread's scratch: OW * (2 pointers + K floats), 64-byte aligned; with pool, two
+    output rows (2 x OW x Cout floats) besides."""
+    return (aligned(g.OW * (2 * sizeof(void *) + g.KH * g.KW * g.C * sizeof(float)))
+            + (aligned(2 * g.OW * g.Cout * sizeof(float)) if pool else 0))
+
+
+cdef Py_ssize_t direct_scratch_size(const cconv_geom *g, int num_threads,
+                                    bint pool) noexcept nogil:
+    cdef Py_ssize_t Kpad = (g.KH * g.KW * g.C + 7) // 8 * 8
+    return aligned(2 * Kpad * sizeof(Py_ssize_t)) + num_threads * direct_thread_bytes(g, pool)
 
 
 cdef Py_ssize_t direct_scratch_bytes(const cconv_geom *g, int num_threads) noexcept nogil:
-    cdef Py_ssize_t Kpad = (g.KH * g.KW * g.C + 7) // 8 * 8
-    return aligned(2 * Kpad * sizeof(Py_ssize_t)) + num_threads * direct_thread_bytes(g)
+    return direct_scratch_size(g, num_threads, False)
 
 
 cdef int direct_check(const cconv_geom *g, int num_threads) noexcept nogil:
@@ -419,9 +428,14 @@ cdef int direct_check(const cconv_geom *g, int num_threads) noexcept nogil:
 
 cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, const float *bp,
                     float *yp, const float *dyp, float *dwp, float *dbp, Py_ssize_t nslots,
-                    char *scratch, int num_threads) noexcept nogil:
+                    char *scratch, int num_threads, int pool=0) noexcept nogil:
     """The parallel loop over output rows (n, oh) of both direct kernels: the forward pass
     when yp is set, else the dW/db accumulation.
+
+    With pool (1, or 2 for pool + ReLU), yp is the 2x2 stride-2 max pool of the output
+    (N, OH // 2, OW // 2, Cout) and the loop runs over its rows: each computes the two
+    output rows under it into the thread's scratch and pools them at once (the last
+    row/column of an odd-sized output, which the pool drops, is not computed).
 
     The rows are cut into nslots equal runs handed out dynamically (a thread that the
     machine slows down takes fewer of them); run s zeroes slice s of dwp/dbp and accumulates
@@ -429,33 +443,48 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
     cdef cconv_dgeom dg = direct_geom(geom)
     cdef const cconv_dgeom *g = &dg
     cdef char *owned = NULL
+    cdef Py_ssize_t PH = geom.OH // 2, PW = geom.OW // 2
+    if pool:
+        dg.OW = 2 * PW             # the pooled columns only
     if scratch == NULL:
-        owned = scratch = <char *> malloc(direct_scratch_bytes(geom, num_threads) + ALIGN)
+        owned = scratch = <char *> malloc(direct_scratch_size(geom, num_threads, pool) + ALIGN)
         if owned == NULL:
             return CCONV_ERR_NOMEM
         scratch = <char *> ((<uintptr_t> owned + ALIGN - 1) & ~(<uintptr_t> ALIGN - 1))
     cdef Py_ssize_t *off = <Py_ssize_t *> scratch
     cdef char *threads_scratch = scratch + aligned(2 * g.Kpad * sizeof(Py_ssize_t))
-    cdef Py_ssize_t per_thread = direct_thread_bytes(geom)
+    cdef Py_ssize_t per_thread = direct_thread_bytes(geom, pool)
+    cdef Py_ssize_t rowbuf = aligned(geom.OW * (2 * sizeof(void *) + g.K * sizeof(float)))
     cdef int level = simd_level(-1)
     cconv_direct_offsets(g, off, off + g.Kpad)
-    cdef Py_ssize_t rows = geom.N * g.OH
-    cdef Py_ssize_t slot, row, n
+    cdef Py_ssize_t rows = geom.N * (PH if pool else g.OH)
+    cdef Py_ssize_t slot, row, n, r
     cdef char *mine
     cdef const float **base
     cdef const Py_ssize_t **po
+    cdef float *pair
     cdef unsigned long old
     with parallel(num_threads=num_threads):
         mine = threads_scratch + threadid() * per_thread
         base = <const float **> mine
         po = <const Py_ssize_t **> (mine + g.OW * sizeof(void *))
+        pair = <float *> (mine + rowbuf)
         old = cconv_ftz_on()
         for slot in prange(nslots, schedule="dynamic"):
-            probe(P_DIRECT_FWD if yp != NULL else P_DIRECT_DW)
+            probe((P_DIRECT_FWD_POOL if pool else P_DIRECT_FWD) if yp != NULL else P_DIRECT_DW)
             if yp == NULL:
                 memset(dwp + slot * g.Kpad * g.cout, 0, g.Kpad * g.cout * sizeof(float))
                 memset(dbp + slot * g.cout, 0, g.cout * sizeof(float))
             for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):
+                if pool:
+                    n = row // PH
+                    for r in range(2):
+                        cconv_direct_row(g, xp, n, 2 * (row - n * PH) + r, off, off + g.Kpad,
+                                         <float *> (mine + 2 * g.OW * sizeof(void *)), base, po)
+                        cconv_direct_fwd_row(level, g, base, po, wp, bp, pair + r * g.OW * g.cout)
+                    cconv_direct_pool_rows(pair, pair + g.OW * g.cout, yp + row * PW * g.cout,
+                                           PW, g.cout, pool == 2)
+                    continue
                 n = row // g.OH
                 cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
                                  <float *> (mine + 2 * g.OW * sizeof(void *)), base, po)
@@ -480,6 +509,21 @@ cdef int direct_forward(const cconv_geom *g, const float *x, const float *w, con
         return 0
     return direct_run(g, x, w, b, y, NULL, NULL, NULL, min(g.N * g.OH, 16 * num_threads),
                       scratch, num_threads)
+
+
+cdef int direct_forward_pool(const cconv_geom *g, const float *x, const float *w,
+                             const float *b, float *y, bint relu, char *scratch,
+                             int num_threads) noexcept nogil:
+    cdef int err = direct_check(g, num_threads)
+    if err:
+        return err
+    if g.N and (x == NULL or w == NULL or y == NULL):
+        return CCONV_ERR_VALUE
+    cdef Py_ssize_t rows = g.N * (g.OH // 2)
+    if rows == 0 or g.OW < 2:
+        return 0
+    return direct_run(g, x, w, b, y, NULL, NULL, NULL, min(rows, 16 * num_threads), scratch,
+                      num_threads, 2 if relu else 1)
 
 
 cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const float *x,
@@ -515,6 +559,12 @@ cdef extern from "_winograd.h":
     void cconv_wino_out_d(const double *M, Py_ssize_t ldm, double *y, const double *bias,
                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n,
                           Py_ssize_t oh0, Py_ssize_t ow0, double *sink) noexcept nogil
+    void cconv_wino_out_pool_f(const float *M, Py_ssize_t ldm, float *y, const float *bias,
+                               Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t Co, Py_ssize_t n,
+                               Py_ssize_t ph, Py_ssize_t pw, int relu) noexcept nogil
+    void cconv_wino_out_pool_d(const double *M, Py_ssize_t ldm, double *y, const double *bias,
+                               Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t Co, Py_ssize_t n,
+                               Py_ssize_t ph, Py_ssize_t pw, int relu) noexcept nogil
     void cconv_wino_dy_f(const float *dy, float *Yh, Py_ssize_t ldy, Py_ssize_t OH, Py_ssize_t OW,
                          Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
                          const float *zero, float *db) noexcept nogil
@@ -541,14 +591,18 @@ ctypedef struct WinoGeom:
     Py_ssize_t N, H, W, C, OH, OW, Cout
     Py_ssize_t TW, TT            # tiles per output row, per image
     Py_ssize_t pt, pl, TB        # top/left padding, tiles per block
+    int pool                     # 0: y is the output; 1: its 2x2 max pool; 2: pool + ReLU
 
 
-cdef WinoGeom wino_geom(const cconv_geom *g, Py_ssize_t TB) noexcept nogil:
+cdef WinoGeom wino_geom(const cconv_geom *g, Py_ssize_t TB, int pool) noexcept nogil:
+    """With pool, the tiles are the pool's windows: those of the last row/column of an
+    odd-sized output, which the pool drops, are not enumerated at all."""
     cdef WinoGeom w
     w.N = g.N; w.H = g.H; w.W = g.W; w.C = g.C; w.OH = g.OH; w.OW = g.OW; w.Cout = g.Cout
-    w.TW = (g.OW + 1) // 2
-    w.TT = ((g.OH + 1) // 2) * w.TW
+    w.TW = g.OW // 2 if pool else (g.OW + 1) // 2
+    w.TT = (g.OH // 2 if pool else (g.OH + 1) // 2) * w.TW
     w.pt = g.pt; w.pl = g.pl; w.TB = TB
+    w.pool = pool
     return w
 
 
@@ -580,11 +634,19 @@ cdef void wino_input_block(const floating *x, floating *V, Py_ssize_t t0, Py_ssi
 cdef void wino_output_block(const floating *M, floating *y, const floating *bias,
                             Py_ssize_t t0, Py_ssize_t t1, floating *sink,
                             const WinoGeom *g) noexcept nogil:
-    """y (OUT) of tiles t0..t1 from M (16, TB, Cout), plus the bias (or NULL)."""
+    """y (OUT) of tiles t0..t1 from M (16, TB, Cout), plus the bias (or NULL); with g.pool,
+    y is the pooled output (N, OH // 2, OW // 2, Cout)."""
     cdef Py_ssize_t t, n, oh0, ow0
     for t in range(t0, t1):
         n = tile_origin(t, g, &oh0, &ow0)
-        if floating is float:
+        if g.pool:
+            if floating is float:
+                cconv_wino_out_pool_f(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH // 2,
+                                      g.OW // 2, g.Cout, n, oh0 // 2, ow0 // 2, g.pool == 2)
+            else:
+                cconv_wino_out_pool_d(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH // 2,
+                                      g.OW // 2, g.Cout, n, oh0 // 2, ow0 // 2, g.pool == 2)
+        elif floating is float:
             cconv_wino_out_f(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH, g.OW, g.Cout,
                              n, oh0, ow0, sink)
         else:
@@ -687,20 +749,28 @@ cdef int wino_check(const cconv_geom *g, const void *work, Py_ssize_t work_rows,
 cdef int winograd_forward(const cconv_geom *geom, const floating *x, const floating *U,
                           const floating *b, floating *y, floating *work, Py_ssize_t work_rows,
                           Py_ssize_t work_stride, Py_ssize_t tb, int num_threads) noexcept nogil:
+    return winograd_forward_pool(geom, x, U, b, y, 0, work, work_rows, work_stride, tb,
+                                 num_threads)
+
+
+cdef int winograd_forward_pool(const cconv_geom *geom, const floating *x, const floating *U,
+                               const floating *b, floating *y, int pool, floating *work,
+                               Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
+                               int num_threads) noexcept nogil:
     # Per block of tb tiles: transform the inputs (V), 16 GEMMs M_k = V_k U_k, transform the
-    # outputs. Blocks are handed out dynamically; a block's result does not depend on which
-    # thread computes it.
+    # outputs (pool: into the 2x2 max pool of the output, see wino_geom). Blocks are handed
+    # out dynamically; a block's result does not depend on which thread computes it.
     cdef int err = wino_check(geom, work, work_rows, work_stride, tb, num_threads)
     if err:
         return err
-    if geom.N and (x == NULL or U == NULL or y == NULL):
+    if pool < 0 or pool > 2 or (geom.N and (x == NULL or U == NULL or y == NULL)):
         return CCONV_ERR_VALUE
     if geom.N == 0:
         return 0
     err = ensure_blas()
     if err:
         return err
-    cdef WinoGeom g = wino_geom(geom, tb)
+    cdef WinoGeom g = wino_geom(geom, tb, pool)
     cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
     cdef Py_ssize_t ntiles = g.N * g.TT
     cdef Py_ssize_t nblocks = (ntiles + TB - 1) // TB
@@ -719,7 +789,7 @@ cdef int winograd_forward(const cconv_geom *geom, const floating *x, const float
         memset(zero, 0, Z * sizeof(floating))
         old = cconv_ftz_on()
         for blk in prange(nblocks, schedule="dynamic"):
-            probe(P_WINO_FWD)
+            probe(P_WINO_FWD_POOL if pool else P_WINO_FWD)
             t0 = blk * TB
             t1 = min(t0 + TB, ntiles)
             wino_input_block(x, V, t0, t1, zero, &g)
@@ -749,7 +819,7 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
     if (nslots < 1 or dU_work == NULL or db_work == NULL
             or (geom.N and (x == NULL or dy == NULL or U == NULL))):
         return CCONV_ERR_VALUE
-    cdef WinoGeom g = wino_geom(geom, tb)
+    cdef WinoGeom g = wino_geom(geom, tb, 0)
     cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
     cdef Py_ssize_t Z = max(C, Cout)
     cdef Py_ssize_t nchunks = nslots

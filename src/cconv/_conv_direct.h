@@ -79,6 +79,29 @@ static void cconv_direct_row(const cconv_dgeom *g, const float *x, ptrdiff_t n, 
     }
 }
 
+/* A 2x2 stride-2 max pool of two computed output rows r0, r1 (each 2*PW x cout; bias in)
+   into the pooled row y (PW x cout), + ReLU if relu: the fused convolution -> max pool of
+   conv2d_max_pool2d. The window is scanned in row-major order as the max pool does (a
+   greater value or a NaN takes the place), so the result is the unfused one bit for bit
+   (ReLU commutes with max). Plain loops over the channels, vectorised by the compiler. */
+CCONV_MULTIVERSION static void cconv_direct_pool_rows(
+        const float *__restrict r0, const float *__restrict r1, float *__restrict y,
+        ptrdiff_t PW, ptrdiff_t cout, int relu) {
+    for (ptrdiff_t pw = 0; pw < PW; pw++) {
+        const float *a = r0 + 2 * pw * cout, *c = r1 + 2 * pw * cout;
+        float *yo = y + pw * cout;
+        for (ptrdiff_t o = 0; o < cout; o++) {
+            float best = a[o], v = a[cout + o];
+            best = (v > best) | (v != v) ? v : best;
+            v = c[o];
+            best = (v > best) | (v != v) ? v : best;
+            v = c[cout + o];
+            best = (v > best) | (v != v) ? v : best;
+            yo[o] = relu && best <= 0.0f ? 0.0f : best;
+        }
+    }
+}
+
 /* The kernels, one per instruction set (_conv_direct_kern.h, which #undefs its parameters):
    VLANES float32 lanes, the 2-vector dW blocks if VDW2, the target attribute, the suffix. */
 #if CCONV_X86

@@ -185,6 +185,20 @@ def winograd_forward(
     TB: int,
     num_threads: int,
 ) -> None: ...
+def winograd_forward_pool(
+    x: NDArray[_F],
+    U: NDArray[_F],
+    bias: NDArray[_F] | None,
+    y: NDArray[_F],  # OUT (N, OH // 2, OW // 2, Cout)
+    work: NDArray[_F],  # scratch
+    OH: int,
+    OW: int,
+    pt: int,
+    pl: int,
+    TB: int,
+    relu: bool,
+    num_threads: int,
+) -> None: ...
 def winograd_backward(
     dy: NDArray[_F],
     x: NDArray[_F],
@@ -235,6 +249,24 @@ def direct_forward(
     pl: int,
     dh: int,
     dw: int,
+    num_threads: int,
+) -> None: ...
+def direct_forward_pool(
+    x: NDArray[np.float32],
+    w: NDArray[np.float32],
+    bias: NDArray[np.float32] | None,
+    y: NDArray[np.float32],  # OUT (N, OH // 2, OW // 2, Cout)
+    OH: int,
+    OW: int,
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    relu: bool,
     num_threads: int,
 ) -> None: ...
 def direct_backward_weights(

@@ -15,6 +15,8 @@ cdef enum:
     P_MAXPOOL_FWD, P_MAXPOOL_FWD_AVX2, P_MAXPOOL_FWD_AVX512
     P_MAXPOOL_BWD_TILED, P_MAXPOOL_BWD_TILED_AVX2, P_MAXPOOL_BWD_TILED_AVX512
     P_MAXPOOL_BWD, P_AVGPOOL_FWD, P_AVGPOOL_BWD, P_RELU_BWD
+    # convolutions that write the 2x2 max pool of their output (conv2d_max_pool2d)
+    P_DIRECT_FWD_POOL, P_WINO_FWD_POOL
     P_COUNT
 
 # Mark that the calling thread ran a work item of path `id` (first time per thread and id

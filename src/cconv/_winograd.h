@@ -35,6 +35,15 @@
 
 #define CCONV_IN_IMAGE(i, j, H, W) ((i) >= 0 && (i) < (H) && (j) >= 0 && (j) < (W))
 
+/* t (T[2][4]) = A^T M_o for output channel o of the 16 rows of M (row k at M + k * ldm):
+   the first half of the output transform, A^T M A = t A. */
+#define CCONV_WINO_AT_M(T, t, M, ldm, o)                                                    \
+        for (int j = 0; j < 4; j++) {                                                       \
+            T m0 = M[j * ldm + o], m1 = M[(4 + j) * ldm + o];                               \
+            T m2 = M[(8 + j) * ldm + o], m3 = M[(12 + j) * ldm + o];                        \
+            t[0][j] = m0 + m1 + m2; t[1][j] = m1 - m2 - m3;                                 \
+        }
+
 #define CCONV_WINOGRAD_KERNELS(S, T)                                                        \
 /* V[k*ldv + c] = (B^T d B)[k][c], d = the 4x4 block of image n at (ih0, iw0). */           \
 CCONV_MULTIVERSION static void cconv_wino_in_##S(                                      \
@@ -74,16 +83,38 @@ CCONV_MULTIVERSION static void cconv_wino_out_##S(                              
     CCONV_SIMD                                                                              \
     for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
         T t[2][4];                                                                          \
-        for (int j = 0; j < 4; j++) {                                                       \
-            T m0 = M[j * ldm + o], m1 = M[(4 + j) * ldm + o];                               \
-            T m2 = M[(8 + j) * ldm + o], m3 = M[(12 + j) * ldm + o];                        \
-            t[0][j] = m0 + m1 + m2; t[1][j] = m1 - m2 - m3;                                 \
-        }                                                                                   \
+        CCONV_WINO_AT_M(T, t, M, ldm, o)                                                    \
         T b = bias ? bias[o] : (T)0;                                                        \
         for (int r = 0; r < 2; r++) {                                                       \
             q[2 * r][o] = t[r][0] + t[r][1] + t[r][2] + b;                                  \
             q[2 * r + 1][o] = t[r][1] - t[r][2] - t[r][3] + b;                              \
         }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* The same tile pooled (a 2x2 stride-2 max pool's window is one tile): y[n, ph, pw, o] =    \
+   max of the 4 outputs (A^T M A)[o], scanned in row-major order as the max pool does (a     \
+   greater value or a NaN takes the place: the last NaN wins), + bias[o], then max(., 0)    \
+   if relu. Adding the bias after the max is exact (x -> x + b is monotone under            \
+   rounding), and so is the ReLU (it commutes with max), so the result is the unfused       \
+   convolution -> ReLU -> max pool bit for bit. */                                          \
+CCONV_MULTIVERSION static void cconv_wino_out_pool_##S(                                \
+        const T *M, ptrdiff_t ldm, T *y, const T *bias, ptrdiff_t PH, ptrdiff_t PW,         \
+        ptrdiff_t Co, ptrdiff_t n, ptrdiff_t ph, ptrdiff_t pw, int relu) {                  \
+    T *q = y + ((n * PH + ph) * PW + pw) * Co;                                              \
+    CCONV_SIMD                                                                              \
+    for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
+        T t[2][4];                                                                          \
+        CCONV_WINO_AT_M(T, t, M, ldm, o)                                                    \
+        T best = t[0][0] + t[0][1] + t[0][2];                                               \
+        T v = t[0][1] - t[0][2] - t[0][3];                                                  \
+        best = (v > best) | (v != v) ? v : best;                                            \
+        v = t[1][0] + t[1][1] + t[1][2];                                                    \
+        best = (v > best) | (v != v) ? v : best;                                            \
+        v = t[1][1] - t[1][2] - t[1][3];                                                    \
+        best = (v > best) | (v != v) ? v : best;                                            \
+        best = best + (bias ? bias[o] : (T)0);                                              \
+        q[o] = relu && best <= 0 ? (T)0 : best;                                             \
     }                                                                                       \
 }                                                                                           \
                                                                                             \

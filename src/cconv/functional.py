@@ -55,6 +55,12 @@ GEMM with a tiny inner dimension. Extra memory:
 ``threads * OW * (K floats + 2 pointers)`` and, for the weight gradient (taken when
 ``need_dx=False``), ``threads * Kpad * C_out`` floats of accumulators.
 
+:func:`conv2d_max_pool2d` (a convolution, optional ReLU and max pool in one call) writes
+only the pooled output when the pool is 2x2 with stride 2 and no padding and the
+convolution takes the Winograd route (one 2x2 tile per pool window; the tiles the pool drops
+are not computed) or the direct route (two output rows at a time in a per-thread buffer of
+``2 * OW * C_out`` floats); otherwise it runs :func:`conv2d` then :func:`max_pool2d`.
+
 A depthwise convolution (``groups == C_in > 1``, each input channel ``c`` convolved with its own
 ``m = C_out / C_in`` filters into output channels ``c*m .. c*m + m - 1``) with at least
 ``DEPTHWISE_MIN_CHANNELS`` channels and ``DEPTHWISE_MIN_OUTPUTS`` outputs takes the
@@ -122,7 +128,7 @@ __all__ = [
     "conv_output_size", "normalize_pair", "normalize_padding", "relu_backward",
     "conv2d_transpose", "conv2d_transpose_backward", "conv_transpose_output_size",
     "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
-    "normalize_pads", "matmul", "relu",
+    "normalize_pads", "matmul", "relu", "conv2d_max_pool2d",
 ]
 # Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions;
 # adam_update, the compiled kernel of cconv.optim's Adam (an optimizer step, not an op).
@@ -1076,11 +1082,8 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
         _run(nt, 0, _core.direct_forward, x, w.reshape(K, cout), b, y, k[0], k[1], s[0], s[1],
              pads[0][0], pads[1][0], d[0], d[1])
     elif route == _WINOGRAD:
-        if N * ((OH + 1) // 2) * ((OW + 1) // 2) <= FILTER_CACHE_MAX_TILES:
-            U, work = _winograd_filter_cached(w), _scratch(workspace, x.dtype, (nt, scratch))[0]
-        else:
-            U, work = _scratch(workspace, x.dtype, (16, C, cout), (nt, scratch))
-            U = _winograd_filter(w, U)
+        U, work = _winograd_operands(w, N * ((OH + 1) // 2) * ((OW + 1) // 2), nt, scratch,
+                                     workspace)
         _run(nt, tile * C * cout, _core.winograd_forward, x, U, b, y,
              work, pads[0][0], pads[1][0], tile)
     else:
@@ -1089,6 +1092,115 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
         work = None if small else _scratch(workspace, x.dtype, (nt, scratch))[0]
         _run(nt, tile * K * (cout // groups), _core.conv2d_forward, x, w, b, y, work, k[0],
              k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], groups, tile)
+    return y
+
+
+def _winograd_operands(w, tiles, nt, scratch, workspace):
+    """(U, work) of a Winograd forward call of ``tiles`` 2x2 tiles: the transformed
+    filter (from _FILTERS for small calls) and the threads' scratch (nt, scratch)."""
+    if tiles <= FILTER_CACHE_MAX_TILES:
+        return _winograd_filter_cached(w), _scratch(workspace, w.dtype, (nt, scratch))[0]
+    U, work = _scratch(workspace, w.dtype, (16, w.shape[2], w.shape[3]), (nt, scratch))
+    return _winograd_filter(w, U), work
+
+
+def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
+                      stride: _IntOrPair = 1, padding: _Padding = 0, dilation: _IntOrPair = 1,
+                      groups: int = 1, *, pool_size: _IntOrPair = 2,
+                      pool_stride: _IntOrPair | None = None, pool_padding: _Padding = 0,
+                      relu: bool = False, out: NDArray[Any] | None = None,
+                      workspace: Workspace | None = None) -> _FloatArray:
+    """Convolution, optional ReLU, then max pooling, in one call: the inference forward of
+    a convolution layer followed by a max-pool layer.
+
+    The result is ``max_pool2d(conv2d(x, w, b, ...), pool_size, pool_stride,
+    pool_padding)[0]`` (with ``relu``, of ``relu(conv2d(...))``), bit for bit, NaN
+    included. When the pool is 2x2 with stride 2 and no padding and the convolution takes
+    the Winograd or the direct route (see the module docstring), the kernels write the
+    pooled output directly and the convolution's output (4x larger) never goes to memory:
+    the Winograd route computes one 2x2 output tile per pool window (the tiles of the last
+    row/column of an odd-sized output, which the pool drops, are not computed at all), the
+    direct route two output rows at a time into a per-thread buffer of ``2 * OW * C_out``
+    floats. Other calls run :func:`conv2d` then :func:`max_pool2d` (and :func:`relu`).
+    No argmax is kept: for training, use those functions.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, H, W, C_in), dtype float32 or float64
+    w : ndarray of shape (KH, KW, C_in // groups, C_out), same dtype
+    b : ndarray of shape (C_out,) or None
+    stride, dilation : int or pair
+        Of the convolution.
+    padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+        Of the convolution.
+    groups : int
+        As in :func:`conv2d`.
+    pool_size : int or pair
+    pool_stride : int, pair or None
+        Defaults to ``pool_size``.
+    pool_padding : int, pair, ((top, bottom), (left, right)), "valid" or "same"
+        As in :func:`max_pool2d`.
+    relu : bool
+        Apply ReLU (``max(., 0)``, a NaN kept) to the convolution's output first. ReLU and
+        max commute, so it is applied to the (smaller) pooled output, with the same result.
+    out : ndarray of shape (N, PH, PW, C_out) or None
+        Where to write the result (see the module docstring).
+    workspace : Workspace or None
+        Scratch memory to reuse from call to call (see :class:`Workspace`).
+
+    Returns
+    -------
+    y : ndarray of shape (N, PH, PW, C_out), dtype of x
+        ``(PH, PW)``: the pooled size of the convolution's ``(OH, OW)`` output (for the
+        2x2 stride-2 pool, ``(OH // 2, OW // 2)``).
+
+    Raises
+    ------
+    TypeError
+        Non-float arrays, arrays of different dtypes, ``relu`` not a bool, ``workspace`` not
+        a :class:`Workspace`.
+    ValueError
+        What :func:`conv2d` and :func:`max_pool2d` refuse (shapes, channels, geometry, a
+        pool window larger than the convolution's output), ``out`` of the wrong shape.
+
+    Notes
+    -----
+    Extra memory besides ``y``: that of :func:`conv2d`'s route on the fused path (no
+    convolution output); on the other path, the convolution's output and the pool's argmax.
+    """
+    x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
+    _check_workspace(workspace)
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    N, _, _, C = x.shape
+    cout = w.shape[3]
+    b = _check_bias(b, x, w, cout)
+    conv_shape = (N, OH, OW, cout)
+    try:
+        pk, ps, ppads, (PH, PW) = _memo(_pool_geometry, (conv_shape,), pool_size, pool_stride,
+                                        pool_padding)
+    except ValueError as e:
+        raise ValueError(f"the max pool (pool_size, pool_stride, pool_padding) of the "
+                         f"convolution's output of shape {conv_shape}: {e}") from None
+    y = _output(out, "out", (N, PH, PW, cout), x.dtype, (x, w, b))
+    if N == 0:
+        return y
+    if pk == (2, 2) and ps == (2, 2) and ppads == ((0, 0), (0, 0)):
+        route, nt, _, tile, _, scratch, K, _ = _plan(x.shape, k, cout, s, pads, d, groups,
+                                                     x.itemsize, False, False)
+        if route == _DIRECT:
+            _run(nt, 0, _core.direct_forward_pool, x, w.reshape(K, cout), b, y, OH, OW, k[0],
+                 k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], bool(relu))
+            return y
+        if route == _WINOGRAD:
+            U, work = _winograd_operands(w, N * PH * PW, nt, scratch, workspace)
+            _run(nt, tile * C * cout, _core.winograd_forward_pool, x, U, b, y, work, OH, OW,
+                 pads[0][0], pads[1][0], tile, bool(relu))
+            return y
+    z = conv2d(x, w, b, s, pads, d, groups, workspace=workspace)
+    max_pool2d(z, pk, ps, ppads, out=(y, _alloc(y.shape, _argmax_dtype(conv_shape))))
+    if relu:
+        _core.relu_forward(y.reshape(-1), y.reshape(-1), _threads(y.size, y.size))
     return y
 
 

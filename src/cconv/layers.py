@@ -1105,12 +1105,22 @@ class _Conv(_WithActivation):
     def inference_fusion(self, following):
         """Convolution, ReLU, max pooling: the pool runs on the convolution's output and
         the ReLU on the (smaller) pooled one: max and ReLU commute exactly (ReLU never
-        decreases, and a NaN wins both), so the result is the same."""
+        decreases, and a NaN wins both), so the result is the same. A :class:`Conv2D`
+        with ReLU or no activation goes through :func:`cconv.functional.conv2d_max_pool2d`,
+        whose kernels write the pooled output directly (for a 2x2 stride-2 unpadded pool on
+        the Winograd and direct routes)."""
+        fused = self._pool_fusion(following)
+        if fused is not None:
+            return fused
         if type(following) is MaxPool2D and type(self.activation) is ReLU:
             def conv_pool_relu(x):
                 y = following.infer(self.infer(x, apply_activation=False))
                 return self.activation._apply(y, y)
             return conv_pool_relu
+        return None
+
+    def _pool_fusion(self, following):
+        """The inference fusion with a following max pool, or None (Conv2D's own)."""
         return None
 
     def training_fusion(self, following):
@@ -1224,6 +1234,25 @@ class Conv2D(_Conv):
     def _conv_backward(self, dz, x):
         return F.conv2d_backward(dz, x, self.params["kernel"], self.stride, self.padding,
                                  self.dilation, self.groups, need_dx=self.need_input_grad)
+
+    def _pool_fusion(self, following):
+        """``following.infer(self.infer(x))`` by conv2d_max_pool2d when ``following`` is a
+        max pool and the activation ReLU or none; else None."""
+        if not (type(following) is MaxPool2D
+                and (self.activation is None or type(self.activation) is ReLU)):
+            return None
+        relu = self.activation is not None
+
+        def conv_max_pool(x):
+            if self._infer_workspace is None:
+                self._infer_workspace = F.Workspace()
+            return F.conv2d_max_pool2d(x, self.params["kernel"], self.params.get("bias"),
+                                       self.stride, self.padding, self.dilation, self.groups,
+                                       pool_size=following.pool_size,
+                                       pool_stride=following.stride,
+                                       pool_padding=following.padding, relu=relu,
+                                       workspace=self._infer_workspace)
+        return conv_max_pool
 
 
 class Conv2DTranspose(_Conv):

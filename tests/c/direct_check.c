@@ -2,7 +2,9 @@
  * built by tests/test_isa_suites.py natively (the AVX-512 and AVX2 kernels, levels 2 and 1)
  * and, where a cross compiler and qemu-user are installed, for aarch64 (the NEON kernels,
  * which no other test reaches on an x86 machine). Exit status 0 when every output, weight
- * gradient and bias gradient is within 1e-3 of the double-precision sums. */
+ * gradient and bias gradient is within 1e-3 of the double-precision sums, and the 2x2 max
+ * pool of each pair of output rows (cconv_direct_pool_rows, with and without ReLU) is the
+ * maximum of its four outputs exactly. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +18,7 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
     g.cout = cout; g.K = KH * KW * C; g.Kpad = (g.K + 7) / 8 * 8;
     float *x = malloc(sizeof(float) * H * W * C), *w = malloc(sizeof(float) * g.K * cout);
     float *b = malloc(sizeof(float) * cout), *y = malloc(sizeof(float) * g.OW * cout);
+    float *prev = malloc(sizeof(float) * g.OW * cout), *pooled = malloc(sizeof(float) * g.OW * cout);
     float *dy = malloc(sizeof(float) * g.OW * cout), *patch = malloc(sizeof(float) * g.OW * g.K);
     float *dw = calloc(g.Kpad * cout, sizeof(float)), *db = calloc(cout, sizeof(float));
     double *rw = calloc(g.K * cout, sizeof(double)), *rb = calloc(cout, sizeof(double));
@@ -46,10 +49,22 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
                         }
                 err = fmax(err, fabs(sum - y[ow * cout + o]));
             }
+        if (oh % 2) {                  /* rows oh - 1 (prev) and oh: their pool */
+            int relu = oh % 4 == 1;
+            cconv_direct_pool_rows(prev, y, pooled, g.OW / 2, cout, relu);
+            for (ptrdiff_t pw = 0; pw < g.OW / 2; pw++)
+                for (ptrdiff_t o = 0; o < cout; o++) {
+                    ptrdiff_t i = 2 * pw * cout + o;
+                    float m = fmaxf(fmaxf(prev[i], prev[i + cout]), fmaxf(y[i], y[i + cout]));
+                    if (relu && m < 0) m = 0;
+                    if (pooled[pw * cout + o] != m) err = 1;
+                }
+        }
+        for (ptrdiff_t i = 0; i < g.OW * cout; i++) prev[i] = y[i];
     }
     for (ptrdiff_t i = 0; i < g.K * cout; i++) err = fmax(err, fabs(rw[i] - dw[i]));
     for (ptrdiff_t i = 0; i < cout; i++) err = fmax(err, fabs(rb[i] - db[i]));
-    free(x); free(w); free(b); free(y); free(dy); free(patch); free(dw); free(db); free(rw);
+    free(x); free(w); free(b); free(y); free(prev); free(pooled); free(dy); free(patch); free(dw); free(db); free(rw);
     free(rb); free(off); free(base); free(po);
     if (err > 1e-3)
         printf("level %d H %td W %td C %td k %tdx%td s %td p %td cout %td: error %g\n",
