@@ -526,7 +526,9 @@ def test_conv_pool_network_predict_matches_torch(dtype, threads, monkeypatch):
     """predict of a conv + (ReLU or linear) + 2x2 max pool stack against PyTorch's forward:
     the inference fusion takes the fused kernels (the direct one for the float32 RGB layer,
     the pooled Winograd tiles for the 16- and 20-channel ones), on odd sizes (the last row
-    or column dropped by the pool), batches of 1 and 5, 1 and 2 threads."""
+    or column dropped by the pool), batches of 1 and 5, 1 and 2 threads; and the training
+    forward (the ReLU pairs through the same kernels with the pool's argmax) and every
+    gradient against PyTorch's autograd."""
     import cconv
     from cconv._testing import forced, kernels_run
     monkeypatch.setattr(cconv.model, "INFERENCE_SERIAL_MAX", 0)     # batch 1 threaded too
@@ -549,9 +551,25 @@ def test_conv_pool_network_predict_matches_torch(dtype, threads, monkeypatch):
         assert ran["winograd_forward_pool"].team == threads
         if dtype == np.float32 and cconv._testing.simd_max() >= 1:
             assert "direct_forward_pool" in ran, sorted(ran)
-        with torch.no_grad():
-            h = TF.max_pool2d(TF.relu(TF.conv2d(nchw(x), k1.permute(3, 2, 0, 1), b1, padding=1)), 2)
-            h = TF.max_pool2d(TF.conv2d(h, k2.permute(3, 2, 0, 1), b2), 2)
-            h = TF.max_pool2d(TF.relu(TF.conv2d(h, k3.permute(3, 2, 0, 1), b3, padding=1)), 2)
-            want = h.permute(0, 2, 3, 1).reshape(n, -1) @ w4 + b4
-        np.testing.assert_allclose(got, want.numpy(), **TOL[dtype])
+        # the training forward (Conv2D.training_fusion: the same kernels with the argmax) and
+        # every gradient
+        with forced(threads=threads):
+            train = model.forward(x, training=True)
+            ran = kernels_run()
+            dy = rand(train.shape, dtype, seed=7)
+            dx = model.backward(dy, input_grad=True)
+        assert "winograd_forward_pool" in ran, sorted(ran)
+        params = [t.clone().requires_grad_() for t in (k1, b1, k2, b2, k3, b3, w4, b4)]
+        xt = nchw(x)
+        h = TF.max_pool2d(TF.relu(TF.conv2d(xt, params[0].permute(3, 2, 0, 1), params[1],
+                                            padding=1)), 2)
+        h = TF.max_pool2d(TF.conv2d(h, params[2].permute(3, 2, 0, 1), params[3]), 2)
+        h = TF.max_pool2d(TF.relu(TF.conv2d(h, params[4].permute(3, 2, 0, 1), params[5],
+                                            padding=1)), 2)
+        want = h.permute(0, 2, 3, 1).reshape(n, -1) @ params[6] + params[7]
+        np.testing.assert_allclose(got, want.detach().numpy(), **TOL[dtype])
+        np.testing.assert_allclose(train, want.detach().numpy(), **TOL[dtype])
+        (want * torch.tensor(dy)).sum().backward()
+        np.testing.assert_allclose(dx, to_nhwc(xt.grad), **TOL[dtype])
+        for (name, _, g), p in zip(model.parameters(), params):
+            np.testing.assert_allclose(g, p.grad.numpy(), **TOL[dtype], err_msg=name)

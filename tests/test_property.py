@@ -305,16 +305,21 @@ def test_conv2d_max_pool2d_matches_reference(route, data_):
             else dict(pool_size=1, pool_stride=data_.draw(st.sampled_from([None, 1]))))
     if nan:
         x.reshape(-1)[data_.draw(st.integers(0, x.size - 1))] = np.nan
+    with_arg = data_.draw(st.booleans())
     with forced(threads=cfg["threads"], conv=route, block_bytes=_blocks(cfg)):
-        y = F.conv2d_max_pool2d(x, w, b, **cfg["kw"], **pool, relu=relu)
+        y = F.conv2d_max_pool2d(x, w, b, **cfg["kw"], **pool, relu=relu, return_argmax=with_arg)
         ran = kernels_run()
         z = F.conv2d(x, w, b, **cfg["kw"])
-        if relu:
-            z = F.relu(z)
-        want = F.max_pool2d(z, pool["pool_size"], pool.get("pool_stride"))[0]
+        want, want_arg = F.max_pool2d(F.relu(z) if relu else z, pool["pool_size"],
+                                      pool.get("pool_stride"))
+        if with_arg:       # the argmax of the pool before the ReLU (max_pool2d's format)
+            y, arg = y
+            want_arg = F.max_pool2d(z, pool["pool_size"], pool.get("pool_stride"))[1]
     if route in ("winograd", "direct") and pool["pool_size"] == 2:
         assert f"{route}_forward_pool" in ran, sorted(ran)
     assert_fused_equal(y, want, ran, oh, ow)
+    if with_arg and not ("winograd_forward_pool" in ran and (oh % 2 or ow % 2)):
+        np.testing.assert_array_equal(arg, want_arg)
     if not nan:
         assert_close(y, R.conv2d_max_pool2d(x, w, b, **cfg["kw"], **pool, relu=relu), cfg["dtype"])
 

@@ -467,14 +467,21 @@ def test_conv2d_max_pool2d_is_the_unfused_chain(route, cap, level, dtypes, couts
                 nan[-1, -1, 0, 0] = np.nan
                 for xin in (x, nan):
                     with forced(threads=threads, conv=route, pool=cap):
-                        y = F.conv2d_max_pool2d(xin, w, b, padding=padding, relu=relu)
+                        y, arg = F.conv2d_max_pool2d(xin, w, b, padding=padding, relu=relu,
+                                                     return_argmax=True)
                         ran = kernels_run()
+                        y1 = F.conv2d_max_pool2d(xin, w, b, padding=padding, relu=relu)
                         z = F.conv2d(xin, w, b, padding=padding)
-                        want = F.max_pool2d(F.relu(z) if relu else z, 2)[0]
+                        want, want_arg = F.max_pool2d(z, 2)
+                        if relu:
+                            want = F.relu(want)
+                    np.testing.assert_array_equal(y.view(np.uint8), y1.view(np.uint8))
                     what = f"{route} {np.dtype(dtype).name} C_out {cout} {(n, h, wd)} {padding}"
                     assert f"{route}_forward_pool" in ran, (what, sorted(ran))
                     assert ran[f"{route}_forward_pool"].team == threads, (what, ran)
                     assert_fused_equal(y, want, ran, *z.shape[1:3])
+                    if not (route == "winograd" and (z.shape[1] % 2 or z.shape[2] % 2)):
+                        np.testing.assert_array_equal(arg, want_arg, err_msg=what)
                     if xin is x:
                         assert_close(y, R.conv2d_max_pool2d(x, w, b, padding=padding, relu=relu),
                                      dtype)

@@ -64,9 +64,10 @@ cdef int direct_forward(const cconv_geom *g, const float *x, const float *w, con
                         float *y, char *scratch, int num_threads) noexcept nogil
 # y (OUT, (N, OH // 2, OW // 2, Cout)) = the 2x2 stride-2 max pool of conv(x, w) + b, then
 # ReLU if relu; the full output is never stored (two rows at a time in a thread's scratch).
+# argmax (OUT, y's shape, or NULL): the pool's, flat indices h * OW + w of the output plane.
 # scratch: NULL (allocated here).
 cdef int direct_forward_pool(const cconv_geom *g, const float *x, const float *w,
-                             const float *b, float *y, bint relu, char *scratch,
+                             const float *b, float *y, int *argmax, bint relu, char *scratch,
                              int num_threads) noexcept nogil
 # dw_work (OUT, nslots x (Kpad, Cout)), db_work (OUT, nslots x Cout): per-slot sums, zeroed
 # here; rows K..Kpad-1 of each dw slot are scratch.
@@ -89,11 +90,12 @@ cdef int winograd_forward(const cconv_geom *g, const floating *x, const floating
 # pool 1 (2 with ReLU): y (OUT, (N, OH // 2, OW // 2, Cout)) = the 2x2 stride-2 max pool of
 # winograd_forward's output, then ReLU: one F(2x2, 3x3) tile per pool window, the
 # pooled-away tiles skipped; the same bits as winograd_forward followed by the max pool
-# (and ReLU). pool 0: winograd_forward.
+# (and ReLU). argmax (OUT, y's shape, or NULL; with pool only): the pool's, flat indices
+# h * OW + w of the output plane. pool 0: winograd_forward.
 cdef int winograd_forward_pool(const cconv_geom *g, const floating *x, const floating *U,
-                               const floating *b, floating *y, int pool, floating *work,
-                               Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
-                               int num_threads) noexcept nogil
+                               const floating *b, floating *y, int *argmax, int pool,
+                               floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
+                               Py_ssize_t tb, int num_threads) noexcept nogil
 # dU_work (OUT, nslots x (16, C, Cout)), db_work (OUT, nslots x Cout): per-slot sums;
 # dx (OUT or NULL); all zeroed here, chunk by chunk of images.
 cdef int winograd_backward(const cconv_geom *g, const floating *dy, const floating *x,

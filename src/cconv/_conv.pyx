@@ -381,7 +381,8 @@ cdef extern from "_conv_direct.h":
                           const float **base, const Py_ssize_t **po) noexcept nogil
     int cconv_direct_available(int level) noexcept nogil
     void cconv_direct_pool_rows(const float *r0, const float *r1, float *y, Py_ssize_t PW,
-                                Py_ssize_t cout, int relu) noexcept nogil
+                                Py_ssize_t cout, int relu, int *a, Py_ssize_t h0,
+                                Py_ssize_t OW) noexcept nogil
     void cconv_direct_fwd_row(int level, const cconv_dgeom *g, const float **base,
                               const Py_ssize_t **po, const float *w, const float *b,
                               float *y) noexcept nogil
@@ -428,7 +429,8 @@ cdef int direct_check(const cconv_geom *g, int num_threads) noexcept nogil:
 
 cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, const float *bp,
                     float *yp, const float *dyp, float *dwp, float *dbp, Py_ssize_t nslots,
-                    char *scratch, int num_threads, int pool=0) noexcept nogil:
+                    char *scratch, int num_threads, int pool=0,
+                    int *argmax=NULL) noexcept nogil:
     """The parallel loop over output rows (n, oh) of both direct kernels: the forward pass
     when yp is set, else the dW/db accumulation.
 
@@ -483,7 +485,9 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
                                          <float *> (mine + 2 * g.OW * sizeof(void *)), base, po)
                         cconv_direct_fwd_row(level, g, base, po, wp, bp, pair + r * g.OW * g.cout)
                     cconv_direct_pool_rows(pair, pair + g.OW * g.cout, yp + row * PW * g.cout,
-                                           PW, g.cout, pool == 2)
+                                           PW, g.cout, pool == 2,
+                                           argmax + row * PW * g.cout if argmax != NULL else NULL,
+                                           2 * (row - n * PH), geom.OW)
                     continue
                 n = row // g.OH
                 cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
@@ -512,7 +516,7 @@ cdef int direct_forward(const cconv_geom *g, const float *x, const float *w, con
 
 
 cdef int direct_forward_pool(const cconv_geom *g, const float *x, const float *w,
-                             const float *b, float *y, bint relu, char *scratch,
+                             const float *b, float *y, int *argmax, bint relu, char *scratch,
                              int num_threads) noexcept nogil:
     cdef int err = direct_check(g, num_threads)
     if err:
@@ -523,7 +527,7 @@ cdef int direct_forward_pool(const cconv_geom *g, const float *x, const float *w
     if rows == 0 or g.OW < 2:
         return 0
     return direct_run(g, x, w, b, y, NULL, NULL, NULL, min(rows, 16 * num_threads), scratch,
-                      num_threads, 2 if relu else 1)
+                      num_threads, 2 if relu else 1, argmax)
 
 
 cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const float *x,
@@ -561,10 +565,12 @@ cdef extern from "_winograd.h":
                           Py_ssize_t oh0, Py_ssize_t ow0, double *sink) noexcept nogil
     void cconv_wino_out_pool_f(const float *M, Py_ssize_t ldm, float *y, const float *bias,
                                Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t Co, Py_ssize_t n,
-                               Py_ssize_t ph, Py_ssize_t pw, int relu) noexcept nogil
+                               Py_ssize_t ph, Py_ssize_t pw, int relu, int *a,
+                               Py_ssize_t OW) noexcept nogil
     void cconv_wino_out_pool_d(const double *M, Py_ssize_t ldm, double *y, const double *bias,
                                Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t Co, Py_ssize_t n,
-                               Py_ssize_t ph, Py_ssize_t pw, int relu) noexcept nogil
+                               Py_ssize_t ph, Py_ssize_t pw, int relu, int *a,
+                               Py_ssize_t OW) noexcept nogil
     void cconv_wino_dy_f(const float *dy, float *Yh, Py_ssize_t ldy, Py_ssize_t OH, Py_ssize_t OW,
                          Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
                          const float *zero, float *db) noexcept nogil
@@ -592,6 +598,7 @@ ctypedef struct WinoGeom:
     Py_ssize_t TW, TT            # tiles per output row, per image
     Py_ssize_t pt, pl, TB        # top/left padding, tiles per block
     int pool                     # 0: y is the output; 1: its 2x2 max pool; 2: pool + ReLU
+    int *argmax                  # with pool: the pool's argmax (int32), or NULL
 
 
 cdef WinoGeom wino_geom(const cconv_geom *g, Py_ssize_t TB, int pool) noexcept nogil:
@@ -603,6 +610,7 @@ cdef WinoGeom wino_geom(const cconv_geom *g, Py_ssize_t TB, int pool) noexcept n
     w.TT = (g.OH // 2 if pool else (g.OH + 1) // 2) * w.TW
     w.pt = g.pt; w.pl = g.pl; w.TB = TB
     w.pool = pool
+    w.argmax = NULL
     return w
 
 
@@ -642,10 +650,12 @@ cdef void wino_output_block(const floating *M, floating *y, const floating *bias
         if g.pool:
             if floating is float:
                 cconv_wino_out_pool_f(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH // 2,
-                                      g.OW // 2, g.Cout, n, oh0 // 2, ow0 // 2, g.pool == 2)
+                                      g.OW // 2, g.Cout, n, oh0 // 2, ow0 // 2, g.pool == 2,
+                                      g.argmax, g.OW)
             else:
                 cconv_wino_out_pool_d(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH // 2,
-                                      g.OW // 2, g.Cout, n, oh0 // 2, ow0 // 2, g.pool == 2)
+                                      g.OW // 2, g.Cout, n, oh0 // 2, ow0 // 2, g.pool == 2,
+                                      g.argmax, g.OW)
         elif floating is float:
             cconv_wino_out_f(M + (t - t0) * g.Cout, g.TB * g.Cout, y, bias, g.OH, g.OW, g.Cout,
                              n, oh0, ow0, sink)
@@ -749,21 +759,22 @@ cdef int wino_check(const cconv_geom *g, const void *work, Py_ssize_t work_rows,
 cdef int winograd_forward(const cconv_geom *geom, const floating *x, const floating *U,
                           const floating *b, floating *y, floating *work, Py_ssize_t work_rows,
                           Py_ssize_t work_stride, Py_ssize_t tb, int num_threads) noexcept nogil:
-    return winograd_forward_pool(geom, x, U, b, y, 0, work, work_rows, work_stride, tb,
+    return winograd_forward_pool(geom, x, U, b, y, NULL, 0, work, work_rows, work_stride, tb,
                                  num_threads)
 
 
 cdef int winograd_forward_pool(const cconv_geom *geom, const floating *x, const floating *U,
-                               const floating *b, floating *y, int pool, floating *work,
-                               Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
-                               int num_threads) noexcept nogil:
+                               const floating *b, floating *y, int *argmax, int pool,
+                               floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
+                               Py_ssize_t tb, int num_threads) noexcept nogil:
     # Per block of tb tiles: transform the inputs (V), 16 GEMMs M_k = V_k U_k, transform the
     # outputs (pool: into the 2x2 max pool of the output, see wino_geom). Blocks are handed
     # out dynamically; a block's result does not depend on which thread computes it.
     cdef int err = wino_check(geom, work, work_rows, work_stride, tb, num_threads)
     if err:
         return err
-    if pool < 0 or pool > 2 or (geom.N and (x == NULL or U == NULL or y == NULL)):
+    if (pool < 0 or pool > 2 or (argmax != NULL and not pool)
+            or (geom.N and (x == NULL or U == NULL or y == NULL))):
         return CCONV_ERR_VALUE
     if geom.N == 0:
         return 0
@@ -771,6 +782,7 @@ cdef int winograd_forward_pool(const cconv_geom *geom, const floating *x, const 
     if err:
         return err
     cdef WinoGeom g = wino_geom(geom, tb, pool)
+    g.argmax = argmax
     cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
     cdef Py_ssize_t ntiles = g.N * g.TT
     cdef Py_ssize_t nblocks = (ntiles + TB - 1) // TB

@@ -83,10 +83,34 @@ static void cconv_direct_row(const cconv_dgeom *g, const float *x, ptrdiff_t n, 
    into the pooled row y (PW x cout), + ReLU if relu: the fused convolution -> max pool of
    conv2d_max_pool2d. The window is scanned in row-major order as the max pool does (a
    greater value or a NaN takes the place), so the result is the unfused one bit for bit
-   (ReLU commutes with max). Plain loops over the channels, vectorised by the compiler. */
+   (ReLU commutes with max). With a (not NULL): the pool's argmax too, a[pw * cout + o] =
+   the winner's flat index h * OW + w in the output plane, r0 being row h0 of it. Plain loops
+   over the channels, vectorised by the compiler. */
 CCONV_MULTIVERSION static void cconv_direct_pool_rows(
         const float *__restrict r0, const float *__restrict r1, float *__restrict y,
-        ptrdiff_t PW, ptrdiff_t cout, int relu) {
+        ptrdiff_t PW, ptrdiff_t cout, int relu, int *__restrict a, ptrdiff_t h0,
+        ptrdiff_t OW) {
+    if (a) {
+        for (ptrdiff_t pw = 0; pw < PW; pw++) {
+            const float *p = r0 + 2 * pw * cout, *c = r1 + 2 * pw * cout;
+            float *yo = y + pw * cout;
+            int *ao = a + pw * cout, i0 = (int)(h0 * OW + 2 * pw), i2 = (int)(i0 + OW);
+            for (ptrdiff_t o = 0; o < cout; o++) {
+                float best = p[o], v = p[cout + o];
+                int arg = i0, take = (v > best) | (v != v);
+                best = take ? v : best; arg = take ? i0 + 1 : arg;
+                v = c[o];
+                take = (v > best) | (v != v);
+                best = take ? v : best; arg = take ? i2 : arg;
+                v = c[cout + o];
+                take = (v > best) | (v != v);
+                best = take ? v : best; arg = take ? i2 + 1 : arg;
+                yo[o] = relu && best <= 0.0f ? 0.0f : best;
+                ao[o] = arg;
+            }
+        }
+        return;
+    }
     for (ptrdiff_t pw = 0; pw < PW; pw++) {
         const float *a = r0 + 2 * pw * cout, *c = r1 + 2 * pw * cout;
         float *yo = y + pw * cout;

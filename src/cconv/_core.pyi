@@ -190,6 +190,7 @@ def winograd_forward_pool(
     U: NDArray[_F],
     bias: NDArray[_F] | None,
     y: NDArray[_F],  # OUT (N, OH // 2, OW // 2, Cout)
+    argmax: NDArray[np.int32] | None,  # OUT, y's shape
     work: NDArray[_F],  # scratch
     OH: int,
     OW: int,
@@ -256,6 +257,7 @@ def direct_forward_pool(
     w: NDArray[np.float32],
     bias: NDArray[np.float32] | None,
     y: NDArray[np.float32],  # OUT (N, OH // 2, OW // 2, Cout)
+    argmax: NDArray[np.int32] | None,  # OUT, y's shape
     OH: int,
     OW: int,
     KH: int,

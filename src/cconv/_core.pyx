@@ -584,26 +584,30 @@ def direct_forward(x, w, bias, y,                     # y: OUT (N, OH, OW, Cout)
     check(err, where)
 
 
-def direct_forward_pool(x, w, bias, y,                # y: OUT (N, OH // 2, OW // 2, Cout)
+def direct_forward_pool(x, w, bias, y, argmax,        # y, argmax: OUT (N, OH // 2, OW // 2, Cout)
                         Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                         Py_ssize_t dh, Py_ssize_t dw, bint relu, int num_threads):
     """The 2x2 stride-2 max pool of direct_forward's (OH, OW) output, then ReLU if
-    ``relu``, without storing that output: two rows at a time in a thread's scratch."""
+    ``relu``, without storing that output: two rows at a time in a thread's scratch.
+    ``argmax``: None, or int32 for the pool's (max_pool2d's format)."""
     cdef str where = "direct_forward_pool"
     cdef char *xp = data(x, F32, 4, False, where, "x")
     cdef char *wp = data(w, F32, 2, False, where, "w")
     cdef char *bp = bias_data(bias, F32, where)
     cdef char *yp = data(y, F32, 4, True, where, "y")
+    cdef char *ap = NULL if argmax is None else data(argmax, I32, 4, True, where, "argmax")
     cdef cconv_geom g = geometry(x, KH, KW, OH, OW, dim(y, 3), sh, sw, pt, pl, dh, dw, 1)
     expect(y, where, "y", g.N, g.OH // 2, g.OW // 2, g.Cout)
+    if argmax is not None:
+        expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
     expect(w, where, "w", KH * KW * g.C, g.Cout)
     if bias is not None:
         expect(bias, where, "bias", g.Cout)
     cdef int err
     with nogil:
         err = _conv.direct_forward_pool(&g, <float *> xp, <float *> wp, <float *> bp,
-                                        <float *> yp, relu, NULL, num_threads)
+                                        <float *> yp, <int *> ap, relu, NULL, num_threads)
     check(err, where)
 
 
@@ -677,30 +681,34 @@ def winograd_forward(x, U, bias, y, work,             # y: OUT (N, OH, OW, Cout)
                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, int num_threads):
     """y = conv3x3(x, w) + b, stride 1, by Winograd F(2x2, 3x3) in blocks of TB tiles;
     U (16, C, Cout) = G w G^T, work (threads, scratch)."""
-    wino_forward("winograd_forward", x, U, bias, y, work, dim(y, 1), dim(y, 2), pt, pl, TB,
-                 0, num_threads)
+    wino_forward("winograd_forward", x, U, bias, y, None, work, dim(y, 1), dim(y, 2), pt, pl,
+                 TB, 0, num_threads)
 
 
-def winograd_forward_pool(x, U, bias, y, work,       # y: OUT (N, OH // 2, OW // 2, Cout)
+def winograd_forward_pool(x, U, bias, y, argmax, work,  # y, argmax: OUT (N, OH//2, OW//2, Cout)
                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t pt, Py_ssize_t pl,
                           Py_ssize_t TB, bint relu, int num_threads):
     """The 2x2 stride-2 max pool of winograd_forward's (OH, OW) output, then ReLU if
-    ``relu``: one tile per pool window, the output itself never stored."""
-    wino_forward("winograd_forward_pool", x, U, bias, y, work, OH, OW, pt, pl, TB,
+    ``relu``: one tile per pool window, the output itself never stored. ``argmax``: None,
+    or int32 for the pool's (max_pool2d's format)."""
+    wino_forward("winograd_forward_pool", x, U, bias, y, argmax, work, OH, OW, pt, pl, TB,
                  2 if relu else 1, num_threads)
 
 
-cdef wino_forward(str where, x, U, bias, y, work, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t pt,
-                  Py_ssize_t pl, Py_ssize_t TB, int pool, int num_threads):
+cdef wino_forward(str where, x, U, bias, y, argmax, work, Py_ssize_t OH, Py_ssize_t OW,
+                  Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t TB, int pool, int num_threads):
     """winograd_forward (pool 0) or winograd_forward_pool (1, 2 with ReLU): y is the
-    (OH, OW) output or its pool (OH // 2, OW // 2)."""
+    (OH, OW) output or its pool (OH // 2, OW // 2), argmax None or the pool's."""
     cdef int t = dtype_of(x, where, "x")
     cdef char *xp = data(x, t, 4, False, where, "x")
     cdef char *up = data(U, t, 3, False, where, "U")
     cdef char *bp = bias_data(bias, t, where)
     cdef char *yp = data(y, t, 4, True, where, "y")
     cdef char *kp = data(work, t, 2, True, where, "work")
+    cdef char *ap = NULL if argmax is None else data(argmax, I32, 4, True, where, "argmax")
     cdef cconv_geom g = geometry(x, 3, 3, OH, OW, dim(y, 3), 1, 1, pt, pl, 1, 1, 1)
+    if argmax is not None:
+        expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
     if pool:
         expect(y, where, "y", g.N, g.OH // 2, g.OW // 2, g.Cout)
     else:
@@ -713,12 +721,12 @@ cdef wino_forward(str where, x, U, bias, y, work, Py_ssize_t OH, Py_ssize_t OW, 
     with nogil:
         if t == F32:
             err = _conv.winograd_forward_pool(&g, <float *> xp, <float *> up, <float *> bp,
-                                              <float *> yp, pool, <float *> kp, rows, stride,
-                                              TB, num_threads)
+                                              <float *> yp, <int *> ap, pool, <float *> kp,
+                                              rows, stride, TB, num_threads)
         else:
             err = _conv.winograd_forward_pool(&g, <double *> xp, <double *> up, <double *> bp,
-                                              <double *> yp, pool, <double *> kp, rows, stride,
-                                              TB, num_threads)
+                                              <double *> yp, <int *> ap, pool, <double *> kp,
+                                              rows, stride, TB, num_threads)
     check(err, where)
 
 

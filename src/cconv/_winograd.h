@@ -97,11 +97,38 @@ CCONV_MULTIVERSION static void cconv_wino_out_##S(                              
    greater value or a NaN takes the place: the last NaN wins), + bias[o], then max(., 0)    \
    if relu. Adding the bias after the max is exact (x -> x + b is monotone under            \
    rounding), and so is the ReLU (it commutes with max), so the result is the unfused       \
-   convolution -> ReLU -> max pool bit for bit. */                                          \
+   convolution -> ReLU -> max pool bit for bit. With a (not NULL): the pool's argmax too,    \
+   a[...] = the winner's flat index h * OW + w in the output plane; the bias is then added  \
+   to each output before the max, so that ties are those of the unfused pool. */            \
 CCONV_MULTIVERSION static void cconv_wino_out_pool_##S(                                \
         const T *M, ptrdiff_t ldm, T *y, const T *bias, ptrdiff_t PH, ptrdiff_t PW,         \
-        ptrdiff_t Co, ptrdiff_t n, ptrdiff_t ph, ptrdiff_t pw, int relu) {                  \
+        ptrdiff_t Co, ptrdiff_t n, ptrdiff_t ph, ptrdiff_t pw, int relu, int *a,            \
+        ptrdiff_t OW) {                                                                     \
     T *q = y + ((n * PH + ph) * PW + pw) * Co;                                              \
+    if (a) {                                                                                \
+        int *ao = a + ((n * PH + ph) * PW + pw) * Co;                                       \
+        int i0 = (int)(2 * ph * OW + 2 * pw), i2 = (int)(i0 + OW);                          \
+        CCONV_SIMD                                                                          \
+        for (ptrdiff_t o = 0; o < Co; o++) {                                                \
+            T t[2][4];                                                                      \
+            CCONV_WINO_AT_M(T, t, M, ldm, o)                                                \
+            T b = bias ? bias[o] : (T)0;                                                    \
+            T best = t[0][0] + t[0][1] + t[0][2] + b;                                       \
+            int arg = i0;                                                                   \
+            T v = t[0][1] - t[0][2] - t[0][3] + b;                                          \
+            int take = (v > best) | (v != v);                                               \
+            best = take ? v : best; arg = take ? i0 + 1 : arg;                              \
+            v = t[1][0] + t[1][1] + t[1][2] + b;                                            \
+            take = (v > best) | (v != v);                                                   \
+            best = take ? v : best; arg = take ? i2 : arg;                                  \
+            v = t[1][1] - t[1][2] - t[1][3] + b;                                            \
+            take = (v > best) | (v != v);                                                   \
+            best = take ? v : best; arg = take ? i2 + 1 : arg;                              \
+            q[o] = relu && best <= 0 ? (T)0 : best;                                         \
+            ao[o] = arg;                                                                    \
+        }                                                                                   \
+        return;                                                                             \
+    }                                                                                       \
     CCONV_SIMD                                                                              \
     for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
         T t[2][4];                                                                          \

@@ -1108,8 +1108,10 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
                       stride: _IntOrPair = 1, padding: _Padding = 0, dilation: _IntOrPair = 1,
                       groups: int = 1, *, pool_size: _IntOrPair = 2,
                       pool_stride: _IntOrPair | None = None, pool_padding: _Padding = 0,
-                      relu: bool = False, out: NDArray[Any] | None = None,
-                      workspace: Workspace | None = None) -> _FloatArray:
+                      relu: bool = False, return_argmax: bool = False,
+                      out: NDArray[Any] | tuple[NDArray[Any], NDArray[Any]] | None = None,
+                      workspace: Workspace | None = None,
+                      ) -> _FloatArray | tuple[_FloatArray, NDArray[np.signedinteger[Any]]]:
     """Convolution, optional ReLU, then max pooling, in one call: the inference forward of
     a convolution layer followed by a max-pool layer.
 
@@ -1122,7 +1124,9 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     row/column of an odd-sized output, which the pool drops, are not computed at all), the
     direct route two output rows at a time into a per-thread buffer of ``2 * OW * C_out``
     floats. Other calls run :func:`conv2d` then :func:`max_pool2d` (and :func:`relu`).
-    No argmax is kept: for training, use those functions.
+    With ``return_argmax`` the pool's argmax comes too, as :func:`max_pool2d` gives it
+    (for :func:`max_pool2d_backward` with the convolution's output shape): the training
+    forward of a convolution + max-pool pair.
 
     Parameters
     ----------
@@ -1143,8 +1147,12 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     relu : bool
         Apply ReLU (``max(., 0)``, a NaN kept) to the convolution's output first. ReLU and
         max commute, so it is applied to the (smaller) pooled output, with the same result.
-    out : ndarray of shape (N, PH, PW, C_out) or None
-        Where to write the result (see the module docstring).
+        (The argmax is that of the pool of the convolution's output before the ReLU: it
+        differs only in windows whose values are all <= 0, where the output is 0.)
+    return_argmax : bool
+        Also return the pool's argmax.
+    out : ndarray of shape (N, PH, PW, C_out), a tuple (y, argmax) with return_argmax, or None
+        Where to write the result(s) (see the module docstring).
     workspace : Workspace or None
         Scratch memory to reuse from call to call (see :class:`Workspace`).
 
@@ -1153,12 +1161,15 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     y : ndarray of shape (N, PH, PW, C_out), dtype of x
         ``(PH, PW)``: the pooled size of the convolution's ``(OH, OW)`` output (for the
         2x2 stride-2 pool, ``(OH // 2, OW // 2)``).
+    argmax : ndarray of int32 (int64 when OH * OW >= 2**31), shape of y
+        With ``return_argmax`` only: the flat index ``h * OW + w`` of each window's winner
+        in its plane of the convolution's output, as :func:`max_pool2d` gives it.
 
     Raises
     ------
     TypeError
         Non-float arrays, arrays of different dtypes, ``relu`` not a bool, ``workspace`` not
-        a :class:`Workspace`.
+        a :class:`Workspace`, ``return_argmax`` not a bool.
     ValueError
         What :func:`conv2d` and :func:`max_pool2d` refuse (shapes, channels, geometry, a
         pool window larger than the convolution's output), ``out`` of the wrong shape.
@@ -1170,8 +1181,9 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     """
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
     _check_workspace(workspace)
-    if not isinstance(relu, (bool, np.bool_)):
-        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    for name, flag in (("relu", relu), ("return_argmax", return_argmax)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     N, _, _, C = x.shape
     cout = w.shape[3]
     b = _check_bias(b, x, w, cout)
@@ -1182,26 +1194,36 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     except ValueError as e:
         raise ValueError(f"the max pool (pool_size, pool_stride, pool_padding) of the "
                          f"convolution's output of shape {conv_shape}: {e}") from None
-    y = _output(out, "out", (N, PH, PW, cout), x.dtype, (x, w, b))
+    shape = (N, PH, PW, cout)
+    index = _argmax_dtype(conv_shape)
+    if return_argmax:
+        out_y, out_arg = _outputs(out, ("y", "argmax"), 2)
+        if index is _INT32 and getattr(out_arg, "dtype", None) == _INT64:
+            index = _INT64                # int64 indices asked for: the unfused pool writes them
+        y = _output(out_y, "out[0]", shape, x.dtype, (x, w, b))
+        argmax = _output(out_arg, "out[1]", shape, index, (x, w, b))
+    else:
+        y, argmax = _output(out, "out", shape, x.dtype, (x, w, b)), None
+    result = (y, argmax) if return_argmax else y
     if N == 0:
-        return y
-    if pk == (2, 2) and ps == (2, 2) and ppads == ((0, 0), (0, 0)):
+        return result
+    if pk == (2, 2) and ps == (2, 2) and ppads == ((0, 0), (0, 0)) and index is _INT32:
         route, nt, _, tile, _, scratch, K, _ = _plan(x.shape, k, cout, s, pads, d, groups,
                                                      x.itemsize, False, False)
         if route == _DIRECT:
-            _run(nt, 0, _core.direct_forward_pool, x, w.reshape(K, cout), b, y, OH, OW, k[0],
-                 k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], bool(relu))
-            return y
+            _run(nt, 0, _core.direct_forward_pool, x, w.reshape(K, cout), b, y, argmax, OH, OW,
+                 k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], bool(relu))
+            return result
         if route == _WINOGRAD:
             U, work = _winograd_operands(w, N * PH * PW, nt, scratch, workspace)
-            _run(nt, tile * C * cout, _core.winograd_forward_pool, x, U, b, y, work, OH, OW,
-                 pads[0][0], pads[1][0], tile, bool(relu))
-            return y
+            _run(nt, tile * C * cout, _core.winograd_forward_pool, x, U, b, y, argmax, work, OH,
+                 OW, pads[0][0], pads[1][0], tile, bool(relu))
+            return result
     z = conv2d(x, w, b, s, pads, d, groups, workspace=workspace)
-    max_pool2d(z, pk, ps, ppads, out=(y, _alloc(y.shape, _argmax_dtype(conv_shape))))
+    max_pool2d(z, pk, ps, ppads, out=(y, _alloc(shape, index) if argmax is None else argmax))
     if relu:
         _core.relu_forward(y.reshape(-1), y.reshape(-1), _threads(y.size, y.size))
-    return y
+    return result
 
 
 def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPair = 1,

@@ -1123,6 +1123,11 @@ class _Conv(_WithActivation):
         """The inference fusion with a following max pool, or None (Conv2D's own)."""
         return None
 
+    #: conv_pool(x, following, relu, workspace=None, return_argmax=False): the convolution,
+    #: optional ReLU and the max pool ``following`` in one call (Conv2D's, through
+    #: conv2d_max_pool2d), or None.
+    _conv_pool = None
+
     def training_fusion(self, following):
         """Convolution + ReLU, then max pooling: the ReLU's gradient at each unit that
         reaches the pool's output is 1 exactly where the pool's output is > 0 (the window's
@@ -1134,7 +1139,16 @@ class _Conv(_WithActivation):
         The ReLU runs on the pooled output, as in :meth:`inference_fusion` (max and ReLU
         commute), a quarter of the elements. Only the argmax of a window whose values are
         all <= 0 can differ from pooling after the ReLU, and such a window's output is 0, so
-        the mask routes it no gradient either way."""
+        the mask routes it no gradient either way. A :class:`Conv2D` runs the three through
+        :func:`cconv.functional.conv2d_max_pool2d` (the pool's argmax with it), whose kernels
+        never store the convolution's output (for a 2x2 stride-2 unpadded pool on the
+        Winograd and direct routes)."""
+        if type(following) is MaxPool2D and type(self.activation) is ReLU and self._conv_pool:
+            def conv_pool_train(x, training):
+                p, argmax = self._conv_pool(x, following, True, return_argmax=True)
+                shape = (x.shape[0], *self.compute_output_shape(x.shape[1:]))
+                return p, (x, None), (argmax, shape, p)
+            return conv_pool_train
         if type(following) is MaxPool2D and type(self.activation) is ReLU:
             def conv_relu_pool(x, training):
                 y, (x_saved, _) = self.call(x, training, apply_activation=False)
@@ -1246,13 +1260,15 @@ class Conv2D(_Conv):
         def conv_max_pool(x):
             if self._infer_workspace is None:
                 self._infer_workspace = F.Workspace()
-            return F.conv2d_max_pool2d(x, self.params["kernel"], self.params.get("bias"),
-                                       self.stride, self.padding, self.dilation, self.groups,
-                                       pool_size=following.pool_size,
-                                       pool_stride=following.stride,
-                                       pool_padding=following.padding, relu=relu,
-                                       workspace=self._infer_workspace)
+            return self._conv_pool(x, following, relu, self._infer_workspace)
         return conv_max_pool
+
+    def _conv_pool(self, x, following, relu, workspace=None, return_argmax=False):
+        return F.conv2d_max_pool2d(x, self.params["kernel"], self.params.get("bias"),
+                                   self.stride, self.padding, self.dilation, self.groups,
+                                   pool_size=following.pool_size, pool_stride=following.stride,
+                                   pool_padding=following.padding, relu=relu,
+                                   return_argmax=return_argmax, workspace=workspace)
 
 
 class Conv2DTranspose(_Conv):

@@ -51,7 +51,7 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
             }
         if (oh % 2) {                  /* rows oh - 1 (prev) and oh: their pool */
             int relu = oh % 4 == 1;
-            cconv_direct_pool_rows(prev, y, pooled, g.OW / 2, cout, relu);
+            cconv_direct_pool_rows(prev, y, pooled, g.OW / 2, cout, relu, NULL, 0, 0);
             for (ptrdiff_t pw = 0; pw < g.OW / 2; pw++)
                 for (ptrdiff_t o = 0; o < cout; o++) {
                     ptrdiff_t i = 2 * pw * cout + o;
