@@ -217,6 +217,16 @@ MUTANTS = [
                     continue
                 if pool:
                     n = row // PH"""),
+    ("fused-wino-argmax-column", "src/cconv/_winograd.h",
+     "fused conv + max pool with argmax (training), Winograd: the 4th output's winner is "
+     "recorded one column left", [],
+     """            best = take ? v : best; arg = take ? i2 + 1 : arg;""",
+     """            best = take ? v : best; arg = take ? i2 : arg;"""),
+    ("fused-direct-argmax-row", "src/cconv/_conv_direct.h",
+     "fused conv + max pool with argmax (training), direct: the index uses the pooled row "
+     "instead of the output row", [],
+     """            int *ao = a + pw * cout, i0 = (int)(h0 * OW + 2 * pw), i2 = (int)(i0 + OW);""",
+     """            int *ao = a + pw * cout, i0 = (int)(h0 / 2 * OW + 2 * pw), i2 = (int)(i0 + OW);"""),
     ("dwise-multiplier-order", "src/cconv/functional.py",
      "depthwise route, forward: output channel j*C + c instead of c*m + j (multiplier order)",
      [],
