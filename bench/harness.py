@@ -481,6 +481,9 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
                    help=f"also run {target.main}'s worker under this interpreter (e.g. the "
                         "environment of the code before a change), as a library that is not "
                         "a contender: before/after figures under the same load")
+    p.add_argument("--variant", action="append", default=[], metavar="VAR=VALUE",
+                   help=f"also run {target.main}'s worker with this environment variable set "
+                        "(e.g. an opt-in), as a library that is not a contender")
     p.add_argument("--python", action="append", default=[], metavar="NAME=PATH",
                    help="run library NAME's worker under the interpreter PATH")
     if len(target.jobs) > 1:
@@ -495,7 +498,7 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
         settings_parser(p)
     a = p.parse_args(argv)
     try:
-        libs = libraries(target, a.python, a.baseline, a.only)
+        libs = libraries(target, a.python, a.baseline, a.only, a.variant)
     except ValueError as e:
         p.error(str(e))
     if not libs:
@@ -503,7 +506,7 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
     jobs = [job for job in target.jobs if not getattr(a, "job", None) or job.name in a.job]
     target = dataclasses.replace(target, libraries=libs)
     parent_only = {"runs", "only", "out", "no_log", "timeout", "worker", "settings",
-                   "baseline", "python", "job"}
+                   "baseline", "python", "job", "variant"}
     settings = {k: v for k, v in vars(a).items() if k not in parent_only}
     settings["env"] = isa_env(a.isa)
     orders = run_orders([lib.label for lib in libs], a.runs)
@@ -571,9 +574,10 @@ def make_log(target, runs, settings, script, argv=(), jobs=None, orders=None, co
             "higher_is_better": list(target.higher_is_better)}
 
 
-def libraries(target, pythons=(), baseline=None, only=None):
+def libraries(target, pythons=(), baseline=None, only=None, variants=()):
     """The target's libraries (those named in `only`, if given) with the interpreters of
-    --python NAME=PATH and --baseline; ValueError when an interpreter is not there."""
+    --python NAME=PATH, --baseline and the --variant VAR=VALUE environments; ValueError
+    when an interpreter is not there or a variant is not VAR=VALUE."""
     chosen = {}
     for item in pythons:
         name, sep, path = item.partition("=")
@@ -587,6 +591,13 @@ def libraries(target, pythons=(), baseline=None, only=None):
         main = next(lib for lib in libs if target.main in (lib.name, lib.label))
         libs.insert(libs.index(main) + 1, dataclasses.replace(
             main, label=f"{main.label} (baseline)", python=baseline, contender=False))
+    main = next(lib for lib in libs if target.main in (lib.name, lib.label))
+    for item in reversed(variants):
+        var, sep, value = item.partition("=")
+        if not sep or not var:
+            raise ValueError(f"--variant takes VAR=VALUE, got {item!r}")
+        libs.insert(libs.index(main) + 1, dataclasses.replace(
+            main, label=f"{main.label} ({item})", env={**main.env, var: value}, contender=False))
     libs = [lib for lib in libs if not only or lib.name in only]
     for lib in libs:
         if not shutil.which(lib.python):

@@ -100,8 +100,9 @@ def table(path, log):
               f"{(log['commit'] or 'unknown')[:10]}{' with uncommitted changes' if log['dirty'] else ''}, "
               f"{log['time'][:10]}, {shown}, {m.get('cpu', '?')} "
               f"({', '.join(m.get('isa', []))}), {m.get('cpus_allowed', m.get('cpu_count'))} CPUs."
-              + "".join(f" {lib['label']}: {lib['name']} under `{lib['python']}`, not a "
-                        "contender." for lib in log["libraries"] if lib["label"] in extra)
+              + "".join(f" {lib['label']}: {lib['name']} under `{lib['python']}`"
+                        + "".join(f" with {k}={v}" for k, v in lib.get("env", {}).items())
+                        + ", not a contender." for lib in log["libraries"] if lib["label"] in extra)
               + noise]
     return "\n".join(lines)
 

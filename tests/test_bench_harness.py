@@ -96,11 +96,12 @@ def _speed_log(bench_speed, harness, isa="native", error_in=None):
     library's three jobs and derives the scaling, then logs, ratios and checks them."""
     import dataclasses
     libs = harness.libraries(bench_speed.TARGET, [f"keras={sys.executable}"],
-                             baseline=sys.executable)
+                             baseline=sys.executable, variants=["CCONV_X=1"])
     target = dataclasses.replace(bench_speed.TARGET, libraries=libs)
     #            batch1  batch256 epoch memory epoch_1t
     fake = {"cconv": (1.0e-3, 0.03, 1.0, 300.0, 1.9),
             "cconv (baseline)": (0.5e-3, 0.06, 1.5, 310.0, 2.4),
+            "cconv (CCONV_X=1)": (1.0e-3, 0.03, 0.5, 300.0, 1.0),
             "PyTorch NCHW": (4.0e-3, 0.09, 4.0, 280.0, 6.0),
             "PyTorch channels_last": (1.5e-3, 0.2, 3.0, 320.0, 4.5),
             "Keras (TensorFlow)": (1.0e-2, 0.08, 5.0, 100.0, 7.0)}
@@ -142,6 +143,13 @@ def test_bench_speed_log_renders_a_table_with_its_targets(tmp_path):
     assert log["ratios"]["epoch"]["cconv"]["other"] == "PyTorch channels_last"
     assert log["ratios"]["epoch"]["cconv (baseline)"]["median"] == pytest.approx(0.5)
     assert log["ratios"]["batch1"]["PyTorch channels_last"]["other"] == "cconv"   # not the baseline
+    # a --variant: cconv with an environment variable, a non-contender like the baseline
+    variant = next(lib for lib in log["libraries"] if lib["label"] == "cconv (CCONV_X=1)")
+    assert variant["env"] == {"CCONV_X": "1"} and not variant["contender"]
+    assert log["ratios"]["epoch"]["cconv (CCONV_X=1)"]["median"] == pytest.approx(0.5 / 3.0)
+    assert log["ratios"]["epoch"]["PyTorch channels_last"]["other"] == "cconv"
+    with pytest.raises(ValueError, match="VAR=VALUE"):
+        harness.libraries(bench_speed.TARGET, variants=["CCONV_X"])
     checks = {c["metric"]: c for c in log["checks"]}
     assert checks["memory"]["against"] == "PyTorch NCHW"       # not Keras's smaller figure
     assert checks["memory"]["median"] == pytest.approx(300 / 280)
@@ -157,9 +165,10 @@ def test_bench_speed_log_renders_a_table_with_its_targets(tmp_path):
     tables = subprocess.run([sys.executable, str(BENCH / "make_tables.py"), "--results",
                              str(tmp_path)], capture_output=True, text=True, check=True).stdout
     assert "**`bench/bench_speed.py`**" in tables
-    assert "| cconv / fastest other: median [range] | cconv (baseline) / fastest other |" in tables
+    assert ("| cconv / fastest other: median [range] | cconv (CCONV_X=1) / fastest other "
+            "| cconv (baseline) / fastest other |") in tables
     assert ("| inference on one image (batch 1) | **0.67x** [0.67-0.67] of PyTorch channels_last "
-            "| 0.33x [0.33-0.33] |") in tables
+            "| 0.67x [0.67-0.67] | 0.33x [0.33-0.33] |") in tables
     assert "| whole epoch: 1-thread time / multi-thread time | **" in tables
     for row in ("| batch-1 inference vs the fastest other library | <= 0.5 | 0.67 | FAIL |",
                 "| batch-256 inference vs the fastest other library | <= 0.5 | 0.38 | PASS |",
@@ -168,6 +177,7 @@ def test_bench_speed_log_renders_a_table_with_its_targets(tmp_path):
                 "| whole epoch: 2 threads vs 1 (epoch_1t / epoch) | >= 1.8 | 1.90 | PASS |"):
         assert row in tables
     assert "cconv (baseline): cconv under" in tables
+    assert "cconv (CCONV_X=1): cconv under" in tables and "with CCONV_X=1, not a contender" in tables
     assert "load average before the workers was 1.0-5.0" in tables
     # the AVX2-capped run: a table of its own, with its own targets
     assert "**`bench/bench_isa.py` with every library capped at AVX2**" in tables
