@@ -81,6 +81,11 @@ CONV_CASES = [
     (2, 3, 4, 8, 5, 5, 8, 1, 2, 1, 8),                     # kernel wider than the image
     (1, 1, 1, 3, 1, 1, 2, 1, 0, 1, 1),                     # 1x1 image
     (1, 1, 1, 1, 3, 3, 2, 1, 1, 1, 1),                     # 1x1 image, kernel == padded
+    # 3x3 stride 1 (also on both Winograd routes): partial last 4x4 and 2x2 tiles
+    (3, 9, 11, 5, 3, 3, 7, 1, "same", 1, 1),
+    (1, 6, 6, 8, 3, 3, 8, 1, 0, 1, 1),                     # one 4x4 tile
+    (2, 8, 13, 16, 3, 3, 24, 1, ((0, 2), (1, 0)), 1, 1),   # asymmetric, 16 channels
+    (2, 4, 5, 3, 3, 3, 2, 1, ((2, 2), (2, 2)), 1, 1),      # padding wider than the kernel's reach
 ]
 
 
@@ -99,9 +104,15 @@ def make_conv(case, dtype, seed=0):
 
 
 def conv_routes(case):
-    """The routes a case runs on: cconv's choice, and the depthwise route for groups == C_in
-    (which cconv chooses for large depthwise layers only, DEPTHWISE_MIN_OUTPUTS)."""
-    return ["auto", "depthwise"] if case[3] == case[10] else ["auto"]
+    """The routes a case runs on: cconv's choice; the depthwise route for groups == C_in
+    (which cconv chooses for large depthwise layers only, DEPTHWISE_MIN_OUTPUTS); both
+    Winograd routes (the backward pass on F(2x2, 3x3) and on F(4x4, 3x3)) for 3x3 stride-1
+    undilated ungrouped convolutions, whatever their channel counts."""
+    n, h, w, c, kh, kw, co, s, p, d, g = case
+    routes = ["auto", "depthwise"] if c == g else ["auto"]
+    if (kh, kw, s, d, g) == (3, 3, 1, 1, 1):
+        routes += ["winograd", "winograd4"]
+    return routes
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -406,6 +417,8 @@ ROUTES = {
                (3, 2, 1), 0, DTYPES),
     "winograd": (dict(conv="winograd"), (3, 7, 6, 4), (3, 3, 4, 6), dict(padding=(1, 0)), True,
                  (3, 2, 1), 0, DTYPES),
+    "winograd4": (dict(conv="winograd4"), (3, 7, 6, 4), (3, 3, 4, 6), dict(padding=(1, 0)), True,
+                  (3, 2, 1), 0, DTYPES),
     "depthwise": (dict(conv="depthwise", block_bytes=1), (3, 7, 6, 4), (3, 2, 1, 8),
                   dict(stride=(2, 1), padding=((1, 0), (0, 1)), dilation=(1, 2), groups=4), True,
                   (3, 2, 1), 0, DTYPES),

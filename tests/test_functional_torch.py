@@ -73,6 +73,11 @@ CASES = [
     (8, 32, 32, 16, 3, 3, 16, 1, 0, 1, 1),
     (3, 66, 66, 16, 3, 3, 8, 1, 1, 1, 1),
     (4, 30, 28, 8, 5, 5, 12, 2, "same", 1, 2),
+    # 3x3 stride 1 on every route: odd sizes (partial last tiles), the benchmark's conv2/conv3
+    (3, 9, 11, 5, 3, 3, 7, 1, "same", 1, 1),
+    (2, 7, 10, 16, 3, 3, 8, 1, ((0, 2), (1, 0)), 1, 1),
+    (2, 31, 31, 32, 3, 3, 64, 1, 0, 1, 1),
+    (2, 14, 14, 64, 3, 3, 128, 1, 0, 1, 1),
 ]
 
 
@@ -92,8 +97,12 @@ def test_conv_matches_torch(case, dtype):
     y = F.conv2d(x, wt, b, **kw_)
     dy = rng.standard_normal(y.shape).astype(dtype)
     ty, tdx, tdw, tdb = torch_conv(x, wt, b, s, p, d, g, dy)
-    # depthwise (groups == C_in): cconv's choice and the depthwise route
-    for route in ["auto", "depthwise"] if g == c else ["auto"]:
+    # depthwise (groups == C_in): cconv's choice and the depthwise route; 3x3 stride 1: both
+    # Winograd routes (the backward pass on F(2x2, 3x3) and on F(4x4, 3x3))
+    routes = ["auto", "depthwise"] if g == c else ["auto"]
+    if (kh, kw, s, d, g) == (3, 3, 1, 1, 1):
+        routes += ["winograd", "winograd4"]
+    for route in routes:
         with forced(conv=route):
             y = F.conv2d(x, wt, b, **kw_)
             dx, dw, db = F.conv2d_backward(dy, x, wt, **kw_)

@@ -493,7 +493,7 @@ def address_space_limit(extra=3 << 30):
 def _settings(rng):
     """forced() arguments for one call: a thread count and routes this CPU has."""
     top = _testing.simd_max()
-    conv = str(rng.choice(["auto", "im2col", "winograd", "depthwise"]
+    conv = str(rng.choice(["auto", "im2col", "winograd", "winograd4", "depthwise"]
                           + (["direct"] if top >= 2 else [])))
     pools = ["auto", "generic", "avx2", "avx512"][:2 + top]
     if conv == "direct":
@@ -672,7 +672,7 @@ def _seed():
 
 #: Kernel paths every run must reach (with the vectorised ones this CPU has).
 ROUTE_PATHS = ["conv2d_forward", "conv2d_backward", "conv2d_backward_weights", "winograd_forward",
-               "winograd_backward", "max_pool2d_forward", "max_pool2d_backward_tiled",
+               "winograd_backward", "winograd4_backward", "max_pool2d_forward", "max_pool2d_backward_tiled",
                "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "im2col",
                "col2im", "relu_backward", "winograd_forward_pool"]
 SIMD_PATHS = {1: ["max_pool2d_forward_avx2", "max_pool2d_backward_tiled_avx2"],

@@ -43,8 +43,9 @@ def _needs(level):
     return pytest.mark.skipif(_testing.simd_max() < level, reason="not on this CPU")
 
 
-CONV_ROUTES = ["auto", "im2col", "winograd", pytest.param("direct", marks=_needs(2)),
+CONV_ROUTES = ["auto", "im2col", "winograd", "winograd4", pytest.param("direct", marks=_needs(2)),
                "depthwise"]
+WINOGRAD = ("winograd", "winograd4")     # the forced Winograd routes (the backward on F(2x2) or F(4x4))
 POOL_ROUTES = ["auto", "generic", pytest.param("avx2", marks=_needs(1)),
                pytest.param("avx512", marks=_needs(2))]
 
@@ -120,7 +121,8 @@ def _size_for(draw, extent, pads, degenerate, slack=5):
 @st.composite
 def conv_configs(draw, route="auto"):
     """A convolution for `route`: "auto" and "im2col" draw any geometry (groups, depthwise,
-    strides, dilations, channel counts up to 32); "winograd" a 3x3 stride-1 ungrouped one;
+    strides, dilations, channel counts up to 32); "winograd" and "winograd4" a 3x3 stride-1
+    ungrouped one;
     "direct" a float32 first layer (K = KH*KW*C <= 32, C_out a multiple of 16); "depthwise"
     groups == C_in > 1 with channel multipliers 1-3 and any geometry."""
     pair = st.tuples(st.integers(1, 3), st.integers(1, 3))
@@ -128,7 +130,7 @@ def conv_configs(draw, route="auto"):
     if route == "depthwise":
         groups = draw(st.sampled_from([2, 3, 5, 8, 16]))
     else:
-        groups = 1 if route in ("winograd", "direct") else draw(st.sampled_from([1, 1, 2, 3]))
+        groups = 1 if route in WINOGRAD + ("direct",) else draw(st.sampled_from([1, 1, 2, 3]))
     depthwise = route == "depthwise" or (groups > 1 and draw(st.booleans()))
     if route == "depthwise":
         cg, cout = 1, groups * draw(st.integers(1, 3))
@@ -139,23 +141,24 @@ def conv_configs(draw, route="auto"):
         if k[0] * k[1] * cg > 32:
             k = (k[0], max(1, 32 // (k[0] * cg)))
         cout = draw(st.sampled_from([16, 32, 48]))
-    elif route == "winograd":
+    elif route in WINOGRAD:
         cg, cout, k = draw(CHANNELS), draw(CHANNELS), (3, 3)
     else:
         cg = 1 if depthwise else draw(st.one_of(st.integers(1, 3), CHANNELS))
         cout = groups * draw(st.one_of(st.integers(1, 3), st.sampled_from([8, 16])))
         k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     # an int or a pair for stride and dilation
-    if route == "winograd":
+    if route in WINOGRAD:
         stride = dilation = 1
     else:
         stride = draw(st.one_of(st.integers(1, 3), pair))
         dilation = draw(st.one_of(st.integers(1, 3), pair))
     d = R.pair(dilation)
-    n = draw(st.integers(1, 5 if route == "winograd" else 3))
+    n = draw(st.integers(1, 5 if route in WINOGRAD else 3))
     degenerate = draw(st.booleans())
-    # Winograd: images of up to 64 2x2 tiles, so that an image spans several 8-tile blocks
-    slack = 12 if route == "winograd" else 5
+    # Winograd: images of up to 64 2x2 tiles (16 4x4 tiles), so that an image spans several
+    # 8-tile blocks
+    slack = 12 if route in WINOGRAD else 5
     if draw(st.integers(0, 4)) == 0:
         padding = "same"
         h, w = draw(st.integers(1, 3 + slack)), draw(st.integers(1, 3 + slack))

@@ -43,7 +43,7 @@ THREADS = (1, 2, 3)
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 #: Kernel paths whose work is handed out dynamically.
 DYNAMIC = {"direct_forward", "direct_backward_weights", "winograd_forward", "winograd_backward",
-           "direct_forward_pool", "winograd_forward_pool"}
+           "direct_forward_pool", "winograd_forward_pool", "winograd4_backward"}
 
 
 @dataclass
@@ -113,6 +113,13 @@ def _conv_cases():
                           dtype, conv="winograd", idle_ok=("winograd_filter", "winograd_filter_grad")))
         cases.append(dataclasses.replace(cases[-1], id=f"winograd-8-tile-blocks-{tag}",
                                          block_bytes=1))
+        # the backward pass on F(4x4, 3x3): 14 x 15 outputs, a partial last tile column
+        cases.append(dataclasses.replace(cases[-2], id=f"winograd4-{tag}", conv="winograd4",
+                                         paths=("winograd_forward", "winograd4_backward",
+                                                "winograd4_filter", "winograd4_filter_grad"),
+                                         idle_ok=("winograd4_filter", "winograd4_filter_grad")))
+        cases.append(dataclasses.replace(cases[-1], id=f"winograd4-8-tile-blocks-{tag}",
+                                         block_bytes=1))
         # the filter transforms in chunks of 1024 channel pairs: 40 * 80 = 3200 pairs, 4 chunks
         x, w = rand(rng, (2, 4, 5, 40), dtype), rand(rng, (3, 3, 40, 80), dtype)
         dy = rand(rng, (2, 2, 3, 80), dtype)
@@ -120,6 +127,9 @@ def _conv_cases():
                           lambda x=x, w=w, dy=dy: (F.conv2d(x, w), *F.conv2d_backward(dy, x, w)),
                           lambda x=x, w=w, dy=dy: (R.conv2d(x, w), *R.conv2d_backward(dy, x, w)),
                           ("winograd_filter", "winograd_filter_grad"), dtype, conv="winograd"))
+        cases.append(dataclasses.replace(cases[-1], id=f"winograd4-filter-chunks-{tag}",
+                                         paths=("winograd4_filter", "winograd4_filter_grad"),
+                                         conv="winograd4"))
     # Direct (float32, AVX-512): forward rows and dW slots (5 images of 12 rows)
     x, w, b = rand(rng, (5, 13, 17, 3), np.float32), rand(rng, (3, 3, 3, 32), np.float32), \
         rand(rng, (32,), np.float32)
@@ -291,7 +301,7 @@ def test_kernel_on_1_2_3_threads(case):
 
 
 @pytest.mark.parametrize("threads", THREADS[1:])
-@pytest.mark.parametrize("route", ["winograd", pytest.param("direct", marks=_avx(2))])
+@pytest.mark.parametrize("route", ["winograd", "winograd4", pytest.param("direct", marks=_avx(2))])
 def test_dynamic_kernels_hand_work_to_every_thread(route, threads):
     """The direct and Winograd kernels hand their work out dynamically: a thread that starts
     late (the machine is busy) may find none left in a small call. On calls of some tens of
@@ -306,8 +316,8 @@ def test_dynamic_kernels_hand_work_to_every_thread(route, threads):
               np.float32)
     pad = 0 if route == "direct" else 1
     want = min(threads, CPUS)
-    fwd, bwd = (f"{route}_forward",
-                "direct_backward_weights" if route == "direct" else "winograd_backward")
+    fwd, bwd = _testing.ROUTE_KERNELS[route]
+    bwd = "direct_backward_weights" if route == "direct" else bwd
     first, seen = None, {fwd: 0, bwd: 0, f"{fwd}_pool": 0}
     deadline = time.perf_counter() + 20
     while time.perf_counter() < deadline and min(seen.values()) < want:
@@ -326,7 +336,7 @@ def test_dynamic_kernels_hand_work_to_every_thread(route, threads):
 
 
 @pytest.mark.parametrize("slots_per_thread", [1, 2, 4])
-@pytest.mark.parametrize("route", ["winograd", pytest.param("direct", marks=_avx(2))])
+@pytest.mark.parametrize("route", ["winograd", "winograd4", pytest.param("direct", marks=_avx(2))])
 def test_accumulator_slots(route, slots_per_thread):
     """The backward kernels keep one weight-gradient accumulator per run of work
     (SLOTS_PER_THREAD runs per thread, fewer when there are fewer images or rows): every
@@ -338,7 +348,7 @@ def test_accumulator_slots(route, slots_per_thread):
     w = rand(rng, (3, 3, 3, 16), np.float32)
     dy = rand(rng, (n, 5, 6, 16), np.float32)
     _, rw, rb = R.conv2d_backward(dy, x, w, padding=1)
-    path = "winograd_backward" if route == "winograd" else "direct_backward_weights"
+    path = "direct_backward_weights" if route == "direct" else _testing.ROUTE_KERNELS[route][1]
     for threads in THREADS:
         with forced(threads=threads, conv=route, slots_per_thread=slots_per_thread):
             first = F.conv2d_backward(dy, x, w, padding=1, need_dx=False)
@@ -395,7 +405,7 @@ def test_forced_restores_every_knob():
     from cconv import _core
     before = (F.MIN_WORK_PER_THREAD, F.WINOGRAD_MIN_CHANNELS, F.DIRECT_MAX_K,
               F.DEPTHWISE_MIN_CHANNELS, F.SLOTS_PER_THREAD, cconv.get_num_threads(),
-              _core.simd_level())
+              _core.simd_level(), F.WINOGRAD4_MIN_CHANNELS)
     with forced(threads=3, conv="winograd", pool="generic", slots_per_thread=2):
         assert cconv.get_num_threads() == 3 and F.MIN_WORK_PER_THREAD == 1
         assert F.WINOGRAD_MIN_CHANNELS == 1 and F.DIRECT_MAX_K is None
@@ -404,9 +414,13 @@ def test_forced_restores_every_knob():
     with forced(conv="depthwise"):
         assert F.DEPTHWISE_MIN_CHANNELS == 1
         assert F.WINOGRAD_MIN_CHANNELS is None and F.DIRECT_MAX_K is None
+    with forced(conv="winograd4"):
+        assert F.WINOGRAD_MIN_CHANNELS == 1 and F.WINOGRAD4_MIN_CHANNELS == 0
+    with forced(conv="winograd"):
+        assert F.WINOGRAD4_MIN_CHANNELS is None
     assert before == (F.MIN_WORK_PER_THREAD, F.WINOGRAD_MIN_CHANNELS, F.DIRECT_MAX_K,
                       F.DEPTHWISE_MIN_CHANNELS, F.SLOTS_PER_THREAD, cconv.get_num_threads(),
-                      _core.simd_level())
+                      _core.simd_level(), F.WINOGRAD4_MIN_CHANNELS)
     with pytest.raises(ValueError, match="conv must be"):
         with forced(conv="fft"):
             pass

@@ -3,6 +3,8 @@
 By default it serves convolutions with at least ``F.WINOGRAD_MIN_CHANNELS`` input channels;
 these tests force it on small shapes (threshold 1) and check it against the direct
 reference, finite differences and the im2col route, and that it is taken when it should be.
+Its backward pass, which cconv takes on F(4x4, 3x3) where that needs fewer multiplications
+(test_winograd4.py), is kept on F(2x2, 3x3) here.
 """
 import numpy as np
 import pytest
@@ -14,6 +16,12 @@ from reference import numerical_grad
 from cconv._testing import forced, kernels_run
 from conftest import spy_calls
 from test_functional import DTYPES, assert_close, rand
+
+
+@pytest.fixture(autouse=True)
+def f2_backward(monkeypatch):
+    """The backward pass on F(2x2, 3x3) throughout (see test_winograd4.py for F(4x4, 3x3))."""
+    monkeypatch.setattr(F, "WINOGRAD4_MIN_CHANNELS", None)
 
 
 @pytest.fixture
@@ -172,24 +180,33 @@ def test_backward_refuses_outputs_of_the_wrong_shape():
             F._core.winograd_backward(dy, x, U, dx, du_, db_, work, 0, 0, 8, need_dx, 1)
 
 
+FILTER_SIZES = [(1, 1, 1), (3, 5, 2), (40, 70, 2)]     # 2800 pairs: 3 chunks
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("C, cout, nt", [(1, 1, 1), (3, 5, 2), (40, 70, 2)])   # 2800 pairs: 3 chunks
+@pytest.mark.parametrize("C, cout, nt", FILTER_SIZES)
 def test_filter_transform_and_its_adjoint(dtype, C, cout, nt):
-    rng = np.random.default_rng(C)
     G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+    check_filter_transforms(G, dtype, C, cout, nt)
+
+
+def check_filter_transforms(G, dtype, C, cout, nt):
+    """winograd_filter (U of len(G)**2 slots) and its adjoint against the matrix G."""
+    rng = np.random.default_rng(C)
+    k = len(G)
     w = rng.standard_normal((3, 3, C, cout))
-    U = np.empty((16, C, cout), dtype)
+    U = np.empty((k * k, C, cout), dtype)
     F._core.winograd_filter(w.astype(dtype), U, nt)
-    ref = np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(16, C, cout)
+    ref = np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(k * k, C, cout)
     assert_close(U, ref, dtype)
     # The adjoint sums its slots first: dW = G^T (sum over slots) G.
-    du = rng.standard_normal((3, 16, C, cout))
+    du = rng.standard_normal((3, k * k, C, cout))
     dw = np.empty((3, 3, C, cout), dtype)
     F._core.winograd_filter_grad(du.astype(dtype), dw, nt)
-    ref = np.einsum("ia,ijcd,jb->abcd", G, du.sum(axis=0).reshape(4, 4, C, cout), G)
+    ref = np.einsum("ia,ijcd,jb->abcd", G, du.sum(axis=0).reshape(k, k, C, cout), G)
     assert_close(dw, ref, dtype)
     # <G w G^T, dU> == <w, G^T dU G>
-    lhs = np.vdot(np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(16, C, cout), du.sum(axis=0))
+    lhs = np.vdot(np.einsum("ia,abcd,jb->ijcd", G, w, G).reshape(k * k, C, cout), du.sum(axis=0))
     dw64 = np.empty((3, 3, C, cout))
     F._core.winograd_filter_grad(du, dw64, nt)
     assert np.isclose(lhs, np.vdot(w, dw64), rtol=1e-12)
@@ -209,15 +226,21 @@ def test_filter_transforms_refuse_wrong_shapes():
 
 def test_backward_overwrites_its_outputs_whatever_they_held():
     """The kernel zeroes dx, the dU slots and the db slots itself (the caller does not)."""
+    _, tb, ws, _ = F._winograd_plan(5, 7, 6, 3, 4, 8, True)
+    check_backward_overwrites(16, tb, ws)
+
+
+def check_backward_overwrites(nk, tb, ws):
+    """winograd_backward with nk slots per tile (16: F(2x2), 36: F(4x4)), blocks of tb tiles
+    and ws elements of scratch per thread, on outputs filled with 0 and with NaN."""
     rng = np.random.default_rng(13)
     x, w = rand(rng, (5, 7, 6, 3), np.float64), rand(rng, (3, 3, 3, 4), np.float64)
     dy = rand(rng, (5, 7, 6, 4), np.float64)
-    U = F._winograd_filter(w)
-    _, tb, ws, _ = F._winograd_plan(5, 7, 6, 3, 4, 8, True)
+    U = F._winograd_filter(w, np.empty((nk, 3, 4)))
     outs = []
     for fill in (0.0, np.nan):
         dx = np.full(x.shape, fill)
-        du, db = np.full((3, 16, 3, 4), fill), np.full((3, 4), fill)
+        du, db = np.full((3, nk, 3, 4), fill), np.full((3, 4), fill)
         F._core.winograd_backward(dy, x, U, dx, du, db, np.empty((2, ws)), 1, 1, tb, True, 2)
         outs.append((dx, F._winograd_filter_grad(du), db.sum(axis=0)))
     for a, b in zip(*outs):

@@ -2,7 +2,8 @@
 # a route, the three routes, and the checked kernels of cconv.conv that run a plan.
 #
 # Routes: im2col + GEMM in tiles of output rows (any geometry); Winograd F(2x2, 3x3) for
-# 3x3 stride-1 undilated ungrouped layers with many input channels; the direct kernels
+# 3x3 stride-1 undilated ungrouped layers with many input channels, and for their backward
+# pass Winograd F(4x4, 3x3) where its tiles need fewer multiplications; the direct kernels
 # (AVX-512, AVX2 + FMA, NEON) for float32 layers with few input channels (K = KH*KW*C small).
 # Each route kernel checks its geometry, its preconditions and its scratch sizes; it runs
 # on exactly num_threads threads (its scratch has a row per thread), as its plan says.
@@ -14,11 +15,16 @@ cdef enum:
     ROUTE_GEMM = 0
     ROUTE_WINOGRAD = 1
     ROUTE_DIRECT = 2
+    ROUTE_WINOGRAD4 = 3     # backward passes only (the forward pass stays on F(2x2, 3x3))
 
 # What the plan may choose; cconv.functional exposes them as module attributes.
 ctypedef struct conv_tuning:
     Py_ssize_t tile_bytes              # upper bound on one thread's im2col tile
     Py_ssize_t winograd_min_channels   # Winograd from this many input channels (< 0: never)
+    Py_ssize_t winograd4_min_channels  # backward on the Winograd route: F(4x4, 3x3) from this
+                                       # many input channels where its tiles need fewer
+                                       # multiplications than F(2x2, 3x3)'s; 0: wherever
+                                       # the Winograd route applies; < 0: never
     Py_ssize_t winograd_block_bytes    # upper bound on one thread's Winograd block
     Py_ssize_t direct_max_k            # direct route up to this K = KH*KW*C (< 0: never)
     Py_ssize_t slots_per_thread        # accumulator runs per thread (direct, Winograd bwd)
@@ -97,12 +103,23 @@ cdef int winograd_forward_pool(const cconv_geom *g, const floating *x, const flo
                                floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
                                Py_ssize_t tb, int num_threads) noexcept nogil
 # dU_work (OUT, nslots x (16, C, Cout)), db_work (OUT, nslots x Cout): per-slot sums;
-# dx (OUT or NULL); all zeroed here, chunk by chunk of images.
+# dx (OUT or NULL); all zeroed here, chunk by chunk of images. m = 2: F(2x2, 3x3), U from
+# winograd_filter; m = 4: F(4x4, 3x3), U and dU_work slots (36, C, Cout), U from
+# wino_filter(..., 4, ...), tb 4x4-output tiles per block, work rows of at least
+# 36 * tb * (C + Cout) + 2 * max(C, Cout) elements.
 cdef int winograd_backward(const cconv_geom *g, const floating *dy, const floating *x,
                            const floating *U, floating *dx, floating *dU_work,
                            floating *db_work, Py_ssize_t nslots, floating *work,
                            Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
-                           int num_threads) noexcept nogil
+                           int m, int num_threads) noexcept nogil
+
+# --- Winograd F(m x m, 3x3), m = 2 (_winograd.h) or 4 (_winograd4.h, backward passes) -----
+# U (OUT, ((m + 2)^2, C, Cout)) = G w G^T, and its adjoint dw (OUT, (3, 3, C, Cout)) =
+# G^T (dU_work (nslots, (m + 2)^2, C, Cout) summed over its slots) G.
+cdef int wino_filter(const floating *w, floating *U, Py_ssize_t C, Py_ssize_t Cout, int m,
+                     int num_threads) noexcept nogil
+cdef int wino_filter_grad(const floating *dU_work, Py_ssize_t nslots, floating *dw,
+                          Py_ssize_t C, Py_ssize_t Cout, int m, int num_threads) noexcept nogil
 
 # --- the checked kernels of cconv.conv (see conv.pxd for their contract) -----------------
 cdef Py_ssize_t conv2d_forward_workspace(const cconv_geom *g, int itemsize,

@@ -20,7 +20,8 @@ from cconv._platform cimport (cconv_ftz_on, cconv_ftz_restore, cconv_threads,
 from cconv._cpu cimport simd_level
 from cconv._probe cimport (probe, P_CONV_FWD, P_CONV_BWD, P_CONV_BWD_DW, P_DIRECT_FWD,
                            P_DIRECT_DW, P_WINO_FILTER, P_WINO_FILTER_GRAD, P_WINO_FWD,
-                           P_WINO_BWD, P_DIRECT_FWD_POOL, P_WINO_FWD_POOL)
+                           P_WINO_BWD, P_DIRECT_FWD_POOL, P_WINO_FWD_POOL, P_WINO4_FILTER,
+                           P_WINO4_FILTER_GRAD, P_WINO4_BWD)
 from cconv._blas cimport ensure_blas, gemm
 from cconv._im2col cimport im2col_rows, col2im_rows
 
@@ -31,12 +32,14 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 # The plan
 # ---------------------------------------------------------------------------------
 cdef conv_tuning DEFAULTS = conv_tuning(tile_bytes=1 << 21, winograd_min_channels=16,
+                                        winograd4_min_channels=WINOGRAD4_MIN_CHANNELS,
                                         winograd_block_bytes=1 << 20, direct_max_k=32,
                                         slots_per_thread=4,
                                         min_work_per_thread=CCONV_MIN_WORK_PER_THREAD)
 
 cdef enum:
     ALIGN = 64           # workspace parts start on 64-byte boundaries
+    WINOGRAD4_MIN_CHANNELS = 16   # the default of conv_tuning.winograd4_min_channels
 
 
 cdef inline Py_ssize_t smul(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -84,6 +87,7 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
     cdef Py_ssize_t Kg = g.KH * g.KW * (C // g.groups), K = g.KH * g.KW * C
     cdef Py_ssize_t M = N * OH * OW, P = OH * OW
     cdef Py_ssize_t per_image, ntiles, per, tb, work, U = 16 * C * Cout
+    cdef Py_ssize_t m, nk      # Winograd: outputs per tile side, transformed slots per tile
     cdef Py_ssize_t mw = t.min_work_per_thread
     need_dx = need_dx and backward
     p.threads = p.filter_threads = 1
@@ -101,10 +105,18 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
     elif (t.winograd_min_channels >= 0 and C >= t.winograd_min_channels and g.KH == 3
             and g.KW == 3 and g.sh == 1 and g.sw == 1 and g.dh == 1 and g.dw == 1
             and g.groups == 1):
-        p.route = ROUTE_WINOGRAD
-        per_image = cdiv(OH, 2) * cdiv(OW, 2)
+        m = 2
+        if (backward and t.winograd4_min_channels >= 0 and C >= t.winograd4_min_channels
+                and (t.winograd4_min_channels == 0
+                     or 36 * cdiv(OH, 4) * cdiv(OW, 4) < 16 * cdiv(OH, 2) * cdiv(OW, 2))):
+            m = 4              # F(4x4, 3x3): 36 products per 4x4 outputs instead of 4 x 16
+        nk = (m + 2) * (m + 2)
+        U = nk * C * Cout
+        p.route = ROUTE_WINOGRAD if m == 2 else ROUTE_WINOGRAD4
+        # the threads as for F(2x2, 3x3), whose work F(4x4, 3x3) does in 0.6-0.8x the time
+        work = smul(smul(smul(N * cdiv(OH, 2) * cdiv(OW, 2), 16), C), Cout) // 64
+        per_image = cdiv(OH, m) * cdiv(OW, m)
         ntiles = N * per_image
-        work = smul(smul(smul(ntiles, 16), C), Cout) // 64
         if backward:   # runs of whole images, one accumulator slot each
             p.threads = cconv_threads(budget, N, work, mw)
             p.slots = nslots(p.threads, N, t)
@@ -112,11 +124,11 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
         else:          # blocks of tiles
             p.threads = cconv_threads(budget, ntiles, work, mw)
             per = cdiv(ntiles, p.threads)
-        tb = max(8, min(1024, t.winograd_block_bytes // (16 * (C + Cout) * itemsize)))
+        tb = max(8, min(1024, t.winograd_block_bytes // (nk * (C + Cout) * itemsize)))
         if per > 0:
             tb = cdiv(per, cdiv(per, tb))      # equal blocks
         p.tile = tb
-        p.scratch = winograd_scratch(C, Cout, tb)
+        p.scratch = wino_scratch(nk, C, Cout, tb)
         p.filter_threads = cconv_threads(budget, U // max(1, mw), -1, mw)
     else:
         p.route = ROUTE_GEMM
@@ -137,7 +149,7 @@ cdef int make_plan(const cconv_geom *g, int itemsize, bint backward, bint need_d
         if backward:
             p.workspace += aligned(p.slots * p.Kpad * Cout * itemsize)
             p.workspace += aligned(p.slots * Cout * itemsize)
-    elif p.route == ROUTE_WINOGRAD:
+    elif p.route == ROUTE_WINOGRAD or p.route == ROUTE_WINOGRAD4:
         p.workspace = aligned(U * itemsize) + aligned(p.threads * p.scratch * itemsize)
         if backward:
             p.workspace += aligned(p.slots * U * itemsize) + aligned(p.slots * Cout * itemsize)
@@ -593,6 +605,35 @@ cdef extern from "_winograd.h":
                                   Py_ssize_t p0, Py_ssize_t p1) noexcept nogil
 
 
+cdef extern from "_winograd4.h":
+    void cconv_wino4_in_f(const float *x, float *V, Py_ssize_t ldv, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
+                          const float *zero) noexcept nogil
+    void cconv_wino4_in_d(const double *x, double *V, Py_ssize_t ldv, Py_ssize_t H,
+                          Py_ssize_t W, Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0,
+                          Py_ssize_t iw0, const double *zero) noexcept nogil
+    void cconv_wino4_dy_f(const float *dy, float *Yh, Py_ssize_t ldy, Py_ssize_t OH,
+                          Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0,
+                          Py_ssize_t ow0, const float *zero, float *db) noexcept nogil
+    void cconv_wino4_dy_d(const double *dy, double *Yh, Py_ssize_t ldy, Py_ssize_t OH,
+                          Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0,
+                          Py_ssize_t ow0, const double *zero, double *db) noexcept nogil
+    void cconv_wino4_dx_f(const float *dV, Py_ssize_t ldv, float *dx, Py_ssize_t H,
+                          Py_ssize_t W, Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0,
+                          Py_ssize_t iw0, float *sink) noexcept nogil
+    void cconv_wino4_dx_d(const double *dV, Py_ssize_t ldv, double *dx, Py_ssize_t H,
+                          Py_ssize_t W, Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0,
+                          Py_ssize_t iw0, double *sink) noexcept nogil
+    void cconv_wino4_filter_f(const float *w, float *U, Py_ssize_t P, Py_ssize_t p0,
+                              Py_ssize_t p1) noexcept nogil
+    void cconv_wino4_filter_d(const double *w, double *U, Py_ssize_t P, Py_ssize_t p0,
+                              Py_ssize_t p1) noexcept nogil
+    void cconv_wino4_filter_grad_f(const float *dU, Py_ssize_t ns, float *dW, Py_ssize_t P,
+                                   Py_ssize_t p0, Py_ssize_t p1) noexcept nogil
+    void cconv_wino4_filter_grad_d(const double *dU, Py_ssize_t ns, double *dW, Py_ssize_t P,
+                                   Py_ssize_t p0, Py_ssize_t p1) noexcept nogil
+
+
 ctypedef struct WinoGeom:
     Py_ssize_t N, H, W, C, OH, OW, Cout
     Py_ssize_t TW, TT            # tiles per output row, per image
@@ -693,61 +734,132 @@ cdef void wino_dx_block(const floating *dV, floating *dx, Py_ssize_t t0, Py_ssiz
 
 
 cdef enum:
+    W4_IN, W4_DY, W4_DX          # the per-tile transforms of wino4_block
+
+
+cdef void wino4_block(int which, const floating *src, floating *dst, Py_ssize_t t0,
+                      Py_ssize_t t1, floating *edge, floating *db,
+                      const WinoGeom *g) noexcept nogil:
+    """F(4x4, 3x3) over tiles t0..t1 (flat (n, th, tw), 4x4 outputs each): W4_IN, dst =
+    V (36, TB, C) from x; W4_DY, dst = Yh (36, TB, Cout) from dy, db += its sums; W4_DX,
+    dst = dx (IN/OUT) += the input-space gradients from src = dV (36, TB, C). edge: the zero
+    row (W4_IN, W4_DY) or the sink row (W4_DX)."""
+    cdef Py_ssize_t t, n, r, oh0, ow0
+    for t in range(t0, t1):
+        n = t // g.TT
+        r = t - n * g.TT
+        oh0 = 4 * (r // g.TW)
+        ow0 = 4 * (r - (r // g.TW) * g.TW)
+        if floating is float:
+            if which == W4_IN:
+                cconv_wino4_in_f(src, dst + (t - t0) * g.C, g.TB * g.C, g.H, g.W, g.C, n,
+                                 oh0 - g.pt, ow0 - g.pl, edge)
+            elif which == W4_DY:
+                cconv_wino4_dy_f(src, dst + (t - t0) * g.Cout, g.TB * g.Cout, g.OH, g.OW,
+                                 g.Cout, n, oh0, ow0, edge, db)
+            else:
+                cconv_wino4_dx_f(src + (t - t0) * g.C, g.TB * g.C, dst, g.H, g.W, g.C, n,
+                                 oh0 - g.pt, ow0 - g.pl, edge)
+        else:
+            if which == W4_IN:
+                cconv_wino4_in_d(src, dst + (t - t0) * g.C, g.TB * g.C, g.H, g.W, g.C, n,
+                                 oh0 - g.pt, ow0 - g.pl, edge)
+            elif which == W4_DY:
+                cconv_wino4_dy_d(src, dst + (t - t0) * g.Cout, g.TB * g.Cout, g.OH, g.OW,
+                                 g.Cout, n, oh0, ow0, edge, db)
+            else:
+                cconv_wino4_dx_d(src + (t - t0) * g.C, g.TB * g.C, dst, g.H, g.W, g.C, n,
+                                 oh0 - g.pt, ow0 - g.pl, edge)
+
+
+cdef enum:
     WINO_FILTER_CHUNK = 1024     # filter pairs per parallel item of the filter transforms
 
 
 cdef void wino_filter_run(const floating *src, Py_ssize_t ns, floating *dst, Py_ssize_t P,
-                          int num_threads) noexcept nogil:
-    """The filter transform of the P filter pairs (ns == 0), or its adjoint over ns slots."""
+                          int m, int num_threads) noexcept nogil:
+    """The filter transform of F(m x m, 3x3) (m = 2 or 4) of the P filter pairs (ns == 0),
+    or its adjoint over ns slots."""
     cdef Py_ssize_t ch, p0, p1
     for ch in prange((P + WINO_FILTER_CHUNK - 1) // WINO_FILTER_CHUNK, schedule="static",
                      num_threads=num_threads):
-        probe(P_WINO_FILTER if ns == 0 else P_WINO_FILTER_GRAD)
+        if m == 2:
+            probe(P_WINO_FILTER if ns == 0 else P_WINO_FILTER_GRAD)
+        else:
+            probe(P_WINO4_FILTER if ns == 0 else P_WINO4_FILTER_GRAD)
         p0 = ch * WINO_FILTER_CHUNK
         p1 = min(p0 + WINO_FILTER_CHUNK, P)
         if floating is float:
             if ns == 0:
-                cconv_wino_filter_f(src, dst, P, p0, p1)
-            else:
+                if m == 2:
+                    cconv_wino_filter_f(src, dst, P, p0, p1)
+                else:
+                    cconv_wino4_filter_f(src, dst, P, p0, p1)
+            elif m == 2:
                 cconv_wino_filter_grad_f(src, ns, dst, P, p0, p1)
+            else:
+                cconv_wino4_filter_grad_f(src, ns, dst, P, p0, p1)
         else:
             if ns == 0:
-                cconv_wino_filter_d(src, dst, P, p0, p1)
-            else:
+                if m == 2:
+                    cconv_wino_filter_d(src, dst, P, p0, p1)
+                else:
+                    cconv_wino4_filter_d(src, dst, P, p0, p1)
+            elif m == 2:
                 cconv_wino_filter_grad_d(src, ns, dst, P, p0, p1)
+            else:
+                cconv_wino4_filter_grad_d(src, ns, dst, P, p0, p1)
+
+
+cdef int wino_filter(const floating *w, floating *U, Py_ssize_t C, Py_ssize_t Cout, int m,
+                     int num_threads) noexcept nogil:
+    if ((m != 2 and m != 4) or C < 0 or Cout < 0 or num_threads < 1
+            or (C * Cout and (w == NULL or U == NULL))):
+        return CCONV_ERR_VALUE
+    if C * Cout:
+        wino_filter_run(w, 0, U, C * Cout, m, num_threads)
+    return 0
+
+
+cdef int wino_filter_grad(const floating *dU_work, Py_ssize_t nslots, floating *dw,
+                          Py_ssize_t C, Py_ssize_t Cout, int m, int num_threads) noexcept nogil:
+    if ((m != 2 and m != 4) or C < 0 or Cout < 0 or nslots < 1 or num_threads < 1
+            or (C * Cout and (dU_work == NULL or dw == NULL))):
+        return CCONV_ERR_VALUE
+    if C * Cout:
+        wino_filter_run(dU_work, nslots, dw, C * Cout, m, num_threads)
+    return 0
 
 
 cdef int winograd_filter(const floating *w, floating *U, Py_ssize_t C, Py_ssize_t Cout,
                          int num_threads) noexcept nogil:
-    if C < 0 or Cout < 0 or num_threads < 1 or (C * Cout and (w == NULL or U == NULL)):
-        return CCONV_ERR_VALUE
-    if C * Cout:
-        wino_filter_run(w, 0, U, C * Cout, num_threads)
-    return 0
+    return wino_filter(w, U, C, Cout, 2, num_threads)
 
 
 cdef int winograd_filter_grad(const floating *dU_work, Py_ssize_t nslots, floating *dw,
                               Py_ssize_t C, Py_ssize_t Cout, int num_threads) noexcept nogil:
-    if (C < 0 or Cout < 0 or nslots < 1 or num_threads < 1
-            or (C * Cout and (dU_work == NULL or dw == NULL))):
-        return CCONV_ERR_VALUE
-    if C * Cout:
-        wino_filter_run(dU_work, nslots, dw, C * Cout, num_threads)
-    return 0
+    return wino_filter_grad(dU_work, nslots, dw, C, Cout, 2, num_threads)
+
+
+cdef inline Py_ssize_t wino_scratch(Py_ssize_t nk, Py_ssize_t C, Py_ssize_t Cout,
+                                    Py_ssize_t tb) noexcept nogil:
+    """A thread's block: V (nk, tb, C), M or Yh (nk, tb, Cout), a zero row and a sink row
+    (nk = 16 transformed slots per tile for F(2x2, 3x3), 36 for F(4x4, 3x3))."""
+    return nk * tb * (C + Cout) + 2 * max(C, Cout)
 
 
 cdef Py_ssize_t winograd_scratch(Py_ssize_t C, Py_ssize_t Cout, Py_ssize_t tb) noexcept nogil:
-    """A thread's block: V (16, tb, C), M or Yh (16, tb, Cout), a zero row and a sink row."""
-    return 16 * tb * (C + Cout) + 2 * max(C, Cout)
+    return wino_scratch(16, C, Cout, tb)
 
 
 cdef int wino_check(const cconv_geom *g, const void *work, Py_ssize_t work_rows,
-                    Py_ssize_t work_stride, Py_ssize_t tb, int num_threads) noexcept nogil:
+                    Py_ssize_t work_stride, Py_ssize_t tb, int num_threads,
+                    Py_ssize_t nk=16) noexcept nogil:
     cdef int err = cconv_conv_geom_check(g)
     if err:
         return err
     err = check_scratch(g, work, work_rows, work_stride,
-                        winograd_scratch(g.C, g.Cout, max(1, tb)), num_threads)
+                        wino_scratch(nk, g.C, g.Cout, max(1, tb)), num_threads)
     if err:
         return err
     if (tb < 1 or g.KH != 3 or g.KW != 3 or g.sh != 1 or g.sw != 1 or g.dh != 1
@@ -818,24 +930,32 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
                            const floating *U, floating *dx, floating *dU_work,
                            floating *db_work, Py_ssize_t nslots, floating *work,
                            Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
-                           int num_threads) noexcept nogil:
+                           int m, int num_threads) noexcept nogil:
+    # The backward pass of F(m x m, 3x3), m = 2 (_winograd.h) or 4 (_winograd4.h), with
+    # nk = (m + 2)^2 transformed slots per tile.
     # The batch is cut into nslots chunks of whole images (a chunk scatters only into the dx
     # of its own images), handed out dynamically so that a thread slowed down by the machine
     # takes fewer of them. Chunk s accumulates into slot s, so the result is bit-reproducible
     # for a given slot count whatever ran where. A chunk first zeroes its slot and its
     # images' dx, then works in blocks of tb tiles: transform x (V) and dy (Yh);
     # dU_k += V_k^T Yh_k; then dV_k = Yh_k U_k^T, transformed back and added onto dx.
-    cdef int err = wino_check(geom, work, work_rows, work_stride, tb, num_threads)
+    if m != 2 and m != 4:
+        return CCONV_ERR_VALUE
+    cdef Py_ssize_t nk = (m + 2) * (m + 2)
+    cdef int err = wino_check(geom, work, work_rows, work_stride, tb, num_threads, nk)
     if err:
         return err
     if (nslots < 1 or dU_work == NULL or db_work == NULL
             or (geom.N and (x == NULL or dy == NULL or U == NULL))):
         return CCONV_ERR_VALUE
     cdef WinoGeom g = wino_geom(geom, tb, 0)
+    if m == 4:
+        g.TW = (g.OW + 3) // 4
+        g.TT = ((g.OH + 3) // 4) * g.TW
     cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
     cdef Py_ssize_t Z = max(C, Cout)
     cdef Py_ssize_t nchunks = nslots
-    cdef Py_ssize_t dustride = 16 * C * Cout
+    cdef Py_ssize_t dustride = nk * C * Cout
     cdef Py_ssize_t image = g.H * g.W * C
     if g.N == 0:
         memset(dU_work, 0, nslots * dustride * sizeof(floating))
@@ -856,13 +976,13 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
     with parallel(num_threads=num_threads):
         tid = threadid()
         V = work + tid * work_stride
-        Yh = V + 16 * TB * C
-        zero = Yh + 16 * TB * Cout
+        Yh = V + nk * TB * C
+        zero = Yh + nk * TB * Cout
         sink = zero + Z
         memset(zero, 0, Z * sizeof(floating))
         old = cconv_ftz_on()
         for ch in prange(nchunks, schedule="dynamic"):
-            probe(P_WINO_BWD)
+            probe(P_WINO_BWD if m == 2 else P_WINO4_BWD)
             duacc = dU_work + ch * dustride
             dbacc = db_work + ch * Cout
             n0 = ch * g.N // nchunks
@@ -875,20 +995,27 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
             tend = n1 * g.TT
             while t0 < tend:
                 t1 = min(t0 + TB, tend)
-                wino_input_block(x, V, t0, t1, zero, &g)
-                wino_dy_block(dy, Yh, t0, t1, zero, dbacc, &g)
-                for k in range(16):
+                if m == 2:
+                    wino_input_block(x, V, t0, t1, zero, &g)
+                    wino_dy_block(dy, Yh, t0, t1, zero, dbacc, &g)
+                else:
+                    wino4_block(W4_IN, x, V, t0, t1, zero, NULL, &g)
+                    wino4_block(W4_DY, dy, Yh, t0, t1, zero, dbacc, &g)
+                for k in range(nk):
                     # dU_k (C, Cout) += V_k^T (C, tb) @ Yh_k (tb, Cout)
                     gemm(True, False, <int> C, <int> Cout, <int> (t1 - t0), <floating> 1,
                          V + k * TB * C, <int> C, Yh + k * TB * Cout, <int> Cout,
                          <floating> 1, duacc + k * C * Cout, <int> Cout)
                 if need_dx:
-                    for k in range(16):
+                    for k in range(nk):
                         # dV_k (tb, C) = Yh_k (tb, Cout) @ U_k^T (Cout, C), into V
                         gemm(False, True, <int> (t1 - t0), <int> C, <int> Cout, <floating> 1,
                              Yh + k * TB * Cout, <int> Cout, U + k * C * Cout, <int> Cout,
                              <floating> 0, V + k * TB * C, <int> C)
-                    wino_dx_block(V, dx, t0, t1, sink, &g)
+                    if m == 2:
+                        wino_dx_block(V, dx, t0, t1, sink, &g)
+                    else:
+                        wino4_block(W4_DX, V, dx, t0, t1, sink, NULL, &g)
                 t0 = t1
         cconv_ftz_restore(old)
     return 0
@@ -983,7 +1110,8 @@ cdef int conv2d_backward(const cconv_geom *g, const floating *dy, const floating
     cdef int err = make_plan(g, sizeof(floating), True, dx != NULL, num_threads, NULL, &p)
     if err:
         return err
-    cdef Py_ssize_t Kg = p.K, Cout = g.Cout, U_size = 16 * g.C * g.Cout
+    cdef Py_ssize_t Kg = p.K, Cout = g.Cout
+    cdef Py_ssize_t U_size = (36 if p.route == ROUTE_WINOGRAD4 else 16) * g.C * g.Cout
     if dw == NULL or (g.N and (x == NULL or dy == NULL or w == NULL)):
         return CCONV_ERR_VALUE
     if g.N == 0:
@@ -997,6 +1125,7 @@ cdef int conv2d_backward(const cconv_geom *g, const floating *dy, const floating
     if err:
         return err
     cdef char *part = base
+    cdef int m
     cdef floating *U
     cdef floating *acc_w
     cdef floating *acc_b
@@ -1009,19 +1138,21 @@ cdef int conv2d_backward(const cconv_geom *g, const floating *dy, const floating
             err = direct_backward_weights(g, dy, x, acc_w, acc_b, p.slots, part, p.threads)
             if not err:
                 sum_slots(acc_w, p.slots, p.Kpad * Cout, Kg * Cout, dw)
-    elif p.route == ROUTE_WINOGRAD:
+    elif p.route == ROUTE_WINOGRAD or p.route == ROUTE_WINOGRAD4:
+        m = 2 if p.route == ROUTE_WINOGRAD else 4
         U = <floating *> part
         part += aligned(U_size * sizeof(floating))
         acc_w = <floating *> part
         part += aligned(p.slots * U_size * sizeof(floating))
         acc_b = <floating *> part
         part += aligned(p.slots * Cout * sizeof(floating))
-        err = winograd_filter(w, U, g.C, Cout, p.filter_threads)
+        err = wino_filter(w, U, g.C, Cout, m, p.filter_threads)
         if not err:
-            err = winograd_backward(g, dy, x, U, dx, acc_w, acc_b, p.slots, <floating *> part,
-                                    p.threads, p.scratch, p.tile, p.threads)
+            err = winograd_backward(g, dy, x, U, dx, acc_w, acc_b, p.slots,
+                                    <floating *> part, p.threads, p.scratch, p.tile, m,
+                                    p.threads)
         if not err:
-            err = winograd_filter_grad(acc_w, p.slots, dw, g.C, Cout, p.filter_threads)
+            err = wino_filter_grad(acc_w, p.slots, dw, g.C, Cout, m, p.filter_threads)
     else:
         part += aligned(p.threads * p.scratch * sizeof(floating))
         acc_w = <floating *> part

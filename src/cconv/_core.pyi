@@ -35,7 +35,7 @@ def conv2d_fast(
     workspace_type: type,
     memo: dict[object, object],
     make: object,
-    tuning: tuple[int, int, int, int, int, int],
+    tuning: tuple[int, int, int, int, int, int, int],
     cache_min: int,
 ) -> NDArray[_F] | None: ...
 def out_problem(
@@ -148,7 +148,7 @@ def conv_plan(
     backward: bool,
     need_dx: bool,
     budget: int,
-    tuning: tuple[int, int, int, int, int, int],
+    tuning: tuple[int, int, int, int, int, int, int],
 ) -> tuple[int, int, int, int, int, int, int, int]: ...
 def conv2d_backward(
     dy: NDArray[_F],

@@ -456,9 +456,10 @@ def conv_plan(tuple shape, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Cout,
               bint backward, bint need_dx, int budget, tuple tuning):
     """The route and sizes of a convolution on input ``shape`` (N, H, W, C) on at most
     ``budget`` threads: (route, threads, filter_threads, tile, slots, scratch, K, Kpad),
-    route 0 = im2col + GEMM, 1 = Winograd, 2 = direct (see _conv.pxd). ``tuning``:
-    (tile_bytes, winograd_min_channels, winograd_block_bytes, direct_max_k,
-    slots_per_thread, min_work_per_thread), a negative threshold meaning never."""
+    route 0 = im2col + GEMM, 1 = Winograd, 2 = direct, 3 = Winograd F(4x4, 3x3) (backward
+    only; see _conv.pxd). ``tuning``: (tile_bytes, winograd_min_channels,
+    winograd_block_bytes, direct_max_k, slots_per_thread, min_work_per_thread,
+    winograd4_min_channels), a negative threshold meaning never."""
     cdef cconv_geom g
     cdef _conv.conv_tuning t
     cdef _conv.conv_plan p
@@ -468,7 +469,7 @@ def conv_plan(tuple shape, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Cout,
     g.OH = cconv_output_size(g.H, KH, sh, pt, pb, dh)
     g.OW = cconv_output_size(g.W, KW, sw, pl, pr, dw)
     (t.tile_bytes, t.winograd_min_channels, t.winograd_block_bytes, t.direct_max_k,
-     t.slots_per_thread, t.min_work_per_thread) = tuning
+     t.slots_per_thread, t.min_work_per_thread, t.winograd4_min_channels) = tuning
     check(_conv.make_plan(&g, itemsize, backward, need_dx, budget, &t, &p), "conv_plan")
     return p.route, p.threads, p.filter_threads, p.tile, p.slots, p.scratch, p.K, p.Kpad
 
@@ -637,43 +638,54 @@ def direct_backward_weights(dy, x, dw_work, db_work,
     check(err, where)
 
 
-def winograd_filter(w, U, int num_threads):            # U: OUT (16, C, Cout)
-    """U = G w G^T for every (input, output) channel pair of w (3, 3, C, Cout)."""
+cdef inline Py_ssize_t wino_slots(Py_ssize_t n) noexcept:
+    """The transformed slots per tile that an array dimension n asks for: 36 (F(4x4, 3x3)),
+    or else 16 (F(2x2, 3x3), whose shape check then refuses any other n)."""
+    return 36 if n == 36 else 16
+
+
+def winograd_filter(w, U, int num_threads):            # U: OUT (16 or 36, C, Cout)
+    """U = G w G^T for every (input, output) channel pair of w (3, 3, C, Cout): the filter
+    transform of F(2x2, 3x3) for U (16, C, Cout), of F(4x4, 3x3) for U (36, C, Cout)."""
     cdef str where = "winograd_filter"
     cdef int t = dtype_of(w, where, "w")
     cdef char *wp = data(w, t, 4, False, where, "w")
     cdef char *up = data(U, t, 3, True, where, "U")
+    cdef Py_ssize_t nk = wino_slots(dim(U, 0))
     expect(w, where, "w", 3, 3, dim(w, 2), dim(w, 3))
-    expect(U, where, "U", 16, dim(w, 2), dim(w, 3))
+    expect(U, where, "U", nk, dim(w, 2), dim(w, 3))
     cdef Py_ssize_t C = dim(w, 2), Cout = dim(w, 3)
     cdef int err
+    cdef int m = 2 if nk == 16 else 4
     with nogil:
         if t == F32:
-            err = _conv.winograd_filter(<float *> wp, <float *> up, C, Cout, num_threads)
+            err = _conv.wino_filter(<float *> wp, <float *> up, C, Cout, m, num_threads)
         else:
-            err = _conv.winograd_filter(<double *> wp, <double *> up, C, Cout, num_threads)
+            err = _conv.wino_filter(<double *> wp, <double *> up, C, Cout, m, num_threads)
     check(err, where)
 
 
 def winograd_filter_grad(dU_work, dw, int num_threads):  # dw: OUT (3, 3, C, Cout)
     """dw = G^T (dU_work summed over its slots, in slot order) G: the adjoint of
-    winograd_filter, with the per-slot accumulators (slots, 16, C, Cout) of
-    winograd_backward summed on the way."""
+    winograd_filter, with the per-slot accumulators (slots, 16 or 36, C, Cout) of
+    winograd_backward summed on the way (16: F(2x2, 3x3), 36: F(4x4, 3x3))."""
     cdef str where = "winograd_filter_grad"
     cdef int t = dtype_of(dw, where, "dw")
     cdef char *up = data(dU_work, t, 4, False, where, "dU_work")
     cdef char *dwp = data(dw, t, 4, True, where, "dw")
+    cdef Py_ssize_t nk = wino_slots(dim(dU_work, 1))
     expect(dw, where, "dw", 3, 3, dim(dw, 2), dim(dw, 3))
-    expect(dU_work, where, "dU_work", dim(dU_work, 0), 16, dim(dw, 2), dim(dw, 3))
+    expect(dU_work, where, "dU_work", dim(dU_work, 0), nk, dim(dw, 2), dim(dw, 3))
     cdef Py_ssize_t nslots = dim(dU_work, 0), C = dim(dw, 2), Cout = dim(dw, 3)
     cdef int err
+    cdef int m = 2 if nk == 16 else 4
     with nogil:
         if t == F32:
-            err = _conv.winograd_filter_grad(<float *> up, nslots, <float *> dwp, C, Cout,
-                                             num_threads)
+            err = _conv.wino_filter_grad(<float *> up, nslots, <float *> dwp, C, Cout, m,
+                                         num_threads)
         else:
-            err = _conv.winograd_filter_grad(<double *> up, nslots, <double *> dwp, C, Cout,
-                                             num_threads)
+            err = _conv.wino_filter_grad(<double *> up, nslots, <double *> dwp, C, Cout, m,
+                                         num_threads)
     check(err, where)
 
 
@@ -736,7 +748,9 @@ def winograd_backward(dy, x, U, dx, dU_work, db_work, work,
     """Gradients of winograd_forward: dx (OUT; ignored unless need_dx), dU_work (OUT,
     (nslots, 16, C, Cout)) and db_work (OUT, (nslots, Cout)), all zeroed by the kernel; the
     caller turns dU_work into dW with winograd_filter_grad (which sums the slots) and sums
-    db_work over the slots (see _conv.winograd_backward)."""
+    db_work over the slots (see _conv.winograd_backward). With U (36, C, Cout) from
+    winograd_filter and dU_work (nslots, 36, C, Cout), the same by F(4x4, 3x3) in blocks of
+    TB 4x4-output tiles (_conv.winograd_backward with m = 4)."""
     cdef str where = "winograd_backward"
     cdef int t = dtype_of(x, where, "x")
     cdef char *dyp = data(dy, t, 4, False, where, "dy")
@@ -748,24 +762,26 @@ def winograd_backward(dy, x, U, dx, dU_work, db_work, work,
     cdef char *kp = data(work, t, 2, True, where, "work")
     cdef cconv_geom g = geometry(x, 3, 3, dim(dy, 1), dim(dy, 2), dim(dy, 3), 1, 1, pt, pl, 1, 1,
                                  1)
-    cdef Py_ssize_t nslots = dim(dU_work, 0)
+    cdef Py_ssize_t nslots = dim(dU_work, 0), nk = wino_slots(dim(U, 0))
     expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
-    expect(U, where, "U", 16, g.C, g.Cout)
-    expect(dU_work, where, "dU_work", nslots, 16, g.C, g.Cout)
+    expect(U, where, "U", nk, g.C, g.Cout)
+    expect(dU_work, where, "dU_work", nslots, nk, g.C, g.Cout)
     expect(db_work, where, "db_work", nslots, g.Cout)
     if need_dx:
         expect(dx, where, "dx", dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3))
     cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
     cdef int err
+    cdef int m = 2 if nk == 16 else 4
     with nogil:
         if t == F32:
             err = _conv.winograd_backward(&g, <float *> dyp, <float *> xp, <float *> up,
                                           <float *> dxp, <float *> dup, <float *> dbp, nslots,
-                                          <float *> kp, rows, stride, TB, num_threads)
+                                          <float *> kp, rows, stride, TB, m, num_threads)
         else:
             err = _conv.winograd_backward(&g, <double *> dyp, <double *> xp, <double *> up,
                                           <double *> dxp, <double *> dup, <double *> dbp,
-                                          nslots, <double *> kp, rows, stride, TB, num_threads)
+                                          nslots, <double *> kp, rows, stride, TB, m,
+                                          num_threads)
     check(err, where)
 
 
@@ -1186,7 +1202,7 @@ def conv2d_fast(x, w, b, tuple args, out, workspace, type workspace_type, dict m
     cdef _conv.conv_tuning tu
     cdef _conv.conv_plan p
     (tu.tile_bytes, tu.winograd_min_channels, tu.winograd_block_bytes, tu.direct_max_k,
-     tu.slots_per_thread, tu.min_work_per_thread) = tuning
+     tu.slots_per_thread, tu.min_work_per_thread, tu.winograd4_min_channels) = tuning
     cdef int itemsize = 4 if t == F32 else 8
     if (g.N == 0 or _conv.make_plan(&g, itemsize, False, False, 1 << 30, &tu, &p)
             or p.route != _conv.ROUTE_GEMM or p.threads != 1):

@@ -13,6 +13,7 @@ NAMES = (
     "conv2d_forward", "conv2d_backward", "conv2d_backward_weights",
     "direct_forward", "direct_backward_weights",
     "winograd_filter", "winograd_filter_grad", "winograd_forward", "winograd_backward",
+    "winograd4_filter", "winograd4_filter_grad", "winograd4_backward",
     "max_pool2d_forward", "max_pool2d_forward_avx2", "max_pool2d_forward_avx512",
     "max_pool2d_backward_tiled", "max_pool2d_backward_tiled_avx2",
     "max_pool2d_backward_tiled_avx512",

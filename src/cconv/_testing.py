@@ -2,7 +2,7 @@
 
 For cconv's own tests and benchmarks, not a public API. ``forced`` sets the documented knobs
 of :mod:`cconv.functional` (``MIN_WORK_PER_THREAD``, ``WINOGRAD_MIN_CHANNELS``,
-``DIRECT_MAX_K``, ``DEPTHWISE_MIN_CHANNELS``, ``DEPTHWISE_MIN_OUTPUTS``,
+``WINOGRAD4_MIN_CHANNELS``, ``DIRECT_MAX_K``, ``DEPTHWISE_MIN_CHANNELS``, ``DEPTHWISE_MIN_OUTPUTS``,
 ``SLOTS_PER_THREAD``, ``TILE_BYTES``, ``WINOGRAD_BLOCK_BYTES``), the instruction-set cap of the vectorised kernels
 (``_core.simd_level``) and the thread count, and puts them back afterwards.
 ``kernels_run`` reads the compiled core's record (``_probe.h``) of which kernel paths ran
@@ -31,12 +31,13 @@ from . import functional as F
 _core = _config._core()
 
 #: Convolution routes: "auto" leaves the choice to cconv; the others are taken wherever
-#: their conditions on the call allow (Winograd: 3x3, stride 1, undilated, ungrouped;
-#: direct: float32, groups 1, C_out a multiple of 16, AVX-512, and for the backward pass
+#: their conditions on the call allow (Winograd: 3x3, stride 1, undilated, ungrouped, F(2x2, 3x3)
+#: both ways; "winograd4": the same convolutions, forward on F(2x2, 3x3) and backward on
+#: F(4x4, 3x3) whatever the output size; direct: float32, groups 1, C_out a multiple of 16, AVX-512, and for the backward pass
 #: need_dx=False; depthwise: groups == C_in > 1, any channel multiplier), the im2col route
 #: everywhere else. The depthwise route is numpy code in cconv.functional, not a compiled
 #: kernel: kernels_run() records nothing for it.
-CONV_ROUTES = ("auto", "im2col", "winograd", "direct", "depthwise")
+CONV_ROUTES = ("auto", "im2col", "winograd", "winograd4", "direct", "depthwise")
 #: Max-pool kernels for windows that tile the input (float32, int32 argmax, channels a
 #: multiple of 8 or 16): "generic" caps the instruction set at 0 (which also switches the
 #: direct convolution off), "avx2" at AVX2 (likewise), "avx512" at AVX-512.
@@ -47,6 +48,7 @@ _POOL_LEVEL = {"generic": 0, "avx2": 1, "avx512": 2}
 ROUTE_KERNELS = {
     "im2col": ("conv2d_forward", "conv2d_backward", "conv2d_backward_weights"),
     "winograd": ("winograd_forward", "winograd_backward"),
+    "winograd4": ("winograd_forward", "winograd4_backward"),
     "direct": ("direct_forward", "direct_backward_weights"),
     "generic": ("max_pool2d_forward", "max_pool2d_backward_tiled"),
     "avx2": ("max_pool2d_forward_avx2", "max_pool2d_backward_tiled_avx2"),
@@ -131,7 +133,8 @@ def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
     if block_bytes is not None:
         knobs["TILE_BYTES"] = knobs["WINOGRAD_BLOCK_BYTES"] = block_bytes
     if conv != "auto":
-        knobs["WINOGRAD_MIN_CHANNELS"] = 1 if conv == "winograd" else None
+        knobs["WINOGRAD_MIN_CHANNELS"] = 1 if conv in ("winograd", "winograd4") else None
+        knobs["WINOGRAD4_MIN_CHANNELS"] = 0 if conv == "winograd4" else None
         knobs["DIRECT_MAX_K"] = 2**31 - 1 if conv == "direct" else None
         knobs["DEPTHWISE_MIN_CHANNELS"] = 1 if conv == "depthwise" else None
         knobs["DEPTHWISE_MIN_OUTPUTS"] = 0

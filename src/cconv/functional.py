@@ -45,7 +45,14 @@ Its extra memory is ``threads * WINOGRAD_BLOCK_BYTES`` (the transformed inputs a
 outputs of one block of tiles; more only when one tile alone is larger), plus
 ``16 * C_in * C_out`` elements for the transformed weights and, in the backward pass,
 ``threads * 16 * C_in * C_out`` for the per-thread weight-gradient accumulators, whatever
-the batch size.
+the batch size. Its backward pass, with at least ``WINOGRAD4_MIN_CHANNELS`` input channels
+and output maps whose 4x4 tiles need fewer multiplications than the 2x2 ones, runs on
+Winograd F(4x4, 3x3) instead (``_winograd4.h``): 36 GEMMs per block of 4x4-output tiles,
+2.25 multiplications per output instead of 4, and 36 rather than 16 in the sizes above.
+Its float32 gradients are further from the exact ones (on the paper network's layers about
+5e-6 of the largest gradient, against 4e-7 on F(2x2, 3x3) and 5e-7 to 1.6e-6 in PyTorch),
+within the tolerances of the PyTorch parity tests; ``WINOGRAD4_MIN_CHANNELS = None`` keeps
+the backward pass on F(2x2, 3x3).
 
 A float32 convolution with few input channels (``KH*KW*C_in <= DIRECT_MAX_K``, the first
 layer of a network on RGB or grey images) and groups 1 is computed directly on a CPU with
@@ -88,7 +95,7 @@ Outputs of 1 MiB or more come from cconv's buffer cache (:func:`cconv.set_cache_
 
 The route, threads and tiles of a convolution come from one compiled plan (``_conv.pxd``),
 which this module tunes with its knobs (``TILE_BYTES``, ``WINOGRAD_MIN_CHANNELS``,
-``WINOGRAD_BLOCK_BYTES``, ``DIRECT_MAX_K``, ``SLOTS_PER_THREAD``, ``MIN_WORK_PER_THREAD``);
+``WINOGRAD4_MIN_CHANNELS``, ``WINOGRAD_BLOCK_BYTES``, ``DIRECT_MAX_K``, ``SLOTS_PER_THREAD``, ``MIN_WORK_PER_THREAD``);
 other packages call the same kernels and plan through cconv's Cython and C API
 (``cconv/conv.pxd``, ``cconv/cconv.h``) and get the same results bit for bit (except for
 depthwise convolutions, which the compiled plan sends to the im2col route: the same values
@@ -633,6 +640,12 @@ TILE_BYTES = 1 << 21
 #: F(2x2, 3x3) (2.25x fewer multiplications than im2col + GEMM); set to None to disable.
 WINOGRAD_MIN_CHANNELS: int | None = 16
 
+#: The backward pass of a convolution on the Winograd route with at least this many input
+#: channels uses Winograd F(4x4, 3x3) (36 products per 4x4 outputs instead of 4 x 16) where
+#: its tiles need fewer multiplications than F(2x2, 3x3)'s (output maps of at least 3x3,
+#: other than 5 or 6 on a side); 0: wherever the Winograd route applies; None: never.
+WINOGRAD4_MIN_CHANNELS: int | None = 16
+
 #: Convolutions with KH*KW*C_in up to this (and float32, groups 1, an AVX-512, AVX2 or NEON
 #: CPU; for the backward pass, need_dx=False) take the direct route. None: never.
 DIRECT_MAX_K: int | None = 32
@@ -652,22 +665,27 @@ SLOTS_PER_THREAD = 4
 DEPTHWISE_MIN_CHANNELS: int | None = 8
 DEPTHWISE_MIN_OUTPUTS = 1 << 14
 
-_GEMM, _WINOGRAD, _DIRECT = 0, 1, 2          # the routes, as _conv.pxd numbers them
-_DEPTHWISE = 3                               # chosen here: the compiled plan does not know it
+_GEMM, _WINOGRAD, _DIRECT, _WINOGRAD4 = 0, 1, 2, 3    # the routes, as _conv.pxd numbers them
+_DEPTHWISE = 4                               # chosen here: the compiled plan does not know it
 _ALL_THREADS = 1 << 30
 
 
-def _tuning(winograd_min_channels, direct_max_k):
+def _tuning(winograd_min_channels, direct_max_k, winograd4_min_channels=...):
+    """The compiled plan's tuning; winograd4_min_channels: WINOGRAD4_MIN_CHANNELS unless given."""
+    if winograd4_min_channels is ...:
+        winograd4_min_channels = WINOGRAD4_MIN_CHANNELS
     return (TILE_BYTES, -1 if winograd_min_channels is None else winograd_min_channels,
             WINOGRAD_BLOCK_BYTES, -1 if direct_max_k is None else direct_max_k,
-            SLOTS_PER_THREAD, MIN_WORK_PER_THREAD)
+            SLOTS_PER_THREAD, MIN_WORK_PER_THREAD,
+            -1 if winograd4_min_channels is None else winograd4_min_channels)
 
 
 _PLANS: dict = {}
 
 
 def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
-          winograd_min_channels=None, direct_max_k=None, default=True):
+          winograd_min_channels=None, direct_max_k=None, default=True,
+          winograd4_min_channels=None):
     """(route, threads, filter_threads, tile, slots, scratch, K, Kpad) of a convolution, from
     the compiled plan with this module's knobs (``default``) or the given thresholds.
 
@@ -676,9 +694,10 @@ def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
     level it was made for). Otherwise the budget is asked for and the plan made again."""
     if default:
         winograd_min_channels, direct_max_k = WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K
+        winograd4_min_channels = WINOGRAD4_MIN_CHANNELS
         if _depthwise(shape, k, cout, s, pads, d, groups):
             return (_DEPTHWISE, 1, 1, 0, 1, 0, k[0] * k[1], k[0] * k[1])
-    tuning = _tuning(winograd_min_channels, direct_max_k)
+    tuning = _tuning(winograd_min_channels, direct_max_k, winograd4_min_channels)
     key = (shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx, tuning,
            _core.simd_level())
     plan = _PLANS.get(key)
@@ -705,8 +724,8 @@ def _depthwise(shape, k, cout, s, pads, d, groups):
 
 
 def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
-    """(threads, tiles per block, scratch elements per thread, runs) of a Winograd call on an
-    N x OH x OW x C input padded to keep its size. The backward (by_image) hands out runs of
+    """(threads, tiles per block, scratch elements per thread, runs) of a Winograd F(2x2, 3x3)
+    call on an N x OH x OW x C input padded to keep its size. The backward (by_image) hands out runs of
     whole images, one accumulator slot each; the forward hands out blocks, and its runs
     count is its thread count."""
     _, nt, _, tb, slots, ws, _, _ = _plan((N, OH, OW, C), (3, 3), cout, (1, 1), ((1, 1), (1, 1)),
@@ -716,7 +735,8 @@ def _winograd_plan(N, OH, OW, C, cout, itemsize, by_image):
 
 
 def _winograd_filter(w, out=None):
-    """U (16, C, C_out) = G w G^T for every (input, output) channel pair (compiled)."""
+    """U (16, C, C_out) = G w G^T for every (input, output) channel pair (compiled); into
+    ``out`` of shape (36, C, C_out): F(4x4, 3x3)'s transform."""
     U = _alloc((16, w.shape[2], w.shape[3]), w.dtype) if out is None else out
     _core.winograd_filter(w, U, _threads(U.size // MIN_WORK_PER_THREAD))
     return U
@@ -748,7 +768,7 @@ def _winograd_filter_cached(w):
 
 def _winograd_filter_grad(du_work, out=None):
     """dW (3, 3, C, C_out) = G^T dU G with dU the sum of the per-slot accumulators
-    du_work (slots, 16, C, C_out): the adjoint of :func:`_winograd_filter` (compiled)."""
+    du_work (slots, 16 or 36, C, C_out): the adjoint of :func:`_winograd_filter` (compiled)."""
     dw = np.empty((3, 3, *du_work.shape[2:]), du_work.dtype) if out is None else out
     _core.winograd_filter_grad(du_work, dw, _threads(du_work.size // MIN_WORK_PER_THREAD))
     return dw
@@ -1236,7 +1256,8 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
 
     ``dw`` is the valid cross-correlation of ``x`` with ``dy``; ``dx`` is the full
     convolution of ``dy`` with ``w`` rotated by 180 degrees (computed as ``dY W^T``
-    followed by col2im, or on the Winograd route as the adjoint of its forward pass);
+    followed by col2im, or on the Winograd route as the adjoint of its forward pass, by
+    F(2x2, 3x3) or F(4x4, 3x3), see the module docstring);
     ``db`` is ``dy`` summed over N, OH, OW.
 
     Parameters
@@ -1285,9 +1306,10 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         _run(nt, 0, _core.direct_backward_weights, dy, x, dw_work, db_work, k[0], k[1], s[0],
              s[1], pads[0][0], pads[1][0], d[0], d[1])
         _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
-    elif route == _WINOGRAD:
-        U, du_work, db_work, work = _scratch(workspace, x.dtype, (16, C, cout),
-                                             (slots, 16, C, cout), (slots, cout), (nt, scratch))
+    elif route in (_WINOGRAD, _WINOGRAD4):
+        nk = 16 if route == _WINOGRAD else 36        # transformed slots per tile
+        U, du_work, db_work, work = _scratch(workspace, x.dtype, (nk, C, cout),
+                                             (slots, nk, C, cout), (slots, cout), (nt, scratch))
         _run(nt, tile * C * cout, _core.winograd_backward, dy, x, _winograd_filter(w, U), dx,
              du_work, db_work, work, pads[0][0], pads[1][0], tile, bool(need_dx))
         _winograd_filter_grad(du_work, dw)
