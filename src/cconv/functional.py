@@ -48,9 +48,11 @@ outputs of one block of tiles; more only when one tile alone is larger), plus
 the batch size. Its backward pass, with at least ``WINOGRAD4_MIN_CHANNELS`` input channels
 and output maps whose 4x4 tiles need fewer multiplications than the 2x2 ones, runs on
 Winograd F(4x4, 3x3) instead (``_winograd4.h``): 36 GEMMs per block of 4x4-output tiles,
-2.25 multiplications per output instead of 4, and 36 rather than 16 in the sizes above.
-Its float32 gradients are further from the exact ones (on the paper network's layers about
-5e-6 of the largest gradient, against 4e-7 on F(2x2, 3x3) and 5e-7 to 1.6e-6 in PyTorch),
+2.25 multiplications per output instead of 4, blocks of at most half
+``WINOGRAD_BLOCK_BYTES``, and 36 rather than 16 in the sizes above.
+Its float32 gradients are further from the exact ones (on the paper network's layers
+2e-6 to 4e-6 of the largest gradient, against 4e-7 on F(2x2, 3x3) and 5e-7 to 1.6e-6 in
+PyTorch),
 within the tolerances of the PyTorch parity tests; ``WINOGRAD4_MIN_CHANNELS = None`` keeps
 the backward pass on F(2x2, 3x3).
 
