@@ -8,6 +8,10 @@ differences and the F(2x2, 3x3) route; with partial last tiles, padding, 1-3 thr
 team checked), several slot counts and blocks; its filter transforms against their matrices;
 where the plan takes it; and its float32 error on the benchmark's layers.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -136,13 +140,15 @@ def test_transforms_compute_the_f43_product():
 
 
 def test_plan_takes_it_where_it_needs_fewer_multiplications(monkeypatch):
-    """Backward passes only; C_in >= WINOGRAD4_MIN_CHANNELS; outputs whose 4x4 tiles need
+    """Never by default; with the opt-in, backward passes only; C_in >= WINOGRAD4_MIN_CHANNELS; outputs whose 4x4 tiles need
     fewer products than the 2x2 ones (36 * tiles4 < 16 * tiles2): not 1x1, 2x2, 5x5, 6x6."""
     def route(shape, cout, backward, pad=0):
         pads = ((pad, pad), (pad, pad))
         return F._plan(shape, (3, 3), cout, (1, 1), pads, (1, 1), 1, 4, backward, True)[0]
 
-    assert F.WINOGRAD4_MIN_CHANNELS == 16
+    assert F.WINOGRAD4_MIN_CHANNELS is None        # an opt-in: never by default
+    assert route((2, 31, 31, 32), 64, True) == F._WINOGRAD
+    monkeypatch.setattr(F, "WINOGRAD4_MIN_CHANNELS", 16)        # the CCONV_WINOGRAD4=1 setting
     for hw in (3, 4, 7, 8, 12, 29, 31):          # the benchmark's 29x29 and 12x12 outputs
         assert route((2, hw + 2, hw + 2, 32), 64, True) == F._WINOGRAD4, hw
         assert route((2, hw + 2, hw + 2, 32), 64, False) == F._WINOGRAD, hw
@@ -189,7 +195,19 @@ def test_float32_error_on_the_benchmark_layers(xshape, cout):
     x, w = rng.standard_normal(xshape), rng.standard_normal((3, 3, xshape[3], cout))
     dy = rng.standard_normal((xshape[0], xshape[1] - 2, xshape[2] - 2, cout))
     ref = R.conv2d_backward(dy, x, w)[:2]
-    (dx, dw, _), ran = backward("auto", *(a.astype(np.float32) for a in (dy, x, w)), 0, 2)
+    (dx, dw, _), ran = backward("winograd4", *(a.astype(np.float32) for a in (dy, x, w)), 0, 2)
     assert "winograd4_backward" in ran
     for got, want in zip((dx, dw), ref):
         assert np.abs(got - want).max() / np.abs(want).max() < 2e-5
+
+
+def test_the_environment_variable_opts_in():
+    """CCONV_WINOGRAD4=1 at import sets WINOGRAD4_MIN_CHANNELS to 16; unset or 0: None."""
+    code = "import cconv.functional as F; print(F.WINOGRAD4_MIN_CHANNELS)"
+    for value, want in (("1", "16"), ("0", "None"), (None, "None")):
+        env = {k: v for k, v in os.environ.items() if k != "CCONV_WINOGRAD4"}
+        if value is not None:
+            env["CCONV_WINOGRAD4"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == want, (value, out)

@@ -39,7 +39,7 @@ cdef conv_tuning DEFAULTS = conv_tuning(tile_bytes=1 << 21, winograd_min_channel
 
 cdef enum:
     ALIGN = 64           # workspace parts start on 64-byte boundaries
-    WINOGRAD4_MIN_CHANNELS = 16   # the default of conv_tuning.winograd4_min_channels
+    WINOGRAD4_MIN_CHANNELS = -1   # the default of conv_tuning.winograd4_min_channels: never
 
 
 cdef inline Py_ssize_t smul(Py_ssize_t a, Py_ssize_t b) noexcept nogil:

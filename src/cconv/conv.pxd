@@ -16,8 +16,8 @@
 #     y[n, i, j, o] = b[o] + sum_{m, k, c} x[n, i*sh + m*dh - pt, j*sw + k*dw - pl, c] w[m, k, c, o]
 # (zeros outside the input), and the results equal cconv.functional's bit for bit at the
 # same thread count: the kernels make the plan cconv.functional makes with its defaults
-# (im2col + GEMM in tiles, Winograd F(2x2, 3x3) and for backward passes F(4x4, 3x3), or the
-# direct AVX-512/AVX2/NEON kernel)
+# (im2col + GEMM in tiles, Winograd F(2x2, 3x3), or the direct AVX-512/AVX2/NEON kernel;
+# never the opt-in F(4x4, 3x3) backward of cconv.functional.WINOGRAD4_MIN_CHANNELS)
 # and run it.
 #
 # Threads: at most num_threads, fewer when the work is small (as cconv.functional

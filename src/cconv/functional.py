@@ -45,7 +45,9 @@ Its extra memory is ``threads * WINOGRAD_BLOCK_BYTES`` (the transformed inputs a
 outputs of one block of tiles; more only when one tile alone is larger), plus
 ``16 * C_in * C_out`` elements for the transformed weights and, in the backward pass,
 ``threads * 16 * C_in * C_out`` for the per-thread weight-gradient accumulators, whatever
-the batch size. Its backward pass, with at least ``WINOGRAD4_MIN_CHANNELS`` input channels
+the batch size. As an opt-in (``WINOGRAD4_MIN_CHANNELS``, None by default; the
+environment variable ``CCONV_WINOGRAD4=1`` sets it to 16 at import), its backward pass, with
+at least ``WINOGRAD4_MIN_CHANNELS`` input channels
 and output maps whose 4x4 tiles need fewer multiplications than the 2x2 ones, runs on
 Winograd F(4x4, 3x3) instead (``_winograd4.h``): 36 GEMMs per block of 4x4-output tiles,
 2.25 multiplications per output instead of 4, blocks of at most half
@@ -53,8 +55,8 @@ Winograd F(4x4, 3x3) instead (``_winograd4.h``): 36 GEMMs per block of 4x4-outpu
 Its float32 gradients are further from the exact ones (on the paper network's layers
 2e-6 to 4e-6 of the largest gradient, against 4e-7 on F(2x2, 3x3) and 5e-7 to 1.6e-6 in
 PyTorch),
-within the tolerances of the PyTorch parity tests; ``WINOGRAD4_MIN_CHANNELS = None`` keeps
-the backward pass on F(2x2, 3x3).
+within the tolerances of the PyTorch parity tests but a loss of accuracy for speed, which is
+why it is not the default.
 
 A float32 convolution with few input channels (``KH*KW*C_in <= DIRECT_MAX_K``, the first
 layer of a network on RGB or grey images) and groups 1 is computed directly on a CPU with
@@ -645,8 +647,11 @@ WINOGRAD_MIN_CHANNELS: int | None = 16
 #: The backward pass of a convolution on the Winograd route with at least this many input
 #: channels uses Winograd F(4x4, 3x3) (36 products per 4x4 outputs instead of 4 x 16) where
 #: its tiles need fewer multiplications than F(2x2, 3x3)'s (output maps of at least 3x3,
-#: other than 5 or 6 on a side); 0: wherever the Winograd route applies; None: never.
-WINOGRAD4_MIN_CHANNELS: int | None = 16
+#: other than 5 or 6 on a side); 0: wherever the Winograd route applies; None: never (the
+#: default: its float32 gradients are 4-8x further from the exact ones than F(2x2, 3x3)'s).
+#: An opt-in: set it here, or ``CCONV_WINOGRAD4=1`` in the environment (16 at import).
+WINOGRAD4_MIN_CHANNELS: int | None = (
+    16 if os.environ.get("CCONV_WINOGRAD4", "").strip() not in ("", "0") else None)
 
 #: Convolutions with KH*KW*C_in up to this (and float32, groups 1, an AVX-512, AVX2 or NEON
 #: CPU; for the backward pass, need_dx=False) take the direct route. None: never.
