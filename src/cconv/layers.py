@@ -1109,18 +1109,20 @@ class _Conv(_WithActivation):
         with ReLU or no activation goes through :func:`cconv.functional.conv2d_max_pool2d`,
         whose kernels write the pooled output directly (for a 2x2 stride-2 unpadded pool on
         the Winograd and direct routes)."""
-        fused = self._pool_fusion(following)
-        if fused is not None:
-            return fused
+        if (type(following) is MaxPool2D and self._conv_pool is not None
+                and (self.activation is None or type(self.activation) is ReLU)):
+            relu = self.activation is not None
+
+            def conv_max_pool(x):
+                if self._infer_workspace is None:
+                    self._infer_workspace = F.Workspace()
+                return self._conv_pool(x, following, relu, self._infer_workspace)
+            return conv_max_pool
         if type(following) is MaxPool2D and type(self.activation) is ReLU:
             def conv_pool_relu(x):
                 y = following.infer(self.infer(x, apply_activation=False))
                 return self.activation._apply(y, y)
             return conv_pool_relu
-        return None
-
-    def _pool_fusion(self, following):
-        """The inference fusion with a following max pool, or None (Conv2D's own)."""
         return None
 
     #: conv_pool(x, following, relu, workspace=None, return_argmax=False): the convolution,
@@ -1143,7 +1145,8 @@ class _Conv(_WithActivation):
         :func:`cconv.functional.conv2d_max_pool2d` (the pool's argmax with it), whose kernels
         never store the convolution's output (for a 2x2 stride-2 unpadded pool on the
         Winograd and direct routes)."""
-        if type(following) is MaxPool2D and type(self.activation) is ReLU and self._conv_pool:
+        if (type(following) is MaxPool2D and type(self.activation) is ReLU
+                and self._conv_pool is not None):
             def conv_pool_train(x, training):
                 p, argmax = self._conv_pool(x, following, True, return_argmax=True)
                 shape = (x.shape[0], *self.compute_output_shape(x.shape[1:]))
@@ -1248,20 +1251,6 @@ class Conv2D(_Conv):
     def _conv_backward(self, dz, x):
         return F.conv2d_backward(dz, x, self.params["kernel"], self.stride, self.padding,
                                  self.dilation, self.groups, need_dx=self.need_input_grad)
-
-    def _pool_fusion(self, following):
-        """``following.infer(self.infer(x))`` by conv2d_max_pool2d when ``following`` is a
-        max pool and the activation ReLU or none; else None."""
-        if not (type(following) is MaxPool2D
-                and (self.activation is None or type(self.activation) is ReLU)):
-            return None
-        relu = self.activation is not None
-
-        def conv_max_pool(x):
-            if self._infer_workspace is None:
-                self._infer_workspace = F.Workspace()
-            return self._conv_pool(x, following, relu, self._infer_workspace)
-        return conv_max_pool
 
     def _conv_pool(self, x, following, relu, workspace=None, return_argmax=False):
         return F.conv2d_max_pool2d(x, self.params["kernel"], self.params.get("bias"),
