@@ -647,13 +647,14 @@ ctypedef struct WinoGeom:
     int *argmax                  # with pool: the pool's argmax (int32), or NULL
 
 
-cdef WinoGeom wino_geom(const cconv_geom *g, Py_ssize_t TB, int pool) noexcept nogil:
-    """With pool, the tiles are the pool's windows: those of the last row/column of an
-    odd-sized output, which the pool drops, are not enumerated at all."""
+cdef WinoGeom wino_geom(const cconv_geom *g, Py_ssize_t TB, int pool, int m) noexcept nogil:
+    """The tiles of F(m x m, 3x3), m = 2 or 4. With pool (m = 2), the tiles are the pool's
+    windows: those of the last row/column of an odd-sized output, which the pool drops, are
+    not enumerated at all."""
     cdef WinoGeom w
     w.N = g.N; w.H = g.H; w.W = g.W; w.C = g.C; w.OH = g.OH; w.OW = g.OW; w.Cout = g.Cout
-    w.TW = g.OW // 2 if pool else (g.OW + 1) // 2
-    w.TT = (g.OH // 2 if pool else (g.OH + 1) // 2) * w.TW
+    w.TW = g.OW // 2 if pool else (g.OW + m - 1) // m
+    w.TT = (g.OH // 2 if pool else (g.OH + m - 1) // m) * w.TW
     w.pt = g.pt; w.pl = g.pl; w.TB = TB
     w.pool = pool
     w.argmax = NULL
@@ -898,7 +899,7 @@ cdef int winograd_forward_pool(const cconv_geom *geom, const floating *x, const 
     err = ensure_blas()
     if err:
         return err
-    cdef WinoGeom g = wino_geom(geom, tb, pool)
+    cdef WinoGeom g = wino_geom(geom, tb, pool, 2)
     g.argmax = argmax
     cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
     cdef Py_ssize_t ntiles = g.N * g.TT
@@ -953,10 +954,7 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
     if (nslots < 1 or dU_work == NULL or db_work == NULL
             or (geom.N and (x == NULL or dy == NULL or U == NULL))):
         return CCONV_ERR_VALUE
-    cdef WinoGeom g = wino_geom(geom, tb, 0)
-    if m == 4:
-        g.TW = (g.OW + 3) // 4
-        g.TT = ((g.OH + 3) // 4) * g.TW
+    cdef WinoGeom g = wino_geom(geom, tb, 0, m)
     cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
     cdef Py_ssize_t Z = max(C, Cout)
     cdef Py_ssize_t nchunks = nslots
