@@ -222,6 +222,15 @@ def conv2d_max_pool2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *
     return max_pool2d(z, pool_size, pool_stride, pool_padding)[0]
 
 
+def conv2d_max_pool2d_backward(dy, argmax, x, w, stride=1, padding=0, dilation=1, groups=1,
+                               *, pool_size=2, pool_stride=None, pool_padding=0):
+    """conv2d_backward of the convolution's output gradient that the max pool's backward
+    pass (argmax) makes from dy, the pooled output's gradient."""
+    z = conv2d(x, w, None, stride, padding, dilation, groups)
+    dz = max_pool2d_backward(dy, argmax, z.shape)
+    return conv2d_backward(dz, x, w, stride, padding, dilation, groups)
+
+
 def max_pool2d_backward(dy, argmax, input_shape):
     """dx[n, a // W, a % W, c] += dy[n, i, j, c] with a = argmax[n, i, j, c]."""
     dy = np.asarray(dy)

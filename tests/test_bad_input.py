@@ -344,3 +344,31 @@ def test_conv2d_max_pool2d_checks_both_halves():
     check(TypeError, ["relu"], F.conv2d_max_pool2d, X, W, relu=1)
     check(ValueError, ["out"], F.conv2d_max_pool2d, X, W, out=np.zeros((2, 2, 2, 4)),
           shapes=[(2, 1, 1, 4)])
+
+
+def test_conv2d_max_pool2d_backward_checks_its_arguments():
+    """conv2d_max_pool2d_backward refuses what conv2d_backward and max_pool2d_backward refuse:
+    dy of another shape than the pooled output, argmax not integers or of dy's shape,
+    indices outside the convolution's output plane (on the fused route too, float32 with a
+    3-channel input), a non-bool need_dx, bad out."""
+    dp = np.zeros((2, 1, 1, 4))             # the 2x2 pool of conv2d(X, W): (2, 3, 3, 4) -> 1x1
+    arg = np.zeros((2, 1, 1, 4), np.int32)
+    check(ValueError, ["dy"], F.conv2d_max_pool2d_backward, DY, arg, X, W,
+          shapes=[(2, 1, 1, 4), DY.shape])
+    check(ValueError, ["argmax"], F.conv2d_max_pool2d_backward, dp, np.zeros((2, 1, 1, 3),
+                                                                            np.int32), X, W,
+          shapes=[(2, 1, 1, 3)])
+    check(TypeError, ["argmax"], F.conv2d_max_pool2d_backward, dp, arg.astype(float), X, W)
+    check(TypeError, ["x", "dy"], F.conv2d_max_pool2d_backward, dp.astype(np.float32), arg, X, W)
+    check(ValueError, ["w"], F.conv2d_max_pool2d_backward, dp, arg, X, np.zeros((3, 3, 2, 4)),
+          shapes=[(3, 3, 2, 4)])
+    check(ValueError, ["pool_size"], F.conv2d_max_pool2d_backward, dp, arg, X, W, pool_size=4)
+    check(TypeError, ["need_dx"], F.conv2d_max_pool2d_backward, dp, arg, X, W, need_dx=1)
+    check(ValueError, ["out"], F.conv2d_max_pool2d_backward, dp, arg, X, W, need_dx=False,
+          out=(np.zeros(X.shape), np.zeros(W.shape), np.zeros(4)))
+    for dtype in (np.float32, np.float64):
+        for bad in (-1, 9, 2**31 - 1):      # the output plane is 3 x 3: [0, 9)
+            a = arg.copy()
+            a[1, 0, 0, 2] = bad
+            check(ValueError, ["argmax"], F.conv2d_max_pool2d_backward, dp.astype(dtype), a,
+                  X.astype(dtype), W.astype(dtype), need_dx=False)

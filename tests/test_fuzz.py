@@ -66,10 +66,11 @@ FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
              "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "correlate2d",
              "convolve2d", "relu_backward", "conv2d_transpose", "conv2d_transpose_backward",
              "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d", "matmul", "relu",
-             "conv2d_max_pool2d"]
+             "conv2d_max_pool2d", "conv2d_max_pool2d_backward"]
 HELPERS = ["conv_output_size", "normalize_pair", "normalize_padding",
            "conv_transpose_output_size", "normalize_transpose_padding", "normalize_pads"]
-BACKWARDS = ("conv2d_backward", "conv2d_transpose_backward")   # with need_dx
+BACKWARDS = ("conv2d_backward", "conv2d_transpose_backward",   # with need_dx
+             "conv2d_max_pool2d_backward")
 HUGE = [2**31 - 1, 2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]
 SMALL = [1, 1, 1, 2, 2, 3, 4]
 WEIRD = [0, -1, -2, -2**31, -2**63, 1.5, 2.0, float("nan"), None, "2", True, False, (1,),
@@ -243,11 +244,29 @@ def valid_call(rng, name):
     margins = [1, (0, 2), ((1, 0), (0, 2)), 0][rng.integers(0, 4)]
     if name in ("zero_pad2d", "crop2d"):
         return [x, margins], {}
-    if name in ("conv2d", "conv2d_backward", "conv2d_max_pool2d"):
+    if name in ("conv2d", "conv2d_backward", "conv2d_max_pool2d", "conv2d_max_pool2d_backward"):
         wt = values(rng, (k[0], k[1], c // groups, cout), dtype)
         kw = dict(geo, groups=groups)
         if name == "conv2d":
             return [x, wt, values(rng, (cout,), dtype)], kw
+        if name == "conv2d_max_pool2d_backward":    # mostly the fused 2x2 stride-2 pool
+            pool = {}
+            if rng.random() < 0.3:
+                pool = dict(pool_size=[1, 2, 3, (2, 1)][rng.integers(0, 4)],
+                            pool_stride=[None, 1, (2, 1)][rng.integers(0, 3)],
+                            pool_padding=[0, "same", "valid"][rng.integers(0, 3)])
+            z = F.conv2d(x, wt, **kw)
+            for attempt in (pool, {}, dict(pool_size=1)):   # a pool that fits the output
+                try:
+                    p, arg = F.max_pool2d(z, attempt.get("pool_size", 2),
+                                          attempt.get("pool_stride"),
+                                          attempt.get("pool_padding", 0))
+                    pool = attempt
+                    break
+                except ValueError:
+                    continue
+            need_dx = bool(rng.random() < (0.4 if fast == "direct" else 0.7))
+            return [values(rng, p.shape, dtype), arg, x, wt], dict(kw, **pool, need_dx=need_dx)
         if name == "conv2d_max_pool2d":      # mostly the fused 2x2 stride-2 pool
             if rng.random() < 0.3:
                 kw.update(pool_size=[1, 2, 3, (2, 1)][rng.integers(0, 4)],
@@ -314,10 +333,11 @@ def mutate(rng, name, args, kwargs):
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")      # complex -> real casts
             args[i] = args[i].astype(dt) if args[i].dtype.kind != "O" else args[i]
-    elif r < 0.65 and name == "max_pool2d_backward" and arrays:   # out-of-range argmax
+    elif (r < 0.65 and name in ("max_pool2d_backward", "conv2d_max_pool2d_backward")
+          and arrays):                            # out-of-range (or another window's) argmax
         arg = np.array(args[1], copy=True)
         if arg.size and arg.dtype.kind in "iu":
-            bad = rng.choice([-1, -2**31, 2**31, 2**62, -2**63, 10**6,
+            bad = rng.choice([-1, -2**31, 2**31, 2**62, -2**63, 10**6, 0, 1,
                               int(np.prod(args[2][1:3])) if len(args) > 2 and isinstance(
                                   args[2], tuple) else 99])
             idx = tuple(int(rng.integers(0, s)) for s in arg.shape)
@@ -370,9 +390,12 @@ def too_much_work(name, args, kwargs):
             return work * float(np.prod([float(d) for d in w.shape])) > 1e8
         if name in ("upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d"):
             return float(np.prod([float(d) for d in shapes[0]])) * 16 > 1e8 if shapes else False
-        if name in ("conv2d", "conv2d_backward", "im2col", "col2im", "conv2d_max_pool2d"):
+        if name in ("conv2d", "conv2d_backward", "im2col", "col2im", "conv2d_max_pool2d",
+                    "conv2d_max_pool2d_backward"):
             if name == "conv2d_backward":
                 x, w = args[1], args[2]
+            elif name == "conv2d_max_pool2d_backward":
+                x, w = args[2], args[3]
             elif name in ("conv2d", "conv2d_max_pool2d"):
                 x, w = args[0], args[1]
             else:

@@ -327,6 +327,46 @@ def test_conv2d_max_pool2d_matches_reference(route, data_):
         assert_close(y, R.conv2d_max_pool2d(x, w, b, **cfg["kw"], **pool, relu=relu), cfg["dtype"])
 
 
+@pytest.mark.parametrize("route", CONV_ROUTES)
+@given(data_=st.data())
+def test_conv2d_max_pool2d_backward_matches_reference(route, data_):
+    """The backward pass of the convolution + max pool from the pooled gradient: the unfused
+    cconv chain's bits (max_pool2d_backward then conv2d_backward; NaN in a tenth of the
+    examples, ties in a fifth) and the reference's values; on the direct and Winograd routes
+    with a 2x2 stride-2 pool, the fused kernel ran."""
+    cfg = data_.draw(conv_configs(route))
+    nan, ties = data_.draw(st.integers(0, 9)) == 0, data_.draw(st.integers(0, 4)) == 0
+    need_dx = data_.draw(st.booleans()) if route != "direct" else False
+    x = data(cfg["seed"], cfg["shape"], cfg["dtype"], ties)
+    w = data(cfg["seed"] + 1, cfg["wshape"], cfg["dtype"], ties)
+    z = F.conv2d(x, w, **cfg["kw"])
+    oh, ow = z.shape[1:3]
+    pool = (dict(pool_size=2) if min(oh, ow) >= 2 and data_.draw(st.integers(0, 4))
+            else dict(pool_size=1, pool_stride=data_.draw(st.sampled_from([None, 1]))))
+    p, arg = F.max_pool2d(z, pool["pool_size"], pool.get("pool_stride"))
+    dy = data(cfg["seed"] + 3, p.shape, cfg["dtype"])
+    if nan:
+        dy.reshape(-1)[data_.draw(st.integers(0, dy.size - 1))] = np.nan
+    with forced(threads=cfg["threads"], conv=route, block_bytes=_blocks(cfg)):
+        got = F.conv2d_max_pool2d_backward(dy, arg, x, w, **cfg["kw"], need_dx=need_dx, **pool)
+        ran = kernels_run()
+        want = F.conv2d_backward(F.max_pool2d_backward(dy, arg, z.shape), x, w, **cfg["kw"],
+                                 need_dx=need_dx)
+    if route in ("winograd", "direct") and pool["pool_size"] == 2:
+        name = "direct_backward_weights_pool" if route == "direct" else "winograd_backward_pool"
+        assert name in ran, sorted(ran)
+    assert (got[0] is None) == (not need_dx)
+    for g, r in zip(got, want):
+        if r is not None:
+            assert g.dtype == r.dtype and g.shape == r.shape
+            np.testing.assert_array_equal(g.view(np.uint8), r.view(np.uint8))
+    if not nan:
+        ref = R.conv2d_max_pool2d_backward(dy, arg, x, w, **cfg["kw"], **pool)
+        for g, r in zip(got, ref):
+            if g is not None:
+                assert_close(g, r, cfg["dtype"])
+
+
 @given(conv_configs())
 @example(DEGENERATE_CONV[2])
 def test_im2col_col2im_match_reference_and_are_adjoint(cfg):

@@ -43,7 +43,8 @@ THREADS = (1, 2, 3)
 CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 #: Kernel paths whose work is handed out dynamically.
 DYNAMIC = {"direct_forward", "direct_backward_weights", "winograd_forward", "winograd_backward",
-           "direct_forward_pool", "winograd_forward_pool", "winograd4_backward"}
+           "direct_forward_pool", "winograd_forward_pool", "winograd4_backward",
+           "direct_backward_weights_pool", "winograd_backward_pool"}
 
 
 @dataclass
@@ -163,6 +164,20 @@ def _conv_cases():
                           lambda x=xq, w=wq, b=bq: (R.conv2d_max_pool2d(x, w, b, padding=1),
                                                     R.conv2d_max_pool2d(x, w, b, relu=True)),
                           ("winograd_forward_pool",), dtype, conv="winograd"))
+        # its backward pass from the pooled gradient (one pool window per tile; the last
+        # tile row/column of the odd-sized output under no window)
+        argq = F.max_pool2d(F.conv2d(xq, wq, padding=1), 2)[1]
+        dyq = rand(rng, argq.shape, dtype)
+        cases.append(Case(f"winograd-pool-backward-{tag}",
+                          lambda x=xq, w=wq, a=argq, dy=dyq: (
+                              *F.conv2d_max_pool2d_backward(dy, a, x, w, padding=1),
+                              *F.conv2d_max_pool2d_backward(dy, a, x, w, padding=1,
+                                                            need_dx=False)[1:]),
+                          lambda x=xq, w=wq, a=argq, dy=dyq: (
+                              *R.conv2d_max_pool2d_backward(dy, a, x, w, padding=1),
+                              *R.conv2d_max_pool2d_backward(dy, a, x, w, padding=1)[1:]),
+                          ("winograd_backward_pool",), dtype, conv="winograd",
+                          idle_ok=("winograd_filter", "winograd_filter_grad")))
     for pool, cout, level in (("auto", 32, 2), ("avx2", 20, 1)):
         wp, bp = rand(rng, (3, 3, 3, cout), np.float32), rand(rng, (cout,), np.float32)
         cases.append(Case(f"direct-pool-float32-{pool}",
@@ -172,6 +187,17 @@ def _conv_cases():
                                                 R.conv2d_max_pool2d(x, wp, bp, relu=True)),
                           ("direct_forward_pool",), np.float32, conv="direct", pool=pool,
                           marks=_avx(level)))
+        # dW from the pooled gradient: each output row rebuilt in a thread's scratch (12 x 16
+        # outputs, pooled 6 x 8)
+        argp = F.max_pool2d(F.conv2d(x, wp, **kw), 2)[1]
+        dyp = rand(rng, argp.shape, np.float32)
+        cases.append(Case(f"direct-pool-backward-float32-{pool}",
+                          lambda wp=wp, a=argp, dy=dyp: F.conv2d_max_pool2d_backward(
+                              dy, a, x, wp, **kw, need_dx=False)[1:],
+                          lambda wp=wp, a=argp, dy=dyp: R.conv2d_max_pool2d_backward(
+                              dy, a, x, wp, **kw)[1:],
+                          ("direct_backward_weights_pool",), np.float32, conv="direct",
+                          pool=pool, marks=_avx(level)))
     return cases
 
 
@@ -319,12 +345,19 @@ def test_dynamic_kernels_hand_work_to_every_thread(route, threads):
     fwd, bwd = _testing.ROUTE_KERNELS[route]
     bwd = "direct_backward_weights" if route == "direct" else bwd
     first, seen = None, {fwd: 0, bwd: 0, f"{fwd}_pool": 0}
+    if route != "winograd4":      # the backward pass from the pooled gradient
+        seen[f"{bwd}_pool"] = 0
+        p, arg = F.max_pool2d(F.conv2d(x, w, padding=pad), 2)
+        dp = rand(rng, p.shape, np.float32)
     deadline = time.perf_counter() + 20
     while time.perf_counter() < deadline and min(seen.values()) < want:
         with forced(threads=threads, conv=route):
             outs = (F.conv2d(x, w, padding=pad),
                     *F.conv2d_backward(dy, x, w, padding=pad, need_dx=False)[1:],
                     F.conv2d_max_pool2d(x, w, padding=pad, relu=True))
+            if route != "winograd4":
+                outs += F.conv2d_max_pool2d_backward(dp, arg, x, w, padding=pad,
+                                                     need_dx=False)[1:]
             ran = kernels_run()
         for path in seen:
             assert ran[path].team == threads

@@ -80,6 +80,14 @@ cdef int direct_forward_pool(const cconv_geom *g, const float *x, const float *w
 cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const float *x,
                                  float *dw_work, float *db_work, Py_ssize_t nslots,
                                  char *scratch, int num_threads) noexcept nogil
+# The same with dy given as the gradient dp (N, OH // 2, OW // 2, Cout) of the output's
+# 2x2 stride-2 max pool and that pool's argmax (flat indices h * OW + w): each row of dy is
+# rebuilt in a thread's scratch as max_pool2d_backward would write it. matched (OUT): how
+# many argmax entries named a unit of their own window (all of them, unless argmax is bad).
+cdef int direct_backward_weights_pool(const cconv_geom *g, const float *dp, const int *argmax,
+                                      const float *x, float *dw_work, float *db_work,
+                                      Py_ssize_t nslots, long long *matched, char *scratch,
+                                      int num_threads) noexcept nogil
 
 # --- Winograd F(2x2, 3x3), see _winograd.h ----------------------------------------------
 # U (OUT, (16, C, Cout)) = G w G^T for the 3x3 weights w (3, 3, C, Cout).
@@ -112,6 +120,16 @@ cdef int winograd_backward(const cconv_geom *g, const floating *dy, const floati
                            floating *db_work, Py_ssize_t nslots, floating *work,
                            Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
                            int m, int num_threads) noexcept nogil
+# The same (m = 2) with dy given as the gradient dp (N, OH // 2, OW // 2, Cout) of the
+# output's 2x2 stride-2 max pool and that pool's argmax (flat indices h * OW + w): the dy
+# transform reads a tile's pool window, giving the bits of max_pool2d_backward then
+# winograd_backward. matched (OUT): how many argmax entries named a unit of their window.
+cdef int winograd_backward_pool(const cconv_geom *g, const floating *dp, const int *argmax,
+                                const floating *x, const floating *U, floating *dx,
+                                floating *dU_work, floating *db_work, Py_ssize_t nslots,
+                                long long *matched, floating *work, Py_ssize_t work_rows,
+                                Py_ssize_t work_stride, Py_ssize_t tb,
+                                int num_threads) noexcept nogil
 
 # --- Winograd F(m x m, 3x3), m = 2 (_winograd.h) or 4 (_winograd4.h, backward passes) -----
 # U (OUT, ((m + 2)^2, C, Cout)) = G w G^T, and its adjoint dw (OUT, (3, 3, C, Cout)) =

@@ -10,7 +10,7 @@ bit-for-bit reproducible for a given thread count.
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport uintptr_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from cconv.geometry cimport (cconv_geom, cconv_conv_geom_check, CCONV_ERR_VALUE,
@@ -21,7 +21,8 @@ from cconv._cpu cimport simd_level
 from cconv._probe cimport (probe, P_CONV_FWD, P_CONV_BWD, P_CONV_BWD_DW, P_DIRECT_FWD,
                            P_DIRECT_DW, P_WINO_FILTER, P_WINO_FILTER_GRAD, P_WINO_FWD,
                            P_WINO_BWD, P_DIRECT_FWD_POOL, P_WINO_FWD_POOL, P_WINO4_FILTER,
-                           P_WINO4_FILTER_GRAD, P_WINO4_BWD)
+                           P_WINO4_FILTER_GRAD, P_WINO4_BWD, P_DIRECT_DW_POOL,
+                           P_WINO_BWD_POOL)
 from cconv._blas cimport ensure_blas, gemm
 from cconv._im2col cimport im2col_rows, col2im_rows
 
@@ -397,6 +398,9 @@ cdef extern from "_conv_direct.h":
                           const Py_ssize_t *off, const Py_ssize_t *ident, float *patch,
                           const float **base, const Py_ssize_t **po) noexcept nogil
     int cconv_direct_available(int level) noexcept nogil
+    long long cconv_direct_unpool_row(const float *dp, const int *a, float *row, Py_ssize_t PW,
+                                      Py_ssize_t OW, Py_ssize_t cout, Py_ssize_t oh,
+                                      int under) noexcept nogil
     void cconv_direct_pool_rows(const float *r0, const float *r1, float *y, Py_ssize_t PW,
                                 Py_ssize_t cout, int relu, int *a, Py_ssize_t h0,
                                 Py_ssize_t OW) noexcept nogil
@@ -446,8 +450,8 @@ cdef int direct_check(const cconv_geom *g, int num_threads) noexcept nogil:
 
 cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, const float *bp,
                     float *yp, const float *dyp, float *dwp, float *dbp, Py_ssize_t nslots,
-                    char *scratch, int num_threads, int pool=0,
-                    int *argmax=NULL) noexcept nogil:
+                    char *scratch, int num_threads, int pool=0, int *argmax=NULL,
+                    const int *dy_argmax=NULL, long long *matched=NULL) noexcept nogil:
     """The parallel loop over output rows (n, oh) of both direct kernels: the forward pass
     when yp is set, else the dW/db accumulation.
 
@@ -458,26 +462,34 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
 
     The rows are cut into nslots equal runs handed out dynamically (a thread that the
     machine slows down takes fewer of them); run s zeroes slice s of dwp/dbp and accumulates
-    into it, so the sums depend on nslots and not on which thread ran what."""
+    into it, so the sums depend on nslots and not on which thread ran what.
+
+    With dy_argmax (dW only), dyp is the gradient of the output's 2x2 stride-2 max pool
+    (N, OH // 2, OW // 2, Cout) and dy_argmax that pool's argmax: each row of the output's
+    gradient is rebuilt from them in the thread's scratch (cconv_direct_unpool_row) just
+    before it is used, and matched[slot] counts the argmax entries that named a unit of
+    their window."""
     cdef cconv_dgeom dg = direct_geom(geom)
     cdef const cconv_dgeom *g = &dg
     cdef char *owned = NULL
     cdef Py_ssize_t PH = geom.OH // 2, PW = geom.OW // 2
+    cdef bint rows_buf = pool or dy_argmax != NULL     # the two-row buffer in the scratch
     if pool:
         dg.OW = 2 * PW             # the pooled columns only
     if scratch == NULL:
-        owned = scratch = <char *> malloc(direct_scratch_size(geom, num_threads, pool) + ALIGN)
+        owned = scratch = <char *> malloc(direct_scratch_size(geom, num_threads, rows_buf) + ALIGN)
         if owned == NULL:
             return CCONV_ERR_NOMEM
         scratch = <char *> ((<uintptr_t> owned + ALIGN - 1) & ~(<uintptr_t> ALIGN - 1))
     cdef Py_ssize_t *off = <Py_ssize_t *> scratch
     cdef char *threads_scratch = scratch + aligned(2 * g.Kpad * sizeof(Py_ssize_t))
-    cdef Py_ssize_t per_thread = direct_thread_bytes(geom, pool)
+    cdef Py_ssize_t per_thread = direct_thread_bytes(geom, rows_buf)
     cdef Py_ssize_t rowbuf = aligned(geom.OW * (2 * sizeof(void *) + g.K * sizeof(float)))
     cdef int level = simd_level(-1)
     cconv_direct_offsets(g, off, off + g.Kpad)
     cdef Py_ssize_t rows = geom.N * (PH if pool else g.OH)
-    cdef Py_ssize_t slot, row, n, r
+    cdef Py_ssize_t slot, row, n, r, oh
+    cdef const float *dyrow
     cdef char *mine
     cdef const float **base
     cdef const Py_ssize_t **po
@@ -490,10 +502,13 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
         pair = <float *> (mine + rowbuf)
         old = cconv_ftz_on()
         for slot in prange(nslots, schedule="dynamic"):
-            probe((P_DIRECT_FWD_POOL if pool else P_DIRECT_FWD) if yp != NULL else P_DIRECT_DW)
+            probe((P_DIRECT_FWD_POOL if pool else P_DIRECT_FWD) if yp != NULL
+                  else (P_DIRECT_DW_POOL if dy_argmax != NULL else P_DIRECT_DW))
             if yp == NULL:
                 memset(dwp + slot * g.Kpad * g.cout, 0, g.Kpad * g.cout * sizeof(float))
                 memset(dbp + slot * g.cout, 0, g.cout * sizeof(float))
+                if dy_argmax != NULL:
+                    matched[slot] = 0
             for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):
                 if pool:
                     n = row // PH
@@ -507,13 +522,20 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
                                            2 * (row - n * PH), geom.OW)
                     continue
                 n = row // g.OH
-                cconv_direct_row(g, xp, n, row - n * g.OH, off, off + g.Kpad,
+                oh = row - n * g.OH
+                cconv_direct_row(g, xp, n, oh, off, off + g.Kpad,
                                  <float *> (mine + 2 * g.OW * sizeof(void *)), base, po)
                 if yp != NULL:
                     cconv_direct_fwd_row(level, g, base, po, wp, bp, yp + row * g.OW * g.cout)
-                else:
-                    cconv_direct_dw_row(level, g, base, po, off, dyp + row * g.OW * g.cout,
-                                        dwp + slot * g.Kpad * g.cout, dbp + slot * g.cout)
+                    continue
+                dyrow = dyp + row * g.OW * g.cout
+                if dy_argmax != NULL:
+                    r = (n * PH + min(oh // 2, PH - 1)) * PW * g.cout
+                    matched[slot] += cconv_direct_unpool_row(dyp + r, dy_argmax + r, pair, PW,
+                                                             g.OW, g.cout, oh, oh // 2 < PH)
+                    dyrow = pair
+                cconv_direct_dw_row(level, g, base, po, off, dyrow,
+                                    dwp + slot * g.Kpad * g.cout, dbp + slot * g.cout)
         cconv_ftz_restore(old)
     free(owned)
     return 0
@@ -564,6 +586,34 @@ cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const flo
                       num_threads)
 
 
+cdef int direct_backward_weights_pool(const cconv_geom *g, const float *dp, const int *argmax,
+                                      const float *x, float *dw_work, float *db_work,
+                                      Py_ssize_t nslots, long long *matched, char *scratch,
+                                      int num_threads) noexcept nogil:
+    cdef int err = direct_check(g, num_threads)
+    if err:
+        return err
+    cdef Py_ssize_t Kpad = (g.KH * g.KW * g.C + 7) // 8 * 8
+    if (nslots < 1 or dw_work == NULL or db_work == NULL or matched == NULL or g.OH < 2
+            or g.OW < 2 or (g.N and (x == NULL or dp == NULL or argmax == NULL))):
+        return CCONV_ERR_VALUE
+    matched[0] = 0
+    if g.N == 0:
+        memset(dw_work, 0, nslots * Kpad * g.Cout * sizeof(float))
+        memset(db_work, 0, nslots * g.Cout * sizeof(float))
+        return 0
+    cdef long long *counts = <long long *> calloc(nslots, sizeof(long long))
+    if counts == NULL:
+        return CCONV_ERR_NOMEM
+    err = direct_run(g, x, NULL, NULL, NULL, dp, dw_work, db_work, nslots, scratch,
+                     num_threads, 0, NULL, argmax, counts)
+    cdef Py_ssize_t s
+    for s in range(nslots):
+        matched[0] += counts[s]
+    free(counts)
+    return err
+
+
 # ---------------------------------------------------------------------------------
 # Winograd F(2x2, 3x3): 3x3 stride-1 convolutions (see _winograd.h for the algebra)
 # ---------------------------------------------------------------------------------
@@ -594,6 +644,14 @@ cdef extern from "_winograd.h":
     void cconv_wino_dy_d(const double *dy, double *Yh, Py_ssize_t ldy, Py_ssize_t OH,
                          Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0,
                          Py_ssize_t ow0, const double *zero, double *db) noexcept nogil
+    long long cconv_wino_dy_pool_f(const float *dp, const int *a, float *Yh, Py_ssize_t ldy,
+                                   Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, Py_ssize_t Co,
+                                   Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
+                                   float *db) noexcept nogil
+    long long cconv_wino_dy_pool_d(const double *dp, const int *a, double *Yh, Py_ssize_t ldy,
+                                   Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, Py_ssize_t Co,
+                                   Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
+                                   double *db) noexcept nogil
     void cconv_wino_dx_f(const float *dV, Py_ssize_t ldv, float *dx, Py_ssize_t H, Py_ssize_t W,
                          Py_ssize_t C, Py_ssize_t n, Py_ssize_t ih0, Py_ssize_t iw0,
                          float *sink) noexcept nogil
@@ -723,6 +781,24 @@ cdef void wino_dy_block(const floating *dy, floating *Yh, Py_ssize_t t0, Py_ssiz
         else:
             cconv_wino_dy_d(dy, Yh + (t - t0) * g.Cout, g.TB * g.Cout, g.OH, g.OW, g.Cout,
                             n, oh0, ow0, zero, db)
+
+
+cdef long long wino_dy_pool_block(const floating *dp, const int *argmax, floating *Yh,
+                                  Py_ssize_t t0, Py_ssize_t t1, floating *db,
+                                  const WinoGeom *g) noexcept nogil:
+    """wino_dy_block with dy given by the gradient dp of its 2x2 stride-2 max pool and the
+    pool's argmax; returns how many argmax entries named a unit of their window."""
+    cdef Py_ssize_t t, n, oh0, ow0
+    cdef long long matched = 0
+    for t in range(t0, t1):
+        n = tile_origin(t, g, &oh0, &ow0)
+        if floating is float:
+            matched += cconv_wino_dy_pool_f(dp, argmax, Yh + (t - t0) * g.Cout, g.TB * g.Cout,
+                                            g.OH // 2, g.OW // 2, g.OW, g.Cout, n, oh0, ow0, db)
+        else:
+            matched += cconv_wino_dy_pool_d(dp, argmax, Yh + (t - t0) * g.Cout, g.TB * g.Cout,
+                                            g.OH // 2, g.OW // 2, g.OW, g.Cout, n, oh0, ow0, db)
+    return matched
 
 
 cdef void wino_dx_block(const floating *dV, floating *dx, Py_ssize_t t0, Py_ssize_t t1,
@@ -937,6 +1013,36 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
                            floating *db_work, Py_ssize_t nslots, floating *work,
                            Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
                            int m, int num_threads) noexcept nogil:
+    return wino_backward(geom, dy, NULL, x, U, dx, dU_work, db_work, nslots, NULL, work,
+                         work_rows, work_stride, tb, m, num_threads)
+
+
+cdef int winograd_backward_pool(const cconv_geom *geom, const floating *dp, const int *argmax,
+                                const floating *x, const floating *U, floating *dx,
+                                floating *dU_work, floating *db_work, Py_ssize_t nslots,
+                                long long *matched, floating *work, Py_ssize_t work_rows,
+                                Py_ssize_t work_stride, Py_ssize_t tb,
+                                int num_threads) noexcept nogil:
+    if matched == NULL or geom.OH < 2 or geom.OW < 2 or (geom.N and (dp == NULL or argmax == NULL)):
+        return CCONV_ERR_VALUE
+    matched[0] = 0
+    cdef long long *counts = <long long *> calloc(max(1, nslots), sizeof(long long))
+    if counts == NULL:
+        return CCONV_ERR_NOMEM
+    cdef int err = wino_backward(geom, dp, argmax, x, U, dx, dU_work, db_work, nslots, counts,
+                                 work, work_rows, work_stride, tb, 2, num_threads)
+    cdef Py_ssize_t s
+    for s in range(nslots):
+        matched[0] += counts[s]
+    free(counts)
+    return err
+
+
+cdef int wino_backward(const cconv_geom *geom, const floating *dy, const int *dy_argmax,
+                       const floating *x, const floating *U, floating *dx, floating *dU_work,
+                       floating *db_work, Py_ssize_t nslots, long long *matched,
+                       floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
+                       Py_ssize_t tb, int m, int num_threads) noexcept nogil:
     # The backward pass of F(m x m, 3x3), m = 2 (_winograd.h) or 4 (_winograd4.h), with
     # nk = (m + 2)^2 transformed slots per tile.
     # The batch is cut into nslots chunks of whole images (a chunk scatters only into the dx
@@ -945,7 +1051,10 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
     # for a given slot count whatever ran where. A chunk first zeroes its slot and its
     # images' dx, then works in blocks of tb tiles: transform x (V) and dy (Yh);
     # dU_k += V_k^T Yh_k; then dV_k = Yh_k U_k^T, transformed back and added onto dx.
-    if m != 2 and m != 4:
+    # With dy_argmax (m = 2), dy is the gradient of the output's 2x2 stride-2 max pool and
+    # dy_argmax the pool's argmax: the dy transform reads the pool's windows (one per tile)
+    # and matched[s] counts chunk s's argmax entries that named a unit of their window.
+    if (m != 2 and m != 4) or (dy_argmax != NULL and (m != 2 or matched == NULL)):
         return CCONV_ERR_VALUE
     cdef Py_ssize_t nk = (m + 2) * (m + 2)
     cdef int err = wino_check(geom, work, work_rows, work_stride, tb, num_threads, nk)
@@ -985,13 +1094,16 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
         memset(zero, 0, Z * sizeof(floating))
         old = cconv_ftz_on()
         for ch in prange(nchunks, schedule="dynamic"):
-            probe(P_WINO_BWD if m == 2 else P_WINO4_BWD)
+            probe(P_WINO4_BWD if m == 4
+                  else (P_WINO_BWD_POOL if dy_argmax != NULL else P_WINO_BWD))
             duacc = dU_work + ch * dustride
             dbacc = db_work + ch * Cout
             n0 = ch * g.N // nchunks
             n1 = (ch + 1) * g.N // nchunks
             memset(duacc, 0, dustride * sizeof(floating))
             memset(dbacc, 0, Cout * sizeof(floating))
+            if dy_argmax != NULL:
+                matched[ch] = 0
             if need_dx:
                 memset(dx + n0 * image, 0, (n1 - n0) * image * sizeof(floating))
             t0 = n0 * g.TT
@@ -1000,7 +1112,10 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
                 t1 = min(t0 + TB, tend)
                 if m == 2:
                     wino_input_block(x, V, t0, t1, zero, &g)
-                    wino_dy_block(dy, Yh, t0, t1, zero, dbacc, &g)
+                    if dy_argmax != NULL:
+                        matched[ch] += wino_dy_pool_block(dy, dy_argmax, Yh, t0, t1, dbacc, &g)
+                    else:
+                        wino_dy_block(dy, Yh, t0, t1, zero, dbacc, &g)
                 else:
                     wino4_block(W4_IN, x, V, t0, t1, zero, NULL, &g)
                     wino4_block(W4_DY, dy, Yh, t0, t1, zero, dbacc, &g)

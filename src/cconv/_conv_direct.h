@@ -126,6 +126,36 @@ CCONV_MULTIVERSION static void cconv_direct_pool_rows(
     }
 }
 
+/* Row oh of the gradient of a convolution's output (OW x cout) from that of its 2x2
+   stride-2 max pool: dy[ow, o] = dp[ow / 2, o] where the pool's argmax (a: the pooled row
+   oh / 2, flat indices h * OW + w) names (oh, ow), else 0; with `under` 0 (a row that no
+   window covers) and in the columns from 2 * PW on, zeros. The row that
+   max_pool2d_backward writes, bit for bit (a -0.0 kept). Returns how many entries of the
+   pooled row named a unit of this row. */
+CCONV_MULTIVERSION static long long cconv_direct_unpool_row(
+        const float *__restrict dp, const int *__restrict a, float *__restrict row,
+        ptrdiff_t PW, ptrdiff_t OW, ptrdiff_t cout, ptrdiff_t oh, int under) {
+    long long matched = 0;
+    ptrdiff_t done = 0;
+    if (under) {
+        for (ptrdiff_t pw = 0; pw < PW; pw++) {
+            const float *g = dp + pw * cout;
+            const int *ai = a + pw * cout;
+            float *r0 = row + 2 * pw * cout, *r1 = r0 + cout;
+            int c0 = (int)(oh * OW + 2 * pw), c1 = c0 + 1;
+            for (ptrdiff_t o = 0; o < cout; o++) {
+                int i = ai[o];
+                r0[o] = i == c0 ? g[o] : 0.0f;
+                r1[o] = i == c1 ? g[o] : 0.0f;
+                matched += (i == c0) + (i == c1);
+            }
+        }
+        done = 2 * PW;
+    }
+    memset(row + done * cout, 0, (size_t)((OW - done) * cout) * sizeof(float));
+    return matched;
+}
+
 /* The kernels, one per instruction set (_conv_direct_kern.h, which #undefs its parameters):
    VLANES float32 lanes, the 2-vector dW blocks if VDW2, the target attribute, the suffix. */
 #if CCONV_X86

@@ -214,6 +214,23 @@ def winograd_backward(
     need_dx: bool,
     num_threads: int,
 ) -> None: ...
+def winograd_backward_pool(
+    dp: NDArray[_F],  # (N, OH // 2, OW // 2, Cout)
+    argmax: NDArray[np.int32],  # dp's shape
+    x: NDArray[_F],
+    U: NDArray[_F],
+    dx: NDArray[_F],  # OUT
+    dU_work: NDArray[_F],  # OUT
+    db_work: NDArray[_F],  # OUT
+    work: NDArray[_F],  # scratch
+    OH: int,
+    OW: int,
+    pt: int,
+    pl: int,
+    TB: int,
+    need_dx: bool,
+    num_threads: int,
+) -> int: ...
 def max_pool2d_forward(
     x: NDArray[_F],
     y: NDArray[_F],  # OUT
@@ -286,6 +303,24 @@ def direct_backward_weights(
     dw: int,
     num_threads: int,
 ) -> None: ...
+def direct_backward_weights_pool(
+    dp: NDArray[np.float32],  # (N, OH // 2, OW // 2, Cout)
+    argmax: NDArray[np.int32],  # dp's shape
+    x: NDArray[np.float32],
+    dw_work: NDArray[np.float32],  # OUT
+    db_work: NDArray[np.float32],  # OUT
+    OH: int,
+    OW: int,
+    KH: int,
+    KW: int,
+    sh: int,
+    sw: int,
+    pt: int,
+    pl: int,
+    dh: int,
+    dw: int,
+    num_threads: int,
+) -> int: ...
 def max_pool2d_backward(
     dy: NDArray[_F],
     argmax: NDArray[np.int32] | NDArray[np.int64],

@@ -638,6 +638,36 @@ def direct_backward_weights(dy, x, dw_work, db_work,
     check(err, where)
 
 
+def direct_backward_weights_pool(dp, argmax, x, dw_work, db_work,
+                                 Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
+                                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                                 Py_ssize_t dh, Py_ssize_t dw, int num_threads):
+    """direct_backward_weights of the (OH, OW) output whose gradient is given by dp, that of
+    its 2x2 stride-2 max pool (N, OH // 2, OW // 2, Cout), and the pool's int32 argmax:
+    each row of the output's gradient is rebuilt in a thread's scratch. Returns how many
+    argmax entries named a unit of their own window (all of them for a valid argmax)."""
+    cdef str where = "direct_backward_weights_pool"
+    cdef char *dpp = data(dp, F32, 4, False, where, "dp")
+    cdef char *ap = data(argmax, I32, 4, False, where, "argmax")
+    cdef char *xp = data(x, F32, 4, False, where, "x")
+    cdef char *dwp = data(dw_work, F32, 3, True, where, "dw_work")
+    cdef char *dbp = data(db_work, F32, 2, True, where, "db_work")
+    cdef cconv_geom g = geometry(x, KH, KW, OH, OW, dim(dp, 3), sh, sw, pt, pl, dh, dw, 1)
+    cdef Py_ssize_t nslots = dim(dw_work, 0)
+    expect(dp, where, "dp", g.N, g.OH // 2, g.OW // 2, g.Cout)
+    expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
+    expect(dw_work, where, "dw_work", nslots, (KH * KW * g.C + 7) // 8 * 8, g.Cout)
+    expect(db_work, where, "db_work", nslots, g.Cout)
+    cdef int err
+    cdef long long matched = 0
+    with nogil:
+        err = _conv.direct_backward_weights_pool(&g, <float *> dpp, <int *> ap, <float *> xp,
+                                                 <float *> dwp, <float *> dbp, nslots,
+                                                 &matched, NULL, num_threads)
+    check(err, where)
+    return matched
+
+
 cdef inline Py_ssize_t wino_slots(Py_ssize_t n) noexcept:
     """The transformed slots per tile that an array dimension n asks for: 36 (F(4x4, 3x3)),
     or else 16 (F(2x2, 3x3), whose shape check then refuses any other n)."""
@@ -783,6 +813,50 @@ def winograd_backward(dy, x, U, dx, dU_work, db_work, work,
                                           nslots, <double *> kp, rows, stride, TB, m,
                                           num_threads)
     check(err, where)
+
+
+def winograd_backward_pool(dp, argmax, x, U, dx, dU_work, db_work, work,
+                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t pt, Py_ssize_t pl,
+                           Py_ssize_t TB, bint need_dx, int num_threads):
+    """winograd_backward (F(2x2, 3x3)) of the (OH, OW) output whose gradient is given by
+    dp, that of its 2x2 stride-2 max pool (N, OH // 2, OW // 2, Cout), and the pool's int32
+    argmax: the dy transform reads one pool window per tile. Returns how many argmax
+    entries named a unit of their own window (all of them for a valid argmax)."""
+    cdef str where = "winograd_backward_pool"
+    cdef int t = dtype_of(x, where, "x")
+    cdef char *dpp = data(dp, t, 4, False, where, "dp")
+    cdef char *ap = data(argmax, I32, 4, False, where, "argmax")
+    cdef char *xp = data(x, t, 4, False, where, "x")
+    cdef char *up = data(U, t, 3, False, where, "U")
+    cdef char *dxp = data(dx, t, 4, True, where, "dx") if need_dx else NULL
+    cdef char *dup = data(dU_work, t, 4, True, where, "dU_work")
+    cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
+    cdef char *kp = data(work, t, 2, True, where, "work")
+    cdef cconv_geom g = geometry(x, 3, 3, OH, OW, dim(dp, 3), 1, 1, pt, pl, 1, 1, 1)
+    cdef Py_ssize_t nslots = dim(dU_work, 0)
+    expect(dp, where, "dp", g.N, g.OH // 2, g.OW // 2, g.Cout)
+    expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
+    expect(U, where, "U", 16, g.C, g.Cout)
+    expect(dU_work, where, "dU_work", nslots, 16, g.C, g.Cout)
+    expect(db_work, where, "db_work", nslots, g.Cout)
+    if need_dx:
+        expect(dx, where, "dx", dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3))
+    cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
+    cdef int err
+    cdef long long matched = 0
+    with nogil:
+        if t == F32:
+            err = _conv.winograd_backward_pool(&g, <float *> dpp, <int *> ap, <float *> xp,
+                                               <float *> up, <float *> dxp, <float *> dup,
+                                               <float *> dbp, nslots, &matched, <float *> kp,
+                                               rows, stride, TB, num_threads)
+        else:
+            err = _conv.winograd_backward_pool(&g, <double *> dpp, <int *> ap, <double *> xp,
+                                               <double *> up, <double *> dxp, <double *> dup,
+                                               <double *> dbp, nslots, &matched,
+                                               <double *> kp, rows, stride, TB, num_threads)
+    check(err, where)
+    return matched
 
 
 # ---------------------------------------------------------------------------------

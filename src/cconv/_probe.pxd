@@ -16,8 +16,9 @@ cdef enum:
     P_MAXPOOL_FWD, P_MAXPOOL_FWD_AVX2, P_MAXPOOL_FWD_AVX512
     P_MAXPOOL_BWD_TILED, P_MAXPOOL_BWD_TILED_AVX2, P_MAXPOOL_BWD_TILED_AVX512
     P_MAXPOOL_BWD, P_AVGPOOL_FWD, P_AVGPOOL_BWD, P_RELU_BWD
-    # convolutions that write the 2x2 max pool of their output (conv2d_max_pool2d)
-    P_DIRECT_FWD_POOL, P_WINO_FWD_POOL
+    # convolutions that write the 2x2 max pool of their output (conv2d_max_pool2d), and
+    # their backward passes from the pool's gradient (conv2d_max_pool2d_backward)
+    P_DIRECT_FWD_POOL, P_WINO_FWD_POOL, P_DIRECT_DW_POOL, P_WINO_BWD_POOL
     P_COUNT
 
 # Mark that the calling thread ran a work item of path `id` (first time per thread and id

@@ -26,8 +26,11 @@
 
 #if defined(_OPENMP) && !defined(_MSC_VER)
 #define CCONV_SIMD _Pragma("omp simd")
+#define CCONV_PRAGMA(x) _Pragma(#x)
+#define CCONV_SIMD_SUM(v) CCONV_PRAGMA(omp simd reduction(+:v))
 #else
 #define CCONV_SIMD
+#define CCONV_SIMD_SUM(v)
 #endif
 
 /* Filter pairs per pass of cconv_wino_filter_grad's slot sum (its stack buffer: 16 x this). */
@@ -42,6 +45,19 @@
             T m0 = M[j * ldm + o], m1 = M[(4 + j) * ldm + o];                               \
             T m2 = M[(8 + j) * ldm + o], m3 = M[(12 + j) * ldm + o];                        \
             t[0][j] = m0 + m1 + m2; t[1][j] = m1 - m2 - m3;                                 \
+        }
+
+/* Yh[k*ldy + o] = (A g A^T)[k][o] for the 2x2 dy block g00..g11 of output channel o, and
+   db[o] += its sum: the first step of the backward pass. */
+#define CCONV_WINO_YH(T, Yh, ldy, o, db, g00, g01, g10, g11)                                \
+        db[o] += (g00 + g01) + (g10 + g11);                                                 \
+        T t[4][2] = {{g00, g01}, {g00 + g10, g01 + g11}, {g00 - g10, g01 - g11},            \
+                     {-g10, -g11}};                                                         \
+        for (int i = 0; i < 4; i++) {                                                       \
+            Yh[(4 * i + 0) * ldy + o] = t[i][0];                                            \
+            Yh[(4 * i + 1) * ldy + o] = t[i][0] + t[i][1];                                  \
+            Yh[(4 * i + 2) * ldy + o] = t[i][0] - t[i][1];                                  \
+            Yh[(4 * i + 3) * ldy + o] = -t[i][1];                                           \
         }
 
 #define CCONV_WINOGRAD_KERNELS(S, T)                                                        \
@@ -158,16 +174,42 @@ CCONV_MULTIVERSION static void cconv_wino_dy_##S(                               
     CCONV_SIMD                                                                              \
     for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
         T g00 = p[0][o], g01 = p[1][o], g10 = p[2][o], g11 = p[3][o];                       \
-        db[o] += (g00 + g01) + (g10 + g11);                                                 \
-        T t[4][2] = {{g00, g01}, {g00 + g10, g01 + g11}, {g00 - g10, g01 - g11},            \
-                     {-g10, -g11}};                                                         \
-        for (int i = 0; i < 4; i++) {                                                       \
-            Yh[(4 * i + 0) * ldy + o] = t[i][0];                                            \
-            Yh[(4 * i + 1) * ldy + o] = t[i][0] + t[i][1];                                  \
-            Yh[(4 * i + 2) * ldy + o] = t[i][0] - t[i][1];                                  \
-            Yh[(4 * i + 3) * ldy + o] = -t[i][1];                                           \
-        }                                                                                   \
+        CCONV_WINO_YH(T, Yh, ldy, o, db, g00, g01, g10, g11)                                \
     }                                                                                       \
+}                                                                                           \
+                                                                                            \
+/* The same, dy given by the gradient dp of its 2x2 stride-2 max pool (N, PH, PW, Co) and   \
+   the pool's argmax a (flat indices h * OW + w): the tile's 2x2 block is the window of     \
+   (oh0 / 2, ow0 / 2), whose gradient goes to the unit a names; a tile outside the pooled   \
+   rows/columns (the last of an odd-sized output) has a zero block. The values are those   \
+   max_pool2d_backward writes, so Yh and db are the unfused ones bit for bit. Returns how    \
+   many argmax entries of the window named one of its units. */                             \
+CCONV_MULTIVERSION static long long cconv_wino_dy_pool_##S(                            \
+        const T *dp, const int *a, T *Yh, ptrdiff_t ldy, ptrdiff_t PH, ptrdiff_t PW,        \
+        ptrdiff_t OW, ptrdiff_t Co, ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, T *db) {     \
+    ptrdiff_t ph = oh0 / 2, pw = ow0 / 2;                                                   \
+    long long matched = 0;                                                                  \
+    if (ph >= PH || pw >= PW) {                                                             \
+        CCONV_SIMD                                                                          \
+        for (ptrdiff_t o = 0; o < Co; o++) {                                                \
+            T z = (T)0;                                                                     \
+            CCONV_WINO_YH(T, Yh, ldy, o, db, z, z, z, z)                                    \
+        }                                                                                   \
+        return 0;                                                                           \
+    }                                                                                       \
+    const T *g = dp + ((n * PH + ph) * PW + pw) * Co;                                       \
+    const int *ai = a + ((n * PH + ph) * PW + pw) * Co;                                     \
+    int i0 = (int)(oh0 * OW + ow0), i2 = (int)(i0 + OW);                                    \
+    CCONV_SIMD_SUM(matched)                                                                 \
+    for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
+        int i = ai[o];                                                                      \
+        T v = g[o], z = (T)0;                                                               \
+        T g00 = i == i0 ? v : z, g01 = i == i0 + 1 ? v : z;                                 \
+        T g10 = i == i2 ? v : z, g11 = i == i2 + 1 ? v : z;                                 \
+        matched += (i == i0) + (i == i0 + 1) + (i == i2) + (i == i2 + 1);                   \
+        CCONV_WINO_YH(T, Yh, ldy, o, db, g00, g01, g10, g11)                                \
+    }                                                                                       \
+    return matched;                                                                         \
 }                                                                                           \
                                                                                             \
 /* dx[4x4 block at (ih0, iw0) of image n] += (B dV B^T); positions outside the image        \

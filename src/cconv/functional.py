@@ -71,6 +71,11 @@ only the pooled output when the pool is 2x2 with stride 2 and no padding and the
 convolution takes the Winograd route (one 2x2 tile per pool window; the tiles the pool drops
 are not computed) or the direct route (two output rows at a time in a per-thread buffer of
 ``2 * OW * C_out`` floats); otherwise it runs :func:`conv2d` then :func:`max_pool2d`.
+Its backward pass, :func:`conv2d_max_pool2d_backward`, reads the pooled gradient and the
+pool's argmax in the kernels of the same two routes (the direct weight gradient rebuilds
+the convolution's output gradient one row at a time in a per-thread buffer of ``OW * C_out``
+floats, the Winograd dy transform reads one pool window per tile), so that gradient is not
+built either.
 
 A depthwise convolution (``groups == C_in > 1``, each input channel ``c`` convolved with its own
 ``m = C_out / C_in`` filters into output channels ``c*m .. c*m + m - 1``) with at least
@@ -139,7 +144,7 @@ __all__ = [
     "conv_output_size", "normalize_pair", "normalize_padding", "relu_backward",
     "conv2d_transpose", "conv2d_transpose_backward", "conv_transpose_output_size",
     "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
-    "normalize_pads", "matmul", "relu", "conv2d_max_pool2d",
+    "normalize_pads", "matmul", "relu", "conv2d_max_pool2d", "conv2d_max_pool2d_backward",
 ]
 # Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions;
 # adam_update, the compiled kernel of cconv.optim's Adam (an optimizer step, not an op).
@@ -1131,6 +1136,16 @@ def _winograd_operands(w, tiles, nt, scratch, workspace):
     return _winograd_filter(w, U), work
 
 
+def _conv_pool_geometry(conv_shape, pool_size, pool_stride, pool_padding):
+    """The max pool's geometry on a convolution's output: its errors name the pool
+    arguments and the output's shape."""
+    try:
+        return _memo(_pool_geometry, (conv_shape,), pool_size, pool_stride, pool_padding)
+    except ValueError as e:
+        raise ValueError(f"the max pool (pool_size, pool_stride, pool_padding) of the "
+                         f"convolution's output of shape {conv_shape}: {e}") from None
+
+
 def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
                       stride: _IntOrPair = 1, padding: _Padding = 0, dilation: _IntOrPair = 1,
                       groups: int = 1, *, pool_size: _IntOrPair = 2,
@@ -1215,12 +1230,8 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     cout = w.shape[3]
     b = _check_bias(b, x, w, cout)
     conv_shape = (N, OH, OW, cout)
-    try:
-        pk, ps, ppads, (PH, PW) = _memo(_pool_geometry, (conv_shape,), pool_size, pool_stride,
-                                        pool_padding)
-    except ValueError as e:
-        raise ValueError(f"the max pool (pool_size, pool_stride, pool_padding) of the "
-                         f"convolution's output of shape {conv_shape}: {e}") from None
+    pk, ps, ppads, (PH, PW) = _conv_pool_geometry(conv_shape, pool_size, pool_stride,
+                                                  pool_padding)
     shape = (N, PH, PW, cout)
     index = _argmax_dtype(conv_shape)
     if return_argmax:
@@ -1330,6 +1341,105 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
     _sum_threads(db_work, db)
     return dx, dw, db
 
+
+
+def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w: ArrayLike,
+                               stride: _IntOrPair = 1, padding: _Padding = 0,
+                               dilation: _IntOrPair = 1, groups: int = 1,
+                               need_dx: bool = True, *, pool_size: _IntOrPair = 2,
+                               pool_stride: _IntOrPair | None = None,
+                               pool_padding: _Padding = 0,
+                               out: tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]
+                               | None = None,
+                               workspace: Workspace | None = None,
+                               ) -> tuple[_FloatArray | None, _FloatArray, _FloatArray]:
+    """Gradients of :func:`conv2d_max_pool2d` (without ``relu``) with respect to the
+    convolution's input, weights and bias, from the gradient of its pooled output.
+
+    The result is ``conv2d_backward(max_pool2d_backward(dy, argmax, (N, OH, OW, C_out)),
+    x, w, ...)``, bit for bit. (After ``relu=True``, pass ``relu_backward(dy, y)`` with
+    the pooled output ``y``: the ReLU ran on the pooled output.) When the pool is 2x2 with
+    stride 2 and no padding, ``argmax`` is int32 and the convolution's backward pass takes
+    the direct route (``need_dx=False``) or Winograd F(2x2, 3x3), the kernels read ``dy``
+    and ``argmax`` where they would read the convolution's output gradient, so that
+    gradient (4x larger) never goes to memory: the direct route rebuilds it one output row
+    at a time in a per-thread buffer, the Winograd route one pool window per 2x2 tile.
+    Other calls run the two functions.
+
+    Parameters
+    ----------
+    dy : ndarray of shape (N, PH, PW, C_out)
+        Gradient of the loss with respect to the pooled output.
+    argmax : ndarray of integers, shape of dy
+        The pool's argmax, as ``conv2d_max_pool2d(..., return_argmax=True)`` or
+        :func:`max_pool2d` on the convolution's output give it.
+    x, w, stride, padding, dilation, groups, pool_size, pool_stride, pool_padding
+        As given to :func:`conv2d_max_pool2d`.
+    need_dx, out, workspace
+        As in :func:`conv2d_backward`.
+
+    Returns
+    -------
+    dx, dw, db
+        As :func:`conv2d_backward` returns them (``dx`` None when ``need_dx`` is False).
+
+    Raises
+    ------
+    TypeError, ValueError
+        What :func:`conv2d_backward` and :func:`max_pool2d_backward` refuse; ``dy`` not of
+        the pooled shape, ``argmax`` not of dy's shape.
+    """
+    x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
+    _check_workspace(workspace)
+    if not isinstance(need_dx, (bool, np.bool_)):
+        raise TypeError(f"need_dx must be a bool, got {type(need_dx).__name__}")
+    dy = _float_array(dy, "dy", 4)
+    if dy.dtype != x.dtype:
+        _same_dtype(x=x, dy=dy)
+    N, _, _, C = x.shape
+    cout = w.shape[3]
+    conv_shape = (N, OH, OW, cout)
+    pk, ps, ppads, (PH, PW) = _conv_pool_geometry(conv_shape, pool_size, pool_stride,
+                                                  pool_padding)
+    if dy.shape != (N, PH, PW, cout):
+        raise ValueError(f"dy must have the pooled output's shape (N, PH, PW, C_out) = "
+                         f"{(N, PH, PW, cout)} for x of shape {x.shape}, w of shape {w.shape} "
+                         f"and this pool, got {dy.shape}")
+    a = argmax
+    if type(a) is not np.ndarray or a.dtype != _INT32 or not a.flags.c_contiguous:
+        a = np.asarray(argmax)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"argmax must be an integer array (int32 or int64), got dtype "
+                            f"{a.dtype} (shape {a.shape})")
+    if a.shape != dy.shape:
+        raise ValueError(f"argmax must have dy's shape {dy.shape}, got {a.shape}")
+    dx, dw, db = _gradient_outputs(out, need_dx, dy, x, w, cout)   # every one written below
+    if (N and PH and PW and pk == (2, 2) and ps == (2, 2) and ppads == ((0, 0), (0, 0))
+            and a.dtype == _INT32 and a.flags.c_contiguous):
+        route, nt, _, tile, slots, scratch, K, Kpad = _plan(x.shape, k, cout, s, pads, d, groups,
+                                                           x.itemsize, True, need_dx)
+        matched = -1
+        if route == _DIRECT:
+            dw_work, db_work = _scratch(workspace, x.dtype, (slots, Kpad, cout), (slots, cout))
+            matched = _run(nt, 0, _core.direct_backward_weights_pool, dy, a, x, dw_work, db_work,
+                           OH, OW, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1])
+            if matched == dy.size:
+                _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
+        elif route == _WINOGRAD:
+            U, du_work, db_work, work = _scratch(workspace, x.dtype, (16, C, cout),
+                                                 (slots, 16, C, cout), (slots, cout), (nt, scratch))
+            matched = _run(nt, tile * C * cout, _core.winograd_backward_pool, dy, a, x,
+                           _winograd_filter(w, U), dx, du_work, db_work, work, OH, OW,
+                           pads[0][0], pads[1][0], tile, bool(need_dx))
+            if matched == dy.size:
+                _winograd_filter_grad(du_work, dw)
+        if matched == dy.size:
+            _sum_threads(db_work, db)
+            return dx, dw, db
+        # not routed here, or an argmax naming units outside their windows: the two functions
+    dz = max_pool2d_backward(dy, a, conv_shape)
+    return conv2d_backward(dz, x, w, s, pads, d, groups, need_dx, out=(dx, dw, db),
+                           workspace=workspace)
 
 # ---------------------------------------------------------------------------------
 # Transposed convolution: the data gradient of a convolution, used as a layer

@@ -4,7 +4,8 @@
  * which no other test reaches on an x86 machine). Exit status 0 when every output, weight
  * gradient and bias gradient is within 1e-3 of the double-precision sums, and the 2x2 max
  * pool of each pair of output rows (cconv_direct_pool_rows, with and without ReLU) is the
- * maximum of its four outputs exactly. */
+ * maximum of its four outputs exactly, and each output row's gradient rebuilt from a pooled
+ * one (cconv_direct_unpool_row) holds exactly the gradients whose argmax names its units. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,8 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
     ptrdiff_t *off = malloc(sizeof(ptrdiff_t) * 2 * g.Kpad);
     const float **base = malloc(sizeof(float *) * g.OW);
     const ptrdiff_t **po = malloc(sizeof(ptrdiff_t *) * g.OW);
+    float *gp = malloc(sizeof(float) * g.OW * cout), *urow = malloc(sizeof(float) * g.OW * cout);
+    int *am = malloc(sizeof(int) * g.OW * cout);
     for (ptrdiff_t i = 0; i < H * W * C; i++) x[i] = (float)((i * 37) % 11) - 5.0f;
     for (ptrdiff_t i = 0; i < g.K * cout; i++) w[i] = (float)((i * 13) % 7) - 3.0f;
     for (ptrdiff_t i = 0; i < cout; i++) b[i] = (float)i;
@@ -61,11 +64,29 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
                 }
         }
         for (ptrdiff_t i = 0; i < g.OW * cout; i++) prev[i] = y[i];
+        ptrdiff_t PW = g.OW / 2, ph = oh / 2;
+        int under = ph < g.OH / 2;
+        for (ptrdiff_t pw = 0; pw < PW; pw++)     /* window (ph, pw)'s winner: a pattern */
+            for (ptrdiff_t o = 0; o < cout; o++) {
+                int u = (int)((pw * 3 + o + ph) % 4);
+                am[pw * cout + o] = (int)((2 * ph + u / 2) * g.OW + 2 * pw + u % 2);
+                gp[pw * cout + o] = (float)(pw * cout + o + 1);
+            }
+        for (ptrdiff_t i = 0; i < g.OW * cout; i++) urow[i] = NAN;
+        long long got = cconv_direct_unpool_row(gp, am, urow, PW, g.OW, cout, oh, under), want = 0;
+        for (ptrdiff_t ow = 0; ow < g.OW; ow++)
+            for (ptrdiff_t o = 0; o < cout; o++) {
+                ptrdiff_t k = (ow / 2) * cout + o;
+                int hit = under && ow < 2 * PW && am[k] == (int)(oh * g.OW + ow);
+                want += hit;
+                if (urow[ow * cout + o] != (hit ? gp[k] : 0.0f)) err = 1;
+            }
+        if (got != want) err = 1;
     }
     for (ptrdiff_t i = 0; i < g.K * cout; i++) err = fmax(err, fabs(rw[i] - dw[i]));
     for (ptrdiff_t i = 0; i < cout; i++) err = fmax(err, fabs(rb[i] - db[i]));
     free(x); free(w); free(b); free(y); free(prev); free(pooled); free(dy); free(patch); free(dw); free(db); free(rw);
-    free(rb); free(off); free(base); free(po);
+    free(rb); free(off); free(base); free(po); free(gp); free(urow); free(am);
     if (err > 1e-3)
         printf("level %d H %td W %td C %td k %tdx%td s %td p %td cout %td: error %g\n",
                level, H, W, C, KH, KW, s, p, cout, err);
