@@ -273,6 +273,47 @@ def test_fused_training_gives_the_gradients_of_separate_relu_layers(threads, dty
     assert np.any(dx_a != 0)
 
 
+def pooled_net(dtype, fused=True):
+    """Conv + ReLU + 2x2 max pool three times: on the direct route (3 input channels,
+    float32) and twice on the Winograd route (16 input channels), with odd-sized outputs
+    (21x21, 3x3) whose last row and column no pool window covers."""
+    def conv(filters, **kw):
+        if fused:
+            return [Conv2D(filters, 3, activation="relu", **kw)]
+        return [Conv2D(filters, 3, **kw), ReLU()]
+    return cconv.Sequential(
+        conv(16) + [MaxPool2D(2)] + conv(16, padding="same") + [MaxPool2D(2)] + conv(16)
+        + [MaxPool2D(2), Flatten(), Dense(5, activation="softmax")],
+        input_shape=(23, 23, 3), seed=0, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_backward_from_the_pooled_gradient(threads, dtype):
+    """The backward pass of a fused conv + ReLU + 2x2 max pool runs in one call
+    (conv2d_max_pool2d_backward: the kernels read the pooled gradient and the argmax, and
+    the convolution's output gradient is never built), with the bits of separate layers:
+    the weights' gradients, Adam's steps and the input gradient (the first layer then needs
+    dx, which the direct route does not give: it takes the unfused path)."""
+    from cconv._testing import kernels_run, reset
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 23, 23, 3)).astype(dtype)
+    y = rng.integers(0, 5, 6)
+    a, b = pooled_net(dtype), pooled_net(dtype, fused=False)
+    for m in (a, b):
+        m.compile("adam", "categorical_crossentropy")
+    for step in range(3):
+        reset()
+        a.train_on_batch(x, y)
+        ran = kernels_run()
+        b.train_on_batch(x, y)
+        assert "winograd_backward_pool" in ran, sorted(ran)
+        if dtype == np.float32 and "direct_forward_pool" in ran:
+            assert "direct_backward_weights_pool" in ran, sorted(ran)
+        for u, v in zip(grads(a), grads(b)):
+            assert same_bits(u, v), step
+    assert same_bits(a.input_gradient(x, y), b.input_gradient(x, y))
+
+
 def test_fused_training_matches_finite_differences():
     x, y = batch(np.float64, n=3, seed=2, zeros=False)
     m = net(np.float64)

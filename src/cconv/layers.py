@@ -356,7 +356,14 @@ class Layer:
         ``self.call`` then ``following.call`` on its output (``y`` the second's output,
         the ``saved`` of each for its own ``backward``) that keeps less for the backward
         pass, or None (the default). The model's training forward uses it under the same
-        conditions as :meth:`inference_fusion`."""
+        conditions as :meth:`inference_fusion`.
+
+        The function may carry a ``backward`` attribute, ``backward(dy, saved,
+        following_saved) -> dx``: ``following.backward`` then ``self.backward`` in one call
+        (``dy`` the gradient of ``following``'s output; it adds into ``self.grads`` and
+        returns the gradient of ``self``'s input, under ``self.need_input_grad`` and
+        ``self.dy_writable`` as :meth:`backward` would). The model's backward pass then
+        calls it instead of the two."""
         return None
 
     def compute_output_shape(self, input_shape) -> tuple:
@@ -1127,8 +1134,10 @@ class _Conv(_WithActivation):
 
     #: conv_pool(x, following, relu, workspace=None, return_argmax=False): the convolution,
     #: optional ReLU and the max pool ``following`` in one call (Conv2D's, through
-    #: conv2d_max_pool2d), or None.
+    #: conv2d_max_pool2d), or None; conv_pool_backward(dy, argmax, x, following): its
+    #: gradients (dx or None, dw, db) from the pooled output's (conv2d_max_pool2d_backward).
     _conv_pool = None
+    _conv_pool_backward = None
 
     def training_fusion(self, following):
         """Convolution + ReLU, then max pooling: the ReLU's gradient at each unit that
@@ -1144,13 +1153,27 @@ class _Conv(_WithActivation):
         the mask routes it no gradient either way. A :class:`Conv2D` runs the three through
         :func:`cconv.functional.conv2d_max_pool2d` (the pool's argmax with it), whose kernels
         never store the convolution's output (for a 2x2 stride-2 unpadded pool on the
-        Winograd and direct routes)."""
+        Winograd and direct routes), and the backward passes of the three through
+        :func:`cconv.functional.conv2d_max_pool2d_backward`, whose kernels never store the
+        gradient of that output either (same routes)."""
         if (type(following) is MaxPool2D and type(self.activation) is ReLU
                 and self._conv_pool is not None):
             def conv_pool_train(x, training):
                 p, argmax = self._conv_pool(x, following, True, return_argmax=True)
                 shape = (x.shape[0], *self.compute_output_shape(x.shape[1:]))
                 return p, (x, None), (argmax, shape, p)
+
+            def backward(dy, saved, following_saved):
+                # ReLU's, the pool's and the convolution's backward passes in one: the
+                # convolution's output gradient is not built (conv2d_max_pool2d_backward)
+                x, _ = saved
+                argmax, _, p = following_saved
+                dy = F.relu_backward(dy, p, out=dy if self.dy_writable else None)
+                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following)
+                self._add_grads(dw, db)
+                return dx
+            if self._conv_pool_backward is not None:
+                conv_pool_train.backward = backward
             return conv_pool_train
         if type(following) is MaxPool2D and type(self.activation) is ReLU:
             def conv_relu_pool(x, training):
@@ -1165,10 +1188,13 @@ class _Conv(_WithActivation):
     def backward(self, dy, saved):
         x, act_saved = saved
         dx, dw, db = self._conv_backward(self._deactivate(dy, act_saved), x)
+        self._add_grads(dw, db)
+        return dx
+
+    def _add_grads(self, dw, db):
         self.grads["kernel"] += dw.reshape(self.grads["kernel"].shape)
         if self.use_bias:
             self.grads["bias"] += db
-        return dx
 
     def _check_groups(self, C, groups, input_shape):
         if C % groups:
@@ -1258,6 +1284,14 @@ class Conv2D(_Conv):
                                    pool_size=following.pool_size, pool_stride=following.stride,
                                    pool_padding=following.padding, relu=relu,
                                    return_argmax=return_argmax, workspace=workspace)
+
+    def _conv_pool_backward(self, dy, argmax, x, following):
+        return F.conv2d_max_pool2d_backward(dy, argmax, x, self.params["kernel"], self.stride,
+                                            self.padding, self.dilation, self.groups,
+                                            need_dx=self.need_input_grad,
+                                            pool_size=following.pool_size,
+                                            pool_stride=following.stride,
+                                            pool_padding=following.padding)
 
 
 class Conv2DTranspose(_Conv):

@@ -450,6 +450,7 @@ class Model:
         values[:len(xs)] = xs
         remaining = list(self._consumers) if not cache else None
         saved = [None] * len(self._steps) if cache else None
+        joint = {}      # step k + 1 -> the backward of steps k and k + 1 in one (fusions)
         dt = self.dtype
         infer = not cache and not training
         fused_away = -1
@@ -478,13 +479,15 @@ class Model:
                 else:       # this step and the next in one, each with its own saved
                     y, saved[k], s = fused(x, training)
                     fused_away = k + 1
+                    if getattr(fused, "backward", None) is not None:
+                        joint[k + 1] = fused.backward
                     k, st = k + 1, self._steps[k + 1]
             values[st.output] = y
             if cache:
                 saved[k] = s
             else:
                 self._release(st.inputs, values, remaining)
-        self._tape = (saved, skip, out_slots, xs) if cache else None
+        self._tape = (saved, skip, out_slots, xs, joint) if cache else None
         return [values[s] for s in out_slots]
 
     @staticmethod
@@ -537,7 +540,7 @@ class Model:
         if self._tape is None:
             raise RuntimeError("backward() needs a preceding forward(x, training=True) (or cache=True); "
                                "each backward releases what forward kept")
-        saved, skip, out_slots, xs = self._tape
+        saved, skip, out_slots, xs, joint = self._tape
         self._tape = None
         self.zero_grad()
         dt = self.dtype
@@ -555,28 +558,45 @@ class Model:
         for st in self._steps:
             if st.output not in skip:
                 requires[st.output] = any(requires[s] for s in st.inputs) or _trainable(st.layer)
-        for k in range(len(self._steps) - 1, -1, -1):
-            self._backward_step(k, grads, owned, requires, saved[k], skip)
-            saved[k] = None         # what step k kept goes as soon as its backward is done
-            if grads_ready is not None and self._grads_final[k]:
-                grads_ready(self._steps[k].layer)
+        k = len(self._steps) - 1
+        while k >= 0:
+            done = [k]
+            if k in joint:          # steps k - 1 and k fused: one backward for both
+                self._backward_step(k, grads, owned, requires, (saved[k - 1], saved[k]), skip,
+                                    joint[k])
+                done = [k, k - 1]
+            else:
+                self._backward_step(k, grads, owned, requires, saved[k], skip)
+            for j in done:
+                saved[j] = None     # what step j kept goes as soon as its backward is done
+                if grads_ready is not None and self._grads_final[j]:
+                    grads_ready(self._steps[j].layer)
+            k -= len(done)
         return [grads[i] if grads[i] is not None else np.zeros_like(x) for i, x in enumerate(xs)]
 
-    def _backward_step(self, k, grads, owned, requires, saved, skip):
+    def _backward_step(self, k, grads, owned, requires, saved, skip, joint=None):
         """Backward of step ``k``: its layer adds into its grads; its input gradients are
-        accumulated into ``grads``."""
+        accumulated into ``grads``. With ``joint`` (a training fusion's backward, see
+        :meth:`cconv.layers.Layer.training_fusion`), steps ``k - 1`` and ``k`` in one call:
+        ``saved`` holds both steps' saved, and the gradient goes to step ``k - 1``'s
+        input (step ``k`` alone consumes step ``k - 1``'s output)."""
         st = self._steps[k]
         g = grads[st.output]
         grads[st.output] = None
         if g is None or st.output in skip or not requires[st.output]:
             return
+        if joint is not None:
+            st = self._steps[k - 1]     # the inputs, layer and checks of the first step
         layer = st.layer
         layer.need_input_grad = any(requires[s] for s in st.inputs)
         # A gradient the model owns (a sum of its own, or a layer's new array) is the
         # layer's to overwrite: a fused ReLU's gradient then needs no second buffer.
-        layer.dy_writable = owned[st.output] and g.dtype == self.dtype
+        layer.dy_writable = owned[self._steps[k].output] and g.dtype == self.dtype
         try:
-            dx = layer.backward(_conform(g, self.dtype), saved)
+            if joint is not None:
+                dx = joint(_conform(g, self.dtype), *saved)
+            else:
+                dx = layer.backward(_conform(g, self.dtype), saved)
         finally:
             layer.need_input_grad = True
             layer.dy_writable = False
