@@ -3,8 +3,8 @@
 Each thread count runs in its own process: the paper network (bench/paper_net.py, Adam
 1e-3, batch ``--batch`` of random 64x64x3 images), 3 warm-up steps, then ``--steps``
 timed ``train_on_batch`` calls. Every layer's forward (``call``, or the fused
-convolution + ReLU + pool of ``Conv2D.training_fusion``) and backward, and the optimizer's
-update, are timed around the call (wall time, ``time.perf_counter``); "engine" is the rest
+convolution + ReLU + pool of ``Conv2D.training_fusion``) and backward (or that pair's joint
+backward), and the optimizer's update, are timed around the call (wall time, ``time.perf_counter``); "engine" is the rest
 of the step (loss, gradient bookkeeping, Python). The table gives each phase's median over
 the steps in ms and its share of the median step. The JSON goes to
 ``bench/results/profile-step-<time>.json``.
@@ -56,7 +56,13 @@ for layer in model.layers:
 
     def fused(following, layer=layer, fusion=fusion):
         f = fusion(following)
-        return None if f is None else timed(layer.name + "+" + following.name + " fwd", f)
+        if f is None:
+            return None
+        pair = layer.name + "+" + following.name
+        g = timed(pair + " fwd", f)
+        if getattr(f, "backward", None) is not None:     # the pair's joint backward
+            g.backward = timed(pair + " bwd", f.backward)
+        return g
     layer.training_fusion = fused
     layer.call = timed(layer.name + " fwd", layer.call)
     layer.backward = timed(layer.name + " bwd", layer.backward)
@@ -73,7 +79,7 @@ for _ in range({steps}):
     inner = set()
     for k in acc:                       # a fused pair's own layers' calls are inside it
         if "+" in k:
-            inner.update(part + " fwd" for part in k[:-4].split("+"))
+            inner.update(part + k[-4:] for part in k[:-4].split("+"))
     for k, v in acc.items():
         if k not in inner:
             phases[k].append(v)

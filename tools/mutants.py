@@ -281,6 +281,41 @@ MUTANTS = [
      "instead of the output row", [],
      """            int *ao = a + pw * cout, i0 = (int)(h0 * OW + 2 * pw), i2 = (int)(i0 + OW);""",
      """            int *ao = a + pw * cout, i0 = (int)(h0 / 2 * OW + 2 * pw), i2 = (int)(i0 + OW);"""),
+    ("poolbwd-direct-column-swap", "src/cconv/_conv_direct.h",
+     "conv + max pool backward from the pooled gradient, direct: a window's gradient goes to "
+     "the other column of its row", [],
+     """                r0[o] = i == c0 ? g[o] : 0.0f;
+                r1[o] = i == c1 ? g[o] : 0.0f;""",
+     """                r0[o] = i == c1 ? g[o] : 0.0f;
+                r1[o] = i == c0 ? g[o] : 0.0f;"""),
+    ("poolbwd-direct-last-window", "src/cconv/_conv_direct.h",
+     "conv + max pool backward, direct: the last pooled column of each row is not unpooled "
+     "(its two output columns keep the previous row's values)", [],
+     """        for (ptrdiff_t pw = 0; pw < PW; pw++) {
+            const float *g = dp + pw * cout;""",
+     """        for (ptrdiff_t pw = 0; pw < PW - 1; pw++) {
+            const float *g = dp + pw * cout;"""),
+    ("poolbwd-direct-odd-rows", "src/cconv/_conv.pyx",
+     "conv + max pool backward, direct: the second output row under each pool window gets "
+     "no gradient", [],
+     """                                                             g.OW, g.cout, oh, oh // 2 < PH)""",
+     """                                                             g.OW, g.cout, oh, oh // 2 < PH and oh % 2 == 0)"""),
+    ("poolbwd-wino-unit", "src/cconv/_winograd.h",
+     "conv + max pool backward, Winograd: a window's top-right unit is matched against the "
+     "top-left index", [],
+     '        T g00 = i == i0 ? v : z, g01 = i == i0 + 1 ? v : z;                                 \\',
+     '        T g00 = i == i0 ? v : z, g01 = i == i0 ? v : z;                                     \\'),
+    ("poolbwd-wino-window-row", "src/cconv/_winograd.h",
+     "conv + max pool backward, Winograd: a tile reads the pool window one row below its own "
+     "(clamped to the last)", [],
+     '    ptrdiff_t ph = oh0 / 2, pw = ow0 / 2;                                                   \\',
+     '    ptrdiff_t ph = oh0 / 2 + 1 < PH ? oh0 / 2 + 1 : oh0 / 2, pw = ow0 / 2; \\'),
+    ("poolbwd-joint-relu-mask", "src/cconv/layers.py",
+     "conv + ReLU + max pool, the joint backward of training: the ReLU's mask is not applied "
+     "to the pooled gradient", [],
+     """                dy = F.relu_backward(dy, p, out=dy if self.dy_writable else None)
+                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following)""",
+     """                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following)"""),
     ("dwise-multiplier-order", "src/cconv/functional.py",
      "depthwise route, forward: output channel j*C + c instead of c*m + j (multiplier order)",
      [],
