@@ -14,8 +14,10 @@ A benchmark script (``bench_core.py``, ``bench_train.py``, ...) defines
 and ends with ``sys.exit(harness.run(TARGET, WORKERS, __file__, options))``. The parent
 process then, for ``--runs`` runs (at least 5 for figures that go into the README), starts
 fresh processes (one per library, or one per library and job) in an order that rotates
-from run to run (run 1: A B C, run 2: B C A, ...; printed), so that every library
-is measured under the same machine load and goes first equally often. It prints the median
+from run to run, the libraries after the first reversed in every other run (run 1: A B C D,
+run 2: B A D C, run 3: C D A B, ...; printed), so that every library is measured under the
+same machine load, goes first equally often and does not always run right after the same
+other library (whatever a process leaves behind would then weigh on one library only). It prints the median
 and the range of every metric and the ratio of each library to the fastest other library
 (the median of the per-run ratios, and their range: a ratio compares two measurements
 made seconds apart, so a slow spell of the shared machine that spans both cancels out),
@@ -304,8 +306,13 @@ def isa_env(isa):
 
 
 def run_orders(names, runs):
-    """The rotating order: run i starts with library i mod n."""
-    return [names[i % len(names):] + names[:i % len(names)] for i in range(runs)]
+    """The run orders: run i starts with library i mod n and goes on in the listed order,
+    or, for odd i, in the reverse order (with two libraries, a plain alternation)."""
+    orders = []
+    for i in range(runs):
+        order = names[i % len(names):] + names[:i % len(names)]
+        orders.append(order if i % 2 == 0 else order[:1] + order[:0:-1])
+    return orders
 
 
 def _run_worker(script, lib, settings, timeout):
@@ -517,7 +524,7 @@ def main(target, script, argv=None, settings_parser=None, default_runs=5):
     print(f"commit {commit[:10] if commit else 'unknown'}{' (uncommitted changes)' if dirty else ''}; "
           f"settings {json.dumps({k: v for k, v in settings.items() if k != 'env'})}"
           f"{'; env ' + json.dumps(settings['env']) if settings['env'] else ''}")
-    print("run order (rotating):")
+    print("run order (rotating; every other run reversed after its first library):")
     for i, order in enumerate(orders):
         print(f"  run {i + 1}: {', '.join(order)}")
     runs = []

@@ -183,3 +183,20 @@ def test_bench_speed_log_renders_a_table_with_its_targets(tmp_path):
     assert "**`bench/bench_isa.py` with every library capped at AVX2**" in tables
     assert "| training epoch vs the faster PyTorch layout | <= 0.6 | 0.33 | PASS |" in tables
     assert "| batch-1 inference vs the faster PyTorch layout | <= 0.7 | 0.67 | PASS |" in tables
+
+
+def test_run_orders_rotate_and_vary_the_neighbours():
+    """Every library goes first equally often, and none always runs right after the same
+    other one (a plain rotation keeps every neighbour; bench_speed's cconv ran right after
+    Keras in four of five runs). Two libraries simply alternate."""
+    sys.path.insert(0, str(BENCH))
+    import harness
+    names = ["cconv", "baseline", "torch-nchw", "torch-cl", "keras"]
+    orders = harness.run_orders(names, 10)
+    assert all(sorted(o) == sorted(names) for o in orders)
+    assert [o[0] for o in orders] == names * 2
+    for lib in names:
+        before = {o[o.index(lib) - 1] for o in orders if o.index(lib) > 0}
+        assert len(before) >= 2, (lib, before)
+    assert harness.run_orders(["Fast", "Slow"], 3) == [["Fast", "Slow"], ["Slow", "Fast"],
+                                                       ["Fast", "Slow"]]
