@@ -593,25 +593,31 @@ cdef int direct_backward_weights_pool(const cconv_geom *g, const float *dp, cons
     cdef int err = direct_check(g, num_threads)
     if err:
         return err
-    cdef Py_ssize_t Kpad = (g.KH * g.KW * g.C + 7) // 8 * 8
-    if (nslots < 1 or dw_work == NULL or db_work == NULL or matched == NULL or g.OH < 2
-            or g.OW < 2 or (g.N and (x == NULL or dp == NULL or argmax == NULL))):
+    if matched == NULL or g.OH < 2 or g.OW < 2 or (g.N and argmax == NULL):
         return CCONV_ERR_VALUE
     matched[0] = 0
-    if g.N == 0:
-        memset(dw_work, 0, nslots * Kpad * g.Cout * sizeof(float))
-        memset(db_work, 0, nslots * g.Cout * sizeof(float))
-        return 0
+    if g.N == 0:                # the zeroed accumulators (dy unread)
+        return direct_backward_weights(g, dp, x, dw_work, db_work, nslots, scratch,
+                                       num_threads)
+    if nslots < 1 or dw_work == NULL or db_work == NULL or x == NULL or dp == NULL:
+        return CCONV_ERR_VALUE
     cdef long long *counts = <long long *> calloc(nslots, sizeof(long long))
     if counts == NULL:
         return CCONV_ERR_NOMEM
     err = direct_run(g, x, NULL, NULL, NULL, dp, dw_work, db_work, nslots, scratch,
                      num_threads, 0, NULL, argmax, counts)
-    cdef Py_ssize_t s
-    for s in range(nslots):
-        matched[0] += counts[s]
-    free(counts)
+    matched[0] = take_counts(counts, nslots)
     return err
+
+
+cdef long long take_counts(long long *counts, Py_ssize_t n) noexcept nogil:
+    """The sum of a pooled backward's per-slot counts of argmax matches; frees them."""
+    cdef long long total = 0
+    cdef Py_ssize_t s
+    for s in range(n):
+        total += counts[s]
+    free(counts)
+    return total
 
 
 # ---------------------------------------------------------------------------------
@@ -1031,10 +1037,7 @@ cdef int winograd_backward_pool(const cconv_geom *geom, const floating *dp, cons
         return CCONV_ERR_NOMEM
     cdef int err = wino_backward(geom, dp, argmax, x, U, dx, dU_work, db_work, nslots, counts,
                                  work, work_rows, work_stride, tb, 2, num_threads)
-    cdef Py_ssize_t s
-    for s in range(nslots):
-        matched[0] += counts[s]
-    free(counts)
+    matched[0] = take_counts(counts, max(0, nslots))
     return err
 
 

@@ -781,38 +781,8 @@ def winograd_backward(dy, x, U, dx, dU_work, db_work, work,
     db_work over the slots (see _conv.winograd_backward). With U (36, C, Cout) from
     winograd_filter and dU_work (nslots, 36, C, Cout), the same by F(4x4, 3x3) in blocks of
     TB 4x4-output tiles (_conv.winograd_backward with m = 4)."""
-    cdef str where = "winograd_backward"
-    cdef int t = dtype_of(x, where, "x")
-    cdef char *dyp = data(dy, t, 4, False, where, "dy")
-    cdef char *xp = data(x, t, 4, False, where, "x")
-    cdef char *up = data(U, t, 3, False, where, "U")
-    cdef char *dxp = data(dx, t, 4, True, where, "dx") if need_dx else NULL
-    cdef char *dup = data(dU_work, t, 4, True, where, "dU_work")
-    cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
-    cdef char *kp = data(work, t, 2, True, where, "work")
-    cdef cconv_geom g = geometry(x, 3, 3, dim(dy, 1), dim(dy, 2), dim(dy, 3), 1, 1, pt, pl, 1, 1,
-                                 1)
-    cdef Py_ssize_t nslots = dim(dU_work, 0), nk = wino_slots(dim(U, 0))
-    expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
-    expect(U, where, "U", nk, g.C, g.Cout)
-    expect(dU_work, where, "dU_work", nslots, nk, g.C, g.Cout)
-    expect(db_work, where, "db_work", nslots, g.Cout)
-    if need_dx:
-        expect(dx, where, "dx", dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3))
-    cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
-    cdef int err
-    cdef int m = 2 if nk == 16 else 4
-    with nogil:
-        if t == F32:
-            err = _conv.winograd_backward(&g, <float *> dyp, <float *> xp, <float *> up,
-                                          <float *> dxp, <float *> dup, <float *> dbp, nslots,
-                                          <float *> kp, rows, stride, TB, m, num_threads)
-        else:
-            err = _conv.winograd_backward(&g, <double *> dyp, <double *> xp, <double *> up,
-                                          <double *> dxp, <double *> dup, <double *> dbp,
-                                          nslots, <double *> kp, rows, stride, TB, m,
-                                          num_threads)
-    check(err, where)
+    wino_backward("winograd_backward", dy, None, x, U, dx, dU_work, db_work, work, dim(dy, 1),
+                  dim(dy, 2), pt, pl, TB, need_dx, num_threads)
 
 
 def winograd_backward_pool(dp, argmax, x, U, dx, dU_work, db_work, work,
@@ -822,36 +792,59 @@ def winograd_backward_pool(dp, argmax, x, U, dx, dU_work, db_work, work,
     dp, that of its 2x2 stride-2 max pool (N, OH // 2, OW // 2, Cout), and the pool's int32
     argmax: the dy transform reads one pool window per tile. Returns how many argmax
     entries named a unit of their own window (all of them for a valid argmax)."""
-    cdef str where = "winograd_backward_pool"
+    return wino_backward("winograd_backward_pool", dp, argmax, x, U, dx, dU_work, db_work,
+                         work, OH, OW, pt, pl, TB, need_dx, num_threads)
+
+
+cdef long long wino_backward(str where, dy, argmax, x, U, dx, dU_work, db_work, work,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t pt, Py_ssize_t pl,
+                             Py_ssize_t TB, bint need_dx, int num_threads) except -1:
+    """winograd_backward (argmax None: dy is the (OH, OW) output's gradient) or
+    winograd_backward_pool (dy is its 2x2 max pool's, argmax that pool's); the count of
+    argmax entries naming a unit of their window (0 without argmax)."""
     cdef int t = dtype_of(x, where, "x")
-    cdef char *dpp = data(dp, t, 4, False, where, "dp")
-    cdef char *ap = data(argmax, I32, 4, False, where, "argmax")
+    cdef char *dyp = data(dy, t, 4, False, where, "dp" if argmax is not None else "dy")
+    cdef char *ap = NULL if argmax is None else data(argmax, I32, 4, False, where, "argmax")
     cdef char *xp = data(x, t, 4, False, where, "x")
     cdef char *up = data(U, t, 3, False, where, "U")
     cdef char *dxp = data(dx, t, 4, True, where, "dx") if need_dx else NULL
     cdef char *dup = data(dU_work, t, 4, True, where, "dU_work")
     cdef char *dbp = data(db_work, t, 2, True, where, "db_work")
     cdef char *kp = data(work, t, 2, True, where, "work")
-    cdef cconv_geom g = geometry(x, 3, 3, OH, OW, dim(dp, 3), 1, 1, pt, pl, 1, 1, 1)
-    cdef Py_ssize_t nslots = dim(dU_work, 0)
-    expect(dp, where, "dp", g.N, g.OH // 2, g.OW // 2, g.Cout)
-    expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
-    expect(U, where, "U", 16, g.C, g.Cout)
-    expect(dU_work, where, "dU_work", nslots, 16, g.C, g.Cout)
+    cdef cconv_geom g = geometry(x, 3, 3, OH, OW, dim(dy, 3), 1, 1, pt, pl, 1, 1, 1)
+    cdef Py_ssize_t nslots = dim(dU_work, 0), nk = wino_slots(dim(U, 0))
+    if argmax is None:
+        expect(dy, where, "dy", g.N, g.OH, g.OW, g.Cout)
+    else:
+        nk = 16                          # F(2x2, 3x3) only: a tile is a pool window
+        expect(dy, where, "dp", g.N, g.OH // 2, g.OW // 2, g.Cout)
+        expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
+    expect(U, where, "U", nk, g.C, g.Cout)
+    expect(dU_work, where, "dU_work", nslots, nk, g.C, g.Cout)
     expect(db_work, where, "db_work", nslots, g.Cout)
     if need_dx:
         expect(dx, where, "dx", dim(x, 0), dim(x, 1), dim(x, 2), dim(x, 3))
     cdef Py_ssize_t rows = dim(work, 0), stride = dim(work, 1)
     cdef int err
+    cdef int m = 2 if nk == 16 else 4
     cdef long long matched = 0
     with nogil:
-        if t == F32:
-            err = _conv.winograd_backward_pool(&g, <float *> dpp, <int *> ap, <float *> xp,
+        if t == F32 and ap == NULL:
+            err = _conv.winograd_backward(&g, <float *> dyp, <float *> xp, <float *> up,
+                                          <float *> dxp, <float *> dup, <float *> dbp, nslots,
+                                          <float *> kp, rows, stride, TB, m, num_threads)
+        elif ap == NULL:
+            err = _conv.winograd_backward(&g, <double *> dyp, <double *> xp, <double *> up,
+                                          <double *> dxp, <double *> dup, <double *> dbp,
+                                          nslots, <double *> kp, rows, stride, TB, m,
+                                          num_threads)
+        elif t == F32:
+            err = _conv.winograd_backward_pool(&g, <float *> dyp, <int *> ap, <float *> xp,
                                                <float *> up, <float *> dxp, <float *> dup,
                                                <float *> dbp, nslots, &matched, <float *> kp,
                                                rows, stride, TB, num_threads)
         else:
-            err = _conv.winograd_backward_pool(&g, <double *> dpp, <int *> ap, <double *> xp,
+            err = _conv.winograd_backward_pool(&g, <double *> dyp, <int *> ap, <double *> xp,
                                                <double *> up, <double *> dxp, <double *> dup,
                                                <double *> dbp, nslots, &matched,
                                                <double *> kp, rows, stride, TB, num_threads)
