@@ -50,26 +50,39 @@ static void cconv_direct_offsets(const cconv_dgeom *g, ptrdiff_t *off, ptrdiff_t
 
 /* For every pixel ow of output row (n, oh): where its taps are read from. Windows inside
    the image read x in place (base = window origin, po = off); the others are copied into
-   patch + ow*K with zeros for the padding (base = the patch, po = ident). */
+   patch + ow*K with zeros for the padding (base = the patch, po = ident). The inside
+   windows are the columns lo <= ow < hi of a row whose window rows are all inside. */
 static void cconv_direct_row(const cconv_dgeom *g, const float *x, ptrdiff_t n, ptrdiff_t oh,
                              const ptrdiff_t *off, const ptrdiff_t *ident, float *patch,
                              const float **base, const ptrdiff_t **po) {
-    ptrdiff_t ih0 = oh * g->sh - g->pt, C = g->C;
-    int rows_in = ih0 >= 0 && ih0 + (g->KH - 1) * g->dh < g->H;
-    for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
-        ptrdiff_t iw0 = ow * g->sw - g->pl;
-        if (rows_in && iw0 >= 0 && iw0 + (g->KW - 1) * g->dw < g->W) {
-            base[ow] = x + ((n * g->H + ih0) * g->W + iw0) * C;
-            po[ow] = off;
-            continue;
+    const ptrdiff_t H = g->H, W = g->W, C = g->C, OW = g->OW, sw = g->sw, pl = g->pl;
+    const ptrdiff_t ih0 = oh * g->sh - g->pt, span = (g->KW - 1) * g->dw;
+    ptrdiff_t lo = 0, hi = 0;
+    if (ih0 >= 0 && ih0 + (g->KH - 1) * g->dh < H) {
+        lo = (pl + sw - 1) / sw;                    /* ow * sw - pl >= 0 */
+        hi = W - 1 + pl - span >= 0 ? (W - 1 + pl - span) / sw + 1 : 0;   /* ... + span < W */
+        hi = hi < OW ? hi : OW;
+        lo = lo < hi ? lo : hi;
+    }
+    const ptrdiff_t row = (n * H + ih0) * W;
+    for (ptrdiff_t ow = lo; ow < hi; ow++) {
+        base[ow] = x + (row + ow * sw - pl) * C;
+        po[ow] = off;
+    }
+    for (ptrdiff_t ow = 0; ow < OW; ow++) {
+        if (ow == lo && lo < hi) {          /* skip the inside run */
+            ow = hi;
+            if (ow == OW)
+                break;
         }
+        ptrdiff_t iw0 = ow * sw - pl;
         float *p = patch + ow * g->K;
         for (ptrdiff_t kh = 0; kh < g->KH; kh++) {
             ptrdiff_t ih = ih0 + kh * g->dh;
             for (ptrdiff_t kw = 0; kw < g->KW; kw++, p += C) {
                 ptrdiff_t iw = iw0 + kw * g->dw;
-                if (ih >= 0 && ih < g->H && iw >= 0 && iw < g->W)
-                    memcpy(p, x + ((n * g->H + ih) * g->W + iw) * C, (size_t)C * sizeof(float));
+                if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                    memcpy(p, x + ((n * H + ih) * W + iw) * C, (size_t)C * sizeof(float));
                 else
                     memset(p, 0, (size_t)C * sizeof(float));
             }
