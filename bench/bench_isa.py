@@ -9,9 +9,15 @@ default here; bench/harness.py's ``isa_env``):
   numpy/scipy at its Haswell kernels (``OPENBLAS_CORETYPE=Haswell``);
 * PyTorch: ``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2`` (``DNNL_MAX_CPU_ISA``).
 
-(cconv's plain C loops, compiled with ``target_clones``, are picked by the loader from the
-CPU's features and keep their AVX-512 clone here: the simulation covers the explicitly
-vectorised kernels and BLAS, not those loops.)
+cconv's plain C loops (the Winograd transforms, the fused pools, the elementwise kernels)
+are compiled with ``target_clones``; the loader picks their clone from the CPU's features,
+not from the cap, so an ordinary build keeps running their AVX-512 clones here. For a
+simulation with no AVX-512 anywhere in cconv, run its worker from a build without that
+clone (``CFLAGS=-DCCONV_CLONES_MAX_AVX2 pip install .``; each worker logs
+``_core.multiversion_targets()`` as ``clones``)::
+
+    python bench/bench_isa.py --python cconv=/path/to/avx2-build/bin/python \
+        --baseline /path/to/ordinary-build/bin/python
 
 Each library runs two processes per run (``infer``: batch 1; ``train``: one epoch after a
 warm-up step), in a rotating order over ``--runs`` runs (at least 5 for the README); ratios

@@ -92,7 +92,8 @@ def worker_cconv(settings):
         out = measure(settings, lambda xb: model.predict(xb, batch_size=256),
                       model.train_on_batch, epoch)
     out.setdefault("info", {}).update(threads=cconv.get_num_threads(), file=cconv.__file__,
-                                      simd_level=_core.simd_level())
+                                      simd_level=_core.simd_level(),
+                                      clones=_core.multiversion_targets())
     return out
 
 

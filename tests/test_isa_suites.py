@@ -63,3 +63,44 @@ def test_neon_direct_kernels_under_qemu(tmp_path):
     out = _build_and_run("aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
                          tmp_path)
     assert "0 of 33 cases wrong (levels 1..1)" in out
+
+
+CLONES_SRC = r'''
+#include <stdio.h>
+#include "_simd.h"
+CCONV_MULTIVERSION float cconv_clone_probe(const float *x, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += x[i] * x[i];
+    return s;
+}
+int main(void) {
+    float x[64];
+    for (int i = 0; i < 64; i++) x[i] = (float)i;
+    printf("%s %g\n", CCONV_MULTIVERSION_TARGETS, cconv_clone_probe(x, 64));
+    return 0;
+}
+'''
+
+
+@pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("gcc") is None
+                    or shutil.which("nm") is None or _core.multiversion_targets() == "",
+                    reason="needs the source tree, gcc, nm and a build with clones")
+@pytest.mark.parametrize("flags, targets", [([], "avx512f,avx2,default"),
+                                            (["-DCCONV_CLONES_MAX_AVX2"], "avx2,default")])
+def test_multiversion_clones_of_a_build(tmp_path, flags, targets):
+    """The clones of a CCONV_MULTIVERSION loop are the ones its targets string names: a
+    build made with -DCCONV_CLONES_MAX_AVX2 (bench_isa's no-AVX-512 simulation) has no
+    AVX-512 clone, so the loader cannot pick one."""
+    src = tmp_path / "clones.c"
+    src.write_text(CLONES_SRC)
+    exe = str(tmp_path / "clones")
+    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", *flags, "-I", INCLUDE, str(src), "-o", exe],
+                   check=True, capture_output=True, text=True)
+    out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [targets, str(sum(i * i for i in range(64)))]
+    symbols = subprocess.run(["nm", exe], capture_output=True, text=True, check=True).stdout
+    clones = {line.split()[-1].split(".", 1)[1] for line in symbols.splitlines()
+              if line.split()[-1].startswith("cconv_clone_probe.")}
+    assert {t for t in targets.split(",") if t != "default"} <= clones
+    assert ("avx512f" in clones) == ("avx512f" in targets)
+    assert _core.multiversion_targets() in ("avx512f,avx2,default", "avx2,default")

@@ -404,6 +404,15 @@ def simd_level(int cap=-1):
     return _cpu.simd_level(cap)
 
 
+def multiversion_targets():
+    """The instruction sets of the clones of cconv's plain C loops, best first
+    ("avx512f,avx2,default"). The loader picks one from the CPU's features, whatever
+    simd_level() says; a build made with ``CFLAGS=-DCCONV_CLONES_MAX_AVX2`` has no AVX-512
+    clone ("avx2,default"), for measuring a CPU without AVX-512. "" where the loops have one
+    version (the build's baseline: not gcc on x86-64 Linux)."""
+    return _cpu.multiversion_targets().decode()
+
+
 # ---------------------------------------------------------------------------------
 # im2col / col2im
 # ---------------------------------------------------------------------------------

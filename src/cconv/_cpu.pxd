@@ -6,3 +6,8 @@
 # cap leaves it as it is). The tests lower the cap to run every path on one machine; it
 # is set with the GIL held, never while a kernel runs.
 cdef int simd_level(int cap) noexcept nogil
+
+# The instruction sets that the plain C loops' clones (CCONV_MULTIVERSION, _simd.h) were
+# compiled for, best first: "avx512f,avx2,default", "avx2,default" in a build made with
+# CFLAGS=-DCCONV_CLONES_MAX_AVX2, "" where the loops have one version (the baseline's).
+cdef const char *multiversion_targets() noexcept nogil

@@ -3,6 +3,7 @@
 
 cdef extern from "_simd.h":
     int cconv_simd_detect() noexcept nogil
+    const char *CCONV_MULTIVERSION_TARGETS
 
 import os
 
@@ -24,3 +25,8 @@ cdef int simd_level(int cap) noexcept nogil:
     if cap >= 0:
         _cap = cap
     return _cap if _cap < _supported else _supported
+
+
+
+cdef const char *multiversion_targets() noexcept nogil:
+    return CCONV_MULTIVERSION_TARGETS

@@ -11,11 +11,22 @@
 
 /* Plain C loops that gain from wider vectors are compiled for several instruction sets on
    x86-64 Linux with gcc (the loader picks the best one at run time); elsewhere for the
-   build's baseline. The one definition: _pool_rows.h, _elementwise.h and _winograd.h use it. */
+   build's baseline. The one definition: _pool_rows.h, _elementwise.h and _winograd.h use it.
+   The loader's choice ignores simd_level(), so a build made with
+   CFLAGS=-DCCONV_CLONES_MAX_AVX2 leaves out the AVX-512 clone: with it and simd_level(1),
+   nothing of cconv runs AVX-512 (bench/bench_isa.py's simulation of a CPU without it).
+   CCONV_MULTIVERSION_TARGETS names the clones, for the benchmarks' logs. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#ifdef CCONV_CLONES_MAX_AVX2
+#define CCONV_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#define CCONV_MULTIVERSION_TARGETS "avx2,default"
+#else
 #define CCONV_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#define CCONV_MULTIVERSION_TARGETS "avx512f,avx2,default"
+#endif
 #else
 #define CCONV_MULTIVERSION
+#define CCONV_MULTIVERSION_TARGETS ""
 #endif
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
