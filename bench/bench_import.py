@@ -14,7 +14,6 @@ the one that ``CCONV_KEEP_WORK=1 bash tools/build_wheel.sh`` leaves behind.
     python bench/bench_import.py [--runs 15] [--python /path/to/venv/bin/python]
 """
 import argparse
-import os
 import statistics
 import subprocess
 import sys

@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from harness import fmt  # noqa: E402
+from harness import fmt, run_orders  # noqa: E402
 from readme_sections import update_or_check  # noqa: E402
 
 TIME_UNITS = ("s", "ms", "us")
@@ -45,6 +45,28 @@ def newest_logs(directory, min_runs):
         if key not in chosen or log["time"] > chosen[key][1]["time"]:
             chosen[key] = (path, log)
     return [chosen[k] for k in sorted(chosen)]
+
+
+def order_text(log):
+    """How the log's runs ordered the libraries: the harness's order since every other run
+    is reversed after its first library, a plain rotation before."""
+    orders = log.get("order") or []
+    if len(orders) > 1 and len(orders[0]) > 2 and orders == run_orders(orders[0], len(orders)):
+        return "a rotating order (every other run reversed after its first library)"
+    return "a rotating order"
+
+
+def main_python(log, main):
+    """The footnote's words on cconv's own interpreter when the run named it with --python
+    (another build of cconv), with the clones its workers reported; else nothing."""
+    lib = next((lib for lib in log["libraries"] if lib["label"] == main), None)
+    if lib is None or not any(a.startswith(lib["name"] + "=") for a in log.get("argv") or []):
+        return ""
+    clones = sorted({j["info"]["clones"] for run in log["runs"]
+                     for j in (run.get(main, {}).get("jobs") or {"": run.get(main, {})}).values()
+                     if (j.get("info") or {}).get("clones") is not None})
+    return (f" {main}: under `{lib['python']}`"
+            + (f" (clones of its plain C loops: {'; '.join(clones)})" if clones else "") + ".")
 
 
 def table(path, log):
@@ -94,8 +116,8 @@ def table(path, log):
              f"{min(loads):.1f}-{max(loads):.1f} on {m.get('cpus_allowed', m.get('cpu_count'))} "
              f"CPUs." if loads else " The machine is shared and noisy.")
     shown = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("env", "isa"))
-    lines += ["", f"{len(log['runs'])} runs, each library in its own process, in a rotating "
-              f"order; ratios are per run (library / the fastest other library in the same "
+    lines += ["", f"{len(log['runs'])} runs, each library in its own process, in "
+              f"{order_text(log)}; ratios are per run (library / the fastest other library in the same "
               f"run). Log `{os.path.relpath(path, ROOT)}`: commit "
               f"{(log['commit'] or 'unknown')[:10]}{' with uncommitted changes' if log['dirty'] else ''}, "
               f"{log['time'][:10]}, {shown}, {m.get('cpu', '?')} "
@@ -103,7 +125,7 @@ def table(path, log):
               + "".join(f" {lib['label']}: {lib['name']} under `{lib['python']}`"
                         + "".join(f" with {k}={v}" for k, v in lib.get("env", {}).items())
                         + ", not a contender." for lib in log["libraries"] if lib["label"] in extra)
-              + noise]
+              + main_python(log, main) + noise]
     return "\n".join(lines)
 
 

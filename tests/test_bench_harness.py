@@ -1,6 +1,7 @@
 """bench/harness.py and bench/make_tables.py on a fake benchmark of two fake libraries: each
 library in its own process, the rotating run order printed, medians, ranges and per-run
 ratios, the JSON log's contents, and the tables made from it."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -200,3 +201,35 @@ def test_run_orders_rotate_and_vary_the_neighbours():
         assert len(before) >= 2, (lib, before)
     assert harness.run_orders(["Fast", "Slow"], 3) == [["Fast", "Slow"], ["Slow", "Fast"],
                                                        ["Fast", "Slow"]]
+    import make_tables          # the tables say which order a log's runs took
+    assert "reversed" in make_tables.order_text({"order": harness.run_orders(names, 5)})
+    rotation = [names[i:] + names[:i] for i in range(5)]
+    assert make_tables.order_text({"order": rotation}) == "a rotating order"
+    run = {"cconv": {"jobs": {"infer": {"info": {"clones": "avx2,default"}}}}}
+    log = {"libraries": [{"name": "cconv", "label": "cconv", "python": "/b/python"}],
+           "runs": [run, run], "argv": ["bench_isa.py", "--python", "cconv=/b/python"]}
+    assert make_tables.main_python(log, "cconv") == (
+        " cconv: under `/b/python` (clones of its plain C loops: avx2,default).")
+    assert make_tables.main_python(dict(log, argv=["bench_isa.py"]), "cconv") == ""
+
+
+MUTANTS_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "tools", "mutants.py")
+
+
+@pytest.mark.skipif(not os.path.exists(MUTANTS_PY), reason="needs the source tree's tools/")
+def test_every_mutant_still_applies_to_the_source():
+    """tools/mutants.py edits the source by exact text: a mutant whose text the code no
+    longer has would apply nowhere and report nothing, so each must match exactly once."""
+    spec = importlib.util.spec_from_file_location("cconv_mutants", MUTANTS_PY)
+    mutants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutants)
+    root = os.path.dirname(os.path.dirname(MUTANTS_PY))
+    stale = {}
+    for mid, path, _desc, _tests, old, new in mutants.MUTANTS:
+        with open(os.path.join(root, path)) as f:
+            n = f.read().count(old)
+        if n != 1 or old == new:
+            stale[mid] = n
+    assert not stale, stale
+    assert len({m[0] for m in mutants.MUTANTS}) == len(mutants.MUTANTS)

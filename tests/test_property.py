@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from cconv import _testing
 from cconv import functional as F
-from cconv._testing import ROUTE_KERNELS, forced, kernels_run
+from cconv._testing import ROUTE_KERNELS, ROUTE_POOL_KERNELS, forced, kernels_run
 
 import reference as R
 from route_spy import depthwise_spy
@@ -318,8 +318,8 @@ def test_conv2d_max_pool2d_matches_reference(route, data_):
         if with_arg:       # the argmax of the pool before the ReLU (max_pool2d's format)
             y, arg = y
             want_arg = F.max_pool2d(z, pool["pool_size"], pool.get("pool_stride"))[1]
-    if route in ("winograd", "direct") and pool["pool_size"] == 2:
-        assert f"{route}_forward_pool" in ran, sorted(ran)
+    if route in ROUTE_POOL_KERNELS and pool["pool_size"] == 2:
+        assert ROUTE_POOL_KERNELS[route][0] in ran, sorted(ran)
     assert_fused_equal(y, want, ran, oh, ow)
     if with_arg and not ("winograd_forward_pool" in ran and (oh % 2 or ow % 2)):
         np.testing.assert_array_equal(arg, want_arg)
@@ -352,9 +352,8 @@ def test_conv2d_max_pool2d_backward_matches_reference(route, data_):
         ran = kernels_run()
         want = F.conv2d_backward(F.max_pool2d_backward(dy, arg, z.shape), x, w, **cfg["kw"],
                                  need_dx=need_dx)
-    if route in ("winograd", "direct") and pool["pool_size"] == 2:
-        name = "direct_backward_weights_pool" if route == "direct" else "winograd_backward_pool"
-        assert name in ran, sorted(ran)
+    if route in ROUTE_POOL_KERNELS and pool["pool_size"] == 2:
+        assert ROUTE_POOL_KERNELS[route][1] in ran, sorted(ran)
         # and its result was kept: no fallback to the two functions (which a kernel that
         # miscounts the argmax entries naming their windows would take)
         assert not any(k.startswith("max_pool2d") for k in ran), sorted(ran)

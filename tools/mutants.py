@@ -139,15 +139,15 @@ MUTANTS = [
      """            p[6 * i + j] = CCONV_IN_IMAGE(ih0 + i, iw0 + j + 1, H, W)                           \\
                 ? x + ((n * H + ih0 + i) * W + iw0 + j + 1) * C : zero;"""),
     ("wino4-lost-column", "src/cconv/_conv.pyx",
-     "Winograd F(4x4) backward: the last partial tile column is lost (OW = 4k + 1)",
+     "Winograd tiles (F(4x4), and F(2x2) unpooled): the last partial tile column is lost",
      ["test_winograd4.py"],
-     """        g.TW = (g.OW + 3) // 4""",
-     """        g.TW = (g.OW + 2) // 4"""),
+     """    w.TW = g.OW // 2 if pool else (g.OW + m - 1) // m""",
+     """    w.TW = g.OW // 2 if pool else (g.OW + m - 2) // m"""),
     ("wino4-lost-row", "src/cconv/_conv.pyx",
-     "Winograd F(4x4) backward: the last partial tile row is lost (OH = 4k + 1)",
+     "Winograd tiles (F(4x4), and F(2x2) unpooled): the last partial tile row is lost",
      ["test_winograd4.py"],
-     """        g.TT = ((g.OH + 3) // 4) * g.TW""",
-     """        g.TT = ((g.OH + 2) // 4) * g.TW"""),
+     """    w.TT = (g.OH // 2 if pool else (g.OH + m - 1) // m) * w.TW""",
+     """    w.TT = (g.OH // 2 if pool else (g.OH + m - 2) // m) * w.TW"""),
     ("wino4-slot-twice", "src/cconv/_winograd4.h",
      "Winograd F(4x4) backward: the filter-gradient adjoint adds the first dU slot twice",
      ["test_winograd4.py"],
@@ -198,9 +198,9 @@ MUTANTS = [
     ("avgpool-bwd-last-image", "src/cconv/_pool.pyx",
      "average-pool backward: the last image is skipped on 2+ threads", [],
      """        for n in prange(g.N, schedule="static"):
-            avgpool_backward_image(g, dy, dx, n)""",
+            avgpool_backward_image(g, dy, dx, level, n)""",
      """        for n in prange(g.N - 1, schedule="static"):
-            avgpool_backward_image(g, dy, dx, n)"""),
+            avgpool_backward_image(g, dy, dx, level, n)"""),
     # The compiled plan and the compiled fast paths of functional (since the core split)
     ("plan-gemm-team-over-budget", "src/cconv/_conv.pyx",
      "the plan gives the im2col + GEMM route one thread more than the budget", [],

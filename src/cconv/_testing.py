@@ -33,7 +33,8 @@ _core = _config._core()
 #: Convolution routes: "auto" leaves the choice to cconv; the others are taken wherever
 #: their conditions on the call allow (Winograd: 3x3, stride 1, undilated, ungrouped, F(2x2, 3x3)
 #: both ways; "winograd4": the same convolutions, forward on F(2x2, 3x3) and backward on
-#: F(4x4, 3x3) whatever the output size; direct: float32, groups 1, C_out a multiple of 16, AVX-512, and for the backward pass
+#: F(4x4, 3x3) whatever the output size; direct: float32, groups 1, a small KH*KW*C_in
+#: (``DIRECT_MAX_K``), an AVX-512, AVX2 + FMA or NEON CPU, and for the backward pass
 #: need_dx=False; depthwise: groups == C_in > 1, any channel multiplier), the im2col route
 #: everywhere else. The depthwise route is numpy code in cconv.functional, not a compiled
 #: kernel: kernels_run() records nothing for it.
@@ -53,6 +54,13 @@ ROUTE_KERNELS = {
     "generic": ("max_pool2d_forward", "max_pool2d_backward_tiled"),
     "avx2": ("max_pool2d_forward_avx2", "max_pool2d_backward_tiled_avx2"),
     "avx512": ("max_pool2d_forward_avx512", "max_pool2d_backward_tiled_avx512"),
+}
+
+#: The kernel paths of a convolution fused with the 2x2 stride-2 max pool after it
+#: (conv2d_max_pool2d, conv2d_max_pool2d_backward) on the routes that have them.
+ROUTE_POOL_KERNELS = {
+    "winograd": ("winograd_forward_pool", "winograd_backward_pool"),
+    "direct": ("direct_forward_pool", "direct_backward_weights_pool"),
 }
 
 
