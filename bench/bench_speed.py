@@ -93,7 +93,8 @@ def worker_cconv(settings):
                       model.train_on_batch, epoch)
     out.setdefault("info", {}).update(threads=cconv.get_num_threads(), file=cconv.__file__,
                                       simd_level=_core.simd_level(),
-                                      clones=_core.multiversion_targets())
+                                      clones=getattr(_core, "multiversion_targets",   # older builds
+                                                     lambda: None)())
     return out
 
 
