@@ -185,8 +185,8 @@ def _pool_geometry(x_shape, pool_size, stride, padding):
 def max_pool2d(x, pool_size=2, stride=None, padding=0):
     """Window maximum over the in-bounds pixels (padding never wins) and its flat index
     ``ih * W + iw``. Pixels are visited in row-major order and a later pixel replaces the
-    current winner only when strictly greater, so the first maximum wins; a NaN beats any
-    number (NaN propagates, as in PyTorch; here the first NaN of the window wins)."""
+    current winner when it is strictly greater or NaN, so the first maximum wins and a NaN
+    beats any number; of several NaNs the last wins (PyTorch's CPU kernel's rule)."""
     x = np.asarray(x)
     n, h, wd, c = x.shape
     (kh, kw), (sh, sw), _, ((pt, _), (pl, _)), (oh, ow) = _pool_geometry(
@@ -203,7 +203,7 @@ def max_pool2d(x, pool_size=2, stride=None, padding=0):
                         best = v.copy()
                         idx = np.full(v.shape, ih * wd + iw, dtype=np.int64)
                     else:
-                        win = (v > best) | (np.isnan(v) & ~np.isnan(best))
+                        win = (v > best) | np.isnan(v)
                         best[win] = v[win]
                         idx[win] = ih * wd + iw
             if best is None:

@@ -1789,7 +1789,7 @@ def max_pool2d(x: ArrayLike, pool_size: _IntOrPair = 2, stride: _IntOrPair | Non
         Flat index ``h * W + w`` of the winning input unit inside its ``(n, c)`` plane.
         (int32 rather than PyTorch's int64: it halves the index traffic of both passes.)
         Ties go to the first element of the window in row-major order; a NaN in the
-        window wins (NaN propagates, as in PyTorch).
+        window wins (NaN propagates, as in PyTorch), the last one if there are several.
     """
     r = _core.max_pool2d_fast(x, (pool_size, stride, padding), out, _GEOMETRIES, _pool_geometry,
                               MIN_WORK_PER_THREAD, _CACHED_MIN_BYTES, _STREAM_MIN_BYTES)
