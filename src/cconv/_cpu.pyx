@@ -27,6 +27,5 @@ cdef int simd_level(int cap) noexcept nogil:
     return _cap if _cap < _supported else _supported
 
 
-
 cdef const char *multiversion_targets() noexcept nogil:
     return CCONV_MULTIVERSION_TARGETS
