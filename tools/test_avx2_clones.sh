@@ -19,8 +19,12 @@ PY=${PYTHON:-python}
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+# From a copy of the tracked files: in the tree itself, setuptools would reuse the object
+# files of an earlier build (they are newer than their sources) and ignore the flag.
+mkdir "$WORK/src"
+git ls-files -z | xargs -0 cp --parents -t "$WORK/src"
 CFLAGS="${CFLAGS:-} -DCCONV_CLONES_MAX_AVX2" "$PY" -m pip install -q --no-deps --no-compile \
-    --target "$WORK/site" .
+    --target "$WORK/site" "$WORK/src"
 export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 mode=$(cd / && "$PY" -c "from cconv import _core; \
 print('run' if _core.multiversion_targets() and _core.simd_level(2) == 2 else 'skip')")
