@@ -13,18 +13,18 @@ A benchmark script (``bench_core.py``, ``bench_train.py``, ...) defines
 
 and ends with ``sys.exit(harness.run(TARGET, WORKERS, __file__, options))``. The parent
 process then, for ``--runs`` runs (at least 5 for figures that go into the README), starts
-fresh processes (one per library, or one per library and job) in an order that rotates
-from run to run, the libraries after the first reversed in every other run (run 1: A B C D,
-run 2: B A D C, run 3: C D A B, ...; printed), so that every library is measured under the
-same machine load, goes first equally often and does not always run right after the same
-other library (whatever a process leaves behind would then weigh on one library only). It prints the median
-and the range of every metric and the ratio of each library to the fastest other library
-(the median of the per-run ratios, and their range: a ratio compares two measurements
-made seconds apart, so a slow spell of the shared machine that spans both cancels out),
-and writes everything to a JSON log under ``bench/results/``: commit, machine, settings,
-the run order, every worker's raw measurements, thread pools (threadpoolctl), versions and
-environment. ``bench/make_tables.py`` makes the README's tables from those logs. Options
-every script has: ``--runs``, ``--threads``, ``--isa avx2`` (cap every library's vectorised
+fresh processes (one per library, or one per library and job) in an order that rotates from
+run to run, the libraries after the first reversed in every other run (run 1: A B C D, run
+2: B A D C, run 3: C D A B, ...; printed), so that every library is measured under the same
+machine load, goes first equally often and does not always run right after the same other
+library (whatever a process leaves behind would then weigh on one library only). It prints
+the median and the range of every metric and the ratio of each library to the fastest other
+library (the median of the per-run ratios, and their range: a ratio compares two
+measurements made seconds apart, so a slow spell of the shared machine that spans both
+cancels out), and writes everything to a JSON log under ``bench/results/``: commit, machine,
+settings, the run order, every worker's raw measurements, thread pools (threadpoolctl),
+versions and environment. ``bench/make_tables.py`` makes the README's tables from those
+logs. Options every script has: ``--runs``, ``--threads``, ``--isa avx2`` (cap every library's vectorised
 code), ``--only``, ``--baseline PYTHON`` (the main library's worker under another
 interpreter, beside the others but not a contender), ``--python NAME=PATH``, ``--job``,
 ``--out`` (the log's directory), ``--no-log``.

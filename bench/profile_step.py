@@ -1,12 +1,12 @@
 """Where one training step of the paper network goes: a per-layer, per-phase profile.
 
-Each thread count runs in its own process: the paper network (bench/paper_net.py, Adam
-1e-3, batch ``--batch`` of random 64x64x3 images), 3 warm-up steps, then ``--steps``
-timed ``train_on_batch`` calls. Every layer's forward (``call``, or the fused
-convolution + ReLU + pool of ``Conv2D.training_fusion``) and backward (or that pair's joint
-backward), and the optimizer's update, are timed around the call (wall time, ``time.perf_counter``); "engine" is the rest
-of the step (loss, gradient bookkeeping, Python). The table gives each phase's median over
-the steps in ms and its share of the median step. The JSON goes to
+Each thread count runs in its own process: the paper network (bench/paper_net.py, Adam 1e-3,
+batch ``--batch`` of random 64x64x3 images), 3 warm-up steps, then ``--steps`` timed
+``train_on_batch`` calls. Every layer's forward (``call``, or the fused convolution + ReLU +
+pool of ``Conv2D.training_fusion``) and backward (or that pair's joint backward), and the
+optimizer's update, are timed around the call (wall time, ``time.perf_counter``); "engine"
+is the rest of the step (loss, gradient bookkeeping, Python). The table gives each phase's
+median over the steps in ms and its share of the median step. The JSON goes to
 ``bench/results/profile-step-<time>.json``.
 
 The wrappers add about a microsecond per call, nothing next to a 100 ms step. Only the
