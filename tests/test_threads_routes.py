@@ -279,6 +279,22 @@ def _other_cases():
                 cases.append(Case(f"matmul-{'T' if ta else 'N'}{'T' if tb else 'N'}-{tag}", run,
                                   lambda want=want, out0=out0: (want, want + out0),
                                   ("matmul",), dtype))
+                # one row (a batch-1 dense layer): its 57 columns cut into blocks of 16
+                # (4 blocks, the last one short) over the threads
+                k1, n1 = 67, 57
+                a1 = rand(rng, (k1, 1) if ta else (1, k1), dtype)
+                b1 = rand(rng, (n1, k1) if tb else (k1, n1), dtype)
+                o1 = rand(rng, (1, n1), dtype)
+                want1 = (a1.T if ta else a1) @ (b1.T if tb else b1)
+
+                def run1(a=a1, bm=b1, ta=ta, tb=tb, out0=o1):
+                    out = out0.copy()
+                    F.matmul(a, bm, ta, tb, out=out, beta=1.0)
+                    return F.matmul(a, bm, ta, tb), out
+
+                cases.append(Case(f"matmul-row-{'T' if ta else 'N'}{'T' if tb else 'N'}-{tag}",
+                                  run1, lambda want=want1, out0=o1: (want, want + out0),
+                                  ("matmul",), dtype))
     return cases
 
 

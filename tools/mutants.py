@@ -42,6 +42,16 @@ MUTANTS = [
             if r1 > r0:""",
      """            r1 = (ch + 1) * m // num_threads - (1 if (num_threads > 1 and ch == num_threads - 1) else 0)
             if r1 > r0:"""),
+    ("matmul-row-last-column", "src/cconv/_core.pyx",
+     "dense GEMM of one row (column split): the last column is not computed on 2+ threads",
+     [],
+     """                c1 = min(n, (ch + 1) * cols // num_threads * COLUMN_BLOCK)""",
+     """                c1 = min(n, (ch + 1) * cols // num_threads * COLUMN_BLOCK) - (1 if ch == num_threads - 1 else 0)"""),
+    ("matmul-row-transposed-offset", "src/cconv/_core.pyx",
+     "dense GEMM of one row (column split): a column block of op(b) = b^T starts at column "
+     "c0 of b instead of its row c0", [],
+     """                    item = (c0 * ldb if trans_b else c0) * (4 if t == F32 else 8)""",
+     """                    item = c0 * (4 if t == F32 else 8)"""),
     ("im2col-fwd-last-row", "src/cconv/_conv.pyx",
      "im2col + GEMM forward: the last output row of the batch is lost on 2+ threads", [],
      """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)""",

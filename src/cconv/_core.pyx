@@ -203,11 +203,14 @@ def same_bytes(cnp.ndarray a, cnp.ndarray b):
 
 
 def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  # c: IN/OUT
-    """c = op(a) @ op(b) + beta * c, the rows of c cut into one block per thread.
+    """c = op(a) @ op(b) + beta * c, the rows of c cut into one block per thread; a single
+    row (m = 1: one image) is cut into blocks of columns instead.
 
     Each thread makes one single-threaded BLAS call on its block, so dense layers run on
     cconv's own OpenMP threads: no BLAS thread pool is left spinning next to the
-    convolution kernels. The caller ensures the inner dimension is non-zero.
+    convolution kernels (a column block is a gemv over those columns of op(b); BLAS may
+    round an element differently for another block size). The caller ensures the inner
+    dimension is non-zero.
     """
     cdef int t = dtype_of(c, "matmul", "c")
     cdef char *ap = data(a, t, 2, False, "matmul", "a")
@@ -220,13 +223,28 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
     if num_threads < 1:
         raise ValueError("matmul: num_threads must be >= 1")
     check(_blas.ensure_blas(), "matmul")
+    cdef Py_ssize_t cols = (n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, c0, c1, item
+    if m == 1 and num_threads > 1:
+        # one row: its columns in blocks of COLUMN_BLOCK, spread over the threads (a
+        # batch-1 dense layer streams its weights from both cores' caches)
+        with nogil, parallel(num_threads=num_threads):
+            for ch in prange(num_threads, schedule="static"):
+                c0 = min(n, ch * cols // num_threads * COLUMN_BLOCK)
+                c1 = min(n, (ch + 1) * cols // num_threads * COLUMN_BLOCK)
+                if c1 > c0:
+                    probe(P_MATMUL)
+                    item = (c0 * ldb if trans_b else c0) * (4 if t == F32 else 8)
+                    matmul_rows(t, trans_a, trans_b, 0, 1, <int> (c1 - c0), k, ap, lda,
+                                bp + item, ldb, beta,
+                                cp + c0 * (4 if t == F32 else 8), n)
+        return
     with nogil, parallel(num_threads=num_threads):
         for ch in prange(num_threads, schedule="static"):
             r0 = ch * m // num_threads
             r1 = (ch + 1) * m // num_threads
             if r1 > r0:
                 probe(P_MATMUL)
-                matmul_rows(t, trans_a, trans_b, r0, r1, n, k, ap, lda, bp, ldb, beta, cp)
+                matmul_rows(t, trans_a, trans_b, r0, r1, n, k, ap, lda, bp, ldb, beta, cp, n)
 
 
 #: A thread's block of at most this many rows is multiplied row by row (BLAS gemv), a
@@ -234,31 +252,32 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
 #: passes over it.
 cdef enum:
     GEMV_MAX_ROWS = 1
+    COLUMN_BLOCK = 16   # a single row's columns are cut in blocks of 16 (a 64-byte line)
 
 
 cdef void matmul_rows(int t, bint trans_a, bint trans_b, Py_ssize_t r0, Py_ssize_t r1, int n,
                       int k, char *ap, int lda, char *bp, int ldb, double beta,
-                      char *cp) noexcept nogil:
-    """Rows r0..r1 of matmul's c."""
+                      char *cp, int ldc) noexcept nogil:
+    """Rows r0..r1 of matmul's c (row stride ldc), n columns of it (bp, cp: the first)."""
     cdef Py_ssize_t r
     if r1 - r0 <= GEMV_MAX_ROWS:
         for r in range(r0, r1):
             if t == F32:
                 _blas.gemm_row(trans_a, trans_b, n, k, <float> 1,
                                <float *> ap + (r if trans_a else r * lda), lda, <float *> bp,
-                               ldb, <float> beta, <float *> cp + r * n)
+                               ldb, <float> beta, <float *> cp + r * ldc)
             else:
                 _blas.gemm_row(trans_a, trans_b, n, k, <double> 1,
                                <double *> ap + (r if trans_a else r * lda), lda,
-                               <double *> bp, ldb, beta, <double *> cp + r * n)
+                               <double *> bp, ldb, beta, <double *> cp + r * ldc)
     elif t == F32:
         _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <float> 1,
                    <float *> ap + (r0 if trans_a else r0 * lda), lda, <float *> bp,
-                   ldb, <float> beta, <float *> cp + r0 * n, n)
+                   ldb, <float> beta, <float *> cp + r0 * ldc, ldc)
     else:
         _blas.gemm(trans_a, trans_b, <int> (r1 - r0), n, k, <double> 1,
                    <double *> ap + (r0 if trans_a else r0 * lda), lda,
-                   <double *> bp, ldb, beta, <double *> cp + r0 * n, n)
+                   <double *> bp, ldb, beta, <double *> cp + r0 * ldc, ldc)
 
 
 # ---------------------------------------------------------------------------------

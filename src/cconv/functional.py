@@ -628,7 +628,9 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
         return out
     if out is None:
         out, beta = _alloc((m, n), a.dtype), 0.0
-    nt = _threads(m, m * n * k // 16)
+    # the rows split over the threads; a single row (one image) its columns (_core.matmul),
+    # a gemv that streams the n * k elements of b
+    nt = _threads(m, m * n * k // 16) if m > 1 else _threads(-(-n // 16), n * k)
     # BLAS on one thread also when the rows do not split (m = 1: one image): OpenBLAS would
     # thread a (1, k) x (k, n) product itself and leave its pool spinning against the next
     # kernel's threads (with its Haswell kernels, the paper network's predict() on one
@@ -703,7 +705,8 @@ def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
 
     A plan made as if every thread were free and that takes one thread anyway does not
     depend on the thread budget: it is remembered (with the knobs and the instruction-set
-    level it was made for). Otherwise the budget is asked for and the plan made again."""
+    level it was made for). Otherwise the plan is made again for the thread budget and
+    remembered with it too."""
     if default:
         winograd_min_channels, direct_max_k = WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K
         winograd4_min_channels = WINOGRAD4_MIN_CHANNELS
@@ -715,11 +718,16 @@ def _plan(shape, k, cout, s, pads, d, groups, itemsize, backward, need_dx,
     plan = _PLANS.get(key)
     if plan is not None:
         return plan
+    budget_key = (key, get_num_threads())
+    plan = _PLANS.get(budget_key)
+    if plan is not None:
+        return plan
     args = (shape, k[0], k[1], cout, s[0], s[1], pads[0][0], pads[0][1], pads[1][0], pads[1][1],
             d[0], d[1], groups, itemsize, backward, need_dx)
     plan = _core.conv_plan(*args, _ALL_THREADS, tuning)
     if plan[1] > 1:
-        return _core.conv_plan(*args, get_num_threads(), tuning)
+        plan = _core.conv_plan(*args, budget_key[1], tuning)
+        key = budget_key
     if len(_PLANS) >= _GEOMETRIES_MAX:
         _PLANS.clear()
     _PLANS[key] = plan

@@ -317,7 +317,7 @@ def input_arrays(model, x, name="x"):
             a = np.asarray(a)
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{label} must be a numpy array, got {type(a).__name__}")
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
+        if a.dtype.kind not in "biuf":       # booleans, integers and real floats
             raise TypeError(f"{label} must hold real numbers, got dtype {a.dtype}")
         if not model.built:
             if a.ndim < 2:
