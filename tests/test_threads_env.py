@@ -266,3 +266,38 @@ def test_two_threads_changing_thread_counts_leave_blas_as_it_was():
         """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == "0", out.stdout
+
+
+def test_a_training_step_and_a_predict_set_blas_once(restore_threads, monkeypatch):
+    """Every change of OpenBLAS's thread count wakes its idle workers, which then spin
+    against cconv's threads. A pass sets BLAS to one thread once for all its kernels: before,
+    each kernel whose GEMMs BLAS might thread lowered and restored it (a training step of
+    the paper network changed the counts 52 times)."""
+    if not _config._blas_libs():
+        pytest.skip("needs threadpoolctl and a BLAS it controls")
+    from threadpoolctl import threadpool_limits
+    from cconv.layers import Conv2D, Dense, Flatten, MaxPool2D
+    monkeypatch.setattr(F, "_BLAS_SERIAL_MNK", 0)       # every kernel's GEMMs count as large
+    cconv.set_num_threads(2)
+    model = cconv.Sequential([Conv2D(16, 3, activation="relu"), Conv2D(16, 3, padding="same"),
+                              MaxPool2D(2), Flatten(), Dense(5, activation="softmax")],
+                             input_shape=(12, 12, 3), seed=0)
+    model.compile("adam", "categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 12, 12, 3)).astype(np.float32), rng.integers(0, 5, 8)
+    changes = []
+    with threadpool_limits(2, user_api="blas"):
+        before = _blas_counts()
+        if max(before) < 2:
+            pytest.skip("needs a BLAS running more than one thread")
+        monkeypatch.setattr(_config, "_blas_calls",
+                            [(get, lambda n, put=put: (changes.append(n), put(n))[1])
+                             for get, put in _config._blas_calls])
+        for run in (lambda: model.train_on_batch(x, y), lambda: model.predict(x),
+                    lambda: model.input_gradient(x, y)):
+            changes.clear()
+            run()
+            assert _blas_counts() == before
+            # per library: one thread at the start of the pass, back at its end (the input
+            # gradient: a forward and a backward pass)
+            assert 0 < len(changes) <= 4 * len(before), changes

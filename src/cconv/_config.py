@@ -421,8 +421,17 @@ def blas_threads(n: int):
     library's setting, every one lowers the limit to its own ``n`` if that is smaller
     (so no kernel's GEMMs ever run on more BLAS threads than it allowed), and the last
     one out restores the setting. A block inside one whose limit is already at most ``n``
-    (a kernel of a batch-1 predict, which limits BLAS to one thread for all of them)
     changes nothing.
+
+    A model's forward and backward passes and a whole training step run inside one such
+    block at one thread, so the kernels' own blocks (one thread each, for a kernel on the
+    whole thread budget) change nothing. Every change of OpenBLAS's thread count wakes its
+    idle worker threads, which then spin for a while against cconv's OpenMP threads (about
+    0.1 ms of their CPU per change here). With numpy's and scipy's OpenBLAS at 2 threads, a
+    training step of the paper network at 2 threads changed them 52 times and a batch-256
+    predict 20 times; now 4 times each. That took the step and the predict to 0.96x their
+    time (medians of 12 interleaved rounds in one process). A kernel that runs on fewer
+    threads than the budget then also runs its GEMMs on one BLAS thread.
     """
     global _blas_users, _blas_saved, _blas_cap
     _blas_libs()

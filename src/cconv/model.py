@@ -427,11 +427,10 @@ class Model:
         cache = bool(training) if cache is None else bool(cache)
         training = bool(training)
         if not cache and not training and sum(a.size for a in xs) <= INFERENCE_SERIAL_MAX:
-            # BLAS limited once for every kernel of the pass (each would otherwise set and
-            # restore the limit around its own GEMMs).
             with _config.thread_limit(1), _config.blas_threads(1):
                 return self._run(xs, False, False, pre_activation)
-        return self._run(xs, training, cache, pre_activation)
+        with _config.blas_threads(1):       # once for the pass (see _config.blas_threads)
+            return self._run(xs, training, cache, pre_activation)
 
     def _run(self, xs, training, cache, pre_activation):
         pre = pre_activation if isinstance(pre_activation, (list, tuple)) else \
@@ -540,6 +539,10 @@ class Model:
         if self._tape is None:
             raise RuntimeError("backward() needs a preceding forward(x, training=True) (or cache=True); "
                                "each backward releases what forward kept")
+        with _config.blas_threads(1):       # once for the pass (see _config.blas_threads)
+            return self._run_backward(dys, input_grad, grads_ready)
+
+    def _run_backward(self, dys, input_grad, grads_ready):
         saved, skip, out_slots, xs, joint = self._tape
         self._tape = None
         self.zero_grad()

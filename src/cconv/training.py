@@ -49,6 +49,7 @@ import os
 
 import numpy as np
 
+from . import _config
 from . import _validate as V
 from . import callbacks as _callbacks
 from . import checkpoint as _checkpoint
@@ -747,7 +748,7 @@ def _train_step(model, *args, **kwargs):
     """:func:`_step`, all or nothing: the forward pass advances batch-norm statistics and
     dropout generators, the step the weights, so a Ctrl-C is delivered after the whole step;
     a batch whose loss is not finite leaves the layers' state as it was."""
-    with deferred_signals():
+    with deferred_signals(), _config.blas_threads(1):   # once for the step (_config.blas_threads)
         state = [(a, a.copy()) for layer in model.layers for role, _, a in layer.weights() if role == "state"]
         result = _step(model, *args, **kwargs)
         if not result[1]:
