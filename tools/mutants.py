@@ -52,6 +52,11 @@ MUTANTS = [
      "c0 of b instead of its row c0", [],
      """                    item = (c0 * ldb if trans_b else c0) * (4 if t == F32 else 8)""",
      """                    item = c0 * (4 if t == F32 else 8)"""),
+    ("wino-bwd-skip-unpooled", "src/cconv/_conv.pyx",
+     "Winograd backward: the tiles of an odd-sized output's last row/column are skipped "
+     "also when dy is the output's own gradient (not a pool's)", ["test_winograd.py"],
+     """    cdef WinoGeom g = wino_geom(geom, tb, dy_argmax != NULL, m)""",
+     """    cdef WinoGeom g = wino_geom(geom, tb, 1, m)"""),
     ("im2col-fwd-last-row", "src/cconv/_conv.pyx",
      "im2col + GEMM forward: the last output row of the batch is lost on 2+ threads", [],
      """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)""",

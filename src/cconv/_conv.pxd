@@ -123,7 +123,9 @@ cdef int winograd_backward(const cconv_geom *g, const floating *dy, const floati
 # The same (m = 2) with dy given as the gradient dp (N, OH // 2, OW // 2, Cout) of the
 # output's 2x2 stride-2 max pool and that pool's argmax (flat indices h * OW + w): the dy
 # transform reads a tile's pool window, giving the bits of max_pool2d_backward then
-# winograd_backward. matched (OUT): how many argmax entries named a unit of their window.
+# winograd_backward, except that the tiles of the last row/column of an odd-sized output
+# (gradient 0) are skipped, which may change dU and dx in the last bits (their GEMMs'
+# sizes change). matched (OUT): how many argmax entries named a unit of their window.
 cdef int winograd_backward_pool(const cconv_geom *g, const floating *dp, const int *argmax,
                                 const floating *x, const floating *U, floating *dx,
                                 floating *dU_work, floating *db_work, Py_ssize_t nslots,

@@ -1066,7 +1066,10 @@ cdef int wino_backward(const cconv_geom *geom, const floating *dy, const int *dy
     if (nslots < 1 or dU_work == NULL or db_work == NULL
             or (geom.N and (x == NULL or dy == NULL or U == NULL))):
         return CCONV_ERR_VALUE
-    cdef WinoGeom g = wino_geom(geom, tb, 0, m)
+    # From the pooled gradient, the tiles are the pool's windows (wino_geom): those of the
+    # last row/column of an odd-sized output, whose gradient the pool makes 0, add nothing
+    # to dU, db or dx and are not enumerated.
+    cdef WinoGeom g = wino_geom(geom, tb, dy_argmax != NULL, m)
     cdef Py_ssize_t C = g.C, Cout = g.Cout, TB = tb
     cdef Py_ssize_t Z = max(C, Cout)
     cdef Py_ssize_t nchunks = nslots

@@ -181,9 +181,9 @@ CCONV_MULTIVERSION static void cconv_wino_dy_##S(                               
 /* The same, dy given by the gradient dp of its 2x2 stride-2 max pool (N, PH, PW, Co) and   \
    the pool's argmax a (flat indices h * OW + w): the tile's 2x2 block is the window of     \
    (oh0 / 2, ow0 / 2), whose gradient goes to the unit a names; a tile outside the pooled   \
-   rows/columns (the last of an odd-sized output) has a zero block. The values are those   \
-   max_pool2d_backward writes, so Yh and db are the unfused ones bit for bit. Returns how    \
-   many argmax entries of the window named one of its units. */                             \
+   rows/columns (the last of an odd-sized output; wino_backward skips them) has a zero      \
+   block. The values are those max_pool2d_backward writes, so Yh and db are the unfused     \
+   ones bit for bit. Returns how many argmax entries of the window named one of its units. */ \
 CCONV_MULTIVERSION static long long cconv_wino_dy_pool_##S(                            \
         const T *dp, const int *a, T *Yh, ptrdiff_t ldy, ptrdiff_t PH, ptrdiff_t PW,        \
         ptrdiff_t OW, ptrdiff_t Co, ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, T *db) {     \

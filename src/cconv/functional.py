@@ -1365,14 +1365,20 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
     convolution's input, weights and bias, from the gradient of its pooled output.
 
     The result is ``conv2d_backward(max_pool2d_backward(dy, argmax, (N, OH, OW, C_out)),
-    x, w, ...)``, bit for bit. (After ``relu=True``, pass ``relu_backward(dy, y)`` with
-    the pooled output ``y``: the ReLU ran on the pooled output.) When the pool is 2x2 with
-    stride 2 and no padding, ``argmax`` is int32 and the convolution's backward pass takes
-    the direct route (``need_dx=False``) or Winograd F(2x2, 3x3), the kernels read ``dy``
-    and ``argmax`` where they would read the convolution's output gradient, so that
-    gradient (4x larger) never goes to memory: the direct route rebuilds it one output row
-    at a time in a per-thread buffer, the Winograd route one pool window per 2x2 tile.
-    Other calls run the two functions.
+    x, w, ...)``, bit for bit, except on the Winograd route for an odd-sized convolution
+    output (below): the same values to rounding there. (After ``relu=True``, pass
+    ``relu_backward(dy, y)`` with the pooled output ``y``: the ReLU ran on the pooled
+    output.) When the pool is 2x2 with stride 2 and no padding, ``argmax`` is int32 and the
+    convolution's backward pass takes the direct route (``need_dx=False``) or Winograd
+    F(2x2, 3x3), the kernels read ``dy`` and ``argmax`` where they would read the
+    convolution's output gradient, so that gradient (4x larger) never goes to memory: the
+    direct route rebuilds it one output row at a time in a per-thread buffer, the Winograd
+    route one pool window per 2x2 tile. The Winograd route skips the tiles of the last
+    row/column of an odd-sized output, whose gradient the pool makes 0 (the 29x29 output of
+    the paper network's conv2: 196 tiles of 225 per image); that changes the sizes of the
+    GEMMs that sum over tiles, so ``dw`` (and ``dx``) may differ from the unfused pair's in
+    the last bits (4e-7 to 8e-7 of the largest ``dw`` at batch 128 on that layer). Other
+    calls run the two functions.
 
     Parameters
     ----------
