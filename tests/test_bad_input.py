@@ -350,7 +350,8 @@ def test_conv2d_max_pool2d_backward_checks_its_arguments():
     """conv2d_max_pool2d_backward refuses what conv2d_backward and max_pool2d_backward refuse:
     dy of another shape than the pooled output, argmax not integers or of dy's shape,
     indices outside the convolution's output plane (on the fused route too, float32 with a
-    3-channel input), a non-bool need_dx, bad out."""
+    3-channel input), a non-bool need_dx, relu_output of another shape or dtype than dy, bad
+    out."""
     dp = np.zeros((2, 1, 1, 4))             # the 2x2 pool of conv2d(X, W): (2, 3, 3, 4) -> 1x1
     arg = np.zeros((2, 1, 1, 4), np.int32)
     check(ValueError, ["dy"], F.conv2d_max_pool2d_backward, DY, arg, X, W,
@@ -364,6 +365,10 @@ def test_conv2d_max_pool2d_backward_checks_its_arguments():
           shapes=[(3, 3, 2, 4)])
     check(ValueError, ["pool_size"], F.conv2d_max_pool2d_backward, dp, arg, X, W, pool_size=4)
     check(TypeError, ["need_dx"], F.conv2d_max_pool2d_backward, dp, arg, X, W, need_dx=1)
+    check(ValueError, ["relu_output"], F.conv2d_max_pool2d_backward, dp, arg, X, W,
+          relu_output=np.zeros((2, 1, 2, 4)), shapes=[(2, 1, 2, 4), (2, 1, 1, 4)])
+    check(TypeError, ["relu_output", "dy"], F.conv2d_max_pool2d_backward, dp, arg, X, W,
+          relu_output=np.zeros((2, 1, 1, 4), np.float32))
     check(ValueError, ["out"], F.conv2d_max_pool2d_backward, dp, arg, X, W, need_dx=False,
           out=(np.zeros(X.shape), np.zeros(W.shape), np.zeros(4)))
     for dtype in (np.float32, np.float64):

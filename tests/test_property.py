@@ -335,7 +335,8 @@ def test_conv2d_max_pool2d_backward_matches_reference(route, data_):
     cconv chain's bits (max_pool2d_backward then conv2d_backward; NaN in a tenth of the
     examples, ties in a fifth; to rounding where the Winograd kernel skips the tiles of an
     odd-sized output's last row/column, see assert_fused_equal) and the reference's values;
-    on the direct and Winograd routes with a 2x2 stride-2 pool, the fused kernel ran."""
+    in half the examples after a ReLU (``relu_output``: relu_backward first); on the direct
+    and Winograd routes with a 2x2 stride-2 pool, the fused kernel ran."""
     cfg = data_.draw(conv_configs(route))
     nan, ties = data_.draw(st.integers(0, 9)) == 0, data_.draw(st.integers(0, 4)) == 0
     need_dx = data_.draw(st.booleans()) if route != "direct" else False
@@ -349,10 +350,14 @@ def test_conv2d_max_pool2d_backward_matches_reference(route, data_):
     dy = data(cfg["seed"] + 3, p.shape, cfg["dtype"])
     if nan:
         dy.reshape(-1)[data_.draw(st.integers(0, dy.size - 1))] = np.nan
+    # after relu=True: the pooled output's ReLU masks dy (a NaN output masks nothing out)
+    relu = np.maximum(p, 0) if data_.draw(st.booleans()) else None
+    dp = dy if relu is None else F.relu_backward(dy, relu)
     with forced(threads=cfg["threads"], conv=route, block_bytes=_blocks(cfg)):
-        got = F.conv2d_max_pool2d_backward(dy, arg, x, w, **cfg["kw"], need_dx=need_dx, **pool)
+        got = F.conv2d_max_pool2d_backward(dy, arg, x, w, **cfg["kw"], need_dx=need_dx, **pool,
+                                           relu_output=relu)
         ran = kernels_run()
-        want = F.conv2d_backward(F.max_pool2d_backward(dy, arg, z.shape), x, w, **cfg["kw"],
+        want = F.conv2d_backward(F.max_pool2d_backward(dp, arg, z.shape), x, w, **cfg["kw"],
                                  need_dx=need_dx)
     if route in ROUTE_POOL_KERNELS and pool["pool_size"] == 2:
         assert ROUTE_POOL_KERNELS[route][1] in ran, sorted(ran)
@@ -364,7 +369,7 @@ def test_conv2d_max_pool2d_backward_matches_reference(route, data_):
         if r is not None:
             assert_fused_equal(g, r, ran, oh, ow, "winograd_backward_pool")
     if not nan:
-        ref = R.conv2d_max_pool2d_backward(dy, arg, x, w, **cfg["kw"], **pool)
+        ref = R.conv2d_max_pool2d_backward(dp, arg, x, w, **cfg["kw"], **pool)
         for g, r in zip(got, ref):
             if g is not None:
                 assert_close(g, r, cfg["dtype"])

@@ -57,6 +57,16 @@ MUTANTS = [
      "also when dy is the output's own gradient (not a pool's)", ["test_winograd.py"],
      """    cdef WinoGeom g = wino_geom(geom, tb, dy_argmax != NULL, m)""",
      """    cdef WinoGeom g = wino_geom(geom, tb, 1, m)"""),
+    ("direct-unpool-mask-ignored", "src/cconv/_conv_direct.h",
+     "direct dW from the pooled gradient after a ReLU: the ReLU's mask is not applied",
+     ["test_conv_direct.py"],
+     """                    float v = mk[o] > 0 ? g[o] : 0.0f;""",
+     """                    float v = g[o];"""),
+    ("wino-dy-pool-mask-at-zero", "src/cconv/_winograd.h",
+     "Winograd backward from the pooled gradient after a ReLU: the mask lets the gradient "
+     "through where the ReLU's output is 0 (>= instead of >)", ["test_winograd.py"],
+     """        T z = (T)0, v = !masked || mk[o] > 0 ? g[o] : z;""",
+     """        T z = (T)0, v = !masked || mk[o] >= 0 ? g[o] : z;"""),
     ("im2col-fwd-last-row", "src/cconv/_conv.pyx",
      "im2col + GEMM forward: the last output row of the batch is lost on 2+ threads", [],
      """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)""",
@@ -307,19 +317,19 @@ MUTANTS = [
      """            int *ao = a + pw * cout, i0 = (int)(h0 * OW + 2 * pw), i2 = (int)(i0 + OW);""",
      """            int *ao = a + pw * cout, i0 = (int)(h0 / 2 * OW + 2 * pw), i2 = (int)(i0 + OW);"""),
     ("poolbwd-direct-column-swap", "src/cconv/_conv_direct.h",
-     "conv + max pool backward from the pooled gradient, direct: a window's gradient goes to "
+     "conv + ReLU + max pool backward from the pooled gradient, direct: a window's gradient goes to "
      "the other column of its row", [],
-     """                r0[o] = i == c0 ? g[o] : 0.0f;
-                r1[o] = i == c1 ? g[o] : 0.0f;""",
-     """                r0[o] = i == c1 ? g[o] : 0.0f;
-                r1[o] = i == c0 ? g[o] : 0.0f;"""),
+     """                    r0[o] = i == c0 ? v : 0.0f;
+                    r1[o] = i == c1 ? v : 0.0f;""",
+     """                    r0[o] = i == c1 ? v : 0.0f;
+                    r1[o] = i == c0 ? v : 0.0f;"""),
     ("poolbwd-direct-last-window", "src/cconv/_conv_direct.h",
      "conv + max pool backward, direct: the last pooled column of each row is not unpooled "
      "(its two output columns keep the previous row's values)", [],
      """        for (ptrdiff_t pw = 0; pw < PW; pw++) {
-            const float *g = dp + pw * cout;""",
+            const float *g = dp + pw * cout, *mk""",
      """        for (ptrdiff_t pw = 0; pw < PW - 1; pw++) {
-            const float *g = dp + pw * cout;"""),
+            const float *g = dp + pw * cout, *mk"""),
     ("poolbwd-direct-odd-rows", "src/cconv/_conv.pyx",
      "conv + max pool backward, direct: the second output row under each pool window gets "
      "no gradient", [],
@@ -338,9 +348,8 @@ MUTANTS = [
     ("poolbwd-joint-relu-mask", "src/cconv/layers.py",
      "conv + ReLU + max pool, the joint backward of training: the ReLU's mask is not applied "
      "to the pooled gradient", [],
-     """                dy = F.relu_backward(dy, p, out=dy if self.dy_writable else None)
-                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following)""",
-     """                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following)"""),
+     """                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following, p)""",
+     """                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following, None)"""),
     ("dwise-multiplier-order", "src/cconv/functional.py",
      "depthwise route, forward: output channel j*C + c instead of c*m + j (multiplier order)",
      [],

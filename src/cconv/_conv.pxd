@@ -82,12 +82,14 @@ cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const flo
                                  char *scratch, int num_threads) noexcept nogil
 # The same with dy given as the gradient dp (N, OH // 2, OW // 2, Cout) of the output's
 # 2x2 stride-2 max pool and that pool's argmax (flat indices h * OW + w): each row of dy is
-# rebuilt in a thread's scratch as max_pool2d_backward would write it. matched (OUT): how
-# many argmax entries named a unit of their own window (all of them, unless argmax is bad).
+# rebuilt in a thread's scratch as max_pool2d_backward would write it. mask (or NULL): the
+# pooled output after a ReLU (dp's shape); dp is then masked as relu_backward(dp, mask)
+# would be. matched (OUT): how many argmax entries named a unit of their own window (all
+# of them, unless argmax is bad).
 cdef int direct_backward_weights_pool(const cconv_geom *g, const float *dp, const int *argmax,
-                                      const float *x, float *dw_work, float *db_work,
-                                      Py_ssize_t nslots, long long *matched, char *scratch,
-                                      int num_threads) noexcept nogil
+                                      const float *mask, const float *x, float *dw_work,
+                                      float *db_work, Py_ssize_t nslots, long long *matched,
+                                      char *scratch, int num_threads) noexcept nogil
 
 # --- Winograd F(2x2, 3x3), see _winograd.h ----------------------------------------------
 # U (OUT, (16, C, Cout)) = G w G^T for the 3x3 weights w (3, 3, C, Cout).
@@ -125,9 +127,11 @@ cdef int winograd_backward(const cconv_geom *g, const floating *dy, const floati
 # transform reads a tile's pool window, giving the bits of max_pool2d_backward then
 # winograd_backward, except that the tiles of the last row/column of an odd-sized output
 # (gradient 0) are skipped, which may change dU and dx in the last bits (their GEMMs'
-# sizes change). matched (OUT): how many argmax entries named a unit of their window.
+# sizes change). mask (or NULL): as for direct_backward_weights_pool. matched (OUT): how
+# many argmax entries named a unit of their window.
 cdef int winograd_backward_pool(const cconv_geom *g, const floating *dp, const int *argmax,
-                                const floating *x, const floating *U, floating *dx,
+                                const floating *mask, const floating *x, const floating *U,
+                                floating *dx,
                                 floating *dU_work, floating *db_work, Py_ssize_t nslots,
                                 long long *matched, floating *work, Py_ssize_t work_rows,
                                 Py_ssize_t work_stride, Py_ssize_t tb,

@@ -398,7 +398,8 @@ cdef extern from "_conv_direct.h":
                           const Py_ssize_t *off, const Py_ssize_t *ident, float *patch,
                           const float **base, const Py_ssize_t **po) noexcept nogil
     int cconv_direct_available(int level) noexcept nogil
-    long long cconv_direct_unpool_row(const float *dp, const int *a, float *row, Py_ssize_t PW,
+    long long cconv_direct_unpool_row(const float *dp, const int *a, const float *m,
+                                      float *row, Py_ssize_t PW,
                                       Py_ssize_t OW, Py_ssize_t cout, Py_ssize_t oh,
                                       int under) noexcept nogil
     void cconv_direct_pool_rows(const float *r0, const float *r1, float *y, Py_ssize_t PW,
@@ -451,7 +452,8 @@ cdef int direct_check(const cconv_geom *g, int num_threads) noexcept nogil:
 cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, const float *bp,
                     float *yp, const float *dyp, float *dwp, float *dbp, Py_ssize_t nslots,
                     char *scratch, int num_threads, int pool=0, int *argmax=NULL,
-                    const int *dy_argmax=NULL, long long *matched=NULL) noexcept nogil:
+                    const int *dy_argmax=NULL, long long *matched=NULL,
+                    const float *dy_mask=NULL) noexcept nogil:
     """The parallel loop over output rows (n, oh) of both direct kernels: the forward pass
     when yp is set, else the dW/db accumulation.
 
@@ -468,7 +470,8 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
     (N, OH // 2, OW // 2, Cout) and dy_argmax that pool's argmax: each row of the output's
     gradient is rebuilt from them in the thread's scratch (cconv_direct_unpool_row) just
     before it is used, and matched[slot] counts the argmax entries that named a unit of
-    their window."""
+    their window; with dy_mask (the pooled output after a ReLU, dyp's shape), dyp is masked
+    as relu_backward(dyp, dy_mask) would be on the way."""
     cdef cconv_dgeom dg = direct_geom(geom)
     cdef const cconv_dgeom *g = &dg
     cdef char *owned = NULL
@@ -531,7 +534,9 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
                 dyrow = dyp + row * g.OW * g.cout
                 if dy_argmax != NULL:
                     r = (n * PH + min(oh // 2, PH - 1)) * PW * g.cout
-                    matched[slot] += cconv_direct_unpool_row(dyp + r, dy_argmax + r, pair, PW,
+                    matched[slot] += cconv_direct_unpool_row(dyp + r, dy_argmax + r,
+                                                             dy_mask + r if dy_mask != NULL
+                                                             else NULL, pair, PW,
                                                              g.OW, g.cout, oh, oh // 2 < PH)
                     dyrow = pair
                 cconv_direct_dw_row(level, g, base, po, off, dyrow,
@@ -587,9 +592,9 @@ cdef int direct_backward_weights(const cconv_geom *g, const float *dy, const flo
 
 
 cdef int direct_backward_weights_pool(const cconv_geom *g, const float *dp, const int *argmax,
-                                      const float *x, float *dw_work, float *db_work,
-                                      Py_ssize_t nslots, long long *matched, char *scratch,
-                                      int num_threads) noexcept nogil:
+                                      const float *mask, const float *x, float *dw_work,
+                                      float *db_work, Py_ssize_t nslots, long long *matched,
+                                      char *scratch, int num_threads) noexcept nogil:
     cdef int err = direct_check(g, num_threads)
     if err:
         return err
@@ -605,7 +610,7 @@ cdef int direct_backward_weights_pool(const cconv_geom *g, const float *dp, cons
     if counts == NULL:
         return CCONV_ERR_NOMEM
     err = direct_run(g, x, NULL, NULL, NULL, dp, dw_work, db_work, nslots, scratch,
-                     num_threads, 0, NULL, argmax, counts)
+                     num_threads, 0, NULL, argmax, counts, mask)
     matched[0] = take_counts(counts, nslots)
     return err
 
@@ -650,11 +655,13 @@ cdef extern from "_winograd.h":
     void cconv_wino_dy_d(const double *dy, double *Yh, Py_ssize_t ldy, Py_ssize_t OH,
                          Py_ssize_t OW, Py_ssize_t Co, Py_ssize_t n, Py_ssize_t oh0,
                          Py_ssize_t ow0, const double *zero, double *db) noexcept nogil
-    long long cconv_wino_dy_pool_f(const float *dp, const int *a, float *Yh, Py_ssize_t ldy,
+    long long cconv_wino_dy_pool_f(const float *dp, const int *a, const float *m, float *Yh,
+                                   Py_ssize_t ldy,
                                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, Py_ssize_t Co,
                                    Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
                                    float *db) noexcept nogil
-    long long cconv_wino_dy_pool_d(const double *dp, const int *a, double *Yh, Py_ssize_t ldy,
+    long long cconv_wino_dy_pool_d(const double *dp, const int *a, const double *m,
+                                   double *Yh, Py_ssize_t ldy,
                                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t OW, Py_ssize_t Co,
                                    Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0,
                                    double *db) noexcept nogil
@@ -789,20 +796,24 @@ cdef void wino_dy_block(const floating *dy, floating *Yh, Py_ssize_t t0, Py_ssiz
                             n, oh0, ow0, zero, db)
 
 
-cdef long long wino_dy_pool_block(const floating *dp, const int *argmax, floating *Yh,
+cdef long long wino_dy_pool_block(const floating *dp, const int *argmax,
+                                  const floating *mask, floating *Yh,
                                   Py_ssize_t t0, Py_ssize_t t1, floating *db,
                                   const WinoGeom *g) noexcept nogil:
     """wino_dy_block with dy given by the gradient dp of its 2x2 stride-2 max pool and the
-    pool's argmax; returns how many argmax entries named a unit of their window."""
+    pool's argmax (dp masked by the ReLU output mask, if not NULL); returns how many argmax
+    entries named a unit of their window."""
     cdef Py_ssize_t t, n, oh0, ow0
     cdef long long matched = 0
     for t in range(t0, t1):
         n = tile_origin(t, g, &oh0, &ow0)
         if floating is float:
-            matched += cconv_wino_dy_pool_f(dp, argmax, Yh + (t - t0) * g.Cout, g.TB * g.Cout,
+            matched += cconv_wino_dy_pool_f(dp, argmax, mask, Yh + (t - t0) * g.Cout,
+                                            g.TB * g.Cout,
                                             g.OH // 2, g.OW // 2, g.OW, g.Cout, n, oh0, ow0, db)
         else:
-            matched += cconv_wino_dy_pool_d(dp, argmax, Yh + (t - t0) * g.Cout, g.TB * g.Cout,
+            matched += cconv_wino_dy_pool_d(dp, argmax, mask, Yh + (t - t0) * g.Cout,
+                                            g.TB * g.Cout,
                                             g.OH // 2, g.OW // 2, g.OW, g.Cout, n, oh0, ow0, db)
     return matched
 
@@ -1019,12 +1030,13 @@ cdef int winograd_backward(const cconv_geom *geom, const floating *dy, const flo
                            floating *db_work, Py_ssize_t nslots, floating *work,
                            Py_ssize_t work_rows, Py_ssize_t work_stride, Py_ssize_t tb,
                            int m, int num_threads) noexcept nogil:
-    return wino_backward(geom, dy, NULL, x, U, dx, dU_work, db_work, nslots, NULL, work,
+    return wino_backward(geom, dy, NULL, NULL, x, U, dx, dU_work, db_work, nslots, NULL, work,
                          work_rows, work_stride, tb, m, num_threads)
 
 
 cdef int winograd_backward_pool(const cconv_geom *geom, const floating *dp, const int *argmax,
-                                const floating *x, const floating *U, floating *dx,
+                                const floating *mask, const floating *x, const floating *U,
+                                floating *dx,
                                 floating *dU_work, floating *db_work, Py_ssize_t nslots,
                                 long long *matched, floating *work, Py_ssize_t work_rows,
                                 Py_ssize_t work_stride, Py_ssize_t tb,
@@ -1035,14 +1047,15 @@ cdef int winograd_backward_pool(const cconv_geom *geom, const floating *dp, cons
     cdef long long *counts = <long long *> calloc(max(1, nslots), sizeof(long long))
     if counts == NULL:
         return CCONV_ERR_NOMEM
-    cdef int err = wino_backward(geom, dp, argmax, x, U, dx, dU_work, db_work, nslots, counts,
-                                 work, work_rows, work_stride, tb, 2, num_threads)
+    cdef int err = wino_backward(geom, dp, argmax, mask, x, U, dx, dU_work, db_work, nslots,
+                                 counts, work, work_rows, work_stride, tb, 2, num_threads)
     matched[0] = take_counts(counts, max(0, nslots))
     return err
 
 
 cdef int wino_backward(const cconv_geom *geom, const floating *dy, const int *dy_argmax,
-                       const floating *x, const floating *U, floating *dx, floating *dU_work,
+                       const floating *dy_mask, const floating *x, const floating *U,
+                       floating *dx, floating *dU_work,
                        floating *db_work, Py_ssize_t nslots, long long *matched,
                        floating *work, Py_ssize_t work_rows, Py_ssize_t work_stride,
                        Py_ssize_t tb, int m, int num_threads) noexcept nogil:
@@ -1056,7 +1069,8 @@ cdef int wino_backward(const cconv_geom *geom, const floating *dy, const int *dy
     # dU_k += V_k^T Yh_k; then dV_k = Yh_k U_k^T, transformed back and added onto dx.
     # With dy_argmax (m = 2), dy is the gradient of the output's 2x2 stride-2 max pool and
     # dy_argmax the pool's argmax: the dy transform reads the pool's windows (one per tile)
-    # and matched[s] counts chunk s's argmax entries that named a unit of their window.
+    # and matched[s] counts chunk s's argmax entries that named a unit of their window;
+    # dy_mask (or NULL), the pooled output after a ReLU, masks dy as relu_backward would.
     if (m != 2 and m != 4) or (dy_argmax != NULL and (m != 2 or matched == NULL)):
         return CCONV_ERR_VALUE
     cdef Py_ssize_t nk = (m + 2) * (m + 2)
@@ -1119,7 +1133,8 @@ cdef int wino_backward(const cconv_geom *geom, const floating *dy, const int *dy
                 if m == 2:
                     wino_input_block(x, V, t0, t1, zero, &g)
                     if dy_argmax != NULL:
-                        matched[ch] += wino_dy_pool_block(dy, dy_argmax, Yh, t0, t1, dbacc, &g)
+                        matched[ch] += wino_dy_pool_block(dy, dy_argmax, dy_mask, Yh, t0, t1,
+                                                          dbacc, &g)
                     else:
                         wino_dy_block(dy, Yh, t0, t1, zero, dbacc, &g)
                 else:

@@ -143,25 +143,37 @@ CCONV_MULTIVERSION static void cconv_direct_pool_rows(
    stride-2 max pool: dy[ow, o] = dp[ow / 2, o] where the pool's argmax (a: the pooled row
    oh / 2, flat indices h * OW + w) names (oh, ow), else 0; with `under` 0 (a row that no
    window covers) and in the columns from 2 * PW on, zeros. The row that
-   max_pool2d_backward writes, bit for bit (a -0.0 kept). Returns how many entries of the
-   pooled row named a unit of this row. */
+   max_pool2d_backward writes, bit for bit (a -0.0 kept). With m (not NULL: the pooled
+   output after a ReLU, laid out as dp), dp is first masked as relu_backward(dp, m) would
+   (0 where m is not > 0). Returns how many entries of the pooled row named a unit of
+   this row. */
 CCONV_MULTIVERSION static long long cconv_direct_unpool_row(
-        const float *__restrict dp, const int *__restrict a, float *__restrict row,
-        ptrdiff_t PW, ptrdiff_t OW, ptrdiff_t cout, ptrdiff_t oh, int under) {
+        const float *__restrict dp, const int *__restrict a, const float *__restrict m,
+        float *__restrict row, ptrdiff_t PW, ptrdiff_t OW, ptrdiff_t cout, ptrdiff_t oh,
+        int under) {
     long long matched = 0;
     ptrdiff_t done = 0;
     if (under) {
         for (ptrdiff_t pw = 0; pw < PW; pw++) {
-            const float *g = dp + pw * cout;
+            const float *g = dp + pw * cout, *mk = m ? m + pw * cout : NULL;
             const int *ai = a + pw * cout;
             float *r0 = row + 2 * pw * cout, *r1 = r0 + cout;
             int c0 = (int)(oh * OW + 2 * pw), c1 = c0 + 1;
-            for (ptrdiff_t o = 0; o < cout; o++) {
-                int i = ai[o];
-                r0[o] = i == c0 ? g[o] : 0.0f;
-                r1[o] = i == c1 ? g[o] : 0.0f;
-                matched += (i == c0) + (i == c1);
-            }
+            if (mk)
+                for (ptrdiff_t o = 0; o < cout; o++) {
+                    int i = ai[o];
+                    float v = mk[o] > 0 ? g[o] : 0.0f;
+                    r0[o] = i == c0 ? v : 0.0f;
+                    r1[o] = i == c1 ? v : 0.0f;
+                    matched += (i == c0) + (i == c1);
+                }
+            else
+                for (ptrdiff_t o = 0; o < cout; o++) {
+                    int i = ai[o];
+                    r0[o] = i == c0 ? g[o] : 0.0f;
+                    r1[o] = i == c1 ? g[o] : 0.0f;
+                    matched += (i == c0) + (i == c1);
+                }
         }
         done = 2 * PW;
     }

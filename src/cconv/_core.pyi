@@ -217,6 +217,7 @@ def winograd_backward(
 def winograd_backward_pool(
     dp: NDArray[_F],  # (N, OH // 2, OW // 2, Cout)
     argmax: NDArray[np.int32],  # dp's shape
+    mask: NDArray[_F] | None,  # dp's shape: the pooled output after a ReLU
     x: NDArray[_F],
     U: NDArray[_F],
     dx: NDArray[_F],  # OUT
@@ -307,6 +308,7 @@ def direct_backward_weights(
 def direct_backward_weights_pool(
     dp: NDArray[np.float32],  # (N, OH // 2, OW // 2, Cout)
     argmax: NDArray[np.int32],  # dp's shape
+    mask: NDArray[np.float32] | None,  # dp's shape: the pooled output after a ReLU
     x: NDArray[np.float32],
     dw_work: NDArray[np.float32],  # OUT
     db_work: NDArray[np.float32],  # OUT

@@ -666,17 +666,20 @@ def direct_backward_weights(dy, x, dw_work, db_work,
     check(err, where)
 
 
-def direct_backward_weights_pool(dp, argmax, x, dw_work, db_work,
+def direct_backward_weights_pool(dp, argmax, mask, x, dw_work, db_work,
                                  Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t KH, Py_ssize_t KW,
                                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                                  Py_ssize_t dh, Py_ssize_t dw, int num_threads):
     """direct_backward_weights of the (OH, OW) output whose gradient is given by dp, that of
     its 2x2 stride-2 max pool (N, OH // 2, OW // 2, Cout), and the pool's int32 argmax:
-    each row of the output's gradient is rebuilt in a thread's scratch. Returns how many
-    argmax entries named a unit of their own window (all of them for a valid argmax)."""
+    each row of the output's gradient is rebuilt in a thread's scratch; mask (None, or the
+    pooled output after a ReLU, dp's shape) masks dp as relu_backward(dp, mask) would.
+    Returns how many argmax entries named a unit of their own window (all of them for a
+    valid argmax)."""
     cdef str where = "direct_backward_weights_pool"
     cdef char *dpp = data(dp, F32, 4, False, where, "dp")
     cdef char *ap = data(argmax, I32, 4, False, where, "argmax")
+    cdef char *mp = NULL if mask is None else data(mask, F32, 4, False, where, "mask")
     cdef char *xp = data(x, F32, 4, False, where, "x")
     cdef char *dwp = data(dw_work, F32, 3, True, where, "dw_work")
     cdef char *dbp = data(db_work, F32, 2, True, where, "db_work")
@@ -684,12 +687,15 @@ def direct_backward_weights_pool(dp, argmax, x, dw_work, db_work,
     cdef Py_ssize_t nslots = dim(dw_work, 0)
     expect(dp, where, "dp", g.N, g.OH // 2, g.OW // 2, g.Cout)
     expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
+    if mask is not None:
+        expect(mask, where, "mask", g.N, g.OH // 2, g.OW // 2, g.Cout)
     expect(dw_work, where, "dw_work", nslots, (KH * KW * g.C + 7) // 8 * 8, g.Cout)
     expect(db_work, where, "db_work", nslots, g.Cout)
     cdef int err
     cdef long long matched = 0
     with nogil:
-        err = _conv.direct_backward_weights_pool(&g, <float *> dpp, <int *> ap, <float *> xp,
+        err = _conv.direct_backward_weights_pool(&g, <float *> dpp, <int *> ap,
+                                                 <float *> mp, <float *> xp,
                                                  <float *> dwp, <float *> dbp, nslots,
                                                  &matched, NULL, num_threads)
     check(err, where)
@@ -809,22 +815,23 @@ def winograd_backward(dy, x, U, dx, dU_work, db_work, work,
     db_work over the slots (see _conv.winograd_backward). With U (36, C, Cout) from
     winograd_filter and dU_work (nslots, 36, C, Cout), the same by F(4x4, 3x3) in blocks of
     TB 4x4-output tiles (_conv.winograd_backward with m = 4)."""
-    wino_backward("winograd_backward", dy, None, x, U, dx, dU_work, db_work, work, dim(dy, 1),
-                  dim(dy, 2), pt, pl, TB, need_dx, num_threads)
+    wino_backward("winograd_backward", dy, None, None, x, U, dx, dU_work, db_work, work,
+                  dim(dy, 1), dim(dy, 2), pt, pl, TB, need_dx, num_threads)
 
 
-def winograd_backward_pool(dp, argmax, x, U, dx, dU_work, db_work, work,
+def winograd_backward_pool(dp, argmax, mask, x, U, dx, dU_work, db_work, work,
                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t pt, Py_ssize_t pl,
                            Py_ssize_t TB, bint need_dx, int num_threads):
     """winograd_backward (F(2x2, 3x3)) of the (OH, OW) output whose gradient is given by
     dp, that of its 2x2 stride-2 max pool (N, OH // 2, OW // 2, Cout), and the pool's int32
-    argmax: the dy transform reads one pool window per tile. Returns how many argmax
-    entries named a unit of their own window (all of them for a valid argmax)."""
-    return wino_backward("winograd_backward_pool", dp, argmax, x, U, dx, dU_work, db_work,
+    argmax: the dy transform reads one pool window per tile; mask as for
+    direct_backward_weights_pool. Returns how many argmax entries named a unit of their own
+    window (all of them for a valid argmax)."""
+    return wino_backward("winograd_backward_pool", dp, argmax, mask, x, U, dx, dU_work, db_work,
                          work, OH, OW, pt, pl, TB, need_dx, num_threads)
 
 
-cdef long long wino_backward(str where, dy, argmax, x, U, dx, dU_work, db_work, work,
+cdef long long wino_backward(str where, dy, argmax, mask, x, U, dx, dU_work, db_work, work,
                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t pt, Py_ssize_t pl,
                              Py_ssize_t TB, bint need_dx, int num_threads) except -1:
     """winograd_backward (argmax None: dy is the (OH, OW) output's gradient) or
@@ -833,6 +840,7 @@ cdef long long wino_backward(str where, dy, argmax, x, U, dx, dU_work, db_work, 
     cdef int t = dtype_of(x, where, "x")
     cdef char *dyp = data(dy, t, 4, False, where, "dp" if argmax is not None else "dy")
     cdef char *ap = NULL if argmax is None else data(argmax, I32, 4, False, where, "argmax")
+    cdef char *mp = NULL if mask is None else data(mask, t, 4, False, where, "mask")
     cdef char *xp = data(x, t, 4, False, where, "x")
     cdef char *up = data(U, t, 3, False, where, "U")
     cdef char *dxp = data(dx, t, 4, True, where, "dx") if need_dx else NULL
@@ -847,6 +855,8 @@ cdef long long wino_backward(str where, dy, argmax, x, U, dx, dU_work, db_work, 
         nk = 16                          # F(2x2, 3x3) only: a tile is a pool window
         expect(dy, where, "dp", g.N, g.OH // 2, g.OW // 2, g.Cout)
         expect(argmax, where, "argmax", g.N, g.OH // 2, g.OW // 2, g.Cout)
+        if mask is not None:
+            expect(mask, where, "mask", g.N, g.OH // 2, g.OW // 2, g.Cout)
     expect(U, where, "U", nk, g.C, g.Cout)
     expect(dU_work, where, "dU_work", nslots, nk, g.C, g.Cout)
     expect(db_work, where, "db_work", nslots, g.Cout)
@@ -867,12 +877,14 @@ cdef long long wino_backward(str where, dy, argmax, x, U, dx, dU_work, db_work, 
                                           nslots, <double *> kp, rows, stride, TB, m,
                                           num_threads)
         elif t == F32:
-            err = _conv.winograd_backward_pool(&g, <float *> dyp, <int *> ap, <float *> xp,
+            err = _conv.winograd_backward_pool(&g, <float *> dyp, <int *> ap, <float *> mp,
+                                               <float *> xp,
                                                <float *> up, <float *> dxp, <float *> dup,
                                                <float *> dbp, nslots, &matched, <float *> kp,
                                                rows, stride, TB, num_threads)
         else:
-            err = _conv.winograd_backward_pool(&g, <double *> dyp, <int *> ap, <double *> xp,
+            err = _conv.winograd_backward_pool(&g, <double *> dyp, <int *> ap,
+                                               <double *> mp, <double *> xp,
                                                <double *> up, <double *> dxp, <double *> dup,
                                                <double *> dbp, nslots, &matched,
                                                <double *> kp, rows, stride, TB, num_threads)

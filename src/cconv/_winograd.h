@@ -183,10 +183,13 @@ CCONV_MULTIVERSION static void cconv_wino_dy_##S(                               
    (oh0 / 2, ow0 / 2), whose gradient goes to the unit a names; a tile outside the pooled   \
    rows/columns (the last of an odd-sized output; wino_backward skips them) has a zero      \
    block. The values are those max_pool2d_backward writes, so Yh and db are the unfused     \
-   ones bit for bit. Returns how many argmax entries of the window named one of its units. */ \
+   ones bit for bit. With m (not NULL: the pooled output after a ReLU, laid out as dp), dp  \
+   is first masked as relu_backward(dp, m) would. Returns how many argmax entries of the    \
+   window named one of its units. */                                                        \
 CCONV_MULTIVERSION static long long cconv_wino_dy_pool_##S(                            \
-        const T *dp, const int *a, T *Yh, ptrdiff_t ldy, ptrdiff_t PH, ptrdiff_t PW,        \
-        ptrdiff_t OW, ptrdiff_t Co, ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0, T *db) {     \
+        const T *dp, const int *a, const T *m, T *Yh, ptrdiff_t ldy, ptrdiff_t PH,          \
+        ptrdiff_t PW, ptrdiff_t OW, ptrdiff_t Co, ptrdiff_t n, ptrdiff_t oh0, ptrdiff_t ow0,\
+        T *db) {                                                                            \
     ptrdiff_t ph = oh0 / 2, pw = ow0 / 2;                                                   \
     long long matched = 0;                                                                  \
     if (ph >= PH || pw >= PW) {                                                             \
@@ -198,12 +201,14 @@ CCONV_MULTIVERSION static long long cconv_wino_dy_pool_##S(                     
         return 0;                                                                           \
     }                                                                                       \
     const T *g = dp + ((n * PH + ph) * PW + pw) * Co;                                       \
+    const T *mk = m ? m + ((n * PH + ph) * PW + pw) * Co : g;                               \
     const int *ai = a + ((n * PH + ph) * PW + pw) * Co;                                     \
     int i0 = (int)(oh0 * OW + ow0), i2 = (int)(i0 + OW);                                    \
+    int masked = m != NULL;                                                                 \
     CCONV_SIMD_SUM(matched)                                                                 \
     for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
         int i = ai[o];                                                                      \
-        T v = g[o], z = (T)0;                                                               \
+        T z = (T)0, v = !masked || mk[o] > 0 ? g[o] : z;                                    \
         T g00 = i == i0 ? v : z, g01 = i == i0 + 1 ? v : z;                                 \
         T g10 = i == i2 ? v : z, g11 = i == i2 + 1 ? v : z;                                 \
         matched += (i == i0) + (i == i0 + 1) + (i == i2) + (i == i2 + 1);                   \

@@ -1357,18 +1357,21 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
                                need_dx: bool = True, *, pool_size: _IntOrPair = 2,
                                pool_stride: _IntOrPair | None = None,
                                pool_padding: _Padding = 0,
+                               relu_output: ArrayLike | None = None,
                                out: tuple[NDArray[Any] | None, NDArray[Any], NDArray[Any]]
                                | None = None,
                                workspace: Workspace | None = None,
                                ) -> tuple[_FloatArray | None, _FloatArray, _FloatArray]:
-    """Gradients of :func:`conv2d_max_pool2d` (without ``relu``) with respect to the
-    convolution's input, weights and bias, from the gradient of its pooled output.
+    """Gradients of :func:`conv2d_max_pool2d` with respect to the convolution's input,
+    weights and bias, from the gradient of its pooled output.
 
     The result is ``conv2d_backward(max_pool2d_backward(dy, argmax, (N, OH, OW, C_out)),
     x, w, ...)``, bit for bit, except on the Winograd route for an odd-sized convolution
-    output (below): the same values to rounding there. (After ``relu=True``, pass
-    ``relu_backward(dy, y)`` with the pooled output ``y``: the ReLU ran on the pooled
-    output.) When the pool is 2x2 with stride 2 and no padding, ``argmax`` is int32 and the
+    output (below): the same values to rounding there. After ``relu=True``, pass its
+    pooled output as ``relu_output``: the result is then that of ``dy`` replaced by
+    ``relu_backward(dy, relu_output)`` (the ReLU ran on the pooled output), which the fused
+    kernels below apply where they read ``dy``, without a pass of its own. When the pool is
+    2x2 with stride 2 and no padding, ``argmax`` is int32 and the
     convolution's backward pass takes the direct route (``need_dx=False``) or Winograd
     F(2x2, 3x3), the kernels read ``dy`` and ``argmax`` where they would read the
     convolution's output gradient, so that gradient (4x larger) never goes to memory: the
@@ -1389,6 +1392,9 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
         :func:`max_pool2d` on the convolution's output give it.
     x, w, stride, padding, dilation, groups, pool_size, pool_stride, pool_padding
         As given to :func:`conv2d_max_pool2d`.
+    relu_output : ndarray of dy's shape and dtype, or None
+        The output of ``conv2d_max_pool2d(..., relu=True)``: the gradient is that of the
+        ReLU too. None: no ReLU.
     need_dx, out, workspace
         As in :func:`conv2d_backward`.
 
@@ -1401,7 +1407,8 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
     ------
     TypeError, ValueError
         What :func:`conv2d_backward` and :func:`max_pool2d_backward` refuse; ``dy`` not of
-        the pooled shape, ``argmax`` not of dy's shape.
+        the pooled shape, ``argmax`` or ``relu_output`` not of dy's shape, ``relu_output``
+        not of dy's dtype.
     """
     x, w, groups, k, s, pads, d, (OH, OW) = _check_conv(x, w, stride, padding, dilation, groups)
     _check_workspace(workspace)
@@ -1427,6 +1434,12 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
                             f"{a.dtype} (shape {a.shape})")
     if a.shape != dy.shape:
         raise ValueError(f"argmax must have dy's shape {dy.shape}, got {a.shape}")
+    mask = None
+    if relu_output is not None:
+        mask = _float_array(relu_output, "relu_output", 4)
+        _same_dtype(dy=dy, relu_output=mask)
+        if mask.shape != dy.shape:
+            raise ValueError(f"relu_output must have dy's shape {dy.shape}, got {mask.shape}")
     dx, dw, db = _gradient_outputs(out, need_dx, dy, x, w, cout)   # every one written below
     if (N and PH and PW and pk == (2, 2) and ps == (2, 2) and ppads == ((0, 0), (0, 0))
             and a.dtype == _INT32 and a.flags.c_contiguous):
@@ -1435,14 +1448,15 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
         matched = -1
         if route == _DIRECT:
             dw_work, db_work = _scratch(workspace, x.dtype, (slots, Kpad, cout), (slots, cout))
-            matched = _run(nt, 0, _core.direct_backward_weights_pool, dy, a, x, dw_work, db_work,
-                           OH, OW, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1])
+            matched = _run(nt, 0, _core.direct_backward_weights_pool, dy, a, mask, x, dw_work,
+                           db_work, OH, OW, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0],
+                           d[1])
             if matched == dy.size:
                 _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
         elif route == _WINOGRAD:
             U, du_work, db_work, work = _scratch(workspace, x.dtype, (16, C, cout),
                                                  (slots, 16, C, cout), (slots, cout), (nt, scratch))
-            matched = _run(nt, tile * C * cout, _core.winograd_backward_pool, dy, a, x,
+            matched = _run(nt, tile * C * cout, _core.winograd_backward_pool, dy, a, mask, x,
                            _winograd_filter(w, U), dx, du_work, db_work, work, OH, OW,
                            pads[0][0], pads[1][0], tile, bool(need_dx))
             if matched == dy.size:
@@ -1451,6 +1465,8 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
             _sum_threads(db_work, db)
             return dx, dw, db
         # not routed here, or an argmax naming units outside their windows: the two functions
+    if mask is not None:
+        dy = relu_backward(dy, mask)
     dz = max_pool2d_backward(dy, a, conv_shape)
     return conv2d_backward(dz, x, w, s, pads, d, groups, need_dx, out=(dx, dw, db),
                            workspace=workspace)

@@ -1134,8 +1134,9 @@ class _Conv(_WithActivation):
 
     #: conv_pool(x, following, relu, workspace=None, return_argmax=False): the convolution,
     #: optional ReLU and the max pool ``following`` in one call (Conv2D's, through
-    #: conv2d_max_pool2d), or None; conv_pool_backward(dy, argmax, x, following): its
-    #: gradients (dx or None, dw, db) from the pooled output's (conv2d_max_pool2d_backward).
+    #: conv2d_max_pool2d), or None; conv_pool_backward(dy, argmax, x, following,
+    #: relu_output): its gradients (dx or None, dw, db) from the pooled output's, the ReLU's
+    #: (whose output is relu_output) included (conv2d_max_pool2d_backward).
     _conv_pool = None
     _conv_pool_backward = None
 
@@ -1165,11 +1166,11 @@ class _Conv(_WithActivation):
 
             def backward(dy, saved, following_saved):
                 # ReLU's, the pool's and the convolution's backward passes in one: the
-                # convolution's output gradient is not built (conv2d_max_pool2d_backward)
+                # convolution's output gradient is not built, and the ReLU's mask is
+                # applied where the kernels read dy (conv2d_max_pool2d_backward)
                 x, _ = saved
                 argmax, _, p = following_saved
-                dy = F.relu_backward(dy, p, out=dy if self.dy_writable else None)
-                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following)
+                dx, dw, db = self._conv_pool_backward(dy, argmax, x, following, p)
                 self._add_grads(dw, db)
                 return dx
             if self._conv_pool_backward is not None:
@@ -1285,13 +1286,14 @@ class Conv2D(_Conv):
                                    pool_padding=following.padding, relu=relu,
                                    return_argmax=return_argmax, workspace=workspace)
 
-    def _conv_pool_backward(self, dy, argmax, x, following):
+    def _conv_pool_backward(self, dy, argmax, x, following, relu_output):
         return F.conv2d_max_pool2d_backward(dy, argmax, x, self.params["kernel"], self.stride,
                                             self.padding, self.dilation, self.groups,
                                             need_dx=self.need_input_grad,
                                             pool_size=following.pool_size,
                                             pool_stride=following.stride,
-                                            pool_padding=following.padding)
+                                            pool_padding=following.padding,
+                                            relu_output=relu_output)
 
 
 class Conv2DTranspose(_Conv):

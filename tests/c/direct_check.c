@@ -5,7 +5,8 @@
  * gradient and bias gradient is within 1e-3 of the double-precision sums, and the 2x2 max
  * pool of each pair of output rows (cconv_direct_pool_rows, with and without ReLU) is the
  * maximum of its four outputs exactly, and each output row's gradient rebuilt from a pooled
- * one (cconv_direct_unpool_row) holds exactly the gradients whose argmax names its units. */
+ * one (cconv_direct_unpool_row) holds exactly the gradients whose argmax names its units
+ * (and, with a ReLU output's mask, only those whose pooled output is > 0). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
     const float **base = malloc(sizeof(float *) * g.OW);
     const ptrdiff_t **po = malloc(sizeof(ptrdiff_t *) * g.OW);
     float *gp = malloc(sizeof(float) * g.OW * cout), *urow = malloc(sizeof(float) * g.OW * cout);
+    float *mk = malloc(sizeof(float) * g.OW * cout);
     int *am = malloc(sizeof(int) * g.OW * cout);
     for (ptrdiff_t i = 0; i < H * W * C; i++) x[i] = (float)((i * 37) % 11) - 5.0f;
     for (ptrdiff_t i = 0; i < g.K * cout; i++) w[i] = (float)((i * 13) % 7) - 3.0f;
@@ -72,21 +74,28 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
                 am[pw * cout + o] = (int)((2 * ph + u / 2) * g.OW + 2 * pw + u % 2);
                 gp[pw * cout + o] = (float)(pw * cout + o + 1);
             }
-        for (ptrdiff_t i = 0; i < g.OW * cout; i++) urow[i] = NAN;
-        long long got = cconv_direct_unpool_row(gp, am, urow, PW, g.OW, cout, oh, under), want = 0;
-        for (ptrdiff_t ow = 0; ow < g.OW; ow++)
-            for (ptrdiff_t o = 0; o < cout; o++) {
-                ptrdiff_t k = (ow / 2) * cout + o;
-                int hit = under && ow < 2 * PW && am[k] == (int)(oh * g.OW + ow);
-                want += hit;
-                if (urow[ow * cout + o] != (hit ? gp[k] : 0.0f)) err = 1;
-            }
-        if (got != want) err = 1;
+        for (ptrdiff_t i = 0; i < PW * cout; i++)    /* a ReLU output: -1, 0 or 1 */
+            mk[i] = (float)((i * 7 + oh) % 3) - 1.0f;
+        for (int masked = 0; masked < 2; masked++) {
+            for (ptrdiff_t i = 0; i < g.OW * cout; i++) urow[i] = NAN;
+            long long got = cconv_direct_unpool_row(gp, am, masked ? mk : NULL, urow, PW, g.OW,
+                                                    cout, oh, under), want = 0;
+            for (ptrdiff_t ow = 0; ow < g.OW; ow++)
+                for (ptrdiff_t o = 0; o < cout; o++) {
+                    ptrdiff_t k = (ow / 2) * cout + o;
+                    int hit = under && ow < 2 * PW && am[k] == (int)(oh * g.OW + ow);
+                    want += hit;
+                    float v = masked && !(mk[k] > 0) ? 0.0f : gp[k];
+                    if (urow[ow * cout + o] != (hit ? v : 0.0f)) err = 1;
+                }
+            if (got != want) err = 1;
+        }
     }
     for (ptrdiff_t i = 0; i < g.K * cout; i++) err = fmax(err, fabs(rw[i] - dw[i]));
     for (ptrdiff_t i = 0; i < cout; i++) err = fmax(err, fabs(rb[i] - db[i]));
     free(x); free(w); free(b); free(y); free(prev); free(pooled); free(dy); free(patch); free(dw); free(db); free(rw);
     free(rb); free(off); free(base); free(po); free(gp); free(urow); free(am);
+    free(mk);
     if (err > 1e-3)
         printf("level %d H %td W %td C %td k %tdx%td s %td p %td cout %td: error %g\n",
                level, H, W, C, KH, KW, s, p, cout, err);
