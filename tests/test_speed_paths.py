@@ -373,3 +373,24 @@ def test_a_subclass_does_not_inherit_fresh_input_grad():
     m.backward(np.ones_like(out))
     kept = shared["dx"]
     assert np.count_nonzero(kept) == kept.size // 4     # one winner per 2x2 window, unmasked
+
+
+def test_a_training_step_transforms_each_winograd_filter_once(monkeypatch):
+    """The backward pass of a training step takes the Winograd-transformed filter that its
+    forward pass made (functional._FILTERS, checked against the weights' bytes), and the
+    next step transforms the updated weights afresh."""
+    calls = []
+    real = F._winograd_filter
+    monkeypatch.setattr(F, "_winograd_filter", lambda w, out=None: (calls.append(w.shape),
+                                                                    real(w, out))[1])
+    model = pooled_net(np.float32)
+    model.compile("adam", "categorical_crossentropy")
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((4, 23, 23, 3)).astype(np.float32), rng.integers(0, 5, 4)
+    for step in range(3):
+        calls.clear()
+        before = [w.copy() for _, w, _ in model.parameters()]
+        model.train_on_batch(x, y)
+        # the two Winograd layers (16 input channels): one transform each, every step
+        assert sorted(calls) == [(3, 3, 16, 16), (3, 3, 16, 16)], (step, calls)
+        assert any(not np.array_equal(a, w) for a, (_, w, _) in zip(before, model.parameters()))

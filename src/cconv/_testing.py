@@ -118,7 +118,7 @@ def forced(threads: int | None = None, conv: str = "auto", pool: str = "auto",
     Raises RouteUnavailable (before changing anything) when the CPU lacks the route's
     instruction set, ValueError for an unknown route or a contradictory pair (the direct
     convolution needs AVX2 at least, so it cannot run with pool="generic"). Inside the block
-    small Winograd convolutions transform their filter on every call
+    Winograd convolutions transform their filter on every call
     (``functional.FILTER_CACHE_MAX_TILES`` is 0), so that the route's every kernel runs.
     """
     if conv not in CONV_ROUTES:

@@ -762,14 +762,21 @@ def _winograd_filter(w, out=None):
     return U
 
 
-#: Winograd-transformed filters of recent small convolutions: (id(w), shape, dtype) ->
-#: (a copy of w, U). A hit needs w's bytes to equal the copy's (one memcmp): weights
-#: changed in place (an optimizer step) are transformed afresh into a new entry.
+#: Winograd-transformed filters (F(2x2, 3x3)) of recent convolutions: (id(w), shape, dtype)
+#: -> (a copy of w, U). A hit needs w's bytes to equal the copy's (one memcmp): weights
+#: changed in place (an optimizer step) are transformed afresh into a new entry. A
+#: batch-1 predict skips the transform, a large share of its call; a training step's
+#: backward pass reuses its forward pass's transform (the weights change between steps).
 _FILTERS: dict = {}
 _FILTERS_MAX = 16
-#: Calls of at most this many 2x2 output tiles use _FILTERS: the transform of the filter
-#: is then a large share of the call (batch-1 inference).
-FILTER_CACHE_MAX_TILES = 1024
+#: Calls of at most this many 2x2 output tiles use _FILTERS (None: every call; 0, as
+#: cconv._testing.forced sets it: none, so that the transform runs on every call).
+FILTER_CACHE_MAX_TILES: int | None = None
+
+
+def _filter_cached(tiles):
+    """Whether a Winograd call of ``tiles`` 2x2 tiles takes U from _FILTERS."""
+    return FILTER_CACHE_MAX_TILES is None or tiles <= FILTER_CACHE_MAX_TILES
 
 
 def _winograd_filter_cached(w):
@@ -1138,10 +1145,23 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
 def _winograd_operands(w, tiles, nt, scratch, workspace):
     """(U, work) of a Winograd forward call of ``tiles`` 2x2 tiles: the transformed
     filter (from _FILTERS for small calls) and the threads' scratch (nt, scratch)."""
-    if tiles <= FILTER_CACHE_MAX_TILES:
+    if _filter_cached(tiles):
         return _winograd_filter_cached(w), _scratch(workspace, w.dtype, (nt, scratch))[0]
     U, work = _scratch(workspace, w.dtype, (16, w.shape[2], w.shape[3]), (nt, scratch))
     return _winograd_filter(w, U), work
+
+
+def _winograd_backward_operands(w, nk, tiles, slots, nt, scratch, workspace):
+    """(U, dU_work, db_work, work) of a Winograd backward call (nk = 16: F(2x2, 3x3), 36:
+    F(4x4, 3x3)) of ``tiles`` tiles: F(2x2, 3x3)'s U from _FILTERS (the forward pass of a
+    training step put it there), the rest scratch."""
+    C, cout = w.shape[2], w.shape[3]
+    if nk == 16 and _filter_cached(tiles):
+        return (_winograd_filter_cached(w),
+                *_scratch(workspace, w.dtype, (slots, nk, C, cout), (slots, cout), (nt, scratch)))
+    U, du_work, db_work, work = _scratch(workspace, w.dtype, (nk, C, cout), (slots, nk, C, cout),
+                                         (slots, cout), (nt, scratch))
+    return _winograd_filter(w, U), du_work, db_work, work
 
 
 def _conv_pool_geometry(conv_shape, pool_size, pool_stride, pool_padding):
@@ -1334,9 +1354,9 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
     elif route in (_WINOGRAD, _WINOGRAD4):
         nk = 16 if route == _WINOGRAD else 36        # transformed slots per tile
-        U, du_work, db_work, work = _scratch(workspace, x.dtype, (nk, C, cout),
-                                             (slots, nk, C, cout), (slots, cout), (nt, scratch))
-        _run(nt, tile * C * cout, _core.winograd_backward, dy, x, _winograd_filter(w, U), dx,
+        U, du_work, db_work, work = _winograd_backward_operands(
+            w, nk, N * ((OH + 1) // 2) * ((OW + 1) // 2), slots, nt, scratch, workspace)
+        _run(nt, tile * C * cout, _core.winograd_backward, dy, x, U, dx,
              du_work, db_work, work, pads[0][0], pads[1][0], tile, bool(need_dx))
         _winograd_filter_grad(du_work, dw)
     else:
@@ -1454,10 +1474,10 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
             if matched == dy.size:
                 _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
         elif route == _WINOGRAD:
-            U, du_work, db_work, work = _scratch(workspace, x.dtype, (16, C, cout),
-                                                 (slots, 16, C, cout), (slots, cout), (nt, scratch))
+            U, du_work, db_work, work = _winograd_backward_operands(w, 16, N * PH * PW, slots,
+                                                                    nt, scratch, workspace)
             matched = _run(nt, tile * C * cout, _core.winograd_backward_pool, dy, a, mask, x,
-                           _winograd_filter(w, U), dx, du_work, db_work, work, OH, OW,
+                           U, dx, du_work, db_work, work, OH, OW,
                            pads[0][0], pads[1][0], tile, bool(need_dx))
             if matched == dy.size:
                 _winograd_filter_grad(du_work, dw)

@@ -529,7 +529,8 @@ class Model:
         return dxs[0] if self._single_input else dxs
 
     def run_backward(self, dys, input_grad=False, grads_ready=None):
-        """:meth:`backward` on a list of gradients (None for an output without one).
+        """:meth:`backward` on a list of gradients (None for an output without one); returns
+        the list of input gradients with ``input_grad``, else None.
 
         ``grads_ready(layer)``, if given, is called for each layer as soon as its gradients
         are final in this pass (after the backward of its first call, for a shared layer),
@@ -575,6 +576,8 @@ class Model:
                 if grads_ready is not None and self._grads_final[j]:
                     grads_ready(self._steps[j].layer)
             k -= len(done)
+        if not input_grad:      # no input gradient asked for: none built (a training step)
+            return None
         return [grads[i] if grads[i] is not None else np.zeros_like(x) for i, x in enumerate(xs)]
 
     def _backward_step(self, k, grads, owned, requires, saved, skip, joint=None):
