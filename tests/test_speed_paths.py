@@ -377,9 +377,12 @@ def test_a_subclass_does_not_inherit_fresh_input_grad():
 
 def test_a_training_step_transforms_each_winograd_filter_once(monkeypatch):
     """The backward pass of a training step takes the Winograd-transformed filter that its
-    forward pass made (functional._FILTERS, checked against the weights' bytes), and the
-    next step transforms the updated weights afresh."""
+    forward pass made (functional._FILTERS, checked against the weights' bytes), also when
+    the cache was full, and the next step transforms the updated weights afresh."""
     calls = []
+    # a cache that other convolutions have filled: its oldest entries make room, not the
+    # ones the forward pass just added
+    monkeypatch.setattr(F, "_FILTERS", {("other", i): None for i in range(F._FILTERS_MAX - 1)})
     real = F._winograd_filter
     monkeypatch.setattr(F, "_winograd_filter", lambda w, out=None: (calls.append(w.shape),
                                                                     real(w, out))[1])

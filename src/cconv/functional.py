@@ -769,6 +769,7 @@ def _winograd_filter(w, out=None):
 #: backward pass reuses its forward pass's transform (the weights change between steps).
 _FILTERS: dict = {}
 _FILTERS_MAX = 16
+_FILTERS_LOCK = threading.Lock()
 #: Calls of at most this many 2x2 output tiles use _FILTERS (None: every call; 0, as
 #: cconv._testing.forced sets it: none, so that the transform runs on every call).
 FILTER_CACHE_MAX_TILES: int | None = None
@@ -787,9 +788,11 @@ def _winograd_filter_cached(w):
     if entry is not None and _core.same_bytes(w, entry[0]):
         return entry[1]
     U = _winograd_filter(w, np.empty((16, w.shape[2], w.shape[3]), w.dtype))
-    if len(_FILTERS) >= _FILTERS_MAX:
-        _FILTERS.clear()
-    _FILTERS[key] = (w.copy(), U)
+    with _FILTERS_LOCK:             # the oldest entries go first: not the forward pass's
+        _FILTERS.pop(key, None)     # own, which its backward pass is about to look up
+        while len(_FILTERS) >= _FILTERS_MAX:
+            del _FILTERS[next(iter(_FILTERS))]
+        _FILTERS[key] = (w.copy(), U)
     return U
 
 
