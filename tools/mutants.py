@@ -50,8 +50,8 @@ MUTANTS = [
     ("matmul-row-transposed-offset", "src/cconv/_core.pyx",
      "dense GEMM of one row (column split): a column block of op(b) = b^T starts at column "
      "c0 of b instead of its row c0", [],
-     """                    item = (c0 * ldb if trans_b else c0) * (4 if t == F32 else 8)""",
-     """                    item = c0 * (4 if t == F32 else 8)"""),
+     """                                bp + (c0 * ldb if trans_b else c0) * size, ldb, beta,""",
+     """                                bp + c0 * size, ldb, beta,"""),
     ("wino-bwd-skip-unpooled", "src/cconv/_conv.pyx",
      "Winograd backward: the tiles of an odd-sized output's last row/column are skipped "
      "also when dy is the output's own gradient (not a pool's)", ["test_winograd.py"],
@@ -60,13 +60,13 @@ MUTANTS = [
     ("direct-unpool-mask-ignored", "src/cconv/_conv_direct.h",
      "direct dW from the pooled gradient after a ReLU: the ReLU's mask is not applied",
      ["test_conv_direct.py"],
-     """                    float v = mk[o] > 0 ? g[o] : 0.0f;""",
-     """                    float v = g[o];"""),
+     """                float v = !m || mk[o] > 0 ? g[o] : 0.0f;""",
+     """                float v = g[o];"""),
     ("wino-dy-pool-mask-at-zero", "src/cconv/_winograd.h",
      "Winograd backward from the pooled gradient after a ReLU: the mask lets the gradient "
      "through where the ReLU's output is 0 (>= instead of >)", ["test_winograd.py"],
-     """        T z = (T)0, v = !masked || mk[o] > 0 ? g[o] : z;""",
-     """        T z = (T)0, v = !masked || mk[o] >= 0 ? g[o] : z;"""),
+     """        T z = (T)0, v = !m || mk[o] > 0 ? g[o] : z;""",
+     """        T z = (T)0, v = !m || mk[o] >= 0 ? g[o] : z;"""),
     ("im2col-fwd-last-row", "src/cconv/_conv.pyx",
      "im2col + GEMM forward: the last output row of the batch is lost on 2+ threads", [],
      """            gemm_forward_tile(g, x, w, b, y, buf, t * T, min(t * T + T, M), direct)""",
@@ -317,12 +317,12 @@ MUTANTS = [
      """            int *ao = a + pw * cout, i0 = (int)(h0 * OW + 2 * pw), i2 = (int)(i0 + OW);""",
      """            int *ao = a + pw * cout, i0 = (int)(h0 / 2 * OW + 2 * pw), i2 = (int)(i0 + OW);"""),
     ("poolbwd-direct-column-swap", "src/cconv/_conv_direct.h",
-     "conv + ReLU + max pool backward from the pooled gradient, direct: a window's gradient goes to "
+     "conv + max pool backward from the pooled gradient, direct: a window's gradient goes to "
      "the other column of its row", [],
-     """                    r0[o] = i == c0 ? v : 0.0f;
-                    r1[o] = i == c1 ? v : 0.0f;""",
-     """                    r0[o] = i == c1 ? v : 0.0f;
-                    r1[o] = i == c0 ? v : 0.0f;"""),
+     """                r0[o] = i == c0 ? v : 0.0f;
+                r1[o] = i == c1 ? v : 0.0f;""",
+     """                r0[o] = i == c1 ? v : 0.0f;
+                r1[o] = i == c0 ? v : 0.0f;"""),
     ("poolbwd-direct-last-window", "src/cconv/_conv_direct.h",
      "conv + max pool backward, direct: the last pooled column of each row is not unpooled "
      "(its two output columns keep the previous row's values)", [],

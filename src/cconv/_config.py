@@ -429,9 +429,10 @@ def blas_threads(n: int):
     idle worker threads, which then spin for a while against cconv's OpenMP threads (about
     0.1 ms of their CPU per change here). With numpy's and scipy's OpenBLAS at 2 threads, a
     training step of the paper network at 2 threads changed them 52 times and a batch-256
-    predict 20 times; now 4 times each. That took the step and the predict to 0.96x their
-    time (medians of 12 interleaved rounds in one process). A kernel that runs on fewer
-    threads than the budget then also runs its GEMMs on one BLAS thread.
+    predict 20 times; now 4 times each (the wall-time effect was within this machine's
+    noise: 0.96x in one in-process A/B of 12 rounds, 1.00x and 1.03x in two later ones). A
+    kernel that runs on fewer threads than the budget then also runs its GEMMs on one BLAS
+    thread.
     """
     global _blas_users, _blas_saved, _blas_cap
     _blas_libs()

@@ -155,25 +155,17 @@ CCONV_MULTIVERSION static long long cconv_direct_unpool_row(
     ptrdiff_t done = 0;
     if (under) {
         for (ptrdiff_t pw = 0; pw < PW; pw++) {
-            const float *g = dp + pw * cout, *mk = m ? m + pw * cout : NULL;
+            const float *g = dp + pw * cout, *mk = m ? m + pw * cout : g;
             const int *ai = a + pw * cout;
             float *r0 = row + 2 * pw * cout, *r1 = r0 + cout;
             int c0 = (int)(oh * OW + 2 * pw), c1 = c0 + 1;
-            if (mk)
-                for (ptrdiff_t o = 0; o < cout; o++) {
-                    int i = ai[o];
-                    float v = mk[o] > 0 ? g[o] : 0.0f;
-                    r0[o] = i == c0 ? v : 0.0f;
-                    r1[o] = i == c1 ? v : 0.0f;
-                    matched += (i == c0) + (i == c1);
-                }
-            else
-                for (ptrdiff_t o = 0; o < cout; o++) {
-                    int i = ai[o];
-                    r0[o] = i == c0 ? g[o] : 0.0f;
-                    r1[o] = i == c1 ? g[o] : 0.0f;
-                    matched += (i == c0) + (i == c1);
-                }
+            for (ptrdiff_t o = 0; o < cout; o++) {
+                int i = ai[o];
+                float v = !m || mk[o] > 0 ? g[o] : 0.0f;
+                r0[o] = i == c0 ? v : 0.0f;
+                r1[o] = i == c1 ? v : 0.0f;
+                matched += (i == c0) + (i == c1);
+            }
         }
         done = 2 * PW;
     }

@@ -223,20 +223,21 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
     if num_threads < 1:
         raise ValueError("matmul: num_threads must be >= 1")
     check(_blas.ensure_blas(), "matmul")
-    cdef Py_ssize_t cols = (n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, c0, c1, item
+    cdef Py_ssize_t cols = (n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, c0, c1
+    cdef Py_ssize_t size = 4 if t == F32 else 8
     if m == 1 and num_threads > 1:
         # one row: its columns in blocks of COLUMN_BLOCK, spread over the threads (a
-        # batch-1 dense layer streams its weights from both cores' caches)
+        # batch-1 dense layer streams its weights from both cores' caches); column c0 of
+        # op(b) starts at row c0 of b with trans_b
         with nogil, parallel(num_threads=num_threads):
             for ch in prange(num_threads, schedule="static"):
                 c0 = min(n, ch * cols // num_threads * COLUMN_BLOCK)
                 c1 = min(n, (ch + 1) * cols // num_threads * COLUMN_BLOCK)
                 if c1 > c0:
                     probe(P_MATMUL)
-                    item = (c0 * ldb if trans_b else c0) * (4 if t == F32 else 8)
                     matmul_rows(t, trans_a, trans_b, 0, 1, <int> (c1 - c0), k, ap, lda,
-                                bp + item, ldb, beta,
-                                cp + c0 * (4 if t == F32 else 8), n)
+                                bp + (c0 * ldb if trans_b else c0) * size, ldb, beta,
+                                cp + c0 * size, n)
         return
     with nogil, parallel(num_threads=num_threads):
         for ch in prange(num_threads, schedule="static"):

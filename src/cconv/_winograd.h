@@ -204,11 +204,10 @@ CCONV_MULTIVERSION static long long cconv_wino_dy_pool_##S(                     
     const T *mk = m ? m + ((n * PH + ph) * PW + pw) * Co : g;                               \
     const int *ai = a + ((n * PH + ph) * PW + pw) * Co;                                     \
     int i0 = (int)(oh0 * OW + ow0), i2 = (int)(i0 + OW);                                    \
-    int masked = m != NULL;                                                                 \
     CCONV_SIMD_SUM(matched)                                                                 \
     for (ptrdiff_t o = 0; o < Co; o++) {                                                    \
         int i = ai[o];                                                                      \
-        T z = (T)0, v = !masked || mk[o] > 0 ? g[o] : z;                                    \
+        T z = (T)0, v = !m || mk[o] > 0 ? g[o] : z;                                         \
         T g00 = i == i0 ? v : z, g01 = i == i0 + 1 ? v : z;                                 \
         T g10 = i == i2 ? v : z, g11 = i == i2 + 1 ? v : z;                                 \
         matched += (i == i0) + (i == i0 + 1) + (i == i2) + (i == i2 + 1);                   \
