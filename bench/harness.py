@@ -315,19 +315,46 @@ def run_orders(names, runs):
     return orders
 
 
+def cpu_ticks(path="/proc/stat"):
+    """(steal, total) clock ticks of all CPUs since boot from Linux's /proc/stat, or None.
+    Steal is the time the hypervisor ran something else while this (virtual) machine's CPUs
+    had work: on a shared host it rises under sustained load, and it slows a run on two
+    threads more than a run on one."""
+    try:
+        with open(path) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]     # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before, after):
+    """The share of the CPU time between two cpu_ticks() readings that the hypervisor took."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _run_worker(script, lib, settings, timeout):
     env = {**os.environ, **settings.get("env", {}), **lib.env}
     if lib.python != sys.executable:      # another interpreter: none of this one's paths
         env.pop("PYTHONPATH", None)
     cmd = [lib.python, script, "--worker", lib.name, "--settings", json.dumps(settings)]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    ticks = cpu_ticks()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    steal = steal_share(ticks, cpu_ticks())
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-        return {"error": f"exit {proc.returncode}", "stderr_tail": tail, "load_before": load}
+        return {"error": f"exit {proc.returncode}", "stderr_tail": tail, "load_before": load,
+                "steal": steal}
     result = json.loads(lines[-1][len(MARK):])
     result["load_before"] = load
+    result["steal"] = steal
     return result
 
 
@@ -353,6 +380,7 @@ def merge_jobs(target, jobs, records):
         first = ok[0][1] if ok else records[jobs[0].name]
         record = {"metrics": {m + job.suffix: v for job, r in ok for m, v in r["metrics"].items()},
                   "info": first.get("info", {}), "load_before": first.get("load_before"),
+                  "steal": first.get("steal"),
                   "wall_s": sum(r.get("wall_s", 0.0) for _, r in ok), "jobs": records}
         failed = [job.name for job in jobs if "error" in records[job.name]]
         if failed:

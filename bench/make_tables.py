@@ -112,9 +112,14 @@ def table(path, log):
     m, s = log["machine"], log["settings"]
     loads = [j["load_before"] for run in log["runs"] for r in run.values()
              for j in (r.get("jobs") or {"": r}).values() if j.get("load_before") is not None]
+    steals = [j["steal"] for run in log["runs"] for r in run.values()
+              for j in (r.get("jobs") or {"": r}).values() if j.get("steal") is not None]
     noise = (f" The machine is shared and noisy: its load average before the workers was "
              f"{min(loads):.1f}-{max(loads):.1f} on {m.get('cpus_allowed', m.get('cpu_count'))} "
              f"CPUs." if loads else " The machine is shared and noisy.")
+    if steals:
+        noise += (f" The hypervisor took {100 * min(steals):.0f}-{100 * max(steals):.0f}% of "
+                  f"the CPU time while a worker ran (steal, from /proc/stat).")
     shown = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("env", "isa"))
     lines += ["", f"{len(log['runs'])} runs, each library in its own process, in "
               f"{order_text(log)}; ratios are per run (library / the fastest other library in the same "

@@ -71,6 +71,10 @@ def test_harness_runs_each_library_in_its_own_process_and_logs_everything(tmp_pa
     assert log["checks"][0]["pass"] is True and log["checks"][1]["pass"] is False
     assert log["checksum_agreement"] == pytest.approx(1e-7, rel=0.01)
     assert "threadpools" in log["runs"][0]["Fast"]["info"]
+    if os.path.exists("/proc/stat"):          # Linux: every worker's steal share is logged
+        steals = [run[lib]["steal"] for run in log["runs"] for lib in run]
+        assert any(v is not None for v in steals), steals     # None: no tick went by
+        assert all(v is None or 0.0 <= v <= 1.0 for v in steals), steals
 
     tables = subprocess.run([sys.executable, str(BENCH / "make_tables.py"), "--results",
                              str(tmp_path), "--min-runs", "3"], capture_output=True, text=True,
@@ -78,11 +82,34 @@ def test_harness_runs_each_library_in_its_own_process_and_logs_everything(tmp_pa
     assert "| time | **0.30x** [0.30-0.30] of Slow | - | - |" in tables    # ratios, not times
     assert "| alone | **3.00x** [3.00x-3.00x] | 3.00x | - |" in tables
     assert "shared and noisy: its load average before the workers was" in tables
+    if any(run[lib]["steal"] is not None for run in log["runs"] for lib in run):
+        assert "of the CPU time while a worker ran (steal, from /proc/stat)" in tables
     assert "| time vs the other | <= 0.5 | 0.30 | PASS |" in tables
     assert "3 runs, each library in its own process" in tables
     none = subprocess.run([sys.executable, str(BENCH / "make_tables.py"), "--results",
                            str(tmp_path)], capture_output=True, text=True, check=True).stdout
     assert "No benchmark logs with enough runs" in none          # 3 runs < the default 5
+
+
+def test_steal_share_comes_from_proc_stat(tmp_path):
+    """The hypervisor's share of the CPU time around a worker (the 8th number of /proc/stat's
+    "cpu" line over the sum of the first 8), which the logs keep beside the load."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import harness
+    finally:
+        sys.path.remove(str(BENCH))
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 50 0 25 400 0 0 0 25 0 0\n")
+    before = harness.cpu_ticks(str(stat))
+    assert before == (50, 1000)
+    stat.write_text("cpu  400 0 50 1200 0 0 0 350 0 0\n")    # 1000 more ticks, 300 stolen
+    assert harness.steal_share(before, harness.cpu_ticks(str(stat))) == pytest.approx(0.3)
+    assert harness.steal_share(before, before) is None
+    assert harness.steal_share(None, before) is None
+    assert harness.cpu_ticks(str(tmp_path / "missing")) is None
+    stat.write_text("intr 1 2 3\n")
+    assert harness.cpu_ticks(str(stat)) is None
 
 
 @pytest.mark.skipif(not (BENCH.parent / "README.md").exists(), reason="no README.md")
