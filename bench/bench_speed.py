@@ -15,6 +15,12 @@ Adam 1e-3). Measured, per library, in three processes per run (bench/harness.py 
 * ``train_1t``: the same at one thread (``epoch_1t``, ``memory_1t``); ``scaling`` is
   epoch_1t / epoch.
 
+Beside the libraries, not a contender, "GEMM only (the host's ceiling)" times a fixed
+amount of float32 GEMM work (numpy's BLAS) in its ``train`` and ``train_1t`` jobs: its
+``scaling`` is what the shared host gave a second thread on perfectly parallel,
+compute-bound work in the same runs, the ceiling of every library's. The harness also logs
+the hypervisor's steal share around every process.
+
 Every library runs in its own processes at the same thread count (cconv's and its BLAS's
 threads, PyTorch's intra-op pool, TensorFlow's intra-op pool; one inter-op thread), in a
 rotating order, over ``--runs`` runs (at least 5 for the README); the harness prints the
@@ -137,7 +143,35 @@ def worker_keras(settings):
     return out
 
 
+#: The host's own ceiling: float32 GEMMs of this side, this many of them (about 250 GFLOP,
+#: some 1.4 s on two of this machine's cores, as long as a cconv epoch).
+HOST_SIDE, HOST_GEMMS = 1024, 116
+
+
+def worker_host(settings):
+    """Not a library: the same amount of float32 GEMM work (numpy's BLAS) at the job's
+    thread count, reported as its "epoch". A GEMM this size is compute-bound and splits
+    evenly, so its epoch_1t / epoch is what the machine itself gives a second thread while
+    the libraries' runs are measured: on a shared host, less than 2."""
+    if settings["task"] != "train":
+        return {}
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((HOST_SIDE, HOST_SIDE), dtype=np.float32)
+    out = np.empty_like(a)
+    with threadpool_limits(limits=settings["threads"], user_api="blas"):
+        np.matmul(a, a, out=out)
+        t = time.perf_counter()
+        for _ in range(HOST_GEMMS):
+            np.matmul(a, a, out=out)
+        seconds = time.perf_counter() - t
+    return {"epoch": seconds, "info": {"gflop": 2 * HOST_SIDE ** 3 * HOST_GEMMS / 1e9,
+                                       "threads": settings["threads"]}}
+
+
 WORKERS = {"cconv": worker_cconv,
+           "host": worker_host,
            "torch-nchw": lambda s: worker_torch(s, channels_last=False),
            "torch-channels-last": lambda s: worker_torch(s, channels_last=True),
            "keras": worker_keras}
@@ -159,7 +193,9 @@ TARGET = Target(
     description="issue 19's targets on the paper network (random 64x64x3 images): cconv vs "
                 "PyTorch (NCHW, channels_last) and Keras 3 on TensorFlow, each in its own "
                 "processes",
-    libraries=LIBRARIES + [Library("keras", "Keras (TensorFlow)", python=TF_PYTHON)],
+    libraries=LIBRARIES + [Library("keras", "Keras (TensorFlow)", python=TF_PYTHON),
+                           Library("host", "GEMM only (the host's ceiling)", contender=False,
+                                   reference=True)],
     rows=[(label, metric) for metric, label in ROWS.items()],
     units=UNITS,
     higher_is_better=("scaling",),

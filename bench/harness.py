@@ -63,12 +63,14 @@ class Library:
     """A contender: its worker's name in the script, the interpreter that runs it, and
     extra environment variables for its process. A library that is not a contender (e.g.
     ``--baseline``: the same cconv under another interpreter) gets its ratios like the
-    others but is never the "fastest other library" of anybody's ratio."""
+    others but is never the "fastest other library" of anybody's ratio; a reference (a
+    measure of the machine itself) gets its figures only."""
     name: str
     label: str = ""
     python: str = sys.executable
     env: dict = field(default_factory=dict)
     contender: bool = True
+    reference: bool = False    # a yardstick of the machine, not a library: no ratios at all
 
     def __post_init__(self):
         self.label = self.label or self.name
@@ -416,7 +418,8 @@ def summarize(target, runs):
     the others, not with cconv): {metric: {library: {other, median, min, max, values}}}."""
     libs = [lib.label for lib in target.libraries]
     worker = {lib.label: lib.name for lib in target.libraries}
-    contenders = [lib.label for lib in target.libraries if lib.contender]
+    contenders = [lib.label for lib in target.libraries if lib.contender and not lib.reference]
+    references = {lib.label for lib in target.libraries if lib.reference}
     stats, ratios = {}, {}
     metrics = sorted({m for run in runs for r in run.values() if "metrics" in r
                       for m in r["metrics"]})
@@ -433,6 +436,8 @@ def summarize(target, runs):
         better = max if m in target.higher_is_better else min
         ratios[m] = {}
         for lib in per:
+            if lib in references:
+                continue
             r = _ratio(runs, m, lib, [c for c in contenders if worker[c] != worker[lib]],
                        per, better)
             if r:
@@ -599,7 +604,8 @@ def make_log(target, runs, settings, script, argv=(), jobs=None, orders=None, co
             "argv": [os.path.relpath(script, ROOT)] + list(argv), "commit": commit,
             "dirty": dirty, "machine": machine_info(), "settings": settings,
             "libraries": [{"name": lib.name, "label": lib.label, "python": lib.python,
-                           "env": lib.env, "contender": lib.contender}
+                           "env": lib.env, "contender": lib.contender,
+                           "reference": lib.reference}
                           for lib in target.libraries],
             "jobs": [dataclasses.asdict(job) for job in (jobs or target.jobs)],
             "order": orders or [list(run) for run in runs], "runs": runs, "stats": stats,

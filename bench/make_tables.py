@@ -74,7 +74,8 @@ def table(path, log):
     main = log.get("main", "cconv")
     others = [lib for lib in libs if lib != main]
     # libraries that are not contenders (a --baseline cconv): their own ratio column
-    extra = [lib["label"] for lib in log["libraries"] if not lib.get("contender", True)]
+    extra = [lib["label"] for lib in log["libraries"]
+             if not lib.get("contender", True) and not lib.get("reference")]
     units, stats, ratios = log["units"], log["stats"], log["ratios"]
     isa = log["settings"].get("isa", "native")
     title = f"`{log['argv'][0]}`" + (" with every library capped at AVX2" if isa == "avx2" else "")
@@ -130,6 +131,9 @@ def table(path, log):
               + "".join(f" {lib['label']}: {lib['name']} under `{lib['python']}`"
                         + "".join(f" with {k}={v}" for k, v in lib.get("env", {}).items())
                         + ", not a contender." for lib in log["libraries"] if lib["label"] in extra)
+              + "".join(f" {lib['label']}: a measure of the machine itself, not a library "
+                        f"(`{log['argv'][0]}` says what it runs)."
+                        for lib in log["libraries"] if lib.get("reference"))
               + main_python(log, main) + noise]
     return "\n".join(lines)
 

@@ -132,15 +132,16 @@ def _speed_log(bench_speed, harness, isa="native", error_in=None):
             "cconv (CCONV_X=1)": (1.0e-3, 0.03, 0.5, 300.0, 1.0),
             "PyTorch NCHW": (4.0e-3, 0.09, 4.0, 280.0, 6.0),
             "PyTorch channels_last": (1.5e-3, 0.2, 3.0, 320.0, 4.5),
-            "Keras (TensorFlow)": (1.0e-2, 0.08, 5.0, 100.0, 7.0)}
+            "Keras (TensorFlow)": (1.0e-2, 0.08, 5.0, 100.0, 7.0),
+            "GEMM only (the host's ceiling)": (None, None, 1.0, None, 1.95)}
     runs = []
     for i, scale in enumerate([1.0, 1.1, 0.9, 1.2, 0.8]):      # the machine's load drifts
         run = {}
         for label, (b1, b256, epoch, memory, epoch_1t) in fake.items():
             def rec(**metrics):
-                return {"metrics": metrics, "info": {"threads": 2}, "load_before": 1.0 + i,
-                        "wall_s": 1.0}
-            records = {"infer": rec(batch1=b1 * scale, batch256=b256 * scale),
+                return {"metrics": {k: v for k, v in metrics.items() if v is not None},
+                        "info": {"threads": 2}, "load_before": 1.0 + i, "wall_s": 1.0}
+            records = {"infer": rec(batch1=b1 and b1 * scale, batch256=b256 and b256 * scale),
                        "train": rec(epoch=epoch * scale, memory=memory),
                        "train_1t": rec(epoch=epoch_1t * scale, memory=memory)}
             if error_in == (i, label):
@@ -178,6 +179,12 @@ def test_bench_speed_log_renders_a_table_with_its_targets(tmp_path):
     assert log["ratios"]["epoch"]["PyTorch channels_last"]["other"] == "cconv"
     with pytest.raises(ValueError, match="VAR=VALUE"):
         harness.libraries(bench_speed.TARGET, variants=["CCONV_X"])
+    # the host's GEMM-only yardstick: its own figures, no ratios, never "the fastest other"
+    host = "GEMM only (the host's ceiling)"
+    assert log["stats"]["scaling"][host]["median"] == pytest.approx(1.95)
+    assert all(host not in r and all(x["other"] != host for x in r.values())
+               for r in log["ratios"].values())
+    assert "batch1" not in log["runs"][0][host]["metrics"]
     checks = {c["metric"]: c for c in log["checks"]}
     assert checks["memory"]["against"] == "PyTorch NCHW"       # not Keras's smaller figure
     assert checks["memory"]["median"] == pytest.approx(300 / 280)
@@ -205,6 +212,9 @@ def test_bench_speed_log_renders_a_table_with_its_targets(tmp_path):
                 "| whole epoch: 2 threads vs 1 (epoch_1t / epoch) | >= 1.8 | 1.90 | PASS |"):
         assert row in tables
     assert "cconv (baseline): cconv under" in tables
+    assert f"{host} / fastest other" not in tables and f"| {host} (median) |" in tables
+    assert "| 1.95x |" in tables                           # its scaling, in its own column
+    assert f"{host}: a measure of the machine itself, not a library" in tables
     assert "cconv (CCONV_X=1): cconv under" in tables and "with CCONV_X=1, not a contender" in tables
     assert "load average before the workers was 1.0-5.0" in tables
     # the AVX2-capped run: a table of its own, with its own targets
