@@ -46,6 +46,16 @@
 #define CCONV_NEON 0
 #endif
 
+/* A hint that the cache line at p will be read soon; it changes no result. */
+#if defined(__GNUC__) || defined(__clang__)
+#define CCONV_PREFETCH(p) __builtin_prefetch(p)
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+#include <xmmintrin.h>
+#define CCONV_PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T0)
+#else
+#define CCONV_PREFETCH(p) ((void)(p))
+#endif
+
 /* What the CPU and the build support: 2 (AVX-512F), 1 (AVX2 and FMA; NEON, which every
    aarch64 CPU has) or 0. The level in use, which the tests lower to reach every path, is
    kept by cconv._cpu (simd_level). */
