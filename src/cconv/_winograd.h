@@ -88,6 +88,25 @@
             for (ptrdiff_t b_ = 0; b_ < (bytes); b_ += 64)                                  \
                 CCONV_PREFETCH((const char *)((r0) + i_ * (row)) + b_);
 
+/* dx[block] += (B dV B^T) for channel c, Q(i, j) naming the block's element at row i,
+   column j: CCONV_WINO_ROW_AT with row pointers s[i] (C elements a pixel), CCONV_WINO_PTR_AT
+   with pixel pointers q[4i + j]. */
+#define CCONV_WINO_ROW_AT(i, j) s[i][(j) * C + c]
+#define CCONV_WINO_PTR_AT(i, j) q[4 * (i) + (j)][c]
+#define CCONV_WINO_BDVB(T, dV, ldv, c, Q)                                                   \
+        T t[4][4];                                                                          \
+        for (int j = 0; j < 4; j++) {                                                       \
+            T v0 = dV[j * ldv + c], v1 = dV[(4 + j) * ldv + c];                             \
+            T v2 = dV[(8 + j) * ldv + c], v3 = dV[(12 + j) * ldv + c];                      \
+            t[0][j] = v0; t[1][j] = v1 - v2 + v3; t[2][j] = v1 + v2 - v0; t[3][j] = -v3;    \
+        }                                                                                   \
+        for (int i = 0; i < 4; i++) {                                                       \
+            Q(i, 0) += t[i][0];                                                             \
+            Q(i, 1) += t[i][1] - t[i][2] + t[i][3];                                         \
+            Q(i, 2) += t[i][1] + t[i][2] - t[i][0];                                         \
+            Q(i, 3) -= t[i][3];                                                             \
+        }
+
 #define CCONV_WINOGRAD_KERNELS(S, T)                                                        \
 /* V[k*ldv + c] = (B^T d B)[k][c], d = the 4x4 block of image n at (ih0, iw0). */           \
 CCONV_MULTIVERSION static void cconv_wino_in_##S(                                      \
@@ -252,6 +271,18 @@ CCONV_MULTIVERSION static long long cconv_wino_dy_pool_##S(                     
 CCONV_MULTIVERSION static void cconv_wino_dx_##S(                                      \
         const T *dV, ptrdiff_t ldv, T *dx, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,           \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, T *sink) {                               \
+    if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 4 <= W) {     /* as cconv_wino_in */   \
+        T *s[4];                                                                            \
+        s[0] = dx + ((n * H + ih0) * W + iw0) * C;                                          \
+        for (int i = 1; i < 4; i++)                                                         \
+            s[i] = s[i - 1] + W * C;                                                        \
+        CCONV_WINO_AHEAD(s[0], ih0, H, W * C, 2 * C * (ptrdiff_t)sizeof(T))                 \
+        CCONV_SIMD                                                                          \
+        for (ptrdiff_t c = 0; c < C; c++) {                                                 \
+            CCONV_WINO_BDVB(T, dV, ldv, c, CCONV_WINO_ROW_AT)                               \
+        }                                                                                   \
+        return;                                                                             \
+    }                                                                                       \
     T *q[16];                                                                               \
     for (int i = 0; i < 4; i++)                                                             \
         for (int j = 0; j < 4; j++)                                                         \
@@ -259,18 +290,7 @@ CCONV_MULTIVERSION static void cconv_wino_dx_##S(                               
                 ? dx + ((n * H + ih0 + i) * W + iw0 + j) * C : sink;                        \
     CCONV_SIMD                                                                              \
     for (ptrdiff_t c = 0; c < C; c++) {                                                     \
-        T t[4][4];                                                                          \
-        for (int j = 0; j < 4; j++) {                                                       \
-            T v0 = dV[j * ldv + c], v1 = dV[(4 + j) * ldv + c];                             \
-            T v2 = dV[(8 + j) * ldv + c], v3 = dV[(12 + j) * ldv + c];                      \
-            t[0][j] = v0; t[1][j] = v1 - v2 + v3; t[2][j] = v1 + v2 - v0; t[3][j] = -v3;    \
-        }                                                                                   \
-        for (int i = 0; i < 4; i++) {                                                       \
-            q[4 * i + 0][c] += t[i][0];                                                     \
-            q[4 * i + 1][c] += t[i][1] - t[i][2] + t[i][3];                                 \
-            q[4 * i + 2][c] += t[i][1] + t[i][2] - t[i][0];                                 \
-            q[4 * i + 3][c] -= t[i][3];                                                     \
-        }                                                                                   \
+        CCONV_WINO_BDVB(T, dV, ldv, c, CCONV_WINO_PTR_AT)                                   \
     }                                                                                       \
 }                                                                                           \
                                                                                             \
