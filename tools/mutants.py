@@ -137,8 +137,8 @@ MUTANTS = [
      "Winograd input transform: a block one column past the right edge (padding) takes the "
      "in-image path and reads the next row's first pixel instead of a zero",
      ["test_winograd.py"],
-     """    if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 4 <= W) {""",
-     """    if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 3 <= W) {"""),
+     """    if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 4 <= W) {                             \\""",
+     """    if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 3 <= W) {                             \\"""),
     ("wino-in-border-rows", "src/cconv/_winograd.h",
      "Winograd input transform, blocks over the padding: the block's middle rows swapped",
      ["test_winograd.py"],
