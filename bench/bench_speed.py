@@ -18,7 +18,7 @@ Adam 1e-3). Measured, per library, in three processes per run (bench/harness.py 
 Beside the libraries, not a contender, "GEMM only (the host's ceiling)" times a fixed
 amount of float32 GEMM work (numpy's BLAS) in its ``train`` and ``train_1t`` jobs: its
 ``scaling`` is what the shared host gave a second thread on perfectly parallel,
-compute-bound work in the same runs, the ceiling of every library's. The harness also logs
+compute-bound work in the same runs, the yardstick for every library's. The harness also logs
 the hypervisor's steal share around every process.
 
 Every library runs in its own processes at the same thread count (cconv's and its BLAS's
@@ -152,7 +152,9 @@ def worker_host(settings):
     """Not a library: the same amount of float32 GEMM work (numpy's BLAS) at the job's
     thread count, reported as its "epoch". A GEMM this size is compute-bound and splits
     evenly, so its epoch_1t / epoch is what the machine itself gives a second thread while
-    the libraries' runs are measured: on a shared host, less than 2."""
+    the libraries' runs are measured: on a shared host, often well under 2. It is measured
+    in its own processes, so a library's figure of the same run may still exceed it when the
+    host's load changed in between."""
     if settings["task"] != "train":
         return {}
     import numpy as np

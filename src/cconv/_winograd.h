@@ -75,14 +75,14 @@
             V[(4 * i + 3) * ldv + c] = t[i][1] - t[i][3];                                   \
         }
 
-/* Tiles run along the rows, two pixels apart: the next row of tiles is the first to read
+/* Tiles run along the rows, two pixels apart: the next row of tiles is the first to touch
    the two rows below a tile's 4x4 block. A tile whose block starts at r0 (row ih0 of H,
-   rows `row` elements apart) asks for the first `bytes` of those two rows at its columns
-   (the two columns no later tile of its row starts at), so that they arrive before that
-   row of tiles needs them: a map row of the paper network's conv2 input is about one 4 KiB
-   page, and the hardware prefetchers stop at pages. A hint: it changes no result. In the
-   b256 predict of the paper network at one thread, the fast path alone gave 0.97x the
-   time and with this 0.95x (10 alternating process pairs each). */
+   rows `row` elements apart) asks for `bytes` of each of those two rows from its block's
+   first column (its first two columns; the next tile asks for the next two), so that they
+   arrive before that row of tiles needs them: a map row of the paper network's conv2 input
+   is about one 4 KiB page, and the hardware prefetchers stop at pages. A hint: it changes
+   no result. In the paper network's batch-256 predict at one thread, the in-image path
+   alone gave 0.97x the time and with this 0.95x (10 alternating process pairs each). */
 #define CCONV_WINO_AHEAD(r0, ih0, H, row, bytes)                                            \
         for (ptrdiff_t i_ = 4; i_ < 6 && ih0 + i_ < H; i_++)                                \
             for (ptrdiff_t b_ = 0; b_ < (bytes); b_ += 64)                                  \
@@ -113,8 +113,8 @@ CCONV_MULTIVERSION static void cconv_wino_in_##S(                               
         const T *x, T *V, ptrdiff_t ldv, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,             \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, const T *zero) {                         \
     if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 4 <= W) {                             \
-        /* inside the image: four row pointers, no zero buffer, and the next row of tiles's \
-           two new rows fetched ahead (CCONV_WINO_AHEAD) */                                 \
+        /* inside the image: four row pointers, no zero buffer, and the two rows the next   \
+           row of tiles reads first asked for ahead (CCONV_WINO_AHEAD) */                   \
         const T *r0 = x + ((n * H + ih0) * W + iw0) * C;                                    \
         const T *r1 = r0 + W * C, *r2 = r1 + W * C, *r3 = r2 + W * C;                       \
         CCONV_WINO_AHEAD(r0, ih0, H, W * C, 2 * C * (ptrdiff_t)sizeof(T))                   \
