@@ -1132,8 +1132,8 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
         _run(nt, 0, _core.direct_forward, x, w.reshape(K, cout), b, y, k[0], k[1], s[0], s[1],
              pads[0][0], pads[1][0], d[0], d[1])
     elif route == _WINOGRAD:
-        U, work = _winograd_operands(w, N * ((OH + 1) // 2) * ((OW + 1) // 2), nt, scratch,
-                                     workspace)
+        U, work = _winograd_operands(w, N * ((OH + 1) // 2) * ((OW + 1) // 2), workspace,
+                                     (nt, scratch))
         _run(nt, tile * C * cout, _core.winograd_forward, x, U, b, y,
              work, pads[0][0], pads[1][0], tile)
     else:
@@ -1145,26 +1145,15 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, stride: _IntO
     return y
 
 
-def _winograd_operands(w, tiles, nt, scratch, workspace):
-    """(U, work) of a Winograd forward call of ``tiles`` 2x2 tiles: the transformed
-    filter (from _FILTERS for small calls) and the threads' scratch (nt, scratch)."""
-    if _filter_cached(tiles):
-        return _winograd_filter_cached(w), _scratch(workspace, w.dtype, (nt, scratch))[0]
-    U, work = _scratch(workspace, w.dtype, (16, w.shape[2], w.shape[3]), (nt, scratch))
-    return _winograd_filter(w, U), work
-
-
-def _winograd_backward_operands(w, nk, tiles, slots, nt, scratch, workspace):
-    """(U, dU_work, db_work, work) of a Winograd backward call (nk = 16: F(2x2, 3x3), 36:
-    F(4x4, 3x3)) of ``tiles`` tiles: F(2x2, 3x3)'s U from _FILTERS (the forward pass of a
-    training step put it there), the rest scratch."""
-    C, cout = w.shape[2], w.shape[3]
+def _winograd_operands(w, tiles, workspace, *shapes, nk=16):
+    """(U, *scratch) of a Winograd call of ``tiles`` tiles: the transformed filter (nk = 16:
+    F(2x2, 3x3)'s, from _FILTERS when _filter_cached(tiles), where a training step's
+    forward pass leaves it for its backward pass; 36: F(4x4, 3x3)'s) and scratch arrays of
+    the given shapes."""
     if nk == 16 and _filter_cached(tiles):
-        return (_winograd_filter_cached(w),
-                *_scratch(workspace, w.dtype, (slots, nk, C, cout), (slots, cout), (nt, scratch)))
-    U, du_work, db_work, work = _scratch(workspace, w.dtype, (nk, C, cout), (slots, nk, C, cout),
-                                         (slots, cout), (nt, scratch))
-    return _winograd_filter(w, U), du_work, db_work, work
+        return (_winograd_filter_cached(w), *_scratch(workspace, w.dtype, *shapes))
+    U, *rest = _scratch(workspace, w.dtype, (nk, w.shape[2], w.shape[3]), *shapes)
+    return (_winograd_filter(w, U), *rest)
 
 
 def _conv_pool_geometry(conv_shape, pool_size, pool_stride, pool_padding):
@@ -1284,7 +1273,7 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
                  k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], bool(relu))
             return result
         if route == _WINOGRAD:
-            U, work = _winograd_operands(w, N * PH * PW, nt, scratch, workspace)
+            U, work = _winograd_operands(w, N * PH * PW, workspace, (nt, scratch))
             _run(nt, tile * C * cout, _core.winograd_forward_pool, x, U, b, y, argmax, work, OH,
                  OW, pads[0][0], pads[1][0], tile, bool(relu))
             return result
@@ -1357,8 +1346,9 @@ def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPai
         _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
     elif route in (_WINOGRAD, _WINOGRAD4):
         nk = 16 if route == _WINOGRAD else 36        # transformed slots per tile
-        U, du_work, db_work, work = _winograd_backward_operands(
-            w, nk, N * ((OH + 1) // 2) * ((OW + 1) // 2), slots, nt, scratch, workspace)
+        U, du_work, db_work, work = _winograd_operands(
+            w, N * ((OH + 1) // 2) * ((OW + 1) // 2), workspace, (slots, nk, C, cout),
+            (slots, cout), (nt, scratch), nk=nk)
         _run(nt, tile * C * cout, _core.winograd_backward, dy, x, U, dx,
              du_work, db_work, work, pads[0][0], pads[1][0], tile, bool(need_dx))
         _winograd_filter_grad(du_work, dw)
@@ -1477,8 +1467,8 @@ def conv2d_max_pool2d_backward(dy: ArrayLike, argmax: ArrayLike, x: ArrayLike, w
             if matched == dy.size:
                 _sum_threads(dw_work[:, :K], dw.reshape(K, cout))
         elif route == _WINOGRAD:
-            U, du_work, db_work, work = _winograd_backward_operands(w, 16, N * PH * PW, slots,
-                                                                    nt, scratch, workspace)
+            U, du_work, db_work, work = _winograd_operands(
+                w, N * PH * PW, workspace, (slots, 16, C, cout), (slots, cout), (nt, scratch))
             matched = _run(nt, tile * C * cout, _core.winograd_backward_pool, dy, a, mask, x,
                            U, dx, du_work, db_work, work, OH, OW,
                            pads[0][0], pads[1][0], tile, bool(need_dx))
