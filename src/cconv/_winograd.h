@@ -37,6 +37,8 @@
 #define CCONV_WINO_SUB 256
 
 #define CCONV_IN_IMAGE(i, j, H, W) ((i) >= 0 && (i) < (H) && (j) >= 0 && (j) < (W))
+/* Whether the 4x4 block at (i, j) lies inside the H x W image. */
+#define CCONV_BLOCK_IN_IMAGE(i, j, H, W) ((i) >= 0 && (j) >= 0 && (i) + 4 <= (H) && (j) + 4 <= (W))
 
 /* t (T[2][4]) = A^T M_o for output channel o of the 16 rows of M (row k at M + k * ldm):
    the first half of the output transform, A^T M A = t A. */
@@ -112,7 +114,7 @@
 CCONV_MULTIVERSION static void cconv_wino_in_##S(                                      \
         const T *x, T *V, ptrdiff_t ldv, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,             \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, const T *zero) {                         \
-    if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 4 <= W) {                             \
+    if (CCONV_BLOCK_IN_IMAGE(ih0, iw0, H, W)) {                                             \
         /* inside the image: four row pointers, no zero buffer, and the two rows the next   \
            row of tiles reads first asked for ahead (CCONV_WINO_AHEAD) */                   \
         const T *r0 = x + ((n * H + ih0) * W + iw0) * C;                                    \
@@ -271,7 +273,7 @@ CCONV_MULTIVERSION static long long cconv_wino_dy_pool_##S(                     
 CCONV_MULTIVERSION static void cconv_wino_dx_##S(                                      \
         const T *dV, ptrdiff_t ldv, T *dx, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C,           \
         ptrdiff_t n, ptrdiff_t ih0, ptrdiff_t iw0, T *sink) {                               \
-    if (ih0 >= 0 && iw0 >= 0 && ih0 + 4 <= H && iw0 + 4 <= W) {     /* as cconv_wino_in */   \
+    if (CCONV_BLOCK_IN_IMAGE(ih0, iw0, H, W)) {                     /* as cconv_wino_in */   \
         T *s[4];                                                                            \
         s[0] = dx + ((n * H + ih0) * W + iw0) * C;                                          \
         for (int i = 1; i < 4; i++)                                                         \
