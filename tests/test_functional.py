@@ -844,7 +844,8 @@ def test_relu_backward_finite_differences(case):
 def test_dense_matmul_matches_numpy(m, dtype, trans_a, trans_b, threads):
     """The dense layers' GEMM: every transpose combination, rows split over threads
     (really: each thread of the team takes its block of rows); a single row (m = 1, a
-    batch-1 predict) is cut into blocks of 16 columns instead (45 columns: 3 blocks). A
+    batch-1 predict) is cut into blocks of 16 rows of op(b) instead (67 rows: 5 blocks,
+    each thread's sum added in), or with trans_b of 16 columns (45 columns: 3 blocks). A
     block of one row (m = 2 on 2 or 3 threads, where op(a)'s row is a strided column of a
     with trans_a) is a matrix-vector product (BLAS gemv), which must neither read an ``out``
     it overwrites (NaN there) nor lose the old values it adds to."""
@@ -853,7 +854,7 @@ def test_dense_matmul_matches_numpy(m, dtype, trans_a, trans_b, threads):
     a = rand(rng, (k, m) if trans_a else (m, k), dtype)
     b = rand(rng, (n, k) if trans_b else (k, n), dtype)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
-    team = min(threads, m if m > 1 else -(-n // 16))
+    team = min(threads, m if m > 1 else -(-(n if trans_b else k) // 16))
     with forced(threads=threads):
         got = F.matmul(a, b, trans_a, trans_b)
         assert kernels_run() == {"matmul": Run(team, team)}

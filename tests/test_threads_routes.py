@@ -279,8 +279,9 @@ def _other_cases():
                 cases.append(Case(f"matmul-{'T' if ta else 'N'}{'T' if tb else 'N'}-{tag}", run,
                                   lambda want=want, out0=out0: (want, want + out0),
                                   ("matmul",), dtype))
-                # one row (a batch-1 dense layer): its 57 columns cut into blocks of 16
-                # (4 blocks, the last one short) over the threads
+                # one row (a batch-1 dense layer): the 67 rows of op(b) cut into blocks
+                # of 16 (5 blocks, the last one short) over the threads, or with trans_b
+                # its 57 columns (4 blocks)
                 k1, n1 = 67, 57
                 a1 = rand(rng, (k1, 1) if ta else (1, k1), dtype)
                 b1 = rand(rng, (n1, k1) if tb else (k1, n1), dtype)

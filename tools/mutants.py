@@ -43,15 +43,33 @@ MUTANTS = [
      """            r1 = (ch + 1) * m // num_threads - (1 if (num_threads > 1 and ch == num_threads - 1) else 0)
             if r1 > r0:"""),
     ("matmul-row-last-column", "src/cconv/_core.pyx",
-     "dense GEMM of one row (column split): the last column is not computed on 2+ threads",
+     "dense GEMM of one row, trans_b (column split): the last column is not computed on 2+ "
+     "threads",
      [],
      """                c1 = min(n, (ch + 1) * cols // num_threads * COLUMN_BLOCK)""",
      """                c1 = min(n, (ch + 1) * cols // num_threads * COLUMN_BLOCK) - (1 if ch == num_threads - 1 else 0)"""),
     ("matmul-row-transposed-offset", "src/cconv/_core.pyx",
-     "dense GEMM of one row (column split): a column block of op(b) = b^T starts at column "
-     "c0 of b instead of its row c0", [],
-     """                                bp + (c0 * ldb if trans_b else c0) * size, ldb, beta,""",
-     """                                bp + c0 * size, ldb, beta,"""),
+     "dense GEMM of one row, trans_b (column split): a column block of op(b) = b^T starts "
+     "at column c0 of b instead of its row c0", [],
+     """                                bp + c0 * ldb * size, ldb, beta, cp + c0 * size, n)""",
+     """                                bp + c0 * size, ldb, beta, cp + c0 * size, n)"""),
+    ("matmul-row-inner-last-row", "src/cconv/_core.pyx",
+     "dense GEMM of one row (split of the inner dimension): the last row of op(b) is left "
+     "out on 2+ threads", [],
+     """                c1 = min(k, (ch + 1) * cols // num_threads * COLUMN_BLOCK)""",
+     """                c1 = min(k, (ch + 1) * cols // num_threads * COLUMN_BLOCK) - (1 if ch == num_threads - 1 else 0)"""),
+    ("matmul-row-inner-a-offset", "src/cconv/_core.pyx",
+     "dense GEMM of one row (split of the inner dimension): every block reads op(a) from "
+     "its start", [],
+     """                                ap + c0 * (lda if trans_a else 1) * size, lda,""",
+     """                                ap, lda,"""),
+    ("matmul-row-inner-partial-lost", "src/cconv/_core.pyx",
+     "dense GEMM of one row (split of the inner dimension): the last thread's partial row "
+     "is not added", [],
+     """        for ch in range(num_threads - 1):
+            for j in range(n):""",
+     """        for ch in range(num_threads - 2):
+            for j in range(n):"""),
     ("wino-bwd-skip-unpooled", "src/cconv/_conv.pyx",
      "Winograd backward: the tiles of an odd-sized output's last row/column are skipped "
      "also when dy is the output's own gradient (not a pool's)", ["test_winograd.py"],

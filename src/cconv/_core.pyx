@@ -23,7 +23,7 @@ pool, activation), which other packages cimport directly.
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memset
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.long cimport PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact
@@ -204,13 +204,15 @@ def same_bytes(cnp.ndarray a, cnp.ndarray b):
 
 def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  # c: IN/OUT
     """c = op(a) @ op(b) + beta * c, the rows of c cut into one block per thread; a single
-    row (m = 1: one image) is cut into blocks of columns instead.
+    row (m = 1: one image) is cut into blocks of op(b)'s rows (the inner dimension) instead,
+    or with trans_b into blocks of its columns: either way into contiguous blocks of b.
 
     Each thread makes one single-threaded BLAS call on its block, so dense layers run on
     cconv's own OpenMP threads: no BLAS thread pool is left spinning next to the
-    convolution kernels (a column block is a gemv over those columns of op(b); BLAS may
-    round an element differently for another block size). The caller ensures the inner
-    dimension is non-zero.
+    convolution kernels. A single row's blocks are gemv calls (BLAS may round an element
+    differently for another block size); an inner block other than the first goes into a
+    partial row of its own, added to c after the threads, in block order. The caller
+    ensures the inner dimension is non-zero.
     """
     cdef int t = dtype_of(c, "matmul", "c")
     cdef char *ap = data(a, t, 2, False, "matmul", "a")
@@ -219,16 +221,16 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
     cdef int m = dim(c, 0), n = dim(c, 1)
     cdef int k = dim(a, 0) if trans_a else dim(a, 1)
     cdef int lda = dim(a, 1), ldb = dim(b, 1)
-    cdef Py_ssize_t ch, r0, r1
+    cdef Py_ssize_t ch, r0, r1, j
     if num_threads < 1:
         raise ValueError("matmul: num_threads must be >= 1")
     check(_blas.ensure_blas(), "matmul")
     cdef Py_ssize_t cols = (n + COLUMN_BLOCK - 1) // COLUMN_BLOCK, c0, c1
     cdef Py_ssize_t size = 4 if t == F32 else 8
-    if m == 1 and num_threads > 1:
-        # one row: its columns in blocks of COLUMN_BLOCK, spread over the threads (a
-        # batch-1 dense layer streams its weights from both cores' caches); column c0 of
-        # op(b) starts at row c0 of b with trans_b
+    cdef char *part = NULL
+    if m == 1 and num_threads > 1 and trans_b:
+        # one row, b stored as op(b)^T: column c0 of op(b) is row c0 of b, so blocks of
+        # COLUMN_BLOCK columns are contiguous; spread over the threads
         with nogil, parallel(num_threads=num_threads):
             for ch in prange(num_threads, schedule="static"):
                 c0 = min(n, ch * cols // num_threads * COLUMN_BLOCK)
@@ -236,8 +238,40 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
                 if c1 > c0:
                     probe(P_MATMUL)
                     matmul_rows(t, trans_a, trans_b, 0, 1, <int> (c1 - c0), k, ap, lda,
-                                bp + (c0 * ldb if trans_b else c0) * size, ldb, beta,
-                                cp + c0 * size, n)
+                                bp + c0 * ldb * size, ldb, beta, cp + c0 * size, n)
+        return
+    if m == 1 and num_threads > 1:
+        # one row, b stored as op(b): a block of its rows (the inner dimension) is
+        # contiguous, so each thread streams one part of the weights, the same part on
+        # every call (a batch-1 dense layer's weights stay in both cores' caches; blocks
+        # of columns would share every cache line of b between the cores)
+        part = <char *> malloc((num_threads - 1) * n * size)
+        if part == NULL:
+            raise MemoryError("matmul: no memory for the partial rows")
+        cols = (k + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        with nogil, parallel(num_threads=num_threads):
+            for ch in prange(num_threads, schedule="static"):
+                c0 = min(k, ch * cols // num_threads * COLUMN_BLOCK)
+                c1 = min(k, (ch + 1) * cols // num_threads * COLUMN_BLOCK)
+                probe(P_MATMUL)
+                if c1 > c0:
+                    matmul_rows(t, trans_a, False, 0, 1, n, <int> (c1 - c0),
+                                ap + c0 * (lda if trans_a else 1) * size, lda,
+                                bp + c0 * ldb * size, ldb, beta if ch == 0 else 0.0,
+                                cp if ch == 0 else part + (ch - 1) * n * size, n)
+                elif ch > 0:
+                    memset(part + (ch - 1) * n * size, 0, n * size)
+                elif beta == 0:
+                    memset(cp, 0, n * size)
+                elif beta != 1:
+                    scale_row(t, cp, n, beta)
+        for ch in range(num_threads - 1):
+            for j in range(n):
+                if t == F32:
+                    (<float *> cp)[j] += (<float *> part)[ch * n + j]
+                else:
+                    (<double *> cp)[j] += (<double *> part)[ch * n + j]
+        free(part)
         return
     with nogil, parallel(num_threads=num_threads):
         for ch in prange(num_threads, schedule="static"):
@@ -246,6 +280,15 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
             if r1 > r0:
                 probe(P_MATMUL)
                 matmul_rows(t, trans_a, trans_b, r0, r1, n, k, ap, lda, bp, ldb, beta, cp, n)
+
+
+cdef void scale_row(int t, char *cp, Py_ssize_t n, double beta) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        if t == F32:
+            (<float *> cp)[j] *= <float> beta
+        else:
+            (<double *> cp)[j] *= beta
 
 
 #: A thread's block of at most this many rows is multiplied row by row (BLAS gemv), a

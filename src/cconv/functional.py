@@ -628,9 +628,11 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
         return out
     if out is None:
         out, beta = _alloc((m, n), a.dtype), 0.0
-    # the rows split over the threads; a single row (one image) its columns (_core.matmul),
-    # a gemv that streams the n * k elements of b
-    nt = _threads(m, m * n * k // 16) if m > 1 else _threads(-(-n // 16), n * k)
+    # the rows split over the threads; a single row (one image), a gemv that streams the
+    # n * k elements of b, splits b into blocks of 16 rows of op(b), or of 16 columns with
+    # trans_b (_core.matmul)
+    nt = (_threads(m, m * n * k // 16) if m > 1
+          else _threads(-(-(n if trans_b else k) // 16), n * k))
     # BLAS on one thread also when the rows do not split (m = 1: one image): OpenBLAS would
     # thread a (1, k) x (k, n) product itself and leave its pool spinning against the next
     # kernel's threads (with its Haswell kernels, the paper network's predict() on one
