@@ -139,6 +139,19 @@ MUTANTS = [
             t1 = min(t0 + TB, ntiles)""",
      """            t0 = blk * TB
             t1 = min(t0 + TB, ntiles - (1 if nblocks > 1 else 0))"""),
+    ("wino-fwd-block-count", "src/cconv/_conv.pyx",
+     "Winograd forward: blocks counted at the plan's size after they were made equal "
+     "(smaller), so the last tiles are lost", ["test_winograd.py"],
+     """    g.TB = TB
+    nblocks = (ntiles + TB - 1) // TB""",
+     """    g.TB = TB
+    nblocks = (ntiles + tb - 1) // tb"""),
+    ("wino-fwd-block-stale", "src/cconv/_conv.pyx",
+     "Winograd forward: the tile geometry keeps the plan's block size after the blocks were "
+     "made equal (the transforms and the GEMMs disagree on V's layout)", ["test_winograd.py"],
+     """    g.TB = TB
+    nblocks""",
+     """    nblocks"""),
     ("wino-du-overwrites", "src/cconv/_conv.pyx",
      "Winograd dU: each block overwrites its slot's accumulator (beta 0) instead of adding",
      ["test_winograd.py"],
