@@ -56,19 +56,19 @@ MUTANTS = [
     ("matmul-row-inner-last-row", "src/cconv/_core.pyx",
      "dense GEMM of one row (split of the inner dimension): the last row of op(b) is left "
      "out on 2+ threads", [],
-     """                c1 = min(k, (ch + 1) * cols // num_threads * COLUMN_BLOCK)""",
-     """                c1 = min(k, (ch + 1) * cols // num_threads * COLUMN_BLOCK) - (1 if ch == num_threads - 1 else 0)"""),
+     """                c1 = min(k, (ch + 1) * cols // nt * COLUMN_BLOCK)""",
+     """                c1 = min(k, (ch + 1) * cols // nt * COLUMN_BLOCK) - (1 if ch == nt - 1 else 0)"""),
     ("matmul-row-inner-a-offset", "src/cconv/_core.pyx",
      "dense GEMM of one row (split of the inner dimension): every block reads op(a) from "
      "its start", [],
-     """                                ap + c0 * (lda if trans_a else 1) * size, lda,""",
-     """                                ap, lda,"""),
+     """                            ap + c0 * (lda if trans_a else 1) * size, lda,""",
+     """                            ap, lda,"""),
     ("matmul-row-inner-partial-lost", "src/cconv/_core.pyx",
      "dense GEMM of one row (split of the inner dimension): the last thread's partial row "
      "is not added", [],
-     """        for ch in range(num_threads - 1):
+     """        for ch in range(nt - 1):
             for j in range(n):""",
-     """        for ch in range(num_threads - 2):
+     """        for ch in range(nt - 2):
             for j in range(n):"""),
     ("wino-bwd-skip-unpooled", "src/cconv/_conv.pyx",
      "Winograd backward: the tiles of an odd-sized output's last row/column are skipped "

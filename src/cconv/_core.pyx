@@ -23,7 +23,7 @@ pool, activation), which other packages cimport directly.
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcmp, memset
+from libc.string cimport memcmp
 from cpython.pycapsule cimport PyCapsule_New
 from cpython.long cimport PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact
@@ -222,6 +222,7 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
     cdef int k = dim(a, 0) if trans_a else dim(a, 1)
     cdef int lda = dim(a, 1), ldb = dim(b, 1)
     cdef Py_ssize_t ch, r0, r1, j
+    cdef int nt
     if num_threads < 1:
         raise ValueError("matmul: num_threads must be >= 1")
     check(_blas.ensure_blas(), "matmul")
@@ -244,29 +245,24 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
         # one row, b stored as op(b): a block of its rows (the inner dimension) is
         # contiguous, so each thread streams one part of the weights, the same part on
         # every call, which stays in its core's cache (blocks of columns gave each thread
-        # every other run of cache lines: the paper network's first dense layer took
-        # 57-61 us on 2 threads against 80 on one, 31 us split this way)
-        part = <char *> malloc((num_threads - 1) * n * size)
+        # every other run of cache lines). At most one thread per block of COLUMN_BLOCK
+        # rows, so that every thread has rows: the first writes c (with beta), the others
+        # their partial rows.
+        cols = (k + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        nt = min(num_threads, cols)
+        part = <char *> malloc((nt - 1) * n * size + 1)
         if part == NULL:
             raise MemoryError("matmul: no memory for the partial rows")
-        cols = (k + COLUMN_BLOCK - 1) // COLUMN_BLOCK
-        with nogil, parallel(num_threads=num_threads):
-            for ch in prange(num_threads, schedule="static"):
-                c0 = min(k, ch * cols // num_threads * COLUMN_BLOCK)
-                c1 = min(k, (ch + 1) * cols // num_threads * COLUMN_BLOCK)
+        with nogil, parallel(num_threads=nt):
+            for ch in prange(nt, schedule="static"):
+                c0 = ch * cols // nt * COLUMN_BLOCK
+                c1 = min(k, (ch + 1) * cols // nt * COLUMN_BLOCK)
                 probe(P_MATMUL)
-                if c1 > c0:
-                    matmul_rows(t, trans_a, False, 0, 1, n, <int> (c1 - c0),
-                                ap + c0 * (lda if trans_a else 1) * size, lda,
-                                bp + c0 * ldb * size, ldb, beta if ch == 0 else 0.0,
-                                cp if ch == 0 else part + (ch - 1) * n * size, n)
-                elif ch > 0:
-                    memset(part + (ch - 1) * n * size, 0, n * size)
-                elif beta == 0:
-                    memset(cp, 0, n * size)
-                elif beta != 1:
-                    scale_row(t, cp, n, beta)
-        for ch in range(num_threads - 1):
+                matmul_rows(t, trans_a, False, 0, 1, n, <int> (c1 - c0),
+                            ap + c0 * (lda if trans_a else 1) * size, lda,
+                            bp + c0 * ldb * size, ldb, beta if ch == 0 else 0.0,
+                            cp if ch == 0 else part + (ch - 1) * n * size, n)
+        for ch in range(nt - 1):
             for j in range(n):
                 if t == F32:
                     (<float *> cp)[j] += (<float *> part)[ch * n + j]
@@ -281,15 +277,6 @@ def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  
             if r1 > r0:
                 probe(P_MATMUL)
                 matmul_rows(t, trans_a, trans_b, r0, r1, n, k, ap, lda, bp, ldb, beta, cp, n)
-
-
-cdef void scale_row(int t, char *cp, Py_ssize_t n, double beta) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        if t == F32:
-            (<float *> cp)[j] *= <float> beta
-        else:
-            (<double *> cp)[j] *= beta
 
 
 #: A thread's block of at most this many rows is multiplied row by row (BLAS gemv), a
