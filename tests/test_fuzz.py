@@ -67,6 +67,12 @@ FUNCTIONS = ["im2col", "col2im", "conv2d", "conv2d_backward", "max_pool2d",
              "convolve2d", "relu_backward", "conv2d_transpose", "conv2d_transpose_backward",
              "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d", "matmul", "relu",
              "conv2d_max_pool2d", "conv2d_max_pool2d_backward"]
+#: Functions that return a prepared op (called here with the shape of the first operand,
+#: then on the operands): fuzzed as the op they prepare.
+PREPARED = {"prepare_conv2d_max_pool2d": "conv2d_max_pool2d", "prepare_matmul": "matmul"}
+FUNCTIONS += list(PREPARED)
+#: Public functions without arguments to fuzz.
+NO_ARGUMENTS = ["route_state"]
 HELPERS = ["conv_output_size", "normalize_pair", "normalize_padding",
            "conv_transpose_output_size", "normalize_transpose_padding", "normalize_pads"]
 BACKWARDS = ("conv2d_backward", "conv2d_transpose_backward",   # with need_dx
@@ -202,6 +208,7 @@ def valid_call(rng, name):
     """A small valid call of ``name``: (args, kwargs). A third are shaped for the fast
     routes: Winograd (3x3, stride 1, groups 1), direct (float32, C_out a multiple of 16,
     few input channels), vectorised max pool (float32, C a multiple of 8, tiled windows)."""
+    name = PREPARED.get(name, name)
     fast = rng.choice(["", "", "", "winograd", "direct", "pool", "depthwise"])
     dtype = np.float32 if fast not in ("", "depthwise") or rng.random() < 0.5 else np.float64
     big = 15 if fast == "winograd" else 9     # Winograd: several 8-tile blocks per image
@@ -317,6 +324,7 @@ GEOMETRY_KEYS = {"stride", "dilation", "groups", "output_padding"}
 
 def mutate(rng, name, args, kwargs):
     """Replace one argument with garbage."""
+    name = PREPARED.get(name, name)
     r = rng.random()
     arrays = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
     if r < 0.3 and arrays:                        # an array replaced by garbage
@@ -374,6 +382,7 @@ def too_much_work(name, args, kwargs):
     """True for legal calls that would take long (a huge but valid computation is not what
     this test looks for): the multiply-adds are estimated from the output size, which
     padding can make far larger than the input."""
+    name = PREPARED.get(name, name)
     shapes = [a.shape for a in args if isinstance(a, np.ndarray)]
     try:
         if name in ("correlate2d", "convolve2d") and len(shapes) >= 2 and all(
@@ -466,7 +475,7 @@ def check_result(name, args, kwargs, result, before):
         if not np.isfinite(mag).all() or (mag > 1e30).any() or ((mag > 0) & (mag < 1e-30)).any():
             return None
     try:                                          # compare with the reference when it applies
-        ref = getattr(R, name)(*args, **{k: v for k, v in kwargs.items() if k != "need_dx"})
+        ref = getattr(R, PREPARED.get(name, name))(*args, **{k: v for k, v in kwargs.items() if k != "need_dx"})
     except Exception:  # garbage the reference does not understand: nothing to compare
         return None
     refs = list(ref) if isinstance(ref, tuple) else [ref]
@@ -556,6 +565,8 @@ def fuzz(seconds, seed, trace=False, calls=None):
             def call(name=name, args=args, kwargs=kwargs, settings=settings):
                 with _testing.forced(**settings):
                     try:
+                        if name in PREPARED:
+                            return prepared_call(name, args, kwargs)
                         return getattr(F, name)(*args, **kwargs)
                     finally:
                         for path, run in _testing.kernels_run().items():
@@ -564,6 +575,18 @@ def fuzz(seconds, seed, trace=False, calls=None):
             _judge(call, lambda result, name=name, args=args, kwargs=kwargs, before=before:
                    check_result(name, args, kwargs, result, before), desc, counts, problems)
     return counts, per_function, problems, reached
+
+
+def prepared_call(name, args, kwargs):
+    """F.<name> prepared for the shape of the first argument, then called on the arguments
+    (the operands, with the others given to the preparation)."""
+    if not args:
+        raise TypeError(f"{name} needs operands")
+    x = args[0]
+    shape = x.shape if isinstance(x, np.ndarray) else np.shape(x)
+    if name == "prepare_matmul":
+        return getattr(F, name)(shape, *args[1:], **kwargs)(*args[:2])
+    return getattr(F, name)(shape, *args[1:], **kwargs)(*args[:3])
 
 
 def _judge(call, check, desc, counts, problems):
@@ -727,7 +750,8 @@ def test_fuzz_in_process():
 
 def test_every_public_function_is_fuzzed():
     public = {name for name in F.__all__ if callable(getattr(F, name))}
-    assert public == set(FUNCTIONS) | set(HELPERS), public ^ (set(FUNCTIONS) | set(HELPERS))
+    fuzzed = set(FUNCTIONS) | set(HELPERS) | set(NO_ARGUMENTS)
+    assert public == fuzzed, public ^ fuzzed
 
 
 def test_fuzz_argument_helpers():

@@ -67,6 +67,11 @@ def _avx(level):
     return [pytest.mark.skipif(_testing.simd_max() < level, reason="not on this CPU")]
 
 
+def _prepared_pool(x, w, b, **kw):
+    """conv2d_max_pool2d through the function prepare_conv2d_max_pool2d returns."""
+    return F.prepare_conv2d_max_pool2d(x.shape, w, b, **kw)(x, w, b)
+
+
 def _conv_cases():
     cases = []
     rng = np.random.default_rng(1)
@@ -160,8 +165,12 @@ def _conv_cases():
             rand(rng, (12,), dtype)
         cases.append(Case(f"winograd-pool-{tag}",
                           lambda x=xq, w=wq, b=bq: (F.conv2d_max_pool2d(x, w, b, padding=1),
-                                                    F.conv2d_max_pool2d(x, w, b, relu=True)),
+                                                    F.conv2d_max_pool2d(x, w, b, relu=True),
+                                                    _prepared_pool(x, w, b, padding=1),
+                                                    _prepared_pool(x, w, b, relu=True)),
                           lambda x=xq, w=wq, b=bq: (R.conv2d_max_pool2d(x, w, b, padding=1),
+                                                    R.conv2d_max_pool2d(x, w, b, relu=True),
+                                                    R.conv2d_max_pool2d(x, w, b, padding=1),
                                                     R.conv2d_max_pool2d(x, w, b, relu=True)),
                           ("winograd_forward_pool",), dtype, conv="winograd"))
         # its backward pass from the pooled gradient (one pool window per tile; the last
@@ -182,8 +191,12 @@ def _conv_cases():
         wp, bp = rand(rng, (3, 3, 3, cout), np.float32), rand(rng, (cout,), np.float32)
         cases.append(Case(f"direct-pool-float32-{pool}",
                           lambda wp=wp, bp=bp: (F.conv2d_max_pool2d(x, wp, bp, **kw),
-                                                F.conv2d_max_pool2d(x, wp, bp, relu=True)),
+                                                F.conv2d_max_pool2d(x, wp, bp, relu=True),
+                                                _prepared_pool(x, wp, bp, **kw),
+                                                _prepared_pool(x, wp, bp, relu=True)),
                           lambda wp=wp, bp=bp: (R.conv2d_max_pool2d(x, wp, bp, **kw),
+                                                R.conv2d_max_pool2d(x, wp, bp, relu=True),
+                                                R.conv2d_max_pool2d(x, wp, bp, **kw),
                                                 R.conv2d_max_pool2d(x, wp, bp, relu=True)),
                           ("direct_forward_pool",), np.float32, conv="direct", pool=pool,
                           marks=_avx(level)))
@@ -272,12 +285,14 @@ def _other_cases():
                 want = (a.T if ta else a) @ (bm.T if tb else bm)
 
                 def run(a=a, bm=bm, ta=ta, tb=tb, out0=out0):
-                    out = out0.copy()
+                    out, out2 = out0.copy(), out0.copy()
                     F.matmul(a, bm, ta, tb, out=out, beta=1.0)
-                    return F.matmul(a, bm, ta, tb), out
+                    prepared = F.prepare_matmul(a.shape, bm, ta, tb)
+                    prepared(a, bm, out2, 1.0)
+                    return F.matmul(a, bm, ta, tb), out, prepared(a, bm), out2
 
                 cases.append(Case(f"matmul-{'T' if ta else 'N'}{'T' if tb else 'N'}-{tag}", run,
-                                  lambda want=want, out0=out0: (want, want + out0),
+                                  lambda want=want, out0=out0: (want, want + out0) * 2,
                                   ("matmul",), dtype))
                 # one row (a batch-1 dense layer): the 67 rows of op(b) cut into blocks
                 # of 16 (5 blocks, the last one short) over the threads, or with trans_b
@@ -289,12 +304,14 @@ def _other_cases():
                 want1 = (a1.T if ta else a1) @ (b1.T if tb else b1)
 
                 def run1(a=a1, bm=b1, ta=ta, tb=tb, out0=o1):
-                    out = out0.copy()
+                    out, out2 = out0.copy(), out0.copy()
                     F.matmul(a, bm, ta, tb, out=out, beta=1.0)
-                    return F.matmul(a, bm, ta, tb), out
+                    prepared = F.prepare_matmul(a.shape, bm, ta, tb)
+                    prepared(a, bm, out2, 1.0)
+                    return F.matmul(a, bm, ta, tb), out, prepared(a, bm), out2
 
                 cases.append(Case(f"matmul-row-{'T' if ta else 'N'}{'T' if tb else 'N'}-{tag}",
-                                  run1, lambda want=want1, out0=o1: (want, want + out0),
+                                  run1, lambda want=want1, out0=o1: (want, want + out0) * 2,
                                   ("matmul",), dtype))
     return cases
 

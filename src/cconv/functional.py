@@ -129,7 +129,7 @@ from . import _config
 from ._config import get_num_threads
 
 if TYPE_CHECKING:  # annotations only: nothing here is imported at run time
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from numpy.typing import ArrayLike, NDArray
 
@@ -145,6 +145,7 @@ __all__ = [
     "conv2d_transpose", "conv2d_transpose_backward", "conv_transpose_output_size",
     "normalize_transpose_padding", "upsample2d", "upsample2d_backward", "zero_pad2d", "crop2d",
     "normalize_pads", "matmul", "relu", "conv2d_max_pool2d", "conv2d_max_pool2d_backward",
+    "prepare_conv2d_max_pool2d", "prepare_matmul", "route_state",
 ]
 # Also public: Workspace (exported as cconv.Workspace), the scratch memory of the convolutions;
 # adam_update, the compiled kernel of cconv.optim's Adam (an optimizer step, not an op).
@@ -562,6 +563,16 @@ def _run(nt, gemm_mnk, fn, *args, blas=None):
         return fn(*args, nt)
 
 
+def route_state() -> tuple[Any, ...]:
+    """What the kernels' routes and thread counts depend on besides their operands: cconv's
+    thread budget, the instruction-set level (``cconv._core.simd_level``) and this module's
+    route knobs, as a tuple to compare. The functions of :func:`prepare_conv2d_max_pool2d`
+    and :func:`prepare_matmul` keep what was planned under one value; cconv's models prepare
+    theirs again when it changes."""
+    return (get_num_threads(), _core.simd_level(), _tuning(WINOGRAD_MIN_CHANNELS, DIRECT_MAX_K),
+            FILTER_CACHE_MAX_TILES, DEPTHWISE_MIN_CHANNELS, DEPTHWISE_MIN_OUTPUTS)
+
+
 def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = False,
            out: NDArray[Any] | None = None, beta: float = 0.0) -> _FloatArray:
     """``op(a) @ op(b)``, or ``op(a) @ op(b) + beta * out`` written into ``out``: the GEMM of
@@ -628,19 +639,85 @@ def matmul(a: ArrayLike, b: ArrayLike, trans_a: bool = False, trans_b: bool = Fa
         return out
     if out is None:
         out, beta = _alloc((m, n), a.dtype), 0.0
-    # the rows split over the threads; a single row (one image), a gemv that streams the
-    # n * k elements of b, splits b into blocks of 16 rows of op(b), or of 16 columns with
-    # trans_b (_core.matmul)
-    nt = (_threads(m, m * n * k // 16) if m > 1
-          else _threads(-(-(n if trans_b else k) // 16), n * k))
-    # BLAS on one thread also when the rows do not split (m = 1: one image): OpenBLAS would
-    # thread a (1, k) x (k, n) product itself and leave its pool spinning against the next
-    # kernel's threads (with its Haswell kernels, the paper network's predict() on one
-    # image took 5-120 ms instead of 1.2 ms; its AVX-512 kernels run such a product on one
-    # thread anyway).
+    nt = _matmul_threads(m, n, k, trans_b)
     _run(nt, -(-m // nt) * n * k, _core.matmul, bool(trans_a), bool(trans_b),
          np.ascontiguousarray(a), np.ascontiguousarray(b), beta, out, blas=1)
     return out
+
+
+def _matmul_threads(m, n, k, trans_b):
+    """Threads of _core.matmul for op(a) (m, k) @ op(b) (k, n).
+
+    The rows split over the threads; a single row (one image), a gemv that streams the
+    n * k elements of b, splits b into blocks of 16 rows of op(b), or of 16 columns with
+    trans_b (_core.matmul). Its callers run BLAS on one thread also when the rows do not
+    split (m = 1: one image): OpenBLAS would thread a (1, k) x (k, n) product itself and
+    leave its pool spinning against the next kernel's threads (with its Haswell kernels,
+    the paper network's predict() on one image took 5-120 ms instead of 1.2 ms; its
+    AVX-512 kernels run such a product on one thread anyway)."""
+    if m > 1:
+        return _threads(m, m * n * k // 16)
+    return _threads(-(-(n if trans_b else k) // 16), n * k)
+
+
+def prepare_matmul(a_shape: Sequence[int], b: ArrayLike, trans_a: bool = False,
+                   trans_b: bool = False) -> Callable[..., _FloatArray]:
+    """:func:`matmul` for operands of one shape, checked and planned once (see
+    :func:`prepare_conv2d_max_pool2d`).
+
+    Parameters
+    ----------
+    a_shape : pair of ints
+        The shape of the ``a`` the function will get (``(m, k)``, or ``(k, m)`` with
+        ``trans_a``).
+    b : ndarray of shape (k, n), or (n, k) with ``trans_b``; float32 or float64
+        Gives the shape and the dtype of the ``b`` the function will get (its values are
+        not kept).
+    trans_a, trans_b : bool
+
+    Returns
+    -------
+    f : function ``f(a, b, out=None, beta=0.0)``
+        ``matmul(a, b, trans_a, trans_b, out, beta)``, bit for bit. ``a``, ``b`` (and
+        ``out``) that are C-contiguous ndarrays of the prepared shapes and dtype (``out``
+        writeable, of shape (m, n)) go straight to the kernel with the thread count planned
+        here; any others go through :func:`matmul` itself.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`matmul` for these shapes (``a_shape`` not 2 non-negative ints).
+    """
+    b = _float_array(b, "b", ndim=2, contiguous=False)
+    try:
+        ashape = tuple(_as_int(v, "a_shape", "a pair of ints") for v in a_shape)
+    except TypeError:
+        raise TypeError(f"a_shape must be a pair of ints, got {a_shape!r}") from None
+    if len(ashape) != 2 or min(ashape) < 0:
+        raise ValueError(f"a_shape must be 2 non-negative ints, got {a_shape!r}")
+    ta, tb = bool(trans_a), bool(trans_b)
+    (m, k), (kb, n) = ashape[::-1] if ta else ashape, b.shape[::-1] if tb else b.shape
+    if k != kb:
+        raise ValueError(f"the inner dimensions differ: op(a) has shape {(m, k)}, op(b) {(kb, n)} "
+                         f"(a {ashape}, trans_a={ta}; b {b.shape}, trans_b={tb})")
+
+    def general(a, b, out=None, beta=0.0):
+        return matmul(a, b, ta, tb, out, beta)
+
+    if m * n * k == 0 or max(m, n, k) > _INT_MAX:
+        return general
+    nt = _matmul_threads(m, n, k, tb)
+    mnk, dt, bshape = -(-m // nt) * n * k, b.dtype, b.shape
+
+    def prepared_matmul(a, b, out=None, beta=0.0):
+        if not (_is_array(a, ashape, dt) and _is_array(b, bshape, dt) and
+                (out is None or (_is_array(out, (m, n), dt) and out.flags.writeable))):
+            return general(a, b, out, beta)
+        if out is None:
+            out, beta = _alloc((m, n), dt), 0.0
+        _run(nt, mnk, _core.matmul, ta, tb, a, b, float(beta), out, blas=1)
+        return out
+    return prepared_matmul
 
 
 # ---------------------------------------------------------------------------------
@@ -1168,6 +1245,32 @@ def _conv_pool_geometry(conv_shape, pool_size, pool_stride, pool_padding):
                          f"convolution's output of shape {conv_shape}: {e}") from None
 
 
+def _fused_conv_pool_plan(shape, cout, groups, itemsize, geo, pk, ps, ppads, index):
+    """The compiled plan of :func:`conv2d_max_pool2d`'s fused route (a 2x2 stride-2 unpadded
+    pool, int32 indices, a convolution on the direct or the Winograd route), or None: the
+    call then runs conv2d and max_pool2d."""
+    if pk != (2, 2) or ps != (2, 2) or ppads != ((0, 0), (0, 0)) or index is not _INT32:
+        return None
+    k, s, pads, d, _ = geo
+    plan = _plan(shape, k, cout, s, pads, d, groups, itemsize, False, False)
+    return plan if plan[0] in (_DIRECT, _WINOGRAD) else None
+
+
+def _conv_pool_fused(plan, x, w, b, y, argmax, geo, relu, workspace):
+    """The fused route's kernel on checked, C-contiguous operands: y (and argmax, or None)
+    written directly."""
+    route, nt, _, tile, _, scratch, K, _ = plan
+    k, s, pads, d, (OH, OW) = geo
+    if route == _DIRECT:
+        _run(nt, 0, _core.direct_forward_pool, x, w.reshape(K, w.shape[3]), b, y, argmax, OH,
+             OW, k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], relu)
+    else:
+        U, work = _winograd_operands(w, y.shape[0] * y.shape[1] * y.shape[2], workspace,
+                                     (nt, scratch))
+        _run(nt, tile * x.shape[3] * w.shape[3], _core.winograd_forward_pool, x, U, b, y,
+             argmax, work, OH, OW, pads[0][0], pads[1][0], tile, relu)
+
+
 def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
                       stride: _IntOrPair = 1, padding: _Padding = 0, dilation: _IntOrPair = 1,
                       groups: int = 1, *, pool_size: _IntOrPair = 2,
@@ -1248,7 +1351,7 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     for name, flag in (("relu", relu), ("return_argmax", return_argmax)):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    N, _, _, C = x.shape
+    N = x.shape[0]
     cout = w.shape[3]
     b = _check_bias(b, x, w, cout)
     conv_shape = (N, OH, OW, cout)
@@ -1267,23 +1370,94 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     result = (y, argmax) if return_argmax else y
     if N == 0:
         return result
-    if pk == (2, 2) and ps == (2, 2) and ppads == ((0, 0), (0, 0)) and index is _INT32:
-        route, nt, _, tile, _, scratch, K, _ = _plan(x.shape, k, cout, s, pads, d, groups,
-                                                     x.itemsize, False, False)
-        if route == _DIRECT:
-            _run(nt, 0, _core.direct_forward_pool, x, w.reshape(K, cout), b, y, argmax, OH, OW,
-                 k[0], k[1], s[0], s[1], pads[0][0], pads[1][0], d[0], d[1], bool(relu))
-            return result
-        if route == _WINOGRAD:
-            U, work = _winograd_operands(w, N * PH * PW, workspace, (nt, scratch))
-            _run(nt, tile * C * cout, _core.winograd_forward_pool, x, U, b, y, argmax, work, OH,
-                 OW, pads[0][0], pads[1][0], tile, bool(relu))
-            return result
+    geo = (k, s, pads, d, (OH, OW))
+    plan = _fused_conv_pool_plan(x.shape, cout, groups, x.itemsize, geo, pk, ps, ppads, index)
+    if plan is not None:
+        _conv_pool_fused(plan, x, w, b, y, argmax, geo, bool(relu), workspace)
+        return result
     z = conv2d(x, w, b, s, pads, d, groups, workspace=workspace)
     max_pool2d(z, pk, ps, ppads, out=(y, _alloc(shape, index) if argmax is None else argmax))
     if relu:
         _core.relu_forward(y.reshape(-1), y.reshape(-1), _threads(y.size, y.size))
     return result
+
+
+def _is_array(a, shape, dtype):
+    """Whether ``a`` is a C-contiguous ndarray of exactly this shape and dtype."""
+    return type(a) is np.ndarray and a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+
+
+def prepare_conv2d_max_pool2d(x_shape: Sequence[int], w: ArrayLike, b: ArrayLike | None = None,
+                              stride: _IntOrPair = 1, padding: _Padding = 0,
+                              dilation: _IntOrPair = 1, groups: int = 1, *,
+                              pool_size: _IntOrPair = 2, pool_stride: _IntOrPair | None = None,
+                              pool_padding: _Padding = 0, relu: bool = False,
+                              ) -> Callable[..., _FloatArray]:
+    """:func:`conv2d_max_pool2d` for inputs of one shape, its arguments checked and its route
+    planned once: for code that makes the same call again and again (a model's inference
+    plan, a serving loop), where the checks cost as much as a small convolution.
+
+    Parameters
+    ----------
+    x_shape : tuple of 4 ints (N, H, W, C_in)
+        The shape of the inputs the function will get.
+    w, b, stride, padding, dilation, groups, pool_size, pool_stride, pool_padding, relu
+        As in :func:`conv2d_max_pool2d`; ``w`` and ``b`` give the shapes and the dtype of
+        the weights the function will get (their values are not kept).
+
+    Returns
+    -------
+    f : function ``f(x, w, b, workspace=None) -> y``
+        ``conv2d_max_pool2d(x, w, b, stride, padding, dilation, groups, pool_size=...,
+        pool_stride=..., pool_padding=..., relu=relu, workspace=workspace)``, bit for bit. Operands that are
+        C-contiguous ndarrays of the prepared shapes and dtype go straight to the kernel of
+        the route planned here; any others go through :func:`conv2d_max_pool2d` itself (its
+        conversions, checks and messages). The route and thread count are those of
+        :func:`route_state` at preparation: prepare again after changing the thread budget
+        or the route knobs.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`conv2d_max_pool2d` for these shapes and arguments (``x_shape`` not 4
+        non-negative ints).
+    """
+    xs = _shape_arg(x_shape, "x_shape")
+    w = _float_array(w, "w", contiguous=False)
+    if w.ndim != 4:
+        raise ValueError(f"w must be 4-D{_LAYOUTS['w']}, got shape {w.shape}")
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    groups, k, s, pads, d, (OH, OW) = _memo(_conv_geometry, (xs, w.shape), stride, padding,
+                                            dilation, groups)
+    cout = w.shape[3]
+    b = _check_bias(b, w, w, cout)
+    conv_shape = (xs[0], OH, OW, cout)
+    pk, ps, ppads, (PH, PW) = _conv_pool_geometry(conv_shape, pool_size, pool_stride,
+                                                  pool_padding)
+    relu = bool(relu)
+
+    def general(x, w, b, workspace=None):
+        return conv2d_max_pool2d(x, w, b, stride, padding, dilation, groups,
+                                 pool_size=pool_size, pool_stride=pool_stride,
+                                 pool_padding=pool_padding, relu=relu, workspace=workspace)
+
+    geo = (k, s, pads, d, (OH, OW))
+    plan = None if xs[0] == 0 else _fused_conv_pool_plan(
+        xs, cout, groups, w.itemsize, geo, pk, ps, ppads, _argmax_dtype(conv_shape))
+    if plan is None:
+        return general
+    dt, wshape, bshape, shape = w.dtype, w.shape, None if b is None else b.shape, (xs[0], PH, PW, cout)
+
+    def conv_max_pool(x, w, b, workspace=None):
+        if not (_is_array(x, xs, dt) and _is_array(w, wshape, dt) and
+                (b is None if bshape is None else _is_array(b, bshape, dt))
+                and (workspace is None or type(workspace) is Workspace)):
+            return general(x, w, b, workspace)
+        y = _alloc(shape, dt)
+        _conv_pool_fused(plan, x, w, b, y, None, geo, relu, workspace)
+        return y
+    return conv_max_pool
 
 
 def conv2d_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, stride: _IntOrPair = 1,

@@ -351,6 +351,20 @@ class Layer:
         steps when the second alone consumes the first's output."""
         return None
 
+    def inference_function(self, input_shape, following=None):
+        """For inputs of ``input_shape`` (the batch dimension included; a list of shapes
+        for a layer of several inputs): a function ``f(x)`` equal to :meth:`infer`, or with
+        ``following`` to :meth:`inference_fusion` (None when the two do not fuse).
+
+        The model's inference plan keeps these functions while the input shapes and
+        :func:`cconv.functional.route_state` stay the same, so that a layer can check its
+        arguments and plan its kernels once for a shape (the default does neither). The
+        function reads the layer's weights when it runs, and a layer's configuration is
+        fixed once it is built (as in Keras)."""
+        if following is None:
+            return self.infer
+        return self.inference_fusion(following)
+
     def training_fusion(self, following):
         """A function ``f(x, training) -> (y, saved, following_saved)`` equal to
         ``self.call`` then ``following.call`` on its output (``y`` the second's output,
@@ -1068,7 +1082,7 @@ class _Conv(_WithActivation):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
-        self._infer_workspace = None
+        self._infer_workspaces = []
 
     def _conv_config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
@@ -1102,12 +1116,24 @@ class _Conv(_WithActivation):
 
     def infer(self, x, apply_activation=True):
         """The convolution (and activation) in inference mode: nothing kept for backward, the
-        scratch of the convolution reused from call to call (a :class:`cconv.Workspace` of
-        the layer's own, created by the first inference call)."""
-        if self._infer_workspace is None:
-            self._infer_workspace = F.Workspace()
-        z = self._conv(x, workspace=self._infer_workspace)
+        scratch of the convolution reused from call to call (:meth:`_with_workspace`)."""
+        z = self._with_workspace(lambda x, ws: self._conv(x, workspace=ws), x)
         return self._activate_in_place(z) if apply_activation else z
+
+    def _with_workspace(self, run, x):
+        """``run(x, workspace)`` with a :class:`cconv.Workspace` of the layer's own for
+        inference, kept from call to call. Calls running at once (from several Python
+        threads) take different ones: each call takes one from the layer's pool (a new one
+        when it is empty) and puts it back; list pop and append are atomic."""
+        pool = self._infer_workspaces
+        try:
+            ws = pool.pop()
+        except IndexError:
+            ws = F.Workspace()
+        try:
+            return run(x, ws)
+        finally:
+            pool.append(ws)
 
     def inference_fusion(self, following):
         """Convolution, ReLU, max pooling: the pool runs on the convolution's output and
@@ -1121,9 +1147,8 @@ class _Conv(_WithActivation):
             relu = self.activation is not None
 
             def conv_max_pool(x):
-                if self._infer_workspace is None:
-                    self._infer_workspace = F.Workspace()
-                return self._conv_pool(x, following, relu, self._infer_workspace)
+                return self._with_workspace(
+                    lambda x, ws: self._conv_pool(x, following, relu, ws), x)
             return conv_max_pool
         if type(following) is MaxPool2D and type(self.activation) is ReLU:
             def conv_pool_relu(x):
@@ -1131,6 +1156,30 @@ class _Conv(_WithActivation):
                 return self.activation._apply(y, y)
             return conv_pool_relu
         return None
+
+    def inference_function(self, input_shape, following=None):
+        """The fused convolution, ReLU and max pool (:meth:`inference_fusion`) with its
+        arguments checked and its route planned once for the shape
+        (:func:`cconv.functional.prepare_conv2d_max_pool2d`)."""
+        if (following is None or type(following) is not MaxPool2D
+                or self._prepare_conv_pool is None
+                or not (self.activation is None or type(self.activation) is ReLU)):
+            return super().inference_function(input_shape, following)
+        prepared = self._prepare_conv_pool(tuple(input_shape), following,
+                                           self.activation is not None)
+        params = self.params
+
+        def run(x, workspace):
+            return prepared(x, params["kernel"], params.get("bias"), workspace)
+
+        def conv_max_pool(x):
+            return self._with_workspace(run, x)
+        return conv_max_pool
+
+    #: prepare_conv_pool(input_shape, following, relu): conv_pool's function for inputs of
+    #: that shape, checked and planned once (Conv2D's, through
+    #: prepare_conv2d_max_pool2d), or None.
+    _prepare_conv_pool = None
 
     #: conv_pool(x, following, relu, workspace=None, return_argmax=False): the convolution,
     #: optional ReLU and the max pool ``following`` in one call (Conv2D's, through
@@ -1285,6 +1334,14 @@ class Conv2D(_Conv):
                                    pool_size=following.pool_size, pool_stride=following.stride,
                                    pool_padding=following.padding, relu=relu,
                                    return_argmax=return_argmax, workspace=workspace)
+
+    def _prepare_conv_pool(self, input_shape, following, relu):
+        return F.prepare_conv2d_max_pool2d(input_shape, self.params["kernel"],
+                                           self.params.get("bias"), self.stride, self.padding,
+                                           self.dilation, self.groups,
+                                           pool_size=following.pool_size,
+                                           pool_stride=following.stride,
+                                           pool_padding=following.padding, relu=relu)
 
     def _conv_pool_backward(self, dy, argmax, x, following, relu_output):
         return F.conv2d_max_pool2d_backward(dy, argmax, x, self.params["kernel"], self.stride,
@@ -1507,6 +1564,28 @@ class Dense(_WithActivation):
 
     def infer(self, x):
         return self._activate_in_place(self._linear(x))
+
+    def inference_function(self, input_shape, following=None):
+        """:meth:`infer` with its product checked and planned once for the shape
+        (:func:`cconv.functional.prepare_matmul`)."""
+        if following is not None or len(input_shape) != 2:
+            return super().inference_function(input_shape, following)
+        params = self.params
+        kernel = params["kernel"]
+        xshape = tuple(input_shape)
+        product = F.prepare_matmul(xshape, kernel)
+        shape = (xshape[0], kernel.shape[1])
+
+        def dense(x):
+            kernel = params["kernel"]
+            if x.shape != xshape or x.dtype != kernel.dtype:
+                return self.infer(x)         # refused or converted there, with its message
+            if not self.use_bias:
+                return self._activate_in_place(product(x, kernel))
+            z = np.empty(shape, kernel.dtype)
+            z[...] = params["bias"]
+            return self._activate_in_place(product(x, kernel, z, 1.0))
+        return dense
 
     def backward(self, dy, saved):
         x, y_act = saved

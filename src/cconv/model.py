@@ -38,6 +38,7 @@ import numpy as np
 
 from . import _config
 from . import _validate as V
+from . import functional as F
 from ._printable import printable
 from . import gradients as _gradients
 from . import training as _training
@@ -166,6 +167,7 @@ class Model:
         self.layers = []
         self.inputs, self.outputs = [], []
         self._tape = None
+        self._plans = {}
         if type(self) is Model or inputs is not None or outputs is not None:
             if inputs is None or outputs is None:
                 raise TypeError("Model needs inputs= and outputs= (or use Sequential)")
@@ -223,6 +225,7 @@ class Model:
             consumers[s] += 1
         self._consumers = consumers
         self._final = [self._final_activation(t, consumers, slot) for t in outs]
+        self._plans = {}
         self.built = True
         if self.compiled:
             self.optimizer.attach(self.parameters())
@@ -433,6 +436,8 @@ class Model:
             return self._run(xs, training, cache, pre_activation)
 
     def _run(self, xs, training, cache, pre_activation):
+        if not (training or cache or pre_activation):
+            return self._inference_plan(xs).run(xs, self.dtype)
         pre = pre_activation if isinstance(pre_activation, (list, tuple)) else \
             [bool(pre_activation)] * len(self.outputs)
         if len(pre) != len(self.outputs):
@@ -489,6 +494,18 @@ class Model:
         self._tape = (saved, skip, out_slots, xs, joint) if cache else None
         return [values[s] for s in out_slots]
 
+    def _inference_plan(self, xs):
+        """The :class:`_InferencePlan` for inputs of these shapes under the current
+        :func:`cconv.functional.route_state`, made on first use and kept (the last
+        ``_PLANS_MAX`` of them; a change to the graph drops them)."""
+        key = (tuple(a.shape for a in xs), F.route_state())
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.pop(next(iter(self._plans), None), None)
+            plan = self._plans[key] = _InferencePlan(self, key[0])
+        return plan
+
     @staticmethod
     def _release(slots, values, remaining):
         """Drop the values of ``slots`` whose last consumer has run."""
@@ -497,17 +514,24 @@ class Model:
             if remaining[s] == 0:
                 values[s] = None
 
+    def _fusable(self, k, out_slots, skip):
+        """Whether step ``k + 1`` alone consumes step ``k``'s output, which is no output of
+        the model (``out_slots``) and not left out (``skip``)."""
+        if k + 1 >= len(self._steps):
+            return False
+        st, nxt = self._steps[k], self._steps[k + 1]
+        return not (st.multiple or nxt.multiple or nxt.inputs[0] != st.output
+                    or nxt.output in skip or self._consumers[st.output] != 1
+                    or st.output in out_slots)
+
     def _fusion(self, k, out_slots, skip, training=False):
         """The layers' inference (or training) fusion of step ``k`` with step ``k + 1``
         (:meth:`cconv.layers.Layer.inference_fusion`, ``training_fusion``) when step
         ``k + 1`` alone consumes step ``k``'s output, which is no output of the model; else
         None."""
-        if k + 1 >= len(self._steps):
+        if not self._fusable(k, out_slots, skip):
             return None
         st, nxt = self._steps[k], self._steps[k + 1]
-        if (st.multiple or nxt.multiple or nxt.inputs[0] != st.output or nxt.output in skip
-                or self._consumers[st.output] != 1 or st.output in out_slots):
-            return None
         if training:
             return st.layer.training_fusion(nxt.layer)
         return st.layer.inference_fusion(nxt.layer)
@@ -911,6 +935,62 @@ def _trainable(layer):
     if not layer.trainable:
         return False
     return bool(layer.params) or any(_trainable(sub) for _, sub in layer.sublayers)
+
+
+#: Inference plans a model keeps (one per input shape and route state).
+_PLANS_MAX = 8
+
+
+class _InferencePlan:
+    """The inference steps of a model for inputs of fixed shapes: each layer's (or fused
+    pair's) :meth:`cconv.layers.Layer.inference_function` for its input shape, in order,
+    with the slots each step reads and writes, and those it is the last to read. Running
+    it makes none of the per-call decisions of :meth:`Model._run` (fusions, releases) and
+    lets the layers skip their per-call checks: at batch 1 those cost about as much as the
+    kernels of a small network."""
+
+    __slots__ = ("steps", "n_slots", "out_slots")
+
+    def __init__(self, model, shapes):
+        n = shapes[0][0] if shapes else 0
+        slot_shape = [(n,) + tuple(s) for s in model._slot_shape]
+        slot_shape[:len(shapes)] = [tuple(s) for s in shapes]
+        last_reader = {}
+        steps, k, all_steps = [], 0, model._steps
+        while k < len(all_steps):
+            st = all_steps[k]
+            shape = [slot_shape[s] for s in st.inputs] if st.multiple else slot_shape[st.inputs[0]]
+            fn, out = None, st.output
+            if model._fusable(k, model._out_slots, ()):
+                nxt = all_steps[k + 1]
+                fn = st.layer.inference_function(shape, nxt.layer)
+                if fn is not None:
+                    out, k = nxt.output, k + 1
+            if fn is None:
+                fn = st.layer.inference_function(shape)
+            for s in st.inputs:
+                last_reader[s] = len(steps)
+            steps.append([fn, st.inputs, out, st.multiple, ()])
+            k += 1
+        kept = set(model._out_slots)
+        for s, i in last_reader.items():
+            if s not in kept:
+                steps[i][4] += (s,)
+        self.steps = [tuple(st) for st in steps]
+        self.n_slots = model._n_slots
+        self.out_slots = list(model._out_slots)
+
+    def run(self, xs, dtype):
+        values = [None] * self.n_slots
+        values[:len(xs)] = xs
+        for fn, ins, out, multiple, free in self.steps:
+            if multiple:
+                values[out] = fn([_conform(values[s], dtype) for s in ins])
+            else:
+                values[out] = fn(_conform(values[ins[0]], dtype))
+            for s in free:
+                values[s] = None
+        return [values[s] for s in self.out_slots]
 
 
 def _conform(a, dtype):
