@@ -421,6 +421,33 @@ MUTANTS = [
                 dx[n0:n1] = 0
 """,
      """"""),
+    ("prepared-relu-lost", "src/cconv/functional.py",
+     "prepared conv + pool (a model's inference plan): the fused kernel runs without the "
+     "ReLU", ["test_inference_plan.py"],
+     """        _conv_pool_fused(plan, x, w, b, y, None, geo, relu, workspace)""",
+     """        _conv_pool_fused(plan, x, w, b, y, None, geo, False, workspace)"""),
+    ("prepared-matmul-beta-lost", "src/cconv/functional.py",
+     "prepared matmul: beta is dropped (a dense layer's bias, filled into out, is "
+     "overwritten)", ["test_inference_plan.py"],
+     """        _run(nt, mnk, _core.matmul, ta, tb, a, b, float(beta), out, blas=1)""",
+     """        _run(nt, mnk, _core.matmul, ta, tb, a, b, 0.0, out, blas=1)"""),
+    ("plan-stale-route-state", "src/cconv/model.py",
+     "inference plans keyed on the input shapes only: a plan made for another thread "
+     "budget or route knobs is reused", ["test_inference_plan.py"],
+     """        key = (tuple(a.shape for a in xs), F.route_state())""",
+     """        key = (tuple(a.shape for a in xs), ())"""),
+    ("plan-freed-after-first-reader", "src/cconv/model.py",
+     "inference plan: a value read by several steps is released after its first reader",
+     ["test_inference_plan.py"],
+     """            for s in st.inputs:
+                last_reader[s] = len(steps)""",
+     """            for s in st.inputs:
+                last_reader.setdefault(s, len(steps))"""),
+    ("plan-fused-output-slot", "src/cconv/model.py",
+     "inference plan: a fused pair writes the first step's output slot, not the second's",
+     ["test_inference_plan.py"],
+     """                    out, k = nxt.output, k + 1""",
+     """                    k = k + 1"""),
 ]
 
 
