@@ -313,7 +313,28 @@ def _other_cases():
                 cases.append(Case(f"matmul-row-{'T' if ta else 'N'}{'T' if tb else 'N'}-{tag}",
                                   run1, lambda want=want1, out0=o1: (want, want + out0) * 2,
                                   ("matmul",), dtype))
+        # a model's predict: one model object on every thread count, so that an inference
+        # plan kept from another thread budget would show in the teams
+        cases.append(_model_case(rng, dtype, tag))
     return cases
+
+
+def _model_case(rng, dtype, tag):
+    """predict of conv + ReLU + pool (the fused Winograd kernel), flatten, dense: 9 images
+    of 10x10x5 (more elements than predict runs on one thread)."""
+    import cconv
+    from cconv.layers import Conv2D, Dense, Flatten, MaxPool2D
+    model = cconv.Sequential([Conv2D(6, 3, padding="same", activation="relu"), MaxPool2D(2),
+                              Flatten(), Dense(3)], input_shape=(10, 10, 5), seed=7,
+                             dtype=np.dtype(dtype).name)
+    x = rand(rng, (9, 10, 10, 5), dtype)
+    conv, dense = model.layers[0].params, model.layers[3].params
+
+    def reference():
+        h = R.conv2d_max_pool2d(x, conv["kernel"], conv["bias"], padding="same", relu=True)
+        return (h.reshape(9, -1) @ dense["kernel"] + dense["bias"],)
+    return Case(f"model-predict-{tag}", lambda: (model.predict(x),), reference,
+                ("winograd_forward_pool", "matmul"), dtype, conv="winograd")
 
 
 CASES = _conv_cases() + _pool_cases() + _other_cases()
