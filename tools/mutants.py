@@ -421,6 +421,20 @@ MUTANTS = [
                 dx[n0:n1] = 0
 """,
      """"""),
+    ("direct-fwd2-second-bias", "src/cconv/_conv_direct_kern.h",
+     "direct forward, 2-vector block: the second vector of outputs starts from the first "
+     "vector's bias", ["test_conv_direct.py"],
+     """    VTYPE init1 = b ? VEC(load)(b + VLANES) : VEC(zero)();""",
+     """    VTYPE init1 = b ? VEC(load)(b) : VEC(zero)();"""),
+    ("direct-fwd2-inside-weights", "src/cconv/_conv_direct_kern.h",
+     "direct forward, 2-vector block, pixels inside the image: the second vector of "
+     "outputs reads the first vector's weights", ["test_conv_direct.py"],
+     """        for (ptrdiff_t t = 0; t < K; t++) {
+            VTYPE w0 = VEC(load)(w + t * cout), w1 = VEC(load)(w + t * cout + VLANES);
+            ptrdiff_t d = pt[t];""",
+     """        for (ptrdiff_t t = 0; t < K; t++) {
+            VTYPE w0 = VEC(load)(w + t * cout), w1 = VEC(load)(w + t * cout);
+            ptrdiff_t d = pt[t];"""),
     ("prepared-relu-lost", "src/cconv/functional.py",
      "prepared conv + pool (a model's inference plan): the fused kernel runs without the "
      "ReLU", ["test_inference_plan.py"],

@@ -53,7 +53,50 @@ KATTR static inline __attribute__((always_inline)) void KNAME(cconv_dfwd_blk)(
 #undef CCONV_STORE
 }
 
-/* Forward of one output row: y (OW x cout) = taps (OW x K) . w (K x cout) + b. */
+#if VDW2
+/* The forward of cconv_dfwd_blk for 2 full vectors of outputs (at w, b and yo, and VLANES
+   further): 16 accumulators, and each broadcast tap feeds 2 FMAs instead of 1, so that the
+   loads (a broadcast per pixel and a vector per tap) no longer outnumber the FMAs. Each
+   output sums the same products in the same order: the same bits as two single blocks. */
+KATTR static inline __attribute__((always_inline)) void KNAME(cconv_dfwd_blk2)(
+        ptrdiff_t K, ptrdiff_t cout, int inside, const float *const *bs,
+        const ptrdiff_t *const *ps, const float *w, const float *b, float *yo, ptrdiff_t np) {
+    VTYPE init0 = b ? VEC(load)(b) : VEC(zero)();
+    VTYPE init1 = b ? VEC(load)(b + VLANES) : VEC(zero)();
+#define CCONV_DECL(p) VTYPE a##p = init0, c##p = init1;
+    CCONV_D8(CCONV_DECL)
+#undef CCONV_DECL
+    if (inside) {
+        const ptrdiff_t *pt = ps[0];
+        for (ptrdiff_t t = 0; t < K; t++) {
+            VTYPE w0 = VEC(load)(w + t * cout), w1 = VEC(load)(w + t * cout + VLANES);
+            ptrdiff_t d = pt[t];
+#define CCONV_FMA(p) { VTYPE v = VEC(set1)(bs[p][d]);                                    \
+                       a##p = VEC(fma)(v, w0, a##p); c##p = VEC(fma)(v, w1, c##p); }
+            CCONV_D8(CCONV_FMA)
+#undef CCONV_FMA
+        }
+    } else {
+        for (ptrdiff_t t = 0; t < K; t++) {
+            VTYPE w0 = VEC(load)(w + t * cout), w1 = VEC(load)(w + t * cout + VLANES);
+#define CCONV_FMA(p) { VTYPE v = VEC(set1)(bs[p][ps[p][t]]);                             \
+                       a##p = VEC(fma)(v, w0, a##p); c##p = VEC(fma)(v, w1, c##p); }
+            CCONV_D8(CCONV_FMA)
+#undef CCONV_FMA
+        }
+    }
+#define CCONV_STORE(p)                                                                  \
+    if (p < np) {                                                                       \
+        VEC(store)(yo + p * cout, a##p);                                                \
+        VEC(store)(yo + p * cout + VLANES, c##p);                                       \
+    }
+    CCONV_D8(CCONV_STORE)
+#undef CCONV_STORE
+}
+#endif
+
+/* Forward of one output row: y (OW x cout) = taps (OW x K) . w (K x cout) + b. Outputs go
+   2 vectors at a time where the set has the registers, then 1, then the partial vector. */
 KATTR static void KNAME(cconv_direct_fwd_row)(const cconv_dgeom *g, const float *const *base,
                                               const ptrdiff_t *const *po,
                                               const float *w, const float *b, float *y) {
@@ -72,7 +115,12 @@ KATTR static void KNAME(cconv_direct_fwd_row)(const cconv_dgeom *g, const float 
         }
         ptrdiff_t np = OW - ow0 < 8 ? OW - ow0 : 8;
         float *yo = y + ow0 * cout;
-        for (ptrdiff_t o = 0; o < full_end; o += VLANES)
+        ptrdiff_t o = 0;
+#if VDW2
+        for (; o + 2 * VLANES <= full_end; o += 2 * VLANES)
+            KNAME(cconv_dfwd_blk2)(K, cout, inside, bs, ps, w + o, b ? b + o : b, yo + o, np);
+#endif
+        for (; o < full_end; o += VLANES)
             KNAME(cconv_dfwd_blk)(K, cout, inside, bs, ps, w + o, b ? b + o : b, yo + o, np, 1, m);
         if (full_end < cout)
             KNAME(cconv_dfwd_blk)(K, cout, inside, bs, ps, w + full_end, b ? b + full_end : b,
