@@ -256,6 +256,12 @@ def test_the_plan_follows_weights_threads_knobs_and_the_graph():
     assert not np.array_equal(model.predict(x), first)
     model.set_weights([w * 0.5 for w in model.get_weights()])
     _same_bits(model.predict(x), _per_call(model, x))
+    conv3 = model.layers[4]         # its last tap (in the second thread's run of the check)
+    before = model.predict(x)
+    conv3.params["kernel"][-1, -1, :, -1] += 3.0
+    after = model.predict(x)
+    _same_bits(after, _per_call(model, x))
+    assert not np.array_equal(after, before)
     # other thread budgets and routes: each gets its own plan, with its own kernels
     for threads, conv, path in [(2, "im2col", "conv2d_forward"), (1, "winograd", "winograd_forward_pool"),
                                 (3, "winograd", "winograd_forward_pool")]:

@@ -589,3 +589,28 @@ def test_conv2d_max_pool2d_is_the_unfused_chain(route, cap, level, dtypes, couts
                                      dtype)
                     else:
                         assert np.isnan(y).any(), what
+
+
+@pytest.mark.parametrize("threads", THREADS)
+def test_same_bytes_sees_a_difference_in_every_run(threads):
+    """The Winograd filter cache's check (_core.same_bytes) on 1-3 threads: one flipped bit
+    anywhere (each thread's run: its first and last byte, the array's last byte) is a
+    difference; the team checked."""
+    from cconv import _core
+    rng = np.random.default_rng(11)
+    a = rand(rng, (3, 3, 37, 41), np.float32)           # 54,612 bytes: runs not 64-aligned
+    run = -(-a.nbytes // threads)
+    run = -(-run // 64) * 64
+    positions = sorted({0, a.nbytes - 1} | {p for t in range(threads)
+                                            for p in (t * run, min(a.nbytes, (t + 1) * run) - 1)
+                                            if p < a.nbytes})
+    _testing.reset()
+    assert _core.same_bytes(a, a.copy(), threads)
+    assert kernels_run()["same_bytes"].team == threads
+    for pos in positions:
+        b = a.copy()
+        b.view(np.uint8).reshape(-1)[pos] ^= 1
+        assert not _core.same_bytes(a, b, threads), pos
+    assert not _core.same_bytes(a, a[:2].copy(), threads)
+    with pytest.raises(ValueError, match="num_threads"):
+        _core.same_bytes(a, a, 0)

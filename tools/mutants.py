@@ -435,6 +435,17 @@ MUTANTS = [
      """        for (ptrdiff_t t = 0; t < K; t++) {
             VTYPE w0 = VEC(load)(w + t * cout), w1 = VEC(load)(w + t * cout);
             ptrdiff_t d = pt[t];"""),
+    ("same-bytes-last-run", "src/cconv/_core.pyx",
+     "the Winograd filter cache's threaded check: the last thread's run is not compared",
+     [],
+     """            if r0 < n:
+                r1 = r0 + run if r0 + run < n else n""",
+     """            if r0 < n and ch < nt - 1:
+                r1 = r0 + run if r0 + run < n else n"""),
+    ("same-bytes-run-short", "src/cconv/_core.pyx",
+     "the Winograd filter cache's threaded check: each run leaves out its last byte", [],
+     """                if memcmp(ap + r0, bp + r0, r1 - r0) != 0:""",
+     """                if memcmp(ap + r0, bp + r0, r1 - r0 - 1) != 0:"""),
     ("prepared-relu-lost", "src/cconv/functional.py",
      "prepared conv + pool (a model's inference plan): the fused kernel runs without the "
      "ReLU", ["test_inference_plan.py"],

@@ -35,7 +35,7 @@ from cconv.geometry cimport (cconv_geom, cconv_output_size, cconv_conv_geom, cco
                              CCONV_ERR_CHANNELS, CCONV_ERR_TOO_LARGE, CCONV_ERR_WORKSPACE,
                              CCONV_ERR_ARGMAX, CCONV_ERR_NOMEM, CCONV_ERR_BLAS)
 from cconv._platform cimport CCONV_OPENMP, CCONV_HAVE_FTZ, cconv_omp_max_threads
-from cconv._probe cimport probe, P_MATMUL
+from cconv._probe cimport probe, P_MATMUL, P_SAME_BYTES
 from cconv cimport _blas, _cpu, _im2col, _conv, _pool, _activation
 from cconv._blas import load_blas
 from cconv._probe import probe_reset, probe_record
@@ -187,19 +187,40 @@ cdef int out_check(object out, tuple shape, cnp.dtype dtype, tuple inputs) excep
 # ---------------------------------------------------------------------------------
 # BLAS
 # ---------------------------------------------------------------------------------
-def same_bytes(cnp.ndarray a, cnp.ndarray b):
-    """Whether two C-contiguous arrays hold the same bytes (memcmp; a cache's validity test)."""
+def same_bytes(cnp.ndarray a, cnp.ndarray b, int num_threads=1):
+    """Whether two C-contiguous arrays hold the same bytes (memcmp; a cache's validity test).
+
+    On num_threads threads the bytes go in equal runs (multiples of 64 bytes), one per
+    thread: the comparison of a large filter with its copy, cold in the caches after the
+    other layers of a batch-1 predict, is bound by each core's bandwidth from L3."""
     if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
         raise ValueError("same_bytes: the arrays must be C-contiguous")
+    if num_threads < 1:
+        raise ValueError(f"same_bytes: num_threads must be >= 1, got {num_threads}")
     cdef size_t n = <size_t> cnp.PyArray_NBYTES(a)
     if n != <size_t> cnp.PyArray_NBYTES(b):
         return False
-    cdef const void *ap = cnp.PyArray_DATA(a)
-    cdef const void *bp = cnp.PyArray_DATA(b)
-    cdef int r
-    with nogil:
-        r = memcmp(ap, bp, n)
-    return r == 0
+    cdef const char *ap = <const char *> cnp.PyArray_DATA(a)
+    cdef const char *bp = <const char *> cnp.PyArray_DATA(b)
+    cdef int ch, nt = num_threads
+    cdef size_t run = (n + nt - 1) // nt
+    run = (run + 63) // 64 * 64
+    cdef size_t r0, r1
+    cdef int differ = 0
+    if nt == 1 or run >= n:
+        with nogil:
+            probe(P_SAME_BYTES)
+            differ = memcmp(ap, bp, n) != 0
+        return not differ
+    with nogil, parallel(num_threads=nt):
+        for ch in prange(nt, schedule="static"):
+            r0 = ch * run
+            if r0 < n:
+                r1 = r0 + run if r0 + run < n else n
+                probe(P_SAME_BYTES)
+                if memcmp(ap + r0, bp + r0, r1 - r0) != 0:
+                    differ += 1           # a reduction: summed over the threads
+    return differ == 0
 
 
 def matmul(bint trans_a, bint trans_b, a, b, double beta, c, int num_threads):  # c: IN/OUT

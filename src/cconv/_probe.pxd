@@ -19,6 +19,8 @@ cdef enum:
     # convolutions that write the 2x2 max pool of their output (conv2d_max_pool2d), and
     # their backward passes from the pool's gradient (conv2d_max_pool2d_backward)
     P_DIRECT_FWD_POOL, P_WINO_FWD_POOL, P_DIRECT_DW_POOL, P_WINO_BWD_POOL
+    # the comparison of a cached Winograd filter's weights with a copy (same_bytes)
+    P_SAME_BYTES
     P_COUNT
 
 # Mark that the calling thread ran a work item of path `id` (first time per thread and id

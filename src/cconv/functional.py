@@ -864,7 +864,7 @@ def _winograd_filter_cached(w):
     Entries are replaced, never written into: a thread holding an old U keeps a whole one."""
     key = (id(w), w.shape, w.dtype)
     entry = _FILTERS.get(key)
-    if entry is not None and _core.same_bytes(w, entry[0]):
+    if entry is not None and _core.same_bytes(w, entry[0], _threads(w.size, w.size)):
         return entry[1]
     U = _winograd_filter(w, np.empty((16, w.shape[2], w.shape[3]), w.dtype))
     with _FILTERS_LOCK:             # the oldest entries go first: not the forward pass's
