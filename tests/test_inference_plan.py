@@ -129,6 +129,8 @@ def test_preparation_refuses_what_the_op_refuses():
         F.prepare_conv2d_max_pool2d((1, 8, 8, 4), w[0])
     with pytest.raises(ValueError, match=r"b must have shape \(C_out,\) = \(8,\)"):
         F.prepare_conv2d_max_pool2d((1, 8, 8, 4), w, np.zeros(7, np.float32))
+    with pytest.raises(TypeError, match="w float32, b float64"):
+        F.prepare_conv2d_max_pool2d((1, 8, 8, 4), w, np.zeros(8))
     with pytest.raises(TypeError, match="relu must be a bool"):
         F.prepare_conv2d_max_pool2d((1, 8, 8, 4), w, relu=1)
     with pytest.raises(ValueError, match="max pool"):
@@ -331,3 +333,22 @@ def test_concurrent_predicts_on_one_model():
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+def test_copies_and_pickles_make_their_own_plans():
+    """A deep copy or an unpickled model after a predict runs on its own weights (the
+    plans' functions are bound to the layers they were made from)."""
+    import copy
+    import pickle
+    model = _paper_like(seed=6)
+    x = np.random.default_rng(7).random((2, 40, 40, 3)).astype(np.float32)
+    first = model.predict(x)
+    twin, thawed = copy.deepcopy(model), pickle.loads(pickle.dumps(model))
+    for layer in model.layers:
+        for w in layer.params.values():
+            w *= 1.5
+    changed = model.predict(x)
+    assert not np.array_equal(changed, first)
+    _same_bits(twin.predict(x), first)
+    _same_bits(thawed.predict(x), first)
+    _same_bits(copy.deepcopy(model).predict(x), changed)

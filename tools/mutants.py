@@ -446,6 +446,12 @@ MUTANTS = [
      "the Winograd filter cache's threaded check: each run leaves out its last byte", [],
      """                if memcmp(ap + r0, bp + r0, r1 - r0) != 0:""",
      """                if memcmp(ap + r0, bp + r0, r1 - r0 - 1) != 0:"""),
+    ("plan-copied", "src/cconv/model.py",
+     "a model's copies and pickles keep its inference plans (functions bound to the "
+     "original's layers)", ["test_inference_plan.py"],
+     """        state["_plans"] = {}
+        return state""",
+     """        return state"""),
     ("prepared-relu-lost", "src/cconv/functional.py",
      "prepared conv + pool (a model's inference plan): the fused kernel runs without the "
      "ReLU", ["test_inference_plan.py"],

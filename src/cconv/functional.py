@@ -1431,6 +1431,10 @@ def prepare_conv2d_max_pool2d(x_shape: Sequence[int], w: ArrayLike, b: ArrayLike
     groups, k, s, pads, d, (OH, OW) = _memo(_conv_geometry, (xs, w.shape), stride, padding,
                                             dilation, groups)
     cout = w.shape[3]
+    if b is not None:
+        b = _float_array(b, "b", 1)
+        if b.dtype != w.dtype:
+            _same_dtype(w=w, b=b)
     b = _check_bias(b, w, w, cout)
     conv_shape = (xs[0], OH, OW, cout)
     pk, ps, ppads, (PH, PW) = _conv_pool_geometry(conv_shape, pool_size, pool_stride,

@@ -173,6 +173,13 @@ class Model:
                 raise TypeError("Model needs inputs= and outputs= (or use Sequential)")
             self._init_graph(inputs, outputs)
 
+    def __getstate__(self):
+        """Copies and pickles leave out the inference plans (functions bound to this
+        model's layers): a copy makes its own on its first inference call."""
+        state = self.__dict__.copy()
+        state["_plans"] = {}
+        return state
+
     # ------------------------------------------------------------------ structure
     def _init_graph(self, inputs, outputs):
         ins, self._single_input = _as_list(inputs, "inputs")
