@@ -1409,9 +1409,9 @@ def prepare_conv2d_max_pool2d(x_shape: Sequence[int], w: ArrayLike, b: ArrayLike
     -------
     f : function ``f(x, w, b, workspace=None) -> y``
         ``conv2d_max_pool2d(x, w, b, stride, padding, dilation, groups, pool_size=...,
-        pool_stride=..., pool_padding=..., relu=relu, workspace=workspace)``, bit for bit. Operands that are
-        C-contiguous ndarrays of the prepared shapes and dtype go straight to the kernel of
-        the route planned here; any others go through :func:`conv2d_max_pool2d` itself (its
+        pool_stride=..., pool_padding=..., relu=relu, workspace=workspace)``, bit for bit.
+        Operands that are C-contiguous ndarrays of the prepared shapes and dtype go straight
+        to the kernel of the route planned here; any others go through :func:`conv2d_max_pool2d` itself (its
         conversions, checks and messages). The route and thread count are those of
         :func:`route_state` at preparation: prepare again after changing the thread budget
         or the route knobs.
@@ -1451,7 +1451,8 @@ def prepare_conv2d_max_pool2d(x_shape: Sequence[int], w: ArrayLike, b: ArrayLike
         xs, cout, groups, w.itemsize, geo, pk, ps, ppads, _argmax_dtype(conv_shape))
     if plan is None:
         return general
-    dt, wshape, bshape, shape = w.dtype, w.shape, None if b is None else b.shape, (xs[0], PH, PW, cout)
+    dt, wshape, shape = w.dtype, w.shape, (xs[0], PH, PW, cout)
+    bshape = None if b is None else b.shape
 
     def conv_max_pool(x, w, b, workspace=None):
         if not (_is_array(x, xs, dt) and _is_array(w, wshape, dt) and
