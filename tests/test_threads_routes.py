@@ -60,6 +60,7 @@ class Case:
     slots_per_thread: int | None = None
     block_bytes: int | None = None    # 1: many im2col tiles / Winograd blocks per thread
     idle_ok: tuple = ()               # paths with fewer work items than 3 (single-chunk)
+    split_paths: tuple = ()           # paths that must run on 2 and 3 threads (not on 1)
     marks: list = field(default_factory=list)
 
 
@@ -126,6 +127,20 @@ def _conv_cases():
                                          idle_ok=("winograd4_filter", "winograd4_filter_grad")))
         cases.append(dataclasses.replace(cases[-1], id=f"winograd4-8-tile-blocks-{tag}",
                                          block_bytes=1))
+        # one image with few tiles and many channels: one block of all the tiles, its 16
+        # GEMMs shared out (9 tiles of 5x5 outputs; the pooled 6x6 output's 9 windows)
+        x1, w1, b1 = rand(rng, (1, 5, 5, 32), dtype), rand(rng, (3, 3, 32, 40), dtype), \
+            rand(rng, (40,), dtype)
+        x2 = rand(rng, (1, 8, 8, 32), dtype)
+        cases.append(Case(f"winograd-gemm-slots-{tag}",
+                          lambda x=x1, x2=x2, w=w1, b=b1: (
+                              F.conv2d(x, w, b, padding=1), F.conv2d_max_pool2d(x2, w, b),
+                              _prepared_pool(x2, w, b, relu=True)),
+                          lambda x=x1, x2=x2, w=w1, b=b1: (
+                              R.conv2d(x, w, b, padding=1), R.conv2d_max_pool2d(x2, w, b),
+                              R.conv2d_max_pool2d(x2, w, b, relu=True)),
+                          ("winograd_forward", "winograd_forward_pool"), dtype, conv="winograd",
+                          split_paths=("winograd_forward_slots",)))
         # the filter transforms in chunks of 1024 channel pairs: 40 * 80 = 3200 pairs, 4 chunks
         x, w = rand(rng, (2, 4, 5, 40), dtype), rand(rng, (3, 3, 40, 80), dtype)
         dy = rand(rng, (2, 2, 3, 80), dtype)
@@ -359,7 +374,7 @@ def test_kernel_on_1_2_3_threads(case):
     results = {}
     for threads in THREADS:
         outs, record = _run_checked(case, threads)
-        for path in case.paths:
+        for path in case.paths + (case.split_paths if threads > 1 else ()):
             assert path in record, f"{path} did not run on {threads} threads (ran: {sorted(record)})"
             team, workers = record[path]
             assert team == threads, f"{path}: asked for {threads} threads, the team had {team}"

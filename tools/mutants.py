@@ -152,6 +152,24 @@ MUTANTS = [
      """    g.TB = TB
     nblocks""",
      """    nblocks"""),
+    ("wino-slots-last-tile", "src/cconv/_conv.pyx",
+     "Winograd forward of a few tiles (one block, the GEMMs shared out): the last tile's "
+     "output transform is left out", [],
+     """        for t in prange(ntiles, schedule="static"):
+            wino_output_block(""",
+     """        for t in prange(ntiles - 1, schedule="static"):
+            wino_output_block("""),
+    ("wino-slots-v-stride", "src/cconv/_conv.pyx",
+     "Winograd forward of a few tiles: the GEMMs step through V by the output's channel "
+     "count (V and M's row lengths swapped)", [],
+     """                 V + k * ntiles * C, <int> C,""",
+     """                 V + k * ntiles * Cout, <int> C,"""),
+    ("wino-slots-block-ld", "src/cconv/_conv.pyx",
+     "Winograd forward of a few tiles: the transforms keep the per-thread block's row "
+     "stride (TB) for the one block of all the tiles", [],
+     """    g.TB = ntiles
+    with parallel""",
+     """    with parallel"""),
     ("wino-du-overwrites", "src/cconv/_conv.pyx",
      "Winograd dU: each block overwrites its slot's accumulator (beta 0) instead of adding",
      ["test_winograd.py"],

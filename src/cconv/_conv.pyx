@@ -22,7 +22,7 @@ from cconv._probe cimport (probe, P_CONV_FWD, P_CONV_BWD, P_CONV_BWD_DW, P_DIREC
                            P_DIRECT_DW, P_WINO_FILTER, P_WINO_FILTER_GRAD, P_WINO_FWD,
                            P_WINO_BWD, P_DIRECT_FWD_POOL, P_WINO_FWD_POOL, P_WINO4_FILTER,
                            P_WINO4_FILTER_GRAD, P_WINO4_BWD, P_DIRECT_DW_POOL,
-                           P_WINO_BWD_POOL)
+                           P_WINO_BWD_POOL, P_WINO_FWD_SLOTS)
 from cconv._blas cimport ensure_blas, gemm
 from cconv._im2col cimport im2col_rows, col2im_rows
 
@@ -1005,6 +1005,9 @@ cdef int winograd_forward_pool(const cconv_geom *geom, const floating *x, const 
     g.TB = TB
     nblocks = (ntiles + TB - 1) // TB
     cdef Py_ssize_t Z = max(C, Cout)
+    if (num_threads > 1 and nblocks == num_threads and C * Cout > ntiles * (C + Cout)
+            and 16 * ntiles * (C + Cout) + 2 * Z * num_threads <= work_rows * work_stride):
+        return wino_forward_slots(&g, x, U, b, y, pool, work, ntiles, num_threads)
     cdef Py_ssize_t blk, t0, t1, k
     cdef floating *V
     cdef floating *Mb
@@ -1028,6 +1031,48 @@ cdef int winograd_forward_pool(const cconv_geom *geom, const floating *x, const 
                      V + k * TB * C, <int> C, U + k * C * Cout, <int> Cout,
                      <floating> 0, Mb + k * TB * Cout, <int> Cout)
             wino_output_block(Mb, y, b, t0, t1, sink, &g)
+        cconv_ftz_restore(old)
+    return 0
+
+
+cdef int wino_forward_slots(WinoGeom *g, const floating *x, const floating *U,
+                            const floating *b, floating *y, int pool, floating *work,
+                            Py_ssize_t ntiles, int num_threads) noexcept nogil:
+    # winograd_forward_pool when each thread would get one block of tiles and U is larger
+    # than the block's V and M (C * Cout > ntiles * (C + Cout): a few tiles, many channels,
+    # as at batch 1): all the tiles go in one block, whose 16 GEMMs the threads share out.
+    # A thread then reads only the slices of U of its GEMMs instead of all of U, and its
+    # GEMMs are num_threads times taller (the paper network's conv3 at batch 1: 8 GEMMs of
+    # 36 x 64 x 128 per thread instead of 16 of 18 x 64 x 128), while V and M move between
+    # the cores. Phases: the input transforms (tiles split statically), the GEMMs
+    # (dynamically), the output transforms (statically), each ended by the loop's barrier.
+    # Every output is the same sum as on the other split: one GEMM row per tile.
+    # Scratch: V (16, ntiles, C) and M (16, ntiles, Cout) across the work rows, then a
+    # zero row and a sink row per thread.
+    cdef Py_ssize_t C = g.C, Cout = g.Cout, Z = max(C, Cout)
+    cdef floating *V = work
+    cdef floating *Mb = work + 16 * ntiles * C
+    cdef floating *rows = Mb + 16 * ntiles * Cout
+    cdef floating *zero
+    cdef floating *sink
+    cdef Py_ssize_t t, k
+    cdef unsigned long old
+    g.TB = ntiles
+    with parallel(num_threads=num_threads):
+        zero = rows + threadid() * 2 * Z
+        sink = zero + Z
+        memset(zero, 0, Z * sizeof(floating))
+        old = cconv_ftz_on()
+        for t in prange(ntiles, schedule="static"):
+            probe(P_WINO_FWD_SLOTS)
+            wino_input_block(x, V + t * C, t, t + 1, zero, g)
+        for k in prange(16, schedule="dynamic"):
+            probe(P_WINO_FWD_POOL if pool else P_WINO_FWD)
+            gemm(False, False, <int> ntiles, <int> Cout, <int> C, <floating> 1,
+                 V + k * ntiles * C, <int> C, U + k * C * Cout, <int> Cout,
+                 <floating> 0, Mb + k * ntiles * Cout, <int> Cout)
+        for t in prange(ntiles, schedule="static"):
+            wino_output_block(Mb + t * Cout, y, b, t, t + 1, sink, g)
         cconv_ftz_restore(old)
     return 0
 

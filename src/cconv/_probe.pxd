@@ -21,6 +21,8 @@ cdef enum:
     P_DIRECT_FWD_POOL, P_WINO_FWD_POOL, P_DIRECT_DW_POOL, P_WINO_BWD_POOL
     # the comparison of a cached Winograd filter's weights with a copy (same_bytes)
     P_SAME_BYTES
+    # the Winograd forward of a few tiles: one block, its 16 GEMMs shared out (per thread)
+    P_WINO_FWD_SLOTS
     P_COUNT
 
 # Mark that the calling thread ran a work item of path `id` (first time per thread and id

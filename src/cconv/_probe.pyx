@@ -19,7 +19,7 @@ NAMES = (
     "max_pool2d_backward_tiled_avx512",
     "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "relu_backward",
     "direct_forward_pool", "winograd_forward_pool", "direct_backward_weights_pool",
-    "winograd_backward_pool", "same_bytes",
+    "winograd_backward_pool", "same_bytes", "winograd_forward_slots",
 )
 assert len(NAMES) == P_COUNT
 
