@@ -444,6 +444,16 @@ MUTANTS = [
      "vector's bias", ["test_conv_direct.py"],
      """    VTYPE init1 = b ? VEC(load)(b + VLANES) : VEC(zero)();""",
      """    VTYPE init1 = b ? VEC(load)(b) : VEC(zero)();"""),
+    ("direct-fwd2-avx2-half-offset", "src/cconv/_conv_direct_kern.h",
+     "direct forward, AVX2 2-vector blocks of 4 pixels: the group's second half is stored "
+     "4 floats on instead of 4 pixels on", ["test_conv_direct.py"],
+     """                                       yo + 4 * cout + o, np - 4);""",
+     """                                       yo + 4 + o, np - 4);"""),
+    ("direct-fwd2-avx2-tail-half", "src/cconv/_conv_direct_kern.h",
+     "direct forward, AVX2 2-vector blocks of 4 pixels: a row's last group of 5-7 pixels "
+     "leaves its second half out", ["test_conv_direct.py"],
+     """            if (np > 4)        /* the blocks are of 4 pixels: the group's second half */""",
+     """            if (np > 7)        /* the blocks are of 4 pixels: the group's second half */"""),
     ("direct-fwd2-inside-weights", "src/cconv/_conv_direct_kern.h",
      "direct forward, 2-vector block, pixels inside the image: the second vector of "
      "outputs reads the first vector's weights", ["test_conv_direct.py"],

@@ -183,7 +183,7 @@ CCONV_MULTIVERSION static long long cconv_direct_unpool_row(
 #include "_conv_direct_kern.h"
 
 #define VLANES 8
-#define VDW2 0           /* 16 registers: 8 accumulators, the dy vector, the broadcast tap */
+#define VDW2 0           /* 16 registers: 8 accumulators, 2 (1 in dW) vectors, the broadcast tap */
 #define KATTR CCONV_AVX2FMA
 #define KSFX _avx2
 #include "_conv_direct_kern.h"

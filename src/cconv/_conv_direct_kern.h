@@ -3,7 +3,9 @@
  * file with
  *
  *   VLANES    the vector width: the set's helpers of _simd.h are CCONV_V<VLANES>_*
- *   VDW2      1 if it has registers for the 16 accumulators of 8 taps x 2 vectors (dW)
+ *   VDW2      1 if it has registers for 16 accumulators: 8 taps x 2 vectors (dW) and 8
+ *             pixels x 2 vectors (forward); else the forward's 2-vector blocks are of 4
+ *             pixels (8 accumulators)
  *   KATTR     the target attribute, KSFX the suffix of the functions' names for this set
  *
  * defined, and #undefs them at its end. Outputs go VLANES at a time; the last, partial vector of a C_out
@@ -53,18 +55,23 @@ KATTR static inline __attribute__((always_inline)) void KNAME(cconv_dfwd_blk)(
 #undef CCONV_STORE
 }
 
-#if VDW2
 /* The forward of cconv_dfwd_blk for 2 full vectors of outputs (at w, b and yo, and VLANES
-   further): 16 accumulators, and each broadcast tap feeds 2 FMAs instead of 1, so that the
+   further) of 8 pixels (VDW2: 16 accumulators) or 4 (else: 8 accumulators, for 16
+   registers), np of them stored: each broadcast tap feeds 2 FMAs instead of 1, so that the
    loads (a broadcast per pixel and a vector per tap) no longer outnumber the FMAs. Each
-   output sums the same products in the same order: the same bits as two single blocks. */
+   output sums the same products in the same order: the same bits as single blocks. */
+#if VDW2
+#define CCONV_DP2 CCONV_D8
+#else
+#define CCONV_DP2(M) M(0) M(1) M(2) M(3)
+#endif
 KATTR static inline __attribute__((always_inline)) void KNAME(cconv_dfwd_blk2)(
         ptrdiff_t K, ptrdiff_t cout, int inside, const float *const *bs,
         const ptrdiff_t *const *ps, const float *w, const float *b, float *yo, ptrdiff_t np) {
     VTYPE init0 = b ? VEC(load)(b) : VEC(zero)();
     VTYPE init1 = b ? VEC(load)(b + VLANES) : VEC(zero)();
 #define CCONV_DECL(p) VTYPE a##p = init0, c##p = init1;
-    CCONV_D8(CCONV_DECL)
+    CCONV_DP2(CCONV_DECL)
 #undef CCONV_DECL
     if (inside) {
         const ptrdiff_t *pt = ps[0];
@@ -73,7 +80,7 @@ KATTR static inline __attribute__((always_inline)) void KNAME(cconv_dfwd_blk2)(
             ptrdiff_t d = pt[t];
 #define CCONV_FMA(p) { VTYPE v = VEC(set1)(bs[p][d]);                                    \
                        a##p = VEC(fma)(v, w0, a##p); c##p = VEC(fma)(v, w1, c##p); }
-            CCONV_D8(CCONV_FMA)
+            CCONV_DP2(CCONV_FMA)
 #undef CCONV_FMA
         }
     } else {
@@ -81,7 +88,7 @@ KATTR static inline __attribute__((always_inline)) void KNAME(cconv_dfwd_blk2)(
             VTYPE w0 = VEC(load)(w + t * cout), w1 = VEC(load)(w + t * cout + VLANES);
 #define CCONV_FMA(p) { VTYPE v = VEC(set1)(bs[p][ps[p][t]]);                             \
                        a##p = VEC(fma)(v, w0, a##p); c##p = VEC(fma)(v, w1, c##p); }
-            CCONV_D8(CCONV_FMA)
+            CCONV_DP2(CCONV_FMA)
 #undef CCONV_FMA
         }
     }
@@ -90,13 +97,14 @@ KATTR static inline __attribute__((always_inline)) void KNAME(cconv_dfwd_blk2)(
         VEC(store)(yo + p * cout, a##p);                                                \
         VEC(store)(yo + p * cout + VLANES, c##p);                                       \
     }
-    CCONV_D8(CCONV_STORE)
+    CCONV_DP2(CCONV_STORE)
 #undef CCONV_STORE
 }
-#endif
+#undef CCONV_DP2
 
 /* Forward of one output row: y (OW x cout) = taps (OW x K) . w (K x cout) + b. Outputs go
-   2 vectors at a time where the set has the registers, then 1, then the partial vector. */
+   2 vectors at a time (in blocks of 8 pixels, or two of 4 without VDW2), then 1, then the
+   partial vector. */
 KATTR static void KNAME(cconv_direct_fwd_row)(const cconv_dgeom *g, const float *const *base,
                                               const ptrdiff_t *const *po,
                                               const float *w, const float *b, float *y) {
@@ -116,10 +124,14 @@ KATTR static void KNAME(cconv_direct_fwd_row)(const cconv_dgeom *g, const float 
         ptrdiff_t np = OW - ow0 < 8 ? OW - ow0 : 8;
         float *yo = y + ow0 * cout;
         ptrdiff_t o = 0;
-#if VDW2
-        for (; o + 2 * VLANES <= full_end; o += 2 * VLANES)
+        for (; o + 2 * VLANES <= full_end; o += 2 * VLANES) {
             KNAME(cconv_dfwd_blk2)(K, cout, inside, bs, ps, w + o, b ? b + o : b, yo + o, np);
+#if !VDW2
+            if (np > 4)        /* the blocks are of 4 pixels: the group's second half */
+                KNAME(cconv_dfwd_blk2)(K, cout, inside, bs + 4, ps + 4, w + o, b ? b + o : b,
+                                       yo + 4 * cout + o, np - 4);
 #endif
+        }
         for (; o < full_end; o += VLANES)
             KNAME(cconv_dfwd_blk)(K, cout, inside, bs, ps, w + o, b ? b + o : b, yo + o, np, 1, m);
         if (full_end < cout)
