@@ -413,8 +413,7 @@ _blas_saved: list = []
 _blas_cap = 1 << 30             # the smallest limit of the blocks inside blas_threads
 
 
-@contextmanager
-def blas_threads(n: int):
+class blas_threads:
     """Limit the BLAS libraries to at most ``n`` threads inside the block.
 
     Safe with several Python threads running kernels at once: the first one in saves the
@@ -433,27 +432,37 @@ def blas_threads(n: int):
     noise: 0.96x in one in-process A/B of 12 rounds, 1.00x and 1.03x in two later ones). A
     kernel that runs on fewer threads than the budget then also runs its GEMMs on one BLAS
     thread.
+
+    A class rather than a generator: a batch-1 predict enters one, and the generator's
+    machinery cost about as much as the block's own work.
     """
-    global _blas_users, _blas_saved, _blas_cap
-    _blas_libs()
-    calls = _blas_calls
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_saved = [get() for get, _ in calls]
-            _blas_cap = 1 << 30
-        _blas_users += 1
-        if n < _blas_cap:
-            for get, put in calls:
-                if get() > n:
-                    put(n)
-            _blas_cap = n
-    try:
-        yield
-    finally:
+
+    __slots__ = ("_n",)
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+
+    def __enter__(self) -> None:
+        global _blas_users, _blas_saved, _blas_cap
+        n = self._n
+        _blas_libs()
+        with _blas_lock:
+            if _blas_users == 0:
+                _blas_saved = [get() for get, _ in _blas_calls]
+                _blas_cap = 1 << 30
+            _blas_users += 1
+            if n < _blas_cap:
+                for get, put in _blas_calls:
+                    if get() > n:
+                        put(n)
+                _blas_cap = n
+
+    def __exit__(self, *exc: object) -> None:
+        global _blas_users, _blas_saved, _blas_cap
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                for (get, put), old in zip(calls, _blas_saved):
+                for (get, put), old in zip(_blas_calls, _blas_saved):
                     if get() != old:
                         put(old)
                 _blas_saved = []
