@@ -321,6 +321,35 @@ def test_activations_and_predict_batching(bn, threads, restore_threads, monkeypa
     assert m.predict(x).dtype == np.float32
 
 
+class _Half(cconv.layers.Layer):
+    """Returns float64 halves of its input (a layer that ignores the model's dtype)."""
+
+    def call(self, x, training=False, **kwargs):
+        return x.astype(np.float64) / 2, None
+
+
+def test_predict_returns_arrays_of_its_own():
+    """predict's outputs are new arrays of the model's dtype, in one batch or several, even
+    where the network hands its input straight through (dropout at inference) or a layer
+    returns another dtype; an empty input gives empty outputs."""
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    for m in (cconv.Sequential([Dropout(0.5)], input_shape=(3,)),
+              cconv.Sequential([Flatten()], input_shape=(3,))):
+        for batch_size in (None, 4, 3, 1):
+            out = m.predict(x, batch_size=batch_size)
+            assert not np.shares_memory(out, x) and out.dtype == np.float32
+            np.testing.assert_array_equal(out, x)
+            out[...] = -1
+            assert x[0, 0] == 0
+    half = cconv.Sequential([_Half()], input_shape=(3,))
+    for batch_size in (None, 2):
+        out = half.predict(x, batch_size=batch_size)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, x / 2)
+    empty = half.predict(x[:0])
+    assert empty.shape == (0, 3) and empty.dtype == np.float32
+
+
 def test_input_gradient_matches_finite_differences_and_preserves_state():
     m = tiny(seed=2, dropout=0.5)
     m = cconv.Sequential.from_config(dict(m.get_config(), dtype="float64"))

@@ -13,6 +13,8 @@ import numpy as np
 
 def integer(value, name, low=None):
     """An int (numpy integers too, not bool) that is ``>= low`` when ``low`` is given."""
+    if type(value) is int and (low is None or value >= low):     # the common case, quickly
+        return value
     what = {None: "an int", 0: "a non-negative int", 1: "a positive int"}.get(low, f"an int >= {low}")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {what}, got {value!r}")
