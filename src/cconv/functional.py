@@ -39,6 +39,9 @@ so the extra memory of one call is bounded by
 A 3x3, stride-1, undilated, ungrouped convolution with at least ``WINOGRAD_MIN_CHANNELS``
 input channels uses Winograd F(2x2, 3x3) instead (see ``_winograd.h``): 16 GEMMs over the
 channels per block of 2x2-output tiles, 2.25x fewer multiplications than im2col + GEMM.
+The threads take a block each, except where the tiles are few and the channels many (the
+transformed weights larger than a block, as at batch 1): they then share out one block's
+16 GEMMs (each output the same sum of the same products).
 Its transforms subtract inputs from each other, so an infinite input gives NaN rather than
 +-inf in the outputs (and gradients) that see it; finite values and NaN are as elsewhere.
 Its extra memory is ``threads * WINOGRAD_BLOCK_BYTES`` (the transformed inputs and
