@@ -1414,10 +1414,10 @@ def prepare_conv2d_max_pool2d(x_shape: Sequence[int], w: ArrayLike, b: ArrayLike
         ``conv2d_max_pool2d(x, w, b, stride, padding, dilation, groups, pool_size=...,
         pool_stride=..., pool_padding=..., relu=relu, workspace=workspace)``, bit for bit.
         Operands that are C-contiguous ndarrays of the prepared shapes and dtype go straight
-        to the kernel of the route planned here; any others go through :func:`conv2d_max_pool2d` itself (its
-        conversions, checks and messages). The route and thread count are those of
-        :func:`route_state` at preparation: prepare again after changing the thread budget
-        or the route knobs.
+        to the kernel of the route planned here; any others go through
+        :func:`conv2d_max_pool2d` itself (its conversions, checks and messages). The route
+        and thread count are those of :func:`route_state` at preparation: prepare again
+        after changing the thread budget or the route knobs.
 
     Raises
     ------

@@ -299,7 +299,7 @@ def input_arrays(model, x, name="x"):
     """
     if type(x) is np.ndarray and model.built and x.dtype.kind in "fiu":
         inputs = model.inputs
-        if len(inputs) == 1 and x.shape[1:] == inputs[0].shape[1:] and x.ndim > 1:
+        if len(inputs) == 1 and x.shape[1:] == inputs[0].shape[1:]:
             return [x]          # the common case, checked quickly: one array that fits
     n_in = len(model.inputs) if model.built else 1
     if isinstance(x, dict):
@@ -411,13 +411,6 @@ def _batch(model, arrays, index):
 
 def _take(arrays, index):
     return [a[index] for a in arrays]
-
-
-def _filled(r, shape, dtype):
-    """A new array of ``shape`` and ``dtype`` holding ``r`` (numpy's assignment rules)."""
-    out = np.empty(shape, dtype=dtype)
-    out[...] = r
-    return out
 
 
 def _is_arrays(x):
@@ -886,17 +879,11 @@ def predict(model, x, batch_size=None, steps=None):
         xs = input_arrays(model, x)
         n = xs[0].shape[0]
         size = 32 if batch_size is None else batch_size
-        shapes = [(n,) + tuple(t.shape[1:]) for t in model.outputs]
-        if 0 < n <= size:       # one batch: copies of its outputs (which may be views)
-            outs = model.run(_batch(model, xs, slice(None)), False, cache=False)
-            outs = [r.copy() if r.shape == s and r.dtype == model.dtype else _filled(r, s, model.dtype)
-                    for r, s in zip(outs, shapes)]
-        else:
-            outs = [np.empty(s, dtype=model.dtype) for s in shapes]
-            for lo in range(0, n, size):
-                sl = slice(lo, lo + size)
-                for o, r in zip(outs, model.run(_batch(model, xs, sl), False, cache=False)):
-                    o[sl] = r
+        outs = [np.empty((n,) + tuple(t.shape[1:]), dtype=model.dtype) for t in model.outputs]
+        for lo in range(0, n, size):
+            sl = slice(lo, lo + size)
+            for o, r in zip(outs, model.run(_batch(model, xs, sl), False, cache=False)):
+                o[sl] = r
     else:
         if batch_size is not None:
             raise ValueError("batch_size must not be given with a dataset or generator")
