@@ -184,3 +184,58 @@ def test_backward_weights_overwrite_their_slots_whatever_they_held(level):
     _, rw, rb = R.conv2d_backward(dy, x, w)
     assert_close(outs[1][0], rw, np.float32)
     assert_close(outs[1][1], rb, np.float32)
+
+
+# (N, H, W, C_in, C_out, kernel, stride, dilation, padding): pooled widths 3-8
+REGISTER_POOL_CASES = [
+    (2, 8, 8, 3, 32, 3, 1, 1, 0),       # PW = 3: one AVX-512 block of 3 pooled pixels
+    (3, 9, 16, 3, 64, 3, 1, 1, 0),      # PW = 7: the last block starts at 4; two blocks of 32
+    (2, 11, 19, 1, 96, (2, 3), (1, 2), (2, 1), 0),   # strides, dilations, PW = 4, 3 blocks
+    (1, 12, 12, 1, 32, 5, 1, 1, 0),     # K = 25, PW = 4
+    (2, 7, 9, 3, 48, 3, 1, 1, 0),       # C_out = 48: AVX2 only (the AVX-512 pool needs 32s)
+    (2, 9, 9, 3, 32, 3, 1, 1, ((0, 0), (0, 2))),  # the last pooled column reads the padding
+    (2, 8, 12, 3, 32, 3, 1, 1, ((0, 2), (0, 0))),  # the last pooled row reads the padding
+]
+
+
+@pytest.mark.parametrize("case", REGISTER_POOL_CASES, ids=case_id)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inference_pool_in_registers_is_the_unfused_chain(case, threads, level, monkeypatch,
+                                                          restore_threads):
+    """conv2d_max_pool2d without the argmax, every pooled window inside the image, C_out a
+    multiple of 32 (AVX-512) or 16 (AVX2): pooled in the registers
+    (direct_forward_pool_registers), bit for bit the unfused conv2d -> (relu) -> max_pool2d,
+    NaN and ties included, with and without bias; with the argmax (training), or a pooled
+    window over the padding, the row-buffer path runs and gives the same."""
+    n, h, w, c, co, k, s, d, p = case
+    k = R.pair(k)
+    regs = co % (32 if level == 2 else 16) == 0 and p == 0
+    rng = np.random.default_rng(12)
+    monkeypatch.setattr(F, "MIN_WORK_PER_THREAD", 1)
+    cconv.set_num_threads(threads)
+    for ties in (False, True):
+        x = (rng.integers(-2, 3, (n, h, w, c)) if ties else rng.standard_normal((n, h, w, c)))
+        x = x.astype(np.float32)
+        x[0, 1, 2, 0] = np.nan                      # a NaN in some windows
+        wt = rand(rng, (*k, c, co), np.float32)
+        if ties:
+            wt = np.round(wt * 2).astype(np.float32)
+        for b in (rand(rng, (co,), np.float32), None):
+            with _testing.forced(conv="direct"):
+                z = F.conv2d(x, wt, b, s, p, d)
+            for relu in (False, True):
+                want = F.max_pool2d(F.relu(z) if relu else z, 2)[0]
+                with _testing.forced(conv="direct"):
+                    got = F.conv2d_max_pool2d(x, wt, b, s, p, d, relu=relu)
+                    ran = _testing.kernels_run()
+                    _testing.reset()
+                    got_arg, arg = F.conv2d_max_pool2d(x, wt, b, s, p, d, relu=relu,
+                                                       return_argmax=True)
+                    ran_arg = _testing.kernels_run()
+                assert ("direct_forward_pool_registers" in ran) == regs, sorted(ran)
+                if regs:       # (work handed out dynamically: the team, not the workers)
+                    assert ran["direct_forward_pool_registers"].team == threads, ran
+                assert "direct_forward_pool_registers" not in ran_arg, sorted(ran_arg)
+                np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+                np.testing.assert_array_equal(got_arg.view(np.uint32), want.view(np.uint32))
+                np.testing.assert_array_equal(arg, F.max_pool2d(z, 2)[1])

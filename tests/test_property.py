@@ -141,7 +141,7 @@ def conv_configs(draw, route="auto"):
         k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
         if k[0] * k[1] * cg > 32:
             k = (k[0], max(1, 32 // (k[0] * cg)))
-        cout = draw(st.sampled_from([16, 32, 48]))
+        cout = draw(st.sampled_from([16, 32, 48, 64]))
     elif route in WINOGRAD:
         cg, cout, k = draw(CHANNELS), draw(CHANNELS), (3, 3)
     else:
@@ -158,8 +158,9 @@ def conv_configs(draw, route="auto"):
     n = draw(st.integers(1, 5 if route in WINOGRAD else 3))
     degenerate = draw(st.booleans())
     # Winograd: images of up to 64 2x2 tiles (16 4x4 tiles), so that an image spans several
-    # 8-tile blocks
-    slack = 12 if route in WINOGRAD else 5
+    # 8-tile blocks; direct: rows of up to 10 pixels (its pool in the registers takes 3
+    # pooled pixels at a time)
+    slack = 12 if route in WINOGRAD else 9 if route == "direct" else 5
     if draw(st.integers(0, 4)) == 0:
         padding = "same"
         h, w = draw(st.integers(1, 3 + slack)), draw(st.integers(1, 3 + slack))

@@ -44,7 +44,8 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os
 #: Kernel paths whose work is handed out dynamically.
 DYNAMIC = {"direct_forward", "direct_backward_weights", "winograd_forward", "winograd_backward",
            "direct_forward_pool", "winograd_forward_pool", "winograd4_backward",
-           "direct_backward_weights_pool", "winograd_backward_pool"}
+           "direct_backward_weights_pool", "winograd_backward_pool",
+           "direct_forward_pool_registers"}
 
 
 @dataclass
@@ -227,6 +228,21 @@ def _conv_cases():
                               dy, a, x, wp, **kw)[1:],
                           ("direct_backward_weights_pool",), np.float32, conv="direct",
                           pool=pool, marks=_avx(level)))
+    # the inference pool in the registers (valid windows): 9 pooled rows, 7 pooled columns
+    # (AVX-512: 3 at a time, the last block starting at 4), two vectors of 32 (16 on AVX2)
+    xr = rand(rng, (3, 9, 16, 3), np.float32)
+    for pool, cout, level in (("auto", 64, 2), ("avx2", 48, 1)):
+        wr, br = rand(rng, (3, 3, 3, cout), np.float32), rand(rng, (cout,), np.float32)
+        cases.append(Case(f"direct-pool-registers-float32-{pool}",
+                          lambda wr=wr, br=br: (F.conv2d_max_pool2d(xr, wr, br),
+                                                F.conv2d_max_pool2d(xr, wr, br, relu=True),
+                                                _prepared_pool(xr, wr, None, relu=True)),
+                          lambda wr=wr, br=br: (R.conv2d_max_pool2d(xr, wr, br),
+                                                R.conv2d_max_pool2d(xr, wr, br, relu=True),
+                                                R.conv2d_max_pool2d(xr, wr, None, relu=True)),
+                          ("direct_forward_pool", "direct_forward_pool_registers"),
+                          np.float32, exact=True, conv="direct", pool=pool,
+                          marks=_avx(level)))
     return cases
 
 

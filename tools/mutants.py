@@ -507,6 +507,32 @@ MUTANTS = [
      ["test_inference_plan.py"],
      """                    out, k = nxt.output, k + 1""",
      """                    k = k + 1"""),
+    ("pool-regs-last-block", "src/cconv/_conv_direct_kern.h",
+     "direct forward, pool in the registers: a row's last, partial block of pooled pixels "
+     "is left out", ["test_conv_direct.py"],
+     """    for (ptrdiff_t pw0 = 0; pw0 < PW; pw0 += VPOOL) {""",
+     """    for (ptrdiff_t pw0 = 0; pw0 + VPOOL <= PW; pw0 += VPOOL) {"""),
+    ("pool-regs-step", "src/cconv/_conv_direct_kern.h",
+     "direct forward, pool in the registers: neighbouring pixels read taps one float apart, "
+     "not one window step", ["test_conv_direct.py"],
+     """#define CCONV_FMA(r, p) { VTYPE v = VEC(set1)(q##r[p * step]); """,
+     """#define CCONV_FMA(r, p) { VTYPE v = VEC(set1)(q##r[p]); """),
+    ("pool-regs-second-row", "src/cconv/_conv.pyx",
+     "direct forward, pool in the registers: the second convolution row of a pooled row "
+     "starts at the first's input row", ["test_conv_direct.py"],
+     """                                              xp + (n * g.H + (oh + 1) * g.sh) * g.W * g.C, off,""",
+     """                                              xp + (n * g.H + oh * g.sh) * g.W * g.C, off,"""),
+    ("pool-regs-relu-nan", "src/cconv/_simd.h",
+     "AVX-512 ReLU of the pool in the registers: a NaN becomes 0", ["test_conv_direct.py"],
+     """#define CCONV_V16_relu(v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), \\
+    _CMP_NLE_UQ), (v))""",
+     """#define CCONV_V16_relu(v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), \\
+    _CMP_GT_OQ), (v))"""),
+    ("pool-regs-right-edge", "src/cconv/_conv.pyx",
+     "direct forward, pool in the registers: taken also when the windows of the last pooled "
+     "columns cross the right edge (padding on the right only)", ["test_conv_direct.py"],
+     """                      and (2 * PW - 1) * g.sw + (g.KW - 1) * g.dw < g.W)""",
+     """                      )"""),
 ]
 
 

@@ -22,7 +22,7 @@ from cconv._probe cimport (probe, P_CONV_FWD, P_CONV_BWD, P_CONV_BWD_DW, P_DIREC
                            P_DIRECT_DW, P_WINO_FILTER, P_WINO_FILTER_GRAD, P_WINO_FWD,
                            P_WINO_BWD, P_DIRECT_FWD_POOL, P_WINO_FWD_POOL, P_WINO4_FILTER,
                            P_WINO4_FILTER_GRAD, P_WINO4_BWD, P_DIRECT_DW_POOL,
-                           P_WINO_BWD_POOL, P_WINO_FWD_SLOTS)
+                           P_DIRECT_FWD_POOL_REGS, P_WINO_BWD_POOL, P_WINO_FWD_SLOTS)
 from cconv._blas cimport ensure_blas, gemm
 from cconv._im2col cimport im2col_rows, col2im_rows
 
@@ -408,6 +408,11 @@ cdef extern from "_conv_direct.h":
     void cconv_direct_fwd_row(int level, const cconv_dgeom *g, const float **base,
                               const Py_ssize_t **po, const float *w, const float *b,
                               float *y) noexcept nogil
+    int cconv_direct_pool_regs(int level, Py_ssize_t cout) noexcept nogil
+    void cconv_direct_fwd_pool_row(int level, const cconv_dgeom *g, Py_ssize_t PW,
+                                   const float *x0, const float *x1, const Py_ssize_t *off,
+                                   const float *w, const float *b, float *y,
+                                   int relu) noexcept nogil
     void cconv_direct_dw_row(int level, const cconv_dgeom *g, const float **base,
                              const Py_ssize_t **po, const Py_ssize_t *off, const float *dy,
                              float *dw, float *db) noexcept nogil
@@ -460,7 +465,10 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
     With pool (1, or 2 for pool + ReLU), yp is the 2x2 stride-2 max pool of the output
     (N, OH // 2, OW // 2, Cout) and the loop runs over its rows: each computes the two
     output rows under it into the thread's scratch and pools them at once (the last
-    row/column of an odd-sized output, which the pool drops, is not computed).
+    row/column of an odd-sized output, which the pool drops, is not computed). Without
+    argmax, when every pooled window lies inside the image and the level has the kernel for
+    Cout (cconv_direct_pool_regs), the two rows are pooled in the registers instead
+    (cconv_direct_fwd_pool_row): no output row is stored, the same bits.
 
     The rows are cut into nslots equal runs handed out dynamically (a thread that the
     machine slows down takes fewer of them); run s zeroes slice s of dwp/dbp and accumulates
@@ -489,6 +497,13 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
     cdef Py_ssize_t per_thread = direct_thread_bytes(geom, rows_buf)
     cdef Py_ssize_t rowbuf = aligned(geom.OW * (2 * sizeof(void *) + g.K * sizeof(float)))
     cdef int level = simd_level(-1)
+    # the inference pool of a layer whose pooled windows all lie inside the image: pooled
+    # in the registers (cconv_direct_fwd_pool_row), no row of the output stored
+    cdef int per_block = cconv_direct_pool_regs(level, g.cout)
+    cdef bint regs = (pool and argmax == NULL and per_block and PW >= per_block
+                      and g.pt == 0 and g.pl == 0
+                      and (2 * PH - 1) * g.sh + (g.KH - 1) * g.dh < g.H
+                      and (2 * PW - 1) * g.sw + (g.KW - 1) * g.dw < g.W)
     cconv_direct_offsets(g, off, off + g.Kpad)
     cdef Py_ssize_t rows = geom.N * (PH if pool else g.OH)
     cdef Py_ssize_t slot, row, n, r, oh
@@ -507,12 +522,21 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
         for slot in prange(nslots, schedule="dynamic"):
             probe((P_DIRECT_FWD_POOL if pool else P_DIRECT_FWD) if yp != NULL
                   else (P_DIRECT_DW_POOL if dy_argmax != NULL else P_DIRECT_DW))
+            if regs:
+                probe(P_DIRECT_FWD_POOL_REGS)
             if yp == NULL:
                 memset(dwp + slot * g.Kpad * g.cout, 0, g.Kpad * g.cout * sizeof(float))
                 memset(dbp + slot * g.cout, 0, g.cout * sizeof(float))
                 if dy_argmax != NULL:
                     matched[slot] = 0
             for row in range(slot * rows // nslots, (slot + 1) * rows // nslots):
+                if regs:
+                    n = row // PH
+                    oh = 2 * (row - n * PH)
+                    cconv_direct_fwd_pool_row(level, g, PW, xp + (n * g.H + oh * g.sh) * g.W * g.C,
+                                              xp + (n * g.H + (oh + 1) * g.sh) * g.W * g.C, off,
+                                              wp, bp, yp + row * PW * g.cout, pool == 2)
+                    continue
                 if pool:
                     n = row // PH
                     for r in range(2):

@@ -14,7 +14,9 @@
  * off[t] = (kh*dh*W + kw*dw)*C + c for a window that lies inside the image. A window that
  * crosses the padding is first copied, with zeros, into a small patch (off = identity).
  * The accumulators stay in registers for the whole sum over t (forward) or over the
- * pixels of a row (dW).
+ * pixels of a row (dW). The inference forward of a convolution -> 2x2 stride-2 max pool
+ * (cconv_direct_fwd_pool_row) keeps the four outputs of each pool window in registers and
+ * stores only their maximum, where every window lies inside the image.
  *
  * The kernels (_conv_direct_kern.h) are written once over the vector helpers of _simd.h
  * and compiled for each instruction set; a C_out that is not a multiple of the vector
@@ -178,12 +180,14 @@ CCONV_MULTIVERSION static long long cconv_direct_unpool_row(
 #if CCONV_X86
 #define VLANES 16
 #define VDW2 1
+#define VPOOL 3
 #define KATTR CCONV_AVX512
 #define KSFX _avx512
 #include "_conv_direct_kern.h"
 
 #define VLANES 8
 #define VDW2 0           /* 16 registers: 8 accumulators, 2 (1 in dW) vectors, the broadcast tap */
+#define VPOOL 1
 #define KATTR CCONV_AVX2FMA
 #define KSFX _avx2
 #include "_conv_direct_kern.h"
@@ -192,6 +196,7 @@ CCONV_MULTIVERSION static long long cconv_direct_unpool_row(
 #if CCONV_NEON
 #define VLANES 4
 #define VDW2 1
+#define VPOOL 0
 #define KATTR
 #define KSFX _neon
 #include "_conv_direct_kern.h"
@@ -219,6 +224,37 @@ static void cconv_direct_fwd_row(int level, const cconv_dgeom *g, const float *c
     cconv_direct_fwd_row_neon(g, base, po, w, b, y);
 #else
     (void)level; (void)g; (void)base; (void)po; (void)w; (void)b; (void)y;   /* never called */
+#endif
+}
+
+/* The pooled pixels of a block of cconv_direct_fwd_pool_row at simd_level() `level` for
+   C_out = cout (AVX-512F: 3, C_out a multiple of 32; AVX2: 1, a multiple of 16), or 0: no
+   such kernel (the row pair then goes through a buffer and cconv_direct_pool_rows). */
+static inline int cconv_direct_pool_regs(int level, ptrdiff_t cout) {
+#if CCONV_X86
+    return level >= 2 ? (cout % 32 == 0 ? 3 : 0) : level == 1 && cout % 16 == 0;
+#else
+    (void)level; (void)cout;
+    return 0;
+#endif
+}
+
+/* One pooled row of the fused convolution -> 2x2 stride-2 max pool (-> ReLU), pooled in
+   the registers (_conv_direct_kern.h), where PW >= cconv_direct_pool_regs(level, g->cout)
+   > 0 and every window of the two convolution rows lies inside the image. */
+static void cconv_direct_fwd_pool_row(int level, const cconv_dgeom *g, ptrdiff_t PW,
+                                      const float *x0, const float *x1, const ptrdiff_t *off,
+                                      const float *w, const float *b, float *y, int relu) {
+#if CCONV_X86
+    if (level >= 2)
+        cconv_direct_fwd_pool_row_avx512(g->K, g->cout, PW, x0, x1, g->sw * g->C, off, w, b, y,
+                                         relu);
+    else
+        cconv_direct_fwd_pool_row_avx2(g->K, g->cout, PW, x0, x1, g->sw * g->C, off, w, b, y,
+                                       relu);
+#else
+    (void)level; (void)g; (void)PW; (void)x0; (void)x1; (void)off; (void)w; (void)b; (void)y;
+    (void)relu;      /* never called */
 #endif
 }
 

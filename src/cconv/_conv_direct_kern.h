@@ -6,6 +6,8 @@
  *   VDW2      1 if it has registers for 16 accumulators: 8 taps x 2 vectors (dW) and 8
  *             pixels x 2 vectors (forward); else the forward's 2-vector blocks are of 4
  *             pixels (8 accumulators)
+ *   VPOOL     the pooled pixels of a block of cconv_direct_fwd_pool_row: 3 (24
+ *             accumulators, for 32 registers) or 1 (8, for 16); 0: not compiled
  *   KATTR     the target attribute, KSFX the suffix of the functions' names for this set
  *
  * defined, and #undefs them at its end. Outputs go VLANES at a time; the last, partial vector of a C_out
@@ -140,6 +142,71 @@ KATTR static void KNAME(cconv_direct_fwd_row)(const cconv_dgeom *g, const float 
     }
 }
 
+#if VPOOL
+/* One row of the fused convolution -> 2x2 stride-2 max pool (-> ReLU when relu), pooled in
+   the registers: no row of the convolution's output is stored. For a row pair whose
+   windows all lie inside the image and C_out a multiple of 2 * VLANES: x0, x1 are the
+   window origins of the first pixel of the two convolution rows, step the distance from
+   one pixel's window to the next (sw * C), off the taps' offsets (cconv_direct_offsets).
+
+   Blocks of VPOOL pooled pixels (2 rows x 2 * VPOOL pixels) x 2 vectors of outputs: with
+   VPOOL 3, 24 accumulators, 12 broadcast taps and 2 weight vectors per 24 FMAs. Each output
+   of the convolution sums the same products in the same order as cconv_dfwd_blk2, and
+   each window is scanned as cconv_direct_pool_rows scans it (row-major; a greater value or
+   a NaN takes the place; then ReLU: +0 for <= 0, a NaN kept): the same bits. PW >= VPOOL:
+   the last block starts at PW - VPOOL and writes again the values of the pixels it shares
+   with the one before. */
+#if VPOOL == 3
+#define CCONV_PX(M, r) M(r, 0) M(r, 1) M(r, 2) M(r, 3) M(r, 4) M(r, 5)
+#define CCONV_POOLS(M) M(0, 0, 1) M(1, 2, 3) M(2, 4, 5)
+#else
+#define CCONV_PX(M, r) M(r, 0) M(r, 1)
+#define CCONV_POOLS(M) M(0, 0, 1)
+#endif
+KATTR static void KNAME(cconv_direct_fwd_pool_row)(
+        ptrdiff_t K, ptrdiff_t cout, ptrdiff_t PW, const float *x0, const float *x1,
+        ptrdiff_t step, const ptrdiff_t *off, const float *w, const float *b, float *y,
+        int relu) {
+    for (ptrdiff_t pw0 = 0; pw0 < PW; pw0 += VPOOL) {
+        if (pw0 > PW - VPOOL)
+            pw0 = PW - VPOOL;
+        const float *r0 = x0 + 2 * pw0 * step, *r1 = x1 + 2 * pw0 * step;
+        for (ptrdiff_t o = 0; o < cout; o += 2 * VLANES) {
+            VTYPE init0 = b ? VEC(load)(b + o) : VEC(zero)();
+            VTYPE init1 = b ? VEC(load)(b + o + VLANES) : VEC(zero)();
+#define CCONV_DECL(r, p) VTYPE a##r##p = init0, c##r##p = init1;
+            CCONV_PX(CCONV_DECL, 0)
+            CCONV_PX(CCONV_DECL, 1)
+#undef CCONV_DECL
+            for (ptrdiff_t t = 0; t < K; t++) {
+                VTYPE w0 = VEC(load)(w + t * cout + o), w1 = VEC(load)(w + t * cout + o + VLANES);
+                const float *q0 = r0 + off[t], *q1 = r1 + off[t];
+#define CCONV_FMA(r, p) { VTYPE v = VEC(set1)(q##r[p * step]);                           \
+                          a##r##p = VEC(fma)(v, w0, a##r##p); c##r##p = VEC(fma)(v, w1, c##r##p); }
+                CCONV_PX(CCONV_FMA, 0)
+                CCONV_PX(CCONV_FMA, 1)
+#undef CCONV_FMA
+            }
+            /* pooled pixel j: row 0's pixels p, q = 2j, 2j + 1, then row 1's */
+#define CCONV_POOL(j, p, q)                                                             \
+            {                                                                           \
+                VTYPE m0 = a0##p, m1 = c0##p;                                           \
+                m0 = VEC(pmax)(m0, a0##q); m1 = VEC(pmax)(m1, c0##q);                   \
+                m0 = VEC(pmax)(m0, a1##p); m1 = VEC(pmax)(m1, c1##p);                   \
+                m0 = VEC(pmax)(m0, a1##q); m1 = VEC(pmax)(m1, c1##q);                   \
+                if (relu) { m0 = VEC(relu)(m0); m1 = VEC(relu)(m1); }                   \
+                VEC(store)(y + (pw0 + j) * cout + o, m0);                               \
+                VEC(store)(y + (pw0 + j) * cout + o + VLANES, m1);                      \
+            }
+            CCONV_POOLS(CCONV_POOL)
+#undef CCONV_POOL
+        }
+    }
+}
+#undef CCONV_POOLS
+#undef CCONV_PX
+#endif
+
 /* dW of taps t0..t0+7 and the outputs at acc (nv = 1 or 2 vectors; the second always full):
    acc (rows of stride cout) += taps^T . dy over the row's OW pixels. */
 KATTR static inline __attribute__((always_inline)) void KNAME(cconv_ddw_blk)(
@@ -217,5 +284,6 @@ KATTR static void KNAME(cconv_direct_dw_row)(const cconv_dgeom *g, const float *
 #undef KNAME
 #undef VLANES
 #undef VDW2
+#undef VPOOL
 #undef KATTR
 #undef KSFX

@@ -671,7 +671,9 @@ def direct_forward_pool(x, w, bias, y, argmax,        # y, argmax: OUT (N, OH //
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                         Py_ssize_t dh, Py_ssize_t dw, bint relu, int num_threads):
     """The 2x2 stride-2 max pool of direct_forward's (OH, OW) output, then ReLU if
-    ``relu``, without storing that output: two rows at a time in a thread's scratch.
+    ``relu``, without storing that output: two rows at a time in a thread's scratch, or
+    without ``argmax``, where every pooled window lies inside the image and the level has
+    the kernel for Cout, pooled in the registers (_conv_direct_kern.h).
     ``argmax``: None, or int32 for the pool's (max_pool2d's format)."""
     cdef str where = "direct_forward_pool"
     cdef char *xp = data(x, F32, 4, False, where, "x")

@@ -23,6 +23,8 @@ cdef enum:
     P_SAME_BYTES
     # the Winograd forward of a few tiles: one block, its 16 GEMMs shared out (per thread)
     P_WINO_FWD_SLOTS
+    # the direct forward's fused pool of inference pooled in the registers (no argmax)
+    P_DIRECT_FWD_POOL_REGS
     P_COUNT
 
 # Mark that the calling thread ran a work item of path `id` (first time per thread and id

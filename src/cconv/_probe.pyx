@@ -20,6 +20,7 @@ NAMES = (
     "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "relu_backward",
     "direct_forward_pool", "winograd_forward_pool", "direct_backward_weights_pool",
     "winograd_backward_pool", "same_bytes", "winograd_forward_slots",
+    "direct_forward_pool_registers",
 )
 assert len(NAMES) == P_COUNT
 

@@ -105,6 +105,12 @@ typedef __mmask16 cconv_m16_t;
 #define CCONV_V16_add(a, b) _mm512_add_ps((a), (b))
 #define CCONV_V16_mul(a, b) _mm512_mul_ps((a), (b))
 #define CCONV_V16_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+/* the max pool's step: v where v > best or v is a NaN, else best (lane by lane) */
+#define CCONV_V16_pmax(best, v) _mm512_mask_mov_ps((best), _mm512_cmp_ps_mask((v), (best), \
+    _CMP_GT_OQ) | _mm512_cmp_ps_mask((v), (v), _CMP_UNORD_Q), (v))
+/* ReLU as the fused pools apply it: +0 where v <= 0, v elsewhere (a NaN kept) */
+#define CCONV_V16_relu(v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), \
+    _CMP_NLE_UQ), (v))
 
 typedef __m256 cconv_v8_t;                                     /* AVX2 + FMA: 8 lanes */
 typedef __m256i cconv_m8_t;
@@ -119,6 +125,10 @@ __attribute__((unused)) static const int cconv_m8_table[16] = {-1, -1, -1, -1, -
 #define CCONV_V8_add(a, b) _mm256_add_ps((a), (b))
 #define CCONV_V8_mul(a, b) _mm256_mul_ps((a), (b))
 #define CCONV_V8_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define CCONV_V8_pmax(best, v) _mm256_blendv_ps((best), (v), _mm256_or_ps(                  \
+    _mm256_cmp_ps((v), (best), _CMP_GT_OQ), _mm256_cmp_ps((v), (v), _CMP_UNORD_Q)))
+#define CCONV_V8_relu(v) _mm256_and_ps((v), _mm256_cmp_ps((v), _mm256_setzero_ps(),          \
+    _CMP_NLE_UQ))
 #endif
 
 #if CCONV_NEON

@@ -73,7 +73,9 @@ GEMM with a tiny inner dimension. Extra memory:
 only the pooled output when the pool is 2x2 with stride 2 and no padding and the
 convolution takes the Winograd route (one 2x2 tile per pool window; the tiles the pool drops
 are not computed) or the direct route (two output rows at a time in a per-thread buffer of
-``2 * OW * C_out`` floats); otherwise it runs :func:`conv2d` then :func:`max_pool2d`.
+``2 * OW * C_out`` floats; without the argmax, where the pooled windows lie inside the image
+and C_out is a multiple of 32 on AVX-512 or 16 on AVX2, pooled in the registers, no row
+stored); otherwise it runs :func:`conv2d` then :func:`max_pool2d`.
 Its backward pass, :func:`conv2d_max_pool2d_backward`, reads the pooled gradient and the
 pool's argmax in the kernels of the same two routes (the direct weight gradient rebuilds
 the convolution's output gradient one row at a time in a per-thread buffer of ``OW * C_out``
@@ -1293,7 +1295,8 @@ def conv2d_max_pool2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None,
     the Winograd route computes one 2x2 output tile per pool window (the tiles of the last
     row/column of an odd-sized output, which the pool drops, are not computed at all), the
     direct route two output rows at a time into a per-thread buffer of ``2 * OW * C_out``
-    floats. Other calls run :func:`conv2d` then :func:`max_pool2d` (and :func:`relu`).
+    floats (or, without ``return_argmax``, in the registers where the module docstring
+    says). Other calls run :func:`conv2d` then :func:`max_pool2d` (and :func:`relu`).
     With ``return_argmax`` the pool's argmax comes too, as :func:`max_pool2d` gives it
     (for :func:`max_pool2d_backward` with the convolution's output shape): the training
     forward of a convolution + max-pool pair.

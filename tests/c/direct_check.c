@@ -4,7 +4,8 @@
  * which no other test reaches on an x86 machine). Exit status 0 when every output, weight
  * gradient and bias gradient is within 1e-3 of the double-precision sums, and the 2x2 max
  * pool of each pair of output rows (cconv_direct_pool_rows, with and without ReLU) is the
- * maximum of its four outputs exactly, and each output row's gradient rebuilt from a pooled
+ * maximum of its four outputs exactly, as is the pool in the registers
+ * (cconv_direct_fwd_pool_row, where it applies), and each output row's gradient rebuilt from a pooled
  * one (cconv_direct_unpool_row) holds exactly the gradients whose argmax names its units
  * (and, with a ReLU output's mask, only those whose pooled output is > 0). */
 #include <math.h>
@@ -28,7 +29,7 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
     const float **base = malloc(sizeof(float *) * g.OW);
     const ptrdiff_t **po = malloc(sizeof(ptrdiff_t *) * g.OW);
     float *gp = malloc(sizeof(float) * g.OW * cout), *urow = malloc(sizeof(float) * g.OW * cout);
-    float *mk = malloc(sizeof(float) * g.OW * cout);
+    float *mk = malloc(sizeof(float) * g.OW * cout), *inreg = malloc(sizeof(float) * g.OW * cout);
     int *am = malloc(sizeof(int) * g.OW * cout);
     for (ptrdiff_t i = 0; i < H * W * C; i++) x[i] = (float)((i * 37) % 11) - 5.0f;
     for (ptrdiff_t i = 0; i < g.K * cout; i++) w[i] = (float)((i * 13) % 7) - 3.0f;
@@ -64,6 +65,13 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
                     if (relu && m < 0) m = 0;
                     if (pooled[pw * cout + o] != m) err = 1;
                 }
+            int per_block = cconv_direct_pool_regs(level, cout);
+            if (p == 0 && per_block && g.OW / 2 >= per_block) {   /* the same from registers */
+                cconv_direct_fwd_pool_row(level, &g, g.OW / 2, x + (oh - 1) * s * W * C,
+                                          x + oh * s * W * C, off, w, b, inreg, relu);
+                for (ptrdiff_t i = 0; i < g.OW / 2 * cout; i++)
+                    if (inreg[i] != pooled[i]) err = 1;
+            }
         }
         for (ptrdiff_t i = 0; i < g.OW * cout; i++) prev[i] = y[i];
         ptrdiff_t PW = g.OW / 2, ph = oh / 2;
@@ -95,7 +103,7 @@ static int check(int level, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
     for (ptrdiff_t i = 0; i < cout; i++) err = fmax(err, fabs(rb[i] - db[i]));
     free(x); free(w); free(b); free(y); free(prev); free(pooled); free(dy); free(patch); free(dw); free(db); free(rw);
     free(rb); free(off); free(base); free(po); free(gp); free(urow); free(am);
-    free(mk);
+    free(mk); free(inreg);
     if (err > 1e-3)
         printf("level %d H %td W %td C %td k %tdx%td s %td p %td cout %td: error %g\n",
                level, H, W, C, KH, KW, s, p, cout, err);
