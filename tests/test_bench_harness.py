@@ -270,3 +270,42 @@ def test_every_mutant_still_applies_to_the_source():
             stale[mid] = n
     assert not stale, stale
     assert len({m[0] for m in mutants.MUTANTS}) == len(mutants.MUTANTS)
+
+
+def _host_log(stamp, runs):
+    """A bench_speed log of (cconv, other, GEMM) batch-1 times per run: the parts that
+    bench/host_effect.py reads."""
+    libs = [("cconv", "cconv"), ("torch-channels-last", "PyTorch channels_last"),
+            ("host", "GEMM only (the host's ceiling)")]
+    return {"target": "bench_speed", "time": stamp, "commit": "f" * 40, "main": "cconv",
+            "settings": {"isa": "native"},
+            "libraries": [{"name": n, "label": lab} for n, lab in libs],
+            "ratios": {"batch1": {"cconv": {"other": "PyTorch channels_last"}}},
+            "runs": [{"cconv": {"metrics": {"batch1": c}},
+                      "PyTorch channels_last": {"metrics": {"batch1": o}},
+                      "GEMM only (the host's ceiling)": {"metrics": {"epoch": g}}}
+                     for c, o, g in runs]}
+
+
+def test_host_effect_correlates_each_run_with_the_gemm_time(tmp_path):
+    """bench/host_effect.py: cconv's time rising with the GEMM's and the other's not gives
+    rho +1 and about 0; the ratio of the busier half is the higher; within logs, each value
+    is taken relative to its log's median; --since leaves older logs out; --log writes it."""
+    runs = [(1.0 + 0.1 * i, 2.0 + (0.05 if i % 2 else -0.05), 1.0 + 0.2 * i) for i in range(6)]
+    (tmp_path / "bench_speed_20260101T000000Z_ffffffff.json").write_text(
+        json.dumps(_host_log("2026-01-01", runs)))
+    (tmp_path / "bench_speed_20250101T000000Z_ffffffff.json").write_text(
+        json.dumps(_host_log("2025-01-01", [(9.0, 1.0, 1.0)] * 3)))
+    spec = importlib.util.spec_from_file_location("host_effect", BENCH / "host_effect.py")
+    he = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(he)
+    assert he.main(["--results", str(tmp_path), "--since", "20260101", "--log"]) == 0
+    out = json.loads(next(tmp_path.glob("host_effect_*.json")).read_text())
+    assert out["logs"] == ["bench_speed_20260101T000000Z_ffffffff.json"]
+    b1 = out["pooled"]["batch1"]
+    assert b1["runs"] == 6 and b1["cconv"]["rho"] == pytest.approx(1.0)
+    assert abs(b1["other"]["rho"]) < 0.3 and b1["ratio"]["rho"] > 0.9
+    assert b1["ratio_busier"] > b1["ratio_quieter"]
+    assert b1["quieter_runs"] == b1["busier_runs"] == 3
+    within = out["within_logs"]["batch1"]
+    assert within["cconv"]["rho"] == pytest.approx(1.0) and "ratio_quieter" not in within
