@@ -522,18 +522,21 @@ def test_conv_relu_pool_network_gradients_match_torch(dtype):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv_pool_network_predict_matches_torch(dtype, threads, monkeypatch):
+@pytest.mark.parametrize("first", [("same", 16), ("valid", 32)], ids=["same16", "valid32"])
+def test_conv_pool_network_predict_matches_torch(dtype, threads, first, monkeypatch):
     """predict of a conv + (ReLU or linear) + 2x2 max pool stack against PyTorch's forward:
-    the inference fusion takes the fused kernels (the direct one for the float32 RGB layer,
-    the pooled Winograd tiles for the 16- and 20-channel ones), on odd sizes (the last row
-    or column dropped by the pool), batches of 1 and 5, 1 and 2 threads; and the training
-    forward (the ReLU pairs through the same kernels with the pool's argmax) and every
-    gradient against PyTorch's autograd."""
+    the inference fusion takes the fused kernels (the direct one for the float32 RGB layer:
+    with valid padding and 32 outputs, pooled in the registers; the pooled Winograd tiles
+    for the 16- and 20-channel ones), on odd sizes (the last row or column dropped by the
+    pool), batches of 1 and 5, 1 and 2 threads; and the training forward (the ReLU pairs
+    through the same kernels with the pool's argmax) and every gradient against PyTorch's
+    autograd."""
     import cconv
     from cconv._testing import forced, kernels_run
     monkeypatch.setattr(cconv.model, "INFERENCE_SERIAL_MAX", 0)     # batch 1 threaded too
+    pad1, c1 = first
     model = cconv.Sequential([
-        L.Conv2D(16, 3, activation="relu", padding="same"), L.MaxPool2D(2),
+        L.Conv2D(c1, 3, activation="relu", padding=pad1), L.MaxPool2D(2),
         L.Conv2D(20, 3), L.MaxPool2D(2),
         L.Conv2D(12, 3, activation="relu", padding="same"), L.MaxPool2D(2),
         L.Flatten(), L.Dense(5),
@@ -551,6 +554,7 @@ def test_conv_pool_network_predict_matches_torch(dtype, threads, monkeypatch):
         assert ran["winograd_forward_pool"].team == threads
         if dtype == np.float32 and cconv._testing.simd_max() >= 1:
             assert "direct_forward_pool" in ran, sorted(ran)
+            assert ("direct_forward_pool_registers" in ran) == (pad1 == "valid"), sorted(ran)
         # the training forward (Conv2D.training_fusion: the same kernels with the argmax) and
         # every gradient
         with forced(threads=threads):
@@ -562,7 +566,7 @@ def test_conv_pool_network_predict_matches_torch(dtype, threads, monkeypatch):
         params = [t.clone().requires_grad_() for t in (k1, b1, k2, b2, k3, b3, w4, b4)]
         xt = nchw(x)
         h = TF.max_pool2d(TF.relu(TF.conv2d(xt, params[0].permute(3, 2, 0, 1), params[1],
-                                            padding=1)), 2)
+                                            padding=1 if pad1 == "same" else 0)), 2)
         h = TF.max_pool2d(TF.conv2d(h, params[2].permute(3, 2, 0, 1), params[3]), 2)
         h = TF.max_pool2d(TF.relu(TF.conv2d(h, params[4].permute(3, 2, 0, 1), params[5],
                                             padding=1)), 2)

@@ -141,15 +141,21 @@ def conv_configs(draw, route="auto"):
         k = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
         if k[0] * k[1] * cg > 32:
             k = (k[0], max(1, 32 // (k[0] * cg)))
-        cout = draw(st.sampled_from([16, 32, 48, 64]))
+        cout = draw(st.sampled_from([16, 32, 48]))
     elif route in WINOGRAD:
         cg, cout, k = draw(CHANNELS), draw(CHANNELS), (3, 3)
     else:
         cg = 1 if depthwise else draw(st.one_of(st.integers(1, 3), CHANNELS))
         cout = groups * draw(st.one_of(st.integers(1, 3), st.sampled_from([8, 16])))
         k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    # direct: half the time a first layer as networks have them (stride 1, rows of 6-14
+    # pixels, C_out 32 or 64; valid padding, or padding at the bottom or the right only),
+    # which its pool in the registers serves where no pooled window reads the padding
+    first = route == "direct" and draw(st.booleans())
+    if first:
+        cout = draw(st.sampled_from([32, 64]))
     # an int or a pair for stride and dilation
-    if route in WINOGRAD:
+    if route in WINOGRAD or first:
         stride = dilation = 1
     else:
         stride = draw(st.one_of(st.integers(1, 3), pair))
@@ -158,10 +164,14 @@ def conv_configs(draw, route="auto"):
     n = draw(st.integers(1, 5 if route in WINOGRAD else 3))
     degenerate = draw(st.booleans())
     # Winograd: images of up to 64 2x2 tiles (16 4x4 tiles), so that an image spans several
-    # 8-tile blocks; direct: rows of up to 10 pixels (its pool in the registers takes 3
-    # pooled pixels at a time)
-    slack = 12 if route in WINOGRAD else 9 if route == "direct" else 5
-    if draw(st.integers(0, 4)) == 0:
+    # 8-tile blocks
+    slack = 12 if route in WINOGRAD else 5
+    if first:
+        padding = draw(st.sampled_from(["valid", ((0, 1), (0, 0)), ((0, 0), (0, 1)),
+                                        ((0, 2), (0, 2))]))
+        h = k[0] + draw(st.integers(1, 7))
+        w = k[1] - 1 + draw(st.integers(6, 14))
+    elif draw(st.integers(0, 4)) == 0:
         padding = "same"
         h, w = draw(st.integers(1, 3 + slack)), draw(st.integers(1, 3 + slack))
     else:
