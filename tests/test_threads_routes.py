@@ -229,17 +229,20 @@ def _conv_cases():
                           ("direct_backward_weights_pool",), np.float32, conv="direct",
                           pool=pool, marks=_avx(level)))
     # the inference pool in the registers (valid windows): 9 pooled rows, 7 pooled columns
-    # (AVX-512: 3 at a time, the last block starting at 4), two vectors of 32 (16 on AVX2)
-    xr = rand(rng, (3, 9, 16, 3), np.float32)
+    # (AVX-512: 3 at a time, the last block starting at 4), two vectors of 32 (16 on AVX2);
+    # with padding on the right, the last pooled column reads it: the row-buffer path
+    xr, right = rand(rng, (3, 9, 16, 3), np.float32), ((0, 0), (0, 2))
     for pool, cout, level in (("auto", 64, 2), ("avx2", 48, 1)):
         wr, br = rand(rng, (3, 3, 3, cout), np.float32), rand(rng, (cout,), np.float32)
         cases.append(Case(f"direct-pool-registers-float32-{pool}",
                           lambda wr=wr, br=br: (F.conv2d_max_pool2d(xr, wr, br),
                                                 F.conv2d_max_pool2d(xr, wr, br, relu=True),
-                                                _prepared_pool(xr, wr, None, relu=True)),
+                                                _prepared_pool(xr, wr, None, relu=True),
+                                                F.conv2d_max_pool2d(xr, wr, br, padding=right)),
                           lambda wr=wr, br=br: (R.conv2d_max_pool2d(xr, wr, br),
                                                 R.conv2d_max_pool2d(xr, wr, br, relu=True),
-                                                R.conv2d_max_pool2d(xr, wr, None, relu=True)),
+                                                R.conv2d_max_pool2d(xr, wr, None, relu=True),
+                                                R.conv2d_max_pool2d(xr, wr, br, padding=right)),
                           ("direct_forward_pool", "direct_forward_pool_registers"),
                           np.float32, exact=True, conv="direct", pool=pool,
                           marks=_avx(level)))
