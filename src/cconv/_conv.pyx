@@ -533,9 +533,10 @@ cdef int direct_run(const cconv_geom *geom, const float *xp, const float *wp, co
                 if regs:
                     n = row // PH
                     oh = 2 * (row - n * PH)
-                    cconv_direct_fwd_pool_row(level, g, PW, xp + (n * g.H + oh * g.sh) * g.W * g.C,
-                                              xp + (n * g.H + (oh + 1) * g.sh) * g.W * g.C, off,
-                                              wp, bp, yp + row * PW * g.cout, pool == 2)
+                    cconv_direct_fwd_pool_row(level, g, PW,
+                                              xp + (n * g.H + oh * g.sh) * g.W * g.C,
+                                              xp + (n * g.H + (oh + 1) * g.sh) * g.W * g.C,
+                                              off, wp, bp, yp + row * PW * g.cout, pool == 2)
                     continue
                 if pool:
                     n = row // PH
