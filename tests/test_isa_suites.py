@@ -32,14 +32,19 @@ def test_general_suites_pass_with_the_level_capped_at_avx2():
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
-SRC = os.path.join(HERE, "c", "direct_check.c")
+CHECKS = {name: os.path.join(HERE, "c", name + ".c") for name in ("direct_check", "pool_check")}
 INCLUDE = os.path.join(os.path.dirname(HERE), "src", "cconv")
+QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+needs_qemu = pytest.mark.skipif(
+    not os.path.exists(INCLUDE) or shutil.which("aarch64-linux-gnu-gcc") is None
+    or shutil.which("qemu-aarch64") is None or not os.path.isdir("/usr/aarch64-linux-gnu"),
+    reason="needs the source tree, aarch64-linux-gnu-gcc and qemu-aarch64 (user mode)")
 
 
-def _build_and_run(cc, run_prefix, tmp_path):
-    exe = str(tmp_path / "direct_check")
-    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-I", INCLUDE, SRC, "-o", exe, "-lm"],
-                   check=True, capture_output=True, text=True)
+def _build_and_run(cc, run_prefix, tmp_path, check="direct_check"):
+    exe = str(tmp_path / check)
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-I", INCLUDE, CHECKS[check], "-o", exe,
+                    "-lm"], check=True, capture_output=True, text=True)
     proc = subprocess.run([*run_prefix, exe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -50,18 +55,31 @@ def _build_and_run(cc, run_prefix, tmp_path):
 def test_direct_kernels_of_every_level_in_plain_c(tmp_path):
     """The kernels straight from the header on this CPU (every level it has), also those
     cconv.functional would not pick for the shapes drawn here."""
-    assert "0 of" in _build_and_run("cc", [], tmp_path)
+    assert _build_and_run("cc", [], tmp_path).startswith("0 of ")
 
 
-@pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("aarch64-linux-gnu-gcc") is None
-                    or shutil.which("qemu-aarch64") is None
-                    or not os.path.isdir("/usr/aarch64-linux-gnu"),
-                    reason="needs the source tree, aarch64-linux-gnu-gcc and qemu-aarch64 (user mode)")
+@pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("cc") is None,
+                    reason="needs the source tree and a C compiler")
+def test_max_pool_kernels_of_every_level_in_plain_c(tmp_path):
+    """The vector max-pool kernels straight from the header, every level this CPU has,
+    against a row-major scan (ties, NaNs, -0), forward and backward, bit for bit."""
+    assert _build_and_run("cc", [], tmp_path, "pool_check").startswith("0 of ")
+
+
+@needs_qemu
 def test_neon_direct_kernels_under_qemu(tmp_path):
     """The NEON kernels, cross-compiled for aarch64 and run under qemu's user-mode
     emulation (an emulator, not an ARM CPU: correctness only, no speed)."""
-    out = _build_and_run("aarch64-linux-gnu-gcc", ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
-                         tmp_path)
+    out = _build_and_run("aarch64-linux-gnu-gcc", QEMU, tmp_path)
+    assert "0 of 33 cases wrong (levels 1..1)" in out
+
+
+@needs_qemu
+def test_neon_max_pool_kernels_under_qemu(tmp_path):
+    """The NEON max-pool kernels (channels a multiple of 4) under qemu: every channel count
+    of pool_check.c is served, so all 32 cases run, and a 33rd checks the helpers of the
+    direct kernel's pool in the registers (NaN, -0)."""
+    out = _build_and_run("aarch64-linux-gnu-gcc", QEMU, tmp_path, "pool_check")
     assert "0 of 33 cases wrong (levels 1..1)" in out
 
 

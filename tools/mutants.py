@@ -265,31 +265,28 @@ MUTANTS = [
             tend = n1 * g.TT""",
      """            t0 = n0 * g.TT
             tend = t0 if (m == 4 and nchunks > 1 and ch == nchunks - 1) else n1 * g.TT"""),
-    ("pool-avx512-argmax-odd", "src/cconv/_pool_simd.h",
+    ("pool-avx512-argmax-odd", "src/cconv/_pool_simd_kern.h",
      "AVX-512 max pool: the last column's argmax one pixel off on odd widths",
      ["test_pool_simd.py", "test_pool_paths.py"],
-     """                    arg = _mm512_mask_mov_epi32(
-                        arg, take, _mm512_set1_epi32((int)((oh * KH + kh) * W + ow * KW + kw)));""",
-     """                    arg = _mm512_mask_mov_epi32(
-                        arg, take, _mm512_set1_epi32((int)((oh * KH + kh) * W + ow * KW + kw
-                                                           + (ow == OW - 1 && (W & 1)))));"""),
-    ("pool-avx2-argmax-odd", "src/cconv/_pool_simd.h",
+     """VEC(iset1)((int)((oh * KH + kh) * W + ow * KW + kw)),""",
+     """VEC(iset1)((int)((oh * KH + kh) * W + ow * KW + kw
+                                    + (VLANES == 16 && ow == OW - 1 && (W & 1)))),"""),
+    ("pool-avx2-argmax-odd", "src/cconv/_pool_simd_kern.h",
      "AVX2 max pool: the last column's argmax one pixel off on odd widths",
      ["test_pool_simd.py", "test_pool_paths.py"],
-     """                    arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(
-                        (int)((oh * KH + kh) * W + ow * KW + kw))), take);""",
-     """                    arg = _mm256_blendv_ps(arg, _mm256_castsi256_ps(_mm256_set1_epi32(
-                        (int)((oh * KH + kh) * W + ow * KW + kw + (ow == OW - 1 && (W & 1))))), take);"""),
-    ("pool-avx512-bwd-sign", "src/cconv/_pool_simd.h",
+     """VEC(iset1)((int)((oh * KH + kh) * W + ow * KW + kw)),""",
+     """VEC(iset1)((int)((oh * KH + kh) * W + ow * KW + kw
+                                    + (VLANES == 8 && ow == OW - 1 && (W & 1)))),"""),
+    ("pool-avx512-bwd-sign", "src/cconv/_simd.h",
      "AVX-512 max-pool backward: the gradient's sign flipped",
      ["test_pool_simd.py", "test_pool_paths.py"],
-     """                    __m512 v = _mm512_maskz_mov_ps(m, _mm512_loadu_ps(g + c));""",
-     """                    __m512 v = _mm512_maskz_mov_ps(m, _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(g + c)));"""),
-    ("pool-avx2-bwd-mask", "src/cconv/_pool_simd.h",
+     """#define CCONV_V16_keep(k, v) _mm512_maskz_mov_ps((k), (v))""",
+     """#define CCONV_V16_keep(k, v) _mm512_maskz_mov_ps((k), _mm512_sub_ps(_mm512_setzero_ps(), (v)))"""),
+    ("pool-avx2-bwd-mask", "src/cconv/_simd.h",
      "AVX2 max-pool backward: the mask inverted (the gradient goes to the losers)",
      ["test_pool_simd.py", "test_pool_paths.py"],
-     """                    __m256 v = _mm256_and_ps(m, _mm256_loadu_ps(g + c));""",
-     """                    __m256 v = _mm256_andnot_ps(m, _mm256_loadu_ps(g + c));"""),
+     """#define CCONV_V8_keep(k, v) _mm256_and_ps((k), (v))""",
+     """#define CCONV_V8_keep(k, v) _mm256_andnot_ps((k), (v))"""),
     ("pool-tiled-bwd-right-columns", "src/cconv/_pool.pyx",
      "tiled max-pool backward: off by one, a single column right of the last window is "
      "not zeroed (odd widths)", ["test_pool_simd.py", "test_pool_paths.py"],
@@ -533,6 +530,34 @@ MUTANTS = [
      "columns cross the right edge (padding on the right only)", ["test_conv_direct.py"],
      """                      and (2 * PW - 1) * g.sw + (g.KW - 1) * g.dw < g.W)""",
      """                      )"""),
+    # NEON (aarch64): only tests/test_isa_suites.py's qemu checks reach these on x86
+    ("neon-pool-nan", "src/cconv/_simd.h",
+     "NEON max-pool step (the pool kernels' and the registers' pool): a NaN no longer takes "
+     "the window", ["test_isa_suites.py"],
+     """#define CCONV_V4_take(best, v) vorrq_u32(vcgtq_f32((v), (best)), vmvnq_u32(vceqq_f32((v), (v))))""",
+     """#define CCONV_V4_take(best, v) vcgtq_f32((v), (best))"""),
+    ("neon-pool-argmax", "src/cconv/_pool_simd_kern.h",
+     "NEON max pool: the argmax names the window's first column", ["test_isa_suites.py"],
+     """VEC(iset1)((int)((oh * KH + kh) * W + ow * KW + kw)),""",
+     """VEC(iset1)((int)((oh * KH + kh) * W + ow * KW + (VLANES != 4) * kw)),"""),
+    ("neon-pool-bwd-count", "src/cconv/_simd.h",
+     "NEON max-pool backward: each match counted 3 times", ["test_isa_suites.py"],
+     """#define CCONV_V4_count(k) vaddvq_u32(vshrq_n_u32((k), 31))""",
+     """#define CCONV_V4_count(k) vaddvq_u32(vshrq_n_u32((k), 30))"""),
+    ("neon-sel-swap", "src/cconv/_simd.h",
+     "NEON select (max-pool step, the registers' pool) takes the smaller value",
+     ["test_isa_suites.py"],
+     """#define CCONV_V4_sel(k, v, best) vbslq_f32((k), (v), (best))""",
+     """#define CCONV_V4_sel(k, v, best) vbslq_f32((k), (best), (v))"""),
+    ("neon-relu-minus-zero", "src/cconv/_simd.h",
+     "NEON ReLU of the pool in the registers keeps -0", ["test_isa_suites.py"],
+     """vmvnq_u32(vcleq_f32((v), vdupq_n_f32(0.0f)))))""",
+     """vmvnq_u32(vcltq_f32((v), vdupq_n_f32(0.0f)))))"""),
+    ("neon-pool-regs-cout", "src/cconv/_conv_direct.h",
+     "NEON pool in the registers taken for C_out a multiple of 4 (its blocks are 8 wide)",
+     ["test_isa_suites.py"],
+     """return level >= 1 && cout % 8 == 0 ? 3 : 0;""",
+     """return level >= 1 && cout % 4 == 0 ? 3 : 0;"""),
 ]
 
 

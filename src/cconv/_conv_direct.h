@@ -196,7 +196,7 @@ CCONV_MULTIVERSION static long long cconv_direct_unpool_row(
 #if CCONV_NEON
 #define VLANES 4
 #define VDW2 1
-#define VPOOL 0
+#define VPOOL 3
 #define KATTR
 #define KSFX _neon
 #include "_conv_direct_kern.h"
@@ -228,11 +228,14 @@ static void cconv_direct_fwd_row(int level, const cconv_dgeom *g, const float *c
 }
 
 /* The pooled pixels of a block of cconv_direct_fwd_pool_row at simd_level() `level` for
-   C_out = cout (AVX-512F: 3, C_out a multiple of 32; AVX2: 1, a multiple of 16), or 0: no
-   such kernel (the row pair then goes through a buffer and cconv_direct_pool_rows). */
+   C_out = cout (AVX-512F: 3, C_out a multiple of 32; AVX2: 1, a multiple of 16; NEON: 3, a
+   multiple of 8), or 0: no such kernel (the row pair then goes through a buffer and
+   cconv_direct_pool_rows). */
 static inline int cconv_direct_pool_regs(int level, ptrdiff_t cout) {
 #if CCONV_X86
     return level >= 2 ? (cout % 32 == 0 ? 3 : 0) : level == 1 && cout % 16 == 0;
+#elif CCONV_NEON
+    return level >= 1 && cout % 8 == 0 ? 3 : 0;
 #else
     (void)level; (void)cout;
     return 0;
@@ -252,6 +255,9 @@ static void cconv_direct_fwd_pool_row(int level, const cconv_dgeom *g, ptrdiff_t
     else
         cconv_direct_fwd_pool_row_avx2(g->K, g->cout, PW, x0, x1, g->sw * g->C, off, w, b, y,
                                        relu);
+#elif CCONV_NEON
+    (void)level;
+    cconv_direct_fwd_pool_row_neon(g->K, g->cout, PW, x0, x1, g->sw * g->C, off, w, b, y, relu);
 #else
     (void)level; (void)g; (void)PW; (void)x0; (void)x1; (void)off; (void)w; (void)b; (void)y;
     (void)relu;      /* never called */

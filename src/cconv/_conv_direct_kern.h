@@ -7,7 +7,7 @@
  *             pixels x 2 vectors (forward); else the forward's 2-vector blocks are of 4
  *             pixels (8 accumulators)
  *   VPOOL     the pooled pixels of a block of cconv_direct_fwd_pool_row: 3 (24
- *             accumulators, for 32 registers) or 1 (8, for 16); 0: not compiled
+ *             accumulators, for 32 registers: AVX-512, NEON) or 1 (8, for 16: AVX2)
  *   KATTR     the target attribute, KSFX the suffix of the functions' names for this set
  *
  * defined, and #undefs them at its end. Outputs go VLANES at a time; the last, partial vector of a C_out
@@ -142,7 +142,6 @@ KATTR static void KNAME(cconv_direct_fwd_row)(const cconv_dgeom *g, const float 
     }
 }
 
-#if VPOOL
 /* One row of the fused convolution -> 2x2 stride-2 max pool (-> ReLU when relu), pooled in
    the registers: no row of the convolution's output is stored. For a row pair whose
    windows all lie inside the image and C_out a multiple of 2 * VLANES: x0, x1 are the
@@ -205,7 +204,6 @@ KATTR static void KNAME(cconv_direct_fwd_pool_row)(
 }
 #undef CCONV_POOLS
 #undef CCONV_PX
-#endif
 
 /* dW of taps t0..t0+7 and the outputs at acc (nv = 1 or 2 vectors; the second always full):
    acc (rows of stride cout) += taps^T . dy over the row's OW pixels. */

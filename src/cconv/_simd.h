@@ -78,6 +78,18 @@ static inline int cconv_simd_detect(void) {
      _loadm(p, m) / _storem(p, m, v)           the first lanes only, m = _mask(n), 0 < n < lanes
                                                (masked loads read nothing past them and give 0)
      _set1(x), _zero(), _add(a, b), _mul(a, b), _fma(a, b, c) = a * b + c
+     _pmax(best, v), _relu(v)                  the max pool's step and the fused pools' ReLU
+
+   and, for the max pool's argmax (_pool_simd_kern.h), a lane predicate (cconv_p<lanes>_t)
+   and a vector of int32 (cconv_i<lanes>_t):
+
+     _take(best, v)                            the predicate v > best or v is a NaN
+     _sel(k, v, best) / _isel(k, a, arg)       v (a) where k, else best (arg)
+     _iset1(i), _istore(p, a)                  an int32 in every lane; store to int *p
+     _stream(p, v) / _istream(p, a)            non-temporal stores (aligned p; x86 only)
+     _ieq(p, a)                                the predicate int *p == a, lane by lane
+     _keep(k, v)                               v where k, else +0
+     _count(k)                                 how many lanes k holds
 
    A port to another vector ISA (SVE, RISC-V V, AVX10) is one more such set.
 
@@ -91,6 +103,8 @@ static inline int cconv_simd_detect(void) {
 #define CCONV_VEC(op) CCONV_VEC__(VLANES, op)
 #define CCONV_VTYPE CCONV_CAT(CCONV_CAT(cconv_v, VLANES), _t)
 #define CCONV_VMASK CCONV_CAT(CCONV_CAT(cconv_m, VLANES), _t)
+#define CCONV_PTYPE CCONV_CAT(CCONV_CAT(cconv_p, VLANES), _t)
+#define CCONV_ITYPE CCONV_CAT(CCONV_CAT(cconv_i, VLANES), _t)
 #define CCONV_KNAME(f) CCONV_CAT(f, KSFX)
 #if CCONV_X86
 typedef __m512 cconv_v16_t;                                    /* AVX-512F: 16 lanes */
@@ -106,11 +120,23 @@ typedef __mmask16 cconv_m16_t;
 #define CCONV_V16_mul(a, b) _mm512_mul_ps((a), (b))
 #define CCONV_V16_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 /* the max pool's step: v where v > best or v is a NaN, else best (lane by lane) */
-#define CCONV_V16_pmax(best, v) _mm512_mask_mov_ps((best), _mm512_cmp_ps_mask((v), (best), \
-    _CMP_GT_OQ) | _mm512_cmp_ps_mask((v), (v), _CMP_UNORD_Q), (v))
+#define CCONV_V16_pmax(best, v) CCONV_V16_sel(CCONV_V16_take((best), (v)), (v), (best))
 /* ReLU as the fused pools apply it: +0 where v <= 0, v elsewhere (a NaN kept) */
 #define CCONV_V16_relu(v) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((v), _mm512_setzero_ps(), \
     _CMP_NLE_UQ), (v))
+typedef __mmask16 cconv_p16_t;
+typedef __m512i cconv_i16_t;
+#define CCONV_V16_take(best, v) (_mm512_cmp_ps_mask((v), (best), _CMP_GT_OQ)               \
+    | _mm512_cmp_ps_mask((v), (v), _CMP_UNORD_Q))
+#define CCONV_V16_sel(k, v, best) _mm512_mask_mov_ps((best), (k), (v))
+#define CCONV_V16_isel(k, a, arg) _mm512_mask_mov_epi32((arg), (k), (a))
+#define CCONV_V16_iset1(i) _mm512_set1_epi32(i)
+#define CCONV_V16_istore(p, a) _mm512_storeu_si512((void *)(p), (a))
+#define CCONV_V16_stream(p, v) _mm512_stream_ps((p), (v))
+#define CCONV_V16_istream(p, a) _mm512_stream_si512((void *)(p), (a))
+#define CCONV_V16_ieq(p, a) _mm512_cmpeq_epi32_mask(_mm512_loadu_si512(p), (a))
+#define CCONV_V16_keep(k, v) _mm512_maskz_mov_ps((k), (v))
+#define CCONV_V16_count(k) __builtin_popcount((unsigned)(k))
 
 typedef __m256 cconv_v8_t;                                     /* AVX2 + FMA: 8 lanes */
 typedef __m256i cconv_m8_t;
@@ -125,10 +151,23 @@ __attribute__((unused)) static const int cconv_m8_table[16] = {-1, -1, -1, -1, -
 #define CCONV_V8_add(a, b) _mm256_add_ps((a), (b))
 #define CCONV_V8_mul(a, b) _mm256_mul_ps((a), (b))
 #define CCONV_V8_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
-#define CCONV_V8_pmax(best, v) _mm256_blendv_ps((best), (v), _mm256_or_ps(                  \
-    _mm256_cmp_ps((v), (best), _CMP_GT_OQ), _mm256_cmp_ps((v), (v), _CMP_UNORD_Q)))
+#define CCONV_V8_pmax(best, v) CCONV_V8_sel(CCONV_V8_take((best), (v)), (v), (best))
 #define CCONV_V8_relu(v) _mm256_and_ps((v), _mm256_cmp_ps((v), _mm256_setzero_ps(),          \
     _CMP_NLE_UQ))
+typedef __m256 cconv_p8_t;           /* all-ones lanes */
+typedef __m256 cconv_i8_t;           /* the int32 bits in float lanes: one blend moves them */
+#define CCONV_V8_take(best, v) _mm256_or_ps(_mm256_cmp_ps((v), (best), _CMP_GT_OQ),         \
+    _mm256_cmp_ps((v), (v), _CMP_UNORD_Q))
+#define CCONV_V8_sel(k, v, best) _mm256_blendv_ps((best), (v), (k))
+#define CCONV_V8_isel(k, a, arg) _mm256_blendv_ps((arg), (a), (k))
+#define CCONV_V8_iset1(i) _mm256_castsi256_ps(_mm256_set1_epi32(i))
+#define CCONV_V8_istore(p, a) _mm256_storeu_ps((float *)(p), (a))
+#define CCONV_V8_stream(p, v) _mm256_stream_ps((p), (v))
+#define CCONV_V8_istream(p, a) _mm256_stream_ps((float *)(p), (a))
+#define CCONV_V8_ieq(p, a) _mm256_castsi256_ps(_mm256_cmpeq_epi32(                           \
+    _mm256_loadu_si256((const __m256i *)(p)), _mm256_castps_si256(a)))
+#define CCONV_V8_keep(k, v) _mm256_and_ps((k), (v))
+#define CCONV_V8_count(k) __builtin_popcount((unsigned)_mm256_movemask_ps(k))
 #endif
 
 #if CCONV_NEON
@@ -154,6 +193,21 @@ static inline void cconv_v4_storem(float *p, int n, float32x4_t v) {
 #define CCONV_V4_add(a, b) vaddq_f32((a), (b))
 #define CCONV_V4_mul(a, b) vmulq_f32((a), (b))
 #define CCONV_V4_fma(a, b, c) vfmaq_f32((c), (a), (b))
+#define CCONV_V4_pmax(best, v) CCONV_V4_sel(CCONV_V4_take((best), (v)), (v), (best))
+#define CCONV_V4_relu(v) vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v),           \
+    vmvnq_u32(vcleq_f32((v), vdupq_n_f32(0.0f)))))
+typedef uint32x4_t cconv_p4_t;
+typedef int32x4_t cconv_i4_t;
+#define CCONV_V4_take(best, v) vorrq_u32(vcgtq_f32((v), (best)), vmvnq_u32(vceqq_f32((v), (v))))
+#define CCONV_V4_sel(k, v, best) vbslq_f32((k), (v), (best))
+#define CCONV_V4_isel(k, a, arg) vbslq_s32((k), (a), (arg))
+#define CCONV_V4_iset1(i) vdupq_n_s32(i)
+#define CCONV_V4_istore(p, a) vst1q_s32((p), (a))
+#define CCONV_V4_stream(p, v) vst1q_f32((p), (v))     /* never asked for: no hint taken */
+#define CCONV_V4_istream(p, a) vst1q_s32((p), (a))
+#define CCONV_V4_ieq(p, a) vceqq_s32(vld1q_s32(p), (a))
+#define CCONV_V4_keep(k, v) vreinterpretq_f32_u32(vandq_u32((k), vreinterpretq_u32_f32(v)))
+#define CCONV_V4_count(k) vaddvq_u32(vshrq_n_u32((k), 31))
 #endif
 
 #endif  /* CCONV_SIMD_H */

@@ -74,8 +74,8 @@ only the pooled output when the pool is 2x2 with stride 2 and no padding and the
 convolution takes the Winograd route (one 2x2 tile per pool window; the tiles the pool drops
 are not computed) or the direct route (two output rows at a time in a per-thread buffer of
 ``2 * OW * C_out`` floats; without the argmax, where the pooled windows lie inside the image
-and C_out is a multiple of 32 on AVX-512 or 16 on AVX2, pooled in the registers, no row
-stored); otherwise it runs :func:`conv2d` then :func:`max_pool2d`.
+and C_out is a multiple of 32 on AVX-512, 16 on AVX2 or 8 on NEON, pooled in the
+registers, no row stored); otherwise it runs :func:`conv2d` then :func:`max_pool2d`.
 Its backward pass, :func:`conv2d_max_pool2d_backward`, reads the pooled gradient and the
 pool's argmax in the kernels of the same two routes (the direct weight gradient rebuilds
 the convolution's output gradient one row at a time in a per-thread buffer of ``OW * C_out``
