@@ -309,3 +309,49 @@ def test_host_effect_correlates_each_run_with_the_gemm_time(tmp_path):
     assert b1["quieter_runs"] == b1["busier_runs"] == 3
     within = out["within_logs"]["batch1"]
     assert within["cconv"]["rho"] == pytest.approx(1.0) and "ratio_quieter" not in within
+
+
+def _checked_log(target, runs, scaling_bound=1.8):
+    """A log with two checks: cconv's batch 1 against PyTorch's (a ratio) and cconv's
+    scaling (a value); runs: [(cconv batch 1, PyTorch batch 1, cconv scaling)]."""
+    def med(vals):
+        return sorted(vals)[len(vals) // 2]
+    ratio = med([c / o for c, o, _ in runs])
+    scal = med([s for _, _, s in runs])
+    return {"target": target,
+            "checks": [{"label": "batch 1", "metric": "batch1", "library": "cconv",
+                        "against": "PyTorch", "bound": 0.5, "direction": "<=",
+                        "median": ratio, "pass": ratio <= 0.5},
+                       {"label": "scaling", "metric": "scaling", "library": "cconv",
+                        "against": None, "bound": scaling_bound, "direction": ">=",
+                        "median": scal, "pass": scal >= scaling_bound}],
+            "runs": [{"cconv": {"metrics": {"batch1": c, "scaling": s}},
+                      "PyTorch": {"metrics": {"batch1": o}}} for c, o, s in runs]}
+
+
+def test_targets_over_logs_pools_the_runs_the_checks_were_taken_on(tmp_path, capsys):
+    """bench/targets_over_logs.py: a run's value is the check's (a ratio to the library the
+    log compared with, or the figure itself); the pooled median is over every run of every
+    log, and a log that failed on its own is counted as such."""
+    a = _checked_log("bench_speed", [(0.4, 1.0, 1.9), (0.45, 1.0, 1.7), (0.3, 1.0, 1.95)])
+    b = _checked_log("bench_speed", [(0.6, 1.0, 1.75), (0.55, 1.0, 1.7), (0.9, 2.0, 1.85)])
+    paths = []
+    for name, log in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(log))
+        paths.append(str(tmp_path / name))
+    spec = importlib.util.spec_from_file_location("tol", BENCH / "targets_over_logs.py")
+    tol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tol)
+    assert tol.run_values(b, b["checks"][0]) == [0.6, 0.55, 0.45]
+    assert tol.run_values(b, b["checks"][1]) == [1.75, 1.7, 1.85]
+    assert tol.main(["--results", str(tmp_path), "--log", *paths]) == 0
+    out = json.loads(next(tmp_path.glob("targets_over_logs_*.json")).read_text())
+    b1, sc = out["targets"]
+    assert b1["runs"] == 6 and b1["median"] == pytest.approx(0.45)
+    assert (b1["min"], b1["max"]) == (0.3, 0.6) and b1["pass"]
+    assert b1["logs_passing"] == 1 and [x["median"] for x in b1["logs"]] == [0.4, 0.55]
+    assert sc["median"] == pytest.approx(1.8) and sc["pass"] and sc["logs_passing"] == 1
+    assert capsys.readouterr().out.count("passed in 1 of 2 logs") == 2
+    (tmp_path / "c.json").write_text(json.dumps(_checked_log("bench_isa", [(0.4, 1.0, 2.0)])))
+    with pytest.raises(SystemExit):
+        tol.main([*paths, str(tmp_path / "c.json")])
