@@ -35,6 +35,8 @@ def test_general_suites_pass_with_the_level_capped_at_avx2():
 CHECKS = {name: os.path.join(HERE, "c", name + ".c") for name in ("direct_check", "pool_check")}
 INCLUDE = os.path.join(os.path.dirname(HERE), "src", "cconv")
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+needs_cc = pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("cc") is None,
+                              reason="needs the source tree and a C compiler")
 needs_qemu = pytest.mark.skipif(
     not os.path.exists(INCLUDE) or shutil.which("aarch64-linux-gnu-gcc") is None
     or shutil.which("qemu-aarch64") is None or not os.path.isdir("/usr/aarch64-linux-gnu"),
@@ -50,16 +52,14 @@ def _build_and_run(cc, run_prefix, tmp_path, check="direct_check"):
     return proc.stdout
 
 
-@pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("cc") is None,
-                    reason="needs the source tree and a C compiler")
+@needs_cc
 def test_direct_kernels_of_every_level_in_plain_c(tmp_path):
     """The kernels straight from the header on this CPU (every level it has), also those
     cconv.functional would not pick for the shapes drawn here."""
     assert _build_and_run("cc", [], tmp_path).startswith("0 of ")
 
 
-@pytest.mark.skipif(not os.path.exists(INCLUDE) or shutil.which("cc") is None,
-                    reason="needs the source tree and a C compiler")
+@needs_cc
 def test_max_pool_kernels_of_every_level_in_plain_c(tmp_path):
     """The vector max-pool kernels straight from the header, every level this CPU has,
     against a row-major scan (ties, NaNs, -0), forward and backward, bit for bit."""

@@ -14,15 +14,18 @@
 
 static int same(float u, float v) { return memcmp(&u, &v, sizeof u) == 0; }
 
+/* 64-byte aligned, as the streaming stores need (they are skipped on other addresses) */
+static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) / 64 * 64); }
+
 /* One case: N x H x W x C input, KH x KW windows that tile it. -1: the level does not
    serve C (skipped), else the number of wrong values. */
 static long check(int level, ptrdiff_t N, ptrdiff_t H, ptrdiff_t W, ptrdiff_t C, ptrdiff_t KH,
                   ptrdiff_t KW, int stream) {
     ptrdiff_t OH = H / KH, OW = W / KW;
     size_t nx = (size_t)(N * H * W * C), ny = (size_t)(N * OH * OW * C);
-    float *x = malloc(sizeof(float) * nx), *y = malloc(sizeof(float) * ny);
-    float *dy = malloc(sizeof(float) * ny), *dx = malloc(sizeof(float) * nx);
-    int *a = malloc(sizeof(int) * ny);
+    float *x = malloc(sizeof(float) * nx), *y = alloc64(sizeof(float) * ny);
+    float *dy = malloc(sizeof(float) * ny), *dx = alloc64(sizeof(float) * nx);
+    int *a = alloc64(sizeof(int) * ny);
     long wrong = 0;
     for (size_t i = 0; i < nx; i++) {      /* few distinct values: ties; some NaN and -0 */
         int k = (int)((i * 37 + i / 7) % 23);
